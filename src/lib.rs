@@ -1,0 +1,22 @@
+//! Stratus: declarative stream processing for cloud cost and reliability intelligence.
+//!
+//! Cloud telemetry (metrics, spot prices, billing line items) enters from Kafka, is decoded
+//! and validated into Arrow batches, windowed and featurized with DataFusion, landed in Delta
+//! Lake exactly once, scored with ONNX models, and turned into alerts and recommendations.
+//!
+//! One module per stage of the dataflow:
+//! - [`source`]: Kafka clients and dead letters;
+//! - [`validate`]: schemas and the JSON → Arrow decoder;
+//! - [`sink`]: Delta Lake tables with offsets in the commit;
+//! - [`score`]: ONNX Runtime models;
+//! - [`metrics`]: Prometheus metrics;
+//! - [`job`]: stages wired into runnable jobs;
+//! - [`demo`]: the embedded default job behind `stratus demo`.
+
+pub mod demo;
+pub mod job;
+pub mod metrics;
+pub mod score;
+pub mod sink;
+pub mod source;
+pub mod validate;

@@ -1,0 +1,10 @@
+//! Model scoring with ONNX Runtime through `ort`.
+//!
+//! - [`runtime`]: finds `libonnxruntime` (project venv or `ORT_DYLIB_PATH`) and loads it once.
+//! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
+
+pub mod onnx;
+pub mod runtime;
+
+pub use onnx::{OnnxModel, ScoreError};
+pub use runtime::RuntimeError;

@@ -1,0 +1,17 @@
+//! Sinks: where results leave the dataflow.
+//!
+//! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions.
+
+pub mod delta;
+
+use std::collections::HashMap;
+
+pub use delta::{CommitStats, DeltaSink, DeltaSinkConfig, SinkError, SourceOffsets};
+
+/// Object-store options from the environment: every `AWS_*` variable (endpoint, region,
+/// credentials, `AWS_ALLOW_HTTP`), as `object_store` names them.
+pub fn storage_options_from_env() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect()
+}

@@ -1,0 +1,30 @@
+//! Kafka client settings. Offsets are never committed to Kafka by Stratus: the Delta table
+//! holds them (see [`crate::sink::delta`]), so consumers have auto-commit off and start from
+//! the table's offsets, or from the earliest offset for a partition the table has not seen.
+
+use rdkafka::ClientConfig;
+
+/// Settings for a consumer in `group` reading from `brokers`.
+pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("queued.max.messages.kbytes", "65536");
+    c
+}
+
+/// Settings for an idempotent producer: no duplicates or reordering from retries.
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    c
+}

@@ -1,0 +1,198 @@
+//! The raw ingest job on the real broker and S3 server: valid events land in Delta, invalid
+//! ones on the dead-letter topic with their bytes and coordinates, and a restarted job resumes
+//! from the offsets in the table without reading anything twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::SessionContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use stratus::demo::events::{GeneratedEvent, metric_events};
+use stratus::job::ingest::{IngestConfig, IngestJob, IngestSummary};
+use stratus::metrics::PipelineMetrics;
+use stratus::sink::{DeltaSink, DeltaSinkConfig, storage_options_from_env};
+use stratus::source::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC};
+use stratus::source::kafka::{consumer_config, producer_config};
+use stratus::validate::EventSchema;
+
+use crate::{create_topic, setting, unique};
+
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    events: &[GeneratedEvent],
+) -> HashMap<(i32, i64), usize> {
+    let producer: FutureProducer = producer_config(brokers).create().unwrap();
+    let sends = events.iter().map(|e| {
+        producer.send(
+            FutureRecord::to(topic).key(&e.key).payload(&e.payload),
+            Duration::from_secs(30),
+        )
+    });
+    let mut at = HashMap::new();
+    for (i, d) in futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let d = d.map_err(|(e, _)| e).unwrap();
+        at.insert((d.partition, d.offset), i);
+    }
+    at
+}
+
+async fn ingest(
+    brokers: &str,
+    topic: &str,
+    table: &str,
+    metrics: &PipelineMetrics,
+) -> IngestSummary {
+    let schema = EventSchema::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/cloud.metrics.json"),
+    )
+    .unwrap();
+    let sink = DeltaSink::open(DeltaSinkConfig {
+        location: table.to_string(),
+        partition_columns: vec!["date".into()],
+        pipeline: "it-ingest".into(),
+        checkpoint_interval: 0,
+        storage_options: storage_options_from_env(),
+    })
+    .await
+    .unwrap();
+    let mut job = IngestJob::start(
+        IngestConfig {
+            pipeline: "it-ingest".into(),
+            topic: topic.into(),
+            dead_letter_topic: format!("{topic}.dlq"),
+            event_time_field: "ts".into(),
+            flush_rows: 700,
+            flush_interval: Duration::from_secs(5),
+            max_future: Duration::from_secs(300),
+        },
+        &consumer_config(brokers, &unique("it-ingest")),
+        &producer_config(brokers),
+        Arc::new(schema),
+        sink,
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let targets = job.high_watermarks().unwrap();
+    job.run_to(&targets).await.unwrap()
+}
+
+async fn table_rows(table: &str) -> i64 {
+    let url = url::Url::parse(table).unwrap();
+    let delta = deltalake::open_table_with_storage_options(url, storage_options_from_env())
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    delta.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", delta.table_provider().await.unwrap())
+        .unwrap();
+    let out = ctx
+        .sql("SELECT count(*) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    out[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-metrics");
+    create_topic(&topic, 4).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let table = format!(
+        "s3://{}/{}/raw_metrics",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-ingest")
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+
+    let first = metric_events(1, 3_000, 30, now, 50);
+    let placed = produce(&brokers, &topic, &first).await;
+    let metrics = PipelineMetrics::new();
+    let summary = ingest(&brokers, &topic, &table, &metrics).await;
+    let valid = first.iter().filter(|e| e.valid).count() as u64;
+    let invalid = first.len() as u64 - valid;
+    assert!(invalid > 0);
+    assert_eq!(
+        (summary.events, summary.valid, summary.invalid),
+        (3_000, valid, invalid)
+    );
+    assert_eq!(table_rows(&table).await, valid as i64);
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!(
+            "stratus_events_invalid_total{{pipeline=\"it-ingest\",source=\"{topic}\"}} {invalid}"
+        )),
+        "{text}"
+    );
+
+    // Every invalid event is on the dead-letter topic, bytes unchanged, with its coordinates.
+    let consumer: BaseConsumer = consumer_config(&brokers, &unique("it-dlq"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&format!("{topic}.dlq"), 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut letters = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while letters < invalid {
+        assert!(
+            Instant::now() < deadline,
+            "only {letters} of {invalid} dead letters arrived"
+        );
+        let Some(m) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(500)))
+        else {
+            continue;
+        };
+        let m = m.unwrap();
+        let headers: HashMap<&str, String> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| (h.key, String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
+            .collect();
+        assert_eq!(headers[HEADER_TOPIC], topic);
+        let at = (
+            headers[HEADER_PARTITION].parse().unwrap(),
+            headers[HEADER_OFFSET].parse().unwrap(),
+        );
+        let original = &first[placed[&at]];
+        assert!(
+            !original.valid,
+            "a valid event was dead-lettered: {headers:?}"
+        );
+        assert_eq!(m.payload().unwrap(), original.payload.as_slice());
+        assert_eq!(m.key().unwrap(), original.key.as_bytes());
+        assert!(!headers[HEADER_REASON].is_empty());
+        letters += 1;
+    }
+
+    // A new job (as after a restart) reads only what was appended since the last commit.
+    let second = metric_events(2, 1_000, 30, now, 0);
+    produce(&brokers, &topic, &second).await;
+    let summary = ingest(&brokers, &topic, &table, &PipelineMetrics::new()).await;
+    assert_eq!(
+        (summary.events, summary.valid, summary.invalid),
+        (1_000, 1_000, 0)
+    );
+    assert_eq!(table_rows(&table).await, valid as i64 + 1_000);
+}
