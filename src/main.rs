@@ -38,8 +38,11 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // delta-kernel logs an ERROR when probing a table that does not exist yet,
+                // which is how every new table starts.
+                tracing_subscriber::EnvFilter::new("warn,buoyant_kernel::snapshot::builder=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
