@@ -144,6 +144,25 @@ impl Column {
 }
 
 /// Accumulates valid events of one schema into Arrow batches.
+///
+/// ```
+/// use std::sync::Arc;
+/// use stratus::validate::{BatchDecoder, EventSchema, TimeBounds};
+///
+/// let schema = EventSchema::from_json(
+///     "cpu.json",
+///     r#"{"title": "cpu", "type": "object", "required": ["ts", "cpu"],
+///         "properties": {"ts": {"type": "string", "format": "date-time"},
+///                        "cpu": {"type": "number", "minimum": 0, "maximum": 100}}}"#,
+/// )?;
+/// let now_us = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+/// let mut decoder = BatchDecoder::new(Arc::new(schema), TimeBounds::plausible(now_us, 0), 1024);
+/// decoder.decode(br#"{"ts": "2025-12-31T23:59:00Z", "cpu": 41.5}"#)?;
+/// let err = decoder.decode(br#"{"ts": "2025-12-31T23:59:00Z", "cpu": 140}"#).unwrap_err();
+/// assert_eq!(err.to_string(), "field `cpu`: 140 is outside [0, 100]");
+/// assert_eq!(decoder.flush()?.num_rows(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct BatchDecoder {
     schema: Arc<EventSchema>,
     bounds: TimeBounds,
