@@ -7,6 +7,7 @@
 //! One module per stage of the dataflow:
 //! - [`source`]: Kafka clients and dead letters;
 //! - [`validate`]: schemas and the JSON → Arrow decoder;
+//! - [`window`]: event-time windows, watermarks and lateness;
 //! - [`sink`]: Delta Lake tables with offsets in the commit;
 //! - [`score`]: ONNX Runtime models;
 //! - [`metrics`]: Prometheus metrics;
@@ -20,3 +21,4 @@ pub mod score;
 pub mod sink;
 pub mod source;
 pub mod validate;
+pub mod window;

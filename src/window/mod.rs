@@ -1,0 +1,18 @@
+//! Event-time windows: tumble, hop and session windows written in SQL, watermarks from
+//! bounded out-of-orderness with idle partitions, allowed lateness with updates, and a late
+//! side output.
+//!
+//! - [`spec`]: the window in a stage's `GROUP BY`, and the query rewritten for DataFusion;
+//! - [`watermark`]: per-partition watermark tracking;
+//! - [`operator`]: the stateful operator that fires windows as the watermark passes them.
+
+pub mod operator;
+pub mod spec;
+pub mod watermark;
+
+#[cfg(test)]
+mod tests;
+
+pub use operator::{WindowError, WindowOperator};
+pub use spec::{WindowSpec, WindowedQuery, parse_duration, parse_stage_sql};
+pub use watermark::WatermarkTracker;

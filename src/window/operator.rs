@@ -1,0 +1,444 @@
+//! The window operator: assigns rows to event-time windows, keeps them until the watermark
+//! closes the window, then runs the stage's SQL over each closed window.
+//!
+//! In: batches of one input (a source or a stage) that carry the event-time column, and
+//! watermarks. Out, from [`WindowOperator::process`]: the rows that arrived too late for every
+//! window they belong to (the late side output — never dropped silently); from
+//! [`WindowOperator::advance`]: result batches — the SQL's columns plus `revision` (0 for the
+//! first result of a window, then 1, 2, ... for updates) and `is_update`.
+//!
+//! Lateness: a window `[start, end)` first fires when the watermark reaches `end`. Its rows stay
+//! until the watermark reaches `end + allowed_lateness`; a row that arrives in between is added
+//! and the window fires again, as an update, for the keys that row touched. A row whose every
+//! window is past `end + allowed_lateness` goes to the late output.
+//!
+//! State is the raw rows of the open windows (`size + lateness` of event time, per window for
+//! hop), so exact percentiles and medians are possible; memory grows with that span.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use super::spec::{WindowSpec, WindowedQuery};
+
+/// Why the operator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error("window stage over `{input}`: {message}")]
+    Input { input: String, message: String },
+    #[error("window stage SQL: {0}")]
+    Sql(#[from] DataFusionError),
+    #[error("window stage: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+struct TumbleState {
+    rows: Vec<RecordBatch>,
+    /// The revision of the last result emitted, if any.
+    emitted: Option<i32>,
+    /// Keys touched by rows that arrived after the window first fired.
+    dirty: HashSet<OwnedRow>,
+    /// Without key columns the window is one group: any late row dirties all of it.
+    dirty_all: bool,
+}
+
+impl TumbleState {
+    fn is_dirty(&self) -> bool {
+        self.dirty_all || !self.dirty.is_empty()
+    }
+}
+
+/// One aggregating SQL stage over event-time windows.
+pub struct WindowOperator {
+    query: WindowedQuery,
+    spec: WindowSpec,
+    event_time: String,
+    lateness: i64,
+    ctx: SessionContext,
+    input_schema: SchemaRef,
+    /// Input schema plus `window_start` and `window_end`.
+    windowed_schema: SchemaRef,
+    keys: Vec<usize>,
+    converter: Option<RowConverter>,
+    watermark: i64,
+    /// Tumble and hop: window start → state.
+    windows: BTreeMap<i64, TumbleState>,
+    /// Session: buffered rows, each with the revision it was last emitted in (-1: never).
+    sessions: Vec<(RecordBatch, Int32Array)>,
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+impl WindowOperator {
+    /// `ctx` carries the functions the SQL may call; `input_schema` is the input's schema.
+    pub fn new(
+        query: WindowedQuery,
+        event_time: &str,
+        allowed_lateness: i64,
+        input_schema: SchemaRef,
+        ctx: SessionContext,
+    ) -> Result<Self, WindowError> {
+        let input_err = |message: String| WindowError::Input {
+            input: query.input.clone(),
+            message,
+        };
+        let spec = query
+            .window
+            .ok_or_else(|| input_err("the query has no window in GROUP BY".into()))?;
+        match input_schema.field_with_name(event_time) {
+            Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)) => {}
+            Ok(f) => {
+                return Err(input_err(format!(
+                    "event-time column `{event_time}` is {}, not a timestamp",
+                    f.data_type()
+                )));
+            }
+            Err(_) => {
+                return Err(input_err(format!(
+                    "event-time column `{event_time}` is not in the input"
+                )));
+            }
+        }
+        let keys = query
+            .keys
+            .iter()
+            .map(|k| {
+                input_schema
+                    .index_of(k)
+                    .map_err(|_| input_err(format!("GROUP BY column `{k}` is not in the input")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let converter = if keys.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                keys.iter()
+                    .map(|&i| SortField::new(input_schema.field(i).data_type().clone()))
+                    .collect(),
+            )?)
+        };
+        let mut fields: Vec<Arc<Field>> = input_schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new("window_start", ts_type(), false)));
+        fields.push(Arc::new(Field::new("window_end", ts_type(), false)));
+        Ok(WindowOperator {
+            spec,
+            event_time: event_time.to_string(),
+            lateness: allowed_lateness.max(0),
+            ctx,
+            windowed_schema: Arc::new(Schema::new(fields)),
+            input_schema,
+            keys,
+            converter,
+            watermark: i64::MIN,
+            windows: BTreeMap::new(),
+            sessions: Vec::new(),
+            query,
+        })
+    }
+
+    /// The current watermark of this operator.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Rows held in open windows.
+    pub fn buffered_rows(&self) -> usize {
+        let tumbling: usize = self
+            .windows
+            .values()
+            .flat_map(|w| w.rows.iter().map(RecordBatch::num_rows))
+            .sum();
+        tumbling + self.sessions.iter().map(|(b, _)| b.num_rows()).sum::<usize>()
+    }
+
+    fn event_times<'a>(&self, batch: &'a RecordBatch) -> Result<&'a TimestampMicrosecondArray, WindowError> {
+        batch
+            .column_by_name(&self.event_time)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .ok_or_else(|| WindowError::Input {
+                input: self.query.input.clone(),
+                message: format!("batch has no timestamp column `{}`", self.event_time),
+            })
+    }
+
+    fn key_rows(&self, batch: &RecordBatch) -> Result<Option<arrow::row::Rows>, WindowError> {
+        match &self.converter {
+            None => Ok(None),
+            Some(c) => {
+                let cols: Vec<ArrayRef> = self.keys.iter().map(|&i| batch.column(i).clone()).collect();
+                Ok(Some(c.convert_columns(&cols)?))
+            }
+        }
+    }
+
+    /// Adds a batch; returns the rows that are too late for every window they belong to.
+    pub fn process(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>, WindowError> {
+        if batch.schema().fields() != self.input_schema.fields() {
+            return Err(WindowError::Input {
+                input: self.query.input.clone(),
+                message: "batch schema differs from the input schema".into(),
+            });
+        }
+        let ts = self.event_times(batch)?;
+        let mut late: Vec<u32> = Vec::new();
+        match self.spec {
+            WindowSpec::Session { gap } => {
+                let mut keep = Vec::with_capacity(batch.num_rows());
+                for (i, t) in ts.iter().enumerate() {
+                    let too_late = t.is_none_or(|t| {
+                        t.saturating_add(gap).saturating_add(self.lateness) <= self.watermark
+                    });
+                    if too_late {
+                        late.push(i as u32);
+                    }
+                    keep.push(!too_late);
+                }
+                let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
+                if kept.num_rows() > 0 {
+                    let revisions = Int32Array::from(vec![-1; kept.num_rows()]);
+                    self.sessions.push((kept, revisions));
+                }
+            }
+            WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => {
+                let slide = match self.spec {
+                    WindowSpec::Hop { slide, .. } => slide,
+                    _ => size,
+                };
+                let mut per_window: HashMap<i64, Vec<u32>> = HashMap::new();
+                for (i, t) in ts.iter().enumerate() {
+                    let Some(t) = t else {
+                        late.push(i as u32);
+                        continue;
+                    };
+                    let mut start = t - t.rem_euclid(slide);
+                    let mut placed = false;
+                    while start.saturating_add(size) > t {
+                        let end = start.saturating_add(size);
+                        if end.saturating_add(self.lateness) > self.watermark {
+                            per_window.entry(start).or_default().push(i as u32);
+                            placed = true;
+                        }
+                        start -= slide;
+                    }
+                    if !placed {
+                        late.push(i as u32);
+                    }
+                }
+                for (start, indices) in per_window {
+                    let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
+                    let dirty_keys = match self.windows.get(&start) {
+                        Some(w) if w.emitted.is_some() => self.key_rows(&rows)?,
+                        _ => None,
+                    };
+                    let window = self.windows.entry(start).or_insert_with(|| TumbleState {
+                        rows: Vec::new(),
+                        emitted: None,
+                        dirty: HashSet::new(),
+                        dirty_all: false,
+                    });
+                    if window.emitted.is_some() {
+                        match dirty_keys {
+                            Some(keys) => window.dirty.extend(keys.iter().map(|r| r.owned())),
+                            None => window.dirty_all = true,
+                        }
+                    }
+                    window.rows.push(rows);
+                }
+            }
+        }
+        if late.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(take_record_batch(batch, &UInt32Array::from(late))?))
+        }
+    }
+
+    /// Moves the watermark to `watermark` (never backwards) and returns the results of the
+    /// windows that closed, and the updates of closed windows that received late rows.
+    pub async fn advance(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, WindowError> {
+        self.watermark = self.watermark.max(watermark);
+        // revision → rows with their window columns, to run through the SQL together.
+        let mut groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+        match self.spec {
+            WindowSpec::Session { gap } => self.close_sessions(gap, &mut groups)?,
+            WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => {
+                self.close_windows(size, &mut groups)?
+            }
+        }
+        let mut out = Vec::new();
+        for (revision, batches) in groups {
+            let input = concat_batches(&self.windowed_schema, &batches)?;
+            if input.num_rows() == 0 {
+                continue;
+            }
+            for result in self.run_sql(input).await? {
+                out.push(with_revision(result, revision)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn close_windows(
+        &mut self,
+        size: i64,
+        groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
+    ) -> Result<(), WindowError> {
+        let watermark = self.watermark;
+        let mut finished = Vec::new();
+        let starts: Vec<i64> = self
+            .windows
+            .range(..watermark.saturating_sub(size).saturating_add(1))
+            .map(|(s, _)| *s)
+            .collect();
+        for start in starts {
+            let end = start.saturating_add(size);
+            let Some(window) = self.windows.get(&start) else { continue };
+            let (revision, rows) = match window.emitted {
+                None => (0, window.rows.clone()),
+                Some(r) if window.dirty_all => (r + 1, window.rows.clone()),
+                Some(r) if window.is_dirty() => {
+                    let mut touched = Vec::new();
+                    for b in &window.rows {
+                        if let Some(keys) = self.key_rows(b)? {
+                            let mask: BooleanArray = keys
+                                .iter()
+                                .map(|k| Some(window.dirty.contains(&k.owned())))
+                                .collect();
+                            touched.push(filter_record_batch(b, &mask)?);
+                        }
+                    }
+                    (r + 1, touched)
+                }
+                Some(_) => (-1, Vec::new()),
+            };
+            if revision >= 0 {
+                let group = groups.entry(revision).or_default();
+                for b in rows {
+                    group.push(self.with_window(&b, start, end)?);
+                }
+                if let Some(w) = self.windows.get_mut(&start) {
+                    w.emitted = Some(revision);
+                    w.dirty.clear();
+                    w.dirty_all = false;
+                }
+            }
+            if end.saturating_add(self.lateness) <= watermark {
+                finished.push(start);
+            }
+        }
+        for start in finished {
+            self.windows.remove(&start);
+        }
+        Ok(())
+    }
+
+    fn close_sessions(
+        &mut self,
+        gap: i64,
+        groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
+    ) -> Result<(), WindowError> {
+        if self.sessions.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<RecordBatch> = self.sessions.iter().map(|(b, _)| b.clone()).collect();
+        let all = concat_batches(&self.input_schema, &batches)?;
+        let revisions: Vec<i32> = self
+            .sessions
+            .iter()
+            .flat_map(|(_, r)| r.values().iter().copied())
+            .collect();
+        let ts = self.event_times(&all)?.clone();
+        let keys = self.key_rows(&all)?;
+        let mut order: Vec<usize> = (0..all.num_rows()).collect();
+        order.sort_by(|&a, &b| {
+            let by_key = match &keys {
+                Some(k) => k.row(a).cmp(&k.row(b)),
+                None => std::cmp::Ordering::Equal,
+            };
+            by_key.then(ts.value(a).cmp(&ts.value(b)))
+        });
+        let same_key = |a: usize, b: usize| keys.as_ref().is_none_or(|k| k.row(a) == k.row(b));
+
+        let mut keep_rows: Vec<u32> = Vec::new();
+        let mut keep_revisions: Vec<i32> = Vec::new();
+        let mut i = 0;
+        while i < order.len() {
+            // One session: consecutive rows of one key less than `gap` apart.
+            let mut j = i + 1;
+            while j < order.len()
+                && same_key(order[i], order[j])
+                && ts.value(order[j]) - ts.value(order[j - 1]) < gap
+            {
+                j += 1;
+            }
+            let members = &order[i..j];
+            let start = ts.value(members[0]);
+            let end = ts.value(members[members.len() - 1]).saturating_add(gap);
+            let last_revision = members.iter().map(|&m| revisions[m]).max().unwrap_or(-1);
+            let fresh = members.iter().any(|&m| revisions[m] < 0);
+            let mut revision_now = last_revision;
+            if end <= self.watermark && fresh {
+                revision_now = last_revision + 1;
+                let idx = UInt32Array::from(members.iter().map(|&m| m as u32).collect::<Vec<_>>());
+                let rows = take_record_batch(&all, &idx)?;
+                groups
+                    .entry(revision_now)
+                    .or_default()
+                    .push(self.with_window(&rows, start, end)?);
+            }
+            if end.saturating_add(self.lateness) > self.watermark {
+                keep_rows.extend(members.iter().map(|&m| m as u32));
+                keep_revisions.extend(members.iter().map(|&m| {
+                    if end <= self.watermark && fresh { revision_now } else { revisions[m] }
+                }));
+            }
+            i = j;
+        }
+        self.sessions.clear();
+        if !keep_rows.is_empty() {
+            let kept = take_record_batch(&all, &UInt32Array::from(keep_rows))?;
+            self.sessions.push((kept, Int32Array::from(keep_revisions)));
+        }
+        Ok(())
+    }
+
+    fn with_window(&self, rows: &RecordBatch, start: i64, end: i64) -> Result<RecordBatch, WindowError> {
+        let n = rows.num_rows();
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![start; n]).with_timezone("UTC")));
+        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![end; n]).with_timezone("UTC")));
+        Ok(RecordBatch::try_new(self.windowed_schema.clone(), columns)?)
+    }
+
+    async fn run_sql(&self, input: RecordBatch) -> Result<Vec<RecordBatch>, WindowError> {
+        self.ctx.deregister_table(self.query.input.as_str())?;
+        self.ctx.register_batch(self.query.input.as_str(), input)?;
+        let frame = self.ctx.sql(&self.query.sql).await?;
+        let out = frame.collect().await?;
+        self.ctx.deregister_table(self.query.input.as_str())?;
+        Ok(out)
+    }
+}
+
+/// Appends `revision` and `is_update` to a result batch.
+fn with_revision(batch: RecordBatch, revision: i32) -> Result<RecordBatch, ArrowError> {
+    let n = batch.num_rows();
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new("revision", DataType::Int32, false)));
+    fields.push(Arc::new(Field::new("is_update", DataType::Boolean, false)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(Int32Array::from(vec![revision; n])));
+    columns.push(Arc::new(BooleanArray::from(vec![revision > 0; n])));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}

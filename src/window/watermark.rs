@@ -1,0 +1,115 @@
+//! Watermarks from bounded out-of-orderness, per source partition.
+//!
+//! In: for each batch, the partition it came from and its largest event time; the processing
+//! time from an injected clock. Out: the source's watermark — no event older than it is
+//! expected any more — as the smallest per-partition `max event time − max out-of-orderness`
+//! over the partitions that are not idle. A partition with no event for `idle_timeout` of
+//! processing time stops holding the watermark back until it sends again; when every partition
+//! is idle, the watermark follows the most advanced one. The watermark never goes backwards.
+
+use std::collections::HashMap;
+
+/// Per-source watermark state.
+#[derive(Debug, Clone)]
+pub struct WatermarkTracker {
+    max_out_of_orderness: i64,
+    idle_timeout: i64,
+    partitions: HashMap<i32, PartitionClock>,
+    current: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    max_event_time: i64,
+    last_seen: i64,
+}
+
+impl WatermarkTracker {
+    /// Times in µs. Until some partition has seen an event, the watermark is `i64::MIN`.
+    pub fn new(max_out_of_orderness: i64, idle_timeout: i64) -> Self {
+        WatermarkTracker {
+            max_out_of_orderness,
+            idle_timeout,
+            partitions: HashMap::new(),
+            current: i64::MIN,
+        }
+    }
+
+    /// Starts from a watermark recovered from a checkpoint.
+    pub fn resume_from(mut self, watermark: i64) -> Self {
+        self.current = watermark;
+        self
+    }
+
+    /// Records that `partition` delivered events up to `max_event_time` at processing time `now`.
+    pub fn observe(&mut self, partition: i32, max_event_time: i64, now: i64) {
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_event_time,
+            last_seen: now,
+        });
+        clock.max_event_time = clock.max_event_time.max(max_event_time);
+        clock.last_seen = now;
+    }
+
+    /// The watermark at processing time `now`.
+    pub fn watermark(&mut self, now: i64) -> i64 {
+        let active = self
+            .partitions
+            .values()
+            .filter(|c| now.saturating_sub(c.last_seen) < self.idle_timeout)
+            .map(|c| c.max_event_time)
+            .min();
+        let candidate = active.or_else(|| self.partitions.values().map(|c| c.max_event_time).max());
+        if let Some(t) = candidate {
+            self.current = self.current.max(t.saturating_sub(self.max_out_of_orderness));
+        }
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn slowest_active_partition_holds_the_watermark() {
+        let mut w = WatermarkTracker::new(5 * S, 30 * S);
+        assert_eq!(w.watermark(0), i64::MIN);
+        w.observe(0, 100 * S, 0);
+        w.observe(1, 60 * S, 0);
+        assert_eq!(w.watermark(1), 55 * S);
+        w.observe(1, 200 * S, 2 * S);
+        assert_eq!(w.watermark(2 * S), 95 * S);
+        // An older event does not move it back.
+        w.observe(0, 10 * S, 3 * S);
+        assert_eq!(w.watermark(3 * S), 95 * S);
+    }
+
+    #[test]
+    fn idle_partition_stops_holding_it_back_until_it_speaks() {
+        let mut w = WatermarkTracker::new(0, 30 * S);
+        w.observe(0, 100 * S, 0);
+        w.observe(1, 10 * S, 0);
+        assert_eq!(w.watermark(S), 10 * S);
+        w.observe(0, 150 * S, 20 * S);
+        // Partition 1 has been silent for 30 s of processing time: idle.
+        assert_eq!(w.watermark(30 * S), 150 * S);
+        // It speaks again, with an old event: it holds the watermark, which does not regress.
+        w.observe(1, 120 * S, 31 * S);
+        assert_eq!(w.watermark(31 * S), 150 * S);
+        w.observe(0, 300 * S, 32 * S);
+        assert_eq!(w.watermark(32 * S), 150 * S);
+        w.observe(1, 250 * S, 33 * S);
+        assert_eq!(w.watermark(33 * S), 250 * S);
+    }
+
+    #[test]
+    fn all_idle_follows_the_most_advanced() {
+        let mut w = WatermarkTracker::new(S, 10 * S);
+        w.observe(0, 50 * S, 0);
+        w.observe(1, 80 * S, 0);
+        assert_eq!(w.watermark(100 * S), 79 * S);
+    }
+}
