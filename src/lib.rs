@@ -8,6 +8,7 @@
 //! - [`source`]: Kafka clients and dead letters;
 //! - [`validate`]: schemas and the JSON → Arrow decoder;
 //! - [`window`]: event-time windows, watermarks and lateness;
+//! - [`sql`]: DataFusion sessions with Stratus's SQL functions;
 //! - [`sink`]: Delta Lake tables with offsets in the commit;
 //! - [`score`]: ONNX Runtime models;
 //! - [`metrics`]: Prometheus metrics;
@@ -20,5 +21,6 @@ pub mod metrics;
 pub mod score;
 pub mod sink;
 pub mod source;
+pub mod sql;
 pub mod validate;
 pub mod window;

@@ -159,10 +159,18 @@ impl WindowOperator {
             .values()
             .flat_map(|w| w.rows.iter().map(RecordBatch::num_rows))
             .sum();
-        tumbling + self.sessions.iter().map(|(b, _)| b.num_rows()).sum::<usize>()
+        tumbling
+            + self
+                .sessions
+                .iter()
+                .map(|(b, _)| b.num_rows())
+                .sum::<usize>()
     }
 
-    fn event_times<'a>(&self, batch: &'a RecordBatch) -> Result<&'a TimestampMicrosecondArray, WindowError> {
+    fn event_times<'a>(
+        &self,
+        batch: &'a RecordBatch,
+    ) -> Result<&'a TimestampMicrosecondArray, WindowError> {
         batch
             .column_by_name(&self.event_time)
             .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
@@ -176,7 +184,8 @@ impl WindowOperator {
         match &self.converter {
             None => Ok(None),
             Some(c) => {
-                let cols: Vec<ArrayRef> = self.keys.iter().map(|&i| batch.column(i).clone()).collect();
+                let cols: Vec<ArrayRef> =
+                    self.keys.iter().map(|&i| batch.column(i).clone()).collect();
                 Ok(Some(c.convert_columns(&cols)?))
             }
         }
@@ -303,7 +312,9 @@ impl WindowOperator {
             .collect();
         for start in starts {
             let end = start.saturating_add(size);
-            let Some(window) = self.windows.get(&start) else { continue };
+            let Some(window) = self.windows.get(&start) else {
+                continue;
+            };
             let (revision, rows) = match window.emitted {
                 None => (0, window.rows.clone()),
                 Some(r) if window.dirty_all => (r + 1, window.rows.clone()),
@@ -400,7 +411,11 @@ impl WindowOperator {
             if end.saturating_add(self.lateness) > self.watermark {
                 keep_rows.extend(members.iter().map(|&m| m as u32));
                 keep_revisions.extend(members.iter().map(|&m| {
-                    if end <= self.watermark && fresh { revision_now } else { revisions[m] }
+                    if end <= self.watermark && fresh {
+                        revision_now
+                    } else {
+                        revisions[m]
+                    }
                 }));
             }
             i = j;
@@ -413,11 +428,20 @@ impl WindowOperator {
         Ok(())
     }
 
-    fn with_window(&self, rows: &RecordBatch, start: i64, end: i64) -> Result<RecordBatch, WindowError> {
+    fn with_window(
+        &self,
+        rows: &RecordBatch,
+        start: i64,
+        end: i64,
+    ) -> Result<RecordBatch, WindowError> {
         let n = rows.num_rows();
         let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![start; n]).with_timezone("UTC")));
-        columns.push(Arc::new(TimestampMicrosecondArray::from(vec![end; n]).with_timezone("UTC")));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![start; n]).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![end; n]).with_timezone("UTC"),
+        ));
         Ok(RecordBatch::try_new(self.windowed_schema.clone(), columns)?)
     }
 

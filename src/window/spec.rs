@@ -100,9 +100,9 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write for example \"30s\", \"1 minute\" or \"5m\""))?;
+    let n: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; write for example \"30s\", \"1 minute\" or \"5m\"")
+    })?;
     let unit_us: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "us" | "microsecond" | "microseconds" => 1.0,
         "ms" | "millisecond" | "milliseconds" => 1e3,
@@ -126,7 +126,11 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
 fn interval_arg(function: &str, arg: &FunctionArg) -> Result<i64, SqlError> {
     let expr = match arg {
         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e,
-        _ => return Err(SqlError::new(format!("{function}(): arguments must be intervals"))),
+        _ => {
+            return Err(SqlError::new(format!(
+                "{function}(): arguments must be intervals"
+            )));
+        }
     };
     let Expr::Interval(interval) = expr else {
         return Err(SqlError::new(format!(
@@ -160,7 +164,9 @@ fn interval_arg(function: &str, arg: &FunctionArg) -> Result<i64, SqlError> {
     };
     let us = parse_duration(&text).map_err(|e| SqlError::new(format!("{function}(): {e}")))?;
     if us <= 0 {
-        return Err(SqlError::new(format!("{function}(): the interval must be positive")));
+        return Err(SqlError::new(format!(
+            "{function}(): the interval must be positive"
+        )));
     }
     Ok(us)
 }
@@ -196,8 +202,15 @@ fn window_call(expr: &Expr) -> Result<Option<WindowSpec>, SqlError> {
             gap: interval_arg("session", gap)?,
         },
         (n, a) => {
-            let want = if n == "hop" { "two intervals (slide, size)" } else { "one interval" };
-            return Err(SqlError::new(format!("{n}() takes {want}, got {} arguments", a.len())));
+            let want = if n == "hop" {
+                "two intervals (slide, size)"
+            } else {
+                "one interval"
+            };
+            return Err(SqlError::new(format!(
+                "{n}() takes {want}, got {} arguments",
+                a.len()
+            )));
         }
     };
     Ok(Some(spec))
@@ -236,14 +249,20 @@ pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
     };
     let input = match select.from.as_slice() {
         [t] if t.joins.is_empty() => match &t.relation {
-            TableFactor::Table { name, args: None, .. } => name.to_string(),
+            TableFactor::Table {
+                name, args: None, ..
+            } => name.to_string(),
             other => {
                 return Err(SqlError::new(format!(
                     "FROM must name a source or an earlier stage, not {other}"
                 )));
             }
         },
-        [] => return Err(SqlError::new("the query has no FROM: name a source or a stage")),
+        [] => {
+            return Err(SqlError::new(
+                "the query has no FROM: name a source or a stage",
+            ));
+        }
         _ => {
             return Err(SqlError::new(
                 "a stage reads exactly one source or stage (joins are not supported yet)",
@@ -316,8 +335,16 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(500_000));
         assert_eq!(parse_duration("2h"), Ok(7_200_000_000));
         assert_eq!(parse_duration("1.5 s"), Ok(1_500_000));
-        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("5 fortnights")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
     }
 
     #[test]
@@ -343,8 +370,15 @@ mod tests {
             "SELECT k FROM s GROUP BY hop(interval '10 seconds', interval '1 minute'), k",
         )
         .unwrap();
-        assert_eq!(q.window, Some(WindowSpec::Hop { slide: 10_000_000, size: 60_000_000 }));
-        let q = parse_stage_sql("SELECT k FROM s GROUP BY k, SESSION(INTERVAL '5' MINUTE)").unwrap();
+        assert_eq!(
+            q.window,
+            Some(WindowSpec::Hop {
+                slide: 10_000_000,
+                size: 60_000_000
+            })
+        );
+        let q =
+            parse_stage_sql("SELECT k FROM s GROUP BY k, SESSION(INTERVAL '5' MINUTE)").unwrap();
         assert_eq!(q.window, Some(WindowSpec::Session { gap: 300_000_000 }));
         let q = parse_stage_sql("SELECT k, v * 2 AS w FROM s WHERE v > 1").unwrap();
         assert_eq!(q.window, None);
@@ -353,13 +387,24 @@ mod tests {
     #[test]
     fn rejects_what_a_stage_may_not_do() {
         let err = |sql: &str| parse_stage_sql(sql).unwrap_err().message;
-        assert!(err("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'").contains("only SELECT"));
+        assert!(
+            err("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'")
+                .contains("only SELECT")
+        );
         assert!(err("COPY t TO '/tmp/x'").contains("only SELECT"));
         assert!(err("SELECT 1; SELECT 2").contains("exactly one SELECT"));
         assert!(err("SELECT * FROM read_parquet('/etc/passwd')").contains("FROM must name"));
-        assert!(err("SELECT k FROM s GROUP BY hop(interval '7 seconds', interval '1 minute')").contains("whole multiple"));
+        assert!(
+            err("SELECT k FROM s GROUP BY hop(interval '7 seconds', interval '1 minute')")
+                .contains("whole multiple")
+        );
         assert!(err("SELECT k FROM s GROUP BY tumble(5)").contains("expected an interval"));
-        assert!(err("SELECT k FROM s GROUP BY tumble(interval '1 minute'), session(interval '1 minute')").contains("only one window"));
+        assert!(
+            err(
+                "SELECT k FROM s GROUP BY tumble(interval '1 minute'), session(interval '1 minute')"
+            )
+            .contains("only one window")
+        );
         let e = parse_stage_sql("SELECT k\nFROM s\nWHERE ) k").unwrap_err();
         assert_eq!((e.line, e.column), (Some(3), Some(7)), "{e:?}");
     }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
+};
 use datafusion::prelude::SessionContext;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,7 +27,11 @@ struct Event {
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("key", DataType::Utf8, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("value", DataType::Float64, false),
     ]))
 }
@@ -34,9 +40,16 @@ fn batch(events: &[Event]) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.key.as_str()))),
-            Arc::new(TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts)).with_timezone("UTC")),
-            Arc::new(Float64Array::from_iter_values(events.iter().map(|e| e.value))),
+            Arc::new(StringArray::from_iter_values(
+                events.iter().map(|e| e.key.as_str()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float64Array::from_iter_values(
+                events.iter().map(|e| e.value),
+            )),
         ],
     )
     .unwrap()
@@ -56,7 +69,11 @@ fn stream(seed: u64) -> Vec<Event> {
             } else if r < 8 {
                 ts -= rng.random_range(180 * S..300 * S);
             }
-            Event { key: format!("k{}", rng.random_range(0..5)), ts, value: rng.random_range(0..100) as f64 }
+            Event {
+                key: format!("k{}", rng.random_range(0..5)),
+                ts,
+                value: rng.random_range(0..100) as f64,
+            }
         })
         .collect()
 }
@@ -71,7 +88,8 @@ struct Run {
 
 async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> Run {
     let query = parse_stage_sql(spec_sql).unwrap();
-    let mut op = WindowOperator::new(query, "ts", lateness, schema(), SessionContext::new()).unwrap();
+    let mut op =
+        WindowOperator::new(query, "ts", lateness, schema(), SessionContext::new()).unwrap();
     let mut wm = WatermarkTracker::new(5 * S, 60 * S);
     let mut out = Vec::new();
     let mut late = Vec::new();
@@ -84,15 +102,28 @@ async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> R
         out.extend(op.advance(wm.watermark(n as i64)).await.unwrap());
     }
     out.extend(op.advance(i64::MAX).await.unwrap());
-    assert_eq!(op.buffered_rows(), 0, "state left after the final watermark");
+    assert_eq!(
+        op.buffered_rows(),
+        0,
+        "state left after the final watermark"
+    );
     let mut last = BTreeMap::new();
     let mut revisions: HashMap<(String, i64), Vec<i32>> = HashMap::new();
     for b in &out {
         let keys = b.column_by_name("key").unwrap().as_string::<i32>();
-        let starts = b.column_by_name("window_start").unwrap().as_primitive::<TimestampMicrosecondType>();
+        let starts = b
+            .column_by_name("window_start")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
         let counts = b.column_by_name("n").unwrap().as_primitive::<Int64Type>();
-        let sums = b.column_by_name("total").unwrap().as_primitive::<Float64Type>();
-        let revs = b.column_by_name("revision").unwrap().as_primitive::<Int32Type>();
+        let sums = b
+            .column_by_name("total")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let revs = b
+            .column_by_name("revision")
+            .unwrap()
+            .as_primitive::<Int32Type>();
         let upd = b.column_by_name("is_update").unwrap().as_boolean();
         for i in 0..b.num_rows() {
             let id = (keys.value(i).to_string(), starts.value(i));
@@ -101,19 +132,31 @@ async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> R
             last.insert(id, (counts.value(i), sums.value(i)));
         }
     }
-    Run { last, revisions, late }
+    Run {
+        last,
+        revisions,
+        late,
+    }
 }
 
 /// The reference: replay arrival order with the same watermark rule; an event is too late when
 /// every window it belongs to ended at or before `watermark - lateness` on arrival.
-fn reference(events: &[Event], windows_of: impl Fn(i64) -> Vec<(i64, i64)>, lateness: i64, chunk: usize) -> (BTreeMap<(String, i64), (i64, f64)>, Vec<i64>) {
+fn reference(
+    events: &[Event],
+    windows_of: impl Fn(i64) -> Vec<(i64, i64)>,
+    lateness: i64,
+    chunk: usize,
+) -> (BTreeMap<(String, i64), (i64, f64)>, Vec<i64>) {
     let mut watermark = i64::MIN;
     let mut max_ts = i64::MIN;
     let mut agg: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
     let mut late = Vec::new();
     for part in events.chunks(chunk) {
         for e in part {
-            let live: Vec<_> = windows_of(e.ts).into_iter().filter(|(_, end)| end.saturating_add(lateness) > watermark).collect();
+            let live: Vec<_> = windows_of(e.ts)
+                .into_iter()
+                .filter(|(_, end)| end.saturating_add(lateness) > watermark)
+                .collect();
             if live.is_empty() {
                 late.push(e.ts);
             }
@@ -141,17 +184,25 @@ async fn tumbling_results_and_updates_match_the_reference() {
         50,
     )
     .await;
-    let (want, want_late) = reference(&events, |t| {
-        let s = t - t.rem_euclid(size);
-        vec![(s, s + size)]
-    }, lateness, 50);
+    let (want, want_late) = reference(
+        &events,
+        |t| {
+            let s = t - t.rem_euclid(size);
+            vec![(s, s + size)]
+        },
+        lateness,
+        50,
+    );
     assert_eq!(got.last, want);
     let mut got_late = got.late.clone();
     let mut want_late = want_late;
     got_late.sort();
     want_late.sort();
     assert_eq!(got_late, want_late);
-    assert!(!want_late.is_empty(), "the stream must hold too-late events");
+    assert!(
+        !want_late.is_empty(),
+        "the stream must hold too-late events"
+    );
     // Some windows were updated by late events; a group's revisions start at 0 and only grow
     // (a window's revision counts its firings, and an update re-emits only the keys it touched).
     assert!(got.revisions.values().any(|r| r.len() > 1));
@@ -172,15 +223,20 @@ async fn hopping_windows_match_the_reference() {
         40,
     )
     .await;
-    let (want, want_late) = reference(&events, |t| {
-        let mut out = Vec::new();
-        let mut s = t - t.rem_euclid(slide);
-        while s + size > t {
-            out.push((s, s + size));
-            s -= slide;
-        }
-        out
-    }, lateness, 40);
+    let (want, want_late) = reference(
+        &events,
+        |t| {
+            let mut out = Vec::new();
+            let mut s = t - t.rem_euclid(slide);
+            while s + size > t {
+                out.push((s, s + size));
+                s -= slide;
+            }
+            out
+        },
+        lateness,
+        40,
+    );
     assert_eq!(got.last, want);
     assert_eq!(got.late.len(), want_late.len());
 }
@@ -188,8 +244,19 @@ async fn hopping_windows_match_the_reference() {
 #[tokio::test]
 async fn sessions_split_on_gaps_per_key() {
     // Key a: 0,1,2 s then 20,21 s (gap 5 s → two sessions); key b: 3 s alone.
-    let ev = |key: &str, s: i64, value: f64| Event { key: key.into(), ts: 1_750_000_000 * S + s * S, value };
-    let events = vec![ev("a", 0, 1.0), ev("a", 1, 2.0), ev("b", 3, 10.0), ev("a", 2, 4.0), ev("a", 20, 8.0), ev("a", 21, 16.0)];
+    let ev = |key: &str, s: i64, value: f64| Event {
+        key: key.into(),
+        ts: 1_750_000_000 * S + s * S,
+        value,
+    };
+    let events = vec![
+        ev("a", 0, 1.0),
+        ev("a", 1, 2.0),
+        ev("b", 3, 10.0),
+        ev("a", 2, 4.0),
+        ev("a", 20, 8.0),
+        ev("a", 21, 16.0),
+    ];
     let got = run(
         "SELECT key, window_start, window_end, count(*) AS n, sum(value) AS total FROM m GROUP BY key, session(interval '5 seconds')",
         &events,
@@ -212,7 +279,11 @@ async fn sessions_split_on_gaps_per_key() {
 #[tokio::test]
 async fn a_late_event_within_lateness_updates_only_its_key() {
     let t0 = 1_750_000_020 * S;
-    let ev = |key: &str, s: i64| Event { key: key.into(), ts: t0 + s * S, value: 1.0 };
+    let ev = |key: &str, s: i64| Event {
+        key: key.into(),
+        ts: t0 + s * S,
+        value: 1.0,
+    };
     let query = parse_stage_sql("SELECT key, count(*) AS n, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')").unwrap();
     assert_eq!(query.window, Some(WindowSpec::Tumble { size: 10 * S }));
     let mut op = WindowOperator::new(query, "ts", 60 * S, schema(), SessionContext::new()).unwrap();
@@ -224,8 +295,17 @@ async fn a_late_event_within_lateness_updates_only_its_key() {
     let rows: usize = update.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 1, "only key a is re-emitted");
     let b = &update[0];
-    assert_eq!(b.column_by_name("key").unwrap().as_string::<i32>().value(0), "a");
-    assert_eq!(b.column_by_name("n").unwrap().as_primitive::<Int64Type>().value(0), 2);
+    assert_eq!(
+        b.column_by_name("key").unwrap().as_string::<i32>().value(0),
+        "a"
+    );
+    assert_eq!(
+        b.column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
+        2
+    );
     assert!(b.column_by_name("is_update").unwrap().as_boolean().value(0));
     // Past the lateness the event goes to the late output.
     assert!(op.advance(t0 + 71 * S).await.unwrap().is_empty());

@@ -61,7 +61,9 @@ impl WatermarkTracker {
             .min();
         let candidate = active.or_else(|| self.partitions.values().map(|c| c.max_event_time).max());
         if let Some(t) = candidate {
-            self.current = self.current.max(t.saturating_sub(self.max_out_of_orderness));
+            self.current = self
+                .current
+                .max(t.saturating_sub(self.max_out_of_orderness));
         }
         self.current
     }
