@@ -12,12 +12,14 @@
 //! - [`sink`]: Delta Lake tables with offsets in the commit;
 //! - [`score`]: ONNX Runtime models;
 //! - [`metrics`]: Prometheus metrics;
+//! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
 //! - [`demo`]: the embedded default job behind `stratus demo`.
 
 pub mod demo;
 pub mod job;
 pub mod metrics;
+pub mod pipeline;
 pub mod score;
 pub mod sink;
 pub mod source;

@@ -17,6 +17,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check a pipeline file and everything it names — schemas, SQL, sinks — without running
+    /// it. Prints every error with file, line and a hint; exits non-zero if there is any.
+    Validate {
+        /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
+        file: PathBuf,
+    },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
     Demo {
@@ -51,6 +57,38 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Validate { file } => {
+            match runtime.block_on(stratus::pipeline::Pipeline::load(&file)) {
+                Ok(p) => {
+                    println!(
+                        "{}: ok — pipeline `{}`: {} source(s), {} stage(s), {} sink(s)",
+                        file.display(),
+                        p.name,
+                        p.sources.len(),
+                        p.stages.len(),
+                        p.sinks.len()
+                    );
+                    for stage in &p.stages {
+                        let window = stage
+                            .query
+                            .window
+                            .map_or("no window".to_string(), |w| w.to_string());
+                        let columns: Vec<&str> = stage
+                            .output_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect();
+                        println!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
+                    }
+                }
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    eprintln!("{}: {} error(s)", file.display(), diagnostics.0.len());
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::Demo {
             events,
             resources,

@@ -13,6 +13,6 @@ pub mod watermark;
 #[cfg(test)]
 mod tests;
 
-pub use operator::{WindowError, WindowOperator};
+pub use operator::{WINDOW_COLUMNS, WindowError, WindowOperator, windowed_schema};
 pub use spec::{WindowSpec, WindowedQuery, parse_duration, parse_stage_sql};
 pub use watermark::WatermarkTracker;

@@ -65,8 +65,12 @@ pub struct WindowOperator {
     lateness: i64,
     ctx: SessionContext,
     input_schema: SchemaRef,
-    /// Input schema plus `window_start` and `window_end`.
+    /// What the SQL reads: see [`windowed_schema`].
     windowed_schema: SchemaRef,
+    kept_columns: Vec<usize>,
+    /// When the input is another window stage: its group columns (with `window_start`), to keep
+    /// only the latest revision of each upstream result.
+    upstream_groups: Option<(Vec<usize>, usize, RowConverter)>,
     keys: Vec<usize>,
     converter: Option<RowConverter>,
     watermark: i64,
@@ -80,14 +84,33 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// Columns a window stage adds to its output; an input that already has them (a window stage
+/// reading another one) has them replaced.
+pub const WINDOW_COLUMNS: [&str; 4] = ["window_start", "window_end", "revision", "is_update"];
+
+/// The schema SQL sees for a window stage: the input's columns except [`WINDOW_COLUMNS`], then
+/// this stage's `window_start` and `window_end`. Also returns the kept input column indices.
+pub fn windowed_schema(input: &Schema) -> (SchemaRef, Vec<usize>) {
+    let kept: Vec<usize> = (0..input.fields().len())
+        .filter(|&i| !WINDOW_COLUMNS.contains(&input.field(i).name().as_str()))
+        .collect();
+    let mut fields: Vec<Arc<Field>> = kept.iter().map(|&i| input.fields()[i].clone()).collect();
+    fields.push(Arc::new(Field::new("window_start", ts_type(), false)));
+    fields.push(Arc::new(Field::new("window_end", ts_type(), false)));
+    (Arc::new(Schema::new(fields)), kept)
+}
+
 impl WindowOperator {
     /// `ctx` carries the functions the SQL may call; `input_schema` is the input's schema.
+    /// `upstream_keys` names the group columns of an upstream window stage (with
+    /// `window_start`), when the input is one: its updates then replace its earlier results.
     pub fn new(
         query: WindowedQuery,
         event_time: &str,
         allowed_lateness: i64,
         input_schema: SchemaRef,
         ctx: SessionContext,
+        upstream_keys: Option<Vec<String>>,
     ) -> Result<Self, WindowError> {
         let input_err = |message: String| WindowError::Input {
             input: query.input.clone(),
@@ -128,15 +151,34 @@ impl WindowOperator {
                     .collect(),
             )?)
         };
-        let mut fields: Vec<Arc<Field>> = input_schema.fields().iter().cloned().collect();
-        fields.push(Arc::new(Field::new("window_start", ts_type(), false)));
-        fields.push(Arc::new(Field::new("window_end", ts_type(), false)));
+        let (windowed_schema, kept_columns) = windowed_schema(&input_schema);
+        let upstream_groups = match (upstream_keys, input_schema.index_of("revision")) {
+            (Some(names), Ok(revision)) => {
+                let idx = names
+                    .iter()
+                    .map(|k| {
+                        input_schema.index_of(k).map_err(|_| {
+                            input_err(format!("upstream group column `{k}` is not in the input"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let converter = RowConverter::new(
+                    idx.iter()
+                        .map(|&i| SortField::new(input_schema.field(i).data_type().clone()))
+                        .collect(),
+                )?;
+                Some((idx, revision, converter))
+            }
+            _ => None,
+        };
         Ok(WindowOperator {
             spec,
             event_time: event_time.to_string(),
             lateness: allowed_lateness.max(0),
             ctx,
-            windowed_schema: Arc::new(Schema::new(fields)),
+            windowed_schema,
+            kept_columns,
+            upstream_groups,
             input_schema,
             keys,
             converter,
@@ -334,6 +376,7 @@ impl WindowOperator {
                 Some(_) => (-1, Vec::new()),
             };
             if revision >= 0 {
+                let rows = self.latest_upstream(rows)?;
                 let group = groups.entry(revision).or_default();
                 for b in rows {
                     group.push(self.with_window(&b, start, end)?);
@@ -428,6 +471,39 @@ impl WindowOperator {
         Ok(())
     }
 
+    /// Keeps, of each upstream result, only its latest revision (when the input is a window
+    /// stage); otherwise returns the rows as they are.
+    fn latest_upstream(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
+        let Some((keys, revision, converter)) = &self.upstream_groups else {
+            return Ok(rows);
+        };
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        let all = concat_batches(&self.input_schema, &rows)?;
+        let cols: Vec<ArrayRef> = keys.iter().map(|&i| all.column(i).clone()).collect();
+        let groups = converter.convert_columns(&cols)?;
+        let revisions = all
+            .column(*revision)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| WindowError::Input {
+                input: self.query.input.clone(),
+                message: "column `revision` is not an Int32".into(),
+            })?;
+        let mut latest: HashMap<arrow::row::Row<'_>, (i32, u32)> = HashMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            let r = revisions.value(i);
+            let e = latest.entry(g).or_insert((r, i as u32));
+            if r >= e.0 {
+                *e = (r, i as u32);
+            }
+        }
+        let mut idx: Vec<u32> = latest.into_values().map(|(_, i)| i).collect();
+        idx.sort_unstable();
+        Ok(vec![take_record_batch(&all, &UInt32Array::from(idx))?])
+    }
+
     fn with_window(
         &self,
         rows: &RecordBatch,
@@ -435,7 +511,11 @@ impl WindowOperator {
         end: i64,
     ) -> Result<RecordBatch, WindowError> {
         let n = rows.num_rows();
-        let mut columns = rows.columns().to_vec();
+        let mut columns: Vec<ArrayRef> = self
+            .kept_columns
+            .iter()
+            .map(|&i| rows.column(i).clone())
+            .collect();
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(vec![start; n]).with_timezone("UTC"),
         ));

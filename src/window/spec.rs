@@ -12,6 +12,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
     SetExpr, Statement, TableFactor, Value,
@@ -218,6 +219,19 @@ fn window_call(expr: &Expr) -> Result<Option<WindowSpec>, SqlError> {
 
 /// Parses one SQL stage and rewrites its window, if it has one.
 pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
+    // DataFusion's own parser knows its extensions (CREATE EXTERNAL TABLE, COPY): refuse them
+    // by name before the generic parser trips over their syntax.
+    if let Ok(statements) = DFParser::parse_sql(sql) {
+        for s in &statements {
+            if !matches!(s, DFStatement::Statement(inner) if matches!(inner.as_ref(), Statement::Query(_)))
+            {
+                return Err(SqlError::new(format!(
+                    "only SELECT queries are allowed in a stage (no DDL, COPY or external tables), found: {}",
+                    first_words(&s.to_string())
+                )));
+            }
+        }
+    }
     let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
         let text = e.to_string();
         let (line, column) = parser_position(&text);

@@ -89,7 +89,7 @@ struct Run {
 async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> Run {
     let query = parse_stage_sql(spec_sql).unwrap();
     let mut op =
-        WindowOperator::new(query, "ts", lateness, schema(), SessionContext::new()).unwrap();
+        WindowOperator::new(query, "ts", lateness, schema(), SessionContext::new(), None).unwrap();
     let mut wm = WatermarkTracker::new(5 * S, 60 * S);
     let mut out = Vec::new();
     let mut late = Vec::new();
@@ -286,7 +286,8 @@ async fn a_late_event_within_lateness_updates_only_its_key() {
     };
     let query = parse_stage_sql("SELECT key, count(*) AS n, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')").unwrap();
     assert_eq!(query.window, Some(WindowSpec::Tumble { size: 10 * S }));
-    let mut op = WindowOperator::new(query, "ts", 60 * S, schema(), SessionContext::new()).unwrap();
+    let mut op =
+        WindowOperator::new(query, "ts", 60 * S, schema(), SessionContext::new(), None).unwrap();
     op.process(&batch(&[ev("a", 1), ev("b", 2)])).unwrap();
     let first = op.advance(t0 + 10 * S).await.unwrap();
     assert_eq!(first.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);

@@ -1,0 +1,214 @@
+//! What a user writes in `pipelines/*.yaml`, as serde structs. Unknown fields are errors.
+//!
+//! ```yaml
+//! name: cloud-metrics
+//! sources:
+//!   metrics:                                   # the name SQL reads FROM
+//!     kafka: { topic: cloud.metrics, group: stratus-cloud-metrics }
+//!     # or, for backfill and tests:  file: { path: ../data/metrics.jsonl }
+//!     schema: ../schemas/cloud.metrics.json   # paths are relative to this file
+//!     event_time: { field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 30s }
+//!     dead_letter_topic: cloud.metrics.dlq    # default: <topic>.dlq
+//! stages:
+//!   features_1m: { sql: ../sql/cloud_metrics_1m.sql }
+//! sinks:
+//!   raw:      { from: metrics, delta: { table: raw_metrics, partition_by: [date] } }
+//!   features: { from: features_1m, kafka: { topic: cloud.metrics.features, key: [resource_id] } }
+//! ```
+
+use serde::Deserialize;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Names the pipeline in metrics, consumer groups and Delta `txn` app ids.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub sources: Entries<SourceConfig>,
+    #[serde(default)]
+    pub stages: Entries<StageConfig>,
+    pub sinks: Entries<SinkConfig>,
+    /// Delta commit policy shared by the pipeline's Delta sinks.
+    #[serde(default)]
+    pub commit: CommitConfig,
+}
+
+/// A YAML mapping kept in file order (stages may only read earlier stages).
+#[derive(Debug, Clone)]
+pub struct Entries<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Entries<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of names to entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(name, _)| *name == k) {
+                        return Err(serde::de::Error::custom(format!("`{k}` is defined twice")));
+                    }
+                    let v = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<T> Entries<T> {
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+}
+
+/// Where events come from, their schema and their event-time rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default)]
+    pub kafka: Option<KafkaSourceConfig>,
+    #[serde(default)]
+    pub file: Option<FileSourceConfig>,
+    /// Path of the event schema, relative to the pipeline file.
+    pub schema: String,
+    pub event_time: EventTimeConfig,
+    /// Topic for invalid events; default `<topic>.dlq` (Kafka) or `<file>.dlq.jsonl` (file).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub topic: String,
+    /// Consumer group; default `stratus-<pipeline name>`.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A JSON-lines file, one event a line, relative to the pipeline file.
+    pub path: String,
+}
+
+/// Event-time settings of a source. Durations are strings such as `"10s"` or `"1 minute"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The schema field holding event time (a `date-time` field).
+    pub field: String,
+    /// How far out of order events may arrive: the watermark trails the newest event by this.
+    #[serde(default = "default_out_of_orderness")]
+    pub max_out_of_orderness: String,
+    /// How long after a window closes a late event still updates it.
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness: String,
+    /// A partition silent this long (processing time) stops holding the watermark back.
+    #[serde(default = "default_idle")]
+    pub idle_timeout: String,
+}
+
+fn default_out_of_orderness() -> String {
+    "5s".into()
+}
+fn default_lateness() -> String {
+    "0s".into()
+}
+fn default_idle() -> String {
+    "30s".into()
+}
+
+/// A SQL stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// Path of the SQL file, relative to the pipeline file.
+    pub sql: String,
+}
+
+/// Where a source's or a stage's rows go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The source or stage whose rows this sink receives.
+    pub from: String,
+    #[serde(default)]
+    pub delta: Option<DeltaSinkSettings>,
+    #[serde(default)]
+    pub kafka: Option<KafkaSinkSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSinkSettings {
+    /// A table name under the table root (`--tables`), an absolute path, or an `s3://` URL.
+    pub table: String,
+    /// Partition columns; `date` is derived from the event time when the rows lack it.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkSettings {
+    pub topic: String,
+    /// Columns whose values, joined by `|`, form the record key.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+/// When Delta sinks commit: whichever limit trips first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitConfig {
+    #[serde(default = "default_flush_rows")]
+    pub max_rows: usize,
+    #[serde(default = "default_flush_interval")]
+    pub max_interval: String,
+    /// Write a Delta checkpoint every this many commits of a table.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint_every: u64,
+}
+
+fn default_flush_rows() -> usize {
+    100_000
+}
+fn default_flush_interval() -> String {
+    "1s".into()
+}
+fn default_checkpoint() -> u64 {
+    10
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_rows: default_flush_rows(),
+            max_interval: default_flush_interval(),
+            checkpoint_every: default_checkpoint(),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Pipeline definitions: the YAML a user writes, checked into a runnable plan.
+//!
+//! - [`config`]: the file format (serde, unknown fields rejected);
+//! - [`plan`]: loading and checking — schemas, SQL planned against its inputs, sinks;
+//! - [`diagnostics`]: errors with file, line and hint, all reported at once.
+
+pub mod config;
+pub mod diagnostics;
+pub mod plan;
+
+pub use diagnostics::{Diagnostic, Diagnostics};
+pub use plan::{Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, StagePlan};
+
+#[cfg(test)]
+mod tests;

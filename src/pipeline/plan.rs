@@ -1,0 +1,618 @@
+//! Loads a pipeline file and checks everything before anything runs.
+//!
+//! In: the path of `pipelines/<name>.yaml`. Out: a [`Pipeline`] — sources with compiled
+//! schemas, stages with their SQL parsed, planned by DataFusion against their input's schema
+//! and their output schema known, sinks resolved — or every [`Diagnostic`] found, each with
+//! its file, line and a hint. Nothing connects to Kafka or storage here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+
+use super::config::{PipelineConfig, SinkConfig, SourceConfig};
+use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
+use crate::validate::{EventSchema, FieldKind};
+use crate::window::{WindowedQuery, parse_duration, parse_stage_sql, windowed_schema};
+
+/// Where a source reads from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceInput {
+    Kafka { topic: String, group: String },
+    File { path: PathBuf },
+}
+
+/// A checked source.
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    pub name: String,
+    pub input: SourceInput,
+    pub schema: Arc<EventSchema>,
+    pub event_time: String,
+    /// µs.
+    pub max_out_of_orderness: i64,
+    pub allowed_lateness: i64,
+    pub idle_timeout: i64,
+    pub dead_letter_topic: String,
+}
+
+/// A checked SQL stage.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub name: String,
+    pub sql_file: PathBuf,
+    pub query: WindowedQuery,
+    pub input_schema: SchemaRef,
+    pub output_schema: SchemaRef,
+    /// The input column windows are assigned by.
+    pub event_time: String,
+    /// Allowed lateness of the source the stage descends from, µs.
+    pub allowed_lateness: i64,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkTarget {
+    Delta {
+        table: String,
+        partition_by: Vec<String>,
+    },
+    Kafka {
+        topic: String,
+        key: Vec<String>,
+    },
+}
+
+/// A checked sink.
+#[derive(Debug, Clone)]
+pub struct SinkPlan {
+    pub name: String,
+    pub from: String,
+    pub target: SinkTarget,
+    /// The column a derived `date` partition comes from.
+    pub event_time: Option<String>,
+}
+
+/// A pipeline that passed every check.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub sources: Vec<SourcePlan>,
+    pub stages: Vec<StagePlan>,
+    pub sinks: Vec<SinkPlan>,
+    pub max_rows: usize,
+    /// µs.
+    pub max_interval: i64,
+    pub checkpoint_every: u64,
+}
+
+/// A relation SQL can read: a source or an earlier stage.
+struct Relation {
+    schema: SchemaRef,
+    event_time: Option<String>,
+    lateness: i64,
+}
+
+impl Pipeline {
+    /// Reads and checks `file`.
+    pub async fn load(file: &Path) -> Result<Pipeline, Diagnostics> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                file: file.to_path_buf(),
+                line: None,
+                column: None,
+                message: format!("cannot read the pipeline file: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::from_yaml(file, &text).await
+    }
+
+    /// Checks a pipeline given as text; `file` names it and anchors its relative paths.
+    pub async fn from_yaml(file: &Path, text: &str) -> Result<Pipeline, Diagnostics> {
+        let config: PipelineConfig = serde_norway::from_str(text).map_err(|e| {
+            let location = e.location();
+            Diagnostics(vec![Diagnostic {
+                file: file.to_path_buf(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                message: e.to_string(),
+                hint: Some(
+                    "see the field reference in src/pipeline/config.rs or an example in pipelines/"
+                        .into(),
+                ),
+            }])
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut r = Reporter::new(file, text);
+        let mut relations: Vec<(String, Relation)> = Vec::new();
+        // Sources and stages that failed their own checks: what reads them is not checked again.
+        let mut failed: Vec<&str> = Vec::new();
+
+        let mut sources = Vec::new();
+        for (name, source) in config.sources.iter() {
+            if let Some(plan) = check_source(&mut r, base, &config.name, name, source) {
+                relations.push((
+                    name.to_string(),
+                    Relation {
+                        schema: plan.schema.arrow_schema(),
+                        event_time: Some(plan.event_time.clone()),
+                        lateness: plan.allowed_lateness,
+                    },
+                ));
+                sources.push(plan);
+            } else {
+                failed.push(name);
+            }
+        }
+        if config.sources.0.is_empty() {
+            r.at(
+                &["sources"],
+                "the pipeline has no source",
+                Some("declare at least one Kafka topic or file under `sources`"),
+            );
+        }
+
+        let mut stages = Vec::new();
+        for (name, stage) in config.stages.iter() {
+            if relations.iter().any(|(n, _)| n == name) {
+                r.at(
+                    &["stages", name],
+                    format!("`{name}` is already the name of a source or stage"),
+                    None,
+                );
+                continue;
+            }
+            let sql_file = base.join(&stage.sql);
+            let sql = match std::fs::read_to_string(&sql_file) {
+                Ok(s) => s,
+                Err(e) => {
+                    r.at(
+                        &["stages", name, "sql"],
+                        format!("cannot read {}: {e}", sql_file.display()),
+                        Some("paths are relative to the pipeline file"),
+                    );
+                    failed.push(name);
+                    continue;
+                }
+            };
+            if let Some(plan) =
+                check_stage(&mut r, name, &sql_file, &sql, &relations, &failed).await
+            {
+                let event_time = if plan.query.window.is_some() {
+                    plan.output_schema
+                        .field_with_name("window_start")
+                        .ok()
+                        .map(|_| "window_start".to_string())
+                } else {
+                    plan.output_schema
+                        .field_with_name(&plan.event_time)
+                        .ok()
+                        .map(|_| plan.event_time.clone())
+                };
+                relations.push((
+                    name.to_string(),
+                    Relation {
+                        schema: plan.output_schema.clone(),
+                        event_time,
+                        lateness: plan.allowed_lateness,
+                    },
+                ));
+                stages.push(plan);
+            } else {
+                failed.push(name);
+            }
+        }
+
+        let mut sinks = Vec::new();
+        for (name, sink) in config.sinks.iter() {
+            if failed.contains(&sink.from.as_str()) {
+                continue;
+            }
+            if let Some(plan) = check_sink(&mut r, name, sink, &relations) {
+                sinks.push(plan);
+            }
+        }
+        if config.sinks.0.is_empty() {
+            r.at(
+                &["sinks"],
+                "the pipeline has no sink",
+                Some("add a Delta table or a Kafka topic under `sinks`"),
+            );
+        }
+
+        let max_interval = duration(
+            &mut r,
+            &["commit", "max_interval"],
+            &config.commit.max_interval,
+        );
+        if config.commit.max_rows == 0 {
+            r.at(&["commit", "max_rows"], "max_rows must be at least 1", None);
+        }
+        if r.found.is_empty() {
+            Ok(Pipeline {
+                name: config.name,
+                file: file.to_path_buf(),
+                sources,
+                stages,
+                sinks,
+                max_rows: config.commit.max_rows,
+                max_interval: max_interval.unwrap_or(1_000_000),
+                checkpoint_every: config.commit.checkpoint_every,
+            })
+        } else {
+            Err(Diagnostics(r.found))
+        }
+    }
+}
+
+fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> Option<i64> {
+    match parse_duration(text) {
+        Ok(us) => Some(us),
+        Err(e) => {
+            r.at(
+                path,
+                e,
+                Some("write a duration such as \"500ms\", \"10s\", \"1m\" or \"1 hour\""),
+            );
+            None
+        }
+    }
+}
+
+fn check_source(
+    r: &mut Reporter<'_>,
+    base: &Path,
+    pipeline: &str,
+    name: &str,
+    source: &SourceConfig,
+) -> Option<SourcePlan> {
+    let at = |key: &'static str| ["sources", name, key];
+    let input = match (&source.kafka, &source.file) {
+        (Some(k), None) => {
+            if k.topic.trim().is_empty() {
+                r.at(
+                    &["sources", name, "kafka", "topic"],
+                    "the topic name is empty",
+                    None,
+                );
+            }
+            Some(SourceInput::Kafka {
+                topic: k.topic.clone(),
+                group: k
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| format!("stratus-{pipeline}")),
+            })
+        }
+        (None, Some(f)) => Some(SourceInput::File {
+            path: base.join(&f.path),
+        }),
+        _ => {
+            r.at(
+                &["sources", name],
+                "a source needs exactly one of `kafka` or `file`",
+                None,
+            );
+            None
+        }
+    };
+    let schema_file = base.join(&source.schema);
+    let schema = match EventSchema::from_file(&schema_file) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            r.at(
+                &at("schema"),
+                e.to_string(),
+                Some("paths are relative to the pipeline file"),
+            );
+            None
+        }
+    };
+    let et = &source.event_time;
+    if let Some(s) = &schema {
+        match s.fields().iter().find(|f| f.name == et.field) {
+            Some(f) if f.kind == FieldKind::Timestamp => {}
+            Some(_) => r.at(
+                &["sources", name, "event_time", "field"],
+                format!(
+                    "event-time field `{}` is not a timestamp in {}",
+                    et.field,
+                    schema_file.display()
+                ),
+                Some("declare it as {\"type\": \"string\", \"format\": \"date-time\"}"),
+            ),
+            None => r.at(
+                &["sources", name, "event_time", "field"],
+                format!(
+                    "event-time field `{}` is not in {}",
+                    et.field,
+                    schema_file.display()
+                ),
+                None,
+            ),
+        }
+    }
+    let ooo = duration(
+        r,
+        &["sources", name, "event_time", "max_out_of_orderness"],
+        &et.max_out_of_orderness,
+    );
+    let lateness = duration(
+        r,
+        &["sources", name, "event_time", "allowed_lateness"],
+        &et.allowed_lateness,
+    );
+    let idle = duration(
+        r,
+        &["sources", name, "event_time", "idle_timeout"],
+        &et.idle_timeout,
+    );
+    if idle == Some(0) {
+        r.at(
+            &["sources", name, "event_time", "idle_timeout"],
+            "idle_timeout must be positive",
+            None,
+        );
+    }
+    let dead_letter_topic = source
+        .dead_letter_topic
+        .clone()
+        .unwrap_or_else(|| match &input {
+            Some(SourceInput::Kafka { topic, .. }) => format!("{topic}.dlq"),
+            _ => format!("{name}.dlq"),
+        });
+    Some(SourcePlan {
+        name: name.to_string(),
+        input: input?,
+        schema: schema?,
+        event_time: et.field.clone(),
+        max_out_of_orderness: ooo?,
+        allowed_lateness: lateness?,
+        idle_timeout: idle?,
+        dead_letter_topic,
+    })
+}
+
+async fn check_stage(
+    r: &mut Reporter<'_>,
+    name: &str,
+    sql_file: &Path,
+    sql: &str,
+    relations: &[(String, Relation)],
+    failed: &[&str],
+) -> Option<StagePlan> {
+    let query = match parse_stage_sql(sql) {
+        Ok(q) => q,
+        Err(e) => {
+            r.in_file(
+                sql_file,
+                e.line.map(|l| l as usize),
+                e.column.map(|c| c as usize),
+                e.message,
+                Some("a stage is one SELECT over a source or an earlier stage"),
+            );
+            return None;
+        }
+    };
+    if failed.contains(&query.input.as_str()) {
+        return None;
+    }
+    let Some((_, input)) = relations.iter().find(|(n, _)| *n == query.input) else {
+        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+        r.in_file(
+            sql_file,
+            line_of(sql, &query.input),
+            None,
+            format!(
+                "FROM `{}`: no source or earlier stage has that name",
+                query.input
+            ),
+            Some(&format!("readable here: {}", known.join(", "))),
+        );
+        return None;
+    };
+    let mut event_time = String::new();
+    let schema = if query.window.is_some() {
+        match &input.event_time {
+            Some(t) => event_time = t.clone(),
+            None => {
+                r.in_file(
+                    sql_file,
+                    None,
+                    None,
+                    format!("`{}` has no event-time column to window by", query.input),
+                    Some(
+                        "a windowed stage reading a stage needs that stage to select window_start",
+                    ),
+                );
+                return None;
+            }
+        }
+        windowed_schema(&input.schema).0
+    } else {
+        if let Some(t) = &input.event_time {
+            event_time = t.clone();
+        }
+        input.schema.clone()
+    };
+    let ctx = crate::sql::session_context();
+    let table = match MemTable::try_new(schema.clone(), vec![vec![]]) {
+        Ok(t) => t,
+        Err(e) => {
+            r.in_file(sql_file, None, None, e.to_string(), None);
+            return None;
+        }
+    };
+    if let Err(e) = ctx.register_table(query.input.as_str(), Arc::new(table)) {
+        r.in_file(sql_file, None, None, e.to_string(), None);
+        return None;
+    }
+    let planned = match ctx.sql(&query.sql).await {
+        Ok(df) => df,
+        Err(e) => {
+            let message = readable(&e.strip_backtrace());
+            r.in_file(
+                sql_file,
+                first_mentioned_line(sql, &message),
+                None,
+                message,
+                Some(&format!(
+                    "columns of `{}`: {}",
+                    query.input,
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+            return None;
+        }
+    };
+    let mut out: Vec<Arc<Field>> = planned
+        .schema()
+        .as_arrow()
+        .fields()
+        .iter()
+        .cloned()
+        .collect();
+    if query.window.is_some() {
+        out.push(Arc::new(Field::new("revision", DataType::Int32, false)));
+        out.push(Arc::new(Field::new("is_update", DataType::Boolean, false)));
+    }
+    Some(StagePlan {
+        name: name.to_string(),
+        sql_file: sql_file.to_path_buf(),
+        input_schema: input.schema.clone(),
+        output_schema: Arc::new(Schema::new(out)),
+        event_time,
+        allowed_lateness: input.lateness,
+        query,
+    })
+}
+
+/// The 1-based line where the identifier `name` first appears as a whole word in `sql`.
+fn line_of(sql: &str, name: &str) -> Option<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    sql.lines()
+        .position(|line| {
+            line.match_indices(name).any(|(i, _)| {
+                let before = line[..i].chars().next_back();
+                let after = line[i + name.len()..].chars().next();
+                !before.is_some_and(ident) && !after.is_some_and(ident)
+            })
+        })
+        .map(|i| i + 1)
+}
+
+/// The line of what a DataFusion error names: the column after "No field named", else the
+/// first quoted name.
+fn first_mentioned_line(sql: &str, message: &str) -> Option<usize> {
+    let unknown = message.split("No field named ").nth(1).and_then(|rest| {
+        rest.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .next()
+            .map(|n| n.trim_end_matches('.'))
+    });
+    let quoted = message.split(['\'', '"', '`']).skip(1).step_by(2);
+    unknown
+        .into_iter()
+        .chain(quoted)
+        .filter_map(|name| {
+            name.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                .next()
+        })
+        .filter_map(|name| name.rsplit('.').next())
+        .filter(|name| !name.is_empty())
+        .find_map(|name| line_of(sql, name))
+}
+
+/// DataFusion's planning errors, without the advice to file a bug about a user's type error.
+fn readable(message: &str) -> String {
+    match message.find("No function matches") {
+        Some(i) => message[i..].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn check_sink(
+    r: &mut Reporter<'_>,
+    name: &str,
+    sink: &SinkConfig,
+    relations: &[(String, Relation)],
+) -> Option<SinkPlan> {
+    let Some((_, from)) = relations.iter().find(|(n, _)| *n == sink.from) else {
+        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+        r.at(
+            &["sinks", name, "from"],
+            format!("`{}` is not a source or stage", sink.from),
+            Some(&format!("sources and stages: {}", known.join(", "))),
+        );
+        return None;
+    };
+    let has = |c: &str| from.schema.field_with_name(c).is_ok();
+    let columns = || {
+        from.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let target = match (&sink.delta, &sink.kafka) {
+        (Some(d), None) => {
+            for p in &d.partition_by {
+                if !has(p) && !(p == "date" && from.event_time.is_some()) {
+                    r.at(
+                        &["sinks", name, "delta", "partition_by"],
+                        format!("partition column `{p}` is not in `{}`", sink.from),
+                        Some(&format!("columns: {}", columns())),
+                    );
+                }
+            }
+            if d.table.trim().is_empty() {
+                r.at(
+                    &["sinks", name, "delta", "table"],
+                    "the table location is empty",
+                    None,
+                );
+            }
+            SinkTarget::Delta {
+                table: d.table.clone(),
+                partition_by: d.partition_by.clone(),
+            }
+        }
+        (None, Some(k)) => {
+            for c in &k.key {
+                if !has(c) {
+                    r.at(
+                        &["sinks", name, "kafka", "key"],
+                        format!("key column `{c}` is not in `{}`", sink.from),
+                        Some(&format!("columns: {}", columns())),
+                    );
+                }
+            }
+            SinkTarget::Kafka {
+                topic: k.topic.clone(),
+                key: k.key.clone(),
+            }
+        }
+        _ => {
+            r.at(
+                &["sinks", name],
+                "a sink needs exactly one of `delta` or `kafka`",
+                None,
+            );
+            return None;
+        }
+    };
+    Some(SinkPlan {
+        name: name.to_string(),
+        from: sink.from.clone(),
+        target,
+        event_time: from.event_time.clone(),
+    })
+}

@@ -1,0 +1,2 @@
+SELECT resource_id
+FROM metric
