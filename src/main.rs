@@ -23,6 +23,24 @@ enum Command {
         /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
         file: PathBuf,
     },
+    /// Run a pipeline until SIGTERM or Ctrl-C, then flush what can be flushed, commit and exit 0.
+    Run {
+        /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
+        file: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "STRATUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Where relative Delta table names live: a directory or s3://bucket/prefix. Object-store
+        /// settings (endpoint, region, credentials) come from the AWS_* environment variables.
+        #[arg(long, env = "STRATUS_TABLES", default_value = "tables")]
+        tables: String,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "STRATUS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: std::net::SocketAddr,
+        /// Stop once every source is read up to where it ended at start (a backfill).
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
     Demo {
@@ -39,6 +57,73 @@ enum Command {
         #[arg(long, default_value = "demo-output")]
         out: PathBuf,
     },
+}
+
+async fn run(
+    file: PathBuf,
+    brokers: String,
+    tables: String,
+    metrics_addr: std::net::SocketAddr,
+    until_caught_up: bool,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use stratus::metrics::server::{ServerState, serve};
+
+    let pipeline = match stratus::pipeline::Pipeline::load(&file).await {
+        Ok(p) => p,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            anyhow::bail!(
+                "{}: {} error(s); nothing was started",
+                file.display(),
+                diagnostics.0.len()
+            );
+        }
+    };
+    let metrics = stratus::metrics::PipelineMetrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (bound, _server) = serve(
+        metrics_addr,
+        ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await?;
+    eprintln!(
+        "stratus: pipeline `{}` starting; metrics on http://{bound}/metrics",
+        pipeline.name
+    );
+    let config = stratus::job::run::RunConfig {
+        brokers,
+        table_root: tables,
+        storage_options: stratus::sink::storage_options_from_env(),
+        until_caught_up,
+        max_future: std::time::Duration::from_secs(300),
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("stratus: stopping: flushing and committing");
+    };
+    let summary =
+        stratus::job::run::run_pipeline(&pipeline, &config, metrics, ready, shutdown).await?;
+    eprintln!(
+        "stratus: stopped: {} events ({} invalid, {} too late) in {} cycles",
+        summary.events, summary.invalid, summary.late, summary.cycles
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +174,13 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Run {
+            file,
+            brokers,
+            tables,
+            metrics_addr,
+            until_caught_up,
+        } => runtime.block_on(run(file, brokers, tables, metrics_addr, until_caught_up))?,
         Command::Demo {
             events,
             resources,

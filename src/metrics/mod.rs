@@ -4,8 +4,11 @@
 //! ([`PipelineMetrics::render`]), served on `/metrics`. Every series carries the pipeline
 //! name as a label; per-source series carry the source too.
 
+pub mod server;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The metrics of one process, registered in their own registry.
@@ -20,6 +23,27 @@ pub struct PipelineMetrics {
     pub rows_out: IntCounterVec,
     /// Seconds from the start of a Delta write to its commit.
     pub delta_commit_seconds: HistogramVec,
+    /// Data files added by Delta commits.
+    pub delta_files_written: IntCounterVec,
+    /// Rows too late for every window they belong to (sent to the late side output).
+    pub events_late: IntCounterVec,
+    /// Processing time minus the watermark, in seconds.
+    pub watermark_lag_seconds: GaugeVec,
+    /// Messages in a partition not yet consumed (high watermark minus position).
+    pub consumer_lag: IntGaugeVec,
+    /// Seconds from a window's close (the watermark passing its end) to its results being
+    /// committed to every sink.
+    pub window_flush_seconds: HistogramVec,
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = prometheus::exponential_buckets(0.005, 2.0, 12).unwrap_or_default();
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    h
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -53,24 +77,60 @@ impl PipelineMetrics {
             "Rows written to a sink.",
             &["pipeline", "sink"],
         );
-        let delta_commit_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "delta_commit_seconds",
-                "Seconds from the start of a Delta write to its commit.",
-            )
-            .buckets(prometheus::exponential_buckets(0.005, 2.0, 12).unwrap_or_default()),
+        let delta_commit_seconds = histogram(
+            &registry,
+            "delta_commit_seconds",
+            "Seconds from the start of a Delta write to its commit.",
             &["pipeline", "sink"],
+        );
+        let delta_files_written = counter(
+            &registry,
+            "delta_files_written_total",
+            "Data files added by Delta commits.",
+            &["pipeline", "sink"],
+        );
+        let events_late = counter(
+            &registry,
+            "events_late_total",
+            "Rows too late for every window they belong to, sent to the late side output.",
+            &["pipeline", "stage"],
+        );
+        let watermark_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "watermark_lag_seconds",
+                "Processing time minus the watermark, in seconds.",
+            ),
+            &["pipeline", "source"],
         )
-        .unwrap_or_else(|e| panic!("metric delta_commit_seconds is malformed: {e}"));
+        .unwrap_or_else(|e| panic!("metric watermark_lag_seconds is malformed: {e}"));
         registry
-            .register(Box::new(delta_commit_seconds.clone()))
-            .unwrap_or_else(|e| panic!("metric delta_commit_seconds registered twice: {e}"));
+            .register(Box::new(watermark_lag_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric watermark_lag_seconds registered twice: {e}"));
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("consumer_lag", "Messages in a partition not yet consumed."),
+            &["pipeline", "source", "partition"],
+        )
+        .unwrap_or_else(|e| panic!("metric consumer_lag is malformed: {e}"));
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .unwrap_or_else(|e| panic!("metric consumer_lag registered twice: {e}"));
+        let window_flush_seconds = histogram(
+            &registry,
+            "window_flush_seconds",
+            "Seconds from a window's close to its results being committed to every sink.",
+            &["pipeline", "stage"],
+        );
         PipelineMetrics {
             registry,
             events_in,
             events_invalid,
             rows_out,
             delta_commit_seconds,
+            delta_files_written,
+            events_late,
+            watermark_lag_seconds,
+            consumer_lag,
+            window_flush_seconds,
         }
     }
 

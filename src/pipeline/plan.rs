@@ -565,7 +565,8 @@ fn check_sink(
     let target = match (&sink.delta, &sink.kafka) {
         (Some(d), None) => {
             for p in &d.partition_by {
-                if !has(p) && !(p == "date" && from.event_time.is_some()) {
+                let derived_date = p == "date" && from.event_time.is_some();
+                if !(has(p) || derived_date) {
                     r.at(
                         &["sinks", name, "delta", "partition_by"],
                         format!("partition column `{p}` is not in `{}`", sink.from),

@@ -45,6 +45,8 @@ pub struct CommitStats {
     /// The table version the commit created.
     pub version: i64,
     pub rows: usize,
+    /// Data files the commit added.
+    pub files: usize,
     pub seconds: f64,
 }
 
@@ -119,6 +121,12 @@ impl DeltaSink {
         format!("{}/{topic}/{partition}", self.config.pipeline)
     }
 
+    fn file_count(&self) -> usize {
+        self.table
+            .snapshot()
+            .map_or(0, |s| s.log_data().num_files())
+    }
+
     /// The table as of the last commit.
     pub fn table(&self) -> &DeltaTable {
         &self.table
@@ -162,6 +170,7 @@ impl DeltaSink {
                 Transaction::new(self.app_id(topic, *partition), *next)
             })
             .collect();
+        let files_before = self.file_count();
         let table = self.table.clone();
         let table = table
             .write(batches)
@@ -182,6 +191,7 @@ impl DeltaSink {
         Ok(CommitStats {
             version: self.table.version().map_or(-1, |v| v as i64),
             rows,
+            files: self.file_count().saturating_sub(files_before),
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -1,8 +1,10 @@
 //! Sinks: where results leave the dataflow.
 //!
-//! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions.
+//! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions;
+//! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer.
 
 pub mod delta;
+pub mod kafka;
 
 use std::collections::HashMap;
 

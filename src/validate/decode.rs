@@ -168,6 +168,8 @@ pub struct BatchDecoder {
     bounds: TimeBounds,
     columns: Vec<Column>,
     rows: usize,
+    event_time: Option<usize>,
+    last_event_time: Option<i64>,
 }
 
 impl BatchDecoder {
@@ -182,7 +184,20 @@ impl BatchDecoder {
             bounds,
             columns,
             rows: 0,
+            event_time: None,
+            last_event_time: None,
         }
+    }
+
+    /// Names the field whose value [`BatchDecoder::last_event_time`] reports.
+    pub fn with_event_time(mut self, field: &str) -> Self {
+        self.event_time = self.schema.index_of(field);
+        self
+    }
+
+    /// The event time (µs) of the last event appended, if an event-time field is set.
+    pub fn last_event_time(&self) -> Option<i64> {
+        self.last_event_time
     }
 
     /// Moves the accepted time range (for a clock that advances).
@@ -214,6 +229,12 @@ impl BatchDecoder {
         }
         for (column, cell) in self.columns.iter_mut().zip(cells.iter()) {
             column.append(cell);
+        }
+        if let Some(i) = self.event_time {
+            self.last_event_time = match cells[i] {
+                Cell::Ts(t) => Some(t),
+                _ => None,
+            };
         }
         self.rows += 1;
         Ok(())

@@ -118,7 +118,7 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         }
     };
     let us = n * unit_us;
-    if !us.is_finite() || us < 0.0 || us > 3.2e17 {
+    if !(0.0..=3.2e17).contains(&us) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(us.round() as i64)

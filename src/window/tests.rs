@@ -78,6 +78,9 @@ fn stream(seed: u64) -> Vec<Event> {
         .collect()
 }
 
+/// (key, window_start) → (count, sum).
+type Windows = BTreeMap<(String, i64), (i64, f64)>;
+
 struct Run {
     /// (key, window_start) → (count, sum) of the last revision emitted.
     last: BTreeMap<(String, i64), (i64, f64)>,
@@ -146,7 +149,7 @@ fn reference(
     windows_of: impl Fn(i64) -> Vec<(i64, i64)>,
     lateness: i64,
     chunk: usize,
-) -> (BTreeMap<(String, i64), (i64, f64)>, Vec<i64>) {
+) -> (Windows, Vec<i64>) {
     let mut watermark = i64::MIN;
     let mut max_ts = i64::MIN;
     let mut agg: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();

@@ -9,6 +9,7 @@ mod demo;
 mod ingest;
 mod kafka;
 mod onnx;
+mod run;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
