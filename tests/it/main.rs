@@ -10,6 +10,7 @@ mod ingest;
 mod kafka;
 mod onnx;
 mod run;
+mod sigterm;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
