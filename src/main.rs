@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         Command::Validate { file } => {
             match runtime.block_on(stratus::pipeline::Pipeline::load(&file)) {
                 Ok(p) => {
-                    println!(
+                    stratus::say!(
                         "{}: ok — pipeline `{}`: {} source(s), {} stage(s), {} sink(s)",
                         file.display(),
                         p.name,
@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
                             .iter()
                             .map(|f| f.name().as_str())
                             .collect();
-                        println!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
+                        stratus::say!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
                     }
                 }
                 Err(diagnostics) => {

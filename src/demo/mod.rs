@@ -67,13 +67,13 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     cluster.create_topic(TOPIC, PARTITIONS, 1)?;
     cluster.create_topic(DLQ_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
-    println!("embedded Kafka (librdkafka mock cluster) at {brokers}");
+    crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 
     let end_ms = chrono::Utc::now().timestamp_millis();
     let events = events::metric_events(config.seed, config.events, config.resources, end_ms, 20);
     let produced_invalid = events.iter().filter(|e| !e.valid).count();
     produce(&brokers, &events).await?;
-    println!(
+    crate::say!(
         "produced {} cloud.metrics events ({} deliberately invalid) to {PARTITIONS} partitions",
         events.len(),
         produced_invalid
@@ -169,15 +169,15 @@ async fn register(table: &Path) -> anyhow::Result<SessionContext> {
 }
 
 async fn print_summary(report: &DemoReport, table: &Path) -> anyhow::Result<()> {
-    println!();
-    println!("== summary ==");
-    println!(
+    crate::say!("");
+    crate::say!("== summary ==");
+    crate::say!(
         "events consumed: {}  valid → Delta: {}  invalid → {DLQ_TOPIC}: {}",
         report.valid + report.invalid,
         report.valid,
         report.invalid
     );
-    println!(
+    crate::say!(
         "Delta table {} at version {}: {} rows",
         table.display(),
         report.table_version,
@@ -193,11 +193,11 @@ async fn print_summary(report: &DemoReport, table: &Path) -> anyhow::Result<()> 
         .await?
         .collect()
         .await?;
-    println!(
+    crate::say!(
         "{}",
         arrow::util::pretty::pretty_format_batches(&per_metric)?
     );
-    println!(
+    crate::say!(
         "done in {:.1} s ({:.0} events/s end to end)",
         report.seconds,
         report.produced as f64 / report.seconds.max(1e-9)

@@ -115,6 +115,8 @@ struct SourceRuntime {
     dead_letters: Vec<DeliveryFuture>,
     /// µs an event time may lie ahead of the clock.
     max_future: i64,
+    /// When the consumer lag was last measured.
+    lag_checked: Option<Instant>,
 }
 
 struct StageRuntime {
@@ -395,6 +397,7 @@ async fn open_source(
         )
         .with_event_time(&plan.event_time),
         max_future,
+        lag_checked: None,
         watermark: WatermarkTracker::new(plan.max_out_of_orderness, plan.idle_timeout),
         plan: plan.clone(),
         reader,
@@ -403,6 +406,51 @@ async fn open_source(
         position,
         dead_letters: Vec::new(),
     })
+}
+
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets `consumer_lag` per partition (high watermark minus next offset), every few seconds: each
+/// measurement asks the broker.
+fn report_consumer_lag(pipeline: &Pipeline, s: &mut SourceRuntime, metrics: &PipelineMetrics) {
+    if s.lag_checked.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
+        return;
+    }
+    s.lag_checked = Some(Instant::now());
+    let Reader::Kafka {
+        consumer,
+        topic,
+        targets,
+    } = &s.reader
+    else {
+        return;
+    };
+    for &p in targets.keys() {
+        let high =
+            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT));
+        match high {
+            Ok((_, high)) => {
+                let next = s
+                    .pending
+                    .get(&(topic.clone(), p))
+                    .or(s.position.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[
+                        pipeline.name.as_str(),
+                        s.plan.name.as_str(),
+                        &p.to_string(),
+                    ])
+                    .set((high - next).max(0));
+            }
+            Err(e) => tracing::warn!(
+                "source {}: cannot read the watermarks of partition {p}: {e}",
+                s.plan.name
+            ),
+        }
+    }
 }
 
 /// Whether the source has been read (not necessarily committed) up to where it ended at start.
@@ -698,6 +746,7 @@ async fn flush(
             .observe(fired_at.elapsed().as_secs_f64());
     }
     for s in sources.iter_mut() {
+        report_consumer_lag(pipeline, s, metrics);
         for ((_, p), next) in s.pending.drain() {
             s.position.insert(p, next);
         }

@@ -20,7 +20,11 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     (status, body)
 }
 
@@ -39,7 +43,10 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     let events = metric_events(9, 1_500, 10, chrono::Utc::now().timestamp_millis(), 0);
     let producer: FutureProducer = producer_config(&brokers).create().unwrap();
     let sends = events.iter().map(|e| {
-        producer.send(FutureRecord::to(&topic).key(&e.key).payload(&e.payload), Duration::from_secs(30))
+        producer.send(
+            FutureRecord::to(&topic).key(&e.key).payload(&e.payload),
+            Duration::from_secs(30),
+        )
     });
     for d in futures::future::join_all(sends).await {
         d.map_err(|(e, _)| e).unwrap();
@@ -58,7 +65,13 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     .unwrap();
     let tables = dir.join("tables");
     let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", "127.0.0.1:0", "--tables"])
+        .args([
+            "run",
+            pipeline.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--tables",
+        ])
         .arg(&tables)
         .env("STRATUS_KAFKA_BROKERS", &brokers)
         .stderr(Stdio::piped())
@@ -80,17 +93,30 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, text) = get(&addr, "/metrics");
-        let seen = metric(&text, "stratus_events_in_total{pipeline=\"sigterm\",source=\"metrics\"}");
+        let seen = metric(
+            &text,
+            "stratus_events_in_total{pipeline=\"sigterm\",source=\"metrics\"}",
+        );
         if seen == Some(events.len() as u64) {
             break;
         }
-        assert!(Instant::now() < deadline, "consumed {seen:?} of {}", events.len());
+        assert!(
+            Instant::now() < deadline,
+            "consumed {seen:?} of {}",
+            events.len()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(get(&addr, "/readyz").0, 200);
-    assert!(!tables.join("raw/_delta_log").exists(), "nothing should be committed before SIGTERM");
+    assert!(
+        !tables.join("raw/_delta_log").exists(),
+        "nothing should be committed before SIGTERM"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     let mut rest = String::new();
@@ -98,11 +124,25 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     assert!(exit.success(), "exit {exit:?}; stderr:\n{rest}");
     assert!(rest.contains("stopping: flushing and committing"), "{rest}");
 
-    let table = deltalake::open_table(url::Url::from_directory_path(tables.join("raw")).unwrap()).await.unwrap();
+    let table = deltalake::open_table(url::Url::from_directory_path(tables.join("raw")).unwrap())
+        .await
+        .unwrap();
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("raw", table.table_provider().await.unwrap()).unwrap();
-    let out = ctx.sql("SELECT count(*) FROM raw").await.unwrap().collect().await.unwrap();
-    let n = out[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+    ctx.register_table("raw", table.table_provider().await.unwrap())
+        .unwrap();
+    let out = ctx
+        .sql("SELECT count(*) FROM raw")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = out[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
     assert_eq!(n, events.len() as i64);
     std::fs::remove_dir_all(&dir).unwrap();
 }
