@@ -317,3 +317,106 @@ async fn a_late_event_within_lateness_updates_only_its_key() {
     assert_eq!(late.num_rows(), 1);
     assert_eq!(op.buffered_rows(), 0);
 }
+
+#[tokio::test]
+async fn a_window_stage_over_a_window_stage_uses_each_upstream_result_once() {
+    use arrow::array::{BooleanArray, Int32Array, Int64Array};
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let upstream = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("revision", DataType::Int32, false),
+        Field::new("is_update", DataType::Boolean, false),
+    ]));
+    let t0 = 1_750_000_200 * S; // a 5-minute boundary
+    let rows = |items: &[(&str, i64, i64, i32)]| {
+        RecordBatch::try_new(
+            upstream.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(items.iter().map(|r| r.0))),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        items.iter().map(|r| t0 + r.1 * MINUTE_S),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        items.iter().map(|r| t0 + (r.1 + 1) * MINUTE_S),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from_iter_values(items.iter().map(|r| r.2))),
+                Arc::new(Int32Array::from_iter_values(items.iter().map(|r| r.3))),
+                Arc::new(BooleanArray::from(
+                    items.iter().map(|r| r.3 > 0).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let query = parse_stage_sql(
+        "SELECT key, window_start, sum(n) AS n FROM one GROUP BY key, tumble(interval '5 minutes')",
+    )
+    .unwrap();
+    let mut op = WindowOperator::new(
+        query,
+        "window_start",
+        10 * MINUTE_S,
+        upstream.clone(),
+        SessionContext::new(),
+        Some(vec!["key".into(), "window_start".into()]),
+    )
+    .unwrap();
+    // Minute 0 first counts 3, then is updated to 4; minute 1 counts 2.
+    op.process(&rows(&[("a", 0, 3, 0), ("a", 1, 2, 0)]))
+        .unwrap();
+    op.process(&rows(&[("a", 0, 4, 1)])).unwrap();
+    let out = op.advance(t0 + 5 * MINUTE_S).await.unwrap();
+    let n = out[0]
+        .column_by_name("n")
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .value(0);
+    assert_eq!(n, 6, "the update replaces minute 0's first result");
+    // The 5-minute result carries its own window and revision, not the upstream's.
+    let schema = out[0].schema();
+    assert_eq!(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() == "window_start")
+            .count(),
+        1
+    );
+    assert_eq!(
+        out[0]
+            .column_by_name("revision")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(0),
+        0
+    );
+    // A later update of minute 1 re-emits the 5-minute window as an update.
+    op.process(&rows(&[("a", 1, 5, 1)])).unwrap();
+    let out = op.advance(t0 + 6 * MINUTE_S).await.unwrap();
+    assert_eq!(
+        out[0]
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
+        9
+    );
+    assert!(
+        out[0]
+            .column_by_name("is_update")
+            .unwrap()
+            .as_boolean()
+            .value(0)
+    );
+}
+
+const MINUTE_S: i64 = 60 * S;
