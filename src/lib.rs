@@ -16,6 +16,7 @@
 //! - [`job`]: stages wired into runnable jobs;
 //! - [`demo`]: the embedded default job behind `stratus demo`.
 
+pub mod bench;
 pub mod console;
 pub mod demo;
 pub mod job;

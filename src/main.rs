@@ -41,6 +41,23 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Measure the cloud-metrics pipeline against real Kafka: events/s, window latency and
+    /// peak RSS, beside rdkafka's raw consume rate and a file replay. Build with --release.
+    Bench {
+        #[arg(long, env = "STRATUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Events to load.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Distinct resources (keys).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Scratch directory for the event file and the Delta tables (replaced).
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
     Demo {
@@ -181,6 +198,26 @@ fn main() -> anyhow::Result<()> {
             metrics_addr,
             until_caught_up,
         } => runtime.block_on(run(file, brokers, tables, metrics_addr, until_caught_up))?,
+        Command::Bench {
+            brokers,
+            events,
+            keys,
+            partitions,
+            dir,
+        } => {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let config = stratus::bench::BenchConfig {
+                brokers,
+                events,
+                keys,
+                partitions,
+                root: std::env::current_dir()?,
+                work_dir: dir,
+            };
+            runtime.block_on(stratus::bench::run(&config))?;
+        }
         Command::Demo {
             events,
             resources,

@@ -75,7 +75,7 @@ pub struct RunConfig {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {
     pub events: u64,
     pub invalid: u64,
@@ -83,6 +83,9 @@ pub struct RunSummary {
     pub cycles: u64,
     /// Rows each stage produced.
     pub stage_rows: HashMap<String, u64>,
+    /// For each firing of a window stage: seconds from the watermark passing the windows' end
+    /// (the start of the flush that fired them) to their results being committed to every sink.
+    pub window_latencies: Vec<f64>,
 }
 
 enum Reader {
@@ -94,8 +97,11 @@ enum Reader {
     },
     File {
         path: String,
-        lines: Vec<Vec<u8>>,
-        next: usize,
+        /// Streamed a line at a time: a backfill file can be larger than memory.
+        lines: std::io::BufReader<std::fs::File>,
+        /// The next line number, which is the next offset.
+        next: i64,
+        eof: bool,
     },
     /// Only while the reader is borrowed out during a poll.
     Empty,
@@ -370,21 +376,34 @@ async fn open_source(
             }
         }
         SourceInput::File { path } => {
-            let text = std::fs::read(path).map_err(|e| {
+            let open = std::fs::File::open(path).map_err(|e| {
                 RunError::Source(
                     plan.name.clone(),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            let lines: Vec<Vec<u8>> = text
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect();
+            let mut lines = std::io::BufReader::new(open);
+            // Skip what the tables already hold.
+            let skip = position[&0];
+            let mut buf = Vec::new();
+            let mut next = 0;
+            let mut eof = false;
+            while next < skip {
+                buf.clear();
+                match std::io::BufRead::read_until(&mut lines, b'\n', &mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => next += 1,
+                    Err(e) => return Err(RunError::Source(plan.name.clone(), e.to_string())),
+                }
+            }
             Reader::File {
                 path: topic.clone(),
-                next: position[&0].clamp(0, lines.len() as i64) as usize,
                 lines,
+                next,
+                eof,
             }
         }
     };
@@ -460,7 +479,7 @@ fn caught_up(s: &SourceRuntime) -> bool {
             let read = s.pending.get(&(topic.clone(), *p)).or(s.position.get(p));
             t <= 0 || read.is_some_and(|&o| o >= t)
         }),
-        Reader::File { lines, next, .. } => *next >= lines.len(),
+        Reader::File { eof, .. } => *eof,
         Reader::Empty => false,
     }
 }
@@ -534,13 +553,14 @@ fn poll_source(
     let before = summary.events;
     // Take the reader out so that `accept` may borrow the rest of the source mutably.
     let mut reader = std::mem::replace(&mut s.reader, Reader::Empty);
-    let result = (|| {
+    // One blocking section for the whole read: librdkafka's poll blocks the thread.
+    let result = tokio::task::block_in_place(|| {
         match &mut reader {
             Reader::Kafka {
                 consumer, topic, ..
             } => {
                 for _ in 0..max_rows {
-                    let m = match tokio::task::block_in_place(|| consumer.poll(POLL)) {
+                    let m = match consumer.poll(POLL) {
                         None => break,
                         Some(Err(source)) => {
                             return Err(RunError::Kafka {
@@ -564,19 +584,35 @@ fn poll_source(
                     )?;
                 }
             }
-            Reader::File { path, lines, next } => {
-                let end = (*next + max_rows).min(lines.len());
-                for (i, line) in lines.iter().enumerate().take(end).skip(*next) {
-                    s.accept(
-                        producer, summary, &invalid, path, 0, i as i64, None, line, now,
-                    )?;
+            Reader::File {
+                path,
+                lines,
+                next,
+                eof,
+            } => {
+                let mut buf = Vec::with_capacity(512);
+                for _ in 0..max_rows {
+                    buf.clear();
+                    let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
+                        .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
+                    if read == 0 {
+                        *eof = true;
+                        break;
+                    }
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        // Not an event; only its offset is recorded.
+                        s.pending.insert((path.clone(), 0), *next + 1);
+                    } else {
+                        s.accept(producer, summary, &invalid, path, 0, *next, None, line, now)?;
+                    }
+                    *next += 1;
                 }
-                *next = end;
             }
             Reader::Empty => {}
         }
         Ok(())
-    })();
+    });
     s.reader = reader;
     metrics
         .events_in
@@ -740,10 +776,12 @@ async fn flush(
             .inc_by(stats.files as u64);
     }
     for stage in fired {
+        let seconds = fired_at.elapsed().as_secs_f64();
+        summary.window_latencies.push(seconds);
         metrics
             .window_flush_seconds
             .with_label_values(&[pipeline.name.as_str(), stage.as_str()])
-            .observe(fired_at.elapsed().as_secs_f64());
+            .observe(seconds);
     }
     for s in sources.iter_mut() {
         report_consumer_lag(pipeline, s, metrics);

@@ -1,0 +1,272 @@
+//! `stratus bench`: the cloud-metrics pipeline's throughput, latency and memory, beside two
+//! baselines measured in the same run.
+//!
+//! 1. Loads N generated `cloud.metrics` events for K resources into a fresh Kafka topic (and
+//!    the same events into a JSON-lines file).
+//! 2. Baseline: rdkafka alone consumes the topic (no decoding) — the ceiling.
+//! 3. The pipeline over the topic: events/s, p50/p99 window latency (from the watermark
+//!    passing a window's end to its results being committed to Delta and the output topic),
+//!    and peak RSS (the process's high-water mark, `VmHWM`, so far).
+//! 4. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
+//!
+//! Tables go to a temporary local directory; output to stdout as a table.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::demo::events::metric_events;
+use crate::job::run::{RunConfig, RunSummary, run_pipeline};
+use crate::metrics::PipelineMetrics;
+use crate::pipeline::Pipeline;
+use crate::say;
+use crate::source::kafka::{consumer_config, producer_config};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub brokers: String,
+    pub events: usize,
+    pub keys: usize,
+    pub partitions: i32,
+    /// The repository root (for the schema and SQL files).
+    pub root: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+/// The peak resident set size of this process so far, in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn pipeline_yaml(root: &Path, name: &str, source: &str) -> String {
+    let root = root.display();
+    format!(
+        r#"name: {name}
+sources:
+  metrics:
+    {source}
+    schema: {root}/schemas/cloud.metrics.json
+    event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 30s}}
+stages:
+  features_1m: {{sql: {root}/sql/cloud_metrics_1m.sql}}
+  features_5m: {{sql: {root}/sql/cloud_metrics_5m.sql}}
+sinks:
+  raw: {{from: metrics, delta: {{table: raw_metrics, partition_by: [date]}}}}
+  features_1m: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
+  features_5m: {{from: features_5m, delta: {{table: features_5m, partition_by: [date]}}}}
+  features_1m_topic: {{from: features_1m, kafka: {{topic: {name}.features_1m, key: [resource_id, metric]}}}}
+commit: {{max_rows: 200000, max_interval: 1s}}
+"#
+    )
+}
+
+async fn run_once(
+    config: &BenchConfig,
+    name: &str,
+    source: &str,
+) -> anyhow::Result<(RunSummary, f64)> {
+    let yaml = pipeline_yaml(&config.root, name, source);
+    let pipeline = Pipeline::from_yaml(&config.work_dir.join(format!("{name}.yaml")), &yaml)
+        .await
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let run = RunConfig {
+        brokers: config.brokers.clone(),
+        table_root: config.work_dir.join(name).display().to_string(),
+        storage_options: Default::default(),
+        until_caught_up: true,
+        max_future: Duration::from_secs(300),
+    };
+    let started = Instant::now();
+    let summary = run_pipeline(
+        &pipeline,
+        &run,
+        PipelineMetrics::new(),
+        Arc::new(AtomicBool::new(false)),
+        std::future::pending(),
+    )
+    .await?;
+    Ok((summary, started.elapsed().as_secs_f64()))
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.work_dir)?;
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let topic = format!("stratus-bench-{stamp}");
+    say!(
+        "stratus bench: {} events, {} keys, {} partitions, {} cores",
+        config.events,
+        config.keys,
+        config.partitions,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // Load: the topic and the file hold the same events; one minute of event time per
+    // `keys` events, generated a minute at a time so that loading stays small in memory.
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                config.partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    let file = config.work_dir.join("events.jsonl");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?,
+    );
+    let producer: FutureProducer = producer_config(&config.brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .create()?;
+    let load = Instant::now();
+    let keys = config.keys.max(1);
+    let minutes = config.events.div_ceil(keys);
+    let end_ms = chrono::Utc::now().timestamp_millis();
+    for minute in 0..minutes {
+        let count = keys.min(config.events - minute * keys);
+        let minute_end = end_ms - (minutes - minute - 1) as i64 * 60_000;
+        let events = metric_events(minute as u64, count, keys, minute_end, 0);
+        for e in &events {
+            out.write_all(&e.payload)?;
+            out.write_all(b"\n")?;
+        }
+        let sends = events.iter().map(|e| {
+            producer.send(
+                FutureRecord::to(&topic).key(&e.key).payload(&e.payload),
+                Duration::from_secs(60),
+            )
+        });
+        for d in futures::future::join_all(sends).await {
+            d.map_err(|(e, _)| anyhow::anyhow!("loading the topic: {e}"))?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    let load_s = load.elapsed().as_secs_f64();
+    say!(
+        "loaded in {load_s:.1} s ({:.0} events/s produced)",
+        config.events as f64 / load_s
+    );
+
+    // Baseline 1: rdkafka alone.
+    let consumer: BaseConsumer =
+        consumer_config(&config.brokers, &format!("{topic}-raw")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..config.partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let raw_start = Instant::now();
+    tokio::task::block_in_place(|| {
+        let mut n = 0;
+        while n < config.events {
+            match consumer.poll(Duration::from_secs(10)) {
+                Some(m) => {
+                    m?;
+                    n += 1;
+                }
+                None => anyhow::bail!(
+                    "the raw consumer stalled at {n} of {} events",
+                    config.events
+                ),
+            }
+        }
+        Ok(())
+    })?;
+    let raw_s = raw_start.elapsed().as_secs_f64();
+    drop(consumer);
+    let rss_after_raw = peak_rss_mib();
+
+    // The pipeline over Kafka.
+    let (summary, kafka_s) = run_once(
+        config,
+        &format!("bench-kafka-{stamp}"),
+        &format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}"),
+    )
+    .await?;
+    let rss_after_kafka = peak_rss_mib();
+    // Baseline 2: the engine over the file.
+    let (file_summary, file_s) = run_once(
+        config,
+        &format!("bench-file-{stamp}"),
+        &format!("file: {{path: {}}}", file.display()),
+    )
+    .await?;
+    let rss_after_file = peak_rss_mib();
+
+    let mut latencies = summary.window_latencies.clone();
+    latencies.sort_by(f64::total_cmp);
+
+    let rate = |secs: f64| config.events as f64 / secs;
+    say!("");
+    say!("| measurement | events/s | seconds | peak RSS so far (MiB) |");
+    say!("| --- | ---: | ---: | ---: |");
+    say!(
+        "| rdkafka consume only (ceiling) | {:.0} | {raw_s:.2} | {rss_after_raw:.0} |",
+        rate(raw_s)
+    );
+    say!(
+        "| pipeline from Kafka | {:.0} | {kafka_s:.2} | {rss_after_kafka:.0} |",
+        rate(kafka_s)
+    );
+    say!(
+        "| pipeline from file replay (no Kafka) | {:.0} | {file_s:.2} | {rss_after_file:.0} |",
+        rate(file_s)
+    );
+    say!("");
+    say!(
+        "pipeline from Kafka: {:.0} % of the raw consume rate; window results {} (1m), {} (5m)",
+        100.0 * raw_s / kafka_s,
+        summary.stage_rows.get("features_1m").copied().unwrap_or(0),
+        summary.stage_rows.get("features_5m").copied().unwrap_or(0)
+    );
+    say!(
+        "window latency after close (flush → committed to Delta and Kafka), {} firings: p50 {:.0} ms, p99 {:.0} ms",
+        latencies.len(),
+        1000.0 * percentile(&latencies, 50.0),
+        1000.0 * percentile(&latencies, 99.0)
+    );
+    say!(
+        "file replay: {} events, {} invalid; Kafka: {} events, {} invalid",
+        file_summary.events,
+        file_summary.invalid,
+        summary.events,
+        summary.invalid
+    );
+    Ok(())
+}
