@@ -278,7 +278,10 @@ pub async fn run_pipeline(
         // cycle boundaries — and with them watermarks and lateness — follow the offsets.
         let due = pending >= pipeline.max_rows
             || last_flush.elapsed().as_micros() as i64 >= pipeline.max_interval;
-        if due || stopping || caught_up {
+        // A backfill flushes as soon as it has read everything; a stream keeps to the limits,
+        // so a trickle of events does not become a stream of tiny commits.
+        let drained = config.until_caught_up && caught_up;
+        if due || stopping || drained {
             flush(
                 pipeline,
                 &mut sources,
@@ -290,7 +293,7 @@ pub async fn run_pipeline(
             .await?;
             last_flush = Instant::now();
         }
-        if stopping || (config.until_caught_up && caught_up) {
+        if stopping || drained {
             return Ok(summary);
         }
     }

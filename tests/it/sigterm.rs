@@ -28,6 +28,16 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Stops the pipeline process if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn metric(text: &str, prefix: &str) -> Option<u64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -64,7 +74,7 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     )
     .unwrap();
     let tables = dir.join("tables");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stratus"))
+    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
         .args([
             "run",
             pipeline.to_str().unwrap(),
@@ -77,8 +87,9 @@ async fn sigterm_flushes_commits_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     // The first line names the bound metrics address.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     let addr = line
@@ -114,11 +125,11 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     );
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = child.wait().unwrap();
+    let exit = child.0.wait().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(exit.success(), "exit {exit:?}; stderr:\n{rest}");
