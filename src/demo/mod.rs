@@ -1,14 +1,16 @@
 //! `stratus demo`: the embedded default job, with no services to install.
 //!
 //! Starts librdkafka's in-process mock cluster, produces seeded `cloud.metrics` events (a few
-//! of them invalid) to it, runs the raw ingest job — decode, validate, dead-letter, write to a
-//! local Delta table partitioned by date, offsets in the commits — and reads the table back
-//! with DataFusion for a summary.
+//! of them invalid) to it, and runs the shipped `pipelines/cloud-metrics.yaml` — compiled into
+//! the binary with its schema and SQL — until it has read them all: decode, validate,
+//! dead-letter, the raw Delta table (offsets in each commit), 1- and 5-minute feature windows
+//! into Delta tables and onto a topic. Then reads the tables back with DataFusion for a summary.
 
 pub mod events;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,11 +18,10 @@ use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::job::ingest::{IngestConfig, IngestJob};
+use crate::job::run::{RunConfig, run_pipeline};
 use crate::metrics::PipelineMetrics;
-use crate::sink::{DeltaSink, DeltaSinkConfig};
-use crate::source::kafka::{consumer_config, producer_config};
-use crate::validate::EventSchema;
+use crate::pipeline::Pipeline;
+use crate::source::kafka::producer_config;
 
 /// What `stratus demo` is asked to do.
 #[derive(Debug, Clone)]
@@ -28,14 +29,30 @@ pub struct DemoConfig {
     pub events: usize,
     pub resources: usize,
     pub seed: u64,
-    /// Where the Delta tables go; the demo's previous tables there are replaced.
+    /// Where the pipeline files and Delta tables go; the demo's previous output is replaced.
     pub out_dir: PathBuf,
 }
 
-/// The embedded schema of `cloud.metrics` (the file in `schemas/`, compiled in).
-const METRICS_SCHEMA: &str = include_str!("../../schemas/cloud.metrics.json");
+/// The shipped pipeline and the files it names, compiled in: (path under the output, text).
+const EMBEDDED: [(&str, &str); 4] = [
+    (
+        "pipelines/cloud-metrics.yaml",
+        include_str!("../../pipelines/cloud-metrics.yaml"),
+    ),
+    (
+        "schemas/cloud.metrics.json",
+        include_str!("../../schemas/cloud.metrics.json"),
+    ),
+    (
+        "sql/cloud_metrics_1m.sql",
+        include_str!("../../sql/cloud_metrics_1m.sql"),
+    ),
+    (
+        "sql/cloud_metrics_5m.sql",
+        include_str!("../../sql/cloud_metrics_5m.sql"),
+    ),
+];
 const TOPIC: &str = "cloud.metrics";
-const DLQ_TOPIC: &str = "cloud.metrics.dlq";
 const PARTITIONS: i32 = 8;
 
 /// What the demo did, for the summary and for tests.
@@ -45,27 +62,39 @@ pub struct DemoReport {
     pub produced_invalid: usize,
     pub valid: u64,
     pub invalid: u64,
-    pub table: PathBuf,
-    pub table_version: i64,
-    pub table_rows: i64,
+    pub tables: PathBuf,
+    pub raw_rows: i64,
+    pub features_1m: u64,
+    pub features_5m: u64,
     pub seconds: f64,
 }
 
 pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
-    let schema = Arc::new(EventSchema::from_json(
-        "schemas/cloud.metrics.json",
-        METRICS_SCHEMA,
-    )?);
-    let table = config.out_dir.join("tables/raw_metrics");
-    if table.exists() {
-        std::fs::remove_dir_all(&table)
-            .with_context(|| format!("removing the previous demo table {}", table.display()))?;
+    for dir in ["pipeline", "tables"] {
+        let dir = config.out_dir.join(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the previous demo output {}", dir.display()))?;
+        }
     }
+    for (path, text) in EMBEDDED {
+        let file = config.out_dir.join("pipeline").join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
+    let pipeline_file = config.out_dir.join("pipeline/pipelines/cloud-metrics.yaml");
+    let pipeline = Pipeline::load(&pipeline_file)
+        .await
+        .map_err(|d| anyhow::anyhow!("the embedded pipeline does not validate:\n{d}"))?;
 
     let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    for source in &pipeline.sources {
+        cluster.create_topic(&source.dead_letter_topic, 1, 1)?;
+    }
     cluster.create_topic(TOPIC, PARTITIONS, 1)?;
-    cluster.create_topic(DLQ_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
     crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 
@@ -78,48 +107,43 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         events.len(),
         produced_invalid
     );
+    crate::say!(
+        "running pipeline `{}` from {}",
+        pipeline.name,
+        pipeline_file.display()
+    );
 
-    let metrics = PipelineMetrics::new();
-    let sink = DeltaSink::open(DeltaSinkConfig {
-        location: table.display().to_string(),
-        partition_columns: vec!["date".into()],
-        pipeline: "demo".into(),
-        checkpoint_interval: 10,
+    let tables = config.out_dir.join("tables");
+    let run = RunConfig {
+        brokers,
+        table_root: tables.display().to_string(),
         storage_options: Default::default(),
-    })
-    .await?;
-    let mut job = IngestJob::start(
-        IngestConfig {
-            pipeline: "demo".into(),
-            topic: TOPIC.into(),
-            dead_letter_topic: DLQ_TOPIC.into(),
-            event_time_field: "ts".into(),
-            flush_rows: 2_000,
-            flush_interval: Duration::from_millis(500),
-            max_future: Duration::from_secs(300),
-        },
-        &consumer_config(&brokers, "stratus-demo"),
-        &producer_config(&brokers),
-        schema,
-        sink,
-        metrics.clone(),
+        until_caught_up: true,
+        max_future: Duration::from_secs(300),
+    };
+    let summary = run_pipeline(
+        &pipeline,
+        &run,
+        PipelineMetrics::new(),
+        Arc::new(AtomicBool::new(false)),
+        std::future::pending(),
     )
     .await?;
-    let targets = job.high_watermarks()?;
-    let summary = job.run_to(&targets).await?;
 
-    let table_rows = count_rows(&table).await?;
+    let ctx = register(&tables).await?;
+    let raw_rows = count(&ctx, "raw_metrics").await?;
     let report = DemoReport {
         produced: events.len(),
         produced_invalid,
-        valid: summary.valid,
+        valid: summary.events - summary.invalid,
         invalid: summary.invalid,
-        table: table.clone(),
-        table_version: summary.table_version,
-        table_rows,
+        tables: tables.clone(),
+        raw_rows,
+        features_1m: summary.stage_rows.get("features_1m").copied().unwrap_or(0),
+        features_5m: summary.stage_rows.get("features_5m").copied().unwrap_or(0),
         seconds: started.elapsed().as_secs_f64(),
     };
-    print_summary(&report, &table).await?;
+    print_summary(&report, &ctx).await?;
     Ok(report)
 }
 
@@ -140,14 +164,29 @@ async fn produce(brokers: &str, events: &[events::GeneratedEvent]) -> anyhow::Re
     Ok(())
 }
 
-async fn count_rows(table: &Path) -> anyhow::Result<i64> {
-    let ctx = register(table).await?;
+/// A session with the demo's Delta tables registered under their names.
+async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
+    let ctx = SessionContext::new();
+    for name in ["raw_metrics", "metric_features_1m", "metric_features_5m"] {
+        let dir = tables.join(name);
+        if !dir.join("_delta_log").exists() {
+            continue;
+        }
+        let url = crate::sink::delta::table_url(&dir.display().to_string())?;
+        let delta = deltalake::open_table(url).await?;
+        delta.update_datafusion_session(&ctx.state())?;
+        ctx.register_table(name, delta.table_provider().await?)?;
+    }
+    Ok(ctx)
+}
+
+async fn count(ctx: &SessionContext, table: &str) -> anyhow::Result<i64> {
     let batches = ctx
-        .sql("SELECT count(*) AS n FROM raw_metrics")
+        .sql(&format!("SELECT count(*) AS n FROM {table}"))
         .await?
         .collect()
         .await?;
-    let n = batches
+    Ok(batches
         .first()
         .and_then(|b| {
             b.column(0)
@@ -155,48 +194,38 @@ async fn count_rows(table: &Path) -> anyhow::Result<i64> {
                 .downcast_ref::<arrow::array::Int64Array>()
                 .map(|a| a.value(0))
         })
-        .unwrap_or(0);
-    Ok(n)
+        .unwrap_or(0))
 }
 
-async fn register(table: &Path) -> anyhow::Result<SessionContext> {
-    let url = crate::sink::delta::table_url(&table.display().to_string())?;
-    let delta = deltalake::open_table(url).await?;
-    let ctx = SessionContext::new();
-    delta.update_datafusion_session(&ctx.state())?;
-    ctx.register_table("raw_metrics", delta.table_provider().await?)?;
-    Ok(ctx)
-}
-
-async fn print_summary(report: &DemoReport, table: &Path) -> anyhow::Result<()> {
+async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Result<()> {
     crate::say!("");
     crate::say!("== summary ==");
     crate::say!(
-        "events consumed: {}  valid → Delta: {}  invalid → {DLQ_TOPIC}: {}",
+        "events consumed: {}  valid → Delta: {}  invalid → cloud.metrics.dlq: {}",
         report.valid + report.invalid,
         report.valid,
         report.invalid
     );
     crate::say!(
-        "Delta table {} at version {}: {} rows",
-        table.display(),
-        report.table_version,
-        report.table_rows
+        "Delta tables in {}: raw_metrics {} rows; window results: {} (1 minute), {} (5 minutes)",
+        report.tables.display(),
+        report.raw_rows,
+        report.features_1m,
+        report.features_5m
     );
-    let ctx = register(table).await?;
-    let per_metric = ctx
-        .sql(
-            "SELECT metric, count(*) AS events, count(DISTINCT resource_id) AS resources, \
-             round(avg(value), 2) AS avg_value, min(ts) AS first, max(ts) AS last \
-             FROM raw_metrics GROUP BY metric ORDER BY metric",
-        )
-        .await?
-        .collect()
-        .await?;
-    crate::say!(
-        "{}",
-        arrow::util::pretty::pretty_format_batches(&per_metric)?
-    );
+    if report.features_1m > 0 {
+        let top = ctx
+            .sql(
+                "SELECT resource_id, metric, window_start, samples, round(mean, 2) AS mean, \
+                 round(p95, 2) AS p95, business_hours FROM metric_features_1m \
+                 WHERE metric = 'CPUUtilization' ORDER BY p95 DESC, resource_id LIMIT 5",
+            )
+            .await?
+            .collect()
+            .await?;
+        crate::say!("busiest CPUs (1-minute p95):");
+        crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
+    }
     crate::say!(
         "done in {:.1} s ({:.0} events/s end to end)",
         report.seconds,
