@@ -13,8 +13,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,8 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::demo::events::metric_events;
-use crate::job::run::{RunConfig, RunSummary, run_pipeline};
-use crate::metrics::PipelineMetrics;
+use crate::job::run::{RunConfig, RunSummary, run_to_end};
 use crate::pipeline::Pipeline;
 use crate::say;
 use crate::source::kafka::{consumer_config, producer_config};
@@ -95,22 +92,10 @@ async fn run_once(
     let pipeline = Pipeline::from_yaml(&config.work_dir.join(format!("{name}.yaml")), &yaml)
         .await
         .map_err(|d| anyhow::anyhow!("{d}"))?;
-    let run = RunConfig {
-        brokers: config.brokers.clone(),
-        table_root: config.work_dir.join(name).display().to_string(),
-        storage_options: Default::default(),
-        until_caught_up: true,
-        max_future: Duration::from_secs(300),
-    };
+    let tables = config.work_dir.join(name).display().to_string();
+    let run = RunConfig::backfill(&config.brokers, &tables, Default::default());
     let started = Instant::now();
-    let summary = run_pipeline(
-        &pipeline,
-        &run,
-        PipelineMetrics::new(),
-        Arc::new(AtomicBool::new(false)),
-        std::future::pending(),
-    )
-    .await?;
+    let summary = run_to_end(&pipeline, &run).await?;
     Ok((summary, started.elapsed().as_secs_f64()))
 }
 

@@ -9,8 +9,6 @@
 pub mod events;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,8 +16,7 @@ use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::job::run::{RunConfig, run_pipeline};
-use crate::metrics::PipelineMetrics;
+use crate::job::run::{RunConfig, run_to_end};
 use crate::pipeline::Pipeline;
 use crate::source::kafka::producer_config;
 
@@ -114,21 +111,8 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     );
 
     let tables = config.out_dir.join("tables");
-    let run = RunConfig {
-        brokers,
-        table_root: tables.display().to_string(),
-        storage_options: Default::default(),
-        until_caught_up: true,
-        max_future: Duration::from_secs(300),
-    };
-    let summary = run_pipeline(
-        &pipeline,
-        &run,
-        PipelineMetrics::new(),
-        Arc::new(AtomicBool::new(false)),
-        std::future::pending(),
-    )
-    .await?;
+    let run = RunConfig::backfill(&brokers, &tables.display().to_string(), Default::default());
+    let summary = run_to_end(&pipeline, &run).await?;
 
     let ctx = register(&tables).await?;
     let raw_rows = count(&ctx, "raw_metrics").await?;

@@ -74,6 +74,37 @@ pub struct RunConfig {
     pub max_future: Duration,
 }
 
+impl RunConfig {
+    /// A backfill: read every source up to where it ended at start, commit, stop.
+    pub fn backfill(
+        brokers: &str,
+        table_root: &str,
+        storage_options: HashMap<String, String>,
+    ) -> Self {
+        RunConfig {
+            brokers: brokers.to_string(),
+            table_root: table_root.to_string(),
+            storage_options,
+            until_caught_up: true,
+            max_future: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs `pipeline` as configured with its own metrics and no shutdown signal: for backfills,
+/// the demo, benchmarks and tests.
+pub async fn run_to_end(pipeline: &Pipeline, config: &RunConfig) -> Result<RunSummary, RunError> {
+    let ready = Arc::new(AtomicBool::new(false));
+    run_pipeline(
+        pipeline,
+        config,
+        PipelineMetrics::new(),
+        ready,
+        std::future::pending(),
+    )
+    .await
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSummary {

@@ -3,25 +3,21 @@
 //! from the offsets in the table without reading anything twice.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use datafusion::prelude::SessionContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use stratus::demo::events::{GeneratedEvent, metric_events};
-use stratus::job::run::{RunConfig, RunSummary, run_pipeline};
-use stratus::metrics::PipelineMetrics;
+use stratus::job::run::{RunConfig, RunSummary, run_to_end};
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
 use stratus::source::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC};
 use stratus::source::kafka::{consumer_config, producer_config};
 
-use crate::{create_topic, setting, unique};
+use crate::{create_topic, delta_rows, setting, unique};
 
 async fn produce(
     brokers: &str,
@@ -55,46 +51,8 @@ async fn ingest(brokers: &str, topic: &str, tables: &str) -> RunSummary {
     let pipeline = Pipeline::from_yaml(std::path::Path::new("it-ingest.yaml"), &yaml)
         .await
         .unwrap();
-    let config = RunConfig {
-        brokers: brokers.to_string(),
-        table_root: tables.to_string(),
-        storage_options: storage_options_from_env(),
-        until_caught_up: true,
-        max_future: Duration::from_secs(300),
-    };
-    run_pipeline(
-        &pipeline,
-        &config,
-        PipelineMetrics::new(),
-        Arc::new(AtomicBool::new(false)),
-        std::future::pending(),
-    )
-    .await
-    .unwrap()
-}
-
-async fn table_rows(table: &str) -> i64 {
-    let url = url::Url::parse(table).unwrap();
-    let delta = deltalake::open_table_with_storage_options(url, storage_options_from_env())
-        .await
-        .unwrap();
-    let ctx = SessionContext::new();
-    delta.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("t", delta.table_provider().await.unwrap())
-        .unwrap();
-    let out = ctx
-        .sql("SELECT count(*) FROM t")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    out[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0)
+    let config = RunConfig::backfill(brokers, tables, storage_options_from_env());
+    run_to_end(&pipeline, &config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +76,7 @@ async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
     let invalid = first.len() as u64 - valid;
     assert!(invalid > 0);
     assert_eq!((summary.events, summary.invalid), (3_000, invalid));
-    assert_eq!(table_rows(&table).await, valid as i64);
+    assert_eq!(delta_rows(&table).await as i64, valid as i64);
 
     // Every invalid event is on the dead-letter topic, bytes unchanged, with its coordinates.
     let consumer: BaseConsumer = consumer_config(&brokers, &unique("it-dlq"))
@@ -167,5 +125,5 @@ async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
     produce(&brokers, &topic, &second).await;
     let summary = ingest(&brokers, &topic, &tables).await;
     assert_eq!((summary.events, summary.invalid), (1_000, 0));
-    assert_eq!(table_rows(&table).await, valid as i64 + 1_000);
+    assert_eq!(delta_rows(&table).await as i64, valid as i64 + 1_000);
 }

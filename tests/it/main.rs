@@ -53,3 +53,35 @@ pub async fn create_topic(topic: &str, partitions: i32) {
         r.unwrap();
     }
 }
+
+/// Every row of the Delta table at `location` (an `s3://` URL or a local directory).
+pub async fn read_delta(location: &str) -> Vec<arrow::array::RecordBatch> {
+    let url = if location.contains("://") {
+        url::Url::parse(location).unwrap()
+    } else {
+        url::Url::from_directory_path(location).unwrap()
+    };
+    let options = stratus::sink::storage_options_from_env();
+    let table = deltalake::open_table_with_storage_options(url, options)
+        .await
+        .unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    ctx.sql("SELECT * FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+}
+
+/// The number of rows of the Delta table at `location`.
+pub async fn delta_rows(location: &str) -> usize {
+    read_delta(location)
+        .await
+        .iter()
+        .map(arrow::array::RecordBatch::num_rows)
+        .sum()
+}

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
-use datafusion::prelude::SessionContext;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,7 +22,7 @@ use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
 use stratus::source::kafka::{consumer_config, producer_config};
 
-use crate::{create_topic, setting, unique};
+use crate::{create_topic, read_delta, setting, unique};
 
 const S: i64 = 1_000_000;
 const MINUTE: i64 = 60 * S;
@@ -149,23 +148,6 @@ fn count_records(brokers: &str, topic: &str, expected: usize) -> usize {
     n
 }
 
-async fn read_table(location: &str) -> Vec<RecordBatch> {
-    let url = url::Url::parse(location).unwrap();
-    let table = deltalake::open_table_with_storage_options(url, storage_options_from_env())
-        .await
-        .unwrap();
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state()).unwrap();
-    ctx.register_table("t", table.table_provider().await.unwrap())
-        .unwrap();
-    ctx.sql("SELECT * FROM t")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn window_results_match_the_reference_and_every_event_is_accounted_for() {
     let brokers = setting("STRATUS_KAFKA_BROKERS");
@@ -211,13 +193,7 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
         .await
         .unwrap();
     let tables = format!("s3://{}/{}", setting("STRATUS_S3_BUCKET"), unique("it-run"));
-    let config = RunConfig {
-        brokers: brokers.clone(),
-        table_root: tables.clone(),
-        storage_options: storage_options_from_env(),
-        until_caught_up: true,
-        max_future: Duration::from_secs(300),
-    };
+    let config = RunConfig::backfill(&brokers, &tables, storage_options_from_env());
     let metrics = PipelineMetrics::new();
     let summary = run_pipeline(
         &pipeline,
@@ -240,7 +216,7 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
     assert_eq!(summary.late, too_late as u64);
 
     // Raw table: every valid event once.
-    let raw: usize = read_table(&format!("{tables}/raw_metrics"))
+    let raw: usize = read_delta(&format!("{tables}/raw_metrics"))
         .await
         .iter()
         .map(RecordBatch::num_rows)
@@ -248,7 +224,7 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
     assert_eq!(raw, events.len() - invalid);
 
     // Feature table: the latest revision of each window equals the reference.
-    let features = read_table(&format!("{tables}/features_1m")).await;
+    let features = read_delta(&format!("{tables}/features_1m")).await;
     let mut latest: HashMap<(String, i64), (i32, Agg)> = HashMap::new();
     let mut updates = 0;
     let mut feature_rows = 0;
