@@ -1,0 +1,393 @@
+//! The source side of the run loop: Kafka consumers and file replays, read from the offsets
+//! the Delta sinks recorded, decoded and validated into Arrow, invalid events sent to the
+//! dead-letter topic, event times fed to the watermark.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::run::{RunConfig, RunError, RunSummary, SinkRuntime, SinkSlot};
+use crate::metrics::PipelineMetrics;
+use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
+use crate::sink::SourceOffsets;
+use crate::source::DeadLetter;
+use crate::source::kafka::consumer_config;
+use crate::validate::{BatchDecoder, TimeBounds};
+use crate::window::WatermarkTracker;
+
+pub(super) enum Reader {
+    Kafka {
+        consumer: BaseConsumer,
+        topic: String,
+        /// Offsets to reach before the source counts as caught up.
+        targets: HashMap<i32, i64>,
+    },
+    File {
+        path: String,
+        /// Streamed a line at a time: a backfill file can be larger than memory.
+        lines: std::io::BufReader<std::fs::File>,
+        /// The next line number, which is the next offset.
+        next: i64,
+        eof: bool,
+    },
+    /// Only while the reader is borrowed out during a poll.
+    Empty,
+}
+
+pub(super) struct SourceRuntime {
+    pub(super) plan: SourcePlan,
+    pub(super) reader: Reader,
+    pub(super) decoder: BatchDecoder,
+    pub(super) watermark: WatermarkTracker,
+    /// Next offset to read per partition, consumed but not yet committed.
+    pub(super) pending: SourceOffsets,
+    /// Events consumed since the last flush.
+    pub(super) pending_events: usize,
+    /// Next offset per partition, as of the last commit or start.
+    pub(super) position: HashMap<i32, i64>,
+    pub(super) dead_letters: Vec<DeliveryFuture>,
+    /// µs an event time may lie ahead of the clock.
+    pub(super) max_future: i64,
+    /// When the consumer lag was last measured.
+    pub(super) lag_checked: Option<Instant>,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+pub(super) async fn open_source(
+    pipeline: &Pipeline,
+    plan: &SourcePlan,
+    config: &RunConfig,
+    sinks: &[SinkSlot],
+) -> Result<SourceRuntime, RunError> {
+    let kafka_err = |source| RunError::Kafka {
+        source_name: plan.name.clone(),
+        source,
+    };
+    // Resume from the smallest next offset any Delta sink of this source recorded.
+    let (topic, partitions) = match &plan.input {
+        SourceInput::Kafka { topic, group } => {
+            let consumer: BaseConsumer = consumer_config(&config.brokers, group)
+                .create()
+                .map_err(kafka_err)?;
+            let metadata = tokio::task::block_in_place(|| {
+                consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            })
+            .map_err(kafka_err)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(RunError::Source(
+                    plan.name.clone(),
+                    format!("topic {topic} does not exist or has no partitions; create it first"),
+                ));
+            }
+            (topic.clone(), partitions)
+        }
+        SourceInput::File { path } => (path.display().to_string(), vec![0]),
+    };
+    let mut position: HashMap<i32, i64> = partitions.iter().map(|&p| (p, i64::MAX)).collect();
+    let mut any_delta = false;
+    for slot in sinks.iter().filter(|s| s.from == plan.name) {
+        if let SinkRuntime::Delta { sink, .. } = &slot.runtime {
+            any_delta = true;
+            let recorded = sink.resume_offsets(&topic, &partitions).await?;
+            for (p, next) in position.iter_mut() {
+                *next = (*next).min(recorded.get(p).copied().unwrap_or(0));
+            }
+        }
+    }
+    if !any_delta {
+        position.values_mut().for_each(|v| *v = 0);
+    }
+    let reader = match &plan.input {
+        SourceInput::Kafka { group, .. } => {
+            let consumer: BaseConsumer = consumer_config(&config.brokers, group)
+                .create()
+                .map_err(kafka_err)?;
+            let mut assignment = TopicPartitionList::new();
+            let mut targets = HashMap::new();
+            for &p in &partitions {
+                let next = position[&p];
+                let offset = if next == 0 {
+                    Offset::Beginning
+                } else {
+                    Offset::Offset(next)
+                };
+                assignment
+                    .add_partition_offset(&topic, p, offset)
+                    .map_err(kafka_err)?;
+                let (_, high) = tokio::task::block_in_place(|| {
+                    consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)
+                })
+                .map_err(kafka_err)?;
+                targets.insert(p, high);
+            }
+            consumer.assign(&assignment).map_err(kafka_err)?;
+            Reader::Kafka {
+                consumer,
+                topic: topic.clone(),
+                targets,
+            }
+        }
+        SourceInput::File { path } => {
+            let open = std::fs::File::open(path).map_err(|e| {
+                RunError::Source(
+                    plan.name.clone(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let mut lines = std::io::BufReader::new(open);
+            // Skip what the tables already hold.
+            let skip = position[&0];
+            let mut buf = Vec::new();
+            let mut next = 0;
+            let mut eof = false;
+            while next < skip {
+                buf.clear();
+                match std::io::BufRead::read_until(&mut lines, b'\n', &mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(_) => next += 1,
+                    Err(e) => return Err(RunError::Source(plan.name.clone(), e.to_string())),
+                }
+            }
+            Reader::File {
+                path: topic.clone(),
+                lines,
+                next,
+                eof,
+            }
+        }
+    };
+    let max_future = config.max_future.as_micros() as i64;
+    Ok(SourceRuntime {
+        decoder: BatchDecoder::new(
+            plan.schema.clone(),
+            TimeBounds::plausible(now_us(), max_future),
+            pipeline.max_rows.min(1 << 16),
+        )
+        .with_event_time(&plan.event_time),
+        max_future,
+        lag_checked: None,
+        watermark: WatermarkTracker::new(plan.max_out_of_orderness, plan.idle_timeout),
+        plan: plan.clone(),
+        reader,
+        pending: HashMap::new(),
+        pending_events: 0,
+        position,
+        dead_letters: Vec::new(),
+    })
+}
+
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Sets `consumer_lag` per partition (high watermark minus next offset), every few seconds: each
+/// measurement asks the broker.
+pub(super) fn report_consumer_lag(
+    pipeline: &Pipeline,
+    s: &mut SourceRuntime,
+    metrics: &PipelineMetrics,
+) {
+    if s.lag_checked.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
+        return;
+    }
+    s.lag_checked = Some(Instant::now());
+    let Reader::Kafka {
+        consumer,
+        topic,
+        targets,
+    } = &s.reader
+    else {
+        return;
+    };
+    for &p in targets.keys() {
+        let high =
+            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT));
+        match high {
+            Ok((_, high)) => {
+                let next = s
+                    .pending
+                    .get(&(topic.clone(), p))
+                    .or(s.position.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[
+                        pipeline.name.as_str(),
+                        s.plan.name.as_str(),
+                        &p.to_string(),
+                    ])
+                    .set((high - next).max(0));
+            }
+            Err(e) => tracing::warn!(
+                "source {}: cannot read the watermarks of partition {p}: {e}",
+                s.plan.name
+            ),
+        }
+    }
+}
+
+/// Whether the source has been read (not necessarily committed) up to where it ended at start.
+pub(super) fn caught_up(s: &SourceRuntime) -> bool {
+    match &s.reader {
+        Reader::Kafka { topic, targets, .. } => targets.iter().all(|(p, &t)| {
+            let read = s.pending.get(&(topic.clone(), *p)).or(s.position.get(p));
+            t <= 0 || read.is_some_and(|&o| o >= t)
+        }),
+        Reader::File { eof, .. } => *eof,
+        Reader::Empty => false,
+    }
+}
+
+impl SourceRuntime {
+    /// Decodes one event; an invalid one goes to the dead-letter topic. Records the offset and,
+    /// for a valid event, its event time for the watermark.
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &mut self,
+        producer: &FutureProducer,
+        summary: &mut RunSummary,
+        invalid: &prometheus::IntCounter,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        now: i64,
+    ) -> Result<(), RunError> {
+        summary.events += 1;
+        match self.decoder.decode(payload) {
+            Ok(()) => {
+                if let Some(t) = self.decoder.last_event_time() {
+                    self.watermark.observe(partition, t, now);
+                }
+            }
+            Err(e) => {
+                invalid.inc();
+                summary.invalid += 1;
+                let letter = DeadLetter {
+                    key,
+                    payload,
+                    topic,
+                    partition,
+                    offset,
+                    reason: e.to_string(),
+                    time_ms: now / 1000,
+                };
+                match producer.send_result(letter.record(&self.plan.dead_letter_topic)) {
+                    Ok(d) => self.dead_letters.push(d),
+                    Err((e, _)) => {
+                        return Err(RunError::DeadLetter {
+                            topic: self.plan.dead_letter_topic.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.pending
+            .insert((topic.to_string(), partition), offset + 1);
+        self.pending_events += 1;
+        Ok(())
+    }
+}
+
+/// Reads what is available (up to one poll interval, at most `max_rows` events).
+pub(super) fn poll_source(
+    pipeline: &Pipeline,
+    s: &mut SourceRuntime,
+    producer: &FutureProducer,
+    metrics: &PipelineMetrics,
+    summary: &mut RunSummary,
+    max_rows: usize,
+) -> Result<(), RunError> {
+    let source_name = s.plan.name.clone();
+    let labels = [pipeline.name.as_str(), source_name.as_str()];
+    let invalid = metrics.events_invalid.with_label_values(&labels);
+    let now = now_us();
+    let before = summary.events;
+    // Take the reader out so that `accept` may borrow the rest of the source mutably.
+    let mut reader = std::mem::replace(&mut s.reader, Reader::Empty);
+    // One blocking section for the whole read: librdkafka's poll blocks the thread.
+    let result = tokio::task::block_in_place(|| {
+        match &mut reader {
+            Reader::Kafka {
+                consumer, topic, ..
+            } => {
+                for _ in 0..max_rows {
+                    let m = match consumer.poll(POLL) {
+                        None => break,
+                        Some(Err(source)) => {
+                            return Err(RunError::Kafka {
+                                source_name: s.plan.name.clone(),
+                                source,
+                            });
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    let payload = m.payload().unwrap_or_default();
+                    s.accept(
+                        producer,
+                        summary,
+                        &invalid,
+                        topic,
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        payload,
+                        now,
+                    )?;
+                }
+            }
+            Reader::File {
+                path,
+                lines,
+                next,
+                eof,
+            } => {
+                let mut buf = Vec::with_capacity(512);
+                for _ in 0..max_rows {
+                    buf.clear();
+                    let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
+                        .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
+                    if read == 0 {
+                        *eof = true;
+                        break;
+                    }
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        // Not an event; only its offset is recorded.
+                        s.pending.insert((path.clone(), 0), *next + 1);
+                    } else {
+                        s.accept(producer, summary, &invalid, path, 0, *next, None, line, now)?;
+                    }
+                    *next += 1;
+                }
+            }
+            Reader::Empty => {}
+        }
+        Ok(())
+    });
+    s.reader = reader;
+    metrics
+        .events_in
+        .with_label_values(&labels)
+        .inc_by(summary.events - before);
+    result
+}
