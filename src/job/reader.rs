@@ -47,6 +47,8 @@ pub(super) struct SourceRuntime {
     pub(super) pending: SourceOffsets,
     /// Events consumed since the last flush.
     pub(super) pending_events: usize,
+    /// Partition and offset of each valid row pending in the decoder, in row order.
+    pub(super) rows_at: Vec<(i32, i64)>,
     /// Next offset per partition, as of the last commit or start.
     pub(super) position: HashMap<i32, i64>,
     pub(super) dead_letters: Vec<DeliveryFuture>,
@@ -67,13 +69,12 @@ pub(super) async fn open_source(
     pipeline: &Pipeline,
     plan: &SourcePlan,
     config: &RunConfig,
-    sinks: &[SinkSlot],
+    sinks: &mut [SinkSlot],
 ) -> Result<SourceRuntime, RunError> {
     let kafka_err = |source| RunError::Kafka {
         source_name: plan.name.clone(),
         source,
     };
-    // Resume from the smallest next offset any Delta sink of this source recorded.
     let (topic, partitions) = match &plan.input {
         SourceInput::Kafka { topic, group } => {
             let consumer: BaseConsumer = consumer_config(&config.brokers, group)
@@ -98,15 +99,18 @@ pub(super) async fn open_source(
         }
         SourceInput::File { path } => (path.display().to_string(), vec![0]),
     };
+    // Resume from the smallest next offset any Delta sink of this source recorded; a sink
+    // that is further along remembers how far (`covered`) and skips what it already holds.
     let mut position: HashMap<i32, i64> = partitions.iter().map(|&p| (p, i64::MAX)).collect();
     let mut any_delta = false;
-    for slot in sinks.iter().filter(|s| s.from == plan.name) {
-        if let SinkRuntime::Delta { sink, .. } = &slot.runtime {
+    for slot in sinks.iter_mut().filter(|s| s.from == plan.name) {
+        if let SinkRuntime::Delta { sink, covered, .. } = &mut slot.runtime {
             any_delta = true;
             let recorded = sink.resume_offsets(&topic, &partitions).await?;
             for (p, next) in position.iter_mut() {
                 *next = (*next).min(recorded.get(p).copied().unwrap_or(0));
             }
+            *covered = recorded;
         }
     }
     if !any_delta {
@@ -189,6 +193,7 @@ pub(super) async fn open_source(
         reader,
         pending: HashMap::new(),
         pending_events: 0,
+        rows_at: Vec::new(),
         position,
         dead_letters: Vec::new(),
     })
@@ -277,6 +282,7 @@ impl SourceRuntime {
                 if let Some(t) = self.decoder.last_event_time() {
                     self.watermark.observe(partition, t, now);
                 }
+                self.rows_at.push((partition, offset));
             }
             Err(e) => {
                 invalid.inc();

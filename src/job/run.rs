@@ -132,6 +132,9 @@ pub(super) enum SinkRuntime {
     Delta {
         sink: DeltaSink,
         partition_by: Vec<String>,
+        /// For a sink fed by a source: per partition, the next offset it already held at start.
+        /// Rows below it are not written again while the source catches up with this sink.
+        covered: HashMap<i32, i64>,
     },
     Kafka(KafkaSink),
 }
@@ -183,6 +186,7 @@ pub async fn run_pipeline(
                 })
                 .await?,
                 partition_by: partition_by.clone(),
+                covered: HashMap::new(),
             },
             SinkTarget::Kafka { topic, key } => SinkRuntime::Kafka(KafkaSink::new(
                 &s.name,
@@ -201,7 +205,7 @@ pub async fn run_pipeline(
 
     let mut sources = Vec::new();
     for plan in &pipeline.sources {
-        sources.push(open_source(pipeline, plan, config, &sinks).await?);
+        sources.push(open_source(pipeline, plan, config, &mut sinks).await?);
     }
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
@@ -299,6 +303,7 @@ async fn flush(
     let mut outputs: HashMap<String, Vec<RecordBatch>> = HashMap::new();
     let mut watermarks: HashMap<String, i64> = HashMap::new();
     let mut offsets: HashMap<String, SourceOffsets> = HashMap::new();
+    let mut rows_at: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
     for s in sources.iter_mut() {
         for d in s.dead_letters.drain(..) {
             let failed = match d.await {
@@ -329,6 +334,7 @@ async fn flush(
         watermarks.insert(s.plan.name.clone(), w);
         outputs.insert(s.plan.name.clone(), vec![batch]);
         offsets.insert(s.plan.name.clone(), s.pending.clone());
+        rows_at.insert(s.plan.name.clone(), std::mem::take(&mut s.rows_at));
     }
 
     let fired_at = Instant::now();
@@ -405,12 +411,43 @@ async fn flush(
         }
     }
     for slot in sinks.iter_mut() {
-        let SinkRuntime::Delta { sink, partition_by } = &mut slot.runtime else {
+        let SinkRuntime::Delta {
+            sink,
+            partition_by,
+            covered,
+        } = &mut slot.runtime
+        else {
             continue;
         };
-        let from_offsets = offsets.get(&slot.from).filter(|o| !o.is_empty());
+        let mut from_offsets = offsets.get(&slot.from).filter(|o| !o.is_empty()).cloned();
+        let mut inputs = outputs.get(&slot.from).cloned().unwrap_or_default();
+        if !covered.is_empty()
+            && let (Some(next), Some(at), [batch]) = (
+                from_offsets.as_mut(),
+                rows_at.get(&slot.from),
+                inputs.as_mut_slice(),
+            )
+        {
+            // Replaying what this sink already holds: keep only rows past its offsets, and never
+            // record offsets below them.
+            let keep: arrow::array::BooleanArray = at
+                .iter()
+                .map(|(p, o)| Some(covered.get(p).is_none_or(|c| o >= c)))
+                .collect();
+            *batch = arrow::compute::filter_record_batch(batch, &keep)
+                .map_err(|e| RunError::Source(slot.from.clone(), e.to_string()))?;
+            let caught_up = covered
+                .iter()
+                .all(|(p, c)| next.iter().any(|((_, q), o)| q == p && o >= c));
+            for ((_, p), o) in next.iter_mut() {
+                *o = (*o).max(covered.get(p).copied().unwrap_or(0));
+            }
+            if caught_up {
+                covered.clear();
+            }
+        }
         let mut batches = Vec::new();
-        for b in outputs.get(&slot.from).into_iter().flatten() {
+        for b in &inputs {
             if b.num_rows() == 0 {
                 continue;
             }
@@ -424,8 +461,9 @@ async fn flush(
         if batches.is_empty() && from_offsets.is_none() {
             continue;
         }
-        let empty = SourceOffsets::new();
-        let stats = sink.commit(batches, from_offsets.unwrap_or(&empty)).await?;
+        let stats = sink
+            .commit(batches, &from_offsets.unwrap_or_default())
+            .await?;
         let labels = [pipeline.name.as_str(), slot.name.as_str()];
         metrics
             .rows_out

@@ -18,7 +18,8 @@ use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, TimestampMicroseco
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
@@ -164,12 +165,15 @@ impl DeltaSink {
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let txns = offsets
+        let txns: Vec<Transaction> = offsets
             .iter()
             .map(|((topic, partition), next)| {
                 Transaction::new(self.app_id(topic, *partition), *next)
             })
             .collect();
+        if rows == 0 {
+            return self.commit_offsets_only(txns, started).await;
+        }
         let files_before = self.file_count();
         let table = self.table.clone();
         let table = table
@@ -192,6 +196,51 @@ impl DeltaSink {
             version: self.table.version().map_or(-1, |v| v as i64),
             rows,
             files: self.file_count().saturating_sub(files_before),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl DeltaSink {
+    /// Records offsets with no data (a cycle of only invalid or already-held events), so that
+    /// they are not read again. A table that does not exist yet has nothing to record them in:
+    /// they are recorded with its first rows.
+    async fn commit_offsets_only(
+        &mut self,
+        txns: Vec<Transaction>,
+        started: Instant,
+    ) -> Result<CommitStats, SinkError> {
+        let version = self.table.version().map_or(-1, |v| v as i64);
+        if version < 0 || txns.is_empty() {
+            return Ok(CommitStats {
+                version,
+                rows: 0,
+                files: 0,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_error(e))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+            .build(
+                Some(snapshot as &dyn TableReference),
+                self.table.log_store(),
+                operation,
+            )
+            .await
+            .map_err(|e| self.delta_error(e))?;
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| self.delta_error(e))?;
+        Ok(CommitStats {
+            version: self.table.version().map_or(-1, |v| v as i64),
+            rows: 0,
+            files: 0,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -44,9 +44,18 @@ async fn produce(
 }
 
 async fn ingest(brokers: &str, topic: &str, tables: &str) -> RunSummary {
+    ingest_to(brokers, topic, tables, &["raw_metrics"]).await
+}
+
+/// Runs a raw-ingest pipeline with one Delta sink per table name, to the end of the topic.
+async fn ingest_to(brokers: &str, topic: &str, tables: &str, sinks: &[&str]) -> RunSummary {
     let root = env!("CARGO_MANIFEST_DIR");
+    let sinks: String = sinks
+        .iter()
+        .map(|t| format!("  {t}: {{from: metrics, delta: {{table: {t}, partition_by: [date]}}}}\n"))
+        .collect();
     let yaml = format!(
-        "name: it-ingest\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw_metrics, partition_by: [date]}}}}\ncommit: {{max_rows: 700, max_interval: 5s}}\n"
+        "name: it-ingest\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n{sinks}commit: {{max_rows: 700, max_interval: 5s}}\n"
     );
     let pipeline = Pipeline::from_yaml(std::path::Path::new("it-ingest.yaml"), &yaml)
         .await
@@ -126,4 +135,33 @@ async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
     let summary = ingest(&brokers, &topic, &tables).await;
     assert_eq!((summary.events, summary.invalid), (1_000, 0));
     assert_eq!(delta_rows(&table).await as i64, valid as i64 + 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_added_later_is_filled_and_the_others_get_nothing_twice() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-two-sinks");
+    create_topic(&topic, 3).await;
+    let tables = format!(
+        "s3://{}/{}",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-two-sinks")
+    );
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(&brokers, &topic, &metric_events(4, 2_000, 25, now, 0)).await;
+    ingest_to(&brokers, &topic, &tables, &["first"]).await;
+    assert_eq!(delta_rows(&format!("{tables}/first")).await, 2_000);
+
+    // A second table joins: the source replays from its start for it; the first table only
+    // receives the 500 new events.
+    produce(&brokers, &topic, &metric_events(5, 500, 25, now, 0)).await;
+    let summary = ingest_to(&brokers, &topic, &tables, &["first", "second"]).await;
+    assert_eq!(summary.events, 2_500);
+    assert_eq!(delta_rows(&format!("{tables}/first")).await, 2_500);
+    assert_eq!(delta_rows(&format!("{tables}/second")).await, 2_500);
+
+    // And a third run reads nothing, for either.
+    let summary = ingest_to(&brokers, &topic, &tables, &["first", "second"]).await;
+    assert_eq!(summary.events, 0);
+    assert_eq!(delta_rows(&format!("{tables}/first")).await, 2_500);
 }
