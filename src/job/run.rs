@@ -11,7 +11,13 @@
 //! offsets in its commit, and the source resumes from the smallest of them on restart.
 //!
 //! Not yet here: open windows are not restored after a restart (they start empty; the raw
-//! table holds their rows), so a window that was open at a crash is incomplete.
+//! table holds their rows), so a window that was open at a crash is incomplete. The plan:
+//! record each source's watermark as a `txn` in every Delta commit; at start, resume the
+//! watermark from the smallest recorded one and rebuild window state from the raw table's rows
+//! newer than `watermark - (window span + allowed lateness)`, marking windows that ended at or
+//! before it as already fired; make the first cycle after a restart end exactly at the offsets
+//! the furthest sink recorded (an aligned replay), so that each sink can skip the cycle it
+//! already holds whole, as source-fed sinks already skip rows (`covered`).
 
 use std::collections::HashMap;
 use std::future::Future;
