@@ -13,7 +13,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::run::{RunConfig, RunError, RunSummary, SinkRuntime, SinkSlot};
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
-use crate::sink::SourceOffsets;
 use crate::source::DeadLetter;
 use crate::source::kafka::consumer_config;
 use crate::validate::{BatchDecoder, TimeBounds};
@@ -43,8 +42,10 @@ pub(super) struct SourceRuntime {
     pub(super) reader: Reader,
     pub(super) decoder: BatchDecoder,
     pub(super) watermark: WatermarkTracker,
+    /// The topic (or file path) the offsets belong to.
+    pub(super) topic: String,
     /// Next offset to read per partition, consumed but not yet committed.
-    pub(super) pending: SourceOffsets,
+    pub(super) pending: HashMap<i32, i64>,
     /// Events consumed since the last flush.
     pub(super) pending_events: usize,
     /// Partition and offset of each valid row pending in the decoder, in row order.
@@ -191,6 +192,7 @@ pub(super) async fn open_source(
         watermark: WatermarkTracker::new(plan.max_out_of_orderness, plan.idle_timeout),
         plan: plan.clone(),
         reader,
+        topic,
         pending: HashMap::new(),
         pending_events: 0,
         rows_at: Vec::new(),
@@ -227,7 +229,7 @@ pub(super) fn report_consumer_lag(
             Ok((_, high)) => {
                 let next = s
                     .pending
-                    .get(&(topic.clone(), p))
+                    .get(&p)
                     .or(s.position.get(&p))
                     .copied()
                     .unwrap_or(0);
@@ -251,8 +253,8 @@ pub(super) fn report_consumer_lag(
 /// Whether the source has been read (not necessarily committed) up to where it ended at start.
 pub(super) fn caught_up(s: &SourceRuntime) -> bool {
     match &s.reader {
-        Reader::Kafka { topic, targets, .. } => targets.iter().all(|(p, &t)| {
-            let read = s.pending.get(&(topic.clone(), *p)).or(s.position.get(p));
+        Reader::Kafka { targets, .. } => targets.iter().all(|(p, &t)| {
+            let read = s.pending.get(p).or(s.position.get(p));
             t <= 0 || read.is_some_and(|&o| o >= t)
         }),
         Reader::File { eof, .. } => *eof,
@@ -307,8 +309,7 @@ impl SourceRuntime {
                 }
             }
         }
-        self.pending
-            .insert((topic.to_string(), partition), offset + 1);
+        self.pending.insert(partition, offset + 1);
         self.pending_events += 1;
         Ok(())
     }
@@ -379,7 +380,7 @@ pub(super) fn poll_source(
                     let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         // Not an event; only its offset is recorded.
-                        s.pending.insert((path.clone(), 0), *next + 1);
+                        s.pending.insert(0, *next + 1);
                     } else {
                         s.accept(producer, summary, &invalid, path, 0, *next, None, line, now)?;
                     }

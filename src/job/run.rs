@@ -339,7 +339,12 @@ async fn flush(
             });
         watermarks.insert(s.plan.name.clone(), w);
         outputs.insert(s.plan.name.clone(), vec![batch]);
-        offsets.insert(s.plan.name.clone(), s.pending.clone());
+        let cycle: SourceOffsets = s
+            .pending
+            .iter()
+            .map(|(&p, &next)| ((s.topic.clone(), p), next))
+            .collect();
+        offsets.insert(s.plan.name.clone(), cycle);
         rows_at.insert(s.plan.name.clone(), std::mem::take(&mut s.rows_at));
     }
 
@@ -494,7 +499,7 @@ async fn flush(
     }
     for s in sources.iter_mut() {
         report_consumer_lag(pipeline, s, metrics);
-        for ((_, p), next) in s.pending.drain() {
+        for (p, next) in s.pending.drain() {
             s.position.insert(p, next);
         }
         s.pending_events = 0;
