@@ -1,7 +1,9 @@
 //! Jobs: the stages wired together into something that runs.
 //!
 //! - [`run`]: a whole pipeline file — sources, SQL stages, windows, Delta and Kafka sinks;
-//! - `reader`: the run loop's source side — Kafka and file readers, decoding, dead letters.
+//! - `reader`: the run loop's source side — Kafka and file readers, decoding, dead letters;
+//! - [`checkpoint`]: the state each cycle starts from, kept beside the tables for restarts.
 
+pub mod checkpoint;
 mod reader;
 pub mod run;

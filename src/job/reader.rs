@@ -1,8 +1,10 @@
 //! The source side of the run loop: Kafka consumers and file replays, read from the offsets
-//! the Delta sinks recorded, decoded and validated into Arrow, invalid events sent to the
-//! dead-letter topic, event times fed to the watermark.
+//! of the last checkpoint, decoded and validated into Arrow, invalid events sent to the
+//! dead-letter topic, event times fed to the watermark. While a cycle is replayed after a
+//! restart, each partition is read exactly up to the offset that cycle ended at, and the dead
+//! letters (already delivered the first time) are not sent again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -10,7 +12,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::run::{RunConfig, RunError, RunSummary, SinkRuntime, SinkSlot};
+use super::checkpoint::SourceState;
+use super::run::{RunConfig, RunError, RunSummary};
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
 use crate::source::DeadLetter;
@@ -48,8 +51,8 @@ pub(super) struct SourceRuntime {
     pub(super) pending: HashMap<i32, i64>,
     /// Events consumed since the last flush.
     pub(super) pending_events: usize,
-    /// Partition and offset of each valid row pending in the decoder, in row order.
-    pub(super) rows_at: Vec<(i32, i64)>,
+    /// While replaying a cycle: per partition, the offset the cycle ended at.
+    pub(super) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
     pub(super) position: HashMap<i32, i64>,
     pub(super) dead_letters: Vec<DeliveryFuture>,
@@ -70,7 +73,7 @@ pub(super) async fn open_source(
     pipeline: &Pipeline,
     plan: &SourcePlan,
     config: &RunConfig,
-    sinks: &mut [SinkSlot],
+    start: Option<&SourceState>,
 ) -> Result<SourceRuntime, RunError> {
     let kafka_err = |source| RunError::Kafka {
         source_name: plan.name.clone(),
@@ -100,46 +103,24 @@ pub(super) async fn open_source(
         }
         SourceInput::File { path } => (path.display().to_string(), vec![0]),
     };
-    // Resume from the smallest next offset any Delta sink of this source recorded; a sink
-    // that is further along remembers how far (`covered`) and skips what it already holds.
-    let mut position: HashMap<i32, i64> = partitions.iter().map(|&p| (p, i64::MAX)).collect();
-    let mut any_delta = false;
-    for slot in sinks.iter_mut().filter(|s| s.from == plan.name) {
-        if let SinkRuntime::Delta { sink, covered, .. } = &mut slot.runtime {
-            any_delta = true;
-            let recorded = sink.resume_offsets(&topic, &partitions).await?;
-            for (p, next) in position.iter_mut() {
-                *next = (*next).min(recorded.get(p).copied().unwrap_or(0));
-            }
-            *covered = recorded;
-        }
-    }
-    if !any_delta {
-        position.values_mut().for_each(|v| *v = 0);
-    }
+    let position: HashMap<i32, i64> = partitions
+        .iter()
+        .map(|&p| (p, start.and_then(|s| s.next.get(&p)).copied().unwrap_or(0)))
+        .collect();
     let reader = match &plan.input {
         SourceInput::Kafka { group, .. } => {
             let consumer: BaseConsumer = consumer_config(&config.brokers, group)
                 .create()
                 .map_err(kafka_err)?;
-            let mut assignment = TopicPartitionList::new();
             let mut targets = HashMap::new();
             for &p in &partitions {
-                let next = position[&p];
-                let offset = if next == 0 {
-                    Offset::Beginning
-                } else {
-                    Offset::Offset(next)
-                };
-                assignment
-                    .add_partition_offset(&topic, p, offset)
-                    .map_err(kafka_err)?;
                 let (_, high) = tokio::task::block_in_place(|| {
                     consumer.fetch_watermarks(&topic, p, METADATA_TIMEOUT)
                 })
                 .map_err(kafka_err)?;
                 targets.insert(p, high);
             }
+            let assignment = assignment(&topic, &position).map_err(kafka_err)?;
             consumer.assign(&assignment).map_err(kafka_err)?;
             Reader::Kafka {
                 consumer,
@@ -180,6 +161,11 @@ pub(super) async fn open_source(
         }
     };
     let max_future = config.max_future.as_micros() as i64;
+    let mut watermark = WatermarkTracker::new(plan.max_out_of_orderness, plan.idle_timeout);
+    if let Some(s) = start {
+        watermark.restore(s.watermark, &s.newest, now_us());
+    }
+    watermark.assign(&partitions, now_us());
     Ok(SourceRuntime {
         decoder: BatchDecoder::new(
             plan.schema.clone(),
@@ -189,16 +175,71 @@ pub(super) async fn open_source(
         .with_event_time(&plan.event_time),
         max_future,
         lag_checked: None,
-        watermark: WatermarkTracker::new(plan.max_out_of_orderness, plan.idle_timeout),
+        watermark,
         plan: plan.clone(),
         reader,
         topic,
         pending: HashMap::new(),
         pending_events: 0,
-        rows_at: Vec::new(),
+        replay_to: None,
         position,
         dead_letters: Vec::new(),
     })
+}
+
+/// Reading `topic` from `position` (next offset per partition; 0: the beginning).
+fn assignment(
+    topic: &str,
+    position: &HashMap<i32, i64>,
+) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for (&p, &next) in position {
+        let offset = if next == 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(next)
+        };
+        list.add_partition_offset(topic, p, offset)?;
+    }
+    Ok(list)
+}
+
+impl SourceRuntime {
+    /// The next offset per partition: what is consumed, committed or not.
+    pub(super) fn next_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut next: BTreeMap<i32, i64> = self.position.iter().map(|(&p, &o)| (p, o)).collect();
+        next.extend(self.pending.iter().map(|(&p, &o)| (p, o)));
+        next
+    }
+
+    /// Whether a replayed cycle has read every partition up to where the cycle ended.
+    pub(super) fn replay_done(&self) -> bool {
+        let next = self.next_offsets();
+        self.replay_to.as_ref().is_none_or(|to| {
+            to.iter()
+                .all(|(p, &end)| next.get(p).copied().unwrap_or(0) >= end)
+        })
+    }
+
+    /// Ends a replay: the next cycle reads from the committed positions again (a Kafka
+    /// consumer may have fetched past the replayed cycle).
+    pub(super) fn end_replay(&mut self) -> Result<(), RunError> {
+        if self.replay_to.take().is_none() {
+            return Ok(());
+        }
+        if let Reader::Kafka {
+            consumer, topic, ..
+        } = &self.reader
+        {
+            let kafka_err = |source| RunError::Kafka {
+                source_name: self.plan.name.clone(),
+                source,
+            };
+            let list = assignment(topic, &self.position).map_err(kafka_err)?;
+            consumer.assign(&list).map_err(kafka_err)?;
+        }
+        Ok(())
+    }
 }
 
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -284,7 +325,11 @@ impl SourceRuntime {
                 if let Some(t) = self.decoder.last_event_time() {
                     self.watermark.observe(partition, t, now);
                 }
-                self.rows_at.push((partition, offset));
+            }
+            Err(_) if self.replay_to.is_some() => {
+                // Replaying a cycle some sink committed: its dead letters were delivered.
+                invalid.inc();
+                summary.invalid += 1;
             }
             Err(e) => {
                 invalid.inc();
@@ -348,6 +393,14 @@ pub(super) fn poll_source(
                         }
                         Some(Ok(m)) => m,
                     };
+                    let past_replay = s
+                        .replay_to
+                        .as_ref()
+                        .is_some_and(|to| to.get(&m.partition()).is_none_or(|&e| m.offset() >= e));
+                    if past_replay {
+                        // Read again once the replayed cycle is committed.
+                        continue;
+                    }
                     let payload = m.payload().unwrap_or_default();
                     s.accept(
                         producer,
@@ -369,7 +422,11 @@ pub(super) fn poll_source(
                 eof,
             } => {
                 let mut buf = Vec::with_capacity(512);
-                for _ in 0..max_rows {
+                let limit = match s.replay_to.as_ref().and_then(|to| to.get(&0)) {
+                    Some(&end) => max_rows.min(end.saturating_sub(*next).max(0) as usize),
+                    None => max_rows,
+                };
+                for _ in 0..limit {
                     buf.clear();
                     let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
                         .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;

@@ -1,23 +1,28 @@
 //! `stratus run`: a checked [`Pipeline`] running against Kafka (or a file replay), Delta Lake
-//! and Kafka sinks.
+//! and Kafka sinks, exactly once into Delta.
 //!
 //! The loop works in cycles. It polls every source (see `reader`), decoding valid events into
 //! Arrow and sending invalid ones to the dead-letter topic. When `commit.max_rows` events have
 //! been read or `commit.max_interval` has passed (or on shutdown, or when a backfill has read
-//! everything), it flushes: waits for the dead letters,
-//! feeds the new rows through the stages in file order — window stages fire what the
-//! watermark closed and send too-late rows to `<pipeline>.<stage>.late` — publishes Kafka sink
-//! rows, then commits every Delta sink. A Delta sink fed by a source records the source
-//! offsets in its commit, and the source resumes from the smallest of them on restart.
+//! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
+//! stages in file order — window stages fire what the watermark closed and send too-late rows
+//! to `<pipeline>.<stage>.late` — publishes Kafka sink rows, then commits every Delta sink that
+//! has rows. Each of those commits records, as `txn` marks, the cycle (`cycle` = N), every
+//! source partition's next offset and every source's watermark. Once all have committed, a
+//! [`Checkpoint`] of the state after cycle N — source offsets and watermark clocks, window
+//! stages' buffered rows — is written beside the tables (see `checkpoint`).
 //!
-//! Not yet here: open windows are not restored after a restart (they start empty; the raw
-//! table holds their rows), so a window that was open at a crash is incomplete. The plan:
-//! record each source's watermark as a `txn` in every Delta commit; at start, resume the
-//! watermark from the smallest recorded one and rebuild window state from the raw table's rows
-//! newer than `watermark - (window span + allowed lateness)`, marking windows that ended at or
-//! before it as already fired; make the first cycle after a restart end exactly at the offsets
-//! the furthest sink recorded (an aligned replay), so that each sink can skip the cycle it
-//! already holds whole, as source-fed sinks already skip rows (`covered`).
+//! Restart: the loop resumes from the newest checkpoint (cycle N). A crash between the Delta
+//! commits of cycle N+1 leaves some tables marked N+1 and others not; the first cycle after the
+//! restart is then a replay of cycle N+1: each partition is read exactly up to the offset the
+//! marks record, the watermarks are the recorded ones, so the stages produce what they produced
+//! then; tables marked N+1 skip it, the others commit it. Kafka sinks, the late topics and the
+//! dead-letter topic were published before any Delta commit of that cycle, so a replay does not
+//! publish them again. A crash before any Delta commit of a cycle redoes the cycle: Kafka
+//! records repeat then, with the same `stratus.record_id`.
+//!
+//! Window state is the rows of open windows. A checkpoint holds it whole, so its size is the
+//! event-time span of `window + allowed lateness` of input, written once per cycle.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,6 +34,7 @@ use arrow::array::RecordBatch;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
+use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
 use super::reader::{
     SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
 };
@@ -36,7 +42,7 @@ use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
-use crate::sink::{DeltaSink, DeltaSinkConfig, SinkError, SourceOffsets};
+use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark};
 use crate::source::kafka::producer_config;
 use crate::validate::TimeBounds;
 use crate::window::{WindowError, WindowOperator};
@@ -59,6 +65,10 @@ pub enum RunError {
     Delta(#[from] SinkError),
     #[error(transparent)]
     KafkaSink(Box<KafkaSinkError>),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot restart: {0}")]
+    Restart(String),
 }
 
 impl From<KafkaSinkError> for RunError {
@@ -134,22 +144,33 @@ struct StageRuntime {
     late: KafkaSink,
 }
 
-pub(super) enum SinkRuntime {
+enum SinkRuntime {
     Delta {
         sink: DeltaSink,
         partition_by: Vec<String>,
-        /// For a sink fed by a source: per partition, the next offset it already held at start.
-        /// Rows below it are not written again while the source catches up with this sink.
-        covered: HashMap<i32, i64>,
     },
     Kafka(KafkaSink),
 }
 
-pub(super) struct SinkSlot {
-    pub(super) name: String,
-    pub(super) from: String,
-    pub(super) event_time: Option<String>,
-    pub(super) runtime: SinkRuntime,
+struct SinkSlot {
+    name: String,
+    from: String,
+    event_time: Option<String>,
+    runtime: SinkRuntime,
+}
+
+/// The first cycle after a restart, when some Delta tables committed it and others did not.
+struct Replay {
+    /// The tables that hold it already.
+    done: Vec<String>,
+    /// Per source, its recorded watermark.
+    watermarks: HashMap<String, i64>,
+}
+
+const CYCLE_MARK: &str = "cycle";
+
+fn watermark_mark(source: &str) -> String {
+    format!("watermark/{source}")
 }
 
 fn table_location(root: &str, table: &str) -> String {
@@ -176,6 +197,9 @@ pub async fn run_pipeline(
             source,
         })?;
 
+    let checkpoints =
+        CheckpointStore::open(&config.table_root, &pipeline.name, &config.storage_options)?;
+    let restored = checkpoints.latest().await?.unwrap_or_default();
     let mut sinks = Vec::new();
     for s in &pipeline.sinks {
         let runtime = match &s.target {
@@ -192,7 +216,6 @@ pub async fn run_pipeline(
                 })
                 .await?,
                 partition_by: partition_by.clone(),
-                covered: HashMap::new(),
             },
             SinkTarget::Kafka { topic, key } => SinkRuntime::Kafka(KafkaSink::new(
                 &s.name,
@@ -211,50 +234,17 @@ pub async fn run_pipeline(
 
     let mut sources = Vec::new();
     for plan in &pipeline.sources {
-        sources.push(open_source(pipeline, plan, config, &mut sinks).await?);
+        let start = restored.sources.get(&plan.name);
+        sources.push(open_source(pipeline, plan, config, start).await?);
     }
+    let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
-        let ctx = crate::sql::session_context();
-        let op = match plan.query.window {
-            None => None,
-            Some(_) => {
-                let upstream = pipeline
-                    .stages
-                    .iter()
-                    .find(|s| s.name == plan.query.input && s.query.window.is_some())
-                    .map(|s| {
-                        let mut keys = s.query.keys.clone();
-                        keys.push("window_start".into());
-                        keys
-                    });
-                Some(
-                    WindowOperator::new(
-                        plan.query.clone(),
-                        &plan.event_time,
-                        plan.allowed_lateness,
-                        plan.input_schema.clone(),
-                        ctx.clone(),
-                        upstream,
-                    )
-                    .map_err(|source| RunError::Stage {
-                        stage: plan.name.clone(),
-                        source,
-                    })?,
-                )
-            }
-        };
-        let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
-        stages.push(StageRuntime {
-            plan: plan.clone(),
-            op,
-            ctx,
-            watermark: i64::MIN,
-            late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
-        });
+        stages.push(open_stage(pipeline, plan, &restored, &producer)?);
     }
 
     ready.store(true, Ordering::Relaxed);
+    let mut cycle = restored.cycle;
     let mut summary = RunSummary::default();
     let mut last_flush = Instant::now();
     tokio::pin!(shutdown);
@@ -270,6 +260,35 @@ pub async fn run_pipeline(
             poll_source(pipeline, s, &producer, &metrics, &mut summary, room)?;
             pending += s.pending_events;
         }
+        if replay.is_some() {
+            // A replayed cycle ends where it ended the first time, not on time or size.
+            if sources.iter().all(SourceRuntime::replay_done) {
+                cycle += 1;
+                let context = Cycle {
+                    number: cycle,
+                    replay: replay.take(),
+                };
+                flush(
+                    pipeline,
+                    &context,
+                    &mut sources,
+                    &mut stages,
+                    &mut sinks,
+                    &metrics,
+                    &mut summary,
+                )
+                .await?;
+                save_checkpoint(&checkpoints, cycle, &sources, &stages).await?;
+                for s in sources.iter_mut() {
+                    s.end_replay()?;
+                }
+                last_flush = Instant::now();
+            }
+            if stopping {
+                return Ok(summary);
+            }
+            continue;
+        }
         let caught_up = sources.iter().all(caught_up);
         // A cycle closes after exactly `max_rows` events (valid or not) while data flows, so
         // cycle boundaries — and with them watermarks and lateness — follow the offsets.
@@ -279,8 +298,13 @@ pub async fn run_pipeline(
         // so a trickle of events does not become a stream of tiny commits.
         let drained = config.until_caught_up && caught_up;
         if due || stopping || drained {
-            flush(
+            let context = Cycle {
+                number: cycle + 1,
+                replay: None,
+            };
+            let changed = flush(
                 pipeline,
+                &context,
                 &mut sources,
                 &mut stages,
                 &mut sinks,
@@ -288,6 +312,10 @@ pub async fn run_pipeline(
                 &mut summary,
             )
             .await?;
+            if changed {
+                cycle += 1;
+                save_checkpoint(&checkpoints, cycle, &sources, &stages).await?;
+            }
             last_flush = Instant::now();
         }
         if stopping || drained {
@@ -296,21 +324,180 @@ pub async fn run_pipeline(
     }
 }
 
+/// Reads the Delta tables' cycle marks against the restored checkpoint: when some tables
+/// committed the cycle after it, that cycle is to be replayed, up to the offsets they recorded.
+async fn plan_replay(
+    restored: &Checkpoint,
+    sinks: &[SinkSlot],
+    sources: &mut [SourceRuntime],
+) -> Result<Option<Replay>, RunError> {
+    let next = restored.cycle + 1;
+    let mut done = Vec::new();
+    let mut ahead: Option<&DeltaSink> = None;
+    for slot in sinks {
+        let SinkRuntime::Delta { sink, .. } = &slot.runtime else {
+            continue;
+        };
+        match sink.mark(CYCLE_MARK).await? {
+            Some(c) if c > next => {
+                return Err(RunError::Restart(format!(
+                    "Delta table of sink `{}` holds cycle {c}, but the newest checkpoint is of \
+                     cycle {}: the checkpoints (under `_stratus/` beside the tables) are missing \
+                     or from another run; restore them, or write to new tables",
+                    slot.name, restored.cycle
+                )));
+            }
+            Some(c) if c == next => {
+                done.push(slot.name.clone());
+                ahead = Some(sink);
+            }
+            _ => {}
+        }
+    }
+    let Some(sink) = ahead else {
+        return Ok(None);
+    };
+    let mut watermarks = HashMap::new();
+    for s in sources.iter_mut() {
+        let mut to = HashMap::new();
+        for &p in s.position.keys() {
+            let end = sink.mark(&offset_mark(&s.topic, p)).await?;
+            to.insert(p, end.unwrap_or(s.position[&p]));
+        }
+        s.replay_to = Some(to);
+        let w = sink.mark(&watermark_mark(&s.plan.name)).await?;
+        watermarks.insert(s.plan.name.clone(), w.unwrap_or(i64::MIN));
+    }
+    tracing::warn!(
+        "the last run stopped inside cycle {next}: replaying it for the tables that lack it \
+         ({} committed it)",
+        done.join(", ")
+    );
+    Ok(Some(Replay { done, watermarks }))
+}
+
+fn open_stage(
+    pipeline: &Pipeline,
+    plan: &StagePlan,
+    restored: &Checkpoint,
+    producer: &FutureProducer,
+) -> Result<StageRuntime, RunError> {
+    let stage_err = |source| RunError::Stage {
+        stage: plan.name.clone(),
+        source,
+    };
+    let ctx = crate::sql::session_context();
+    let saved = restored.stages.get(&plan.name);
+    let op = match plan.query.window {
+        None => None,
+        Some(_) => {
+            let upstream = pipeline
+                .stages
+                .iter()
+                .find(|s| s.name == plan.query.input && s.query.window.is_some())
+                .map(|s| {
+                    let mut keys = s.query.keys.clone();
+                    keys.push("window_start".into());
+                    keys
+                });
+            let mut op = WindowOperator::new(
+                plan.query.clone(),
+                &plan.event_time,
+                plan.allowed_lateness,
+                plan.input_schema.clone(),
+                ctx.clone(),
+                upstream,
+            )
+            .map_err(stage_err)?;
+            if let Some(StageState {
+                operator_watermark,
+                rows: Some(rows),
+                ..
+            }) = saved
+            {
+                op.restore(rows, *operator_watermark).map_err(stage_err)?;
+            }
+            Some(op)
+        }
+    };
+    let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
+    Ok(StageRuntime {
+        plan: plan.clone(),
+        op,
+        ctx,
+        watermark: saved.map_or(i64::MIN, |s| s.watermark),
+        late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
+    })
+}
+
+/// Writes the state after cycle `cycle`.
+async fn save_checkpoint(
+    checkpoints: &CheckpointStore,
+    cycle: i64,
+    sources: &[SourceRuntime],
+    stages: &[StageRuntime],
+) -> Result<(), RunError> {
+    let mut checkpoint = Checkpoint {
+        cycle,
+        ..Checkpoint::default()
+    };
+    for s in sources {
+        let (watermark, newest) = s.watermark.snapshot();
+        let state = SourceState {
+            next: s.next_offsets(),
+            watermark,
+            newest,
+        };
+        checkpoint.sources.insert(s.plan.name.clone(), state);
+    }
+    for st in stages {
+        let (operator_watermark, rows) = match &st.op {
+            Some(op) => (
+                op.watermark(),
+                Some(op.snapshot().map_err(|source| RunError::Stage {
+                    stage: st.plan.name.clone(),
+                    source,
+                })?),
+            ),
+            None => (st.watermark, None),
+        };
+        let state = StageState {
+            watermark: st.watermark,
+            operator_watermark,
+            rows,
+        };
+        checkpoint.stages.insert(st.plan.name.clone(), state);
+    }
+    checkpoints.save(&checkpoint).await?;
+    Ok(())
+}
+
+/// The cycle a flush completes.
+struct Cycle {
+    number: i64,
+    replay: Option<Replay>,
+}
+
+/// Runs one cycle's rows through the stages and into the sinks. Returns whether anything
+/// happened: events were read or a stage produced rows.
 async fn flush(
     pipeline: &Pipeline,
+    cycle: &Cycle,
     sources: &mut [SourceRuntime],
     stages: &mut [StageRuntime],
     sinks: &mut [SinkSlot],
     metrics: &PipelineMetrics,
     summary: &mut RunSummary,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     summary.cycles += 1;
     let now = now_us();
+    let replay = cycle.replay.as_ref();
     let mut outputs: HashMap<String, Vec<RecordBatch>> = HashMap::new();
     let mut watermarks: HashMap<String, i64> = HashMap::new();
-    let mut offsets: HashMap<String, SourceOffsets> = HashMap::new();
-    let mut rows_at: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+    let mut marks = Marks::from([(CYCLE_MARK.to_string(), cycle.number)]);
+    let mut changed = false;
     for s in sources.iter_mut() {
+        changed |= s.pending_events > 0;
         for d in s.dead_letters.drain(..) {
             let failed = match d.await {
                 Ok(Ok(_)) => None,
@@ -328,7 +515,13 @@ async fn flush(
             .decoder
             .flush()
             .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
-        let w = s.watermark.watermark(now);
+        if let Some(&w) = replay.and_then(|r| r.watermarks.get(&s.plan.name)) {
+            s.watermark.raise_to(w);
+        }
+        let w = match replay.and_then(|r| r.watermarks.get(&s.plan.name)) {
+            Some(&recorded) => recorded,
+            None => s.watermark.watermark(now),
+        };
         metrics
             .watermark_lag_seconds
             .with_label_values(&[pipeline.name.as_str(), s.plan.name.as_str()])
@@ -339,13 +532,10 @@ async fn flush(
             });
         watermarks.insert(s.plan.name.clone(), w);
         outputs.insert(s.plan.name.clone(), vec![batch]);
-        let cycle: SourceOffsets = s
-            .pending
-            .iter()
-            .map(|(&p, &next)| ((s.topic.clone(), p), next))
-            .collect();
-        offsets.insert(s.plan.name.clone(), cycle);
-        rows_at.insert(s.plan.name.clone(), std::mem::take(&mut s.rows_at));
+        for (p, next) in s.next_offsets() {
+            marks.insert(offset_mark(&s.topic, p), next);
+        }
+        marks.insert(watermark_mark(&s.plan.name), w);
     }
 
     let fired_at = Instant::now();
@@ -373,7 +563,9 @@ async fn flush(
                             .events_late
                             .with_label_values(&[pipeline.name.as_str(), st.plan.name.as_str()])
                             .inc_by(late.num_rows() as u64);
-                        st.late.send(&late).await?;
+                        if replay.is_none() {
+                            st.late.send(&late).await?;
+                        }
                     }
                 }
                 results = op.advance(input_watermark).await.map_err(stage_err)?;
@@ -402,13 +594,15 @@ async fn flush(
             }
         }
         let rows: usize = results.iter().map(RecordBatch::num_rows).sum();
+        changed |= rows > 0;
         *summary.stage_rows.entry(st.plan.name.clone()).or_default() += rows as u64;
         watermarks.insert(st.plan.name.clone(), st.watermark);
         outputs.insert(st.plan.name.clone(), results);
     }
 
     // Kafka first: a Delta commit (which advances the offsets) must not precede the records.
-    for slot in sinks.iter() {
+    // A replayed cycle published them the first time.
+    for slot in sinks.iter().filter(|_| replay.is_none()) {
         if let SinkRuntime::Kafka(k) = &slot.runtime {
             for b in outputs.get(&slot.from).into_iter().flatten() {
                 if b.num_rows() > 0 {
@@ -422,43 +616,14 @@ async fn flush(
         }
     }
     for slot in sinks.iter_mut() {
-        let SinkRuntime::Delta {
-            sink,
-            partition_by,
-            covered,
-        } = &mut slot.runtime
-        else {
+        let SinkRuntime::Delta { sink, partition_by } = &mut slot.runtime else {
             continue;
         };
-        let mut from_offsets = offsets.get(&slot.from).filter(|o| !o.is_empty()).cloned();
-        let mut inputs = outputs.get(&slot.from).cloned().unwrap_or_default();
-        if !covered.is_empty()
-            && let (Some(next), Some(at), [batch]) = (
-                from_offsets.as_mut(),
-                rows_at.get(&slot.from),
-                inputs.as_mut_slice(),
-            )
-        {
-            // Replaying what this sink already holds: keep only rows past its offsets, and never
-            // record offsets below them.
-            let keep: arrow::array::BooleanArray = at
-                .iter()
-                .map(|(p, o)| Some(covered.get(p).is_none_or(|c| o >= c)))
-                .collect();
-            *batch = arrow::compute::filter_record_batch(batch, &keep)
-                .map_err(|e| RunError::Source(slot.from.clone(), e.to_string()))?;
-            let caught_up = covered
-                .iter()
-                .all(|(p, c)| next.iter().any(|((_, q), o)| q == p && o >= c));
-            for ((_, p), o) in next.iter_mut() {
-                *o = (*o).max(covered.get(p).copied().unwrap_or(0));
-            }
-            if caught_up {
-                covered.clear();
-            }
+        if replay.is_some_and(|r| r.done.contains(&slot.name)) {
+            continue;
         }
         let mut batches = Vec::new();
-        for b in &inputs {
+        for b in outputs.get(&slot.from).into_iter().flatten() {
             if b.num_rows() == 0 {
                 continue;
             }
@@ -469,12 +634,10 @@ async fn flush(
                 _ => b.clone(),
             });
         }
-        if batches.is_empty() && from_offsets.is_none() {
+        if batches.is_empty() {
             continue;
         }
-        let stats = sink
-            .commit(batches, &from_offsets.unwrap_or_default())
-            .await?;
+        let stats = sink.commit(batches, &marks).await?;
         let labels = [pipeline.name.as_str(), slot.name.as_str()];
         metrics
             .rows_out
@@ -506,5 +669,5 @@ async fn flush(
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }
-    Ok(())
+    Ok(changed)
 }

@@ -1,16 +1,16 @@
-//! The Delta Lake sink: appends batches to a table, with the source offsets they cover recorded
-//! in the same commit.
+//! The Delta Lake sink: appends batches to a table, with marks of how far the input had been
+//! read recorded in the same commit.
 //!
-//! In: Arrow batches plus, per source partition, the next offset to read once those batches are
-//! durable. Out: one Delta commit holding the new files and one `txn` action per partition
-//! (`app_id` = `<pipeline>/<topic>/<partition>`, `version` = that next offset). A crash before
-//! the commit loses nothing (the offsets were not advanced); a crash after it duplicates nothing
-//! (on restart the source resumes from the offsets in the table). `deltalake` does not check that
-//! versions only grow, so callers read them at start-up with [`DeltaSink::resume_offsets`].
+//! In: Arrow batches plus [`Marks`]: named `i64`s such as, per source partition, the next offset
+//! to read once those batches are durable. Out: one Delta commit holding the new files and one
+//! `txn` action per mark (`app_id` = `<pipeline>/<mark>`, `version` = its value; offsets are
+//! marked `<topic>/<partition>`). A crash before the commit loses nothing (the marks were not
+//! advanced); a crash after it duplicates nothing (on restart the pipeline reads the marks back
+//! with [`DeltaSink::mark`]). `deltalake` does not check that versions only grow.
 //!
 //! Works on local paths and on `s3://` (conditional put: no lock service is needed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
@@ -18,8 +18,7 @@ use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, TimestampMicroseco
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
@@ -39,6 +38,22 @@ pub enum SinkError {
 
 /// Offsets a commit covers: for each `(topic, partition)`, the next offset to read.
 pub type SourceOffsets = HashMap<(String, i32), i64>;
+
+/// What a commit records besides its rows: mark name → value, each as a `txn` action.
+pub type Marks = BTreeMap<String, i64>;
+
+/// The mark under which a source partition's next offset is recorded.
+pub fn offset_mark(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// `offsets` as marks.
+pub fn offset_marks(offsets: &SourceOffsets) -> Marks {
+    offsets
+        .iter()
+        .map(|((topic, p), next)| (offset_mark(topic, *p), *next))
+        .collect()
+}
 
 /// What one commit did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,8 +133,8 @@ impl DeltaSink {
         }
     }
 
-    fn app_id(&self, topic: &str, partition: i32) -> String {
-        format!("{}/{topic}/{partition}", self.config.pipeline)
+    fn app_id(&self, mark: &str) -> String {
+        format!("{}/{mark}", self.config.pipeline)
     }
 
     fn file_count(&self) -> usize {
@@ -133,6 +148,18 @@ impl DeltaSink {
         &self.table
     }
 
+    /// The value of `mark` as of the last commit that recorded it (none: never recorded).
+    pub async fn mark(&self, mark: &str) -> Result<Option<i64>, SinkError> {
+        if self.table.version().is_none() {
+            return Ok(None);
+        }
+        let state = self.table.snapshot().map_err(|e| self.delta_error(e))?;
+        state
+            .transaction_version(self.table.log_store().as_ref(), self.app_id(mark))
+            .await
+            .map_err(|e| self.delta_error(e))
+    }
+
     /// For each partition, the next offset to read as recorded in the table (absent: none yet).
     pub async fn resume_offsets(
         &self,
@@ -140,40 +167,35 @@ impl DeltaSink {
         partitions: &[i32],
     ) -> Result<HashMap<i32, i64>, SinkError> {
         let mut out = HashMap::new();
-        if self.table.version().is_none() {
-            return Ok(out);
-        }
-        let state = self.table.snapshot().map_err(|e| self.delta_error(e))?;
-        let log_store = self.table.log_store();
         for &p in partitions {
-            let version = state
-                .transaction_version(log_store.as_ref(), self.app_id(topic, p))
-                .await
-                .map_err(|e| self.delta_error(e))?;
-            if let Some(v) = version {
+            if let Some(v) = self.mark(&offset_mark(topic, p)).await? {
                 out.insert(p, v);
             }
         }
         Ok(out)
     }
 
-    /// Appends `batches` and records `offsets` in the same commit.
+    /// Appends `batches` and records `marks` in the same commit. With no rows it commits
+    /// nothing.
     pub async fn commit(
         &mut self,
         batches: Vec<RecordBatch>,
-        offsets: &SourceOffsets,
+        marks: &Marks,
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let txns: Vec<Transaction> = offsets
-            .iter()
-            .map(|((topic, partition), next)| {
-                Transaction::new(self.app_id(topic, *partition), *next)
-            })
-            .collect();
         if rows == 0 {
-            return self.commit_offsets_only(txns, started).await;
+            return Ok(CommitStats {
+                version: self.table.version().map_or(-1, |v| v as i64),
+                rows: 0,
+                files: 0,
+                seconds: 0.0,
+            });
         }
+        let txns: Vec<Transaction> = marks
+            .iter()
+            .map(|(mark, value)| Transaction::new(self.app_id(mark), *value))
+            .collect();
         let files_before = self.file_count();
         let table = self.table.clone();
         let table = table
@@ -196,51 +218,6 @@ impl DeltaSink {
             version: self.table.version().map_or(-1, |v| v as i64),
             rows,
             files: self.file_count().saturating_sub(files_before),
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
-}
-
-impl DeltaSink {
-    /// Records offsets with no data (a cycle of only invalid or already-held events), so that
-    /// they are not read again. A table that does not exist yet has nothing to record them in:
-    /// they are recorded with its first rows.
-    async fn commit_offsets_only(
-        &mut self,
-        txns: Vec<Transaction>,
-        started: Instant,
-    ) -> Result<CommitStats, SinkError> {
-        let version = self.table.version().map_or(-1, |v| v as i64);
-        if version < 0 || txns.is_empty() {
-            return Ok(CommitStats {
-                version,
-                rows: 0,
-                files: 0,
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-        let snapshot = self.table.snapshot().map_err(|e| self.delta_error(e))?;
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: None,
-            predicate: None,
-        };
-        CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
-            .build(
-                Some(snapshot as &dyn TableReference),
-                self.table.log_store(),
-                operation,
-            )
-            .await
-            .map_err(|e| self.delta_error(e))?;
-        self.table
-            .update_state()
-            .await
-            .map_err(|e| self.delta_error(e))?;
-        Ok(CommitStats {
-            version: self.table.version().map_or(-1, |v| v as i64),
-            rows: 0,
-            files: 0,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -8,7 +8,10 @@ pub mod kafka;
 
 use std::collections::HashMap;
 
-pub use delta::{CommitStats, DeltaSink, DeltaSinkConfig, SinkError, SourceOffsets};
+pub use delta::{
+    CommitStats, DeltaSink, DeltaSinkConfig, Marks, SinkError, SourceOffsets, offset_mark,
+    offset_marks,
+};
 
 /// Object-store options from the environment: every `AWS_*` variable (endpoint, region,
 /// credentials, `AWS_ALLOW_HTTP`), as `object_store` names them.

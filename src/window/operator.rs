@@ -19,7 +19,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int32Array, RecordBatch, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    UInt32Array,
 };
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -207,6 +208,81 @@ impl WindowOperator {
                 .iter()
                 .map(|(b, _)| b.num_rows())
                 .sum::<usize>()
+    }
+
+    /// The operator's state as one batch, for a checkpoint: every buffered row (input columns)
+    /// with [`STATE_WINDOW`] (the window start; 0 for sessions) and [`STATE_REVISION`] (the
+    /// revision last emitted for it, -1 for none). Taken after [`advance`](Self::advance), when
+    /// no window holds unfired updates.
+    pub fn snapshot(&self) -> Result<RecordBatch, WindowError> {
+        let schema = state_schema(&self.input_schema);
+        let mut parts = Vec::new();
+        let tag = |b: &RecordBatch, window: i64, revisions: ArrayRef| {
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(Int64Array::from(vec![window; b.num_rows()])));
+            columns.push(revisions);
+            RecordBatch::try_new(schema.clone(), columns)
+        };
+        for (&start, w) in &self.windows {
+            let revision = w.emitted.unwrap_or(-1);
+            for b in &w.rows {
+                parts.push(tag(
+                    b,
+                    start,
+                    Arc::new(Int32Array::from(vec![revision; b.num_rows()])),
+                )?);
+            }
+        }
+        for (b, revisions) in &self.sessions {
+            parts.push(tag(b, 0, Arc::new(revisions.clone()))?);
+        }
+        Ok(concat_batches(&schema, &parts)?)
+    }
+
+    /// Restores what [`snapshot`](Self::snapshot) took, with the watermark of that moment.
+    pub fn restore(&mut self, state: &RecordBatch, watermark: i64) -> Result<(), WindowError> {
+        let bad = |message: String| WindowError::Input {
+            input: self.query.input.clone(),
+            message: format!("checkpointed state: {message}"),
+        };
+        if state.schema().fields() != state_schema(&self.input_schema).fields() {
+            return Err(bad(
+                "its columns differ from this stage's input; the stage changed since".into(),
+            ));
+        }
+        let n = self.input_schema.fields().len();
+        let windows = state.column(n).as_any().downcast_ref::<Int64Array>();
+        let revisions = state.column(n + 1).as_any().downcast_ref::<Int32Array>();
+        let (Some(windows), Some(revisions)) = (windows, revisions) else {
+            return Err(bad("window or revision column has the wrong type".into()));
+        };
+        let rows = state.project(&(0..n).collect::<Vec<_>>())?;
+        self.watermark = watermark;
+        self.windows.clear();
+        self.sessions.clear();
+        if let WindowSpec::Session { .. } = self.spec {
+            if rows.num_rows() > 0 {
+                self.sessions.push((rows, revisions.clone()));
+            }
+            return Ok(());
+        }
+        let mut per_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, start) in windows.values().iter().enumerate() {
+            per_window.entry(*start).or_default().push(i as u32);
+        }
+        for (start, indices) in per_window {
+            let revision = revisions.value(indices[0] as usize);
+            self.windows.insert(
+                start,
+                TumbleState {
+                    rows: vec![take_record_batch(&rows, &UInt32Array::from(indices))?],
+                    emitted: (revision >= 0).then_some(revision),
+                    dirty: HashSet::new(),
+                    dirty_all: false,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn event_times<'a>(
@@ -533,6 +609,18 @@ impl WindowOperator {
         self.ctx.deregister_table(self.query.input.as_str())?;
         Ok(out)
     }
+}
+
+/// Column of a [`WindowOperator::snapshot`] holding each row's window start.
+pub const STATE_WINDOW: &str = "__stratus_window";
+/// Column of a [`WindowOperator::snapshot`] holding the revision last emitted for the row.
+pub const STATE_REVISION: &str = "__stratus_revision";
+
+fn state_schema(input: &Schema) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(STATE_WINDOW, DataType::Int64, false)));
+    fields.push(Arc::new(Field::new(STATE_REVISION, DataType::Int32, false)));
+    Arc::new(Schema::new(fields))
 }
 
 /// Appends `revision` and `is_update` to a result batch.

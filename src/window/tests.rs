@@ -90,13 +90,43 @@ struct Run {
 }
 
 async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> Run {
+    run_restarting(spec_sql, events, lateness, chunk, &[]).await
+}
+
+/// [`run`], with the operator replaced before each chunk in `restarts` by a new one restored
+/// from the old one's snapshot.
+async fn run_restarting(
+    spec_sql: &str,
+    events: &[Event],
+    lateness: i64,
+    chunk: usize,
+    restarts: &[usize],
+) -> Run {
     let query = parse_stage_sql(spec_sql).unwrap();
-    let mut op =
-        WindowOperator::new(query, "ts", lateness, schema(), SessionContext::new(), None).unwrap();
+    let new_op = || {
+        WindowOperator::new(
+            query.clone(),
+            "ts",
+            lateness,
+            schema(),
+            SessionContext::new(),
+            None,
+        )
+        .unwrap()
+    };
+    let mut op = new_op();
     let mut wm = WatermarkTracker::new(5 * S, 60 * S);
     let mut out = Vec::new();
     let mut late = Vec::new();
     for (n, part) in events.chunks(chunk).enumerate() {
+        if restarts.contains(&n) {
+            let state = op.snapshot().unwrap();
+            assert_eq!(state.num_rows(), op.buffered_rows());
+            let mut restored = new_op();
+            restored.restore(&state, op.watermark()).unwrap();
+            assert_eq!(restored.buffered_rows(), op.buffered_rows());
+            op = restored;
+        }
         if let Some(l) = op.process(&batch(part)).unwrap() {
             let ts = l.column(1).as_primitive::<TimestampMicrosecondType>();
             late.extend(ts.values().iter().copied());
@@ -212,6 +242,30 @@ async fn tumbling_results_and_updates_match_the_reference() {
     for r in got.revisions.values() {
         assert_eq!(r[0], 0);
         assert!(r.windows(2).all(|w| w[0] < w[1]), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_operator_restored_from_its_snapshot_continues_exactly() {
+    let events = stream(5);
+    let restarts: Vec<usize> = (3..300).step_by(7).collect();
+    for sql in [
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
+         GROUP BY key, tumble(interval '10 seconds')",
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
+         GROUP BY key, hop(interval '5 seconds', interval '15 seconds')",
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
+         GROUP BY key, session(interval '2 seconds')",
+    ] {
+        let straight = run(sql, &events, 30 * S, 10).await;
+        let restarted = run_restarting(sql, &events, 30 * S, 10, &restarts).await;
+        assert_eq!(restarted.last, straight.last, "{sql}");
+        assert_eq!(restarted.revisions, straight.revisions, "{sql}");
+        assert_eq!(restarted.late, straight.late, "{sql}");
+        assert!(
+            straight.revisions.values().any(|r| r.len() > 1),
+            "no update in {sql}"
+        );
     }
 }
 

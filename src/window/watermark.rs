@@ -7,7 +7,7 @@
 //! processing time stops holding the watermark back until it sends again; when every partition
 //! is idle, the watermark follows the most advanced one. The watermark never goes backwards.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Per-source watermark state.
 #[derive(Debug, Clone)]
@@ -35,10 +35,45 @@ impl WatermarkTracker {
         }
     }
 
-    /// Starts from a watermark recovered from a checkpoint.
-    pub fn resume_from(mut self, watermark: i64) -> Self {
-        self.current = watermark;
-        self
+    /// The state a checkpoint keeps: the watermark, and per partition the newest event time.
+    pub fn snapshot(&self) -> (i64, BTreeMap<i32, i64>) {
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|(&p, c)| (p, c.max_event_time))
+            .collect();
+        (self.current, partitions)
+    }
+
+    /// Restores a [`snapshot`](Self::snapshot); each partition counts as last seen at `now`.
+    pub fn restore(&mut self, current: i64, partitions: &BTreeMap<i32, i64>, now: i64) {
+        self.current = current;
+        self.partitions = partitions
+            .iter()
+            .map(|(&p, &max_event_time)| {
+                let clock = PartitionClock {
+                    max_event_time,
+                    last_seen: now,
+                };
+                (p, clock)
+            })
+            .collect();
+    }
+
+    /// Raises the watermark to at least `watermark` (a replayed cycle keeps the one it had).
+    pub fn raise_to(&mut self, watermark: i64) {
+        self.current = self.current.max(watermark);
+    }
+
+    /// Registers the partitions a source reads, at processing time `now`: one that has not
+    /// delivered an event yet holds the watermark back (at its minimum) until it goes idle.
+    pub fn assign(&mut self, partitions: &[i32], now: i64) {
+        for &p in partitions {
+            self.partitions.entry(p).or_insert(PartitionClock {
+                max_event_time: i64::MIN,
+                last_seen: now,
+            });
+        }
     }
 
     /// Records that `partition` delivered events up to `max_event_time` at processing time `now`.
@@ -105,6 +140,38 @@ mod tests {
         assert_eq!(w.watermark(32 * S), 150 * S);
         w.observe(1, 250 * S, 33 * S);
         assert_eq!(w.watermark(33 * S), 250 * S);
+    }
+
+    #[test]
+    fn snapshot_restores_the_watermark_and_partition_clocks() {
+        let mut w = WatermarkTracker::new(S, 10 * S);
+        w.observe(0, 50 * S, 0);
+        w.observe(1, 80 * S, 0);
+        assert_eq!(w.watermark(S), 49 * S);
+        let (current, partitions) = w.snapshot();
+        let mut restored = WatermarkTracker::new(S, 10 * S);
+        restored.restore(current, &partitions, 500 * S);
+        // Both partitions count as active again: the slower one holds the watermark.
+        assert_eq!(restored.watermark(501 * S), 49 * S);
+        restored.observe(0, 90 * S, 502 * S);
+        assert_eq!(restored.watermark(502 * S), 79 * S);
+        restored.raise_to(85 * S);
+        assert_eq!(restored.watermark(502 * S), 85 * S);
+    }
+
+    #[test]
+    fn an_assigned_partition_holds_the_watermark_until_it_speaks_or_idles() {
+        let mut w = WatermarkTracker::new(0, 30 * S);
+        w.assign(&[0, 1], 0);
+        w.observe(0, 100 * S, S);
+        assert_eq!(w.watermark(2 * S), i64::MIN);
+        w.observe(1, 40 * S, 3 * S);
+        assert_eq!(w.watermark(3 * S), 40 * S);
+        let mut quiet = WatermarkTracker::new(0, 30 * S);
+        quiet.assign(&[0, 1], 0);
+        quiet.observe(0, 100 * S, 29 * S);
+        assert_eq!(quiet.watermark(29 * S), i64::MIN);
+        assert_eq!(quiet.watermark(30 * S), 100 * S);
     }
 
     #[test]

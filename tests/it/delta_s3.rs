@@ -8,7 +8,9 @@ use arrow::array::{Date32Array, Float64Array, Int64Array, RecordBatch, StringArr
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 
-use stratus::sink::{DeltaSink, DeltaSinkConfig, SourceOffsets, storage_options_from_env};
+use stratus::sink::{
+    DeltaSink, DeltaSinkConfig, SourceOffsets, offset_marks, storage_options_from_env,
+};
 
 use crate::{setting, unique};
 
@@ -70,7 +72,10 @@ async fn partitioned_table_on_s3_reads_back_exactly() {
             (("costs".to_string(), 0), 100 * (commit + 1)),
             (("costs".to_string(), 1), 7 + commit),
         ]);
-        let stats = sink.commit(vec![batch(commit)], &offsets).await.unwrap();
+        let stats = sink
+            .commit(vec![batch(commit)], &offset_marks(&offsets))
+            .await
+            .unwrap();
         assert_eq!(stats.version, commit);
         assert_eq!(stats.rows, ROWS_PER_COMMIT as usize);
     }

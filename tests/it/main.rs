@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod crash;
 mod delta_s3;
 mod demo;
 mod ingest;

@@ -1,0 +1,306 @@
+//! Checkpoints of the run loop: the state a cycle starts from, written once every Delta sink has
+//! committed the cycle before it.
+//!
+//! In: a [`Checkpoint`] — the cycle number; per source the next offset per partition and the
+//! watermark clock; per stage its watermark and, for a window stage, its buffered rows (see
+//! [`WindowOperator::snapshot`](crate::window::WindowOperator::snapshot)). Out, under
+//! `<table root>/_stratus/<pipeline>/checkpoints/`: each window stage's rows as Arrow IPC in
+//! `cycle-<N>/<stage>.arrow`, then the manifest `cycle-<N>.json`. A checkpoint exists once its
+//! manifest does: that is one PUT, atomic on S3 and on a local disk. The two newest are kept.
+//!
+//! How restart uses it is in [`run`](super::run).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoints at {location}: {source}")]
+    Store {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error("checkpoint {location}: {message}")]
+    Corrupt { location: String, message: String },
+    #[error("checkpoint location {0:?} is neither a local path nor a URL")]
+    Location(String),
+}
+
+/// Where a source stood at the end of a cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// Per partition, the next offset to read.
+    pub next: BTreeMap<i32, i64>,
+    pub watermark: i64,
+    /// Per partition, the newest event time seen.
+    pub newest: BTreeMap<i32, i64>,
+}
+
+/// Where a stage stood at the end of a cycle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageState {
+    /// The watermark of the stage's output.
+    pub watermark: i64,
+    /// A window stage's operator watermark (its input's).
+    pub operator_watermark: i64,
+    /// A window stage's buffered rows; not in the manifest.
+    #[serde(skip)]
+    pub rows: Option<RecordBatch>,
+}
+
+/// The state after cycle `cycle` (0: before the first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub cycle: i64,
+    pub sources: BTreeMap<String, SourceState>,
+    pub stages: BTreeMap<String, StageState>,
+}
+
+/// The checkpoints of one pipeline.
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// For messages: where the checkpoints live.
+    location: String,
+}
+
+const KEEP: usize = 2;
+
+impl CheckpointStore {
+    /// The checkpoints of `pipeline` under `table_root` (a directory or an `s3://` URL).
+    pub fn open(
+        table_root: &str,
+        pipeline: &str,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, CheckpointError> {
+        let location = format!(
+            "{}/_stratus/{pipeline}/checkpoints",
+            table_root.trim_end_matches('/')
+        );
+        let store_err = |source| CheckpointError::Store {
+            location: location.clone(),
+            source,
+        };
+        let (store, root): (Arc<dyn ObjectStore>, Path) = if table_root.contains("://") {
+            let url = url::Url::parse(table_root)
+                .map_err(|_| CheckpointError::Location(table_root.to_string()))?;
+            let options = storage_options
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
+            let (store, path) = object_store::parse_url_opts(&url, options).map_err(store_err)?;
+            (Arc::from(store), path)
+        } else {
+            std::fs::create_dir_all(table_root).map_err(|e| CheckpointError::Store {
+                location: location.clone(),
+                source: object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                },
+            })?;
+            let local = LocalFileSystem::new_with_prefix(table_root).map_err(store_err)?;
+            (Arc::new(local), Path::default())
+        };
+        let prefix = root
+            .parts()
+            .chain(Path::from_iter(["_stratus", pipeline, "checkpoints"]).parts())
+            .collect();
+        Ok(CheckpointStore {
+            store,
+            prefix,
+            location,
+        })
+    }
+
+    fn store_err(&self, source: object_store::Error) -> CheckpointError {
+        CheckpointError::Store {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    fn manifest_path(&self, cycle: i64) -> Path {
+        self.prefix
+            .clone()
+            .join(format!("cycle-{cycle:020}.json").as_str())
+    }
+
+    fn rows_path(&self, cycle: i64, stage: &str) -> Path {
+        self.prefix
+            .clone()
+            .join(format!("cycle-{cycle:020}").as_str())
+            .join(format!("{stage}.arrow").as_str())
+    }
+
+    /// Cycles with a manifest, oldest first.
+    async fn cycles(&self) -> Result<Vec<i64>, CheckpointError> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let mut cycles: Vec<i64> = listed
+            .iter()
+            .filter_map(|m| m.location.filename())
+            .filter_map(|f| {
+                f.strip_prefix("cycle-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        cycles.sort_unstable();
+        Ok(cycles)
+    }
+
+    /// The newest checkpoint, if any.
+    pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        let Some(&cycle) = self.cycles().await?.last() else {
+            return Ok(None);
+        };
+        let corrupt = |message: String| CheckpointError::Corrupt {
+            location: format!("{}/cycle-{cycle:020}", self.location),
+            message,
+        };
+        let bytes = self
+            .store
+            .get(&self.manifest_path(cycle))
+            .await
+            .map_err(|e| self.store_err(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let mut checkpoint: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        for (stage, state) in checkpoint.stages.iter_mut() {
+            let path = self.rows_path(cycle, stage);
+            let bytes = match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.store_err(e)),
+            };
+            state.rows = Some(read_ipc(bytes).map_err(|e| corrupt(format!("{stage}: {e}")))?);
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// Writes `checkpoint` and removes all but the newest few.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let cycle = checkpoint.cycle;
+        for (stage, state) in &checkpoint.stages {
+            if let Some(rows) = &state.rows {
+                let bytes = write_ipc(rows).map_err(|e| CheckpointError::Corrupt {
+                    location: format!("{}/cycle-{cycle:020}/{stage}.arrow", self.location),
+                    message: e.to_string(),
+                })?;
+                self.store
+                    .put(&self.rows_path(cycle, stage), PutPayload::from(bytes))
+                    .await
+                    .map_err(|e| self.store_err(e))?;
+            }
+        }
+        let manifest =
+            serde_json::to_vec_pretty(checkpoint).map_err(|e| CheckpointError::Corrupt {
+                location: self.location.clone(),
+                message: e.to_string(),
+            })?;
+        self.store
+            .put(&self.manifest_path(cycle), PutPayload::from(manifest))
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let cycles = self.cycles().await?;
+        for &old in cycles.iter().rev().skip(KEEP) {
+            // The manifest first: a checkpoint without it does not exist.
+            self.delete(&self.manifest_path(old)).await?;
+            for stage in checkpoint.stages.keys() {
+                self.delete(&self.rows_path(old, stage)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, path: &Path) -> Result<(), CheckpointError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_err(e)),
+        }
+    }
+}
+
+fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::new();
+    let mut writer = FileWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+fn read_ipc(bytes: impl AsRef<[u8]>) -> Result<RecordBatch, ArrowError> {
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    arrow::compute::concat_batches(&schema, &batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn rows(values: Vec<i64>) -> RecordBatch {
+        let schema = Schema::new(vec![Field::new("v", DataType::Int64, false)]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    fn checkpoint(cycle: i64) -> Checkpoint {
+        let source = SourceState {
+            next: BTreeMap::from([(0, 10 * cycle), (1, 7)]),
+            watermark: -5,
+            newest: BTreeMap::from([(0, i64::MAX), (1, i64::MIN)]),
+        };
+        let window = StageState {
+            watermark: 1,
+            operator_watermark: 2,
+            rows: Some(rows(vec![cycle, 2, 3])),
+        };
+        let plain = StageState {
+            watermark: 9,
+            operator_watermark: 9,
+            rows: None,
+        };
+        Checkpoint {
+            cycle,
+            sources: BTreeMap::from([("metrics".to_string(), source)]),
+            stages: BTreeMap::from([("w".to_string(), window), ("p".to_string(), plain)]),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_newest_checkpoint_reads_back_whole_and_old_ones_go() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-{}", std::process::id()));
+        let root = dir.display().to_string();
+        let store = CheckpointStore::open(&root, "pipe", &HashMap::new()).unwrap();
+        assert_eq!(store.latest().await.unwrap(), None);
+        for cycle in 1..=4 {
+            store.save(&checkpoint(cycle)).await.unwrap();
+        }
+        assert_eq!(store.latest().await.unwrap(), Some(checkpoint(4)));
+        assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
+        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
+        assert!(!old.exists(), "{} was not removed", old.display());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
