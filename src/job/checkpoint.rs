@@ -5,7 +5,8 @@
 //! watermark clock; per stage its watermark and, for a window stage, its buffered rows (see
 //! [`WindowOperator::snapshot`](crate::window::WindowOperator::snapshot)). Out, under
 //! `<table root>/_stratus/<pipeline>/checkpoints/`: each window stage's rows as Arrow IPC in
-//! `cycle-<N>/<stage>.arrow`, then the manifest `cycle-<N>.json`. A checkpoint exists once its
+//! `cycle-<N>/<stage>.arrow` (and its carried-feature history in `<stage>.carry.arrow`), then
+//! the manifest `cycle-<N>.json`. A checkpoint exists once its
 //! manifest does: that is one PUT, atomic on S3 and on a local disk. The two newest are kept.
 //!
 //! How restart uses it is in [`run`](super::run).
@@ -57,6 +58,9 @@ pub struct StageState {
     /// A window stage's buffered rows; not in the manifest.
     #[serde(skip)]
     pub rows: Option<RecordBatch>,
+    /// A stage's carried-feature history (see `window::carry`); not in the manifest.
+    #[serde(skip)]
+    pub carry: Option<RecordBatch>,
 }
 
 /// The state after cycle `cycle` (0: before the first).
@@ -135,11 +139,33 @@ impl CheckpointStore {
             .join(format!("cycle-{cycle:020}.json").as_str())
     }
 
-    fn rows_path(&self, cycle: i64, stage: &str) -> Path {
+    fn state_path(&self, cycle: i64, file: &str) -> Path {
         self.prefix
             .clone()
             .join(format!("cycle-{cycle:020}").as_str())
-            .join(format!("{stage}.arrow").as_str())
+            .join(file)
+    }
+
+    /// A stage's state files: (rows, carried history).
+    fn state_files(stage: &str) -> [String; 2] {
+        [format!("{stage}.arrow"), format!("{stage}.carry.arrow")]
+    }
+
+    async fn read_state(
+        &self,
+        cycle: i64,
+        file: &str,
+    ) -> Result<Option<RecordBatch>, CheckpointError> {
+        let bytes = match self.store.get(&self.state_path(cycle, file)).await {
+            Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_err(e)),
+        };
+        let batch = read_ipc(bytes).map_err(|e| CheckpointError::Corrupt {
+            location: format!("{}/cycle-{cycle:020}/{file}", self.location),
+            message: e.to_string(),
+        })?;
+        Ok(Some(batch))
     }
 
     /// Cycles with a manifest, oldest first.
@@ -184,13 +210,9 @@ impl CheckpointStore {
         let mut checkpoint: Checkpoint =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         for (stage, state) in checkpoint.stages.iter_mut() {
-            let path = self.rows_path(cycle, stage);
-            let bytes = match self.store.get(&path).await {
-                Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.store_err(e)),
-            };
-            state.rows = Some(read_ipc(bytes).map_err(|e| corrupt(format!("{stage}: {e}")))?);
+            let [rows, carry] = Self::state_files(stage);
+            state.rows = self.read_state(cycle, &rows).await?;
+            state.carry = self.read_state(cycle, &carry).await?;
         }
         Ok(Some(checkpoint))
     }
@@ -199,13 +221,15 @@ impl CheckpointStore {
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let cycle = checkpoint.cycle;
         for (stage, state) in &checkpoint.stages {
-            if let Some(rows) = &state.rows {
-                let bytes = write_ipc(rows).map_err(|e| CheckpointError::Corrupt {
-                    location: format!("{}/cycle-{cycle:020}/{stage}.arrow", self.location),
+            let files = Self::state_files(stage);
+            for (file, batch) in files.iter().zip([&state.rows, &state.carry]) {
+                let Some(batch) = batch else { continue };
+                let bytes = write_ipc(batch).map_err(|e| CheckpointError::Corrupt {
+                    location: format!("{}/cycle-{cycle:020}/{file}", self.location),
                     message: e.to_string(),
                 })?;
                 self.store
-                    .put(&self.rows_path(cycle, stage), PutPayload::from(bytes))
+                    .put(&self.state_path(cycle, file), PutPayload::from(bytes))
                     .await
                     .map_err(|e| self.store_err(e))?;
             }
@@ -224,7 +248,9 @@ impl CheckpointStore {
             // The manifest first: a checkpoint without it does not exist.
             self.delete(&self.manifest_path(old)).await?;
             for stage in checkpoint.stages.keys() {
-                self.delete(&self.rows_path(old, stage)).await?;
+                for file in Self::state_files(stage) {
+                    self.delete(&self.state_path(old, &file)).await?;
+                }
             }
         }
         Ok(())
@@ -275,11 +301,13 @@ mod tests {
             watermark: 1,
             operator_watermark: 2,
             rows: Some(rows(vec![cycle, 2, 3])),
+            carry: Some(rows(vec![4])),
         };
         let plain = StageState {
             watermark: 9,
             operator_watermark: 9,
             rows: None,
+            carry: None,
         };
         Checkpoint {
             cycle,

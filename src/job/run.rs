@@ -45,7 +45,8 @@ use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark};
 use crate::source::kafka::producer_config;
 use crate::validate::TimeBounds;
-use crate::window::{WindowError, WindowOperator};
+use crate::window::carry::CARRY_SUFFIXES;
+use crate::window::{CarryOperator, WindowError, WindowOperator};
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +139,7 @@ pub struct RunSummary {
 struct StageRuntime {
     plan: StagePlan,
     op: Option<WindowOperator>,
+    carry: Option<CarryOperator>,
     ctx: datafusion::prelude::SessionContext,
     /// Watermark of this stage's output (µs).
     watermark: i64,
@@ -420,10 +422,25 @@ fn open_stage(
             Some(op)
         }
     };
+    let carry = match &plan.carry {
+        None => None,
+        Some(spec) => {
+            // The operator's input: the stage's output without the carried columns.
+            let mut fields: Vec<_> = plan.output_schema.fields().iter().cloned().collect();
+            fields.truncate(fields.len() - spec.columns.len() * CARRY_SUFFIXES.len());
+            let input = arrow::datatypes::Schema::new(fields);
+            let mut carry = CarryOperator::new(spec.clone(), &input).map_err(stage_err)?;
+            if let Some(state) = saved.and_then(|s| s.carry.as_ref()) {
+                carry.restore(state).map_err(stage_err)?;
+            }
+            Some(carry)
+        }
+    };
     let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
     Ok(StageRuntime {
         plan: plan.clone(),
         op,
+        carry,
         ctx,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
@@ -461,10 +478,18 @@ async fn save_checkpoint(
             ),
             None => (st.watermark, None),
         };
+        let carry = match &st.carry {
+            Some(c) => Some(c.snapshot().map_err(|source| RunError::Stage {
+                stage: st.plan.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let state = StageState {
             watermark: st.watermark,
             operator_watermark,
             rows,
+            carry,
         };
         checkpoint.stages.insert(st.plan.name.clone(), state);
     }
@@ -592,6 +617,13 @@ async fn flush(
                 }
                 st.watermark = input_watermark;
             }
+        }
+        if let Some(carry) = &mut st.carry {
+            results = results
+                .iter()
+                .map(|b| carry.apply(b))
+                .collect::<Result<_, _>>()
+                .map_err(stage_err)?;
         }
         let rows: usize = results.iter().map(RecordBatch::num_rows).sum();
         changed |= rows > 0;

@@ -147,6 +147,40 @@ fn default_idle() -> String {
 pub struct StageConfig {
     /// Path of the SQL file, relative to the pipeline file.
     pub sql: String,
+    /// Features carried across a window stage's windows, per key.
+    #[serde(default)]
+    pub carry: Option<CarryConfig>,
+}
+
+/// Cross-window features of a window stage: for each column `c`, `c_ewma`, `c_delta`, `c_roc`
+/// and `c_robust_z` are appended to the stage's rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarryConfig {
+    /// The key columns (default: the stage's GROUP BY columns).
+    #[serde(default)]
+    pub by: Vec<String>,
+    /// Numeric columns of the stage's output.
+    pub columns: Vec<String>,
+    /// EWMA smoothing factor in (0, 1]: the weight of the newest window.
+    #[serde(default = "default_alpha")]
+    pub ewma_alpha: f64,
+    /// Trailing span of the robust z-score's baseline.
+    #[serde(default = "default_baseline")]
+    pub baseline: String,
+    /// Fewest earlier windows in the baseline before a z-score is given.
+    #[serde(default = "default_min_baseline")]
+    pub min_baseline: usize,
+}
+
+fn default_alpha() -> f64 {
+    0.3
+}
+fn default_baseline() -> String {
+    "24h".into()
+}
+fn default_min_baseline() -> usize {
+    5
 }
 
 /// Where a source's or a stage's rows go.

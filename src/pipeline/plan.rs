@@ -11,10 +11,10 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 
-use super::config::{PipelineConfig, SinkConfig, SourceConfig};
+use super::config::{CarryConfig, PipelineConfig, SinkConfig, SourceConfig};
 use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
 use crate::validate::{EventSchema, FieldKind};
-use crate::window::{WindowedQuery, parse_duration, parse_stage_sql, windowed_schema};
+use crate::window::{CarrySpec, WindowedQuery, parse_duration, parse_stage_sql, windowed_schema};
 
 /// Where a source reads from.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +49,8 @@ pub struct StagePlan {
     pub event_time: String,
     /// Allowed lateness of the source the stage descends from, µs.
     pub allowed_lateness: i64,
+    /// Features carried across windows; `output_schema` includes their columns.
+    pub carry: Option<CarrySpec>,
 }
 
 /// Where a sink writes.
@@ -178,9 +180,16 @@ impl Pipeline {
                     continue;
                 }
             };
-            if let Some(plan) =
-                check_stage(&mut r, name, &sql_file, &sql, &relations, &failed).await
-            {
+            let planned = check_stage(&mut r, name, &sql_file, &sql, &relations, &failed).await;
+            let planned = match (planned, &stage.carry) {
+                (Some(mut plan), Some(carry)) => check_carry(&mut r, name, carry, &plan).map(|c| {
+                    plan.output_schema = c.output_schema(&plan.output_schema);
+                    plan.carry = Some(c);
+                    plan
+                }),
+                (planned, _) => planned,
+            };
+            if let Some(plan) = planned {
                 let event_time = if plan.query.window.is_some() {
                     plan.output_schema
                         .field_with_name("window_start")
@@ -491,7 +500,87 @@ async fn check_stage(
         output_schema: Arc::new(Schema::new(out)),
         event_time,
         allowed_lateness: input.lateness,
+        carry: None,
         query,
+    })
+}
+
+/// Checks a stage's `carry` settings against its output.
+fn check_carry(
+    r: &mut Reporter<'_>,
+    stage: &str,
+    carry: &CarryConfig,
+    plan: &StagePlan,
+) -> Option<CarrySpec> {
+    let at = |field: &'static str| ["stages", stage, "carry", field];
+    let before = r.found.len();
+    if plan.query.window.is_none() {
+        r.at(
+            &["stages", stage, "carry"],
+            "`carry` needs a window stage: it follows each key from window to window",
+            Some("add tumble(...), hop(...) or session(...) to the stage's GROUP BY"),
+        );
+        return None;
+    }
+    let by = if carry.by.is_empty() {
+        plan.query.keys.clone()
+    } else {
+        carry.by.clone()
+    };
+    let names: Vec<&str> = plan
+        .output_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    for k in &by {
+        if plan.output_schema.field_with_name(k).is_err() {
+            r.at(
+                &at("by"),
+                format!("key column `{k}` is not in the stage's output"),
+                Some(&format!("columns: {}", names.join(", "))),
+            );
+        }
+    }
+    if carry.columns.is_empty() {
+        r.at(
+            &at("columns"),
+            "no column to carry",
+            Some("name numeric columns of the stage"),
+        );
+    }
+    for c in &carry.columns {
+        match plan.output_schema.field_with_name(c) {
+            Ok(f) if f.data_type().is_numeric() => {}
+            Ok(f) => r.at(
+                &at("columns"),
+                format!("column `{c}` is {}, not a number", f.data_type()),
+                None,
+            ),
+            Err(_) => r.at(
+                &at("columns"),
+                format!("column `{c}` is not in the stage's output"),
+                Some(&format!("columns: {}", names.join(", "))),
+            ),
+        }
+    }
+    if !(carry.ewma_alpha > 0.0 && carry.ewma_alpha <= 1.0) {
+        r.at(
+            &at("ewma_alpha"),
+            format!("ewma_alpha {} is outside (0, 1]", carry.ewma_alpha),
+            Some("0.3 weighs the newest window by 30 %"),
+        );
+    }
+    let baseline = duration(r, &at("baseline"), &carry.baseline);
+    if r.found.len() > before {
+        return None;
+    }
+    Some(CarrySpec {
+        by,
+        columns: carry.columns.clone(),
+        alpha: carry.ewma_alpha,
+        baseline: baseline?,
+        min_baseline: carry.min_baseline,
     })
 }
 

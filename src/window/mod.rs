@@ -4,8 +4,11 @@
 //!
 //! - [`spec`]: the window in a stage's `GROUP BY`, and the query rewritten for DataFusion;
 //! - [`watermark`]: per-partition watermark tracking;
-//! - [`operator`]: the stateful operator that fires windows as the watermark passes them.
+//! - [`operator`]: the stateful operator that fires windows as the watermark passes them;
+//! - [`carry`]: features carried across a stage's windows per key (EWMA, delta, rate of
+//!   change, robust z-score against a trailing baseline).
 
+pub mod carry;
 pub mod operator;
 pub mod spec;
 pub mod watermark;
@@ -13,6 +16,7 @@ pub mod watermark;
 #[cfg(test)]
 mod tests;
 
+pub use carry::{CarryOperator, CarrySpec};
 pub use operator::{WINDOW_COLUMNS, WindowError, WindowOperator, windowed_schema};
 pub use spec::{WindowSpec, WindowedQuery, parse_duration, parse_stage_sql};
 pub use watermark::WatermarkTracker;

@@ -10,7 +10,7 @@ use std::io::{BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,6 +84,7 @@ sources:
 stages:
   features_1m:
     sql: {root}/sql/cloud_metrics_1m.sql
+    carry: {{columns: [mean], baseline: 10m, min_baseline: 3}}
   features_5m:
     sql: {root}/sql/cloud_metrics_5m.sql
 sinks:
@@ -159,6 +160,25 @@ fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
         .iter()
         .map(|v| v.unwrap_or_default().to_string())
         .collect()
+}
+
+/// Per resource, the 1-minute windows in order as (window_start, mean, mean_delta).
+fn carried(batches: &[RecordBatch]) -> BTreeMap<String, Vec<(i64, f64, Option<f64>)>> {
+    let mut out: BTreeMap<String, Vec<(i64, f64, Option<f64>)>> = BTreeMap::new();
+    for b in batches {
+        let starts = column(b, "window_start").as_primitive::<TimestampMicrosecondType>();
+        let means = column(b, "mean").as_primitive::<Float64Type>();
+        let deltas = column(b, "mean_delta").as_primitive::<Float64Type>();
+        for (i, resource) in strings(b, "resource_id").into_iter().enumerate() {
+            let delta = deltas.is_valid(i).then(|| deltas.value(i));
+            let row = (starts.value(i), means.value(i), delta);
+            out.entry(resource).or_default().push(row);
+        }
+    }
+    for rows in out.values_mut() {
+        rows.sort_by_key(|r| r.0);
+    }
+    out
 }
 
 /// (resource, window_start) → (revision, samples, sum of values) of the latest revision in a
@@ -314,7 +334,22 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
         *n = (*n).max(e.ts);
     }
     let watermark = newest.values().min().unwrap() - 10 * S;
-    let f1 = feature_rows(&read_delta(&format!("{tables}/f1")).await);
+    let f1_batches = read_delta(&format!("{tables}/f1")).await;
+    // The carried features survived every restart: each window's delta is against the
+    // window before it (and the first has none).
+    for (resource, rows) in carried(&f1_batches) {
+        assert_eq!(rows[0].2, None, "{resource}: first window");
+        for pair in rows.windows(2) {
+            let delta = pair[1]
+                .2
+                .unwrap_or_else(|| panic!("{resource}: no delta at {pair:?}"));
+            assert!(
+                (delta - (pair[1].1 - pair[0].1)).abs() < 1e-9,
+                "{resource}: {pair:?}"
+            );
+        }
+    }
+    let f1 = feature_rows(&f1_batches);
     assert_windows("f1", &f1, &reference(&events, MINUTE, watermark));
     let f5 = feature_rows(&read_delta(&format!("{tables}/f5")).await);
     // 5-minute windows close on the 1-minute stage's watermark: one minute behind.

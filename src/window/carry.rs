@@ -1,0 +1,534 @@
+//! Features carried across windows, per key: an exponentially weighted moving average, the
+//! change against the key's previous window (delta, and rate of change per second), and a
+//! robust z-score against the key's trailing baseline (median and MAD of its earlier windows
+//! within `baseline`, for example 24 hours).
+//!
+//! In: a window stage's result batches (its key columns, `window_start`, the configured numeric
+//! columns). Out: the same rows with four `Float64` columns appended per configured column `c`:
+//! `c_ewma`, `c_delta`, `c_roc` and `c_robust_z` — null where undefined: no previous window
+//! within the baseline span (delta, rate; the EWMA starts again), fewer than `min_baseline` earlier windows in the baseline, or a MAD of zero
+//! (z-score), or a null input.
+//!
+//! State lives here, in memory: per key, the windows of the last `baseline` of event time (the
+//! window start and, per column, the value and the EWMA): 8 + 16 × columns bytes per window per
+//! key, so a 24-hour baseline of 1-minute windows holds 1,440 windows per key. It is part of the
+//! run loop's checkpoint ([`CarryOperator::snapshot`]); a restart restores it from there. An
+//! update of a window (a later revision) replaces that window's point and is computed against
+//! the windows before it; results of later windows already emitted are not re-emitted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+
+use super::WindowError;
+
+/// What to carry, checked by the pipeline planner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarrySpec {
+    /// The key columns.
+    pub by: Vec<String>,
+    /// The numeric columns features are derived from.
+    pub columns: Vec<String>,
+    /// EWMA smoothing factor in (0, 1]: the weight of the newest window.
+    pub alpha: f64,
+    /// Trailing span of the z-score baseline, µs.
+    pub baseline: i64,
+    /// Fewest earlier windows in the baseline before a z-score is given.
+    pub min_baseline: usize,
+}
+
+/// The columns appended per configured column, in order.
+pub const CARRY_SUFFIXES: [&str; 4] = ["ewma", "delta", "roc", "robust_z"];
+
+/// Scales a MAD to the standard deviation of a normal distribution.
+const MAD_TO_SIGMA: f64 = 1.4826;
+
+impl CarrySpec {
+    /// `input` with the carried columns appended.
+    pub fn output_schema(&self, input: &Schema) -> SchemaRef {
+        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+        for c in &self.columns {
+            for s in CARRY_SUFFIXES {
+                fields.push(Arc::new(Field::new(
+                    format!("{c}_{s}"),
+                    DataType::Float64,
+                    true,
+                )));
+            }
+        }
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// One window of one key.
+#[derive(Debug, Clone)]
+struct Point {
+    start: i64,
+    /// Per column; NaN for null.
+    values: Vec<f64>,
+    ewma: Vec<f64>,
+}
+
+/// Computes carried features batch by batch, keeping per-key history.
+pub struct CarryOperator {
+    spec: CarrySpec,
+    by: Vec<usize>,
+    columns: Vec<usize>,
+    start: usize,
+    converter: RowConverter,
+    output: SchemaRef,
+    /// Key (row-format bytes) → its windows, oldest first.
+    history: HashMap<Box<[u8]>, Vec<Point>>,
+}
+
+impl CarryOperator {
+    /// `input` is the window stage's output schema (without the carried columns).
+    pub fn new(spec: CarrySpec, input: &Schema) -> Result<Self, WindowError> {
+        let index = |name: &str| {
+            input.index_of(name).map_err(|_| WindowError::Input {
+                input: "carry".into(),
+                message: format!("column `{name}` is not in the stage's output"),
+            })
+        };
+        let by = spec
+            .by
+            .iter()
+            .map(|c| index(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let columns = spec
+            .columns
+            .iter()
+            .map(|c| index(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = index("window_start")?;
+        let converter = RowConverter::new(
+            by.iter()
+                .map(|&i| SortField::new(input.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        Ok(CarryOperator {
+            output: spec.output_schema(input),
+            spec,
+            by,
+            columns,
+            start,
+            converter,
+            history: HashMap::new(),
+        })
+    }
+
+    /// Keys with history.
+    pub fn keys(&self) -> usize {
+        self.history.len()
+    }
+
+    /// `batch` with the carried columns appended; rows are taken in window order per key.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, WindowError> {
+        let n = batch.num_rows();
+        let keys = self.converter.convert_columns(
+            &self
+                .by
+                .iter()
+                .map(|&i| batch.column(i).clone())
+                .collect::<Vec<_>>(),
+        )?;
+        let starts = batch
+            .column(self.start)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| WindowError::Input {
+                input: "carry".into(),
+                message: "`window_start` is not a microsecond timestamp".into(),
+            })?;
+        let values: Vec<Float64Array> = self
+            .columns
+            .iter()
+            .map(|&i| {
+                let cast = arrow::compute::cast(batch.column(i), &DataType::Float64)?;
+                Ok(cast
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .cloned()
+                    .unwrap_or_else(|| Float64Array::from(vec![None; n])))
+            })
+            .collect::<Result<_, WindowError>>()?;
+        let width = self.columns.len();
+        let mut out: Vec<Vec<Option<f64>>> = vec![vec![None; n]; width * CARRY_SUFFIXES.len()];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| starts.value(i));
+        let mut baseline = Vec::new();
+        for i in order {
+            let start = starts.value(i);
+            let points = self
+                .history
+                .entry(Box::from(keys.row(i).as_ref()))
+                .or_default();
+            let pos = points.partition_point(|p| p.start < start);
+            // The previous window counts while it lies within the baseline span.
+            let prev = pos
+                .checked_sub(1)
+                .map(|p| &points[p])
+                .filter(|p| p.start >= start - self.spec.baseline);
+            let mut point = Point {
+                start,
+                values: Vec::with_capacity(width),
+                ewma: Vec::with_capacity(width),
+            };
+            for (j, column) in values.iter().enumerate() {
+                let x = if column.is_null(i) {
+                    f64::NAN
+                } else {
+                    column.value(i)
+                };
+                let prev_value = prev.map_or(f64::NAN, |p| p.values[j]);
+                let prev_ewma = prev.map_or(f64::NAN, |p| p.ewma[j]);
+                let ewma = match (x.is_nan(), prev_ewma.is_nan()) {
+                    (true, _) => prev_ewma,
+                    (false, true) => x,
+                    (false, false) => self.spec.alpha * x + (1.0 - self.spec.alpha) * prev_ewma,
+                };
+                let slot = j * CARRY_SUFFIXES.len();
+                if !x.is_nan() {
+                    out[slot][i] = Some(ewma);
+                    if let Some(p) = prev.filter(|_| !prev_value.is_nan()) {
+                        let delta = x - prev_value;
+                        out[slot + 1][i] = Some(delta);
+                        out[slot + 2][i] = Some(delta / ((start - p.start) as f64 / 1e6));
+                    }
+                    baseline.clear();
+                    baseline.extend(
+                        points[..pos]
+                            .iter()
+                            .filter(|p| p.start >= start - self.spec.baseline)
+                            .map(|p| p.values[j])
+                            .filter(|v| !v.is_nan()),
+                    );
+                    out[slot + 3][i] = robust_z(x, &mut baseline, self.spec.min_baseline);
+                }
+                point.values.push(x);
+                point.ewma.push(ewma);
+            }
+            if points.get(pos).is_some_and(|p| p.start == start) {
+                points[pos] = point;
+            } else {
+                points.insert(pos, point);
+            }
+            if let Some(newest) = points.last().map(|p| p.start) {
+                let keep_from = points.partition_point(|p| p.start < newest - self.spec.baseline);
+                points.drain(..keep_from);
+            }
+        }
+        let mut columns = batch.columns().to_vec();
+        columns.extend(
+            out.into_iter()
+                .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
+        );
+        Ok(RecordBatch::try_new(self.output.clone(), columns)?)
+    }
+
+    /// The history as one batch, for a checkpoint: `key` (row-format bytes), `window_start`,
+    /// then per column its value and EWMA.
+    pub fn snapshot(&self) -> Result<RecordBatch, WindowError> {
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut starts = Vec::new();
+        let width = self.columns.len();
+        let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 2 * width];
+        for (key, points) in &self.history {
+            for p in points {
+                keys.push(key);
+                starts.push(p.start);
+                for j in 0..width {
+                    columns[2 * j].push(p.values[j]);
+                    columns[2 * j + 1].push(p.ewma[j]);
+                }
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(BinaryArray::from(keys)),
+            Arc::new(Int64Array::from(starts)),
+        ];
+        arrays.extend(
+            columns
+                .into_iter()
+                .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef),
+        );
+        Ok(RecordBatch::try_new(snapshot_schema(width), arrays)?)
+    }
+
+    /// Restores what [`snapshot`](Self::snapshot) took.
+    pub fn restore(&mut self, state: &RecordBatch) -> Result<(), WindowError> {
+        let width = self.columns.len();
+        if state.schema().fields() != snapshot_schema(width).fields() {
+            return Err(WindowError::Input {
+                input: "carry".into(),
+                message: "checkpointed carry state has other columns: the carry settings \
+                          changed since"
+                    .into(),
+            });
+        }
+        let column = |i: usize| state.column(i).as_any();
+        let (Some(keys), Some(starts)) = (
+            column(0).downcast_ref::<BinaryArray>(),
+            column(1).downcast_ref::<Int64Array>(),
+        ) else {
+            return Err(WindowError::Input {
+                input: "carry".into(),
+                message: "checkpointed carry state has the wrong types".into(),
+            });
+        };
+        let floats: Vec<&Float64Array> = (2..2 + 2 * width)
+            .filter_map(|i| column(i).downcast_ref::<Float64Array>())
+            .collect();
+        self.history.clear();
+        for i in 0..state.num_rows() {
+            let point = Point {
+                start: starts.value(i),
+                values: (0..width).map(|j| floats[2 * j].value(i)).collect(),
+                ewma: (0..width).map(|j| floats[2 * j + 1].value(i)).collect(),
+            };
+            self.history
+                .entry(Box::from(keys.value(i)))
+                .or_default()
+                .push(point);
+        }
+        for points in self.history.values_mut() {
+            points.sort_by_key(|p| p.start);
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_schema(width: usize) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("key", DataType::Binary, false),
+        Field::new("window_start", DataType::Int64, false),
+    ];
+    for j in 0..width {
+        fields.push(Field::new(format!("value_{j}"), DataType::Float64, false));
+        fields.push(Field::new(format!("ewma_{j}"), DataType::Float64, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// `(x − median) / (1.4826 × MAD)` over `baseline` (reordered in place); none when it has
+/// fewer than `min` values or no spread.
+fn robust_z(x: f64, baseline: &mut [f64], min: usize) -> Option<f64> {
+    if baseline.len() < min.max(1) {
+        return None;
+    }
+    let median = median_of(baseline);
+    for v in baseline.iter_mut() {
+        *v = (*v - median).abs();
+    }
+    let mad = median_of(baseline);
+    (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad))
+}
+
+fn median_of(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::{Float64Type, TimeUnit};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("mean", DataType::Float64, true),
+        ]))
+    }
+
+    fn batch(rows: &[(&str, i64, Option<f64>)]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn spec(min_baseline: usize) -> CarrySpec {
+        CarrySpec {
+            by: vec!["key".into()],
+            columns: vec!["mean".into()],
+            alpha: 0.5,
+            baseline: 5 * MINUTE,
+            min_baseline,
+        }
+    }
+
+    fn column(b: &RecordBatch, name: &str) -> Vec<Option<f64>> {
+        b.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect()
+    }
+
+    #[test]
+    fn features_follow_each_key_across_batches() {
+        let mut op = CarryOperator::new(spec(3), &schema()).unwrap();
+        let first = op
+            .apply(&batch(&[("a", 0, Some(10.0)), ("b", 0, Some(1.0))]))
+            .unwrap();
+        assert_eq!(column(&first, "mean_ewma"), vec![Some(10.0), Some(1.0)]);
+        assert_eq!(column(&first, "mean_delta"), vec![None, None]);
+        // Out of order within a batch: minute 2 before minute 1.
+        let next = op
+            .apply(&batch(&[
+                ("a", 2 * MINUTE, Some(16.0)),
+                ("a", MINUTE, Some(12.0)),
+                ("b", 2 * MINUTE, None),
+            ]))
+            .unwrap();
+        assert_eq!(
+            column(&next, "mean_ewma"),
+            vec![Some(13.5), Some(11.0), None]
+        );
+        assert_eq!(
+            column(&next, "mean_delta"),
+            vec![Some(4.0), Some(2.0), None]
+        );
+        assert_eq!(
+            column(&next, "mean_roc"),
+            vec![Some(4.0 / 60.0), Some(2.0 / 60.0), None]
+        );
+        assert_eq!(column(&next, "mean_robust_z"), vec![None, None, None]);
+        // Baseline of a at minute 3: 10, 12, 16 → median 12, MAD 2.
+        let z = op.apply(&batch(&[("a", 3 * MINUTE, Some(20.0))])).unwrap();
+        let want = (20.0 - 12.0) / (MAD_TO_SIGMA * 2.0);
+        assert_eq!(column(&z, "mean_robust_z"), vec![Some(want)]);
+        // An update of minute 2 replaces it: delta against minute 1 again.
+        let update = op.apply(&batch(&[("a", 2 * MINUTE, Some(13.0))])).unwrap();
+        assert_eq!(column(&update, "mean_delta"), vec![Some(1.0)]);
+        // Minute 9: minutes 0-3 fell out of the 5-minute baseline, as did the delta's base.
+        let later = op.apply(&batch(&[("a", 9 * MINUTE, Some(1.0))])).unwrap();
+        assert_eq!(column(&later, "mean_robust_z"), vec![None]);
+        assert_eq!(column(&later, "mean_delta"), vec![None]);
+    }
+
+    /// The reference: every point of the key, recomputed from scratch with plain loops.
+    fn reference(series: &[(i64, f64)], spec: &CarrySpec) -> Vec<[Option<f64>; 4]> {
+        let mut out = Vec::new();
+        let mut ewma: Option<f64> = None;
+        for (k, &(start, x)) in series.iter().enumerate() {
+            let e = ewma.map_or(x, |e| spec.alpha * x + (1.0 - spec.alpha) * e);
+            ewma = Some(e);
+            let prev = k
+                .checked_sub(1)
+                .map(|p| series[p])
+                .filter(|(s, _)| *s >= start - spec.baseline);
+            let mut base: Vec<f64> = series[..k]
+                .iter()
+                .filter(|(s, _)| *s >= start - spec.baseline)
+                .map(|(_, v)| *v)
+                .collect();
+            let z = if base.len() >= spec.min_baseline {
+                base.sort_by(f64::total_cmp);
+                let m = |v: &[f64]| {
+                    let n = v.len();
+                    if n % 2 == 1 {
+                        v[n / 2]
+                    } else {
+                        (v[n / 2 - 1] + v[n / 2]) / 2.0
+                    }
+                };
+                let med = m(&base);
+                let mut dev: Vec<f64> = base.iter().map(|v| (v - med).abs()).collect();
+                dev.sort_by(f64::total_cmp);
+                let mad = m(&dev);
+                (mad > 0.0).then(|| (x - med) / (MAD_TO_SIGMA * mad))
+            } else {
+                None
+            };
+            out.push([
+                Some(e),
+                prev.map(|(_, p)| x - p),
+                prev.map(|(s, p)| (x - p) / ((start - s) as f64 / 1e6)),
+                z,
+            ]);
+        }
+        out
+    }
+
+    #[test]
+    fn random_series_match_the_reference_through_a_restore() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let spec = spec(4);
+        let keys = ["a", "b", "c"];
+        let mut series: HashMap<&str, Vec<(i64, f64)>> = HashMap::new();
+        let mut rows = Vec::new();
+        for minute in 0..200 {
+            for key in keys {
+                // Gaps: some minutes are missing for some keys.
+                if rng.random_range(0..10) < 8 {
+                    let v = f64::from(rng.random_range(0..1000)) / 10.0;
+                    series.entry(key).or_default().push((minute * MINUTE, v));
+                    rows.push((key, minute * MINUTE, Some(v)));
+                }
+            }
+        }
+        let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
+        let mut got: HashMap<&str, Vec<[Option<f64>; 4]>> = HashMap::new();
+        for (n, chunk) in rows.chunks(7).enumerate() {
+            if n % 5 == 4 {
+                let state = op.snapshot().unwrap();
+                let mut restored = CarryOperator::new(spec.clone(), &schema()).unwrap();
+                restored.restore(&state).unwrap();
+                op = restored;
+            }
+            let out = op.apply(&batch(chunk)).unwrap();
+            let cols: Vec<Vec<Option<f64>>> = CARRY_SUFFIXES
+                .iter()
+                .map(|s| column(&out, &format!("mean_{s}")))
+                .collect();
+            for (i, row) in chunk.iter().enumerate() {
+                got.entry(row.0)
+                    .or_default()
+                    .push([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+            }
+        }
+        for key in keys {
+            let want = reference(&series[key], &spec);
+            assert_eq!(got[key].len(), want.len());
+            for (g, w) in got[key].iter().zip(&want) {
+                for (a, b) in g.iter().zip(w) {
+                    match (a, b) {
+                        (Some(a), Some(b)) => assert!((a - b).abs() < 1e-9, "{g:?} vs {w:?}"),
+                        _ => assert_eq!(a, b, "{key}: {g:?} vs {w:?}"),
+                    }
+                }
+            }
+        }
+        assert!(got["a"].iter().filter(|r| r[3].is_some()).count() > 100);
+    }
+}
