@@ -410,6 +410,7 @@ fn open_stage(
                 ctx.clone(),
                 upstream,
             )
+            .and_then(|op| op.with_replace_by(&plan.replace_by))
             .map_err(stage_err)?;
             if let Some(StageState {
                 operator_watermark,

@@ -150,6 +150,10 @@ pub struct StageConfig {
     /// Features carried across a window stage's windows, per key.
     #[serde(default)]
     pub carry: Option<CarryConfig>,
+    /// Input columns identifying a row that a later one replaces (a restated line item): in
+    /// each window only the last row to arrive with those values counts. Window stages only.
+    #[serde(default)]
+    pub replace_by: Vec<String>,
 }
 
 /// Cross-window features of a window stage: for each column `c`, `c_ewma`, `c_delta`, `c_roc`

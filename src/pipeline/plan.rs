@@ -51,6 +51,8 @@ pub struct StagePlan {
     pub allowed_lateness: i64,
     /// Features carried across windows; `output_schema` includes their columns.
     pub carry: Option<CarrySpec>,
+    /// Input columns by which a later row replaces an earlier one in a window.
+    pub replace_by: Vec<String>,
 }
 
 /// Where a sink writes.
@@ -188,6 +190,12 @@ impl Pipeline {
                     plan
                 }),
                 (planned, _) => planned,
+            };
+            let planned = match planned {
+                Some(plan) if !stage.replace_by.is_empty() => {
+                    check_replace_by(&mut r, name, &stage.replace_by, plan)
+                }
+                planned => planned,
             };
             if let Some(plan) = planned {
                 let event_time = if plan.query.window.is_some() {
@@ -501,8 +509,49 @@ async fn check_stage(
         event_time,
         allowed_lateness: input.lateness,
         carry: None,
+        replace_by: Vec::new(),
         query,
     })
+}
+
+/// Checks a stage's `replace_by` columns against its input.
+fn check_replace_by(
+    r: &mut Reporter<'_>,
+    stage: &str,
+    columns: &[String],
+    mut plan: StagePlan,
+) -> Option<StagePlan> {
+    let at = ["stages", stage, "replace_by"];
+    if plan.query.window.is_none() {
+        r.at(
+            &at,
+            "`replace_by` needs a window stage: rows are replaced within a window",
+            None,
+        );
+        return None;
+    }
+    let missing: Vec<&String> = columns
+        .iter()
+        .filter(|c| plan.input_schema.field_with_name(c).is_err())
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = plan
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        for c in missing {
+            r.at(
+                &at,
+                format!("column `{c}` is not in `{}`", plan.query.input),
+                Some(&format!("columns: {}", names.join(", "))),
+            );
+        }
+        return None;
+    }
+    plan.replace_by = columns.to_vec();
+    Some(plan)
 }
 
 /// Checks a stage's `carry` settings against its output.

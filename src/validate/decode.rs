@@ -527,6 +527,36 @@ mod tests {
     }
 
     #[test]
+    fn numbers_round_trip_to_the_same_double() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut d = decoder();
+        let mut want = Vec::new();
+        for _ in 0..5_000 {
+            // Shortest round-trip text of a random double (prices, utilisation, costs).
+            let v: f64 = rng.random_range(0.0..1.0) * 10f64.powi(rng.random_range(-6..2));
+            let event = format!(r#"{{"ts":1748779200000,"unit":"Count","value":{v}}}"#);
+            d.decode(event.as_bytes()).unwrap();
+            want.push(v.to_bits());
+        }
+        let b = d.flush().unwrap();
+        let got: Vec<u64> = b
+            .column(2)
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .values()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        assert_eq!(
+            wrong,
+            0,
+            "{wrong} of {} doubles changed on decoding",
+            want.len()
+        );
+    }
+
+    #[test]
     fn each_invalid_event_is_rejected_with_its_reason_and_appends_nothing() {
         let cases: &[(&[u8], &str)] = &[
             (b"not json", "malformed event"),

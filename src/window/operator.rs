@@ -72,6 +72,9 @@ pub struct WindowOperator {
     /// When the input is another window stage: its group columns (with `window_start`), to keep
     /// only the latest revision of each upstream result.
     upstream_groups: Option<(Vec<usize>, usize, RowConverter)>,
+    /// Columns whose value identifies a row that a later row replaces (a restated billing
+    /// line item): of rows with equal values, only the last to arrive counts.
+    replace_by: Option<(Vec<usize>, RowConverter)>,
     keys: Vec<usize>,
     converter: Option<RowConverter>,
     watermark: i64,
@@ -180,6 +183,7 @@ impl WindowOperator {
             windowed_schema,
             kept_columns,
             upstream_groups,
+            replace_by: None,
             input_schema,
             keys,
             converter,
@@ -188,6 +192,32 @@ impl WindowOperator {
             sessions: Vec::new(),
             query,
         })
+    }
+
+    /// Of rows with equal values in `columns`, only the last to arrive counts in a window: a
+    /// restatement replaces what it restates (and, after the window fired, updates it).
+    pub fn with_replace_by(mut self, columns: &[String]) -> Result<Self, WindowError> {
+        if columns.is_empty() {
+            return Ok(self);
+        }
+        let idx = columns
+            .iter()
+            .map(|c| {
+                self.input_schema
+                    .index_of(c)
+                    .map_err(|_| WindowError::Input {
+                        input: self.query.input.clone(),
+                        message: format!("replace_by column `{c}` is not in the input"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let converter = RowConverter::new(
+            idx.iter()
+                .map(|&i| SortField::new(self.input_schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
+        self.replace_by = Some((idx, converter));
+        Ok(self)
     }
 
     /// The current watermark of this operator.
@@ -452,7 +482,7 @@ impl WindowOperator {
                 Some(_) => (-1, Vec::new()),
             };
             if revision >= 0 {
-                let rows = self.latest_upstream(rows)?;
+                let rows = self.without_replaced(self.latest_upstream(rows)?)?;
                 let group = groups.entry(revision).or_default();
                 for b in rows {
                     group.push(self.with_window(&b, start, end)?);
@@ -521,7 +551,10 @@ impl WindowOperator {
             if end <= self.watermark && fresh {
                 revision_now = last_revision + 1;
                 let idx = UInt32Array::from(members.iter().map(|&m| m as u32).collect::<Vec<_>>());
-                let rows = take_record_batch(&all, &idx)?;
+                let rows = concat_batches(
+                    &self.input_schema,
+                    &self.without_replaced(vec![take_record_batch(&all, &idx)?])?,
+                )?;
                 groups
                     .entry(revision_now)
                     .or_default()
@@ -576,6 +609,26 @@ impl WindowOperator {
             }
         }
         let mut idx: Vec<u32> = latest.into_values().map(|(_, i)| i).collect();
+        idx.sort_unstable();
+        Ok(vec![take_record_batch(&all, &UInt32Array::from(idx))?])
+    }
+
+    /// Drops rows that a later row with the same `replace_by` values replaces.
+    fn without_replaced(&self, rows: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
+        let Some((columns, converter)) = &self.replace_by else {
+            return Ok(rows);
+        };
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        let all = concat_batches(&self.input_schema, &rows)?;
+        let cols: Vec<ArrayRef> = columns.iter().map(|&i| all.column(i).clone()).collect();
+        let keys = converter.convert_columns(&cols)?;
+        let mut last: HashMap<arrow::row::Row<'_>, u32> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            last.insert(k, i as u32);
+        }
+        let mut idx: Vec<u32> = last.into_values().collect();
         idx.sort_unstable();
         Ok(vec![take_record_batch(&all, &UInt32Array::from(idx))?])
     }

@@ -474,3 +474,62 @@ async fn a_window_stage_over_a_window_stage_uses_each_upstream_result_once() {
 }
 
 const MINUTE_S: i64 = 60 * S;
+
+#[tokio::test]
+async fn a_restatement_replaces_the_row_it_restates_before_and_after_the_window_fires() {
+    let query = parse_stage_sql(
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m \
+         GROUP BY key, tumble(interval '10 seconds')",
+    )
+    .unwrap();
+    let mut op = WindowOperator::new(query, "ts", 60 * S, schema(), SessionContext::new(), None)
+        .unwrap()
+        .with_replace_by(&["key".to_string()])
+        .unwrap();
+    let event = |key: &str, ts: i64, value: f64| Event {
+        key: key.into(),
+        ts,
+        value,
+    };
+    let base = 1_750_000_000 * S;
+    op.process(&batch(&[
+        event("a", base + S, 5.0),
+        event("b", base + S, 1.0),
+        event("a", base + 2 * S, 7.0),
+    ]))
+    .unwrap();
+    let totals = |out: &[RecordBatch]| -> Vec<(String, i64, f64, i32)> {
+        let mut rows = Vec::new();
+        for b in out {
+            let keys = b.column_by_name("key").unwrap().as_string::<i32>();
+            let n = b.column_by_name("n").unwrap().as_primitive::<Int64Type>();
+            let t = b
+                .column_by_name("total")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            let r = b
+                .column_by_name("revision")
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            for i in 0..b.num_rows() {
+                rows.push((
+                    keys.value(i).to_string(),
+                    n.value(i),
+                    t.value(i),
+                    r.value(i),
+                ));
+            }
+        }
+        rows.sort_by(|x, y| x.0.cmp(&y.0));
+        rows
+    };
+    let fired = op.advance(base + 10 * S).await.unwrap();
+    assert_eq!(
+        totals(&fired),
+        vec![("a".into(), 1, 7.0, 0), ("b".into(), 1, 1.0, 0)]
+    );
+    op.process(&batch(&[event("a", base + 3 * S, 9.0)]))
+        .unwrap();
+    let updated = op.advance(base + 11 * S).await.unwrap();
+    assert_eq!(totals(&updated), vec![("a".into(), 1, 9.0, 1)]);
+}

@@ -11,6 +11,7 @@ mod ingest;
 mod kafka;
 mod onnx;
 mod run;
+mod shipped;
 mod sigterm;
 
 use std::time::{SystemTime, UNIX_EPOCH};
