@@ -258,38 +258,13 @@ pub async fn run_pipeline(
         };
         let mut pending = 0;
         for s in sources.iter_mut() {
-            let room = pipeline.max_rows.saturating_sub(s.pending_events);
+            // A replayed cycle reads to its recorded end, whatever `max_rows` is now.
+            let room = match s.replay_to {
+                Some(_) => usize::MAX,
+                None => pipeline.max_rows.saturating_sub(s.pending_events),
+            };
             poll_source(pipeline, s, &producer, &metrics, &mut summary, room)?;
             pending += s.pending_events;
-        }
-        if replay.is_some() {
-            // A replayed cycle ends where it ended the first time, not on time or size.
-            if sources.iter().all(SourceRuntime::replay_done) {
-                cycle += 1;
-                let context = Cycle {
-                    number: cycle,
-                    replay: replay.take(),
-                };
-                flush(
-                    pipeline,
-                    &context,
-                    &mut sources,
-                    &mut stages,
-                    &mut sinks,
-                    &metrics,
-                    &mut summary,
-                )
-                .await?;
-                save_checkpoint(&checkpoints, cycle, &sources, &stages).await?;
-                for s in sources.iter_mut() {
-                    s.end_replay()?;
-                }
-                last_flush = Instant::now();
-            }
-            if stopping {
-                return Ok(summary);
-            }
-            continue;
         }
         let caught_up = sources.iter().all(caught_up);
         // A cycle closes after exactly `max_rows` events (valid or not) while data flows, so
@@ -299,10 +274,16 @@ pub async fn run_pipeline(
         // A backfill flushes as soon as it has read everything; a stream keeps to the limits,
         // so a trickle of events does not become a stream of tiny commits.
         let drained = config.until_caught_up && caught_up;
-        if due || stopping || drained {
+        // A replayed cycle ends where it ended the first time, not on time or size; stopping
+        // before then commits nothing (the next start replays it again).
+        let close = match replay {
+            Some(_) => sources.iter().all(SourceRuntime::replay_done),
+            None => due || stopping || drained,
+        };
+        if close {
             let context = Cycle {
                 number: cycle + 1,
-                replay: None,
+                replay: replay.take(),
             };
             let changed = flush(
                 pipeline,
@@ -314,13 +295,16 @@ pub async fn run_pipeline(
                 &mut summary,
             )
             .await?;
-            if changed {
+            if changed || context.replay.is_some() {
                 cycle += 1;
                 save_checkpoint(&checkpoints, cycle, &sources, &stages).await?;
             }
+            for s in sources.iter_mut() {
+                s.end_replay()?;
+            }
             last_flush = Instant::now();
         }
-        if stopping || drained {
+        if stopping || (drained && replay.is_none()) {
             return Ok(summary);
         }
     }
@@ -363,12 +347,17 @@ async fn plan_replay(
     for s in sources.iter_mut() {
         let mut to = HashMap::new();
         for &p in s.position.keys() {
-            let end = sink.mark(&offset_mark(&s.topic, p)).await?;
-            to.insert(p, end.unwrap_or(s.position[&p]));
+            let Some(end) = sink.mark(&offset_mark(&s.topic, p)).await? else {
+                return Err(missing_mark(&s.topic, p));
+            };
+            to.insert(p, end);
         }
         s.replay_to = Some(to);
-        let w = sink.mark(&watermark_mark(&s.plan.name)).await?;
-        watermarks.insert(s.plan.name.clone(), w.unwrap_or(i64::MIN));
+        let mark = watermark_mark(&s.plan.name);
+        let Some(w) = sink.mark(&mark).await? else {
+            return Err(missing_mark(&mark, 0));
+        };
+        watermarks.insert(s.plan.name.clone(), w);
     }
     tracing::warn!(
         "the last run stopped inside cycle {next}: replaying it for the tables that lack it \
@@ -376,6 +365,13 @@ async fn plan_replay(
         done.join(", ")
     );
     Ok(Some(Replay { done, watermarks }))
+}
+
+fn missing_mark(what: &str, partition: i32) -> RunError {
+    RunError::Restart(format!(
+        "the tables record no position for `{what}` (partition {partition}) in the cycle to \
+         replay: the pipeline's sources changed since the crash; restore them to replay it"
+    ))
 }
 
 fn open_stage(
@@ -541,13 +537,16 @@ async fn flush(
             .decoder
             .flush()
             .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
-        if let Some(&w) = replay.and_then(|r| r.watermarks.get(&s.plan.name)) {
-            s.watermark.raise_to(w);
-        }
+        let before = s.watermark.current();
         let w = match replay.and_then(|r| r.watermarks.get(&s.plan.name)) {
-            Some(&recorded) => recorded,
+            Some(&recorded) => {
+                s.watermark.raise_to(recorded);
+                recorded
+            }
             None => s.watermark.watermark(now),
         };
+        // A watermark that moved is state to checkpoint, even with no event read.
+        changed |= w != before;
         metrics
             .watermark_lag_seconds
             .with_label_values(&[pipeline.name.as_str(), s.plan.name.as_str()])
@@ -594,7 +593,9 @@ async fn flush(
                         }
                     }
                 }
+                let before = op.watermark();
                 results = op.advance(input_watermark).await.map_err(stage_err)?;
+                changed |= op.watermark() != before;
                 if !results.is_empty() {
                     fired.push(st.plan.name.clone());
                 }

@@ -60,6 +60,11 @@ impl WatermarkTracker {
             .collect();
     }
 
+    /// The watermark as last computed (no clock involved).
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
     /// Raises the watermark to at least `watermark` (a replayed cycle keeps the one it had).
     pub fn raise_to(&mut self, watermark: i64) {
         self.current = self.current.max(watermark);
