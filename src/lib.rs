@@ -14,11 +14,13 @@
 //! - [`metrics`]: Prometheus metrics;
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
-//! - [`demo`]: the embedded default job behind `stratus demo`.
+//! - [`demo`]: the embedded default job behind `stratus demo`;
+//! - [`evaluate`]: `stratus evaluate`, detectors and forecasts measured on labelled data.
 
 pub mod bench;
 pub mod console;
 pub mod demo;
+pub mod evaluate;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;

@@ -74,6 +74,61 @@ enum Command {
         #[arg(long, default_value = "demo-output")]
         out: PathBuf,
     },
+    /// Measure detectors or forecasts on labelled, held-out data.
+    #[command(subcommand)]
+    Evaluate(Evaluate),
+}
+
+#[derive(Subcommand)]
+enum Evaluate {
+    /// Replay labelled `timestamp,value` series through the detector ensemble (no look-ahead),
+    /// write each row's anomaly score, and score the run as the Numenta Anomaly Benchmark does,
+    /// beside a rolling z-score baseline.
+    Detect {
+        /// A `timestamp,value` CSV file, or a directory of them (searched recursively).
+        input: PathBuf,
+        /// Anomaly windows per file: NAB's combined_windows.json, or {"windows": {...}}.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Where the scored CSVs and report.json go.
+        #[arg(long, default_value = "evaluate-output")]
+        out: PathBuf,
+        /// A YAML list of detectors with weights (default: robust_z, seasonal, cusum).
+        #[arg(long)]
+        detectors: Option<PathBuf>,
+    },
+}
+
+fn evaluate(command: Evaluate) -> anyhow::Result<()> {
+    use stratus::score::detect::DetectorSpec;
+    match command {
+        Evaluate::Detect {
+            input,
+            labels,
+            out,
+            detectors,
+        } => {
+            let specs = match detectors {
+                None => DetectorSpec::default_ensemble(),
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+                    serde_norway::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                }
+            };
+            std::fs::create_dir_all(&out)?;
+            let report = stratus::evaluate::detect::evaluate(&input, &labels, &out, &specs)
+                .map_err(anyhow::Error::msg)?;
+            print!("{}", stratus::evaluate::detect::render(&report));
+            stratus::say!(
+                "scores in {}, report in {}",
+                out.display(),
+                out.join("report.json").display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn run(
@@ -232,6 +287,7 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(stratus::demo::run(&config))?;
         }
+        Command::Evaluate(command) => evaluate(command)?,
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //!
 //! - [`runtime`]: finds `libonnxruntime` (project venv or `ORT_DYLIB_PATH`) and loads it once.
 //! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
+//! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
 
+pub mod detect;
 pub mod onnx;
 pub mod runtime;
 

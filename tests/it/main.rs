@@ -7,6 +7,7 @@
 mod crash;
 mod delta_s3;
 mod demo;
+mod evaluate;
 mod ingest;
 mod kafka;
 mod onnx;

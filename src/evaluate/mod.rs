@@ -1,0 +1,9 @@
+//! `stratus evaluate`: measures detectors and forecasts on labelled, held-out data.
+//!
+//! - [`series`]: `timestamp,value` CSV series and NAB-style label files;
+//! - [`nab`]: the Numenta Anomaly Benchmark's scoring (windows, sigmoid reward, profiles);
+//! - [`detect`]: replays series through the detector ensemble with no look-ahead and scores it.
+
+pub mod detect;
+pub mod nab;
+pub mod series;

@@ -1,0 +1,269 @@
+//! Labelled `timestamp,value` series on disk, as public anomaly benchmarks ship them.
+//!
+//! In: a CSV file (header `timestamp,value`; times as `2014-04-01 00:05:00`, RFC 3339, or
+//! epoch seconds) and a labels file — NAB's `combined_windows.json` form (`{"file.csv":
+//! [[start, end], …]}`) or the same map under a `"windows"` key. Out: times in µs since the
+//! epoch (UTC), values, and each file's anomaly windows. Errors name the file and line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime};
+
+/// A `timestamp,value` series.
+#[derive(Debug, Clone)]
+pub struct Csv {
+    pub path: PathBuf,
+    pub timestamps: Vec<i64>,
+    /// As written in the file, so the output repeats it exactly.
+    pub raw_timestamps: Vec<String>,
+    pub values: Vec<f64>,
+}
+
+/// Parses a time as benchmark files write it; µs since the epoch, UTC.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_micros());
+    }
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    let seconds: f64 = text.parse().ok()?;
+    (seconds.is_finite() && seconds.abs() < 1e13).then(|| (seconds * 1e6).round() as i64)
+}
+
+impl Csv {
+    /// Reads a series; rows must be in time order.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let mut lines = text.lines().enumerate();
+        let columns = match lines.next() {
+            Some((_, header)) => header
+                .split(',')
+                .map(|c| c.trim().trim_matches('"').to_ascii_lowercase())
+                .collect::<Vec<_>>(),
+            None => {
+                return Err(format!(
+                    "{}: empty file; expected a `timestamp,value` header",
+                    path.display()
+                ));
+            }
+        };
+        let find = |name: &str| {
+            columns.iter().position(|c| c == name).ok_or_else(|| {
+                format!(
+                    "{}:1: no `{name}` column in the header; expected `timestamp,value`",
+                    path.display()
+                )
+            })
+        };
+        let (ti, vi) = (find("timestamp")?, find("value")?);
+        let mut out = Csv {
+            path: path.to_path_buf(),
+            timestamps: Vec::new(),
+            raw_timestamps: Vec::new(),
+            values: Vec::new(),
+        };
+        for (n, line) in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cells: Vec<&str> = line
+                .split(',')
+                .map(|c| c.trim().trim_matches('"'))
+                .collect();
+            let at = |what: &str| format!("{}:{}: {what}", path.display(), n + 1);
+            let (Some(t), Some(v)) = (cells.get(ti), cells.get(vi)) else {
+                return Err(at("fewer cells than the header names"));
+            };
+            let ts = parse_time(t).ok_or_else(|| {
+                at(&format!(
+                    "{t:?} is not a time; write `2014-04-01 00:05:00` or RFC 3339"
+                ))
+            })?;
+            if out.timestamps.last().is_some_and(|&last| ts < last) {
+                return Err(at(&format!(
+                    "{t} is earlier than the row before; sort the file by time"
+                )));
+            }
+            let value = if v.is_empty() || v.eq_ignore_ascii_case("nan") {
+                f64::NAN
+            } else {
+                v.parse()
+                    .map_err(|_| at(&format!("{v:?} is not a number")))?
+            };
+            out.timestamps.push(ts);
+            out.raw_timestamps.push(t.to_string());
+            out.values.push(value);
+        }
+        Ok(out)
+    }
+}
+
+/// Anomaly windows per file, keyed as the labels file writes them.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    windows: BTreeMap<String, Vec<(i64, i64)>>,
+    path: PathBuf,
+}
+
+impl Labels {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        let map = json.get("windows").unwrap_or(&json).as_object().ok_or_else(|| {
+            format!(
+                "{}: expected an object of file name → [[start, end], …] (NAB's combined_windows.json)",
+                path.display()
+            )
+        })?;
+        let mut windows = BTreeMap::new();
+        for (file, list) in map {
+            let bad = || {
+                format!(
+                    "{}: windows of {file:?} must be a list of [start, end] time pairs",
+                    path.display()
+                )
+            };
+            let mut parsed = Vec::new();
+            for pair in list.as_array().ok_or_else(bad)? {
+                let pair = pair.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
+                let time = |v: &serde_json::Value| v.as_str().and_then(parse_time).ok_or_else(bad);
+                parsed.push((time(&pair[0])?, time(&pair[1])?));
+            }
+            windows.insert(file.clone(), parsed);
+        }
+        Ok(Labels {
+            windows,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The windows of a series: the key equal to its path relative to `root`, else the one key
+    /// whose file name is the series' file name.
+    pub fn windows_for(&self, root: &Path, series: &Path) -> Result<Vec<(i64, i64)>, String> {
+        let relative = series.strip_prefix(root).unwrap_or(series);
+        if let Some(w) = self.windows.get(&relative.to_string_lossy().to_string()) {
+            return Ok(w.clone());
+        }
+        let name = series.file_name().map(|n| n.to_string_lossy().to_string());
+        let matches: Vec<_> = self
+            .windows
+            .iter()
+            .filter(|(k, _)| {
+                Path::new(k.as_str())
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    == name
+            })
+            .collect();
+        match matches.as_slice() {
+            [(_, w)] => Ok((*w).clone()),
+            [] => Err(format!(
+                "{}: no labels for {}; add it to {} (an empty list for a series without anomalies)",
+                series.display(),
+                relative.display(),
+                self.path.display()
+            )),
+            _ => Err(format!(
+                "{}: several label entries end in its file name; key them by path relative to {}",
+                series.display(),
+                root.display()
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("stratus-series-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn times_parse_in_every_form_benchmarks_write() {
+        let t = 1_396_310_700_000_000; // 2014-04-01 00:05:00 UTC
+        assert_eq!(parse_time("2014-04-01 00:05:00"), Some(t));
+        assert_eq!(parse_time("2014-04-01 00:05:00.000000"), Some(t));
+        assert_eq!(parse_time("2014-04-01T00:05:00Z"), Some(t));
+        assert_eq!(parse_time("2014-04-01T02:05:00+02:00"), Some(t));
+        assert_eq!(parse_time("1396310700"), Some(t));
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("1e300"), None);
+    }
+
+    #[test]
+    fn a_bad_row_is_reported_with_file_and_line() {
+        let p = scratch("bad-row").join("s.csv");
+        std::fs::write(
+            &p,
+            "timestamp,value\n2014-04-01 00:00:00,1\n2014-04-01 00:05:00,x\n",
+        )
+        .unwrap();
+        let e = Csv::read(&p).unwrap_err();
+        assert!(e.ends_with("s.csv:3: \"x\" is not a number"), "{e}");
+        std::fs::write(
+            &p,
+            "timestamp,value\n2014-04-01 00:05:00,1\n2014-04-01 00:00:00,2\n",
+        )
+        .unwrap();
+        assert!(
+            Csv::read(&p)
+                .unwrap_err()
+                .contains("s.csv:3: 2014-04-01 00:00:00 is earlier")
+        );
+        std::fs::write(&p, "time,value\n").unwrap();
+        assert!(
+            Csv::read(&p)
+                .unwrap_err()
+                .contains("s.csv:1: no `timestamp` column")
+        );
+    }
+
+    #[test]
+    fn labels_match_by_relative_path_or_by_unique_file_name() {
+        let labels = scratch("labels").join("labels.json");
+        std::fs::write(
+            &labels,
+            r#"{"windows": {"realKnownCause/a.csv": [["2014-04-01 00:00:00.000000", "2014-04-01 01:00:00.000000"]], "b.csv": []}}"#,
+        )
+        .unwrap();
+        let l = Labels::read(&labels).unwrap();
+        let root = Path::new("/data");
+        let hour = 3_600_000_000;
+        let start = 1_396_310_400_000_000;
+        assert_eq!(
+            l.windows_for(root, Path::new("/data/realKnownCause/a.csv"))
+                .unwrap(),
+            vec![(start, start + hour)]
+        );
+        assert_eq!(
+            l.windows_for(root, Path::new("/elsewhere/a.csv"))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            l.windows_for(root, Path::new("/data/b.csv"))
+                .unwrap()
+                .is_empty()
+        );
+        let e = l.windows_for(root, Path::new("/data/c.csv")).unwrap_err();
+        assert!(e.contains("no labels for c.csv"), "{e}");
+    }
+}
