@@ -2,9 +2,11 @@
 //! detector's recent scores are for this key, rather than how large they are.
 //!
 //! In: one detector's score in [0, 1] per value (None while the detector warms up). The mean of
-//! its last `average` scores is compared with the distribution (mean, σ) of those means over the
-//! trailing `history`. Out: `−log₁₀(tail probability) / 10`, capped at 1 — 0.5 for a
-//! one-in-10⁵ excursion, 1 for one in 10¹⁰ — and 0 until `learn` means have been seen.
+//! its last `average` scores is compared with the distribution of those means over the key's
+//! history: an exponentially weighted mean and variance whose weights halve every
+//! `history / 2 · ln 2` of event time — the same centre of mass as a `history`-long window, in
+//! constant memory. Out: `−log₁₀(tail probability) / 10`, capped at 1 — 0.5 for a one-in-10⁵
+//! excursion, 1 for one in 10¹⁰ — and 0 until `learn` means have been seen.
 //!
 //! This is what keeps a key that is always spiky from alarming on every spike while a key that
 //! is always calm alarms on its first: each key is judged against its own history.
@@ -13,27 +15,34 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::trailing::Trailing;
-
 /// The smallest σ assumed for a detector's averaged score, so that a detector that has only
 /// ever said 0 does not turn a rounding error into an alarm.
 const MIN_SIGMA: f64 = 0.005;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Likelihood {
+    /// Time constant of the history's weights, µs.
+    tau_us: f64,
     average: usize,
     learn: usize,
     recent: VecDeque<f64>,
-    history: Trailing,
+    seen: usize,
+    last_us: Option<i64>,
+    mean: f64,
+    var: f64,
 }
 
 impl Likelihood {
     pub fn new(history_us: i64, average: usize, learn: usize) -> Self {
         Likelihood {
+            tau_us: (history_us.max(1) as f64) / 2.0,
             average: average.max(1),
             learn: learn.max(2),
             recent: VecDeque::new(),
-            history: Trailing::new(history_us),
+            seen: 0,
+            last_us: None,
+            mean: 0.0,
+            var: 0.0,
         }
     }
 
@@ -45,16 +54,25 @@ impl Likelihood {
             self.recent.pop_front();
         }
         self.recent.push_back(score);
-        let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
-        self.history.evict(ts_us);
-        let out = match self.history.mean_and_std() {
-            Some((mu, sigma)) if self.history.len() >= self.learn => {
-                let z = (mean - mu) / sigma.max(MIN_SIGMA);
-                log_score(upper_tail(z))
-            }
-            _ => 0.0,
+        let x = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        let out = if self.seen >= self.learn {
+            let z = (x - self.mean) / self.var.sqrt().max(MIN_SIGMA);
+            log_score(upper_tail(z))
+        } else {
+            0.0
         };
-        self.history.push(ts_us, mean);
+        // Learn x with a weight that grows with the time since the value before; while
+        // learning, at least 1/n, so that the start is a plain running mean.
+        self.seen += 1;
+        let dt = self.last_us.map_or(0, |t| ts_us.saturating_sub(t).max(0)) as f64;
+        self.last_us = Some(ts_us);
+        let mut alpha = 1.0 - (-dt / self.tau_us).exp();
+        if self.seen <= self.learn {
+            alpha = alpha.max(1.0 / self.seen as f64);
+        }
+        let d = x - self.mean;
+        self.mean += alpha * d;
+        self.var = (1.0 - alpha) * (self.var + alpha * d * d);
         out
     }
 }

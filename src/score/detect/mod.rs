@@ -19,9 +19,10 @@
 //! last 7 days for this key, as `−log₁₀(tail probability) / 10`. The ensemble score is the
 //! weighted mean of those; a detector's contribution is its weighted share.
 //!
-//! State per key: the detectors' baselines (a day of values for `robust_z` and `cusum`,
-//! `seasons` periods for `seasonal`) and 7 days of averaged scores per detector. All of it
-//! serialises, for checkpoints.
+//! State per key: a day of values for each of `robust_z`, `cusum` and the seasonal residuals
+//! (7 kB each for 5-minute values), `seasons × period / width` buckets for `seasonal` (194 kB
+//! for three weeks of 5-minute values, 16 kB with `width: 1h`), and a few numbers per
+//! likelihood. All of it serialises, for checkpoints.
 
 pub mod cusum;
 pub mod likelihood;
@@ -66,9 +67,9 @@ pub enum DetectorSpec {
         /// Length of a season, e.g. "7d" (the same hour of the week) or "1d".
         #[serde(default = "week")]
         period: String,
-        /// Width of the phase neighbourhood compared, e.g. "1h".
-        #[serde(default = "hour")]
-        width: String,
+        /// Width of the buckets a season is kept in, e.g. "1h"; default: the key's cadence.
+        #[serde(default)]
+        width: Option<String>,
         /// How many earlier seasons form the expectation.
         #[serde(default = "seasons")]
         seasons: u32,
@@ -119,9 +120,6 @@ fn day() -> String {
 fn week() -> String {
     "7d".into()
 }
-fn hour() -> String {
-    "1h".into()
-}
 fn seasons() -> u32 {
     3
 }
@@ -161,7 +159,7 @@ impl DetectorSpec {
             DetectorSpec::Seasonal {
                 weight: 1.0,
                 period: week(),
-                width: hour(),
+                width: None,
                 seasons: seasons(),
                 min_points: min_points(),
             },
@@ -212,8 +210,8 @@ impl DetectorSpec {
                 ..
             } => {
                 let period = span("period", period)?;
-                let width = span("width", width)?;
-                if width >= period {
+                let width = width.as_deref().map(|w| span("width", w)).transpose()?;
+                if width.is_some_and(|w| w >= period) {
                     return Err("seasonal.width must be shorter than seasonal.period".into());
                 }
                 if *seasons == 0 {
@@ -221,7 +219,7 @@ impl DetectorSpec {
                 }
                 Detector::Seasonal(seasonal::Seasonal::new(
                     period,
-                    width / 2,
+                    width,
                     *seasons,
                     (*min_points).max(2),
                 ))

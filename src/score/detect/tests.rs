@@ -4,11 +4,12 @@ const MIN: i64 = 60_000_000;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 
-/// Deterministic noise in [-1, 1].
+/// Deterministic noise in [-1, 1] (splitmix64 of `i`).
 fn noise(i: u64) -> f64 {
-    let x = i
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
     ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
 }
 
@@ -54,7 +55,7 @@ fn a_constant_baseline_makes_any_change_maximal_and_no_change_nothing() {
 
 #[test]
 fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() {
-    let daily = spec("kind: seasonal\nperiod: 1d\nwidth: 30m\nseasons: 2\nmin_points: 12");
+    let daily = spec("kind: seasonal\nperiod: 1d\nseasons: 2\nmin_points: 12");
     let mut seasonal = Ensemble::plain(&[daily]).unwrap();
     let mut robust = Ensemble::plain(&[spec("kind: robust_z")]).unwrap();
     let step = 5 * MIN;
