@@ -77,6 +77,72 @@ enum Command {
     /// Measure detectors or forecasts on labelled, held-out data.
     #[command(subcommand)]
     Evaluate(Evaluate),
+    /// The model registry: register trained ONNX models, list versions.
+    #[command(subcommand)]
+    Models(Models),
+}
+
+#[derive(Subcommand)]
+enum Models {
+    /// Register DIR/model.onnx with DIR/manifest.json as the next version of the manifest's
+    /// model. Running pipelines that follow the model pick it up at their next poll.
+    Register {
+        /// A directory holding model.onnx and manifest.json.
+        dir: PathBuf,
+        /// A directory or s3://bucket/prefix.
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+    },
+    /// List the registered models and versions.
+    List {
+        /// Only this model.
+        name: Option<String>,
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+    },
+}
+
+async fn models(command: Models) -> anyhow::Result<()> {
+    use stratus::score::registry::{Manifest, Registry};
+    let options = stratus::sink::storage_options_from_env();
+    match command {
+        Models::Register { dir, registry } => {
+            let read = |file: &str| {
+                let path = dir.join(file);
+                std::fs::read(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))
+            };
+            let manifest: Manifest = serde_json::from_slice(&read("manifest.json")?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("manifest.json").display()))?;
+            let onnx = read("model.onnx")?;
+            let r = Registry::open(&registry, &options)?;
+            let name = manifest.name.clone();
+            let version = r.register(manifest, &onnx).await?;
+            stratus::say!("registered {name}@{version} in {registry}");
+        }
+        Models::List { name, registry } => {
+            let r = Registry::open(&registry, &options)?;
+            let names = match name {
+                Some(n) => vec![n],
+                None => r.names().await?,
+            };
+            for n in names {
+                for v in r.versions(&n).await? {
+                    let m = r.manifest(&n, v).await?;
+                    let features: Vec<&str> = m.feature_names().collect();
+                    stratus::say!(
+                        "{n}@{v}  created {}  trained on {} (Delta v{}, {} rows)  inputs: {}",
+                        m.created_at,
+                        m.training.table,
+                        m.training.delta_version,
+                        m.training.rows,
+                        features.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -288,6 +354,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(stratus::demo::run(&config))?;
         }
         Command::Evaluate(command) => evaluate(command)?,
+        Command::Models(command) => runtime.block_on(models(command))?,
     }
     Ok(())
 }

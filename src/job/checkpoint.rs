@@ -19,7 +19,6 @@ use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -34,8 +33,6 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {location}: {message}")]
     Corrupt { location: String, message: String },
-    #[error("checkpoint location {0:?} is neither a local path nor a URL")]
-    Location(String),
 }
 
 /// Where a source stood at the end of a cycle.
@@ -61,6 +58,9 @@ pub struct StageState {
     /// A stage's carried-feature history (see `window::carry`); not in the manifest.
     #[serde(skip)]
     pub carry: Option<RecordBatch>,
+    /// A score stage's detectors, per key (see `score::stage`); not in the manifest.
+    #[serde(skip)]
+    pub detectors: Option<RecordBatch>,
 }
 
 /// The state after cycle `cycle` (0: before the first).
@@ -96,25 +96,8 @@ impl CheckpointStore {
             location: location.clone(),
             source,
         };
-        let (store, root): (Arc<dyn ObjectStore>, Path) = if table_root.contains("://") {
-            let url = url::Url::parse(table_root)
-                .map_err(|_| CheckpointError::Location(table_root.to_string()))?;
-            let options = storage_options
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
-            let (store, path) = object_store::parse_url_opts(&url, options).map_err(store_err)?;
-            (Arc::from(store), path)
-        } else {
-            std::fs::create_dir_all(table_root).map_err(|e| CheckpointError::Store {
-                location: location.clone(),
-                source: object_store::Error::Generic {
-                    store: "local",
-                    source: Box::new(e),
-                },
-            })?;
-            let local = LocalFileSystem::new_with_prefix(table_root).map_err(store_err)?;
-            (Arc::new(local), Path::default())
-        };
+        let (store, root) =
+            crate::sink::open_store(table_root, storage_options).map_err(store_err)?;
         let prefix = root
             .parts()
             .chain(Path::from_iter(["_stratus", pipeline, "checkpoints"]).parts())
@@ -146,9 +129,13 @@ impl CheckpointStore {
             .join(file)
     }
 
-    /// A stage's state files: (rows, carried history).
-    fn state_files(stage: &str) -> [String; 2] {
-        [format!("{stage}.arrow"), format!("{stage}.carry.arrow")]
+    /// A stage's state files: (rows, carried history, detectors).
+    fn state_files(stage: &str) -> [String; 3] {
+        [
+            format!("{stage}.arrow"),
+            format!("{stage}.carry.arrow"),
+            format!("{stage}.detectors.arrow"),
+        ]
     }
 
     async fn read_state(
@@ -210,9 +197,10 @@ impl CheckpointStore {
         let mut checkpoint: Checkpoint =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         for (stage, state) in checkpoint.stages.iter_mut() {
-            let [rows, carry] = Self::state_files(stage);
+            let [rows, carry, detectors] = Self::state_files(stage);
             state.rows = self.read_state(cycle, &rows).await?;
             state.carry = self.read_state(cycle, &carry).await?;
+            state.detectors = self.read_state(cycle, &detectors).await?;
         }
         Ok(Some(checkpoint))
     }
@@ -222,7 +210,10 @@ impl CheckpointStore {
         let cycle = checkpoint.cycle;
         for (stage, state) in &checkpoint.stages {
             let files = Self::state_files(stage);
-            for (file, batch) in files.iter().zip([&state.rows, &state.carry]) {
+            for (file, batch) in files
+                .iter()
+                .zip([&state.rows, &state.carry, &state.detectors])
+            {
                 let Some(batch) = batch else { continue };
                 let bytes = write_ipc(batch).map_err(|e| CheckpointError::Corrupt {
                     location: format!("{}/cycle-{cycle:020}/{file}", self.location),
@@ -302,12 +293,14 @@ mod tests {
             operator_watermark: 2,
             rows: Some(rows(vec![cycle, 2, 3])),
             carry: Some(rows(vec![4])),
+            detectors: Some(rows(vec![5, 6])),
         };
         let plain = StageState {
             watermark: 9,
             operator_watermark: 9,
             rows: None,
             carry: None,
+            detectors: None,
         };
         Checkpoint {
             cycle,

@@ -40,6 +40,7 @@ use super::reader::{
 };
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
+use crate::score::stage::{ScoreOperator, StageError};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark};
@@ -62,6 +63,8 @@ pub enum RunError {
     DeadLetter { topic: String, message: String },
     #[error("stage {stage}: {source}")]
     Stage { stage: String, source: WindowError },
+    #[error("score stage {stage}: {source}")]
+    Score { stage: String, source: StageError },
     #[error(transparent)]
     Delta(#[from] SinkError),
     #[error(transparent)]
@@ -140,6 +143,7 @@ struct StageRuntime {
     plan: StagePlan,
     op: Option<WindowOperator>,
     carry: Option<CarryOperator>,
+    scorer: Option<ScoreOperator>,
     ctx: datafusion::prelude::SessionContext,
     /// Watermark of this stage's output (µs).
     watermark: i64,
@@ -242,7 +246,7 @@ pub async fn run_pipeline(
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
-        stages.push(open_stage(pipeline, plan, &restored, &producer)?);
+        stages.push(open_stage(pipeline, plan, config, &restored, &producer).await?);
     }
 
     ready.store(true, Ordering::Relaxed);
@@ -374,9 +378,10 @@ fn missing_mark(what: &str, partition: i32) -> RunError {
     ))
 }
 
-fn open_stage(
+async fn open_stage(
     pipeline: &Pipeline,
     plan: &StagePlan,
+    config: &RunConfig,
     restored: &Checkpoint,
     producer: &FutureProducer,
 ) -> Result<StageRuntime, RunError> {
@@ -433,15 +438,54 @@ fn open_stage(
             Some(carry)
         }
     };
+    let scorer = match &plan.score {
+        None => None,
+        Some(spec) => {
+            let score_err = |source| RunError::Score {
+                stage: plan.name.clone(),
+                source,
+            };
+            let mut scorer = ScoreOperator::open(
+                spec.clone(),
+                plan.input_schema.clone(),
+                &config.storage_options,
+            )
+            .await
+            .map_err(score_err)?;
+            if let Some(state) = saved.and_then(|s| s.detectors.as_ref()) {
+                scorer.restore(state).map_err(score_err)?;
+            }
+            Some(scorer)
+        }
+    };
     let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
     Ok(StageRuntime {
         plan: plan.clone(),
         op,
         carry,
+        scorer,
         ctx,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
     })
+}
+
+/// Sets the `model_version` gauges of a score stage.
+fn record_versions(
+    pipeline: &Pipeline,
+    stage: &str,
+    scorer: &ScoreOperator,
+    metrics: &PipelineMetrics,
+) {
+    let (serving, shadow) = scorer.versions();
+    for (role, label) in [("serving", serving), ("shadow", shadow)] {
+        if let Some((model, version)) = label.and_then(|l| l.split_once('@')) {
+            metrics
+                .model_version
+                .with_label_values(&[pipeline.name.as_str(), stage, model, role])
+                .set(version.parse().unwrap_or(0));
+        }
+    }
 }
 
 /// Writes the state after cycle `cycle`.
@@ -482,11 +526,19 @@ async fn save_checkpoint(
             })?),
             None => None,
         };
+        let detectors = match &st.scorer {
+            Some(s) => Some(s.snapshot().map_err(|source| RunError::Score {
+                stage: st.plan.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let state = StageState {
             watermark: st.watermark,
             operator_watermark,
             rows,
             carry,
+            detectors,
         };
         checkpoint.stages.insert(st.plan.name.clone(), state);
     }
@@ -601,6 +653,42 @@ async fn flush(
                 }
                 let span = st.plan.query.window.map_or(0, |w| w.span());
                 st.watermark = op.watermark().saturating_sub(span);
+            }
+            None if st.scorer.is_some() => {
+                let score_err = |source| RunError::Score {
+                    stage: st.plan.name.clone(),
+                    source,
+                };
+                let scorer = st.scorer.as_mut().ok_or_else(|| {
+                    score_err(StageError::Invalid("the scorer is missing".into()))
+                })?;
+                for change in scorer.refresh().await {
+                    match change {
+                        Ok(m) => eprintln!("stratus: stage {}: {m}", st.plan.name),
+                        Err(m) => tracing::error!(stage = %st.plan.name, "model refresh: {m}"),
+                    }
+                }
+                record_versions(pipeline, &st.plan.name, scorer, metrics);
+                for b in inputs.iter().filter(|b| b.num_rows() > 0) {
+                    let (scored, stats) = scorer.apply(b).map_err(score_err)?;
+                    for (model, rows, seconds) in stats {
+                        let labels = [
+                            pipeline.name.as_str(),
+                            st.plan.name.as_str(),
+                            model.as_str(),
+                        ];
+                        metrics
+                            .inference_seconds
+                            .with_label_values(&labels)
+                            .observe(seconds);
+                        metrics
+                            .rows_scored
+                            .with_label_values(&labels)
+                            .inc_by(rows as u64);
+                    }
+                    results.push(scored);
+                }
+                st.watermark = input_watermark;
             }
             None => {
                 for b in inputs.into_iter().filter(|b| b.num_rows() > 0) {

@@ -34,10 +34,26 @@ pub struct PipelineMetrics {
     /// Seconds from a window's close (the watermark passing its end) to its results being
     /// committed to every sink.
     pub window_flush_seconds: HistogramVec,
+    /// Seconds per ONNX Runtime call (one batch of rows), per model version.
+    pub inference_seconds: HistogramVec,
+    /// Rows scored by a model version (its rate is rows/s).
+    pub rows_scored: IntCounterVec,
+    /// The version a score stage serves, and the one it shadows.
+    pub model_version: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = prometheus::exponential_buckets(0.005, 2.0, 12).unwrap_or_default();
+    histogram_with(registry, name, help, labels, buckets)
+}
+
+fn histogram_with(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
     registry
@@ -120,6 +136,30 @@ impl PipelineMetrics {
             "Seconds from a window's close to its results being committed to every sink.",
             &["pipeline", "stage"],
         );
+        let inference_seconds = histogram_with(
+            &registry,
+            "inference_seconds",
+            "Seconds per ONNX Runtime call, one batch of rows.",
+            &["pipeline", "stage", "model"],
+            prometheus::exponential_buckets(0.000_1, 2.0, 15).unwrap_or_default(),
+        );
+        let rows_scored = counter(
+            &registry,
+            "rows_scored_total",
+            "Rows scored by a model version.",
+            &["pipeline", "stage", "model"],
+        );
+        let model_version = IntGaugeVec::new(
+            Opts::new(
+                "model_version",
+                "The registered version a score stage uses (role: serving or shadow).",
+            ),
+            &["pipeline", "stage", "model", "role"],
+        )
+        .unwrap_or_else(|e| panic!("metric model_version is malformed: {e}"));
+        registry
+            .register(Box::new(model_version.clone()))
+            .unwrap_or_else(|e| panic!("metric model_version registered twice: {e}"));
         PipelineMetrics {
             registry,
             events_in,
@@ -131,6 +171,9 @@ impl PipelineMetrics {
             watermark_lag_seconds,
             consumer_lag,
             window_flush_seconds,
+            inference_seconds,
+            rows_scored,
+            model_version,
         }
     }
 

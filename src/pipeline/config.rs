@@ -11,6 +11,9 @@
 //!     dead_letter_topic: cloud.metrics.dlq    # default: <topic>.dlq
 //! stages:
 //!   features_1m: { sql: ../sql/cloud_metrics_1m.sql }
+//!   anomaly_1m:                                # a score stage: model + detectors per key
+//!     score: { from: features_1m, model: metrics_anomaly, key: [resource_id, metric], value: mean }
+//! models: { registry: ../models/registry }    # or s3://bucket/models
 //! sinks:
 //!   raw:      { from: metrics, delta: { table: raw_metrics, partition_by: [date] } }
 //!   features: { from: features_1m, kafka: { topic: cloud.metrics.features, key: [resource_id] } }
@@ -33,6 +36,25 @@ pub struct PipelineConfig {
     /// Delta commit policy shared by the pipeline's Delta sinks.
     #[serde(default)]
     pub commit: CommitConfig,
+    /// Where score stages find their models.
+    #[serde(default)]
+    pub models: Option<ModelsConfig>,
+}
+
+/// The model registry score stages read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// A directory (relative to the pipeline file) or an `s3://` URL; `STRATUS_MODELS`
+    /// overrides it.
+    pub registry: String,
+    /// How often a stage following a model's newest version looks for a newer one.
+    #[serde(default = "default_poll")]
+    pub poll: String,
+}
+
+fn default_poll() -> String {
+    "10s".into()
 }
 
 /// A YAML mapping kept in file order (stages may only read earlier stages).
@@ -141,12 +163,16 @@ fn default_idle() -> String {
     "30s".into()
 }
 
-/// A SQL stage.
+/// A stage: SQL, or a score stage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// Path of the SQL file, relative to the pipeline file.
-    pub sql: String,
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// A model and streaming detectors applied to an earlier stage's rows.
+    #[serde(default)]
+    pub score: Option<ScoreStageConfig>,
     /// Features carried across a window stage's windows, per key.
     #[serde(default)]
     pub carry: Option<CarryConfig>,
@@ -154,6 +180,35 @@ pub struct StageConfig {
     /// each window only the last row to arrive with those values counts. Window stages only.
     #[serde(default)]
     pub replace_by: Vec<String>,
+}
+
+/// A score stage (see `score::stage`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreStageConfig {
+    /// The stage (or source) whose rows are scored.
+    pub from: String,
+    /// `name` (the newest version, followed as new ones are registered) or `name@version`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A candidate scored beside the model and written, never acted on.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// Columns identifying whose history the detectors follow.
+    pub key: Vec<String>,
+    /// The row's event time (default `window_end`).
+    #[serde(default = "default_score_time")]
+    pub time: String,
+    /// The numeric column the detectors watch (needed by every detector but `model`).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Detectors and weights; default: the model alone, else robust_z, seasonal and cusum.
+    #[serde(default)]
+    pub detectors: Option<Vec<crate::score::detect::DetectorSpec>>,
+}
+
+fn default_score_time() -> String {
+    "window_end".into()
 }
 
 /// Cross-window features of a window stage: for each column `c`, `c_ewma`, `c_delta`, `c_roc`

@@ -2,11 +2,13 @@
 //!
 //! - [`config`]: the file format (serde, unknown fields rejected);
 //! - [`plan`]: loading and checking — schemas, SQL planned against its inputs, sinks;
+//! - [`score`]: checking score stages against their input and the model registry;
 //! - [`diagnostics`]: errors with file, line and hint, all reported at once.
 
 pub mod config;
 pub mod diagnostics;
 pub mod plan;
+pub mod score;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use plan::{Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, StagePlan};

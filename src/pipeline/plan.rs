@@ -53,6 +53,8 @@ pub struct StagePlan {
     pub carry: Option<CarrySpec>,
     /// Input columns by which a later row replaces an earlier one in a window.
     pub replace_by: Vec<String>,
+    /// A score stage's model and detectors; `query` then only names its input and key.
+    pub score: Option<crate::score::stage::ScoreSpec>,
 }
 
 /// Where a sink writes.
@@ -93,10 +95,10 @@ pub struct Pipeline {
 }
 
 /// A relation SQL can read: a source or an earlier stage.
-struct Relation {
-    schema: SchemaRef,
-    event_time: Option<String>,
-    lateness: i64,
+pub(super) struct Relation {
+    pub schema: SchemaRef,
+    pub event_time: Option<String>,
+    pub lateness: i64,
 }
 
 impl Pipeline {
@@ -159,6 +161,7 @@ impl Pipeline {
             );
         }
 
+        let registry = super::score::registry_location(base, config.models.as_ref());
         let mut stages = Vec::new();
         for (name, stage) in config.stages.iter() {
             if relations.iter().any(|(n, _)| n == name) {
@@ -169,7 +172,62 @@ impl Pipeline {
                 );
                 continue;
             }
-            let sql_file = base.join(&stage.sql);
+            let sql = match (&stage.sql, &stage.score) {
+                (Some(sql), None) => sql,
+                (None, Some(score)) => {
+                    if stage.carry.is_some() || !stage.replace_by.is_empty() {
+                        r.at(
+                            &["stages", name],
+                            "`carry` and `replace_by` belong to SQL window stages, not score stages",
+                            None,
+                        );
+                    }
+                    let planned = super::score::check_score_stage(
+                        &mut r,
+                        file,
+                        name,
+                        score,
+                        config.models.as_ref(),
+                        registry.as_deref(),
+                        &relations,
+                        &failed,
+                    )
+                    .await;
+                    match planned {
+                        Some(plan) => {
+                            relations.push((
+                                name.to_string(),
+                                Relation {
+                                    schema: plan.output_schema.clone(),
+                                    event_time: plan
+                                        .output_schema
+                                        .field_with_name(&plan.event_time)
+                                        .ok()
+                                        .map(|_| plan.event_time.clone()),
+                                    lateness: plan.allowed_lateness,
+                                },
+                            ));
+                            stages.push(plan);
+                        }
+                        None => failed.push(name),
+                    }
+                    continue;
+                }
+                (sql, score) => {
+                    r.at(
+                        &["stages", name],
+                        if sql.is_some() && score.is_some() {
+                            "a stage is either `sql` or `score`, not both"
+                        } else {
+                            "the stage has neither `sql` nor `score`"
+                        },
+                        Some("`sql: ../sql/file.sql`, or `score: {from: …, model: …}`"),
+                    );
+                    failed.push(name);
+                    continue;
+                }
+            };
+            let sql_file = base.join(sql);
             let sql = match std::fs::read_to_string(&sql_file) {
                 Ok(s) => s,
                 Err(e) => {
@@ -510,6 +568,7 @@ async fn check_stage(
         allowed_lateness: input.lateness,
         carry: None,
         replace_by: Vec::new(),
+        score: None,
         query,
     })
 }

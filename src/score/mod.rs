@@ -2,11 +2,15 @@
 //!
 //! - [`runtime`]: finds `libonnxruntime` (project venv or `ORT_DYLIB_PATH`) and loads it once.
 //! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
+//! - [`registry`]: versioned models and manifests under a local or `s3://` prefix.
+//! - [`stage`]: a pipeline's score stage — model, shadow, detectors, hot reload.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
 
 pub mod detect;
 pub mod onnx;
+pub mod registry;
 pub mod runtime;
+pub mod stage;
 
 pub use onnx::{OnnxModel, ScoreError};
 pub use runtime::RuntimeError;

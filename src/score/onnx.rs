@@ -42,6 +42,16 @@ impl OnnxModel {
     /// Loads `path`; the model must have one input of shape `[N, features]`.
     pub fn load(path: &Path, features: usize) -> Result<Self, ScoreError> {
         let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ScoreError::Model {
+            model: name.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(&name, &bytes, features)
+    }
+
+    /// Loads a model held in memory (as the registry hands it over); `name` labels errors.
+    pub fn from_bytes(name: &str, onnx: &[u8], features: usize) -> Result<Self, ScoreError> {
+        let name = name.to_string();
         let env = runtime::environment()?;
         let err = |e: ort::Error| ScoreError::Model {
             model: name.clone(),
@@ -51,7 +61,7 @@ impl OnnxModel {
             .map_err(err)?
             .with_intra_threads(1)
             .map_err(|e| err(e.into()))?
-            .commit_from_file(path)
+            .commit_from_memory(onnx)
             .map_err(err)?;
         let input = match session.inputs() {
             [one] => one.name().to_string(),

@@ -7,6 +7,11 @@ pub mod delta;
 pub mod kafka;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
 
 pub use delta::{
     CommitStats, DeltaSink, DeltaSinkConfig, Marks, SinkError, SourceOffsets, offset_mark,
@@ -19,4 +24,32 @@ pub fn storage_options_from_env() -> HashMap<String, String> {
     std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
         .collect()
+}
+
+/// The object store at `location` — a local directory (created if missing) or a URL such as
+/// `s3://bucket/prefix` — and the path of `location` inside it.
+pub fn open_store(
+    location: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, Path), object_store::Error> {
+    if location.contains("://") {
+        let url = url::Url::parse(location).map_err(|e| object_store::Error::Generic {
+            store: "url",
+            source: format!("{location:?} is not a URL: {e}").into(),
+        })?;
+        let options = storage_options
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
+        let (store, path) = object_store::parse_url_opts(&url, options)?;
+        Ok((Arc::from(store), path))
+    } else {
+        std::fs::create_dir_all(location).map_err(|e| object_store::Error::Generic {
+            store: "local",
+            source: Box::new(e),
+        })?;
+        Ok((
+            Arc::new(LocalFileSystem::new_with_prefix(location)?),
+            Path::default(),
+        ))
+    }
 }

@@ -12,6 +12,7 @@ mod ingest;
 mod kafka;
 mod onnx;
 mod run;
+mod score;
 mod shipped;
 mod sigterm;
 

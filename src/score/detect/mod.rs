@@ -265,7 +265,11 @@ pub enum Detector {
 impl Detector {
     /// This detector's score in [0, 1] for `value` at `ts_us`, or None while it warms up;
     /// `model` is the model's score for the same row, if there is one.
+    /// A value that is not a finite number is neither scored nor learnt.
     pub fn observe(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Option<f64> {
+        if !value.is_finite() && !matches!(self, Detector::Model) {
+            return None;
+        }
         match self {
             Detector::RobustZ(d) => d.observe(ts_us, value).map(|z| squash(z, Z_ALARM)),
             Detector::Seasonal(d) => d.observe(ts_us, value).map(|z| squash(z, Z_ALARM)),
@@ -349,15 +353,9 @@ impl Ensemble {
         &self.names
     }
 
-    /// Scores one value, then learns it. A value that is not a finite number scores 0 and is
-    /// not learnt.
+    /// Scores one value, then learns it. Where the value is not a finite number, only the
+    /// `model` detector scores.
     pub fn observe(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Verdict {
-        if !value.is_finite() {
-            return Verdict {
-                score: 0.0,
-                contributions: vec![0.0; self.detectors.len()],
-            };
-        }
         let mut contributions = Vec::with_capacity(self.detectors.len());
         for (i, (d, w)) in self.detectors.iter_mut().zip(&self.weights).enumerate() {
             let raw = d.observe(ts_us, value, model);

@@ -1,0 +1,259 @@
+//! Checks a score stage: its input, key, time and value columns, its detectors, and its models
+//! — resolved in the registry now, with every feature their manifests name present and numeric
+//! in the input.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::DataType;
+
+use super::config::{ModelsConfig, ScoreStageConfig};
+use super::diagnostics::Reporter;
+use super::plan::{Relation, StagePlan};
+use crate::score::detect::{DetectorSpec, Ensemble};
+use crate::score::registry::{ModelRef, Registry};
+use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
+use crate::window::{WindowedQuery, parse_duration};
+
+/// The registry location a pipeline uses: `STRATUS_MODELS`, else `models.registry` (a relative
+/// path is relative to the pipeline file).
+pub fn registry_location(base: &Path, models: Option<&ModelsConfig>) -> Option<String> {
+    if let Ok(v) = std::env::var("STRATUS_MODELS")
+        && !v.is_empty()
+    {
+        return Some(v);
+    }
+    let r = &models?.registry;
+    Some(if r.contains("://") || Path::new(r).is_absolute() {
+        r.clone()
+    } else {
+        base.join(r).display().to_string()
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn check_score_stage(
+    r: &mut Reporter<'_>,
+    file: &Path,
+    name: &str,
+    score: &ScoreStageConfig,
+    models: Option<&ModelsConfig>,
+    registry: Option<&str>,
+    relations: &[(String, Relation)],
+    failed: &[&str],
+) -> Option<StagePlan> {
+    let at = |field: &'static str| ["stages", name, "score", field];
+    if failed.contains(&score.from.as_str()) {
+        return None;
+    }
+    let Some((_, input)) = relations.iter().find(|(n, _)| *n == score.from) else {
+        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+        r.at(
+            &at("from"),
+            format!("`{}`: no source or earlier stage has that name", score.from),
+            Some(&format!("readable here: {}", known.join(", "))),
+        );
+        return None;
+    };
+    let before = r.found.len();
+    let schema = input.schema.clone();
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let hint = format!("columns of `{}`: {}", score.from, columns.join(", "));
+    for k in &score.key {
+        if schema.field_with_name(k).is_err() {
+            r.at(
+                &at("key"),
+                format!("key column `{k}` is not in `{}`", score.from),
+                Some(&hint),
+            );
+        }
+    }
+    match schema.field_with_name(&score.time) {
+        Ok(f) if matches!(f.data_type(), DataType::Timestamp(..)) => {}
+        Ok(f) => r.at(
+            &at("time"),
+            format!("`{}` is {}, not a timestamp", score.time, f.data_type()),
+            None,
+        ),
+        Err(_) => r.at(
+            &at("time"),
+            format!("time column `{}` is not in `{}`", score.time, score.from),
+            Some(&hint),
+        ),
+    }
+    if let Some(v) = &score.value {
+        match schema.field_with_name(v) {
+            Ok(f) if is_numeric(f.data_type()) => {}
+            Ok(f) => r.at(
+                &at("value"),
+                format!("`{v}` is {}, not a number", f.data_type()),
+                None,
+            ),
+            Err(_) => r.at(
+                &at("value"),
+                format!("value column `{v}` is not in `{}`", score.from),
+                Some(&hint),
+            ),
+        }
+    }
+    let reference = |field: &'static str, text: &Option<String>, r: &mut Reporter<'_>| {
+        text.as_deref().and_then(|t| match t.parse::<ModelRef>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                r.at(
+                    &at(field),
+                    e,
+                    Some("write `name` (newest version) or `name@3`"),
+                );
+                None
+            }
+        })
+    };
+    let model = reference("model", &score.model, r);
+    let shadow = reference("shadow", &score.shadow, r);
+
+    let detectors = match &score.detectors {
+        Some(d) => d.clone(),
+        None => {
+            let mut d = if score.value.is_some() {
+                DetectorSpec::default_ensemble()
+            } else {
+                Vec::new()
+            };
+            if score.model.is_some() {
+                d.push(DetectorSpec::Model { weight: 1.0 });
+            }
+            d
+        }
+    };
+    if detectors.is_empty() {
+        r.at(
+            &["stages", name, "score"],
+            "nothing to score: no model and no value column for the detectors",
+            Some("set `model`, or `value` (the column the detectors watch), or both"),
+        );
+    }
+    if let Err(e) = Ensemble::new(&detectors) {
+        r.at(&at("detectors"), e, None);
+    }
+    let watches_value = detectors
+        .iter()
+        .any(|d| !matches!(d, DetectorSpec::Model { .. }));
+    if watches_value && score.value.is_none() {
+        r.at(
+            &at("detectors"),
+            "these detectors watch a value, but no `value` column is set",
+            Some("set `value` to the numeric column they watch"),
+        );
+    }
+    if detectors
+        .iter()
+        .any(|d| matches!(d, DetectorSpec::Model { .. }))
+        && score.model.is_none()
+    {
+        r.at(&at("detectors"), "a `model` detector needs a `model`", None);
+    }
+
+    let needs_registry = model.is_some() || shadow.is_some();
+    let poll = models.map_or(Some(10_000_000), |m| {
+        parse_duration(&m.poll)
+            .map_err(|e| r.at(&["models", "poll"], e, Some("for example \"10s\"")))
+            .ok()
+    });
+    if needs_registry {
+        match registry {
+            None => r.at(
+                &["stages", name, "score"],
+                "a model is named but the pipeline has no model registry",
+                Some("add `models: {registry: ../models/registry}` (or set STRATUS_MODELS)"),
+            ),
+            Some(location) => {
+                check_models(
+                    r,
+                    name,
+                    location,
+                    &[("model", &model), ("shadow", &shadow)],
+                    &schema,
+                )
+                .await
+            }
+        }
+    }
+    if r.found.len() > before {
+        return None;
+    }
+    let spec = ScoreSpec {
+        model,
+        shadow,
+        key: score.key.clone(),
+        time: score.time.clone(),
+        value: score.value.clone(),
+        detectors,
+        registry: registry.map(str::to_string),
+        poll: Duration::from_micros(poll.unwrap_or(10_000_000).max(0) as u64),
+    };
+    let output_schema = spec.output_schema(&schema);
+    Some(StagePlan {
+        name: name.to_string(),
+        sql_file: file.to_path_buf(),
+        query: WindowedQuery {
+            window: None,
+            keys: score.key.clone(),
+            input: score.from.clone(),
+            sql: String::new(),
+        },
+        input_schema: schema,
+        output_schema: Arc::clone(&output_schema),
+        event_time: input.event_time.clone().unwrap_or_default(),
+        allowed_lateness: input.lateness,
+        carry: None,
+        replace_by: Vec::new(),
+        score: Some(spec),
+    })
+}
+
+/// Resolves each model and checks its manifest's features against the input.
+async fn check_models(
+    r: &mut Reporter<'_>,
+    stage: &str,
+    location: &str,
+    models: &[(&'static str, &Option<ModelRef>)],
+    input: &arrow::datatypes::Schema,
+) {
+    let registry = match Registry::open(location, &crate::sink::storage_options_from_env()) {
+        Ok(reg) => reg,
+        Err(e) => {
+            r.at(&["models", "registry"], e.to_string(), None);
+            return;
+        }
+    };
+    for (field, model) in models {
+        let Some(model) = model else { continue };
+        let at = ["stages", stage, "score", field];
+        let version = match registry.resolve(model).await {
+            Ok(v) => v,
+            Err(e) => {
+                r.at(
+                    &at,
+                    e.to_string(),
+                    Some("`stratus models list` shows what is registered"),
+                );
+                continue;
+            }
+        };
+        match registry.manifest(&model.name, version).await {
+            Ok(manifest) => {
+                let features: Vec<&str> = manifest.feature_names().collect();
+                if let Err(e) = feature_columns(&features, input) {
+                    r.at(
+                        &at,
+                        format!("{}@{version}: {e}", model.name),
+                        Some("the model's inputs are columns of the stage it scores"),
+                    );
+                }
+            }
+            Err(e) => r.at(&at, e.to_string(), None),
+        }
+    }
+}

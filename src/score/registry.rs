@@ -1,0 +1,504 @@
+//! The model registry: versioned ONNX models with their manifests under an object-store prefix
+//! (a local directory or `s3://bucket/prefix`).
+//!
+//! Layout: `<root>/<name>/<version>/model.onnx` and `<root>/<name>/<version>/manifest.json`,
+//! versions numbered 1, 2, … A version exists once its manifest does: [`Registry::register`]
+//! writes the model first and the manifest last, with a create-only put, so a reader never
+//! sees half a version and two registrations never take the same number.
+//!
+//! In: a model reference as a pipeline writes it — `name` (the newest version, followed as new
+//! ones are registered) or `name@3` (pinned). Out: the manifest and the model's bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+/// Why the registry could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model registry {location}: {source}")]
+    Store {
+        location: String,
+        source: object_store::Error,
+    },
+    #[error(
+        "model registry {location}: no model named {name:?}; register one with `stratus models register`"
+    )]
+    NoModel { location: String, name: String },
+    #[error("model registry {location}: {name} has no version {version} (it has {have:?})")]
+    NoVersion {
+        location: String,
+        name: String,
+        version: u32,
+        have: Vec<u32>,
+    },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+}
+
+/// `name` or `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    pub name: String,
+    /// None: the newest version, followed as new ones are registered.
+    pub version: Option<u32>,
+}
+
+impl std::fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{}@{v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl std::str::FromStr for ModelRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, version) = match s.split_once('@') {
+            Some((n, v)) => {
+                let v = v.parse::<u32>().ok().filter(|&v| v > 0).ok_or_else(|| {
+                    format!("{s:?}: the version after @ must be a number from 1, as in `{n}@2`")
+                })?;
+                (n, Some(v))
+            }
+            None => (s, None),
+        };
+        check_name(name)?;
+        Ok(ModelRef {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+/// A model name is one path segment: letters, digits, `_`, `-` and `.`.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a model name: use letters, digits, `_`, `-` and `.`"
+        ))
+    }
+}
+
+/// One input feature, in the order of the model's input columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    pub name: String,
+    /// The ONNX element type; Stratus feeds `float32`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One output of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Where the model's training rows came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    /// The Delta table read.
+    pub table: String,
+    /// Its Delta version when read.
+    pub delta_version: i64,
+    /// First and last event time of the rows used (RFC 3339).
+    pub time_range: [String; 2],
+    pub rows: u64,
+}
+
+/// What `manifest.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    /// Set by the registry when the model is registered.
+    #[serde(default)]
+    pub version: u32,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The model's input: one `[rows, inputs.len()]` float tensor, columns in this order.
+    pub inputs: Vec<Feature>,
+    pub outputs: Vec<Output>,
+    /// The output a pipeline reads as the model's score.
+    pub score_output: String,
+    pub training: Training,
+    /// Evaluation figures (free-form numbers, e.g. `parity_max_abs_diff`).
+    #[serde(default)]
+    pub metrics: HashMap<String, f64>,
+    /// Anything else the trainer records (algorithm, parameters, library versions).
+    #[serde(default)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Manifest {
+    /// Checks what Stratus relies on: features named and float32, the score output listed.
+    pub fn check(&self, what: &str) -> Result<(), RegistryError> {
+        let invalid = |message: String| RegistryError::Invalid {
+            what: what.to_string(),
+            message,
+        };
+        check_name(&self.name).map_err(invalid)?;
+        if self.inputs.is_empty() {
+            return Err(invalid(
+                "`inputs` is empty; list the feature columns in order".into(),
+            ));
+        }
+        if let Some(f) = self.inputs.iter().find(|f| f.kind != "float32") {
+            return Err(invalid(format!(
+                "input {:?} has type {:?}; Stratus feeds float32",
+                f.name, f.kind
+            )));
+        }
+        if !self.outputs.iter().any(|o| o.name == self.score_output) {
+            return Err(invalid(format!(
+                "score_output {:?} is not among the outputs",
+                self.score_output
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|f| f.name.as_str())
+    }
+}
+
+/// A registered version: its manifest and the ONNX bytes.
+#[derive(Clone)]
+pub struct ModelVersion {
+    pub manifest: Manifest,
+    pub onnx: Arc<Vec<u8>>,
+}
+
+/// A registry at one location.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    location: String,
+}
+
+const MANIFEST: &str = "manifest.json";
+const MODEL: &str = "model.onnx";
+
+impl Registry {
+    pub fn open(
+        location: &str,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, RegistryError> {
+        let (store, root) =
+            crate::sink::open_store(location, storage_options).map_err(|source| {
+                RegistryError::Store {
+                    location: location.to_string(),
+                    source,
+                }
+            })?;
+        Ok(Registry {
+            store,
+            root,
+            location: location.to_string(),
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn err(&self, source: object_store::Error) -> RegistryError {
+        RegistryError::Store {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    fn path(&self, parts: &[&str]) -> Path {
+        self.root
+            .parts()
+            .chain(parts.iter().map(|p| object_store::path::PathPart::from(*p)))
+            .collect()
+    }
+
+    /// The registered versions of `name`, ascending (only those whose manifest exists).
+    pub async fn versions(&self, name: &str) -> Result<Vec<u32>, RegistryError> {
+        check_name(name).map_err(|message| RegistryError::Invalid {
+            what: "model name".into(),
+            message,
+        })?;
+        let prefix = self.path(&[name]);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut versions: Vec<u32> = listed
+            .iter()
+            .filter_map(|meta| {
+                let mut parts = meta.location.prefix_match(&prefix)?;
+                let version = parts.next()?.as_ref().parse().ok()?;
+                (parts.next()?.as_ref() == MANIFEST && parts.next().is_none()).then_some(version)
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The names of all registered models.
+    pub async fn names(&self) -> Result<Vec<String>, RegistryError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.root))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The version a reference means now: its pinned one, or the newest.
+    pub async fn resolve(&self, model: &ModelRef) -> Result<u32, RegistryError> {
+        let have = self.versions(&model.name).await?;
+        match (model.version, have.last()) {
+            (_, None) => Err(RegistryError::NoModel {
+                location: self.location.clone(),
+                name: model.name.clone(),
+            }),
+            (None, Some(&newest)) => Ok(newest),
+            (Some(v), Some(_)) if have.contains(&v) => Ok(v),
+            (Some(version), Some(_)) => Err(RegistryError::NoVersion {
+                location: self.location.clone(),
+                name: model.name.clone(),
+                version,
+                have,
+            }),
+        }
+    }
+
+    pub async fn manifest(&self, name: &str, version: u32) -> Result<Manifest, RegistryError> {
+        let v = version.to_string();
+        let bytes = self
+            .store
+            .get(&self.path(&[name, &v, MANIFEST]))
+            .await
+            .map_err(|e| self.err(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.err(e))?;
+        let what = format!("{}/{name}/{v}/{MANIFEST}", self.location);
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+                what: what.clone(),
+                message: e.to_string(),
+            })?;
+        manifest.check(&what)?;
+        Ok(manifest)
+    }
+
+    pub async fn load(&self, name: &str, version: u32) -> Result<ModelVersion, RegistryError> {
+        let manifest = self.manifest(name, version).await?;
+        let onnx = self
+            .store
+            .get(&self.path(&[name, &version.to_string(), MODEL]))
+            .await
+            .map_err(|e| self.err(e))?
+            .bytes()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(ModelVersion {
+            manifest,
+            onnx: Arc::new(onnx.to_vec()),
+        })
+    }
+
+    /// Registers `onnx` with `manifest` as the next version of `manifest.name`; returns it.
+    pub async fn register(
+        &self,
+        mut manifest: Manifest,
+        onnx: &[u8],
+    ) -> Result<u32, RegistryError> {
+        manifest.check("the manifest to register")?;
+        loop {
+            let version = self
+                .versions(&manifest.name)
+                .await?
+                .last()
+                .map_or(1, |v| v + 1);
+            manifest.version = version;
+            let v = version.to_string();
+            let name = manifest.name.clone();
+            self.store
+                .put(
+                    &self.path(&[&name, &v, MODEL]),
+                    PutPayload::from(onnx.to_vec()),
+                )
+                .await
+                .map_err(|e| self.err(e))?;
+            let json =
+                serde_json::to_vec_pretty(&manifest).map_err(|e| RegistryError::Invalid {
+                    what: "manifest".into(),
+                    message: e.to_string(),
+                })?;
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&self.path(&[&name, &v, MANIFEST]), json.into(), create)
+                .await
+            {
+                Ok(_) => return Ok(version),
+                // Someone registered this number first: take the next.
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn manifest(name: &str) -> Manifest {
+        Manifest {
+            name: name.into(),
+            version: 0,
+            created_at: "2026-11-28T00:00:00Z".into(),
+            inputs: vec![Feature {
+                name: "mean".into(),
+                kind: "float32".into(),
+            }],
+            outputs: vec![Output {
+                name: "anomaly_score".into(),
+                description: String::new(),
+            }],
+            score_output: "anomaly_score".into(),
+            training: Training {
+                table: "t".into(),
+                delta_version: 3,
+                time_range: ["a".into(), "b".into()],
+                rows: 10,
+            },
+            metrics: HashMap::new(),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    fn scratch(name: &str) -> String {
+        let dir =
+            std::env::temp_dir().join(format!("stratus-registry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.display().to_string()
+    }
+
+    #[test]
+    fn references_parse_with_and_without_a_version() {
+        assert_eq!(
+            "anomaly@3".parse::<ModelRef>().unwrap(),
+            ModelRef {
+                name: "anomaly".into(),
+                version: Some(3)
+            }
+        );
+        assert_eq!("anomaly".parse::<ModelRef>().unwrap().version, None);
+        assert!(
+            "anomaly@0"
+                .parse::<ModelRef>()
+                .unwrap_err()
+                .contains("number from 1")
+        );
+        assert!("anomaly@latest".parse::<ModelRef>().is_err());
+        assert!(
+            "../x"
+                .parse::<ModelRef>()
+                .unwrap_err()
+                .contains("not a model name")
+        );
+    }
+
+    #[tokio::test]
+    async fn versions_count_up_and_resolve_to_the_newest_or_the_pinned_one() {
+        let r = Registry::open(&scratch("versions"), &HashMap::new()).unwrap();
+        let newest = "m".parse::<ModelRef>().unwrap();
+        assert!(matches!(
+            r.resolve(&newest).await,
+            Err(RegistryError::NoModel { .. })
+        ));
+        assert_eq!(r.register(manifest("m"), b"one").await.unwrap(), 1);
+        assert_eq!(r.register(manifest("m"), b"two").await.unwrap(), 2);
+        assert_eq!(r.register(manifest("other"), b"x").await.unwrap(), 1);
+        assert_eq!(r.versions("m").await.unwrap(), vec![1, 2]);
+        assert_eq!(r.names().await.unwrap(), vec!["m", "other"]);
+        assert_eq!(r.resolve(&newest).await.unwrap(), 2);
+        assert_eq!(r.resolve(&"m@1".parse().unwrap()).await.unwrap(), 1);
+        let missing = r
+            .resolve(&"m@7".parse().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("m has no version 7 (it has [1, 2])"),
+            "{missing}"
+        );
+        let v1 = r.load("m", 1).await.unwrap();
+        assert_eq!((v1.manifest.version, v1.onnx.as_slice()), (1, &b"one"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_version_without_its_manifest_does_not_exist() {
+        let dir = scratch("partial");
+        let r = Registry::open(&dir, &HashMap::new()).unwrap();
+        r.register(manifest("m"), b"one").await.unwrap();
+        // A registration that died after the model and before the manifest.
+        std::fs::create_dir_all(format!("{dir}/m/2")).unwrap();
+        std::fs::write(format!("{dir}/m/2/model.onnx"), b"half").unwrap();
+        assert_eq!(r.versions("m").await.unwrap(), vec![1]);
+        assert_eq!(r.resolve(&"m".parse().unwrap()).await.unwrap(), 1);
+        // The next registration takes number 2 and completes it.
+        assert_eq!(r.register(manifest("m"), b"two").await.unwrap(), 2);
+        assert_eq!(r.load("m", 2).await.unwrap().onnx.as_slice(), b"two");
+    }
+
+    #[test]
+    fn a_manifest_must_name_float_features_and_its_score_output() {
+        let mut m = manifest("m");
+        m.inputs[0].kind = "int64".into();
+        assert!(
+            m.check("x")
+                .unwrap_err()
+                .to_string()
+                .contains("Stratus feeds float32")
+        );
+        let mut m = manifest("m");
+        m.score_output = "nope".into();
+        assert!(
+            m.check("x")
+                .unwrap_err()
+                .to_string()
+                .contains("not among the outputs")
+        );
+    }
+}

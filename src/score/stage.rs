@@ -1,0 +1,522 @@
+//! A score stage: a model from the registry and the streaming detectors, applied to the rows of
+//! an earlier stage.
+//!
+//! In: batches of an upstream stage's rows (window features). Each row's model inputs are the
+//! columns the model's manifest names, in its order, as `float32`; a row with a null input gets
+//! no model score. Per key (the `key` columns), the detectors watch the `value` column in the
+//! order of the `time` column. Out: the input rows with these columns appended:
+//! `model_version` (`name@version`) and `model_score` when a model is set; `anomaly_score` in
+//! [0, 1] and one `c_<detector>` contribution per detector; `shadow_version` and `shadow_score`
+//! when a shadow model is set — written, never part of `anomaly_score`.
+//!
+//! A model named without a version follows the registry: [`ScoreOperator::refresh`], called
+//! between cycles, loads a newer version and swaps it in whole, so each row is scored by
+//! exactly one version and `model_version` says which. A row whose key has already seen a time
+//! at or after its own (a revised window) is scored against a copy of the key's detectors and
+//! not learnt, so a revision never counts twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray, StringBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+use super::detect::{DetectorSpec, Ensemble};
+use super::onnx::{OnnxModel, ScoreError};
+use super::registry::{ModelRef, Registry, RegistryError};
+
+/// Why a score stage could not start or score.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a pipeline file asks of a score stage, checked.
+#[derive(Debug, Clone)]
+pub struct ScoreSpec {
+    pub model: Option<ModelRef>,
+    pub shadow: Option<ModelRef>,
+    pub key: Vec<String>,
+    pub time: String,
+    pub value: Option<String>,
+    pub detectors: Vec<DetectorSpec>,
+    /// The registry's location, when a model is set.
+    pub registry: Option<String>,
+    pub poll: Duration,
+}
+
+impl ScoreSpec {
+    /// The contribution columns, one per detector: `c_<kind>`, numbered from the second of a
+    /// kind (`c_seasonal`, `c_seasonal_2`).
+    pub fn contribution_columns(&self) -> Vec<String> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        self.detectors
+            .iter()
+            .map(|d| {
+                let n = seen.entry(d.name()).or_default();
+                *n += 1;
+                match *n {
+                    1 => format!("c_{}", d.name()),
+                    n => format!("c_{}_{n}", d.name()),
+                }
+            })
+            .collect()
+    }
+
+    /// The columns this stage appends to its input's.
+    pub fn appended_fields(&self) -> Vec<Field> {
+        let mut fields = Vec::new();
+        if self.model.is_some() {
+            fields.push(Field::new("model_version", DataType::Utf8, true));
+            fields.push(Field::new("model_score", DataType::Float64, true));
+        }
+        fields.push(Field::new("anomaly_score", DataType::Float64, false));
+        for c in self.contribution_columns() {
+            fields.push(Field::new(c, DataType::Float64, false));
+        }
+        if self.shadow.is_some() {
+            fields.push(Field::new("shadow_version", DataType::Utf8, true));
+            fields.push(Field::new("shadow_score", DataType::Float64, true));
+        }
+        fields
+    }
+
+    pub fn output_schema(&self, input: &Schema) -> SchemaRef {
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(self.appended_fields());
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Whether a column can feed a model or a detector.
+pub fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean)
+}
+
+/// One loaded model version.
+struct Loaded {
+    reference: ModelRef,
+    version: u32,
+    label: String,
+    model: OnnxModel,
+    output: String,
+    /// Input column index of each model feature, in the manifest's order.
+    columns: Vec<usize>,
+}
+
+/// A key's detectors and the newest time they learnt.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyState {
+    last: i64,
+    ensemble: Ensemble,
+}
+
+/// Figures from one [`ScoreOperator::apply`], per model label: (rows, seconds in ONNX Runtime).
+pub type ScoreStats = Vec<(String, usize, f64)>;
+
+pub struct ScoreOperator {
+    spec: ScoreSpec,
+    input: SchemaRef,
+    output: SchemaRef,
+    registry: Option<Registry>,
+    model: Option<Loaded>,
+    shadow: Option<Loaded>,
+    last_poll: Instant,
+    keys: HashMap<String, KeyState>,
+    key_columns: Vec<usize>,
+    time_column: usize,
+    value_column: Option<usize>,
+}
+
+/// Loads `reference` (resolved now) and maps its features onto `input`.
+async fn load(
+    registry: &Registry,
+    reference: &ModelRef,
+    input: &Schema,
+) -> Result<Loaded, StageError> {
+    let version = registry.resolve(reference).await?;
+    let v = registry.load(&reference.name, version).await?;
+    let label = format!("{}@{version}", reference.name);
+    let columns = feature_columns(&v.manifest.feature_names().collect::<Vec<_>>(), input)
+        .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
+    let model = OnnxModel::from_bytes(&label, &v.onnx, columns.len())?;
+    if !model.outputs().contains(&v.manifest.score_output) {
+        return Err(StageError::Invalid(format!(
+            "model {label}: the ONNX graph has no output {:?}, which its manifest scores by",
+            v.manifest.score_output
+        )));
+    }
+    Ok(Loaded {
+        reference: reference.clone(),
+        version,
+        label,
+        model,
+        output: v.manifest.score_output,
+        columns,
+    })
+}
+
+/// The input column of each feature; an error names the first that is missing or not numeric.
+pub fn feature_columns(features: &[&str], input: &Schema) -> Result<Vec<usize>, String> {
+    features
+        .iter()
+        .map(|name| match input.index_of(name) {
+            Ok(i) if is_numeric(input.field(i).data_type()) => Ok(i),
+            Ok(i) => Err(format!(
+                "feature `{name}` is {}, not a number",
+                input.field(i).data_type()
+            )),
+            Err(_) => Err(format!(
+                "feature `{name}` is not a column of the stage's input"
+            )),
+        })
+        .collect()
+}
+
+impl ScoreOperator {
+    /// Opens the registry and loads the models the spec names.
+    pub async fn open(
+        spec: ScoreSpec,
+        input: SchemaRef,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, StageError> {
+        let column = |name: &str| {
+            input.index_of(name).map_err(|_| {
+                StageError::Invalid(format!("`{name}` is not a column of the stage's input"))
+            })
+        };
+        let key_columns = spec
+            .key
+            .iter()
+            .map(|k| column(k))
+            .collect::<Result<_, _>>()?;
+        let time_column = column(&spec.time)?;
+        let value_column = spec.value.as_deref().map(column).transpose()?;
+        // The detectors must build; each key gets its own copy later.
+        Ensemble::new(&spec.detectors).map_err(StageError::Invalid)?;
+        let registry = match (
+            &spec.registry,
+            spec.model.is_some() || spec.shadow.is_some(),
+        ) {
+            (Some(location), true) => Some(Registry::open(location, storage_options)?),
+            (None, true) => {
+                return Err(StageError::Invalid(
+                    "a model is named but no registry is set (`models: {registry: …}`)".into(),
+                ));
+            }
+            _ => None,
+        };
+        let mut model = None;
+        let mut shadow = None;
+        if let Some(r) = &registry {
+            if let Some(m) = &spec.model {
+                model = Some(load(r, m, &input).await?);
+            }
+            if let Some(m) = &spec.shadow {
+                shadow = Some(load(r, m, &input).await?);
+            }
+        }
+        Ok(ScoreOperator {
+            output: spec.output_schema(&input),
+            spec,
+            input,
+            registry,
+            model,
+            shadow,
+            last_poll: Instant::now(),
+            keys: HashMap::new(),
+            key_columns,
+            time_column,
+            value_column,
+        })
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    /// The labels (`name@version`) of the serving and shadow models.
+    pub fn versions(&self) -> (Option<&str>, Option<&str>) {
+        (
+            self.model.as_ref().map(|m| m.label.as_str()),
+            self.shadow.as_ref().map(|m| m.label.as_str()),
+        )
+    }
+
+    /// Every `poll`, swaps in newer versions of the models that follow the registry. Returns
+    /// what changed; a newer version that cannot be loaded is reported and the current one kept.
+    pub async fn refresh(&mut self) -> Vec<Result<String, String>> {
+        let mut changes = Vec::new();
+        let Some(registry) = &self.registry else {
+            return changes;
+        };
+        if self.last_poll.elapsed() < self.spec.poll {
+            return changes;
+        }
+        self.last_poll = Instant::now();
+        for slot in [&mut self.model, &mut self.shadow] {
+            let Some(current) = slot.as_ref() else {
+                continue;
+            };
+            if current.reference.version.is_some() {
+                continue;
+            }
+            let newest = match registry.resolve(&current.reference).await {
+                Ok(v) if v > current.version => v,
+                Ok(_) => continue,
+                Err(e) => {
+                    changes.push(Err(e.to_string()));
+                    continue;
+                }
+            };
+            let pinned = ModelRef {
+                name: current.reference.name.clone(),
+                version: Some(newest),
+            };
+            match load(registry, &pinned, &self.input).await {
+                Ok(mut next) => {
+                    next.reference = current.reference.clone();
+                    changes.push(Ok(format!("{} replaces {}", next.label, current.label)));
+                    *slot = Some(next);
+                }
+                Err(e) => changes.push(Err(format!(
+                    "{} stays: {}@{newest} cannot be used: {e}",
+                    current.label, current.reference.name
+                ))),
+            }
+        }
+        changes
+    }
+
+    /// Scores one batch.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, ScoreStats), StageError> {
+        let rows = batch.num_rows();
+        let mut stats = ScoreStats::new();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        let model_scores = match self.model.as_mut() {
+            Some(m) => {
+                let (scores, seconds) = score_model(m, batch)?;
+                stats.push((m.label.clone(), rows, seconds));
+                columns.push(label_column(&m.label, rows));
+                columns.push(Arc::new(Float64Array::from(scores.clone())));
+                Some(scores)
+            }
+            None => None,
+        };
+
+        let keys = key_strings(batch, &self.key_columns)?;
+        let times = micros(batch.column(self.time_column))?;
+        let times = times
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| StageError::Invalid(format!("`{}` is not a time", self.spec.time)))?;
+        let values = match self.value_column {
+            Some(i) => Some(cast(batch.column(i), &DataType::Float64)?),
+            None => None,
+        };
+        let values = values
+            .as_ref()
+            .and_then(|v| v.as_any().downcast_ref::<Float64Array>());
+        // Each key's rows in time order, so its detectors learn them in order.
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by_key(|&i| times.is_valid(i).then(|| times.value(i)));
+        let detectors = self.spec.detectors.len();
+        let mut anomaly = vec![0.0; rows];
+        let mut contributions = vec![vec![0.0; rows]; detectors];
+        for i in order {
+            if times.is_null(i) {
+                continue;
+            }
+            let t = times.value(i);
+            let value = values.map_or(
+                f64::NAN,
+                |v| if v.is_valid(i) { v.value(i) } else { f64::NAN },
+            );
+            let model = model_scores.as_ref().and_then(|s| s[i]);
+            let state = match self.keys.get_mut(&keys[i]) {
+                Some(s) => s,
+                None => self.keys.entry(keys[i].clone()).or_insert(KeyState {
+                    last: i64::MIN,
+                    ensemble: Ensemble::new(&self.spec.detectors).map_err(StageError::Invalid)?,
+                }),
+            };
+            let verdict = if t > state.last {
+                state.last = t;
+                state.ensemble.observe(t, value, model)
+            } else {
+                state.ensemble.clone().observe(t, value, model)
+            };
+            anomaly[i] = verdict.score;
+            for (c, v) in contributions.iter_mut().zip(verdict.contributions) {
+                c[i] = v;
+            }
+        }
+        columns.push(Arc::new(Float64Array::from(anomaly)));
+        for c in contributions {
+            columns.push(Arc::new(Float64Array::from(c)));
+        }
+        if let Some(s) = self.shadow.as_mut() {
+            let (scores, seconds) = score_model(s, batch)?;
+            stats.push((s.label.clone(), rows, seconds));
+            columns.push(label_column(&s.label, rows));
+            columns.push(Arc::new(Float64Array::from(scores)));
+        }
+        Ok((RecordBatch::try_new(self.output.clone(), columns)?, stats))
+    }
+
+    /// The detectors' state: one row per key (key, newest time learnt, state as JSON).
+    pub fn snapshot(&self) -> Result<RecordBatch, StageError> {
+        let mut keys = StringBuilder::new();
+        let mut states = StringBuilder::new();
+        let mut last = Vec::with_capacity(self.keys.len());
+        for (k, s) in &self.keys {
+            keys.append_value(k);
+            last.push(s.last);
+            states.append_value(
+                serde_json::to_string(&s.ensemble)
+                    .map_err(|e| StageError::Invalid(e.to_string()))?,
+            );
+        }
+        Ok(RecordBatch::try_new(
+            snapshot_schema(),
+            vec![
+                Arc::new(keys.finish()),
+                Arc::new(Int64Array::from(last)),
+                Arc::new(states.finish()),
+            ],
+        )?)
+    }
+
+    pub fn restore(&mut self, batch: &RecordBatch) -> Result<(), StageError> {
+        let bad =
+            || StageError::Invalid("the detectors' checkpoint is not in the expected form".into());
+        let keys = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        let last = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(bad)?;
+        let states = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(bad)?;
+        self.keys.clear();
+        for i in 0..batch.num_rows() {
+            let ensemble: Ensemble = serde_json::from_str(states.value(i))
+                .map_err(|e| StageError::Invalid(format!("detectors' checkpoint: {e}")))?;
+            self.keys.insert(
+                keys.value(i).to_string(),
+                KeyState {
+                    last: last.value(i),
+                    ensemble,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A time column as µs since the epoch (timestamps of any unit, or integers as they are).
+fn micros(column: &ArrayRef) -> Result<ArrayRef, ArrowError> {
+    let column = match column.data_type() {
+        DataType::Timestamp(_, tz) => cast(
+            column,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, tz.clone()),
+        )?,
+        _ => column.clone(),
+    };
+    cast(&column, &DataType::Int64)
+}
+
+fn snapshot_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("last", DataType::Int64, false),
+        Field::new("state", DataType::Utf8, false),
+    ]))
+}
+
+fn label_column(label: &str, rows: usize) -> ArrayRef {
+    Arc::new(StringArray::from(vec![Some(label); rows]))
+}
+
+/// Each row's key: the key columns' values joined by `|` (null as empty).
+fn key_strings(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<String>, StageError> {
+    let mut keys = vec![String::new(); batch.num_rows()];
+    for (n, &c) in columns.iter().enumerate() {
+        let text = cast(batch.column(c), &DataType::Utf8)?;
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| StageError::Invalid("a key column cannot be read as text".into()))?;
+        for (i, k) in keys.iter_mut().enumerate() {
+            if n > 0 {
+                k.push('|');
+            }
+            if text.is_valid(i) {
+                k.push_str(text.value(i));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The model's score per row (None where an input is null), and the seconds ONNX Runtime took.
+fn score_model(m: &mut Loaded, batch: &RecordBatch) -> Result<(Vec<Option<f64>>, f64), StageError> {
+    let rows = batch.num_rows();
+    let features: Vec<ArrayRef> = m
+        .columns
+        .iter()
+        .map(|&c| cast(batch.column(c), &DataType::Float64))
+        .collect::<Result<_, _>>()?;
+    let features: Vec<&Float64Array> = features
+        .iter()
+        .filter_map(|a| a.as_any().downcast_ref::<Float64Array>())
+        .collect();
+    let mut complete = Vec::with_capacity(rows);
+    let mut values = Vec::with_capacity(rows * features.len());
+    for i in 0..rows {
+        if features
+            .iter()
+            .all(|f| f.is_valid(i) && f.value(i).is_finite())
+        {
+            complete.push(i);
+            values.extend(features.iter().map(|f| f.value(i) as f32));
+        }
+    }
+    let mut out = vec![None; rows];
+    if complete.is_empty() {
+        return Ok((out, 0.0));
+    }
+    let started = Instant::now();
+    let scores = m.model.score(&values, &m.output)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if scores.len() != complete.len() {
+        return Err(StageError::Invalid(format!(
+            "model {}: {} scores for {} rows; the score output must give one value per row",
+            m.label,
+            scores.len(),
+            complete.len()
+        )));
+    }
+    for (&i, s) in complete.iter().zip(scores) {
+        out[i] = Some(f64::from(s));
+    }
+    Ok((out, seconds))
+}
