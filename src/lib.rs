@@ -15,12 +15,14 @@
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
 //! - [`demo`]: the embedded default job behind `stratus demo`;
-//! - [`evaluate`]: `stratus evaluate`, detectors and forecasts measured on labelled data.
+//! - [`evaluate`]: `stratus evaluate`, detectors and forecasts measured on labelled data;
+//! - [`generate`]: `stratus generate`, seeded synthetic telemetry with labelled anomalies.
 
 pub mod bench;
 pub mod console;
 pub mod demo;
 pub mod evaluate;
+pub mod generate;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;

@@ -77,6 +77,43 @@ enum Command {
     /// Measure detectors or forecasts on labelled, held-out data.
     #[command(subcommand)]
     Evaluate(Evaluate),
+    /// Generate realistic, seeded cloud telemetry with labelled anomalies — metrics with daily
+    /// and weekly seasonality, spot prices as irregular steps, billing with restatements — to
+    /// JSON-lines files (--out) or Kafka topics (--brokers), plus labels.json.
+    Generate {
+        /// Write DIR/cloud.metrics.jsonl, cloud.spot_prices.jsonl, cloud.billing.jsonl and
+        /// labels.json.
+        #[arg(long, required_unless_present = "brokers")]
+        out: Option<PathBuf>,
+        /// Produce to Kafka instead (labels.json goes to --labels).
+        #[arg(long, conflicts_with = "out")]
+        brokers: Option<String>,
+        /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
+        #[arg(long, default_value = "")]
+        topic_prefix: String,
+        /// Where labels.json goes with --brokers.
+        #[arg(long, default_value = "labels.json")]
+        labels: PathBuf,
+        /// Events per second to Kafka; 0 sends as fast as the broker takes them.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Days of history, ending now (or starting at --start).
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+        /// First event time (RFC 3339); default: now minus --days, on the hour.
+        #[arg(long)]
+        start: Option<String>,
+        /// Metric cadence, e.g. 1m or 5m.
+        #[arg(long, default_value = "1m")]
+        interval: String,
+        #[arg(long, default_value_t = 20)]
+        resources: usize,
+        /// Share of resources given an anomaly.
+        #[arg(long, default_value_t = 0.4)]
+        anomaly_share: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// The model registry: register trained ONNX models, list versions.
     #[command(subcommand)]
     Models(Models),
@@ -100,6 +137,75 @@ enum Models {
         #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
         registry: String,
     },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    out: Option<PathBuf>,
+    brokers: Option<String>,
+    topic_prefix: String,
+    labels_path: PathBuf,
+    rate: f64,
+    days: f64,
+    start: Option<String>,
+    interval: String,
+    resources: usize,
+    anomaly_share: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use stratus::generate::{GenerateConfig, generate, output};
+    let span_us = (days * 86_400e6) as i64;
+    anyhow::ensure!(span_us > 0, "--days must be positive");
+    let interval_us = stratus::window::parse_duration(&interval).map_err(anyhow::Error::msg)?;
+    let start_us = match start {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| anyhow::anyhow!("--start {s:?}: {e}"))?
+            .timestamp_micros(),
+        None => {
+            let now = chrono::Utc::now().timestamp_micros();
+            let start = now - span_us;
+            start - start.rem_euclid(3_600_000_000)
+        }
+    };
+    let config = GenerateConfig {
+        seed,
+        start_us,
+        span_us,
+        interval_us,
+        resources,
+        anomaly_share,
+    };
+    let started = std::time::Instant::now();
+    let (labels, counts, labels_path) = match (out, brokers) {
+        (Some(dir), _) => {
+            let mut files = output::Files::new(&dir)?;
+            let labels = generate(&config, &mut files)?;
+            (labels, files.finish()?, dir.join("labels.json"))
+        }
+        (None, Some(brokers)) => {
+            let mut kafka = output::Kafka::new(&brokers, &topic_prefix, rate)?;
+            let labels = generate(&config, &mut kafka)?;
+            (labels, kafka.finish()?, labels_path)
+        }
+        (None, None) => anyhow::bail!("give --out DIR or --brokers HOST:PORT"),
+    };
+    std::fs::write(&labels_path, serde_json::to_string_pretty(&labels)? + "\n")
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", labels_path.display()))?;
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let total: u64 = counts.iter().map(|c| c.1).sum();
+    for (topic, n) in counts {
+        stratus::say!("{topic}: {n} events");
+    }
+    stratus::say!(
+        "{total} events from {} to {} in {:.1} s; {} anomalies labelled in {}",
+        labels.start,
+        labels.end,
+        started.elapsed().as_secs_f64(),
+        labels.anomalies.len(),
+        labels_path.display()
+    );
+    Ok(())
 }
 
 async fn models(command: Models) -> anyhow::Result<()> {
@@ -355,6 +461,31 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Evaluate(command) => evaluate(command)?,
         Command::Models(command) => runtime.block_on(models(command))?,
+        Command::Generate {
+            out,
+            brokers,
+            topic_prefix,
+            labels,
+            rate,
+            days,
+            start,
+            interval,
+            resources,
+            anomaly_share,
+            seed,
+        } => generate(
+            out,
+            brokers,
+            topic_prefix,
+            labels,
+            rate,
+            days,
+            start,
+            interval,
+            resources,
+            anomaly_share,
+            seed,
+        )?,
     }
     Ok(())
 }
