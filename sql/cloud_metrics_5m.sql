@@ -12,6 +12,8 @@ SELECT
     min(min) AS min,
     max(max) AS max,
     max(p95) AS max_p95_1m,
-    count(*) AS minutes_present
+    count(*) AS minutes_present,
+    hour_of_day(window_start) AS hour_of_day,
+    day_of_week(window_start) AS day_of_week
 FROM features_1m
 GROUP BY account_id, region, resource_id, service, metric, tumble(interval '5 minutes')

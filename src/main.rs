@@ -40,6 +40,12 @@ enum Command {
         /// Stop once every source is read up to where it ended at start (a backfill).
         #[arg(long)]
         until_caught_up: bool,
+        /// Read a source from a JSON-lines file instead of Kafka: SOURCE=FILE (repeatable).
+        #[arg(long, value_name = "SOURCE=FILE")]
+        replay: Vec<String>,
+        /// Run only the stages up to and including STAGE, and the sinks they feed.
+        #[arg(long, value_name = "STAGE")]
+        until_stage: Option<String>,
     },
     /// Measure the cloud-metrics pipeline against real Kafka: events/s, window latency and
     /// peak RSS, beside rdkafka's raw consume rate and a file replay. Build with --release.
@@ -269,6 +275,27 @@ enum Evaluate {
         #[arg(long)]
         detectors: Option<PathBuf>,
     },
+    /// Forecast a held-out later time range and report MAE, MAPE, sMAPE, MASE and interval
+    /// coverage for the naive and seasonal-naive baselines. Reads describe-spot-price-history
+    /// CSV (one series per zone, type and product) or a `timestamp,value` CSV.
+    Forecast {
+        input: PathBuf,
+        /// Grid step of the forecast origins.
+        #[arg(long, default_value = "1h")]
+        step: String,
+        /// Comma-separated horizons.
+        #[arg(long, default_value = "1h,6h,24h")]
+        horizons: String,
+        /// Season of the seasonal-naive forecast.
+        #[arg(long, default_value = "24h")]
+        season: String,
+        /// Share of each series' time range held out at its end.
+        #[arg(long, default_value_t = 0.3)]
+        holdout: f64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn evaluate(command: Evaluate) -> anyhow::Result<()> {
@@ -299,6 +326,47 @@ fn evaluate(command: Evaluate) -> anyhow::Result<()> {
                 out.join("report.json").display()
             );
         }
+        Evaluate::Forecast {
+            input,
+            step,
+            horizons,
+            season,
+            holdout,
+            report,
+        } => {
+            use stratus::evaluate::forecast;
+            let us = |what: &str, text: &str| {
+                stratus::window::parse_duration(text)
+                    .map_err(|e| anyhow::anyhow!("--{what}: {e}"))
+                    .and_then(|v| {
+                        if v > 0 {
+                            Ok(v)
+                        } else {
+                            Err(anyhow::anyhow!("--{what} must be positive"))
+                        }
+                    })
+            };
+            anyhow::ensure!(
+                (0.05..0.95).contains(&holdout),
+                "--holdout must be in [0.05, 0.95)"
+            );
+            let config = forecast::ForecastConfig {
+                step_us: us("step", &step)?,
+                horizons_us: horizons
+                    .split(',')
+                    .map(|h| us("horizons", h.trim()))
+                    .collect::<anyhow::Result<_>>()?,
+                season_us: us("season", &season)?,
+                holdout,
+            };
+            let series = forecast::read_series(&input).map_err(anyhow::Error::msg)?;
+            let figures = forecast::evaluate(&series, &config);
+            print!("{}", forecast::render(&figures));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&figures)?)
+                    .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))?;
+            }
+        }
     }
     Ok(())
 }
@@ -309,12 +377,13 @@ async fn run(
     tables: String,
     metrics_addr: std::net::SocketAddr,
     until_caught_up: bool,
+    overrides: stratus::pipeline::Overrides,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     use stratus::metrics::server::{ServerState, serve};
 
-    let pipeline = match stratus::pipeline::Pipeline::load(&file).await {
+    let pipeline = match stratus::pipeline::Pipeline::load_with(&file, &overrides).await {
         Ok(p) => p,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
@@ -424,7 +493,29 @@ fn main() -> anyhow::Result<()> {
             tables,
             metrics_addr,
             until_caught_up,
-        } => runtime.block_on(run(file, brokers, tables, metrics_addr, until_caught_up))?,
+            replay,
+            until_stage,
+        } => {
+            let replay = replay
+                .iter()
+                .map(|r| match r.split_once('=') {
+                    Some((source, path)) => Ok((source.to_string(), PathBuf::from(path))),
+                    None => Err(anyhow::anyhow!("--replay {r:?}: write SOURCE=FILE")),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let overrides = stratus::pipeline::Overrides {
+                replay,
+                until_stage,
+            };
+            runtime.block_on(run(
+                file,
+                brokers,
+                tables,
+                metrics_addr,
+                until_caught_up,
+                overrides,
+            ))?
+        }
         Command::Bench {
             brokers,
             events,

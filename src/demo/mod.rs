@@ -63,6 +63,8 @@ pub struct DemoReport {
     pub raw_rows: i64,
     pub features_1m: u64,
     pub features_5m: u64,
+    /// 5-minute windows scored by the model and the detectors.
+    pub scored_5m: u64,
     pub seconds: f64,
 }
 
@@ -75,13 +77,19 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
                 .with_context(|| format!("removing the previous demo output {}", dir.display()))?;
         }
     }
+    let registry = models_registry()?;
     for (path, text) in EMBEDDED {
         let file = config.out_dir.join("pipeline").join(path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        let text = text.replace(
+            "registry: ../models/registry",
+            &format!("registry: {registry:?}"),
+        );
         std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     }
+    crate::say!("models from the registry at {registry}");
     let pipeline_file = config.out_dir.join("pipeline/pipelines/cloud-metrics.yaml");
     let pipeline = Pipeline::load(&pipeline_file)
         .await
@@ -125,6 +133,7 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         raw_rows,
         features_1m: summary.stage_rows.get("features_1m").copied().unwrap_or(0),
         features_5m: summary.stage_rows.get("features_5m").copied().unwrap_or(0),
+        scored_5m: summary.stage_rows.get("anomaly_5m").copied().unwrap_or(0),
         seconds: started.elapsed().as_secs_f64(),
     };
     print_summary(&report, &ctx).await?;
@@ -148,10 +157,32 @@ async fn produce(brokers: &str, events: &[events::GeneratedEvent]) -> anyhow::Re
     Ok(())
 }
 
+/// The registry the demo scores with: `STRATUS_MODELS`, else the repository's
+/// `models/registry` (where `scripts/train` registers).
+fn models_registry() -> anyhow::Result<String> {
+    if let Ok(r) = std::env::var("STRATUS_MODELS")
+        && !r.is_empty()
+    {
+        return Ok(r);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/registry");
+    anyhow::ensure!(
+        repo.is_dir(),
+        "no model registry at {}; set STRATUS_MODELS to one (scripts/train fills it)",
+        repo.display()
+    );
+    Ok(repo.display().to_string())
+}
+
 /// A session with the demo's Delta tables registered under their names.
 async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
     let ctx = SessionContext::new();
-    for name in ["raw_metrics", "metric_features_1m", "metric_features_5m"] {
+    for name in [
+        "raw_metrics",
+        "metric_features_1m",
+        "metric_features_5m",
+        "metric_anomaly_scores_5m",
+    ] {
         let dir = tables.join(name);
         if !dir.join("_delta_log").exists() {
             continue;
@@ -208,6 +239,24 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
             .collect()
             .await?;
         crate::say!("busiest CPUs (1-minute p95):");
+        crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
+    }
+    if report.scored_5m > 0 {
+        let top = ctx
+            .sql(
+                "SELECT resource_id, metric, window_start, round(mean, 2) AS mean, model_version, \
+                 round(anomaly_score, 3) AS anomaly, round(c_robust_z, 3) AS robust_z, \
+                 round(c_seasonal, 3) AS seasonal, round(c_cusum, 3) AS cusum, \
+                 round(c_model, 3) AS model FROM metric_anomaly_scores_5m \
+                 ORDER BY anomaly_score DESC, resource_id LIMIT 5",
+            )
+            .await?
+            .collect()
+            .await?;
+        crate::say!(
+            "{} 5-minute windows scored; the most anomalous, with each detector's share:",
+            report.scored_5m
+        );
         crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
     }
     crate::say!(

@@ -11,7 +11,7 @@ pub mod plan;
 pub mod score;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
-pub use plan::{Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, StagePlan};
+pub use plan::{Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, StagePlan};
 
 #[cfg(test)]
 mod tests;

@@ -101,24 +101,86 @@ pub(super) struct Relation {
     pub lateness: i64,
 }
 
-impl Pipeline {
-    /// Reads and checks `file`.
-    pub async fn load(file: &Path) -> Result<Pipeline, Diagnostics> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
+/// Changes to a pipeline file for one run, applied before it is checked: a backfill or a
+/// training run of the shipped definitions.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Read these sources from JSON-lines files instead (source name, file path).
+    pub replay: Vec<(String, PathBuf)>,
+    /// Keep the stages up to and including this one, and only the sinks they feed.
+    pub until_stage: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, file: &Path, config: &mut PipelineConfig) -> Result<(), Diagnostics> {
+        let fail = |message: String, hint: &str| {
             Diagnostics(vec![Diagnostic {
                 file: file.to_path_buf(),
                 line: None,
                 column: None,
-                message: format!("cannot read the pipeline file: {e}"),
-                hint: None,
+                message,
+                hint: Some(hint.into()),
             }])
-        })?;
+        };
+        for (source, path) in &self.replay {
+            let Some((_, s)) = config.sources.0.iter_mut().find(|(n, _)| n == source) else {
+                let known: Vec<&str> = config.sources.iter().map(|(n, _)| n).collect();
+                return Err(fail(
+                    format!("--replay {source}=…: the pipeline has no source `{source}`"),
+                    &format!("sources: {}", known.join(", ")),
+                ));
+            };
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            s.kafka = None;
+            s.file = Some(super::config::FileSourceConfig {
+                path: path.display().to_string(),
+            });
+        }
+        if let Some(last) = &self.until_stage {
+            let Some(at) = config.stages.0.iter().position(|(n, _)| n == last) else {
+                let known: Vec<&str> = config.stages.iter().map(|(n, _)| n).collect();
+                return Err(fail(
+                    format!("--until-stage {last}: the pipeline has no stage `{last}`"),
+                    &format!("stages: {}", known.join(", ")),
+                ));
+            };
+            config.stages.0.truncate(at + 1);
+            let kept: Vec<String> = config
+                .sources
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .chain(config.stages.iter().map(|(n, _)| n.to_string()))
+                .collect();
+            config.sinks.0.retain(|(_, sink)| kept.contains(&sink.from));
+        }
+        Ok(())
+    }
+}
+
+impl Pipeline {
+    /// Reads and checks `file` with `overrides` applied.
+    pub async fn load_with(file: &Path, overrides: &Overrides) -> Result<Pipeline, Diagnostics> {
+        let text = read(file)?;
+        Self::check(file, &text, Some(overrides)).await
+    }
+
+    /// Reads and checks `file`.
+    pub async fn load(file: &Path) -> Result<Pipeline, Diagnostics> {
+        let text = read(file)?;
         Self::from_yaml(file, &text).await
     }
 
     /// Checks a pipeline given as text; `file` names it and anchors its relative paths.
     pub async fn from_yaml(file: &Path, text: &str) -> Result<Pipeline, Diagnostics> {
-        let config: PipelineConfig = serde_norway::from_str(text).map_err(|e| {
+        Self::check(file, text, None).await
+    }
+
+    async fn check(
+        file: &Path,
+        text: &str,
+        overrides: Option<&Overrides>,
+    ) -> Result<Pipeline, Diagnostics> {
+        let mut config: PipelineConfig = serde_norway::from_str(text).map_err(|e| {
             let location = e.location();
             Diagnostics(vec![Diagnostic {
                 file: file.to_path_buf(),
@@ -131,6 +193,9 @@ impl Pipeline {
                 ),
             }])
         })?;
+        if let Some(o) = overrides {
+            o.apply(file, &mut config)?;
+        }
         let base = file.parent().unwrap_or(Path::new("."));
         let mut r = Reporter::new(file, text);
         let mut relations: Vec<(String, Relation)> = Vec::new();
@@ -321,6 +386,18 @@ impl Pipeline {
             Err(Diagnostics(r.found))
         }
     }
+}
+
+fn read(file: &Path) -> Result<String, Diagnostics> {
+    std::fs::read_to_string(file).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message: format!("cannot read the pipeline file: {e}"),
+            hint: None,
+        }])
+    })
 }
 
 fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> Option<i64> {

@@ -329,13 +329,23 @@ fn robust_z(x: f64, baseline: &mut [f64], min: usize) -> Option<f64> {
     (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad))
 }
 
-fn median_of(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
+/// The median, by selection in O(n) (the values are reordered).
+pub(crate) fn median_of(values: &mut [f64]) -> f64 {
     let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (lower, middle, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *middle;
     if n % 2 == 1 {
-        values[n / 2]
+        upper
     } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
+        let below = lower
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(upper);
+        (below + upper) / 2.0
     }
 }
 

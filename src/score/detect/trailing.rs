@@ -99,8 +99,7 @@ impl Trailing {
         let med = self.median()?;
         scratch.clear();
         scratch.extend(self.sorted.iter().map(|x| (x - med).abs()));
-        scratch.sort_unstable_by(f64::total_cmp);
-        let mad = median_sorted(scratch)? * MAD_TO_SIGMA;
+        let mad = crate::window::carry::median_of(scratch) * MAD_TO_SIGMA;
         if mad > 0.0 {
             return Some((med, mad));
         }
