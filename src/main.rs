@@ -67,11 +67,12 @@ enum Command {
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
     Demo {
-        /// How many events to generate.
-        #[arg(long, default_value_t = 5_000)]
-        events: usize,
-        /// How many distinct resources emit them.
-        #[arg(long, default_value_t = 50)]
+        /// Days of generated history (CPU, memory and network per instance, each minute); the
+        /// anomalies fall in the second half, after the detectors have learnt.
+        #[arg(long, default_value_t = 4.0)]
+        days: f64,
+        /// How many instances emit them.
+        #[arg(long, default_value_t = 12)]
         resources: usize,
         /// Seed of the generator: the same seed gives the same events.
         #[arg(long, default_value_t = 42)]
@@ -537,13 +538,13 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(stratus::bench::run(&config))?;
         }
         Command::Demo {
-            events,
+            days,
             resources,
             seed,
             out,
         } => {
             let config = stratus::demo::DemoConfig {
-                events,
+                days,
                 resources,
                 seed,
                 out_dir: out,

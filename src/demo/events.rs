@@ -67,25 +67,7 @@ pub fn metric_events(
             let payload = if valid {
                 event.to_string().into_bytes()
             } else {
-                match rng.random_range(0..5) {
-                    0 => b"{\"ts\": \"2026-01-01T00:00:00Z\", \"value\": ".to_vec(),
-                    1 => {
-                        event.as_object_mut().map(|o| o.remove("metric"));
-                        event.to_string().into_bytes()
-                    }
-                    2 => {
-                        event["unit"] = json!("Furlongs");
-                        event.to_string().into_bytes()
-                    }
-                    3 => {
-                        event["value"] = json!("high");
-                        event.to_string().into_bytes()
-                    }
-                    _ => {
-                        event["ts"] = json!("1970-01-01T00:00:00Z");
-                        event.to_string().into_bytes()
-                    }
-                }
+                corrupt(&mut event, &mut rng)
             };
             GeneratedEvent {
                 key: resource_id,
@@ -94,6 +76,29 @@ pub fn metric_events(
             }
         })
         .collect()
+}
+
+/// Makes a valid `cloud.metrics` event invalid in one of five ways the validator must catch.
+pub fn corrupt(event: &mut serde_json::Value, rng: &mut StdRng) -> Vec<u8> {
+    match rng.random_range(0..5) {
+        0 => b"{\"ts\": \"2026-01-01T00:00:00Z\", \"value\": ".to_vec(),
+        1 => {
+            event.as_object_mut().map(|o| o.remove("metric"));
+            event.to_string().into_bytes()
+        }
+        2 => {
+            event["unit"] = json!("Furlongs");
+            event.to_string().into_bytes()
+        }
+        3 => {
+            event["value"] = json!("high");
+            event.to_string().into_bytes()
+        }
+        _ => {
+            event["ts"] = json!("1970-01-01T00:00:00Z");
+            event.to_string().into_bytes()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! `stratus demo`: the embedded default job, with no services to install.
 //!
-//! Starts librdkafka's in-process mock cluster, produces seeded `cloud.metrics` events (a few
-//! of them invalid) to it, and runs the shipped `pipelines/cloud-metrics.yaml` — compiled into
-//! the binary with its schema and SQL — until it has read them all: decode, validate,
-//! dead-letter, the raw Delta table (offsets in each commit), 1- and 5-minute feature windows
-//! into Delta tables and onto a topic. Then reads the tables back with DataFusion for a summary.
+//! Starts librdkafka's in-process mock cluster, produces `stratus generate`'s seeded
+//! `cloud.metrics` events (days of CPU, memory and network per instance, with labelled
+//! anomalies; 2 % of them corrupted) to it, and runs the shipped `pipelines/cloud-metrics.yaml`
+//! — compiled into the binary with its schema and SQL, scoring with the repository's model
+//! registry — until it has read them all: decode, validate, dead-letter, the raw Delta table
+//! (offsets in each commit), 1- and 5-minute feature windows, anomaly scores. Then reads the
+//! tables back with DataFusion for a summary, with the detections scored against the labels.
 
 pub mod events;
 
@@ -23,7 +25,8 @@ use crate::source::kafka::producer_config;
 /// What `stratus demo` is asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
-    pub events: usize,
+    /// Days of generated history, ending now.
+    pub days: f64,
     pub resources: usize,
     pub seed: u64,
     /// Where the pipeline files and Delta tables go; the demo's previous output is replaced.
@@ -65,8 +68,25 @@ pub struct DemoReport {
     pub features_5m: u64,
     /// 5-minute windows scored by the model and the detectors.
     pub scored_5m: u64,
+    pub detection: Detection,
     pub seconds: f64,
 }
+
+/// Windows flagged (anomaly score ≥ [`ALERT_SCORE`]) against the generator's labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detection {
+    /// Injected metric anomalies (spikes, level shifts, dips, memory drifts).
+    pub labelled: usize,
+    /// Of those, the ones with a flagged window of their resource and metric during them (or
+    /// up to 30 minutes after).
+    pub found: usize,
+    pub flagged: usize,
+    /// Flagged windows inside a labelled anomaly (or up to 30 minutes after).
+    pub flagged_in_anomaly: usize,
+}
+
+/// The anomaly score at which the demo counts a window as flagged.
+pub const ALERT_SCORE: f64 = 0.5;
 
 pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
@@ -103,14 +123,22 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     let brokers = cluster.bootstrap_servers();
     crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 
-    let end_ms = chrono::Utc::now().timestamp_millis();
-    let events = events::metric_events(config.seed, config.events, config.resources, end_ms, 20);
+    let (events, labels) = demo_events(config)?;
+    std::fs::create_dir_all(&config.out_dir)?;
+    std::fs::write(
+        config.out_dir.join("labels.json"),
+        serde_json::to_string_pretty(&labels)?,
+    )?;
     let produced_invalid = events.iter().filter(|e| !e.valid).count();
     produce(&brokers, &events).await?;
     crate::say!(
-        "produced {} cloud.metrics events ({} deliberately invalid) to {PARTITIONS} partitions",
+        "produced {} cloud.metrics events ({:.1} days of {} instances; {} deliberately invalid; \
+         {} labelled anomalies) to {PARTITIONS} partitions",
         events.len(),
-        produced_invalid
+        config.days,
+        config.resources,
+        produced_invalid,
+        labels.anomalies.len()
     );
     crate::say!(
         "running pipeline `{}` from {}",
@@ -124,6 +152,7 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
 
     let ctx = register(&tables).await?;
     let raw_rows = count(&ctx, "raw_metrics").await?;
+    let detection = detection(&ctx, &labels).await?;
     let report = DemoReport {
         produced: events.len(),
         produced_invalid,
@@ -134,10 +163,110 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         features_1m: summary.stage_rows.get("features_1m").copied().unwrap_or(0),
         features_5m: summary.stage_rows.get("features_5m").copied().unwrap_or(0),
         scored_5m: summary.stage_rows.get("anomaly_5m").copied().unwrap_or(0),
+        detection,
         seconds: started.elapsed().as_secs_f64(),
     };
     print_summary(&report, &ctx).await?;
     Ok(report)
+}
+
+/// The generator's metric events, about 2 % of them corrupted, and its labels.
+fn demo_events(
+    config: &DemoConfig,
+) -> anyhow::Result<(Vec<events::GeneratedEvent>, crate::generate::Labels)> {
+    use rand::{Rng, SeedableRng};
+    let span_us = (config.days * 86_400e6) as i64;
+    let now = chrono::Utc::now().timestamp_micros();
+    let start_us = now - span_us - (now - span_us).rem_euclid(60_000_000);
+    let generate = crate::generate::GenerateConfig {
+        seed: config.seed,
+        start_us,
+        span_us,
+        interval_us: 60_000_000,
+        resources: config.resources,
+        anomaly_share: 0.5,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0xDE40);
+    let mut out = Vec::new();
+    let labels = crate::generate::generate(
+        &generate,
+        &mut |topic: &'static str, key: &str, payload: &str, _ts: i64| {
+            if topic != crate::generate::METRICS_TOPIC {
+                return Ok(());
+            }
+            let valid = rng.random_range(0..1000) >= 20;
+            let payload = if valid {
+                payload.as_bytes().to_vec()
+            } else {
+                let mut event: serde_json::Value = serde_json::from_str(payload)?;
+                events::corrupt(&mut event, &mut rng)
+            };
+            out.push(events::GeneratedEvent {
+                key: key.to_string(),
+                payload,
+                valid,
+            });
+            Ok(())
+        },
+    )?;
+    Ok((out, labels))
+}
+
+/// Scores the flagged windows against the labelled metric anomalies.
+async fn detection(
+    ctx: &SessionContext,
+    labels: &crate::generate::Labels,
+) -> anyhow::Result<Detection> {
+    use arrow::array::{Array, AsArray};
+    const GRACE: i64 = 30 * 60_000_000;
+    let anomalies: Vec<_> = labels
+        .anomalies
+        .iter()
+        .filter(|a| a.metric != "cost" && a.metric != "price")
+        .collect();
+    let mut d = Detection {
+        labelled: anomalies.len(),
+        ..Detection::default()
+    };
+    if ctx.table_exist("metric_anomaly_scores_5m")? {
+        let flagged = ctx
+            .sql(&format!(
+                "SELECT CAST(resource_id AS VARCHAR) AS r, CAST(metric AS VARCHAR) AS m, \
+                 CAST(window_end AS BIGINT) AS t FROM metric_anomaly_scores_5m \
+                 WHERE anomaly_score >= {ALERT_SCORE}"
+            ))
+            .await?
+            .collect()
+            .await?;
+        let mut found = vec![false; anomalies.len()];
+        for b in &flagged {
+            let text = |i: usize| -> anyhow::Result<arrow::array::StringArray> {
+                let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8)?;
+                Ok(c.as_string::<i32>().clone())
+            };
+            let (r, m) = (text(0)?, text(1)?);
+            let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int64)?;
+            let t = t.as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                d.flagged += 1;
+                let mut inside = false;
+                for (a, hit) in anomalies.iter().zip(found.iter_mut()) {
+                    let t = t.value(i);
+                    if a.subject == r.value(i)
+                        && a.metric == m.value(i)
+                        && t > a.start_us
+                        && t <= a.end_us + GRACE
+                    {
+                        *hit = true;
+                        inside = true;
+                    }
+                }
+                d.flagged_in_anomaly += usize::from(inside && t.is_valid(i));
+            }
+        }
+        d.found = found.iter().filter(|f| **f).count();
+    }
+    Ok(d)
 }
 
 async fn produce(brokers: &str, events: &[events::GeneratedEvent]) -> anyhow::Result<()> {
@@ -246,7 +375,8 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
             .sql(
                 "SELECT resource_id, metric, window_start, round(mean, 2) AS mean, model_version, \
                  round(anomaly_score, 3) AS anomaly, round(c_robust_z, 3) AS robust_z, \
-                 round(c_seasonal, 3) AS seasonal, round(c_cusum, 3) AS cusum, \
+                 round(c_seasonal, 3) AS daily, round(c_seasonal_2, 3) AS weekly, \
+                 round(c_cusum, 3) AS cusum, \
                  round(c_model, 3) AS model FROM metric_anomaly_scores_5m \
                  ORDER BY anomaly_score DESC, resource_id LIMIT 5",
             )
@@ -259,6 +389,17 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         );
         crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
     }
+    let d = &report.detection;
+    crate::say!(
+        "detection (windows scoring ≥ {ALERT_SCORE}): {} of {} labelled anomalies found \
+         (recall {:.0} %); {} of {} flagged windows inside an anomaly (precision {:.0} %)",
+        d.found,
+        d.labelled,
+        100.0 * d.found as f64 / d.labelled.max(1) as f64,
+        d.flagged_in_anomaly,
+        d.flagged,
+        100.0 * d.flagged_in_anomaly as f64 / d.flagged.max(1) as f64
+    );
     crate::say!(
         "done in {:.1} s ({:.0} events/s end to end)",
         report.seconds,

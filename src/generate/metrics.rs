@@ -2,7 +2,8 @@
 //! (percent) and `NetworkIn` (bytes per interval), one each per interval.
 //!
 //! CPU = level × (floor + swing × workload load) × (1 + trend · days) + AR(1) noise, clamped to
-//! [0, 100]; network follows CPU with its own noise; memory is a slowly wandering level.
+//! [0, 100]; network follows CPU with its own noise; memory holds its level with slow,
+//! mean-reverting wander (AR(1), about ±2 points) and noise.
 //! Anomalies (one per chosen resource, in the second half of the history): a CPU spike
 //! (minutes), a level shift (×1.6 for hours), a dip (towards 0 for hours: a hung process) or a
 //! memory drift (a leak rising to near 100 % over hours).
@@ -33,7 +34,8 @@ struct Series {
     noise_sd: f64,
     ar: f64,
     cpu_noise: f64,
-    memory: f64,
+    memory_level: f64,
+    memory_wander: f64,
     memory_sd: f64,
     network_scale: f64,
     anomaly: Option<(Kind, i64, i64)>,
@@ -103,7 +105,8 @@ impl Metrics {
                     noise_sd: rng.random_range(1.0..4.0),
                     ar: rng.random_range(0.3..0.8),
                     cpu_noise: 0.0,
-                    memory: rng.random_range(30.0..70.0),
+                    memory_level: rng.random_range(30.0..70.0),
+                    memory_wander: 0.0,
                     memory_sd: rng.random_range(0.2..1.0),
                     network_scale: rng.random_range(2e5..5e6),
                     anomaly,
@@ -133,8 +136,9 @@ impl Metrics {
                 _ => {}
             }
             let cpu = cpu.clamp(0.0, 100.0);
-            s.memory += 0.02 * (50.0 - s.memory) / 50.0 + 0.05 * normal(&mut self.rng);
-            let mut memory = s.memory + s.memory_sd * normal(&mut self.rng);
+            // AR(1) with φ = 0.99 per interval and a stationary σ of 1 point.
+            s.memory_wander = 0.99 * s.memory_wander + 0.141 * normal(&mut self.rng);
+            let mut memory = s.memory_level + s.memory_wander + s.memory_sd * normal(&mut self.rng);
             if let Some((Kind::MemoryDrift, a, b)) = active {
                 let progress = (t - a) as f64 / (b - a).max(1) as f64;
                 memory += (97.0 - memory) * progress;

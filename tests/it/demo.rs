@@ -1,5 +1,5 @@
-//! `stratus demo` end to end on its embedded Kafka: every produced event is accounted for, and
-//! the feature windows that closed are in their tables.
+//! `stratus demo` end to end on its embedded Kafka: every produced event is accounted for, the
+//! feature windows that closed are in their tables, and every 5-minute window is scored.
 
 use stratus::demo::{DemoConfig, run};
 
@@ -8,16 +8,18 @@ use crate::unique;
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
     let out = std::env::temp_dir().join(unique("it-demo"));
-    // 20 resources, one point a minute each: 150 minutes of event time.
+    // 12 instances × 3 metrics, one point a minute each, for a day. (Fewer instances leave
+    // some of the 8 partitions without a key; an empty partition holds the watermark until
+    // its idle timeout, longer than this backfill.)
     let report = run(&DemoConfig {
-        events: 3_000,
-        resources: 20,
+        days: 1.0,
+        resources: 12,
         seed: 5,
         out_dir: out.clone(),
     })
     .await
     .unwrap();
-    assert_eq!(report.produced, 3_000);
+    assert_eq!(report.produced, 12 * 3 * 1440);
     assert!(report.produced_invalid > 0);
     assert_eq!(report.invalid, report.produced_invalid as u64);
     assert_eq!(
@@ -34,5 +36,17 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
         report.features_5m > 0 && report.features_5m < report.features_1m,
         "{report:?}"
     );
+    assert_eq!(report.scored_5m, report.features_5m);
+    let labels: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("labels.json")).unwrap()).unwrap();
+    let metric_labels = labels["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["metric"] != "cost" && a["metric"] != "price")
+        .count();
+    assert_eq!(report.detection.labelled, metric_labels);
+    assert!(report.detection.found <= report.detection.labelled);
+    assert!(report.detection.flagged_in_anomaly <= report.detection.flagged);
     std::fs::remove_dir_all(&out).unwrap();
 }

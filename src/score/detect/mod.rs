@@ -16,8 +16,12 @@
 //! `x² / (x² + a²)`, where `a` is that detector's alarm level (4 σ for the z-scores, `h` for
 //! CUSUM): 0 for no deviation, ½ at the alarm level, towards 1 beyond. Each detector's score
 //! then passes through its own [`likelihood`]: how unusual its last 10 scores are against its
-//! last 7 days for this key, as `−log₁₀(tail probability) / 10`. The ensemble score is the
-//! weighted mean of those; a detector's contribution is its weighted share.
+//! last 7 days for this key, as `−log₁₀(tail probability) / 10`. Their weighted sum is the
+//! combined evidence E (with weight 1 each, −log₁₀ of the product of the detectors' tail
+//! probabilities, over 10), so one detector that is sure is not diluted by others that see
+//! nothing; the ensemble score is `1 − e^(−E)` in [0, 1): 0.5 at E ≈ 0.69, a combined tail
+//! probability near 10⁻⁷. A detector's contribution is its share of the score: its term times
+//! score / E, so they sum to the score.
 //!
 //! State per key: a day of values for each of `robust_z`, `cusum` and the seasonal residuals
 //! (7 kB each for 5-minute values), `seasons × period / width` buckets for `seasonal` (194 kB
@@ -342,7 +346,7 @@ impl Ensemble {
         }
         Ok(Ensemble {
             names: specs.iter().map(|s| s.name().to_string()).collect(),
-            weights: specs.iter().map(|s| s.weight() / total).collect(),
+            weights: specs.iter().map(DetectorSpec::weight).collect(),
             detectors,
             likelihoods: Vec::new(),
         })
@@ -365,8 +369,15 @@ impl Ensemble {
             };
             contributions.push(w * score);
         }
+        let evidence: f64 = contributions.iter().sum();
+        let score = 1.0 - (-evidence.max(0.0)).exp();
+        if evidence > 0.0 {
+            for c in &mut contributions {
+                *c *= score / evidence;
+            }
+        }
         Verdict {
-            score: contributions.iter().sum::<f64>().clamp(0.0, 1.0),
+            score,
             contributions,
         }
     }

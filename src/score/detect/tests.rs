@@ -50,14 +50,17 @@ fn a_constant_baseline_makes_any_change_maximal_and_no_change_nothing() {
     for i in 0..5 {
         assert_eq!(e.observe(i * MIN, 7.0, None).score, 0.0);
     }
-    assert!(e.observe(5 * MIN, 7.001, None).score > 0.999);
+    // The detector's term is (all but) 1, the most one detector can say.
+    let most = 1.0 - (-1.0f64).exp();
+    assert!((e.observe(5 * MIN, 7.001, None).score - most).abs() < 1e-9);
 }
 
 #[test]
 fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() {
     let daily = spec("kind: seasonal\nperiod: 1d\nseasons: 2\nmin_points: 12");
-    let mut seasonal = Ensemble::plain(&[daily]).unwrap();
-    let mut robust = Ensemble::plain(&[spec("kind: robust_z")]).unwrap();
+    // The detectors' own scores (x² / (x² + 4²)), before any likelihood or ensemble.
+    let mut seasonal = daily.build().unwrap();
+    let mut robust = spec("kind: robust_z").build().unwrap();
     let step = 5 * MIN;
     let mut worst_seasonal_before = 0.0f64;
     let mut at_missing_peak = (0.0f64, 0.0f64);
@@ -67,8 +70,8 @@ fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() 
         let peak = (10.0..12.0).contains(&hour);
         let missing = t >= 3 * DAY && peak;
         let v = 20.0 + if peak && !missing { 30.0 } else { 0.0 } + noise(i as u64);
-        let s = seasonal.observe(t, v, None).score;
-        let r = robust.observe(t, v, None).score;
+        let s = seasonal.observe(t, v, None).unwrap_or(0.0);
+        let r = robust.observe(t, v, None).unwrap_or(0.0);
         if (2 * DAY..3 * DAY).contains(&t) {
             worst_seasonal_before = worst_seasonal_before.max(s);
         }
@@ -119,7 +122,7 @@ fn cusum_accumulates_a_small_level_shift_that_no_single_point_reveals() {
 #[test]
 fn contributions_are_weighted_shares_that_sum_to_the_score() {
     let specs: Vec<DetectorSpec> = serde_norway::from_str(
-        "- {kind: robust_z, weight: 3, min_points: 3}\n- {kind: model, weight: 1}",
+        "- {kind: robust_z, weight: 0.75, min_points: 3}\n- {kind: model, weight: 0.25}",
     )
     .unwrap();
     let mut e = Ensemble::plain(&specs).unwrap();
@@ -129,9 +132,13 @@ fn contributions_are_weighted_shares_that_sum_to_the_score() {
     }
     // Median 2, MAD 1 → σ 1.4826; 2 + 4σ scores exactly ½ for robust_z; the model says 0.2.
     let v = e.observe(3 * MIN, 2.0 + 4.0 * trailing::MAD_TO_SIGMA, Some(0.2));
-    assert!((v.contributions[0] - 0.75 * 0.5).abs() < 1e-12);
-    assert!((v.contributions[1] - 0.25 * 0.2).abs() < 1e-12);
-    assert_eq!(v.score, v.contributions.iter().sum::<f64>());
+    // Evidence 0.75 × ½ + 0.25 × 0.2; the score is 1 − e^(−evidence), shared in proportion.
+    let evidence: f64 = 0.75 * 0.5 + 0.25 * 0.2;
+    let score = 1.0 - (-evidence).exp();
+    assert!((v.score - score).abs() < 1e-12);
+    assert!((v.contributions[0] - 0.75 * 0.5 * score / evidence).abs() < 1e-12);
+    assert!((v.contributions[1] - 0.25 * 0.2 * score / evidence).abs() < 1e-12);
+    assert!((v.score - v.contributions.iter().sum::<f64>()).abs() < 1e-15);
 }
 
 #[test]
