@@ -243,11 +243,14 @@ async fn models(command: Models) -> anyhow::Result<()> {
                 for v in r.versions(&n).await? {
                     let m = r.manifest(&n, v).await?;
                     let features: Vec<&str> = m.feature_names().collect();
+                    let version = match m.training.delta_version {
+                        v if v >= 0 => format!("Delta v{v}, "),
+                        _ => String::new(),
+                    };
                     stratus::say!(
-                        "{n}@{v}  created {}  trained on {} (Delta v{}, {} rows)  inputs: {}",
+                        "{n}@{v}  created {}  trained on {} ({version}{} rows)  inputs: {}",
                         m.created_at,
                         m.training.table,
-                        m.training.delta_version,
                         m.training.rows,
                         features.join(", ")
                     );
@@ -296,10 +299,33 @@ enum Evaluate {
         /// Also write the figures as JSON here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also evaluate this registered forecast model: NAME or NAME@VERSION.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+        /// Instead of evaluating, write the training range's features and targets as CSV (what
+        /// models/train_forecast.py learns from).
+        #[arg(long)]
+        write_training_rows: Option<PathBuf>,
     },
 }
 
-fn evaluate(command: Evaluate) -> anyhow::Result<()> {
+async fn forecast_model(
+    model: &str,
+    registry: &str,
+) -> anyhow::Result<stratus::evaluate::forecast::ForecastModel> {
+    use stratus::score::registry::{ModelRef, Registry};
+    let reference: ModelRef = model.parse().map_err(anyhow::Error::msg)?;
+    let r = Registry::open(registry, &stratus::sink::storage_options_from_env())?;
+    let version = r.resolve(&reference).await?;
+    let loaded = r.load(&reference.name, version).await?;
+    let label = format!("{}@{version}", reference.name);
+    stratus::evaluate::forecast::ForecastModel::new(&label, &loaded.onnx)
+        .map_err(anyhow::Error::msg)
+}
+
+fn evaluate(command: Evaluate, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     use stratus::score::detect::DetectorSpec;
     match command {
         Evaluate::Detect {
@@ -334,6 +360,9 @@ fn evaluate(command: Evaluate) -> anyhow::Result<()> {
             season,
             holdout,
             report,
+            model,
+            registry,
+            write_training_rows,
         } => {
             use stratus::evaluate::forecast;
             let us = |what: &str, text: &str| {
@@ -361,7 +390,18 @@ fn evaluate(command: Evaluate) -> anyhow::Result<()> {
                 holdout,
             };
             let series = forecast::read_series(&input).map_err(anyhow::Error::msg)?;
-            let figures = forecast::evaluate(&series, &config);
+            if let Some(path) = write_training_rows {
+                let rows = forecast::write_training_rows(&series, &config, &path)
+                    .map_err(anyhow::Error::msg)?;
+                stratus::say!("{rows} training rows in {}", path.display());
+                return Ok(());
+            }
+            let mut model = match model {
+                Some(m) => Some(runtime.block_on(forecast_model(&m, &registry))?),
+                None => None,
+            };
+            let figures =
+                forecast::evaluate(&series, &config, model.as_mut()).map_err(anyhow::Error::msg)?;
             print!("{}", forecast::render(&figures));
             if let Some(path) = report {
                 std::fs::write(&path, serde_json::to_string_pretty(&figures)?)
@@ -551,7 +591,7 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(stratus::demo::run(&config))?;
         }
-        Command::Evaluate(command) => evaluate(command)?,
+        Command::Evaluate(command) => evaluate(command, &runtime)?,
         Command::Models(command) => runtime.block_on(models(command))?,
         Command::Generate {
             out,

@@ -4,14 +4,18 @@
 //! In: spot price history as `describe-spot-price-history` writes it
 //! (`AvailabilityZone,InstanceType,ProductDescription,SpotPrice,Timestamp`, one row per price
 //! change, any order) — one series per zone, type and product — or a `timestamp,value` CSV
-//! (one series). Each series is a step function: its value at t is the last one at or before t.
+//! (one series, or one per value of an optional `series` column). Each series is a step function: its value at t is the last one at or before t.
 //! It is sampled on a regular grid (hourly by default); the last `holdout` share of each
 //! series' time range is held out. From every grid time t in the held-out range, each
 //! forecaster predicts t + h for each horizon h.
 //!
 //! Forecasters: `naive` (the value at t) and `seasonal_naive` (the value one season before
-//! t + h, a day by default). Their intervals are the empirical quantiles of their own errors on
-//! the training range, per series and horizon (split-conformal intervals).
+//! t + h, a day by default), whose intervals are the empirical quantiles of their own errors on
+//! the training range, per series and horizon (split-conformal intervals); and, when given, a
+//! registered model that maps [`FEATURES`] (computed by [`features`] from the series up to t)
+//! to [`QUANTILES`] of the relative change to t + h: its median is the forecast, its
+//! 10–90 % and 2.5–97.5 % quantiles the intervals. `--write-training-rows` writes the same
+//! features for the training range, for `models/train_forecast.py`.
 //!
 //! Out, per forecaster and horizon: MAE, MAPE, sMAPE, MASE (errors scaled by the in-sample MAE
 //! of the naive forecast at the same horizon, per series — below 1 beats naive as it did in
@@ -66,7 +70,7 @@ pub fn read_series(path: &Path) -> Result<Vec<Steps>, String> {
                     .collect();
                 (t, v, key)
             }
-            (Some(t), None, Some(v)) => (t, v, Vec::new()),
+            (Some(t), None, Some(v)) => (t, v, col("series").into_iter().collect()),
             _ => {
                 return Err(format!(
                     "{}:1: expected `timestamp,value` or describe-spot-price-history columns \
@@ -182,12 +186,224 @@ fn seasonal_naive(s: &Steps, t: i64, h: i64, season: i64) -> Option<f64> {
 
 const FORECASTERS: [(&str, Forecaster); 2] = [("naive", naive), ("seasonal_naive", seasonal_naive)];
 
+const HOUR: i64 = 3_600_000_000;
+
+/// The names of a forecast model's input features, in order (see [`features`]).
+pub const FEATURES: [&str; 14] = [
+    "horizon_hours",
+    "hour_of_day",
+    "day_of_week",
+    "lag_1h",
+    "lag_6h",
+    "lag_24h",
+    "same_phase_last_season",
+    "mean_24h",
+    "std_24h",
+    "min_24h",
+    "max_24h",
+    "mean_7d",
+    "hours_since_change",
+    "changes_24h",
+];
+
+/// A forecast model's outputs: quantiles of the target, lowest first.
+pub const QUANTILES: [(&str, f64); 5] = [
+    ("q025", 0.025),
+    ("q10", 0.1),
+    ("q50", 0.5),
+    ("q90", 0.9),
+    ("q975", 0.975),
+];
+
+/// The offset `c` of a series' log transform `g(y) = ln(y + c)`: 1 % of its median absolute
+/// value in the training range (so zeros are allowed), at least 1e-9.
+pub fn offset(s: &Steps, split: i64) -> f64 {
+    let mut v: Vec<f64> = s
+        .times
+        .iter()
+        .zip(&s.values)
+        .filter(|(t, _)| **t <= split)
+        .map(|(_, v)| v.abs())
+        .collect();
+    if v.is_empty() {
+        return 1e-9;
+    }
+    (0.01 * quantile(&mut v, 0.5)).max(1e-9)
+}
+
+/// The model's inputs for forecasting `t + h` from `t`, and `g` of the level at `t`: every
+/// value enters relative to the level, as `g(y) − g(y(t))` with `g(y) = ln(y + c)`, so one
+/// model serves series of any scale. None where the series has no value at `t` or `y + c ≤ 0`.
+/// The target the model learns is `g(y(t + h)) − g(y(t))`.
+pub fn features(s: &Steps, t: i64, h: i64, season: i64, c: f64) -> Option<(Vec<f32>, f64)> {
+    let g = |y: f64| (y + c > 0.0).then(|| (y + c).ln());
+    let level = g(s.at(t)?)?;
+    let rel = |y: Option<f64>| y.and_then(g).map_or(0.0, |v| v - level);
+    // Hourly samples of the last day and week.
+    let day: Vec<f64> = (0..=24).filter_map(|k| s.at(t - k * HOUR)).collect();
+    let week_mean = {
+        let w: Vec<f64> = (0..=168).filter_map(|k| s.at(t - k * HOUR)).collect();
+        w.iter().sum::<f64>() / w.len().max(1) as f64
+    };
+    let mean = day.iter().sum::<f64>() / day.len().max(1) as f64;
+    let std =
+        (day.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / day.len().max(1) as f64).sqrt();
+    let min = day.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = day.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let last_change = s
+        .times
+        .partition_point(|&x| x <= t)
+        .checked_sub(1)
+        .map(|i| s.times[i]);
+    let since = last_change.map_or(168.0, |x| ((t - x) as f64 / HOUR as f64).min(168.0));
+    let changes =
+        s.times.partition_point(|&x| x <= t) - s.times.partition_point(|&x| x <= t - 24 * HOUR);
+    let k = (h + season - 1) / season;
+    let target_time = t + h;
+    let days = target_time.div_euclid(24 * HOUR);
+    let row = [
+        h as f64 / HOUR as f64,
+        (target_time.rem_euclid(24 * HOUR) / HOUR) as f64,
+        (days + 3).rem_euclid(7) as f64,
+        rel(s.at(t - HOUR)),
+        rel(s.at(t - 6 * HOUR)),
+        rel(s.at(t - 24 * HOUR)),
+        rel(s.at(t + h - k * season)),
+        rel(Some(mean)),
+        std / (s.at(t)?.abs() + c),
+        rel(Some(min)),
+        rel(Some(max)),
+        rel(Some(week_mean)),
+        since,
+        changes as f64,
+    ];
+    Some((row.iter().map(|&v| v as f32).collect(), level))
+}
+
+/// A registered forecast model: [`FEATURES`] in, [`QUANTILES`] of the relative target out.
+pub struct ForecastModel {
+    pub label: String,
+    model: crate::score::OnnxModel,
+}
+
+impl ForecastModel {
+    pub fn new(label: &str, onnx: &[u8]) -> Result<Self, String> {
+        let model = crate::score::OnnxModel::from_bytes(label, onnx, FEATURES.len())
+            .map_err(|e| e.to_string())?;
+        let outputs = model.outputs();
+        if let Some((missing, _)) = QUANTILES
+            .iter()
+            .find(|(q, _)| !outputs.iter().any(|o| o == q))
+        {
+            return Err(format!(
+                "model {label} has no output {missing:?}; a forecast model gives {QUANTILES:?}"
+            ));
+        }
+        Ok(ForecastModel {
+            label: label.to_string(),
+            model,
+        })
+    }
+
+    /// Per row, the five quantiles of the relative target.
+    fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
+        let n = rows.len() / FEATURES.len();
+        let mut out = vec![[0.0; 5]; n];
+        for (j, (name, _)) in QUANTILES.iter().enumerate() {
+            let q = self.model.score(rows, name).map_err(|e| e.to_string())?;
+            if q.len() != n {
+                return Err(format!(
+                    "model {}: {} values of {name} for {n} rows",
+                    self.label,
+                    q.len()
+                ));
+            }
+            for (o, v) in out.iter_mut().zip(q) {
+                o[j] = f64::from(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes the training rows — origins whose target lies before the held-out range — as CSV:
+/// `series,origin,` then [`FEATURES`], then `target`. What `models/train_forecast.py` learns
+/// from, computed by the same function the evaluation scores with.
+pub fn write_training_rows(
+    series: &[Steps],
+    config: &ForecastConfig,
+    path: &Path,
+) -> Result<usize, String> {
+    use std::fmt::Write as _;
+    let mut text = format!("series,origin,{},target\n", FEATURES.join(","));
+    let mut rows = 0;
+    for s in series {
+        let (Some(&first), Some(&last)) = (s.times.first(), s.times.last()) else {
+            continue;
+        };
+        let split = first + ((last - first) as f64 * (1.0 - config.holdout)) as i64;
+        let c = offset(s, split);
+        let start = first + (config.step_us - first.rem_euclid(config.step_us)) % config.step_us;
+        let mut t = start;
+        while t < split {
+            for &h in &config.horizons_us {
+                if t + h > split {
+                    continue;
+                }
+                let (Some((x, level)), Some(y)) =
+                    (features(s, t, h, config.season_us, c), s.at(t + h))
+                else {
+                    continue;
+                };
+                if y + c <= 0.0 {
+                    continue;
+                }
+                let _ = write!(text, "{},{}", s.name.replace(',', ";"), t);
+                for v in &x {
+                    let _ = write!(text, ",{v}");
+                }
+                let _ = writeln!(text, ",{}", (y + c).ln() - level);
+                rows += 1;
+            }
+            t += config.step_us;
+        }
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok(rows)
+}
+
 /// The `q` quantile of `v` (sorted in place), linear between order statistics.
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let pos = q * (v.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+impl Accumulator {
+    /// One forecast `p` of the actual `y`, with its 95 % and 80 % bounds `[lo95, lo80, hi80,
+    /// hi95]`, and the series' MASE scale.
+    fn add(&mut self, y: f64, p: f64, band: Option<[f64; 4]>, scale: Option<f64>) {
+        let e = y - p;
+        self.n += 1;
+        self.abs += e.abs();
+        if y != 0.0 {
+            self.ape += (e / y).abs();
+            self.ape_n += 1;
+        }
+        let denominator = y.abs() + p.abs();
+        if denominator > 0.0 {
+            self.sape += 2.0 * e.abs() / denominator;
+        }
+        if let Some(scale) = scale.filter(|&s| s > 0.0) {
+            self.scaled += e.abs() / scale;
+            self.scaled_n += 1;
+        }
+        if let Some([lo95, lo80, hi80, hi95]) = band {
+            self.in80 += usize::from((lo80..=hi80).contains(&y));
+            self.in95 += usize::from((lo95..=hi95).contains(&y));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -203,7 +419,11 @@ struct Accumulator {
     in95: usize,
 }
 
-pub fn evaluate(series: &[Steps], config: &ForecastConfig) -> ForecastReport {
+pub fn evaluate(
+    series: &[Steps],
+    config: &ForecastConfig,
+    mut model: Option<&mut ForecastModel>,
+) -> Result<ForecastReport, String> {
     let mut acc: BTreeMap<(usize, usize), Accumulator> = BTreeMap::new();
     for s in series {
         let (Some(&first), Some(&last)) = (s.times.first(), s.times.last()) else {
@@ -245,6 +465,9 @@ pub fn evaluate(series: &[Steps], config: &ForecastConfig) -> ForecastReport {
                 })
                 .collect();
             // Held out: origins from the split on, targets up to the last observation.
+            let c = offset(s, split);
+            let mut origins = Vec::new();
+            let mut rows = Vec::new();
             let mut t =
                 split + (config.step_us - split.rem_euclid(config.step_us)) % config.step_us;
             while t + h <= last {
@@ -253,37 +476,45 @@ pub fn evaluate(series: &[Steps], config: &ForecastConfig) -> ForecastReport {
                     let Some(p) = f(s, t, h, config.season_us) else {
                         continue;
                     };
-                    let a = acc.entry((fi, hi)).or_default();
-                    let e = y - p;
-                    a.n += 1;
-                    a.abs += e.abs();
-                    if y != 0.0 {
-                        a.ape += (e / y).abs();
-                        a.ape_n += 1;
-                    }
-                    let denominator = y.abs() + p.abs();
-                    if denominator > 0.0 {
-                        a.sape += 2.0 * e.abs() / denominator;
-                    }
-                    if let Some(scale) = scale.filter(|&s| s > 0.0) {
-                        a.scaled += e.abs() / scale;
-                        a.scaled_n += 1;
-                    }
-                    if let Some([q025, q10, q90, q975]) = bands[fi] {
-                        a.in80 += usize::from((p + q10..=p + q90).contains(&y));
-                        a.in95 += usize::from((p + q025..=p + q975).contains(&y));
-                    }
+                    let band = bands[fi]
+                        .map(|[q025, q10, q90, q975]| [p + q025, p + q10, p + q90, p + q975]);
+                    acc.entry((fi, hi)).or_default().add(y, p, band, scale);
+                }
+                if let Some((x, level)) = features(s, t, h, config.season_us, c) {
+                    origins.push((y, level));
+                    rows.extend(x);
                 }
                 t += config.step_us;
             }
+            if let Some(m) = model.as_deref_mut().filter(|_| !origins.is_empty()) {
+                let back = |r: f64, level: f64| (r + level).exp() - c;
+                for ((y, level), q) in origins.iter().zip(m.predict(&rows)?) {
+                    let band = [
+                        back(q[0], *level),
+                        back(q[1], *level),
+                        back(q[3], *level),
+                        back(q[4], *level),
+                    ];
+                    acc.entry((FORECASTERS.len(), hi)).or_default().add(
+                        *y,
+                        back(q[2], *level),
+                        Some(band),
+                        scale,
+                    );
+                }
+            }
         }
     }
+    let model_label = model.as_ref().map_or(String::new(), |m| m.label.clone());
     let figures = acc
         .into_iter()
         .map(|((fi, hi), a)| {
             let n = a.n.max(1) as f64;
             Figures {
-                forecaster: FORECASTERS[fi].0.to_string(),
+                forecaster: match FORECASTERS.get(fi) {
+                    Some((name, _)) => name.to_string(),
+                    None => model_label.clone(),
+                },
                 horizon_hours: config.horizons_us[hi] as f64 / 3.6e9,
                 points: a.n,
                 mae: a.abs / n,
@@ -295,10 +526,10 @@ pub fn evaluate(series: &[Steps], config: &ForecastConfig) -> ForecastReport {
             }
         })
         .collect();
-    ForecastReport {
+    Ok(ForecastReport {
         series: series.len(),
         figures,
-    }
+    })
 }
 
 /// The report as a table.
@@ -373,7 +604,7 @@ mod tests {
             times,
             values,
         };
-        let r = evaluate(&[s], &config(&[1, 6]));
+        let r = evaluate(&[s], &config(&[1, 6]), None).unwrap();
         let get = |f: &str, h: f64| {
             r.figures
                 .iter()
@@ -392,6 +623,33 @@ mod tests {
         let naive = get("naive", 1.0);
         assert!((naive.mase.unwrap() - 1.0).abs() < 0.05, "{naive:?}");
         assert!(naive.mae > 1.0);
+    }
+
+    #[test]
+    fn features_at_t_use_nothing_after_t() {
+        let times: Vec<i64> = (0..400).map(|i| i * H / 2 + (i % 7) * 60_000_000).collect();
+        let values: Vec<f64> = (0..400)
+            .map(|i| 1.0 + ((i * 37) % 11) as f64 / 10.0)
+            .collect();
+        let full = Steps {
+            name: "s".into(),
+            times: times.clone(),
+            values: values.clone(),
+        };
+        for t in [100 * H, 150 * H + 7, 190 * H] {
+            let keep = times.partition_point(|&x| x <= t);
+            let cut = Steps {
+                name: "s".into(),
+                times: times[..keep].to_vec(),
+                values: values[..keep].to_vec(),
+            };
+            for h in [H, 6 * H, 24 * H] {
+                assert_eq!(
+                    features(&full, t, h, 24 * H, 0.01),
+                    features(&cut, t, h, 24 * H, 0.01)
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod crash;
 mod delta_s3;
 mod demo;
 mod evaluate;
+mod forecast;
 mod ingest;
 mod kafka;
 mod onnx;

@@ -1,0 +1,173 @@
+"""Trains a forecast model: gradient-boosted quantile regressors over the features
+`stratus evaluate forecast --write-training-rows` computes, conformalised, merged into one ONNX
+graph with outputs q025, q10, q50, q90 and q975, checked against scikit-learn, with a manifest.
+
+Usage:
+  train_forecast.py --rows ROWS.csv --out DIR --name NAME [--source WHAT] [--seed 7]
+                    [--register REGISTRY]
+
+ROWS.csv holds `series,origin,<features...>,target` for origins in the training range only;
+the target is the change of ln(y + c) from the origin to origin + horizon (one model serves
+every horizon: `horizon_hours` is a feature). Rows are split by origin time: the first 80 %
+train the quantile models, the last 20 % calibrate them (conformalised quantile regression:
+each interval is widened or narrowed by the quantile of its conformity scores there). The
+ONNX graph's outputs must equal scikit-learn's (plus the calibration) within 1e-4 on the
+calibration rows, or nothing is written.
+"""
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import skl2onnx
+import sklearn
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import to_onnx
+from sklearn.ensemble import GradientBoostingRegressor
+
+QUANTILES = [("q025", 0.025), ("q10", 0.1), ("q50", 0.5), ("q90", 0.9), ("q975", 0.975)]
+PARITY_TOLERANCE = 1e-4
+
+
+def read_rows(path: Path):
+    with open(path) as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    features = header[2:-1]
+    origin = np.array([int(r[1]) for r in rows], dtype=np.int64)
+    x = np.array([[float(v) for v in r[2:-1]] for r in rows], dtype=np.float32)
+    y = np.array([float(r[-1]) for r in rows], dtype=np.float64)
+    return features, origin, x, y
+
+
+def conformal(lo, hi, y, level):
+    """CQR: the (1 - alpha)(1 + 1/n) quantile of max(lo - y, y - hi)."""
+    scores = np.maximum(lo - y, y - hi)
+    n = len(scores)
+    q = min(1.0, level * (1 + 1 / n))
+    return float(np.quantile(scores, q, method="higher"))
+
+
+def merged_graph(models, n_features, adjust):
+    """One graph: input X, output per quantile = model(X) + adjust[q]."""
+    nodes, inits, outputs = [], [], []
+    opsets = {}
+    for (name, _), model in zip(QUANTILES, models):
+        part = to_onnx(model, np.zeros((1, n_features), dtype=np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+        for o in part.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+        prefix = f"{name}_"
+        part = onnx.compose.add_prefix(part, prefix)
+        g = part.graph
+        inits.extend(g.initializer)
+        nodes.append(helper.make_node("Identity", ["X"], [g.input[0].name]))
+        nodes.extend(g.node)
+        shift = f"{prefix}adjust"
+        inits.append(numpy_helper.from_array(np.array([adjust[name]], dtype=np.float32), shift))
+        raw = g.output[0].name
+        nodes.append(helper.make_node("Add", [raw, shift], [f"{prefix}adjusted"]))
+        nodes.append(helper.make_node("Reshape", [f"{prefix}adjusted", "flat_shape"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None]))
+    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat_shape"))
+    graph = helper.make_graph(
+        nodes,
+        "stratus_forecast",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, n_features])],
+        outputs,
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--source", default="", help="what the rows were computed from, for the manifest")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--trees", type=int, default=200)
+    p.add_argument("--register")
+    a = p.parse_args()
+
+    features, origin, x, y = read_rows(a.rows)
+    if len(y) < 200:
+        sys.exit(f"{a.rows}: only {len(y)} training rows; need at least 200")
+    order = np.argsort(origin, kind="stable")
+    origin, x, y = origin[order], x[order], y[order]
+    cut = int(len(y) * 0.8)
+    models = []
+    for _, q in QUANTILES:
+        m = GradientBoostingRegressor(
+            loss="quantile", alpha=q, n_estimators=a.trees, max_depth=3, learning_rate=0.05,
+            subsample=0.8, min_samples_leaf=20, random_state=a.seed,
+        ).fit(x[:cut], y[:cut])
+        models.append(m)
+    calib = {name: m.predict(x[cut:]) for (name, _), m in zip(QUANTILES, models)}
+    yc = y[cut:]
+    a95 = conformal(calib["q025"], calib["q975"], yc, 0.95)
+    a80 = conformal(calib["q10"], calib["q90"], yc, 0.80)
+    adjust = {"q025": -a95, "q10": -a80, "q50": 0.0, "q90": a80, "q975": a95}
+    onx = merged_graph(models, x.shape[1], adjust)
+    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run([n for n, _ in QUANTILES], {"X": x[cut:]})
+    parity = max(float(np.max(np.abs(g - (calib[n] + adjust[n])))) for g, (n, _) in zip(got, QUANTILES))
+    if parity > PARITY_TOLERANCE:
+        sys.exit(f"ONNX and scikit-learn disagree on calibration rows: max |diff| {parity:.3g}")
+    cover = lambda lo, hi: float(np.mean((yc >= lo) & (yc <= hi)))
+    iso = lambda us: dt.datetime.fromtimestamp(us / 1e6, dt.timezone.utc).isoformat()
+    manifest = {
+        "name": a.name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [{"name": f, "type": "float32"} for f in features],
+        "outputs": [{"name": n, "description": f"{q:g} quantile of ln(y+c) change to origin + horizon"} for n, q in QUANTILES],
+        "score_output": "q50",
+        "training": {
+            "table": a.source or str(a.rows),
+            "delta_version": -1,
+            "time_range": [iso(int(origin[0])), iso(int(origin[-1]))],
+            "rows": int(len(y)),
+        },
+        "metrics": {
+            "parity_max_abs_diff": parity,
+            "calibration_rows": int(len(yc)),
+            "conformal_adjust_80": a80,
+            "conformal_adjust_95": a95,
+            "calibration_coverage_80": cover(calib["q10"] - a80, calib["q90"] + a80),
+            "calibration_coverage_95": cover(calib["q025"] - a95, calib["q975"] + a95),
+        },
+        "details": {
+            "algorithm": "GradientBoostingRegressor(loss=quantile), conformalised (CQR)",
+            "n_estimators": a.trees,
+            "max_depth": 3,
+            "learning_rate": 0.05,
+            "random_state": a.seed,
+            "scikit_learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__,
+            "onnxruntime": ort.__version__,
+        },
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "model.onnx").write_bytes(onx.SerializeToString())
+    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"{a.name}: {len(y)} rows ({cut} train, {len(yc)} calibration); CQR adjust 80 % {a80:+.4g}, 95 % {a95:+.4g}; parity {parity:.2g}")
+    if a.register:
+        stratus = os.environ.get("STRATUS_BIN", "stratus")
+        subprocess.run([stratus, "models", "register", str(a.out), "--registry", a.register], check=True)
+
+
+if __name__ == "__main__":
+    main()

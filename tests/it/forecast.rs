@@ -1,0 +1,104 @@
+//! Forecasts end to end: Stratus computes the training rows from the public spot price history,
+//! `models/train_forecast.py` trains and conformalises quantile models, checks the merged ONNX
+//! graph against scikit-learn and registers it; `stratus evaluate forecast --model` scores the
+//! held-out range with it beside the naive baselines.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{setting, unique};
+
+fn stratus(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stratus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_trained_spot_price_model_is_registered_and_evaluated_against_the_baselines() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let history = format!("{root}/tests/data/spot-sample/spot_price_history.csv");
+    let dir = std::env::temp_dir().join(unique("it-forecast"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = dir.join("rows.csv").display().to_string();
+    let registry = dir.join("registry").display().to_string();
+    let said = stratus(&[
+        "evaluate",
+        "forecast",
+        &history,
+        "--write-training-rows",
+        &rows,
+    ]);
+    assert!(said.contains("training rows"), "{said}");
+
+    let status = Command::new(setting("STRATUS_PYTHON"))
+        .arg(Path::new(root).join("models/train_forecast.py"))
+        .args([
+            "--rows",
+            &rows,
+            "--out",
+            &dir.join("model").display().to_string(),
+        ])
+        .args([
+            "--name",
+            "spot_price",
+            "--trees",
+            "60",
+            "--register",
+            &registry,
+        ])
+        .env("STRATUS_BIN", env!("CARGO_BIN_EXE_stratus"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{registry}/spot_price/1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(manifest["metrics"]["parity_max_abs_diff"].as_f64().unwrap() <= 1e-4);
+    assert_eq!(manifest["score_output"], "q50");
+
+    let report = dir.join("report.json").display().to_string();
+    stratus(&[
+        "evaluate",
+        "forecast",
+        &history,
+        "--model",
+        "spot_price",
+        "--registry",
+        &registry,
+        "--report",
+        &report,
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let figures = report["figures"].as_array().unwrap();
+    let get = |who: &str, h: f64| {
+        figures
+            .iter()
+            .find(|f| f["forecaster"] == who && f["horizon_hours"] == h)
+            .unwrap_or_else(|| panic!("no {who} at {h} h"))
+    };
+    for h in [1.0, 6.0, 24.0] {
+        let (model, naive) = (get("spot_price@1", h), get("naive", h));
+        // Scored on exactly the origins the baselines are.
+        assert_eq!(model["points"], naive["points"]);
+        for cov in ["coverage_80", "coverage_95"] {
+            let c = model[cov].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&c));
+        }
+    }
+    // A day ahead, where the price has moved, the model beats the last price.
+    let (m, n) = (get("spot_price@1", 24.0), get("naive", 24.0));
+    assert!(
+        m["mae"].as_f64().unwrap() < n["mae"].as_f64().unwrap(),
+        "{m} vs {n}"
+    );
+}
