@@ -166,6 +166,17 @@ pub(super) async fn open_source(
         watermark.restore(s.watermark, &s.newest, now_us());
     }
     watermark.assign(&partitions, now_us());
+    if config.until_caught_up
+        && let Reader::Kafka { targets, .. } = &reader
+    {
+        // A backfill ends once it has read what was there at its start: a partition with
+        // nothing to read would hold the watermark until its idle timeout, past the end.
+        for (p, &end) in targets {
+            if end <= position.get(p).copied().unwrap_or(0) {
+                watermark.release_silent(*p);
+            }
+        }
+    }
     Ok(SourceRuntime {
         decoder: BatchDecoder::new(
             plan.schema.clone(),

@@ -81,6 +81,18 @@ impl WatermarkTracker {
         }
     }
 
+    /// Stops `partition` holding the watermark back while it has delivered no event: for a
+    /// backfill, a partition with nothing to read will not speak before the run ends.
+    pub fn release_silent(&mut self, partition: i32) {
+        if self
+            .partitions
+            .get(&partition)
+            .is_some_and(|c| c.max_event_time == i64::MIN)
+        {
+            self.partitions.remove(&partition);
+        }
+    }
+
     /// Records that `partition` delivered events up to `max_event_time` at processing time `now`.
     pub fn observe(&mut self, partition: i32, max_event_time: i64, now: i64) {
         let clock = self.partitions.entry(partition).or_insert(PartitionClock {
@@ -177,6 +189,18 @@ mod tests {
         quiet.observe(0, 100 * S, 29 * S);
         assert_eq!(quiet.watermark(29 * S), i64::MIN);
         assert_eq!(quiet.watermark(30 * S), 100 * S);
+    }
+
+    #[test]
+    fn a_released_silent_partition_holds_nothing_back_but_one_that_spoke_still_does() {
+        let mut w = WatermarkTracker::new(0, 30 * S);
+        w.assign(&[0, 1, 2], 0);
+        w.observe(0, 100 * S, 0);
+        w.observe(2, 50 * S, 0);
+        assert_eq!(w.watermark(S), i64::MIN);
+        w.release_silent(1);
+        w.release_silent(2);
+        assert_eq!(w.watermark(S), 50 * S);
     }
 
     #[test]
