@@ -9,10 +9,11 @@ Usage:
 ROWS.csv holds `series,origin,<features...>,target` for origins in the training range only;
 the target is the change of ln(y + c) from the origin to origin + horizon (one model serves
 every horizon: `horizon_hours` is a feature). Rows are split by origin time: the first 80 %
-train the quantile models, the last 20 % calibrate them (conformalised quantile regression:
-each interval is widened or narrowed by the quantile of its conformity scores there). The
-ONNX graph's outputs must equal scikit-learn's (plus the calibration) within 1e-4 on the
-calibration rows, or nothing is written.
+train the quantile models, the last 20 % calibrate them (conformalised quantile regression,
+per horizon: each interval is widened or narrowed by the quantile of its conformity scores at
+that horizon; a horizon not seen in calibration gets the pooled adjustment). The ONNX graph's
+outputs must equal scikit-learn's (plus the calibration) within 1e-4 on the calibration rows,
+or nothing is written.
 """
 
 import argparse
@@ -58,10 +59,19 @@ def conformal(lo, hi, y, level):
     return float(np.quantile(scores, q, method="higher"))
 
 
-def merged_graph(models, n_features, adjust):
-    """One graph: input X, output per quantile = model(X) + adjust[q]."""
+def merged_graph(models, n_features, adjust, horizons):
+    """One graph: input X, output per quantile = model(X) + the adjustment for X's horizon.
+
+    `adjust[name]` is (pooled, {horizon: value}); the horizon is X's first column.
+    """
     nodes, inits, outputs = [], [], []
-    opsets = {}
+    opsets = {"": 17}
+    inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "horizon_index"))
+    nodes.append(helper.make_node("Gather", ["X", "horizon_index"], ["horizon_column"], axis=1))
+    nodes.append(helper.make_node("Reshape", ["horizon_column", "flat_shape"], ["horizon"]))
+    for h in horizons:
+        inits.append(numpy_helper.from_array(np.array([h], dtype=np.float32), f"h_{h:g}"))
+        nodes.append(helper.make_node("Equal", ["horizon", f"h_{h:g}"], [f"is_h_{h:g}"]))
     for (name, _), model in zip(QUANTILES, models):
         part = to_onnx(model, np.zeros((1, n_features), dtype=np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
         for o in part.opset_import:
@@ -72,11 +82,18 @@ def merged_graph(models, n_features, adjust):
         inits.extend(g.initializer)
         nodes.append(helper.make_node("Identity", ["X"], [g.input[0].name]))
         nodes.extend(g.node)
-        shift = f"{prefix}adjust"
-        inits.append(numpy_helper.from_array(np.array([adjust[name]], dtype=np.float32), shift))
-        raw = g.output[0].name
-        nodes.append(helper.make_node("Add", [raw, shift], [f"{prefix}adjusted"]))
-        nodes.append(helper.make_node("Reshape", [f"{prefix}adjusted", "flat_shape"], [name]))
+        pooled, per = adjust[name]
+        # Where(h == h1, a1, Where(h == h2, a2, … pooled)).
+        current = f"{prefix}adjust_pooled"
+        inits.append(numpy_helper.from_array(np.array([pooled], dtype=np.float32), current))
+        for h in horizons:
+            value = f"{prefix}adjust_{h:g}"
+            inits.append(numpy_helper.from_array(np.array([per.get(h, pooled)], dtype=np.float32), value))
+            chosen = f"{prefix}adjust_upto_{h:g}"
+            nodes.append(helper.make_node("Where", [f"is_h_{h:g}", value, current], [chosen]))
+            current = chosen
+        nodes.append(helper.make_node("Reshape", [g.output[0].name, "flat_shape"], [f"{prefix}flat"]))
+        nodes.append(helper.make_node("Add", [f"{prefix}flat", current], [name]))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [None]))
     inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat_shape"))
     graph = helper.make_graph(
@@ -117,14 +134,37 @@ def main():
         ).fit(x[:cut], y[:cut])
         models.append(m)
     calib = {name: m.predict(x[cut:]) for (name, _), m in zip(QUANTILES, models)}
-    yc = y[cut:]
-    a95 = conformal(calib["q025"], calib["q975"], yc, 0.95)
-    a80 = conformal(calib["q10"], calib["q90"], yc, 0.80)
-    adjust = {"q025": -a95, "q10": -a80, "q50": 0.0, "q90": a80, "q975": a95}
-    onx = merged_graph(models, x.shape[1], adjust)
+    yc, hc = y[cut:], x[cut:, 0]
+    horizons = sorted({float(h) for h in x[:, 0]})
+
+    def adjustments(lo, hi, level):
+        pooled = conformal(calib[lo], calib[hi], yc, level)
+        per = {}
+        for h in horizons:
+            sel = hc == h
+            if sel.sum() >= 30:
+                per[h] = conformal(calib[lo][sel], calib[hi][sel], yc[sel], level)
+        return pooled, per
+
+    a95, a95h = adjustments("q025", "q975", 0.95)
+    a80, a80h = adjustments("q10", "q90", 0.80)
+    adjust = {
+        "q025": (-a95, {h: -v for h, v in a95h.items()}),
+        "q10": (-a80, {h: -v for h, v in a80h.items()}),
+        "q50": (0.0, {}),
+        "q90": (a80, a80h),
+        "q975": (a95, a95h),
+    }
+
+    def shift(name):
+        pooled, per = adjust[name]
+        return np.array([per.get(float(h), pooled) for h in hc])
+
+    onx = merged_graph(models, x.shape[1], adjust, horizons)
     session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run([n for n, _ in QUANTILES], {"X": x[cut:]})
-    parity = max(float(np.max(np.abs(g - (calib[n] + adjust[n])))) for g, (n, _) in zip(got, QUANTILES))
+    want = {n: calib[n] + shift(n) for n, _ in QUANTILES}
+    parity = max(float(np.max(np.abs(g - want[n]))) for g, (n, _) in zip(got, QUANTILES))
     if parity > PARITY_TOLERANCE:
         sys.exit(f"ONNX and scikit-learn disagree on calibration rows: max |diff| {parity:.3g}")
     cover = lambda lo, hi: float(np.mean((yc >= lo) & (yc <= hi)))
@@ -146,8 +186,10 @@ def main():
             "calibration_rows": int(len(yc)),
             "conformal_adjust_80": a80,
             "conformal_adjust_95": a95,
-            "calibration_coverage_80": cover(calib["q10"] - a80, calib["q90"] + a80),
-            "calibration_coverage_95": cover(calib["q025"] - a95, calib["q975"] + a95),
+            **{f"conformal_adjust_80_h{h:g}": v for h, v in a80h.items()},
+            **{f"conformal_adjust_95_h{h:g}": v for h, v in a95h.items()},
+            "calibration_coverage_80": cover(want["q10"], want["q90"]),
+            "calibration_coverage_95": cover(want["q025"], want["q975"]),
         },
         "details": {
             "algorithm": "GradientBoostingRegressor(loss=quantile), conformalised (CQR)",
@@ -163,7 +205,7 @@ def main():
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "model.onnx").write_bytes(onx.SerializeToString())
     (a.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"{a.name}: {len(y)} rows ({cut} train, {len(yc)} calibration); CQR adjust 80 % {a80:+.4g}, 95 % {a95:+.4g}; parity {parity:.2g}")
+    print(f"{a.name}: {len(y)} rows ({cut} train, {len(yc)} calibration); CQR adjust per horizon 80 % {a80h}, 95 % {a95h}; parity {parity:.2g}")
     if a.register:
         stratus = os.environ.get("STRATUS_BIN", "stratus")
         subprocess.run([stratus, "models", "register", str(a.out), "--registry", a.register], check=True)
