@@ -19,9 +19,7 @@ $STRATUS_BIN, else `stratus` on PATH).
 
 import argparse
 import datetime as dt
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,12 +28,12 @@ import onnx
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.compute as pc
-import skl2onnx
-import sklearn
 from deltalake import DeltaTable
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.ensemble import IsolationForest
+
+from publish import publish
 
 PARITY_TOLERANCE = 1e-4
 
@@ -142,19 +140,10 @@ def main() -> None:
             "n_estimators": a.trees,
             "random_state": a.seed,
             "offset": float(model.offset_),
-            "scikit_learn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
-            "onnxruntime": ort.__version__,
         },
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "model.onnx").write_bytes(onx.SerializeToString())
-    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{a.name}: trained on {split} rows of {a.table} (Delta v{version}); parity {parity:.2g}; written to {a.out}")
-    if a.register:
-        stratus = os.environ.get("STRATUS_BIN", "stratus")
-        subprocess.run([stratus, "models", "register", str(a.out), "--registry", a.register], check=True)
-
+    publish(a.out, onx, manifest, a.register)
 
 if __name__ == "__main__":
     main()

@@ -19,21 +19,17 @@ or nothing is written.
 import argparse
 import csv
 import datetime as dt
-import json
-import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import skl2onnx
-import sklearn
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.ensemble import GradientBoostingRegressor
+
+from publish import publish
 
 QUANTILES = [("q025", 0.025), ("q10", 0.1), ("q50", 0.5), ("q90", 0.9), ("q975", 0.975)]
 PARITY_TOLERANCE = 1e-4
@@ -197,19 +193,10 @@ def main():
             "max_depth": 3,
             "learning_rate": 0.05,
             "random_state": a.seed,
-            "scikit_learn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
-            "onnxruntime": ort.__version__,
         },
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "model.onnx").write_bytes(onx.SerializeToString())
-    (a.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{a.name}: {len(y)} rows ({cut} train, {len(yc)} calibration); CQR adjust per horizon 80 % {a80h}, 95 % {a95h}; parity {parity:.2g}")
-    if a.register:
-        stratus = os.environ.get("STRATUS_BIN", "stratus")
-        subprocess.run([stratus, "models", "register", str(a.out), "--registry", a.register], check=True)
-
+    publish(a.out, onx, manifest, a.register)
 
 if __name__ == "__main__":
     main()

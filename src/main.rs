@@ -87,43 +87,46 @@ enum Command {
     /// Generate realistic, seeded cloud telemetry with labelled anomalies — metrics with daily
     /// and weekly seasonality, spot prices as irregular steps, billing with restatements — to
     /// JSON-lines files (--out) or Kafka topics (--brokers), plus labels.json.
-    Generate {
-        /// Write DIR/cloud.metrics.jsonl, cloud.spot_prices.jsonl, cloud.billing.jsonl and
-        /// labels.json.
-        #[arg(long, required_unless_present = "brokers")]
-        out: Option<PathBuf>,
-        /// Produce to Kafka instead (labels.json goes to --labels).
-        #[arg(long, conflicts_with = "out")]
-        brokers: Option<String>,
-        /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
-        #[arg(long, default_value = "")]
-        topic_prefix: String,
-        /// Where labels.json goes with --brokers.
-        #[arg(long, default_value = "labels.json")]
-        labels: PathBuf,
-        /// Events per second to Kafka; 0 sends as fast as the broker takes them.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Days of history, ending now (or starting at --start).
-        #[arg(long, default_value_t = 7.0)]
-        days: f64,
-        /// First event time (RFC 3339); default: now minus --days, on the hour.
-        #[arg(long)]
-        start: Option<String>,
-        /// Metric cadence, e.g. 1m or 5m.
-        #[arg(long, default_value = "1m")]
-        interval: String,
-        #[arg(long, default_value_t = 20)]
-        resources: usize,
-        /// Share of resources given an anomaly.
-        #[arg(long, default_value_t = 0.4)]
-        anomaly_share: f64,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-    },
+    Generate(GenerateArgs),
     /// The model registry: register trained ONNX models, list versions.
     #[command(subcommand)]
     Models(Models),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Write DIR/cloud.metrics.jsonl, cloud.spot_prices.jsonl, cloud.billing.jsonl and
+    /// labels.json.
+    #[arg(long, required_unless_present = "brokers")]
+    out: Option<PathBuf>,
+    /// Produce to Kafka instead (labels.json goes to --labels).
+    #[arg(long, conflicts_with = "out")]
+    brokers: Option<String>,
+    /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Where labels.json goes with --brokers.
+    #[arg(long, default_value = "labels.json")]
+    labels: PathBuf,
+    /// Events per second to Kafka; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Days of history, ending now (or starting at --start).
+    #[arg(long, default_value_t = 7.0)]
+    days: f64,
+    /// First event time (RFC 3339); default: now minus --days, on the hour.
+    #[arg(long)]
+    start: Option<String>,
+    /// Metric cadence, e.g. 1m or 5m.
+    #[arg(long, default_value = "1m")]
+    interval: String,
+    #[arg(long, default_value_t = 20)]
+    resources: usize,
+    /// Share of resources given an anomaly.
+    #[arg(long, default_value_t = 0.4)]
+    anomaly_share: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -146,21 +149,21 @@ enum Models {
     },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn generate(
-    out: Option<PathBuf>,
-    brokers: Option<String>,
-    topic_prefix: String,
-    labels_path: PathBuf,
-    rate: f64,
-    days: f64,
-    start: Option<String>,
-    interval: String,
-    resources: usize,
-    anomaly_share: f64,
-    seed: u64,
-) -> anyhow::Result<()> {
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use stratus::generate::{GenerateConfig, generate, output};
+    let GenerateArgs {
+        out,
+        brokers,
+        topic_prefix,
+        labels: labels_path,
+        rate,
+        days,
+        start,
+        interval,
+        resources,
+        anomaly_share,
+        seed,
+    } = args;
     let span_us = (days * 86_400e6) as i64;
     anyhow::ensure!(span_us > 0, "--days must be positive");
     let interval_us = stratus::window::parse_duration(&interval).map_err(anyhow::Error::msg)?;
@@ -593,31 +596,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Evaluate(command) => evaluate(command, &runtime)?,
         Command::Models(command) => runtime.block_on(models(command))?,
-        Command::Generate {
-            out,
-            brokers,
-            topic_prefix,
-            labels,
-            rate,
-            days,
-            start,
-            interval,
-            resources,
-            anomaly_share,
-            seed,
-        } => generate(
-            out,
-            brokers,
-            topic_prefix,
-            labels,
-            rate,
-            days,
-            start,
-            interval,
-            resources,
-            anomaly_share,
-            seed,
-        )?,
+        Command::Generate(args) => generate(args)?,
     }
     Ok(())
 }
