@@ -195,11 +195,13 @@ commit: {{max_rows: 120, max_interval: 200ms}}
         ..RunConfig::backfill(&brokers, &prefix, storage_options_from_env())
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = PipelineMetrics::new();
+    let served = metrics.clone();
     let running = tokio::spawn(async move {
         run_pipeline(
             &pipeline,
             &config,
-            PipelineMetrics::new(),
+            served,
             Arc::new(AtomicBool::new(false)),
             async {
                 let _ = stopped.await;
