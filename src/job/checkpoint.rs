@@ -71,6 +71,26 @@ pub struct Checkpoint {
     pub stages: BTreeMap<String, StageState>,
 }
 
+/// A manifest as stored: the checkpoint and the state files written with it. A listed file
+/// that cannot be found makes the checkpoint corrupt; a manifest from before the list existed
+/// (a bare checkpoint) reads whatever state files are there.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    checkpoint: Checkpoint,
+    files: Option<Vec<String>>,
+}
+
+impl Stored {
+    fn parse(bytes: &[u8]) -> Result<Stored, serde_json::Error> {
+        serde_json::from_slice::<Stored>(bytes).or_else(|_| {
+            serde_json::from_slice::<Checkpoint>(bytes).map(|checkpoint| Stored {
+                checkpoint,
+                files: None,
+            })
+        })
+    }
+}
+
 /// The checkpoints of one pipeline.
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
@@ -194,13 +214,26 @@ impl CheckpointStore {
             .bytes()
             .await
             .map_err(|e| self.store_err(e))?;
-        let mut checkpoint: Checkpoint =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let stored = Stored::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut checkpoint = stored.checkpoint;
         for (stage, state) in checkpoint.stages.iter_mut() {
-            let [rows, carry, detectors] = Self::state_files(stage);
-            state.rows = self.read_state(cycle, &rows).await?;
-            state.carry = self.read_state(cycle, &carry).await?;
-            state.detectors = self.read_state(cycle, &detectors).await?;
+            let mut read = Vec::new();
+            for file in Self::state_files(stage) {
+                let batch = self.read_state(cycle, &file).await?;
+                let listed = stored.files.as_ref().is_some_and(|f| f.contains(&file));
+                if listed && batch.is_none() {
+                    return Err(corrupt(format!(
+                        "{file} is listed in the manifest but missing; restore it or remove \
+                         this checkpoint to start from the one before"
+                    )));
+                }
+                read.push(batch);
+            }
+            let [rows, carry, detectors]: [Option<RecordBatch>; 3] =
+                read.try_into().map_err(|_| corrupt("state files".into()))?;
+            state.rows = rows;
+            state.carry = carry;
+            state.detectors = detectors;
         }
         Ok(Some(checkpoint))
     }
@@ -208,6 +241,7 @@ impl CheckpointStore {
     /// Writes `checkpoint` and removes all but the newest few.
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let cycle = checkpoint.cycle;
+        let mut written = Vec::new();
         for (stage, state) in &checkpoint.stages {
             let files = Self::state_files(stage);
             for (file, batch) in files
@@ -223,10 +257,15 @@ impl CheckpointStore {
                     .put(&self.state_path(cycle, file), PutPayload::from(bytes))
                     .await
                     .map_err(|e| self.store_err(e))?;
+                written.push(file.clone());
             }
         }
+        let stored = Stored {
+            checkpoint: checkpoint.clone(),
+            files: Some(written),
+        };
         let manifest =
-            serde_json::to_vec_pretty(checkpoint).map_err(|e| CheckpointError::Corrupt {
+            serde_json::to_vec_pretty(&stored).map_err(|e| CheckpointError::Corrupt {
                 location: self.location.clone(),
                 message: e.to_string(),
             })?;
@@ -236,12 +275,28 @@ impl CheckpointStore {
             .map_err(|e| self.store_err(e))?;
         let cycles = self.cycles().await?;
         for &old in cycles.iter().rev().skip(KEEP) {
+            // The files the old manifest lists (its stages may differ from today's), then the
+            // manifest; a manifest that cannot be read leaves only today's names to try.
+            let listed = match self.store.get(&self.manifest_path(old)).await {
+                Ok(got) => got
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| Stored::parse(&b).ok())
+                    .and_then(|s| s.files),
+                Err(_) => None,
+            };
+            let files = listed.unwrap_or_else(|| {
+                checkpoint
+                    .stages
+                    .keys()
+                    .flat_map(|stage| Self::state_files(stage))
+                    .collect()
+            });
             // The manifest first: a checkpoint without it does not exist.
             self.delete(&self.manifest_path(old)).await?;
-            for stage in checkpoint.stages.keys() {
-                for file in Self::state_files(stage) {
-                    self.delete(&self.state_path(old, &file)).await?;
-                }
+            for file in files {
+                self.delete(&self.state_path(old, &file)).await?;
             }
         }
         Ok(())
@@ -320,6 +375,39 @@ mod tests {
         }
         assert_eq!(store.latest().await.unwrap(), Some(checkpoint(4)));
         assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
+        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
+        assert!(!old.exists(), "{} was not removed", old.display());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_listed_state_file_that_is_missing_is_an_error_not_an_empty_state() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-missing-{}", std::process::id()));
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        store.save(&checkpoint(1)).await.unwrap();
+        let carry = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.carry.arrow");
+        std::fs::remove_file(&carry).unwrap();
+        let err = store.latest().await.unwrap_err().to_string();
+        assert!(
+            err.contains("w.carry.arrow is listed in the manifest but missing"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn old_checkpoints_go_with_the_files_they_list_even_of_stages_renamed_since() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-renamed-{}", std::process::id()));
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        store.save(&checkpoint(1)).await.unwrap();
+        for cycle in 2..=3 {
+            let mut c = checkpoint(cycle);
+            let w = c.stages.remove("w").unwrap();
+            c.stages.insert("renamed".into(), w);
+            store.save(&c).await.unwrap();
+        }
         let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
         std::fs::remove_dir_all(&dir).unwrap();
