@@ -141,6 +141,8 @@ pub fn generate(config: &GenerateConfig, out: &mut dyn Emit) -> anyhow::Result<L
         &|ty: &str, zone: &str, at: i64| spot.price_at(ty, zone, at),
         out,
     )?;
+    // A history too short for an anomaly's window leaves it without effect: not a label.
+    labels.anomalies.retain(|a| a.start_us < a.end_us);
     labels
         .anomalies
         .sort_by(|a, b| (a.start_us, &a.subject).cmp(&(b.start_us, &b.subject)));

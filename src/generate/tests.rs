@@ -73,6 +73,22 @@ fn every_event_is_valid_for_its_schema_and_each_topic_is_in_time_order() {
 }
 
 #[test]
+fn a_history_too_short_for_an_anomaly_labels_none_and_still_generates() {
+    let c = GenerateConfig {
+        span_us: 20 * 60_000_000,
+        interval_us: 60_000_000,
+        anomaly_share: 1.0,
+        ..config(5)
+    };
+    let (events, labels) = run(&c);
+    assert!(labels.anomalies.iter().all(|a| a.start_us < a.end_us));
+    assert_eq!(
+        events.iter().filter(|e| e.0 == METRICS_TOPIC).count(),
+        12 * 3 * 20
+    );
+}
+
+#[test]
 fn restatements_reuse_a_line_item_id_later_with_another_cost() {
     let (events, _) = run(&config(3));
     let mut seen: HashMap<String, (i64, String)> = HashMap::new();
