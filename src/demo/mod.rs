@@ -68,25 +68,28 @@ pub struct DemoReport {
     pub features_5m: u64,
     /// 5-minute windows scored by the model and the detectors.
     pub scored_5m: u64,
-    pub detection: Detection,
+    /// One row per threshold of [`THRESHOLDS`].
+    pub detection: Vec<Detection>,
     pub seconds: f64,
 }
 
-/// Windows flagged (anomaly score ≥ [`ALERT_SCORE`]) against the generator's labels.
+/// Windows flagged (anomaly score ≥ `threshold`) against the generator's labels. A window is
+/// inside an anomaly when its resource is the labelled one — any of its metrics, since a CPU
+/// anomaly moves its network traffic too — and it ends during the anomaly or up to 30 minutes
+/// after.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Detection {
+    pub threshold: f64,
     /// Injected metric anomalies (spikes, level shifts, dips, memory drifts).
     pub labelled: usize,
-    /// Of those, the ones with a flagged window of their resource and metric during them (or
-    /// up to 30 minutes after).
+    /// Of those, the ones with a flagged window inside them.
     pub found: usize,
     pub flagged: usize,
-    /// Flagged windows inside a labelled anomaly (or up to 30 minutes after).
     pub flagged_in_anomaly: usize,
 }
 
-/// The anomaly score at which the demo counts a window as flagged.
-pub const ALERT_SCORE: f64 = 0.5;
+/// The anomaly scores at which the demo counts windows as flagged.
+pub const THRESHOLDS: [f64; 3] = [0.5, 0.6, 0.7];
 
 pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
@@ -212,11 +215,11 @@ fn demo_events(
     Ok((out, labels))
 }
 
-/// Scores the flagged windows against the labelled metric anomalies.
+/// Scores the flagged windows against the labelled metric anomalies, per threshold.
 async fn detection(
     ctx: &SessionContext,
     labels: &crate::generate::Labels,
-) -> anyhow::Result<Detection> {
+) -> anyhow::Result<Vec<Detection>> {
     use arrow::array::{Array, AsArray};
     const GRACE: i64 = 30 * 60_000_000;
     let anomalies: Vec<_> = labels
@@ -224,49 +227,61 @@ async fn detection(
         .iter()
         .filter(|a| a.metric != "cost" && a.metric != "price")
         .collect();
-    let mut d = Detection {
-        labelled: anomalies.len(),
-        ..Detection::default()
-    };
-    if ctx.table_exist("metric_anomaly_scores_5m")? {
-        let flagged = ctx
-            .sql(&format!(
-                "SELECT CAST(resource_id AS VARCHAR) AS r, CAST(metric AS VARCHAR) AS m, \
-                 CAST(window_end AS BIGINT) AS t FROM metric_anomaly_scores_5m \
-                 WHERE anomaly_score >= {ALERT_SCORE}"
-            ))
-            .await?
-            .collect()
-            .await?;
-        let mut found = vec![false; anomalies.len()];
-        for b in &flagged {
-            let text = |i: usize| -> anyhow::Result<arrow::array::StringArray> {
-                let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8)?;
-                Ok(c.as_string::<i32>().clone())
-            };
-            let (r, m) = (text(0)?, text(1)?);
-            let t = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Int64)?;
-            let t = t.as_primitive::<arrow::datatypes::Int64Type>();
-            for i in 0..b.num_rows() {
-                d.flagged += 1;
-                let mut inside = false;
-                for (a, hit) in anomalies.iter().zip(found.iter_mut()) {
-                    let t = t.value(i);
-                    if a.subject == r.value(i)
-                        && a.metric == m.value(i)
-                        && t > a.start_us
-                        && t <= a.end_us + GRACE
-                    {
-                        *hit = true;
-                        inside = true;
-                    }
+    let mut out: Vec<Detection> = THRESHOLDS
+        .iter()
+        .map(|&threshold| Detection {
+            threshold,
+            labelled: anomalies.len(),
+            ..Detection::default()
+        })
+        .collect();
+    if !ctx.table_exist("metric_anomaly_scores_5m")? {
+        return Ok(out);
+    }
+    let lowest = THRESHOLDS.iter().copied().fold(f64::INFINITY, f64::min);
+    let flagged = ctx
+        .sql(&format!(
+            "SELECT CAST(resource_id AS VARCHAR) AS r, CAST(window_end AS BIGINT) AS t, \
+             anomaly_score AS s FROM metric_anomaly_scores_5m WHERE anomaly_score >= {lowest}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let mut found = vec![vec![false; anomalies.len()]; THRESHOLDS.len()];
+    for b in &flagged {
+        let r = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let r = r.as_string::<i32>();
+        let t = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Int64)?;
+        let t = t.as_primitive::<arrow::datatypes::Int64Type>();
+        let s = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Float64)?;
+        let s = s.as_primitive::<arrow::datatypes::Float64Type>();
+        for i in (0..b.num_rows()).filter(|&i| r.is_valid(i) && t.is_valid(i)) {
+            let hits: Vec<usize> = anomalies
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| {
+                    a.subject == r.value(i)
+                        && t.value(i) > a.start_us
+                        && t.value(i) <= a.end_us + GRACE
+                })
+                .map(|(j, _)| j)
+                .collect();
+            for (k, d) in out.iter_mut().enumerate() {
+                if s.value(i) < d.threshold {
+                    continue;
                 }
-                d.flagged_in_anomaly += usize::from(inside && t.is_valid(i));
+                d.flagged += 1;
+                d.flagged_in_anomaly += usize::from(!hits.is_empty());
+                for &j in &hits {
+                    found[k][j] = true;
+                }
             }
         }
-        d.found = found.iter().filter(|f| **f).count();
     }
-    Ok(d)
+    for (d, f) in out.iter_mut().zip(found) {
+        d.found = f.iter().filter(|x| **x).count();
+    }
+    Ok(out)
 }
 
 async fn produce(brokers: &str, events: &[events::GeneratedEvent]) -> anyhow::Result<()> {
@@ -389,17 +404,22 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         );
         crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
     }
-    let d = &report.detection;
     crate::say!(
-        "detection (windows scoring ≥ {ALERT_SCORE}): {} of {} labelled anomalies found \
-         (recall {:.0} %); {} of {} flagged windows inside an anomaly (precision {:.0} %)",
-        d.found,
-        d.labelled,
-        100.0 * d.found as f64 / d.labelled.max(1) as f64,
-        d.flagged_in_anomaly,
-        d.flagged,
-        100.0 * d.flagged_in_anomaly as f64 / d.flagged.max(1) as f64
+        "detection against the {} labelled metric anomalies, by the anomaly score that flags a window:",
+        report.detection.first().map_or(0, |d| d.labelled)
     );
+    for d in &report.detection {
+        crate::say!(
+            "  ≥ {:.1}: {} found (recall {:.0} %); {} of {} flagged windows inside an anomaly \
+             (precision {:.0} %)",
+            d.threshold,
+            d.found,
+            100.0 * d.found as f64 / d.labelled.max(1) as f64,
+            d.flagged_in_anomaly,
+            d.flagged,
+            100.0 * d.flagged_in_anomaly as f64 / d.flagged.max(1) as f64
+        );
+    }
     crate::say!(
         "done in {:.1} s ({:.0} events/s end to end)",
         report.seconds,
