@@ -9,6 +9,7 @@
 //! tables back with DataFusion for a summary, with the detections scored against the labels.
 
 pub mod events;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -170,6 +171,9 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         seconds: started.elapsed().as_secs_f64(),
     };
     print_summary(&report, &ctx).await?;
+    let html = config.out_dir.join("report.html");
+    let charts = report::write(&html, &report, &ctx, &labels).await?;
+    crate::say!("report with {charts} charts: {}", html.display());
     Ok(report)
 }
 

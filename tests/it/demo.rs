@@ -53,5 +53,35 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
         assert_eq!(d.labelled, metric_labels);
         assert!(d.found <= d.labelled && d.flagged_in_anomaly <= d.flagged);
     }
+    // The report: one CPU chart per instance, self-contained (nothing to fetch, no script).
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg class=\"chart\"").count(), 3);
+    assert_eq!(html.matches("class=\"label\"").count(), metric_labels);
+    for outside in ["<script", " src=", " href=", "url("] {
+        assert!(
+            !html.contains(outside),
+            "the report refers outside itself: {outside}"
+        );
+    }
+    // Headless Chromium (Debian's package) renders it: every chart in the DOM, no console
+    // message, nothing fetched.
+    let browser = std::process::Command::new(crate::setting("STRATUS_CHROMIUM"))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+        ])
+        .args(["--v=0", "--dump-dom"])
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .unwrap();
+    assert!(browser.status.success());
+    let dom = String::from_utf8_lossy(&browser.stdout);
+    assert_eq!(dom.matches("<svg class=\"chart\"").count(), 3, "{dom}");
+    assert_eq!(dom.matches("<polyline").count(), 3);
+    let log = String::from_utf8_lossy(&browser.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
     std::fs::remove_dir_all(&out).unwrap();
 }
