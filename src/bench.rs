@@ -71,8 +71,8 @@ sources:
     schema: {root}/schemas/cloud.metrics.json
     event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 30s}}
 stages:
-  features_1m: {{sql: {root}/sql/cloud_metrics_1m.sql}}
-  features_5m: {{sql: {root}/sql/cloud_metrics_5m.sql}}
+  features_1m: {{sql: {root}/sql/cloud_metrics_1m.sql, carry: {{columns: [mean, p95], baseline: 24h}}}}
+  features_5m: {{sql: {root}/sql/cloud_metrics_5m.sql, carry: {{columns: [mean, max], baseline: 24h}}}}
 sinks:
   raw: {{from: metrics, delta: {{table: raw_metrics, partition_by: [date]}}}}
   features_1m: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
