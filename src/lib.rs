@@ -11,6 +11,7 @@
 //! - [`sql`]: DataFusion sessions with Stratus's SQL functions;
 //! - [`sink`]: Delta Lake tables with offsets in the commit;
 //! - [`score`]: ONNX Runtime models;
+//! - [`decide`]: alerts and recommendations;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
@@ -20,6 +21,7 @@
 
 pub mod bench;
 pub mod console;
+pub mod decide;
 pub mod demo;
 pub mod evaluate;
 pub mod generate;
