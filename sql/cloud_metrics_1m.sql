@@ -2,6 +2,8 @@
 SELECT
     account_id,
     region,
+    az,
+    dimensions['InstanceType'] AS instance_type,
     resource_id,
     service,
     metric,
@@ -19,4 +21,4 @@ SELECT
     day_of_week(window_start) AS day_of_week,
     is_business_hours(window_start) AS business_hours
 FROM metrics
-GROUP BY account_id, region, resource_id, service, metric, tumble(interval '1 minute')
+GROUP BY account_id, region, az, dimensions['InstanceType'], resource_id, service, metric, tumble(interval '1 minute')

@@ -2,6 +2,8 @@
 SELECT
     account_id,
     region,
+    az,
+    instance_type,
     resource_id,
     service,
     metric,
@@ -16,4 +18,4 @@ SELECT
     hour_of_day(window_start) AS hour_of_day,
     day_of_week(window_start) AS day_of_week
 FROM features_1m
-GROUP BY account_id, region, resource_id, service, metric, tumble(interval '5 minutes')
+GROUP BY account_id, region, az, instance_type, resource_id, service, metric, tumble(interval '5 minutes')

@@ -24,6 +24,8 @@ pub mod stage;
 
 #[cfg(test)]
 mod alert_tests;
+#[cfg(test)]
+mod stage_tests;
 
 /// FNV-1a over the parts (separated), stable across runs and builds: ids and seeds.
 pub fn stable_hash(parts: &[&str]) -> u64 {

@@ -1,1 +1,722 @@
-//! (in progress)
+//! The decision stages of a pipeline: `alert` (the alert policy over a score stage's rows) and
+//! `recommend` (spot / on-demand and instance mix from hourly spot prices; rightsizing from
+//! utilisation windows).
+//!
+//! In: each cycle's batches of the stage's input, and the input's watermark.
+//! Out: alert rows ([`super::rows::alert_schema`]) or recommendation rows
+//! ([`super::rows::recommendation_schema`]). State (open alerts, correlation groups, price and
+//! utilisation history, what was last issued) is JSON in the pipeline's checkpoint, so a
+//! restart continues where the last committed cycle left off.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use serde::{Deserialize, Serialize};
+
+use super::alert::{AlertMessage, AlertPolicy, Policy, Suppressed};
+use super::catalogue::{Catalogue, region_of};
+use super::mix::{self, Choice, Purchase, Requirement, Weights};
+use super::recommend::{Issued, Kind, Line, MONTH_HOURS, ParetoPoint, Recommendation};
+use super::rightsize::{self, Headroom};
+use super::rows::{self, AlertInput};
+use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
+use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
+
+/// A checked alert stage.
+#[derive(Debug, Clone)]
+pub struct AlertSpec {
+    pub policy: Policy,
+    pub input: AlertInput,
+    pub schema: SchemaRef,
+}
+
+/// A checked decision stage.
+#[derive(Debug, Clone)]
+pub enum DecideSpec {
+    Alert(AlertSpec),
+    Recommend(RecommendSpec),
+}
+
+/// A checked recommend stage.
+#[derive(Debug, Clone)]
+pub enum RecommendSpec {
+    Spot(SpotSpec),
+    Rightsizing(RightsizeSpec),
+}
+
+/// Spot / on-demand and instance mix per declared workload, from hourly spot prices.
+#[derive(Debug, Clone)]
+pub struct SpotSpec {
+    pub stage: String,
+    /// Columns of the input: instance type, zone, the hour's start and its mean price.
+    pub instance_type: String,
+    pub az: String,
+    pub time: String,
+    pub price: String,
+    pub workloads: Vec<Workload>,
+    pub catalogue: Catalogue,
+    /// The spot price forecast model (`FEATURES` in, quantiles out), loaded from the registry.
+    pub model: Option<(String, Vec<u8>)>,
+    pub proxy: InterruptionProxy,
+    pub weights: Weights,
+    pub paths: usize,
+    /// Hours the savings are planned over (a month).
+    pub hours: f64,
+    /// Fewest hourly prices of a pool before it is forecast.
+    pub min_history: usize,
+}
+
+/// Rightsizing per resource from utilisation windows.
+#[derive(Debug, Clone)]
+pub struct RightsizeSpec {
+    pub stage: String,
+    pub resource: String,
+    pub metric: String,
+    pub value: String,
+    pub time: String,
+    pub instance_type: String,
+    pub region: String,
+    pub cpu_metric: String,
+    pub memory_metric: String,
+    /// µs.
+    pub span: i64,
+    pub every: i64,
+    pub min_history: i64,
+    pub headroom: Headroom,
+    pub catalogue: Catalogue,
+}
+
+/// A running decision stage.
+pub enum DecideOperator {
+    Alert(AlertOperator),
+    Spot(Box<SpotOperator>),
+    Rightsize(RightsizeOperator),
+}
+
+impl DecideOperator {
+    pub fn open(spec: DecideSpec) -> Result<Self, String> {
+        match spec {
+            DecideSpec::Alert(a) => Ok(DecideOperator::alert(a)),
+            DecideSpec::Recommend(r) => DecideOperator::recommend(r),
+        }
+    }
+
+    pub fn alert(spec: AlertSpec) -> Self {
+        DecideOperator::Alert(AlertOperator {
+            policy: AlertPolicy::new(spec.policy.clone()),
+            spec,
+        })
+    }
+
+    pub fn recommend(spec: RecommendSpec) -> Result<Self, String> {
+        Ok(match spec {
+            RecommendSpec::Spot(s) => {
+                let model = match &s.model {
+                    Some((label, bytes)) => Some(ForecastModel::new(label, bytes)?),
+                    None => None,
+                };
+                DecideOperator::Spot(Box::new(SpotOperator {
+                    spec: s,
+                    model,
+                    state: SpotState::default(),
+                }))
+            }
+            RecommendSpec::Rightsizing(s) => DecideOperator::Rightsize(RightsizeOperator {
+                spec: s,
+                state: RightsizeState::default(),
+            }),
+        })
+    }
+
+    /// The rows one input batch causes.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        match self {
+            DecideOperator::Alert(a) => a.apply(batch),
+            DecideOperator::Spot(s) => s.apply(batch),
+            DecideOperator::Rightsize(r) => r.apply(batch),
+        }
+    }
+
+    /// The rows the input's watermark reaching `watermark` causes (alerts of silent keys).
+    pub fn advance(&mut self, watermark: i64) -> Result<Option<RecordBatch>, ArrowError> {
+        match self {
+            DecideOperator::Alert(a) => {
+                let m = a.policy.advance(watermark);
+                if m.is_empty() {
+                    return Ok(None);
+                }
+                rows::alert_rows(&a.spec.schema, &m).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// What the alert policy held back so far.
+    pub fn suppressed(&self) -> Option<&Suppressed> {
+        match self {
+            DecideOperator::Alert(a) => Some(&a.policy.suppressed),
+            _ => None,
+        }
+    }
+
+    pub fn snapshot(&self) -> Result<String, String> {
+        match self {
+            DecideOperator::Alert(a) => a.policy.snapshot(),
+            DecideOperator::Spot(s) => serde_json::to_string(&s.state).map_err(|e| e.to_string()),
+            DecideOperator::Rightsize(r) => {
+                serde_json::to_string(&r.state).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    pub fn restore(&mut self, json: &str) -> Result<(), String> {
+        let err = |e: serde_json::Error| format!("decision state: {e}");
+        match self {
+            DecideOperator::Alert(a) => a.policy.restore(json),
+            DecideOperator::Spot(s) => {
+                s.state = serde_json::from_str(json).map_err(err)?;
+                Ok(())
+            }
+            DecideOperator::Rightsize(r) => {
+                r.state = serde_json::from_str(json).map_err(err)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+pub struct AlertOperator {
+    spec: AlertSpec,
+    policy: AlertPolicy,
+}
+
+impl AlertOperator {
+    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let messages: Vec<AlertMessage> = rows::observations(&self.spec.input, batch)?
+            .iter()
+            .flat_map(|o| self.policy.observe(o))
+            .collect();
+        rows::alert_rows(&self.spec.schema, &messages)
+    }
+}
+
+const HOUR: i64 = 3_600_000_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SpotState {
+    /// Per pool (`type|zone`): (hour start µs, mean price), the trailing 8 days.
+    pools: BTreeMap<String, VecDeque<(i64, f64)>>,
+    issued: Issued,
+}
+
+pub struct SpotOperator {
+    spec: SpotSpec,
+    model: Option<ForecastModel>,
+    state: SpotState,
+}
+
+fn pool_key(instance_type: &str, az: &str) -> String {
+    format!("{instance_type}|{az}")
+}
+
+/// Std of the hourly relative changes of `prices` over their last week.
+fn volatility(prices: &VecDeque<(i64, f64)>) -> f64 {
+    let newest = prices.back().map_or(0, |p| p.0);
+    let changes: Vec<f64> = prices
+        .iter()
+        .zip(prices.iter().skip(1))
+        .filter(|(a, _)| a.0 >= newest - 7 * 24 * HOUR && a.1 > 0.0)
+        .map(|(a, b)| b.1 / a.1 - 1.0)
+        .collect();
+    if changes.len() < 2 {
+        return 0.0;
+    }
+    let mean = changes.iter().sum::<f64>() / changes.len() as f64;
+    (changes.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (changes.len() - 1) as f64).sqrt()
+}
+
+impl SpotOperator {
+    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let types = rows::utf8(batch, &self.spec.instance_type)?;
+        let zones = rows::utf8(batch, &self.spec.az)?;
+        let times = rows::micros(batch, &self.spec.time)?;
+        let prices = rows::f64s(batch, &self.spec.price)?;
+        let mut touched = BTreeSet::new();
+        for i in 0..batch.num_rows() {
+            if types.is_null(i) || zones.is_null(i) || times.is_null(i) || prices.is_null(i) {
+                continue;
+            }
+            let (t, p) = (times.value(i), prices.value(i));
+            if !(p.is_finite() && p >= 0.0) {
+                continue;
+            }
+            let key = pool_key(types.value(i), zones.value(i));
+            let pool = self.state.pools.entry(key.clone()).or_default();
+            // A revised hour replaces its value; hours stay in order.
+            match pool.iter().position(|(h, _)| *h >= t) {
+                Some(j) if pool[j].0 == t => pool[j].1 = p,
+                Some(j) => pool.insert(j, (t, p)),
+                None => pool.push_back((t, p)),
+            }
+            let newest = pool.back().map_or(t, |x| x.0);
+            while pool.front().is_some_and(|x| x.0 < newest - 8 * 24 * HOUR) {
+                pool.pop_front();
+            }
+            touched.insert(key);
+        }
+        let mut out = Vec::new();
+        for w in self.spec.workloads.clone() {
+            let relevant = touched.contains(&pool_key(&w.instance_type, &w.az))
+                || (w.requirement.is_some()
+                    && touched.iter().any(|k| k.ends_with(&format!("|{}", w.az))));
+            if !relevant {
+                continue;
+            }
+            let recs = self.recommend(&w).map_err(ArrowError::ComputeError)?;
+            out.extend(recs.into_iter().filter_map(|r| self.state.issued.issue(r)));
+        }
+        rows::recommendation_rows(&out)
+    }
+
+    /// The price outlook of a pool at its newest hour: its (hour, quantiles) at 1, 6 and 24 hours.
+    fn outlook(&mut self, pool: &str) -> Result<Option<(i64, PriceOutlook)>, String> {
+        let Some(prices) = self.state.pools.get(pool) else {
+            return Ok(None);
+        };
+        if prices.len() < self.spec.min_history {
+            return Ok(None);
+        }
+        let steps = Steps {
+            name: pool.to_string(),
+            times: prices.iter().map(|p| p.0).collect(),
+            values: prices.iter().map(|p| p.1).collect(),
+        };
+        let t = *steps.times.last().unwrap_or(&0);
+        let c = offset(&steps, t);
+        let horizons = [1i64, 6, 24];
+        let mut rows = Vec::new();
+        let mut levels = Vec::new();
+        for h in horizons {
+            let Some((f, level)) = features(&steps, t, h * HOUR, 24 * HOUR, c) else {
+                return Ok(None);
+            };
+            rows.extend(f);
+            levels.push(level);
+        }
+        let relative: Vec<[f64; 5]> = match &mut self.model {
+            Some(m) => m.predict(&rows)?,
+            None => horizons
+                .iter()
+                .map(|&h| empirical_changes(&steps, h * HOUR, c))
+                .collect(),
+        };
+        let out = horizons
+            .iter()
+            .zip(relative)
+            .zip(levels)
+            .map(|((&h, q), level)| (h as f64, q.map(|r| (level + r).exp() - c)))
+            .collect();
+        Ok(Some((
+            t,
+            PriceOutlook {
+                horizons: out,
+                volatility: volatility(prices),
+            },
+        )))
+    }
+
+    fn recommend(&mut self, w: &Workload) -> Result<Vec<Recommendation>, String> {
+        let mut out = Vec::new();
+        let region = region_of(&w.az).to_string();
+        let Some(it) = self.spec.catalogue.get(&w.instance_type, &region).cloned() else {
+            return Ok(out);
+        };
+        let current = vec![Line {
+            instance_type: w.instance_type.clone(),
+            purchase: w.purchase,
+            count: w.count,
+        }];
+        if let Some((t, outlook)) = self.outlook(&pool_key(&w.instance_type, &w.az))? {
+            let seed = super::stable_hash(&[&self.spec.stage, &w.name, &t.to_string()]);
+            let a = spot::assess(
+                w,
+                it.on_demand,
+                self.spec.hours,
+                &outlook,
+                self.spec.proxy,
+                self.spec.paths,
+                seed,
+            );
+            let scale = MONTH_HOURS / self.spec.hours;
+            // Savings of the recommended option over the current one.
+            let sign = if w.purchase == Purchase::OnDemand {
+                1.0
+            } else {
+                -1.0
+            };
+            let (mut lo, mut hi) = (sign * a.savings_p05 * scale, sign * a.savings_p95 * scale);
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            let median = outlook.horizons.last().map_or(0.0, |(_, q)| q[2]);
+            out.push(Recommendation {
+                rec_id: String::new(),
+                revision: 0,
+                ts: t + HOUR,
+                kind: Kind::SpotVsOnDemand,
+                subject: w.name.clone(),
+                current: current.clone(),
+                recommended: vec![Line {
+                    purchase: a.recommend,
+                    ..current[0].clone()
+                }],
+                savings: sign * a.savings_mean * scale,
+                savings_low: lo,
+                savings_high: hi,
+                risk_score: a.p_miss,
+                confidence: a.confidence,
+                rationale: format!(
+                    "{} × {} in {}: spot is forecast at {median:.4} USD/h in 24 h (on demand {:.4}); \
+                     price volatility {:.3} suggests a {:.0} % monthly interruption chance per instance, \
+                     so {:.1} interruptions a month and a {:.1} % chance of missing the {:.2} % availability \
+                     target, against a tolerance of {:.0} % ({:?}); {} paths, seed {seed:x}.",
+                    w.count,
+                    w.instance_type,
+                    w.az,
+                    it.on_demand,
+                    outlook.volatility,
+                    a.interruption_monthly * 100.0,
+                    a.expected_interruptions * MONTH_HOURS / self.spec.hours,
+                    a.p_miss * 100.0,
+                    w.availability_target * 100.0,
+                    w.interruption_tolerance.max_miss_probability() * 100.0,
+                    w.interruption_tolerance,
+                    a.paths,
+                ),
+                pareto: Vec::new(),
+            });
+        }
+        if let Some(req) = &w.requirement
+            && let Some(rec) = self.mix(w, req, &region, &current)?
+        {
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The instance mix for `w` over the types with a spot pool in its zone (and its own type).
+    fn mix(
+        &mut self,
+        w: &Workload,
+        req: &Requirement,
+        region: &str,
+        current: &[Line],
+    ) -> Result<Option<Recommendation>, String> {
+        let pools: Vec<String> = self
+            .state
+            .pools
+            .keys()
+            .filter(|k| k.ends_with(&format!("|{}", w.az)))
+            .cloned()
+            .collect();
+        let mut choices = Vec::new();
+        let mut quantiles = Vec::new();
+        let mut newest = i64::MIN;
+        let mut names: BTreeSet<String> = BTreeSet::from([w.instance_type.clone()]);
+        for pool in &pools {
+            let Some((t, outlook)) = self.outlook(pool)? else {
+                continue;
+            };
+            let name = pool.split('|').next().unwrap_or_default().to_string();
+            let Some(it) = self.spec.catalogue.get(&name, region) else {
+                continue;
+            };
+            newest = newest.max(t);
+            let q = outlook.horizons.last().map_or([it.on_demand; 5], |h| h.1);
+            choices.push(Choice {
+                instance_type: name.clone(),
+                purchase: Purchase::Spot,
+                vcpu: it.vcpu,
+                memory_gib: it.memory_gib,
+                price: spot::quantile_at(&q, 0.5).clamp(0.0, it.on_demand),
+                risk: self.spec.proxy.monthly(outlook.volatility),
+            });
+            quantiles.push(Some((q, it.on_demand)));
+            names.insert(name);
+        }
+        if newest == i64::MIN {
+            return Ok(None);
+        }
+        for name in &names {
+            if let Some(it) = self.spec.catalogue.get(name, region) {
+                choices.push(Choice {
+                    instance_type: name.clone(),
+                    purchase: Purchase::OnDemand,
+                    vcpu: it.vcpu,
+                    memory_gib: it.memory_gib,
+                    price: it.on_demand,
+                    risk: 0.0,
+                });
+                quantiles.push(None);
+            }
+        }
+        let chosen = match mix::solve(&choices, req, self.spec.weights, None) {
+            Ok(m) => m,
+            Err(mix::MixError::Infeasible) => return Ok(None),
+            Err(e) => return Err(format!("workload {}: {e}", w.name)),
+        };
+        let front = mix::pareto(&choices, req).map_err(|e| format!("workload {}: {e}", w.name))?;
+        let current_cost: f64 = current
+            .iter()
+            .map(|l| {
+                let od = self
+                    .spec
+                    .catalogue
+                    .get(&l.instance_type, region)
+                    .map_or(0.0, |t| t.on_demand);
+                let price = choices
+                    .iter()
+                    .find(|c| c.instance_type == l.instance_type && c.purchase == l.purchase)
+                    .map_or(od, |c| c.price);
+                price * f64::from(l.count)
+            })
+            .sum();
+        // The chosen mix's cost at a price level u of every spot pool.
+        let cost_at = |u: f64| -> f64 {
+            choices
+                .iter()
+                .zip(&quantiles)
+                .zip(&chosen.counts)
+                .map(|((c, q), &n)| {
+                    let p = q.map_or(c.price, |(q, cap)| spot::quantile_at(&q, u).clamp(0.0, cap));
+                    p * f64::from(n)
+                })
+                .sum()
+        };
+        let draws = 200;
+        let cheaper = (0..draws)
+            .filter(|k| cost_at((f64::from(*k) + 0.5) / f64::from(draws)) < current_cost)
+            .count();
+        let recommended: Vec<Line> = choices
+            .iter()
+            .zip(&chosen.counts)
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, &n)| Line {
+                instance_type: c.instance_type.clone(),
+                purchase: c.purchase,
+                count: n,
+            })
+            .collect();
+        let pareto = front
+            .iter()
+            .map(|m| ParetoPoint {
+                cost_usd_hour: m.cost,
+                risk: m.risk,
+                performance: m.performance,
+                mix: m.describe(&choices),
+                chosen: m.counts == chosen.counts,
+            })
+            .collect();
+        Ok(Some(Recommendation {
+            rec_id: String::new(),
+            revision: 0,
+            ts: newest + HOUR,
+            kind: Kind::InstanceMix,
+            subject: w.name.clone(),
+            current: current.to_vec(),
+            recommended,
+            savings: (current_cost - chosen.cost) * MONTH_HOURS,
+            savings_low: (current_cost - cost_at(0.95)) * MONTH_HOURS,
+            savings_high: (current_cost - cost_at(0.05)) * MONTH_HOURS,
+            risk_score: chosen.risk,
+            confidence: cheaper as f64 / f64::from(draws),
+            rationale: format!(
+                "{} vCPU and {} GiB needed, at most {} instances of at least {} types, none above {:.0} %, \
+                 {:.0} % of vCPUs on demand: the least-cost mix under weights cost {}, risk {}, performance {} \
+                 is {} at {:.3} USD/h (now {:.3}); expected monthly interruption exposure {:.1} % of the vCPUs; \
+                 {} mixes on the cost / risk / performance front.",
+                req.vcpu,
+                req.memory_gib,
+                req.max_count,
+                req.min_types,
+                req.max_share * 100.0,
+                req.on_demand_base * 100.0,
+                self.spec.weights.cost,
+                self.spec.weights.risk,
+                self.spec.weights.performance,
+                chosen.describe(&choices),
+                chosen.cost,
+                current_cost,
+                chosen.risk * 100.0,
+                front.len(),
+            ),
+            pareto,
+        }))
+    }
+}
+
+/// Without a model: the quantiles of the pool's own relative changes over `h` (its history as
+/// the forecast distribution), in `ln(y + c)` units.
+fn empirical_changes(s: &Steps, h: i64, c: f64) -> [f64; 5] {
+    let g = |y: f64| (y + c).max(1e-12).ln();
+    let mut changes: Vec<f64> = s
+        .times
+        .iter()
+        .filter_map(|&t| Some(g(s.at(t + h)?) - g(s.at(t)?)))
+        .collect();
+    let mut out = [0.0; 5];
+    for (o, l) in out.iter_mut().zip(spot::QUANTILE_LEVELS) {
+        *o = rightsize::quantile(&mut changes, l).unwrap_or(0.0);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Usage {
+    instance_type: String,
+    region: String,
+    cpu: VecDeque<(i64, f64)>,
+    memory: VecDeque<(i64, f64)>,
+    last_assessed: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RightsizeState {
+    resources: BTreeMap<String, Usage>,
+    issued: Issued,
+}
+
+pub struct RightsizeOperator {
+    spec: RightsizeSpec,
+    state: RightsizeState,
+}
+
+impl RightsizeOperator {
+    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let s = &self.spec;
+        let resources = rows::utf8(batch, &s.resource)?;
+        let metrics = rows::utf8(batch, &s.metric)?;
+        let types = rows::utf8(batch, &s.instance_type)?;
+        let regions = rows::utf8(batch, &s.region)?;
+        let times = rows::micros(batch, &s.time)?;
+        let values = rows::f64s(batch, &s.value)?;
+        let mut touched = BTreeSet::new();
+        for i in 0..batch.num_rows() {
+            if [&resources, &metrics, &types, &regions]
+                .iter()
+                .any(|a| a.is_null(i))
+                || times.is_null(i)
+                || values.is_null(i)
+            {
+                continue;
+            }
+            let series = match metrics.value(i) {
+                m if m == s.cpu_metric => 0,
+                m if m == s.memory_metric => 1,
+                _ => continue,
+            };
+            let u = self
+                .state
+                .resources
+                .entry(resources.value(i).to_string())
+                .or_default();
+            u.instance_type = types.value(i).to_string();
+            u.region = regions.value(i).to_string();
+            let (t, v) = (times.value(i), values.value(i));
+            let q = if series == 0 {
+                &mut u.cpu
+            } else {
+                &mut u.memory
+            };
+            q.push_back((t, v));
+            let newest = q.iter().map(|x| x.0).max().unwrap_or(t);
+            q.retain(|x| x.0 > newest - s.span);
+            touched.insert(resources.value(i).to_string());
+        }
+        let mut out = Vec::new();
+        for r in touched {
+            let Some(u) = self.state.resources.get_mut(&r) else {
+                continue;
+            };
+            let newest = u.cpu.back().map_or(i64::MIN, |x| x.0);
+            let oldest = u.cpu.front().map_or(i64::MAX, |x| x.0);
+            if newest.saturating_sub(oldest) < s.min_history
+                || u.last_assessed.is_some_and(|l| newest - l < s.every)
+            {
+                continue;
+            }
+            u.last_assessed = Some(newest);
+            let Some(current) = s.catalogue.get(&u.instance_type, &u.region) else {
+                continue;
+            };
+            let cpu: Vec<(i64, f64)> = u.cpu.iter().copied().collect();
+            let mem: Vec<(i64, f64)> = u.memory.iter().copied().collect();
+            let seed = super::stable_hash(&[&s.stage, &r, &newest.to_string()]);
+            let line = |name: &str| Line {
+                instance_type: name.to_string(),
+                purchase: Purchase::OnDemand,
+                count: 1,
+            };
+            let rec = match rightsize::assess(&s.catalogue, current, &cpu, &mem, s.headroom, seed) {
+                Some(z) => Recommendation {
+                    rec_id: String::new(),
+                    revision: 0,
+                    ts: newest,
+                    kind: Kind::Rightsizing,
+                    subject: r.clone(),
+                    current: vec![line(&current.name)],
+                    recommended: vec![line(&z.to.name)],
+                    savings: z.savings * MONTH_HOURS,
+                    savings_low: z.savings_low * MONTH_HOURS,
+                    savings_high: z.savings_high * MONTH_HOURS,
+                    risk_score: 1.0 - z.confidence,
+                    confidence: z.confidence,
+                    rationale: format!(
+                        "p95 CPU {:.1} % of {} vCPUs{} over the last {:.0} h needs {:.1} vCPUs and {:.1} GiB at \
+                         {:.0} % CPU / {:.0} % memory targets; {} ({} vCPU, {} GiB, {:.4} USD/h) is the cheapest \
+                         {} type that fits, projected p95 CPU {:.1} %.",
+                        z.cpu_p95,
+                        current.vcpu,
+                        z.memory_p95.map_or(String::new(), |m| format!(
+                            ", p95 memory {m:.1} % of {} GiB",
+                            current.memory_gib
+                        )),
+                        (newest - oldest) as f64 / HOUR as f64,
+                        z.vcpu_needed,
+                        z.memory_needed,
+                        s.headroom.cpu_target,
+                        s.headroom.memory_target,
+                        z.to.name,
+                        z.to.vcpu,
+                        z.to.memory_gib,
+                        z.to.on_demand,
+                        current.arch,
+                        z.projected_cpu_p95,
+                    ),
+                    pareto: Vec::new(),
+                },
+                // Keep as is.
+                None => Recommendation {
+                    rec_id: String::new(),
+                    revision: 0,
+                    ts: newest,
+                    kind: Kind::Rightsizing,
+                    subject: r.clone(),
+                    current: vec![line(&current.name)],
+                    recommended: vec![line(&current.name)],
+                    savings: 0.0,
+                    savings_low: 0.0,
+                    savings_high: 0.0,
+                    risk_score: 0.0,
+                    confidence: 1.0,
+                    rationale: String::new(),
+                    pareto: Vec::new(),
+                },
+            };
+            out.extend(self.state.issued.issue(rec));
+        }
+        rows::recommendation_rows(&out)
+    }
+}

@@ -35,7 +35,11 @@ pub struct DemoConfig {
 }
 
 /// The shipped pipeline and the files it names, compiled in: (path under the output, text).
-const EMBEDDED: [(&str, &str); 4] = [
+const EMBEDDED: [(&str, &str); 5] = [
+    (
+        "catalogue/aws-ec2.csv",
+        include_str!("../../catalogue/aws-ec2.csv"),
+    ),
     (
         "pipelines/cloud-metrics.yaml",
         include_str!("../../pipelines/cloud-metrics.yaml"),
@@ -71,7 +75,25 @@ pub struct DemoReport {
     pub scored_5m: u64,
     /// One row per threshold of [`THRESHOLDS`].
     pub detection: Vec<Detection>,
+    /// Alerts by severity, against the labels.
+    pub alerts: Vec<AlertFigures>,
+    /// Rightsizing recommendations issued, and their expected savings (USD a month).
+    pub recommendations: u64,
+    pub savings_usd_month: f64,
     pub seconds: f64,
+}
+
+/// Alerts of one severity (their highest) against the generator's labels: an alert is right
+/// when its resource had a labelled anomaly that overlaps the alert's span (from its first
+/// message to its last, with 30 minutes' grace after the anomaly).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFigures {
+    pub severity: String,
+    pub alerts: usize,
+    pub right: usize,
+    /// Labelled metric anomalies with an alert of this severity or higher.
+    pub found: usize,
+    pub labelled: usize,
 }
 
 /// Windows flagged (anomaly score ≥ `threshold`) against the generator's labels. A window is
@@ -157,6 +179,8 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     let ctx = register(&tables).await?;
     let raw_rows = count(&ctx, "raw_metrics").await?;
     let detection = detection(&ctx, &labels).await?;
+    let alerts = alert_figures(&ctx, &labels).await?;
+    let (recommendations, savings_usd_month) = recommendation_figures(&ctx).await?;
     let report = DemoReport {
         produced: events.len(),
         produced_invalid,
@@ -168,6 +192,9 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         features_5m: summary.stage_rows.get("features_5m").copied().unwrap_or(0),
         scored_5m: summary.stage_rows.get("anomaly_5m").copied().unwrap_or(0),
         detection,
+        alerts,
+        recommendations,
+        savings_usd_month,
         seconds: started.elapsed().as_secs_f64(),
     };
     print_summary(&report, &ctx).await?;
@@ -220,6 +247,100 @@ fn demo_events(
 }
 
 /// Scores the flagged windows against the labelled metric anomalies, per threshold.
+/// Alerts by their highest severity, scored against the labels.
+async fn alert_figures(
+    ctx: &SessionContext,
+    labels: &crate::generate::Labels,
+) -> anyhow::Result<Vec<AlertFigures>> {
+    use arrow::array::AsArray;
+    const GRACE: i64 = 30 * 60_000_000;
+    let anomalies: Vec<_> = labels
+        .anomalies
+        .iter()
+        .filter(|a| a.metric != "cost" && a.metric != "price")
+        .collect();
+    if !ctx.table_exist("alerts")? {
+        return Ok(Vec::new());
+    }
+    let rows = ctx
+        .sql(
+            "SELECT CAST(resource AS VARCHAR) AS r, \
+             max(CASE severity WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END) AS level, \
+             CAST(min(started_at) AS BIGINT) AS a, CAST(max(ts) AS BIGINT) AS b \
+             FROM alerts GROUP BY alert_id, resource",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut spans: Vec<(String, i64, i64, i64)> = Vec::new();
+    for b in &rows {
+        let r = b.column(0).as_string::<i32>();
+        let level = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        let a = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+        let e = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            spans.push((
+                r.value(i).to_string(),
+                level.value(i),
+                a.value(i),
+                e.value(i),
+            ));
+        }
+    }
+    let overlaps = |s: &(String, i64, i64, i64), a: &crate::generate::Anomaly| {
+        a.subject == s.0 && s.2 <= a.end_us + GRACE && a.start_us <= s.3
+    };
+    Ok(["critical", "warning", "info"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let level = 2 - k as i64;
+            let mine: Vec<_> = spans.iter().filter(|s| s.1 == level).collect();
+            AlertFigures {
+                severity: name.to_string(),
+                alerts: mine.len(),
+                right: mine
+                    .iter()
+                    .filter(|s| anomalies.iter().any(|a| overlaps(s, a)))
+                    .count(),
+                found: anomalies
+                    .iter()
+                    .filter(|a| spans.iter().any(|s| s.1 >= level && overlaps(s, a)))
+                    .count(),
+                labelled: anomalies.len(),
+            }
+        })
+        .collect())
+}
+
+/// Recommendations issued and their expected monthly savings.
+async fn recommendation_figures(ctx: &SessionContext) -> anyhow::Result<(u64, f64)> {
+    use arrow::array::AsArray;
+    if !ctx.table_exist("recommendations_rightsizing")? {
+        return Ok((0, 0.0));
+    }
+    // The latest revision of each recommendation counts.
+    let b = ctx
+        .sql(
+            "SELECT CAST(count(*) AS BIGINT), CAST(coalesce(sum(s), 0) AS DOUBLE) FROM \
+             (SELECT rec_id, last_value(expected_savings_usd['expected'] ORDER BY revision) AS s \
+              FROM recommendations_rightsizing GROUP BY rec_id)",
+        )
+        .await?
+        .collect()
+        .await?;
+    Ok(b.first().map_or((0, 0.0), |b| {
+        (
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0) as u64,
+            b.column(1)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0),
+        )
+    }))
+}
+
 async fn detection(
     ctx: &SessionContext,
     labels: &crate::generate::Labels,
@@ -330,6 +451,8 @@ async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
         "metric_features_1m",
         "metric_features_5m",
         "metric_anomaly_scores_5m",
+        "alerts",
+        "recommendations_rightsizing",
     ] {
         let dir = tables.join(name);
         if !dir.join("_delta_log").exists() {
@@ -408,6 +531,27 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         );
         crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
     }
+    crate::say!(
+        "alerts (topic `alerts`, table `alerts`), by highest severity, against the labels:"
+    );
+    for a in &report.alerts {
+        crate::say!(
+            "  {:<8} {:>3} alerts, {:>3} on a labelled anomaly (precision {:.0} %); \
+             {} of {} anomalies with an alert this severe or worse (recall {:.0} %)",
+            a.severity,
+            a.alerts,
+            a.right,
+            100.0 * a.right as f64 / a.alerts.max(1) as f64,
+            a.found,
+            a.labelled,
+            100.0 * a.found as f64 / a.labelled.max(1) as f64
+        );
+    }
+    crate::say!(
+        "rightsizing recommendations (topic `recommendations`): {}, expected savings {:.2} USD a month",
+        report.recommendations,
+        report.savings_usd_month
+    );
     crate::say!(
         "detection against the {} labelled metric anomalies, by the anomaly score that flags a window:",
         report.detection.first().map_or(0, |d| d.labelled)

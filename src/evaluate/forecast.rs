@@ -306,7 +306,7 @@ impl ForecastModel {
     }
 
     /// Per row, the five quantiles of the relative target.
-    fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
+    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
         let n = rows.len() / FEATURES.len();
         let mut out = vec![[0.0; 5]; n];
         for (j, (name, _)) in QUANTILES.iter().enumerate() {

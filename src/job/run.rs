@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
+use arrow::error::ArrowError;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -38,6 +39,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceStat
 use super::reader::{
     SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
 };
+use crate::decide::stage::DecideOperator;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::score::stage::{ScoreOperator, StageError};
@@ -63,6 +65,8 @@ pub enum RunError {
     DeadLetter { topic: String, message: String },
     #[error("stage {stage}: {source}")]
     Stage { stage: String, source: WindowError },
+    #[error("decision stage {stage}: {message}")]
+    Decide { stage: String, message: String },
     #[error("score stage {stage}: {source}")]
     Score { stage: String, source: StageError },
     #[error(transparent)]
@@ -144,6 +148,7 @@ struct StageRuntime {
     op: Option<WindowOperator>,
     carry: Option<CarryOperator>,
     scorer: Option<ScoreOperator>,
+    decider: Option<DecideOperator>,
     ctx: datafusion::prelude::SessionContext,
     /// Watermark of this stage's output (µs).
     watermark: i64,
@@ -223,12 +228,14 @@ pub async fn run_pipeline(
                 .await?,
                 partition_by: partition_by.clone(),
             },
-            SinkTarget::Kafka { topic, key } => SinkRuntime::Kafka(KafkaSink::new(
-                &s.name,
+            SinkTarget::Kafka {
                 topic,
-                key.clone(),
-                producer.clone(),
-            )),
+                key,
+                headers,
+            } => SinkRuntime::Kafka(
+                KafkaSink::new(&s.name, topic, key.clone(), producer.clone())
+                    .with_headers(headers.clone()),
+            ),
         };
         sinks.push(SinkSlot {
             name: s.name.clone(),
@@ -458,12 +465,28 @@ async fn open_stage(
             Some(scorer)
         }
     };
+    let decider = match &plan.decide {
+        None => None,
+        Some(spec) => {
+            let decide_err = |message: String| RunError::Decide {
+                stage: plan.name.clone(),
+                message,
+            };
+            let mut d = DecideOperator::open(spec.clone()).map_err(decide_err)?;
+            if let Some(state) = saved.and_then(|s| s.detectors.as_ref()) {
+                d.restore(&decision_state(state).map_err(decide_err)?)
+                    .map_err(decide_err)?;
+            }
+            Some(d)
+        }
+    };
     let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
     Ok(StageRuntime {
         plan: plan.clone(),
         op,
         carry,
         scorer,
+        decider,
         ctx,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
@@ -484,6 +507,72 @@ fn record_versions(
                 .model_version
                 .with_label_values(&[pipeline.name.as_str(), stage, model, role])
                 .set(version.parse().unwrap_or(0));
+        }
+    }
+}
+
+/// A decision stage's state as a checkpoint batch: one row, column `state`, JSON.
+fn decision_batch(json: &str) -> Result<RecordBatch, String> {
+    let array: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from(vec![json]));
+    RecordBatch::try_from_iter([("state", array)]).map_err(|e| e.to_string())
+}
+
+/// The JSON in a batch from [`decision_batch`].
+fn decision_state(batch: &RecordBatch) -> Result<String, String> {
+    batch
+        .column_by_name("state")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .filter(|c| c.len() == 1)
+        .map(|c| c.value(0).to_string())
+        .ok_or_else(|| "the checkpoint's decision state is not one `state` string".to_string())
+}
+
+/// Counts the alerts (by severity and status) and recommendations (by kind) a decision stage
+/// produced, and what its alert policy held back.
+fn record_decisions(
+    pipeline: &Pipeline,
+    stage: &str,
+    d: &DecideOperator,
+    results: &[RecordBatch],
+    metrics: &PipelineMetrics,
+) {
+    for b in results {
+        let text = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .cloned()
+        };
+        if let (Some(severity), Some(status)) = (text("severity"), text("status")) {
+            for i in 0..b.num_rows() {
+                metrics
+                    .alerts
+                    .with_label_values(&[
+                        pipeline.name.as_str(),
+                        stage,
+                        severity.value(i),
+                        status.value(i),
+                    ])
+                    .inc();
+            }
+        } else if let Some(kind) = text("kind") {
+            for i in 0..b.num_rows() {
+                metrics
+                    .recommendations
+                    .with_label_values(&[pipeline.name.as_str(), stage, kind.value(i)])
+                    .inc();
+            }
+        }
+    }
+    if let Some(s) = d.suppressed() {
+        for (reason, n) in [
+            ("maintenance", s.maintenance),
+            ("flapping", s.flapping),
+            ("duplicate", s.duplicate),
+        ] {
+            metrics
+                .alerts_suppressed
+                .with_label_values(&[pipeline.name.as_str(), stage, reason])
+                .set(n as i64);
         }
     }
 }
@@ -526,12 +615,20 @@ async fn save_checkpoint(
             })?),
             None => None,
         };
-        let detectors = match &st.scorer {
-            Some(s) => Some(s.snapshot().map_err(|source| RunError::Score {
+        let detectors = match (&st.scorer, &st.decider) {
+            (Some(s), _) => Some(s.snapshot().map_err(|source| RunError::Score {
                 stage: st.plan.name.clone(),
                 source,
             })?),
-            None => None,
+            (None, Some(d)) => Some(
+                d.snapshot()
+                    .and_then(|json| decision_batch(&json))
+                    .map_err(|message| RunError::Decide {
+                        stage: st.plan.name.clone(),
+                        message,
+                    })?,
+            ),
+            (None, None) => None,
         };
         let state = StageState {
             watermark: st.watermark,
@@ -687,6 +784,22 @@ async fn flush(
                             .inc_by(rows as u64);
                     }
                     results.push(scored);
+                }
+                st.watermark = input_watermark;
+            }
+            None if st.decider.is_some() => {
+                let decide_err = |e: ArrowError| RunError::Decide {
+                    stage: st.plan.name.clone(),
+                    message: e.to_string(),
+                };
+                if let Some(d) = st.decider.as_mut() {
+                    for b in inputs.iter().filter(|b| b.num_rows() > 0) {
+                        results.push(d.apply(b).map_err(decide_err)?);
+                    }
+                    if input_watermark != i64::MIN {
+                        results.extend(d.advance(input_watermark).map_err(decide_err)?);
+                    }
+                    record_decisions(pipeline, &st.plan.name, d, &results, metrics);
                 }
                 st.watermark = input_watermark;
             }

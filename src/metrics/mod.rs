@@ -40,6 +40,12 @@ pub struct PipelineMetrics {
     pub rows_scored: IntCounterVec,
     /// The version a score stage serves, and the one it shadows.
     pub model_version: IntGaugeVec,
+    /// Alert messages, by severity and status.
+    pub alerts: IntCounterVec,
+    /// Windows the alert policy held back since the process started, by reason.
+    pub alerts_suppressed: IntGaugeVec,
+    /// Recommendations issued, by kind.
+    pub recommendations: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -160,8 +166,34 @@ impl PipelineMetrics {
         registry
             .register(Box::new(model_version.clone()))
             .unwrap_or_else(|e| panic!("metric model_version registered twice: {e}"));
+        let alerts = counter(
+            &registry,
+            "alerts_total",
+            "Alert messages sent, by severity and status (firing, updated, resolved).",
+            &["pipeline", "stage", "severity", "status"],
+        );
+        let recommendations = counter(
+            &registry,
+            "recommendations_total",
+            "Recommendations issued (first or materially changed), by kind.",
+            &["pipeline", "stage", "kind"],
+        );
+        let alerts_suppressed = IntGaugeVec::new(
+            Opts::new(
+                "alerts_suppressed",
+                "Windows the alert policy held back since the process started (maintenance, flapping, duplicate).",
+            ),
+            &["pipeline", "stage", "reason"],
+        )
+        .unwrap_or_else(|e| panic!("metric alerts_suppressed is malformed: {e}"));
+        registry
+            .register(Box::new(alerts_suppressed.clone()))
+            .unwrap_or_else(|e| panic!("metric alerts_suppressed registered twice: {e}"));
         PipelineMetrics {
             registry,
+            alerts,
+            alerts_suppressed,
+            recommendations,
             events_in,
             events_invalid,
             rows_out,

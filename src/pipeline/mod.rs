@@ -3,9 +3,11 @@
 //! - [`config`]: the file format (serde, unknown fields rejected);
 //! - [`plan`]: loading and checking — schemas, SQL planned against its inputs, sinks;
 //! - [`score`]: checking score stages against their input and the model registry;
+//! - [`decide`]: checking alert and recommend stages;
 //! - [`diagnostics`]: errors with file, line and hint, all reported at once.
 
 pub mod config;
+pub mod decide;
 pub mod diagnostics;
 pub mod plan;
 pub mod score;

@@ -55,6 +55,8 @@ pub struct StagePlan {
     pub replace_by: Vec<String>,
     /// A score stage's model and detectors; `query` then only names its input and key.
     pub score: Option<crate::score::stage::ScoreSpec>,
+    /// An alert or recommend stage; `query` then only names its input.
+    pub decide: Option<crate::decide::stage::DecideSpec>,
 }
 
 /// Where a sink writes.
@@ -67,6 +69,8 @@ pub enum SinkTarget {
     Kafka {
         topic: String,
         key: Vec<String>,
+        /// Columns sent as record headers (routing, e.g. by severity).
+        headers: Vec<String>,
     },
 }
 
@@ -237,17 +241,35 @@ impl Pipeline {
                 );
                 continue;
             }
-            let sql = match (&stage.sql, &stage.score) {
-                (Some(sql), None) => sql,
-                (None, Some(score)) => {
-                    if stage.carry.is_some() || !stage.replace_by.is_empty() {
-                        r.at(
-                            &["stages", name],
-                            "`carry` and `replace_by` belong to SQL window stages, not score stages",
-                            None,
-                        );
-                    }
-                    let planned = super::score::check_score_stage(
+            let kinds = [
+                stage.sql.is_some(),
+                stage.score.is_some(),
+                stage.alert.is_some(),
+                stage.recommend.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                r.at(
+                    &["stages", name],
+                    if kinds.iter().any(|k| *k) {
+                        "a stage is one of `sql`, `score`, `alert` or `recommend`, not several"
+                    } else {
+                        "the stage has none of `sql`, `score`, `alert` or `recommend`"
+                    },
+                    Some("`sql: ../sql/file.sql`, or `score: {from: …, model: …}`"),
+                );
+                failed.push(name);
+                continue;
+            }
+            if stage.sql.is_none() && (stage.carry.is_some() || !stage.replace_by.is_empty()) {
+                r.at(
+                    &["stages", name],
+                    "`carry` and `replace_by` belong to SQL window stages",
+                    None,
+                );
+            }
+            let planned = if let Some(score) = &stage.score {
+                Some(
+                    super::score::check_score_stage(
                         &mut r,
                         file,
                         name,
@@ -257,41 +279,54 @@ impl Pipeline {
                         &relations,
                         &failed,
                     )
-                    .await;
-                    match planned {
-                        Some(plan) => {
-                            relations.push((
-                                name.to_string(),
-                                Relation {
-                                    schema: plan.output_schema.clone(),
-                                    event_time: plan
-                                        .output_schema
-                                        .field_with_name(&plan.event_time)
-                                        .ok()
-                                        .map(|_| plan.event_time.clone()),
-                                    lateness: plan.allowed_lateness,
-                                },
-                            ));
-                            stages.push(plan);
-                        }
-                        None => failed.push(name),
-                    }
-                    continue;
-                }
-                (sql, score) => {
-                    r.at(
-                        &["stages", name],
-                        if sql.is_some() && score.is_some() {
-                            "a stage is either `sql` or `score`, not both"
-                        } else {
-                            "the stage has neither `sql` nor `score`"
-                        },
-                        Some("`sql: ../sql/file.sql`, or `score: {from: …, model: …}`"),
-                    );
-                    failed.push(name);
-                    continue;
-                }
+                    .await,
+                )
+            } else if let Some(alert) = &stage.alert {
+                Some(if failed.contains(&alert.from.as_str()) {
+                    None
+                } else {
+                    super::decide::check_alert_stage(&mut r, file, name, alert, &relations)
+                })
+            } else if let Some(rec) = &stage.recommend {
+                Some(if failed.contains(&rec.from.as_str()) {
+                    None
+                } else {
+                    super::decide::check_recommend_stage(
+                        &mut r,
+                        file,
+                        base,
+                        name,
+                        rec,
+                        registry.as_deref(),
+                        &relations,
+                    )
+                    .await
+                })
+            } else {
+                None
             };
+            if let Some(planned) = planned {
+                match planned {
+                    Some(plan) => {
+                        relations.push((
+                            name.to_string(),
+                            Relation {
+                                schema: plan.output_schema.clone(),
+                                event_time: plan
+                                    .output_schema
+                                    .field_with_name(&plan.event_time)
+                                    .ok()
+                                    .map(|_| plan.event_time.clone()),
+                                lateness: plan.allowed_lateness,
+                            },
+                        ));
+                        stages.push(plan);
+                    }
+                    None => failed.push(name),
+                }
+                continue;
+            }
+            let Some(sql) = &stage.sql else { continue };
             let sql_file = base.join(sql);
             let sql = match std::fs::read_to_string(&sql_file) {
                 Ok(s) => s,
@@ -646,6 +681,7 @@ async fn check_stage(
         carry: None,
         replace_by: Vec::new(),
         score: None,
+        decide: None,
         query,
     })
 }
@@ -861,18 +897,21 @@ fn check_sink(
             }
         }
         (None, Some(k)) => {
-            for c in &k.key {
-                if !has(c) {
-                    r.at(
-                        &["sinks", name, "kafka", "key"],
-                        format!("key column `{c}` is not in `{}`", sink.from),
-                        Some(&format!("columns: {}", columns())),
-                    );
+            for (field, cols) in [("key", &k.key), ("headers", &k.headers)] {
+                for c in cols {
+                    if !has(c) {
+                        r.at(
+                            &["sinks", name, "kafka", field],
+                            format!("{field} column `{c}` is not in `{}`", sink.from),
+                            Some(&format!("columns: {}", columns())),
+                        );
+                    }
                 }
             }
             SinkTarget::Kafka {
                 topic: k.topic.clone(),
                 key: k.key.clone(),
+                headers: k.headers.clone(),
             }
         }
         _ => {

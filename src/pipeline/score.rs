@@ -210,6 +210,7 @@ pub(super) async fn check_score_stage(
         carry: None,
         replace_by: Vec::new(),
         score: Some(spec),
+        decide: None,
     })
 }
 

@@ -2,8 +2,8 @@
 //!
 //! In: result batches. Out: one record per row on the topic — the value is the row as a JSON
 //! object (timestamps as RFC 3339), the key is the key columns' values joined by `|`, and the
-//! header `stratus.record_id` is a deterministic id (`<sink>|<key>|<window_start>|<revision>`
-//! when the rows have those columns), so a consumer can drop a record repeated after a restart.
+//! header `stratus.record_id` is a deterministic id (`<sink>|<key>|<alert_id or rec_id>|<window_start>|<revision>`,
+//! of those columns the rows have), so a consumer can drop a record repeated after a restart.
 //! [`KafkaSink::send`] returns once every record is acknowledged by the broker.
 
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct KafkaSink {
     name: String,
     topic: String,
     key: Vec<String>,
+    /// Columns sent as headers.
+    headers: Vec<String>,
     producer: FutureProducer,
 }
 
@@ -47,8 +49,15 @@ impl KafkaSink {
             name: name.to_string(),
             topic: topic.to_string(),
             key,
+            headers: Vec::new(),
             producer,
         }
+    }
+
+    /// Sends the values of `columns` as record headers named after them.
+    pub fn with_headers(mut self, columns: Vec<String>) -> Self {
+        self.headers = columns;
+        self
     }
 
     pub fn topic(&self) -> &str {
@@ -61,16 +70,29 @@ impl KafkaSink {
             .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
         let ids = record_ids(batch, &self.name, &encoded.keys)
             .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
+        let header_values = self
+            .headers
+            .iter()
+            .map(|c| join_columns(batch, std::slice::from_ref(c)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
         let sends = encoded
             .values
             .iter()
             .zip(&encoded.keys)
             .zip(&ids)
-            .map(|((value, key), id)| {
-                let headers = OwnedHeaders::new().insert(Header {
+            .enumerate()
+            .map(|(i, ((value, key), id))| {
+                let mut headers = OwnedHeaders::new().insert(Header {
                     key: HEADER_RECORD_ID,
                     value: Some(id.as_bytes()),
                 });
+                for (name, values) in self.headers.iter().zip(&header_values) {
+                    headers = headers.insert(Header {
+                        key: name.as_str(),
+                        value: Some(values[i].as_bytes()),
+                    });
+                }
                 let record = FutureRecord::to(&self.topic)
                     .payload(value.as_slice())
                     .key(key.as_bytes())
@@ -141,7 +163,7 @@ fn join_columns(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, 
 }
 
 fn record_ids(batch: &RecordBatch, sink: &str, keys: &[String]) -> Result<Vec<String>, ArrowError> {
-    let extra: Vec<String> = ["window_start", "revision"]
+    let extra: Vec<String> = ["alert_id", "rec_id", "window_start", "revision"]
         .into_iter()
         .filter(|c| batch.schema().field_with_name(c).is_ok())
         .map(str::to_string)

@@ -20,7 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::source::kafka::{consumer_config, producer_config};
 
-use crate::{create_topic, read_delta, setting, unique};
+use crate::{consume_all, create_topic, read_delta, setting, unique};
 
 const S: i64 = 1_000_000;
 const MINUTE: i64 = 60 * S;
@@ -123,29 +123,6 @@ fn start(
         text
     });
     (child, log)
-}
-
-/// Every message of the one-partition `topic`, up to its end.
-fn consume_all(topic: &str) -> Vec<Vec<u8>> {
-    let consumer: BaseConsumer = consumer_config(&setting("STRATUS_KAFKA_BROKERS"), &unique("g"))
-        .create()
-        .unwrap();
-    let (_, end) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    let mut next = 0;
-    while next < end {
-        assert!(Instant::now() < deadline, "{topic}: read {next} of {end}");
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            next = m.offset() + 1;
-            out.push(m.payload().unwrap_or_default().to_vec());
-        }
-    }
-    out
 }
 
 fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::ArrayRef {

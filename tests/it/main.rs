@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod crash;
+mod decide;
 mod delta_s3;
 mod demo;
 mod evaluate;
@@ -89,4 +90,51 @@ pub async fn delta_rows(location: &str) -> usize {
         .iter()
         .map(arrow::array::RecordBatch::num_rows)
         .sum()
+}
+
+/// Every message of the one-partition `topic`, up to its end, with its headers.
+pub fn consume_with_headers(topic: &str) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use std::time::{Duration, Instant};
+    let consumer: BaseConsumer =
+        stratus::source::kafka::consumer_config(&setting("STRATUS_KAFKA_BROKERS"), &unique("g"))
+            .create()
+            .unwrap();
+    let (_, end) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut next = 0;
+    while next < end {
+        assert!(Instant::now() < deadline, "{topic}: read {next} of {end}");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            let v = String::from_utf8_lossy(x.value.unwrap_or_default());
+                            (x.key.to_string(), v.to_string())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+/// Every message of the one-partition `topic`, up to its end.
+pub fn consume_all(topic: &str) -> Vec<Vec<u8>> {
+    consume_with_headers(topic)
+        .into_iter()
+        .map(|m| m.0)
+        .collect()
 }

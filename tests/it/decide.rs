@@ -1,0 +1,349 @@
+//! Decisions end to end from the shipped pipelines on the real broker and S3 server: alerts
+//! from `cloud-metrics` on generated telemetry with injected anomalies, and recommendations
+//! from `spot-prices` on four days of spot prices. Every message on the output topics must
+//! validate against `schemas/alert.json` / `schemas/recommendation.json`, follow the
+//! lifecycle and re-issue rules, and match the Delta tables.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use stratus::generate::{GenerateConfig, generate, rfc3339};
+use stratus::job::run::{RunConfig, run_to_end};
+use stratus::pipeline::Pipeline;
+use stratus::sink::storage_options_from_env;
+
+use crate::{consume_with_headers, create_topic, read_delta, setting, unique};
+
+const S: i64 = 1_000_000;
+const HOUR: i64 = 3600 * S;
+
+/// A shipped pipeline with each `topic: X` renamed to `topic: <tag>.X`.
+async fn shipped(file: &str, tag: &str) -> Pipeline {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let path = Path::new(root).join("pipelines").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("topic: ", &format!("topic: {tag}."));
+    Pipeline::from_yaml(&path, &text).await.unwrap()
+}
+
+fn validator(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
+}
+
+/// The topic's messages as JSON, each checked against `schema`, with their headers.
+fn messages(topic: &str, schema: &str) -> Vec<(Value, BTreeMap<String, String>)> {
+    let v = validator(schema);
+    consume_with_headers(topic)
+        .into_iter()
+        .map(|(bytes, headers)| {
+            let doc: Value = serde_json::from_slice(&bytes).unwrap();
+            let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{doc}: {errors:?}");
+            (doc, headers.into_iter().collect())
+        })
+        .collect()
+}
+
+async fn produce(topic: &str, records: &[(String, String)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        stratus::source::kafka::producer_config(&setting("STRATUS_KAFKA_BROKERS"))
+            .create()
+            .unwrap();
+    let sends = records.iter().map(|(k, p)| {
+        producer.send(
+            FutureRecord::to(topic).key(k).payload(p),
+            std::time::Duration::from_secs(30),
+        )
+    });
+    for d in futures::future::join_all(sends).await {
+        d.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+async fn run(pipeline: &Pipeline, tables: &str) {
+    let config = RunConfig::backfill(
+        &setting("STRATUS_KAFKA_BROKERS"),
+        tables,
+        storage_options_from_env(),
+    );
+    run_to_end(pipeline, &config).await.unwrap();
+}
+
+fn s3_tables(tag: &str) -> String {
+    format!("s3://{}/{tag}", setting("STRATUS_S3_BUCKET"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
+    let tag = unique("it-alerts");
+    for t in ["cloud.metrics", "alerts", "recommendations"] {
+        create_topic(&format!("{tag}.{t}"), 1).await;
+    }
+    let pipeline = shipped("cloud-metrics.yaml", &tag).await;
+    let start = (chrono::Utc::now().timestamp_micros() - 40 * HOUR) / HOUR * HOUR;
+    let mut events = Vec::new();
+    let labels = generate(
+        &GenerateConfig {
+            seed: 11,
+            start_us: start,
+            span_us: 30 * HOUR,
+            interval_us: 60 * S,
+            resources: 6,
+            anomaly_share: 0.5,
+        },
+        &mut |topic: &'static str, key: &str, payload: &str, _ts: i64| {
+            if topic == "cloud.metrics" {
+                events.push((key.to_string(), payload.to_string()));
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    produce(&format!("{tag}.cloud.metrics"), &events).await;
+    let tables = s3_tables(&tag);
+    run(&pipeline, &tables).await;
+
+    let alerts = messages(&format!("{tag}.alerts"), "alert.json");
+    assert!(
+        !alerts.is_empty(),
+        "no alert from {} injected anomalies",
+        labels.anomalies.len()
+    );
+    // Per alert: revisions 0, 1, 2, … in order; it starts firing; after `resolved` only a
+    // re-opening `firing` follows.
+    let mut by_id: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for (doc, headers) in &alerts {
+        assert_eq!(headers["severity"], doc["severity"].as_str().unwrap());
+        assert_eq!(headers["status"], doc["status"].as_str().unwrap());
+        by_id
+            .entry(doc["alert_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(doc);
+    }
+    for (id, docs) in &by_id {
+        let revisions: Vec<i64> = docs
+            .iter()
+            .map(|d| d["revision"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            revisions,
+            (0..docs.len() as i64).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert_eq!(docs[0]["status"], "firing", "{id}");
+        for pair in docs.windows(2) {
+            if pair[0]["status"] == "resolved" {
+                assert_eq!(pair[1]["status"], "firing", "{id}: after resolved");
+            } else {
+                assert_ne!(pair[1]["status"], "firing", "{id}: firing while open");
+            }
+        }
+        // The correlation id names an alert that exists.
+        let c = docs[0]["correlation_id"].as_str().unwrap();
+        assert!(by_id.contains_key(c), "{id}: correlation {c}");
+    }
+    // Some alert is on a resource with an injected anomaly.
+    let injected: BTreeSet<&str> = labels
+        .anomalies
+        .iter()
+        .map(|a| a.subject.as_str())
+        .collect();
+    assert!(
+        alerts
+            .iter()
+            .any(|(d, _)| injected.contains(d["resource"].as_str().unwrap()))
+    );
+    // The Delta table holds exactly the messages on the topic.
+    let mut in_delta = BTreeSet::new();
+    for b in read_delta(&format!("{tables}/alerts")).await {
+        let ids = arrow::compute::cast(
+            b.column_by_name("alert_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let revs = arrow::compute::cast(
+            b.column_by_name("revision").unwrap(),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
+        let revs = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&revs);
+        for i in 0..b.num_rows() {
+            in_delta.insert((ids.value(i).to_string(), revs.value(i)));
+        }
+    }
+    let on_topic: BTreeSet<(String, i64)> = alerts
+        .iter()
+        .map(|(d, _)| {
+            (
+                d["alert_id"].as_str().unwrap().to_string(),
+                d["revision"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(in_delta, on_topic);
+    // Rightsizing messages, if any, match their schema.
+    let recs = messages(&format!("{tag}.recommendations"), "recommendation.json");
+    assert!(recs.iter().all(|(d, _)| d["kind"] == "rightsizing"));
+    eprintln!(
+        "{} alert messages for {} alerts; {} rightsizing recommendations",
+        alerts.len(),
+        by_id.len(),
+        recs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_material_change() {
+    let tag = unique("it-recs");
+    for t in ["cloud.spot_prices", "recommendations"] {
+        create_topic(&format!("{tag}.{t}"), 1).await;
+    }
+    let pipeline = shipped("spot-prices.yaml", &tag).await;
+    let base = (chrono::Utc::now().timestamp_micros() - 100 * HOUR) / HOUR * HOUR;
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut records = Vec::new();
+    for (t, az, level) in [
+        ("m5.large", "us-east-1a", 0.036),
+        ("c5.xlarge", "us-east-1a", 0.068),
+        ("r5.large", "us-east-1a", 0.041),
+        ("c5.xlarge", "us-east-1b", 0.07),
+        ("m5.large", "us-east-1b", 0.037),
+    ] {
+        let mut ts = base;
+        let mut price: f64 = level;
+        while ts < base + 96 * HOUR {
+            ts += rng.random_range(20 * 60 * S..4 * HOUR);
+            price = (price * rng.random_range(0.96..1.04)).clamp(level * 0.8, level * 1.25);
+            records.push((
+                format!("{t}/{az}"),
+                format!(
+                    r#"{{"ts":"{}","region":"us-east-1","az":"{az}","instance_type":"{t}","product":"Linux/UNIX","price":{price:.5}}}"#,
+                    rfc3339(ts)
+                ),
+            ));
+        }
+    }
+    records.sort_by(|a, b| a.1[7..31].cmp(&b.1[7..31]));
+    produce(&format!("{tag}.cloud.spot_prices"), &records).await;
+    let tables = s3_tables(&tag);
+    run(&pipeline, &tables).await;
+
+    let recs = messages(&format!("{tag}.recommendations"), "recommendation.json");
+    let of = |kind: &str, subject: &str| -> Vec<&Value> {
+        recs.iter()
+            .map(|(d, _)| d)
+            .filter(|d| d["kind"] == kind && d["subject"] == subject)
+            .collect()
+    };
+    // Stateless web and checkpointed batch move to spot; the database (tolerance none) never does.
+    for w in ["web-frontend", "batch-etl"] {
+        let r = of("spot_vs_on_demand", w);
+        assert!(!r.is_empty(), "{w}: no recommendation in {recs:?}");
+        assert_eq!(r[0]["recommended"][0]["purchase"], "spot");
+        let s = &r[0]["expected_savings_usd"];
+        assert!(
+            s["low"].as_f64() <= s["expected"].as_f64()
+                && s["expected"].as_f64() <= s["high"].as_f64()
+        );
+        assert!(s["expected"].as_f64().unwrap() > 0.0);
+    }
+    assert!(of("spot_vs_on_demand", "ledger-db").is_empty());
+    // The instance mix meets web-frontend's requirement.
+    let catalogue = stratus::decide::catalogue::Catalogue::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogue/aws-ec2.csv"),
+    )
+    .unwrap();
+    let mixes = of("instance_mix", "web-frontend");
+    assert!(!mixes.is_empty());
+    for m in &mixes {
+        let (mut vcpu, mut mem, mut count, mut od) = (0.0, 0.0, 0, 0.0);
+        let mut per_type: BTreeMap<&str, u64> = BTreeMap::new();
+        for l in m["recommended"].as_array().unwrap() {
+            let t = catalogue
+                .get(l["instance_type"].as_str().unwrap(), "us-east-1")
+                .unwrap();
+            let n = l["count"].as_u64().unwrap();
+            vcpu += f64::from(t.vcpu) * n as f64;
+            mem += t.memory_gib * n as f64;
+            count += n;
+            *per_type
+                .entry(l["instance_type"].as_str().unwrap())
+                .or_default() += n;
+            if l["purchase"] == "on_demand" {
+                od += f64::from(t.vcpu) * n as f64;
+            }
+        }
+        assert!(
+            vcpu >= 12.0 && mem >= 40.0 && count <= 10 && od >= 3.0,
+            "{m}"
+        );
+        assert!(
+            per_type.len() >= 2 && per_type.values().all(|&n| n as f64 <= 0.7 * count as f64),
+            "{m}"
+        );
+        assert_eq!(
+            m["pareto_front"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["chosen"] == true)
+                .count(),
+            1
+        );
+    }
+    // Re-issued only on material change.
+    let mut by_id: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for (d, _) in &recs {
+        by_id
+            .entry(d["rec_id"].as_str().unwrap())
+            .or_default()
+            .push(d);
+    }
+    for (id, docs) in &by_id {
+        for pair in docs.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(
+                b["revision"].as_i64().unwrap(),
+                a["revision"].as_i64().unwrap() + 1,
+                "{id}"
+            );
+            let (sa, sb) = (
+                a["expected_savings_usd"]["expected"].as_f64().unwrap(),
+                b["expected_savings_usd"]["expected"].as_f64().unwrap(),
+            );
+            let moved = (sb - sa).abs() > 0.1 * sa.abs() && (sb - sa).abs() > 5.0;
+            assert!(
+                a["recommended"] != b["recommended"] || a["risk"] != b["risk"] || moved,
+                "{id}: {a} then {b}"
+            );
+        }
+    }
+    // The Delta table holds exactly what the topic does.
+    let mut in_delta = BTreeSet::new();
+    for b in read_delta(&format!("{tables}/recommendations_spot")).await {
+        let ids = arrow::compute::cast(
+            b.column_by_name("rec_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
+        for i in 0..b.num_rows() {
+            in_delta.insert(ids.value(i).to_string());
+        }
+    }
+    assert_eq!(in_delta, by_id.keys().map(|k| k.to_string()).collect());
+    eprintln!("{} recommendations: {}", recs.len(), recs[0].0);
+}
