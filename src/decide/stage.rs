@@ -64,8 +64,9 @@ pub struct SpotSpec {
     pub paths: usize,
     /// Hours the savings are planned over (a month).
     pub hours: f64,
-    /// Fewest hourly prices of a pool before it is forecast.
-    pub min_history: usize,
+    /// History a pool needs before it is forecast, µs (hours without a price change have no
+    /// row: the price held).
+    pub min_history: i64,
 }
 
 /// Rightsizing per resource from utilisation windows.
@@ -90,9 +91,9 @@ pub struct RightsizeSpec {
 
 /// A running decision stage.
 pub enum DecideOperator {
-    Alert(AlertOperator),
+    Alert(Box<AlertOperator>),
     Spot(Box<SpotOperator>),
-    Rightsize(RightsizeOperator),
+    Rightsize(Box<RightsizeOperator>),
 }
 
 impl DecideOperator {
@@ -104,10 +105,10 @@ impl DecideOperator {
     }
 
     pub fn alert(spec: AlertSpec) -> Self {
-        DecideOperator::Alert(AlertOperator {
+        DecideOperator::Alert(Box::new(AlertOperator {
             policy: AlertPolicy::new(spec.policy.clone()),
             spec,
-        })
+        }))
     }
 
     pub fn recommend(spec: RecommendSpec) -> Result<Self, String> {
@@ -123,10 +124,12 @@ impl DecideOperator {
                     state: SpotState::default(),
                 }))
             }
-            RecommendSpec::Rightsizing(s) => DecideOperator::Rightsize(RightsizeOperator {
-                spec: s,
-                state: RightsizeState::default(),
-            }),
+            RecommendSpec::Rightsizing(s) => {
+                DecideOperator::Rightsize(Box::new(RightsizeOperator {
+                    spec: s,
+                    state: RightsizeState::default(),
+                }))
+            }
         })
     }
 
@@ -285,7 +288,8 @@ impl SpotOperator {
         let Some(prices) = self.state.pools.get(pool) else {
             return Ok(None);
         };
-        if prices.len() < self.spec.min_history {
+        let span = prices.back().map_or(0, |p| p.0) - prices.front().map_or(0, |p| p.0);
+        if prices.len() < 2 || span < self.spec.min_history {
             return Ok(None);
         }
         let steps = Steps {

@@ -199,7 +199,7 @@ fn spot_spec() -> SpotSpec {
         weights: Weights::default(),
         paths: 1000,
         hours: 730.0,
-        min_history: 48,
+        min_history: 48 * HOUR,
     }
 }
 

@@ -274,7 +274,8 @@ async fn alert_figures(
         .await?;
     let mut spans: Vec<(String, i64, i64, i64)> = Vec::new();
     for b in &rows {
-        let r = b.column(0).as_string::<i32>();
+        let r = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let r = r.as_string::<i32>();
         let level = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
         let a = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
         let e = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();

@@ -462,7 +462,7 @@ pub(super) async fn check_recommend_stage(
                 weights: c.weights.unwrap_or_default(),
                 paths: c.paths,
                 hours: crate::decide::recommend::MONTH_HOURS,
-                min_history: (min_history / 3_600_000_000).max(25) as usize,
+                min_history,
             })
         }
         "rightsizing" => {

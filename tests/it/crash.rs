@@ -14,11 +14,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use stratus::source::kafka::{consumer_config, producer_config};
+use stratus::source::kafka::producer_config;
 
 use crate::{consume_all, create_topic, read_delta, setting, unique};
 

@@ -92,14 +92,14 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
         create_topic(&format!("{tag}.{t}"), 1).await;
     }
     let pipeline = shipped("cloud-metrics.yaml", &tag).await;
-    let start = (chrono::Utc::now().timestamp_micros() - 40 * HOUR) / HOUR * HOUR;
+    let start = (chrono::Utc::now().timestamp_micros() - 80 * HOUR) / HOUR * HOUR;
     let mut events = Vec::new();
     let labels = generate(
         &GenerateConfig {
             seed: 11,
             start_us: start,
-            span_us: 30 * HOUR,
-            interval_us: 60 * S,
+            span_us: 72 * HOUR,
+            interval_us: 120 * S,
             resources: 6,
             anomaly_share: 0.5,
         },

@@ -92,8 +92,11 @@ pub async fn delta_rows(location: &str) -> usize {
         .sum()
 }
 
+/// A message's payload and its headers.
+pub type Consumed = (Vec<u8>, Vec<(String, String)>);
+
 /// Every message of the one-partition `topic`, up to its end, with its headers.
-pub fn consume_with_headers(topic: &str) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+pub fn consume_with_headers(topic: &str) -> Vec<Consumed> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
