@@ -663,14 +663,25 @@ impl RightsizeOperator {
                 purchase: Purchase::OnDemand,
                 count: 1,
             };
+            // Keep as is: issues nothing, and forgets the last recommendation.
+            let keep = Recommendation {
+                rec_id: String::new(),
+                revision: 0,
+                ts: newest,
+                kind: Kind::Rightsizing,
+                subject: r.clone(),
+                current: vec![line(&current.name)],
+                recommended: vec![line(&current.name)],
+                savings: 0.0,
+                savings_low: 0.0,
+                savings_high: 0.0,
+                risk_score: 0.0,
+                confidence: 1.0,
+                rationale: String::new(),
+                pareto: Vec::new(),
+            };
             let rec = match rightsize::assess(&s.catalogue, current, &cpu, &mem, s.headroom, seed) {
                 Some(z) => Recommendation {
-                    rec_id: String::new(),
-                    revision: 0,
-                    ts: newest,
-                    kind: Kind::Rightsizing,
-                    subject: r.clone(),
-                    current: vec![line(&current.name)],
                     recommended: vec![line(&z.to.name)],
                     savings: z.savings * MONTH_HOURS,
                     savings_low: z.savings_low * MONTH_HOURS,
@@ -699,25 +710,9 @@ impl RightsizeOperator {
                         current.arch,
                         z.projected_cpu_p95,
                     ),
-                    pareto: Vec::new(),
+                    ..keep
                 },
-                // Keep as is.
-                None => Recommendation {
-                    rec_id: String::new(),
-                    revision: 0,
-                    ts: newest,
-                    kind: Kind::Rightsizing,
-                    subject: r.clone(),
-                    current: vec![line(&current.name)],
-                    recommended: vec![line(&current.name)],
-                    savings: 0.0,
-                    savings_low: 0.0,
-                    savings_high: 0.0,
-                    risk_score: 0.0,
-                    confidence: 1.0,
-                    rationale: String::new(),
-                    pareto: Vec::new(),
-                },
+                None => keep,
             };
             out.extend(self.state.issued.issue(rec));
         }

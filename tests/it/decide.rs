@@ -12,10 +12,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use stratus::generate::{GenerateConfig, generate, rfc3339};
-use stratus::job::run::{RunConfig, run_to_end};
 use stratus::pipeline::Pipeline;
-use stratus::sink::storage_options_from_env;
 
+use crate::shipped::{produce, run};
 use crate::{consume_with_headers, create_topic, read_delta, setting, unique};
 
 const S: i64 = 1_000_000;
@@ -53,32 +52,6 @@ fn messages(topic: &str, schema: &str) -> Vec<(Value, BTreeMap<String, String>)>
             (doc, headers.into_iter().collect())
         })
         .collect()
-}
-
-async fn produce(topic: &str, records: &[(String, String)]) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer =
-        stratus::source::kafka::producer_config(&setting("STRATUS_KAFKA_BROKERS"))
-            .create()
-            .unwrap();
-    let sends = records.iter().map(|(k, p)| {
-        producer.send(
-            FutureRecord::to(topic).key(k).payload(p),
-            std::time::Duration::from_secs(30),
-        )
-    });
-    for d in futures::future::join_all(sends).await {
-        d.map_err(|(e, _)| e).unwrap();
-    }
-}
-
-async fn run(pipeline: &Pipeline, tables: &str) {
-    let config = RunConfig::backfill(
-        &setting("STRATUS_KAFKA_BROKERS"),
-        tables,
-        storage_options_from_env(),
-    );
-    run_to_end(pipeline, &config).await.unwrap();
 }
 
 fn s3_tables(tag: &str) -> String {

@@ -37,7 +37,7 @@ async fn shipped(file: &str, prefix: &str, topic: &str) -> Pipeline {
     Pipeline::from_yaml(&path, &text).await.unwrap()
 }
 
-async fn produce(topic: &str, records: &[(String, String)]) {
+pub(crate) async fn produce(topic: &str, records: &[(String, String)]) {
     let producer: FutureProducer = producer_config(&setting("STRATUS_KAFKA_BROKERS"))
         .create()
         .unwrap();
@@ -52,7 +52,7 @@ async fn produce(topic: &str, records: &[(String, String)]) {
     }
 }
 
-async fn run(pipeline: &Pipeline, tables: &str) {
+pub(crate) async fn run(pipeline: &Pipeline, tables: &str) {
     let config = RunConfig::backfill(
         &setting("STRATUS_KAFKA_BROKERS"),
         tables,
