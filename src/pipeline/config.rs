@@ -211,6 +211,10 @@ pub struct ScoreStageConfig {
     /// Detectors and weights; default: the model alone, else robust_z, seasonal and cusum.
     #[serde(default)]
     pub detectors: Option<Vec<crate::score::detect::DetectorSpec>>,
+    /// How each detector's scores are judged against the key's own history (default: 7 days,
+    /// averages of 10, 150 steps to learn).
+    #[serde(default)]
+    pub likelihood: Option<crate::score::detect::LikelihoodSpec>,
 }
 
 fn default_score_time() -> String {

@@ -11,7 +11,7 @@ use arrow::datatypes::DataType;
 use super::config::{ModelsConfig, ScoreStageConfig};
 use super::diagnostics::Reporter;
 use super::plan::{Relation, StagePlan};
-use crate::score::detect::{DetectorSpec, Ensemble};
+use crate::score::detect::{DetectorSpec, Ensemble, LikelihoodSpec};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
 use crate::window::{WindowedQuery, parse_duration};
@@ -134,8 +134,14 @@ pub(super) async fn check_score_stage(
             Some("set `model`, or `value` (the column the detectors watch), or both"),
         );
     }
-    if let Err(e) = Ensemble::new(&detectors) {
-        r.at(&at("detectors"), e, None);
+    let likelihood = score.likelihood.clone().unwrap_or_default();
+    if let Err(e) = Ensemble::with_likelihood(&detectors, &likelihood) {
+        let field = if e.starts_with("likelihood") {
+            "likelihood"
+        } else {
+            "detectors"
+        };
+        r.at(&at(field), e, None);
     }
     let watches_value = detectors
         .iter()
@@ -190,6 +196,7 @@ pub(super) async fn check_score_stage(
         time: score.time.clone(),
         value: score.value.clone(),
         detectors,
+        likelihood,
         registry: registry.map(str::to_string),
         poll: Duration::from_micros(poll.unwrap_or(10_000_000).max(0) as u64),
     };

@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::detect::{DetectorSpec, Ensemble};
+use super::detect::{DetectorSpec, Ensemble, LikelihoodSpec};
 use super::onnx::{OnnxModel, ScoreError};
 use super::registry::{ModelRef, Registry, RegistryError};
 
@@ -51,6 +51,7 @@ pub struct ScoreSpec {
     pub time: String,
     pub value: Option<String>,
     pub detectors: Vec<DetectorSpec>,
+    pub likelihood: LikelihoodSpec,
     /// The registry's location, when a model is set.
     pub registry: Option<String>,
     pub poll: Duration,
@@ -204,7 +205,8 @@ impl ScoreOperator {
         let time_column = column(&spec.time)?;
         let value_column = spec.value.as_deref().map(column).transpose()?;
         // The detectors must build; each key gets its own copy later.
-        Ensemble::new(&spec.detectors).map_err(StageError::Invalid)?;
+        Ensemble::with_likelihood(&spec.detectors, &spec.likelihood)
+            .map_err(StageError::Invalid)?;
         let registry = match (
             &spec.registry,
             spec.model.is_some() || spec.shadow.is_some(),
@@ -348,7 +350,11 @@ impl ScoreOperator {
                 Some(s) => s,
                 None => self.keys.entry(keys[i].clone()).or_insert(KeyState {
                     last: i64::MIN,
-                    ensemble: Ensemble::new(&self.spec.detectors).map_err(StageError::Invalid)?,
+                    ensemble: Ensemble::with_likelihood(
+                        &self.spec.detectors,
+                        &self.spec.likelihood,
+                    )
+                    .map_err(StageError::Invalid)?,
                 }),
             };
             let verdict = if t > state.last {
@@ -540,6 +546,7 @@ mod tests {
                 baseline: "1h".into(),
                 min_points: 3,
             }],
+            likelihood: LikelihoodSpec::default(),
             registry: None,
             poll: Duration::from_secs(10),
         }

@@ -1,13 +1,15 @@
 //! Features carried across windows, per key: an exponentially weighted moving average, the
-//! change against the key's previous window (delta, and rate of change per second), and a
-//! robust z-score against the key's trailing baseline (median and MAD of its earlier windows
-//! within `baseline`, for example 24 hours).
+//! change against the key's previous window (delta, and rate of change per second), a robust
+//! z-score against the key's trailing baseline (median and MAD of its earlier windows within
+//! `baseline`, for example 24 hours), and the excess over that baseline's median (in the
+//! column's own unit: for an hourly cost, the USD above a typical hour).
 //!
 //! In: a window stage's result batches (its key columns, `window_start`, the configured numeric
-//! columns). Out: the same rows with four `Float64` columns appended per configured column `c`:
-//! `c_ewma`, `c_delta`, `c_roc` and `c_robust_z` — null where undefined: no previous window
-//! within the baseline span (delta, rate; the EWMA starts again), fewer than `min_baseline` earlier windows in the baseline, or a MAD of zero
-//! (z-score), or a null input.
+//! columns). Out: the same rows with five `Float64` columns appended per configured column `c`:
+//! `c_ewma`, `c_delta`, `c_roc`, `c_robust_z` and `c_excess` — null where undefined: no
+//! previous window within the baseline span (delta, rate; the EWMA starts again), fewer than
+//! `min_baseline` earlier windows in the baseline (z-score, excess), a MAD of zero (z-score),
+//! or a null input.
 //!
 //! State lives here, in memory: per key, the windows of the last `baseline` of event time (the
 //! window start and, per column, the value and the EWMA): 8 + 16 × columns bytes per window per
@@ -43,7 +45,7 @@ pub struct CarrySpec {
 }
 
 /// The columns appended per configured column, in order.
-pub const CARRY_SUFFIXES: [&str; 4] = ["ewma", "delta", "roc", "robust_z"];
+pub const CARRY_SUFFIXES: [&str; 5] = ["ewma", "delta", "roc", "robust_z", "excess"];
 
 /// Scales a MAD to the standard deviation of a normal distribution.
 const MAD_TO_SIGMA: f64 = 1.4826;
@@ -208,7 +210,10 @@ impl CarryOperator {
                             .map(|p| p.values[j])
                             .filter(|v| !v.is_nan()),
                     );
-                    out[slot + 3][i] = robust_z(x, &mut baseline, self.spec.min_baseline);
+                    if let Some((median, z)) = robust_z(x, &mut baseline, self.spec.min_baseline) {
+                        out[slot + 3][i] = z;
+                        out[slot + 4][i] = Some(x - median);
+                    }
                 }
                 point.values.push(x);
                 point.ewma.push(ewma);
@@ -315,9 +320,9 @@ fn snapshot_schema(width: usize) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// `(x − median) / (1.4826 × MAD)` over `baseline` (reordered in place); none when it has
-/// fewer than `min` values or no spread.
-fn robust_z(x: f64, baseline: &mut [f64], min: usize) -> Option<f64> {
+/// The median of `baseline` (reordered in place) and `(x − median) / (1.4826 × MAD)`; none
+/// when it has fewer than `min` values, no z-score when it has no spread.
+fn robust_z(x: f64, baseline: &mut [f64], min: usize) -> Option<(f64, Option<f64>)> {
     if baseline.len() < min.max(1) {
         return None;
     }
@@ -326,7 +331,10 @@ fn robust_z(x: f64, baseline: &mut [f64], min: usize) -> Option<f64> {
         *v = (*v - median).abs();
     }
     let mad = median_of(baseline);
-    (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad))
+    Some((
+        median,
+        (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
+    ))
 }
 
 /// The median, by selection in O(n) (the values are reordered).
@@ -437,6 +445,7 @@ mod tests {
         let z = op.apply(&batch(&[("a", 3 * MINUTE, Some(20.0))])).unwrap();
         let want = (20.0 - 12.0) / (MAD_TO_SIGMA * 2.0);
         assert_eq!(column(&z, "mean_robust_z"), vec![Some(want)]);
+        assert_eq!(column(&z, "mean_excess"), vec![Some(20.0 - 12.0)]);
         // An update of minute 2 replaces it: delta against minute 1 again.
         let update = op.apply(&batch(&[("a", 2 * MINUTE, Some(13.0))])).unwrap();
         assert_eq!(column(&update, "mean_delta"), vec![Some(1.0)]);
@@ -447,7 +456,7 @@ mod tests {
     }
 
     /// The reference: every point of the key, recomputed from scratch with plain loops.
-    fn reference(series: &[(i64, f64)], spec: &CarrySpec) -> Vec<[Option<f64>; 4]> {
+    fn reference(series: &[(i64, f64)], spec: &CarrySpec) -> Vec<[Option<f64>; 5]> {
         let mut out = Vec::new();
         let mut ewma: Option<f64> = None;
         for (k, &(start, x)) in series.iter().enumerate() {
@@ -462,7 +471,7 @@ mod tests {
                 .filter(|(s, _)| *s >= start - spec.baseline)
                 .map(|(_, v)| *v)
                 .collect();
-            let z = if base.len() >= spec.min_baseline {
+            let (z, excess) = if base.len() >= spec.min_baseline {
                 base.sort_by(f64::total_cmp);
                 let m = |v: &[f64]| {
                     let n = v.len();
@@ -476,15 +485,19 @@ mod tests {
                 let mut dev: Vec<f64> = base.iter().map(|v| (v - med).abs()).collect();
                 dev.sort_by(f64::total_cmp);
                 let mad = m(&dev);
-                (mad > 0.0).then(|| (x - med) / (MAD_TO_SIGMA * mad))
+                (
+                    (mad > 0.0).then(|| (x - med) / (MAD_TO_SIGMA * mad)),
+                    Some(x - med),
+                )
             } else {
-                None
+                (None, None)
             };
             out.push([
                 Some(e),
                 prev.map(|(_, p)| x - p),
                 prev.map(|(s, p)| (x - p) / ((start - s) as f64 / 1e6)),
                 z,
+                excess,
             ]);
         }
         out
@@ -508,7 +521,7 @@ mod tests {
             }
         }
         let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
-        let mut got: HashMap<&str, Vec<[Option<f64>; 4]>> = HashMap::new();
+        let mut got: HashMap<&str, Vec<[Option<f64>; 5]>> = HashMap::new();
         for (n, chunk) in rows.chunks(7).enumerate() {
             if n % 5 == 4 {
                 let state = op.snapshot().unwrap();
@@ -524,7 +537,7 @@ mod tests {
             for (i, row) in chunk.iter().enumerate() {
                 got.entry(row.0)
                     .or_default()
-                    .push([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+                    .push(std::array::from_fn(|c| cols[c][i]));
             }
         }
         for key in keys {

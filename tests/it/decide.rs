@@ -320,3 +320,133 @@ async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_materi
     assert_eq!(in_delta, by_id.keys().map(|k| k.to_string()).collect());
     eprintln!("{} recommendations: {}", recs.len(), recs[0].0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn billing_cost_leaks_raise_cost_alerts_with_their_impact() {
+    let tag = unique("it-cost-alerts");
+    for t in ["cloud.billing", "alerts"] {
+        create_topic(&format!("{tag}.{t}"), 1).await;
+    }
+    let pipeline = shipped("billing.yaml", &tag).await;
+    let start = (chrono::Utc::now().timestamp_micros() - 8 * 24 * HOUR) / HOUR * HOUR;
+    let mut events = Vec::new();
+    let labels = generate(
+        &GenerateConfig {
+            seed: 14,
+            start_us: start,
+            span_us: 6 * 24 * HOUR,
+            interval_us: 300 * S,
+            resources: 9,
+            anomaly_share: 0.9,
+        },
+        &mut |topic: &'static str, key: &str, payload: &str, _ts: i64| {
+            if topic == "cloud.billing" {
+                events.push((key.to_string(), payload.to_string()));
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    // The account and service each leaking instance is billed to.
+    let leaks: Vec<_> = labels
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == "cost_leak")
+        .collect();
+    assert!(!leaks.is_empty(), "the seed injects no cost leak");
+    let mut billed_to: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (_, payload) in &events {
+        let item: Value = serde_json::from_str(payload).unwrap();
+        if let Some(r) = item["resource_id"].as_str() {
+            billed_to.insert(
+                r.to_string(),
+                (
+                    item["account_id"].as_str().unwrap().to_string(),
+                    item["service"].as_str().unwrap().to_string(),
+                ),
+            );
+        }
+    }
+    produce(&format!("{tag}.cloud.billing"), &events).await;
+    let tables = s3_tables(&tag);
+    run(&pipeline, &tables).await;
+
+    let alerts = messages(&format!("{tag}.alerts"), "alert.json");
+    for (doc, headers) in &alerts {
+        assert_eq!(doc["kind"], "cost_anomaly");
+        assert_eq!(headers["severity"], doc["severity"].as_str().unwrap());
+    }
+    // Every account and service with a leak has an alert firing once its first leak began,
+    // carrying the hour's excess over the usual (USD) as its impact — at least a warning from
+    // the pipeline's `impact_warning` of 0.5 USD.
+    let mut first_leak: BTreeMap<&(String, String), i64> = BTreeMap::new();
+    for leak in &leaks {
+        let start = first_leak
+            .entry(&billed_to[&leak.subject])
+            .or_insert(i64::MAX);
+        *start = (*start).min(leak.start_us);
+    }
+    for ((account, service), start) in &first_leak {
+        let firing: Vec<&Value> = alerts
+            .iter()
+            .map(|(d, _)| d)
+            .filter(|d| {
+                d["labels"]["account_id"] == account.as_str()
+                    && d["labels"]["service"] == service.as_str()
+                    && d["status"] == "firing"
+                    && chrono::DateTime::parse_from_rfc3339(d["window_end"].as_str().unwrap())
+                        .unwrap()
+                        .timestamp_micros()
+                        > *start
+            })
+            .collect();
+        assert!(
+            !firing.is_empty(),
+            "no cost alert on ({account}, {service}) after its leak from {}: {alerts:?}",
+            rfc3339(*start)
+        );
+        let a = firing[0];
+        let impact = a["impact_usd"]
+            .as_f64()
+            .expect("a cost alert has its impact");
+        assert!(impact > 0.0, "{a}");
+        if impact >= 0.5 {
+            assert_ne!(a["severity"], "info", "{a}");
+        }
+        assert!(
+            a["message"].as_str().unwrap().contains("cost impact"),
+            "{a}"
+        );
+    }
+    // The Delta table holds exactly the messages on the topic.
+    let mut in_delta = BTreeSet::new();
+    for b in read_delta(&format!("{tables}/cost_alerts")).await {
+        let ids = arrow::compute::cast(
+            b.column_by_name("alert_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let revs = b.column_by_name("revision").unwrap();
+        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
+        let revs = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(revs);
+        for i in 0..b.num_rows() {
+            in_delta.insert((ids.value(i).to_string(), revs.value(i)));
+        }
+    }
+    let on_topic: BTreeSet<(String, i64)> = alerts
+        .iter()
+        .map(|(d, _)| {
+            (
+                d["alert_id"].as_str().unwrap().to_string(),
+                d["revision"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(in_delta, on_topic);
+    eprintln!(
+        "{} cost alert messages for {} leaks; first: {}",
+        alerts.len(),
+        leaks.len(),
+        alerts[0].0
+    );
+}

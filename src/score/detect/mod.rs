@@ -45,12 +45,62 @@ pub const MAX_DEVIATION: f64 = 1e6;
 /// The σ at which a z-score detector's score is ½.
 pub const Z_ALARM: f64 = 4.0;
 
-/// Span of each detector's score history in its likelihood.
-pub const LIKELIHOOD_HISTORY_US: i64 = 7 * 24 * 3_600_000_000;
 /// Scores averaged into each likelihood step.
 pub const LIKELIHOOD_AVERAGE: usize = 10;
 /// Averaged scores seen before a likelihood is given.
 pub const LIKELIHOOD_LEARN: usize = 150;
+
+/// How each detector's scores become a likelihood, as a pipeline's score stage may set it
+/// (`likelihood: {history: 7d, average: 10, learn: 150}`). The defaults suit minutes of
+/// cadence; an hourly series learns in fewer steps and averages fewer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LikelihoodSpec {
+    /// Span of the score history each step is judged against, e.g. "7d".
+    #[serde(default = "likelihood_history")]
+    pub history: String,
+    /// Scores averaged into each step.
+    #[serde(default = "likelihood_average")]
+    pub average: usize,
+    /// Steps seen before a likelihood is given (until then the detector says 0).
+    #[serde(default = "likelihood_learn")]
+    pub learn: usize,
+}
+
+fn likelihood_history() -> String {
+    "7d".into()
+}
+fn likelihood_average() -> usize {
+    LIKELIHOOD_AVERAGE
+}
+fn likelihood_learn() -> usize {
+    LIKELIHOOD_LEARN
+}
+
+impl Default for LikelihoodSpec {
+    fn default() -> Self {
+        LikelihoodSpec {
+            history: likelihood_history(),
+            average: LIKELIHOOD_AVERAGE,
+            learn: LIKELIHOOD_LEARN,
+        }
+    }
+}
+
+impl LikelihoodSpec {
+    fn build(&self) -> Result<likelihood::Likelihood, String> {
+        let history =
+            parse_duration(&self.history).map_err(|e| format!("likelihood history: {e}"))?;
+        if history <= 0 || self.average == 0 || self.learn == 0 {
+            return Err("likelihood: history, average and learn must be positive".into());
+        }
+        Ok(likelihood::Likelihood::new(
+            history,
+            self.average,
+            self.learn,
+        ))
+    }
+}
 
 /// One detector and its weight, as written in a pipeline file or given to `stratus evaluate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,20 +366,22 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
-    /// Builds the detectors, each followed by its likelihood; an error names the bad spec. At
-    /// least one weight must be positive.
+    /// Builds the detectors, each followed by its likelihood with the default settings; an
+    /// error names the bad spec. At least one weight must be positive.
     pub fn new(specs: &[DetectorSpec]) -> Result<Self, String> {
+        Self::with_likelihood(specs, &LikelihoodSpec::default())
+    }
+
+    /// As [`new`](Self::new), with the likelihood set as `likelihood` says.
+    pub fn with_likelihood(
+        specs: &[DetectorSpec],
+        likelihood: &LikelihoodSpec,
+    ) -> Result<Self, String> {
         let mut e = Self::plain(specs)?;
         e.likelihoods = specs
             .iter()
-            .map(|_| {
-                likelihood::Likelihood::new(
-                    LIKELIHOOD_HISTORY_US,
-                    LIKELIHOOD_AVERAGE,
-                    LIKELIHOOD_LEARN,
-                )
-            })
-            .collect();
+            .map(|_| likelihood.build())
+            .collect::<Result<_, _>>()?;
         Ok(e)
     }
 
