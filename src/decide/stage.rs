@@ -1,6 +1,6 @@
 //! The decision stages of a pipeline: `alert` (the alert policy over a score stage's rows) and
 //! `recommend` (spot / on-demand and instance mix from hourly spot prices; rightsizing from
-//! utilisation windows).
+//! utilisation windows) — and, run the same way, `forecast` (see `score::forecast`).
 //!
 //! In: each cycle's batches of the stage's input, and the input's watermark.
 //! Out: alert rows ([`super::rows::alert_schema`]) or recommendation rows
@@ -22,7 +22,10 @@ use super::recommend::{Issued, Kind, Line, MONTH_HOURS, ParetoPoint, Recommendat
 use super::rightsize::{self, Headroom};
 use super::rows::{self, AlertInput};
 use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
-use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
+use crate::evaluate::forecast::{Steps, offset};
+use crate::score::forecast::{
+    FollowedForecast, ForecastOperator, ForecastRef, ForecastSpec, HourlySeries, inputs, to_values,
+};
 
 /// A checked alert stage.
 #[derive(Debug, Clone)]
@@ -37,6 +40,7 @@ pub struct AlertSpec {
 pub enum DecideSpec {
     Alert(AlertSpec),
     Recommend(RecommendSpec),
+    Forecast(ForecastSpec),
 }
 
 /// A checked recommend stage.
@@ -57,8 +61,9 @@ pub struct SpotSpec {
     pub price: String,
     pub workloads: Vec<Workload>,
     pub catalogue: Catalogue,
-    /// The spot price forecast model (`FEATURES` in, quantiles out), loaded from the registry.
-    pub model: Option<(String, Vec<u8>)>,
+    /// The spot price forecast model (`FEATURES` in, quantiles out), followed in the registry;
+    /// without one, each pool's own past changes are its forecast distribution.
+    pub model: Option<ForecastRef>,
     pub proxy: InterruptionProxy,
     pub weights: Weights,
     pub paths: usize,
@@ -94,6 +99,7 @@ pub enum DecideOperator {
     Alert(Box<AlertOperator>),
     Spot(Box<SpotOperator>),
     Rightsize(Box<RightsizeOperator>),
+    Forecast(Box<ForecastOperator>),
 }
 
 impl DecideOperator {
@@ -101,7 +107,21 @@ impl DecideOperator {
         match spec {
             DecideSpec::Alert(a) => Ok(DecideOperator::alert(a)),
             DecideSpec::Recommend(r) => DecideOperator::recommend(r),
+            DecideSpec::Forecast(f) => Ok(DecideOperator::Forecast(Box::new(
+                ForecastOperator::open(f)?,
+            ))),
         }
+    }
+
+    /// Every `poll`, swaps in a newer registered version of the stage's forecast model (an
+    /// unpinned reference); says what changed.
+    pub async fn refresh(&mut self) -> Option<Result<String, String>> {
+        let model = match self {
+            DecideOperator::Spot(s) => s.model.as_mut()?,
+            DecideOperator::Forecast(f) => f.model(),
+            _ => return None,
+        };
+        model.refresh().await
     }
 
     pub fn alert(spec: AlertSpec) -> Self {
@@ -114,10 +134,7 @@ impl DecideOperator {
     pub fn recommend(spec: RecommendSpec) -> Result<Self, String> {
         Ok(match spec {
             RecommendSpec::Spot(s) => {
-                let model = match &s.model {
-                    Some((label, bytes)) => Some(ForecastModel::new(label, bytes)?),
-                    None => None,
-                };
+                let model = s.model.as_ref().map(FollowedForecast::open).transpose()?;
                 DecideOperator::Spot(Box::new(SpotOperator {
                     spec: s,
                     model,
@@ -139,6 +156,7 @@ impl DecideOperator {
             DecideOperator::Alert(a) => a.apply(batch),
             DecideOperator::Spot(s) => s.apply(batch),
             DecideOperator::Rightsize(r) => r.apply(batch),
+            DecideOperator::Forecast(f) => f.apply(batch),
         }
     }
 
@@ -171,6 +189,7 @@ impl DecideOperator {
             DecideOperator::Rightsize(r) => {
                 serde_json::to_string(&r.state).map_err(|e| e.to_string())
             }
+            DecideOperator::Forecast(f) => f.state_json(),
         }
     }
 
@@ -186,6 +205,7 @@ impl DecideOperator {
                 r.state = serde_json::from_str(json).map_err(err)?;
                 Ok(())
             }
+            DecideOperator::Forecast(f) => f.restore_state(json),
         }
     }
 }
@@ -210,13 +230,13 @@ const HOUR: i64 = 3_600_000_000;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SpotState {
     /// Per pool (`type|zone`): (hour start µs, mean price), the trailing 8 days.
-    pools: BTreeMap<String, VecDeque<(i64, f64)>>,
+    pools: HourlySeries,
     issued: Issued,
 }
 
 pub struct SpotOperator {
     spec: SpotSpec,
-    model: Option<ForecastModel>,
+    model: Option<FollowedForecast>,
     state: SpotState,
 }
 
@@ -256,17 +276,7 @@ impl SpotOperator {
                 continue;
             }
             let key = pool_key(types.value(i), zones.value(i));
-            let pool = self.state.pools.entry(key.clone()).or_default();
-            // A revised hour replaces its value; hours stay in order.
-            match pool.iter().position(|(h, _)| *h >= t) {
-                Some(j) if pool[j].0 == t => pool[j].1 = p,
-                Some(j) => pool.insert(j, (t, p)),
-                None => pool.push_back((t, p)),
-            }
-            let newest = pool.back().map_or(t, |x| x.0);
-            while pool.front().is_some_and(|x| x.0 < newest - 8 * 24 * HOUR) {
-                pool.pop_front();
-            }
+            self.state.pools.insert(&key, t, p);
             touched.insert(key);
         }
         let mut out = Vec::new();
@@ -283,44 +293,39 @@ impl SpotOperator {
         rows::recommendation_rows(&out)
     }
 
-    /// The price outlook of a pool at its newest hour: its (hour, quantiles) at 1, 6 and 24 hours.
+    /// The price outlook of a pool at its newest hour: its (hour, quantiles) at 1, 6 and 24
+    /// hours, from the model or, without one, the pool's own past changes.
     fn outlook(&mut self, pool: &str) -> Result<Option<(i64, PriceOutlook)>, String> {
         let Some(prices) = self.state.pools.get(pool) else {
             return Ok(None);
         };
-        let span = prices.back().map_or(0, |p| p.0) - prices.front().map_or(0, |p| p.0);
-        if prices.len() < 2 || span < self.spec.min_history {
+        let Some(t) = prices.back().map(|p| p.0) else {
             return Ok(None);
-        }
-        let steps = Steps {
-            name: pool.to_string(),
-            times: prices.iter().map(|p| p.0).collect(),
-            values: prices.iter().map(|p| p.1).collect(),
         };
-        let t = *steps.times.last().unwrap_or(&0);
-        let c = offset(&steps, t);
-        let horizons = [1i64, 6, 24];
-        let mut rows = Vec::new();
-        let mut levels = Vec::new();
-        for h in horizons {
-            let Some((f, level)) = features(&steps, t, h * HOUR, 24 * HOUR, c) else {
-                return Ok(None);
-            };
-            rows.extend(f);
-            levels.push(level);
-        }
+        let horizons = [HOUR, 6 * HOUR, 24 * HOUR];
+        let Some((rows, levels, c)) = inputs(prices, t, &horizons, self.spec.min_history) else {
+            return Ok(None);
+        };
         let relative: Vec<[f64; 5]> = match &mut self.model {
             Some(m) => m.predict(&rows)?,
-            None => horizons
-                .iter()
-                .map(|&h| empirical_changes(&steps, h * HOUR, c))
-                .collect(),
+            None => {
+                let steps = Steps {
+                    name: pool.to_string(),
+                    times: prices.iter().map(|p| p.0).collect(),
+                    values: prices.iter().map(|p| p.1).collect(),
+                };
+                let c = offset(&steps, t);
+                horizons
+                    .iter()
+                    .map(|&h| empirical_changes(&steps, h, c))
+                    .collect()
+            }
         };
         let out = horizons
             .iter()
             .zip(relative)
             .zip(levels)
-            .map(|((&h, q), level)| (h as f64, q.map(|r| (level + r).exp() - c)))
+            .map(|((&h, q), level)| ((h / HOUR) as f64, to_values(q, level, c)))
             .collect();
         Ok(Some((
             t,
@@ -365,6 +370,10 @@ impl SpotOperator {
                 std::mem::swap(&mut lo, &mut hi);
             }
             let median = outlook.horizons.last().map_or(0.0, |(_, q)| q[2]);
+            let forecaster = self
+                .model
+                .as_ref()
+                .map_or("the pool's past changes", |m| m.label());
             out.push(Recommendation {
                 rec_id: String::new(),
                 revision: 0,
@@ -382,7 +391,7 @@ impl SpotOperator {
                 risk_score: a.p_miss,
                 confidence: a.confidence,
                 rationale: format!(
-                    "{} × {} in {}: spot is forecast at {median:.4} USD/h in 24 h (on demand {:.4}); \
+                    "{} × {} in {}: spot is forecast at {median:.4} USD/h in 24 h by {forecaster} (on demand {:.4}); \
                      price volatility {:.3} suggests a {:.0} % monthly interruption chance per instance, \
                      so {:.1} interruptions a month and a {:.1} % chance of missing the {:.2} % availability \
                      target, against a tolerance of {:.0} % ({:?}); {} paths, seed {seed:x}.",
@@ -423,7 +432,7 @@ impl SpotOperator {
             .pools
             .keys()
             .filter(|k| k.ends_with(&format!("|{}", w.az)))
-            .cloned()
+            .map(str::to_string)
             .collect();
         let mut choices = Vec::new();
         let mut quantiles = Vec::new();

@@ -793,6 +793,13 @@ async fn flush(
                     message: e.to_string(),
                 };
                 if let Some(d) = st.decider.as_mut() {
+                    match d.refresh().await {
+                        Some(Ok(m)) => eprintln!("stratus: stage {}: {m}", st.plan.name),
+                        Some(Err(m)) => {
+                            tracing::error!(stage = %st.plan.name, "model refresh: {m}")
+                        }
+                        None => {}
+                    }
                     for b in inputs.iter().filter(|b| b.num_rows() > 0) {
                         results.push(d.apply(b).map_err(decide_err)?);
                     }

@@ -179,6 +179,9 @@ pub struct StageConfig {
     /// Recommendations from spot prices or utilisation (see `decide`).
     #[serde(default)]
     pub recommend: Option<RecommendStageConfig>,
+    /// Forecasts with prediction intervals from a registered forecast model.
+    #[serde(default)]
+    pub forecast: Option<ForecastStageConfig>,
     /// Features carried across a window stage's windows, per key.
     #[serde(default)]
     pub carry: Option<CarryConfig>,
@@ -219,6 +222,36 @@ pub struct ScoreStageConfig {
 
 fn default_score_time() -> String {
     "window_end".into()
+}
+
+/// A forecast stage (see `score::forecast`): per key, from each hour, the quantiles of the value
+/// `horizons` ahead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastStageConfig {
+    /// An hourly stage.
+    pub from: String,
+    /// A forecast model: `name` (the newest version, followed) or `name@version`.
+    pub model: String,
+    /// Columns identifying a series.
+    pub key: Vec<String>,
+    /// The hour's start (default `window_start`).
+    #[serde(default = "default_forecast_time")]
+    pub time: String,
+    /// The numeric column forecast.
+    pub value: String,
+    #[serde(default = "default_horizons")]
+    pub horizons: Vec<String>,
+    /// History a series needs before it is forecast.
+    #[serde(default = "default_min_history")]
+    pub min_history: String,
+}
+
+fn default_forecast_time() -> String {
+    "window_start".into()
+}
+fn default_horizons() -> Vec<String> {
+    vec!["1h".into(), "6h".into(), "24h".into()]
 }
 
 /// An alert stage: severity, dedup, suppression and correlation over scored rows.

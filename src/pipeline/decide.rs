@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 
-use super::config::{AlertStageConfig, MaintenanceConfig, RecommendStageConfig};
+use super::config::{AlertStageConfig, MaintenanceConfig, ModelsConfig, RecommendStageConfig};
 use super::diagnostics::Reporter;
 use super::plan::{Relation, StagePlan};
 use crate::decide::alert::{Maintenance, MaintenanceTime, Policy};
@@ -16,13 +16,11 @@ use crate::decide::mix::check_requirement;
 use crate::decide::rows::{AlertInput, alert_schema, recommendation_schema};
 use crate::decide::spot::Workload;
 use crate::decide::stage::{AlertSpec, DecideSpec, RecommendSpec, RightsizeSpec, SpotSpec};
-use crate::evaluate::forecast::FEATURES;
-use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 use crate::window::{WindowedQuery, parse_duration};
 
 /// The input relation `from`, or a diagnostic at `path`.
-fn input<'r>(
+pub(super) fn input<'r>(
     r: &mut Reporter<'_>,
     path: &[&str],
     from: &str,
@@ -44,7 +42,7 @@ fn input<'r>(
 }
 
 /// Reports each of `columns` missing from `schema`, or not numeric when `numeric`.
-fn need_columns(
+pub(super) fn need_columns(
     r: &mut Reporter<'_>,
     path: &[&str],
     schema: &Schema,
@@ -73,17 +71,17 @@ fn need_columns(
     }
 }
 
-fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> i64 {
+pub(super) fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> i64 {
     parse_duration(text)
         .map_err(|e| r.at(path, e, Some("for example \"15m\" or \"1h\"")))
         .unwrap_or(0)
 }
 
-fn is_timestamp(t: &DataType) -> bool {
+pub(super) fn is_timestamp(t: &DataType) -> bool {
     matches!(t, DataType::Timestamp(..))
 }
 
-fn plan(
+pub(super) fn plan(
     name: &str,
     file: &Path,
     from: &str,
@@ -374,6 +372,7 @@ fn maintenance(
     Some(Maintenance { when, matches })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn check_recommend_stage(
     r: &mut Reporter<'_>,
     file: &Path,
@@ -381,6 +380,7 @@ pub(super) async fn check_recommend_stage(
     name: &str,
     c: &RecommendStageConfig,
     registry: Option<&str>,
+    models: Option<&ModelsConfig>,
     relations: &[(String, Relation)],
 ) -> Option<StagePlan> {
     let at = |field: &'static str| ["stages", name, "recommend", field];
@@ -444,7 +444,9 @@ pub(super) async fn check_recommend_stage(
                     );
                     None
                 }
-                (Some(m), Some(location)) => forecast_model(r, &at("model"), m, location).await,
+                (Some(m), Some(location)) => {
+                    super::forecast::forecast_model(r, &at("model"), m, location, models).await
+                }
             };
             if c.paths == 0 || c.paths > 1_000_000 {
                 r.at(&at("paths"), "paths must be between 1 and 1000000", None);
@@ -598,52 +600,4 @@ fn workloads(
         }
     }
     Some(list)
-}
-
-/// Loads a forecast model ([`FEATURES`] in) from the registry.
-async fn forecast_model(
-    r: &mut Reporter<'_>,
-    path: &[&str],
-    text: &str,
-    location: &str,
-) -> Option<(String, Vec<u8>)> {
-    let reference: ModelRef = text
-        .parse()
-        .map_err(|e: String| r.at(path, e, Some("write `name` (newest version) or `name@3`")))
-        .ok()?;
-    let registry = Registry::open(location, &crate::sink::storage_options_from_env())
-        .map_err(|e| r.at(&["models", "registry"], e.to_string(), None))
-        .ok()?;
-    let version = registry
-        .resolve(&reference)
-        .await
-        .map_err(|e| {
-            r.at(
-                path,
-                e.to_string(),
-                Some("`stratus models list` shows what is registered"),
-            )
-        })
-        .ok()?;
-    let loaded = registry
-        .load(&reference.name, version)
-        .await
-        .map_err(|e| r.at(path, e.to_string(), None))
-        .ok()?;
-    let features: Vec<&str> = loaded.manifest.feature_names().collect();
-    if features != FEATURES {
-        r.at(
-            path,
-            format!(
-                "{}@{version} is not a forecast model: its inputs are {features:?}",
-                reference.name
-            ),
-            Some("train one with models/train_forecast.py"),
-        );
-        return None;
-    }
-    Some((
-        format!("{}@{version}", reference.name),
-        loaded.onnx.to_vec(),
-    ))
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod decide;
 pub mod diagnostics;
+pub mod forecast;
 pub mod plan;
 pub mod score;
 

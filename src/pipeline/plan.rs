@@ -246,14 +246,15 @@ impl Pipeline {
                 stage.score.is_some(),
                 stage.alert.is_some(),
                 stage.recommend.is_some(),
+                stage.forecast.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 r.at(
                     &["stages", name],
                     if kinds.iter().any(|k| *k) {
-                        "a stage is one of `sql`, `score`, `alert` or `recommend`, not several"
+                        "a stage is one of `sql`, `score`, `forecast`, `alert` or `recommend`, not several"
                     } else {
-                        "the stage has none of `sql`, `score`, `alert` or `recommend`"
+                        "the stage has none of `sql`, `score`, `forecast`, `alert` or `recommend`"
                     },
                     Some("`sql: ../sql/file.sql`, or `score: {from: …, model: …}`"),
                 );
@@ -287,6 +288,21 @@ impl Pipeline {
                 } else {
                     super::decide::check_alert_stage(&mut r, file, name, alert, &relations)
                 })
+            } else if let Some(f) = &stage.forecast {
+                Some(if failed.contains(&f.from.as_str()) {
+                    None
+                } else {
+                    super::forecast::check_forecast_stage(
+                        &mut r,
+                        file,
+                        name,
+                        f,
+                        registry.as_deref(),
+                        config.models.as_ref(),
+                        &relations,
+                    )
+                    .await
+                })
             } else if let Some(rec) = &stage.recommend {
                 Some(if failed.contains(&rec.from.as_str()) {
                     None
@@ -298,6 +314,7 @@ impl Pipeline {
                         name,
                         rec,
                         registry.as_deref(),
+                        config.models.as_ref(),
                         &relations,
                     )
                     .await

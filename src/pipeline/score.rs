@@ -11,7 +11,7 @@ use arrow::datatypes::DataType;
 use super::config::{ModelsConfig, ScoreStageConfig};
 use super::diagnostics::Reporter;
 use super::plan::{Relation, StagePlan};
-use crate::score::detect::{DetectorSpec, Ensemble, LikelihoodSpec};
+use crate::score::detect::{DetectorSpec, Ensemble};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
 use crate::window::{WindowedQuery, parse_duration};

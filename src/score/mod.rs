@@ -4,9 +4,11 @@
 //! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
 //! - [`registry`]: versioned models and manifests under a local or `s3://` prefix.
 //! - [`stage`]: a pipeline's score stage — model, shadow, detectors, hot reload.
+//! - [`forecast`]: a pipeline's forecast stage, and forecast models that follow the registry.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
 
 pub mod detect;
+pub mod forecast;
 pub mod onnx;
 pub mod registry;
 pub mod runtime;

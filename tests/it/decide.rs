@@ -15,7 +15,7 @@ use stratus::generate::{GenerateConfig, generate, rfc3339};
 use stratus::pipeline::Pipeline;
 
 use crate::shipped::{produce, run};
-use crate::{consume_with_headers, create_topic, read_delta, setting, unique};
+use crate::{consume_all, consume_with_headers, create_topic, read_delta, setting, unique};
 
 const S: i64 = 1_000_000;
 const HOUR: i64 = 3600 * S;
@@ -181,7 +181,11 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
 #[tokio::test(flavor = "multi_thread")]
 async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_material_change() {
     let tag = unique("it-recs");
-    for t in ["cloud.spot_prices", "recommendations"] {
+    for t in [
+        "cloud.spot_prices",
+        "recommendations",
+        "cloud.spot_prices.forecasts",
+    ] {
         create_topic(&format!("{tag}.{t}"), 1).await;
     }
     let pipeline = shipped("spot-prices.yaml", &tag).await;
@@ -318,7 +322,56 @@ async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_materi
         }
     }
     assert_eq!(in_delta, by_id.keys().map(|k| k.to_string()).collect());
-    eprintln!("{} recommendations: {}", recs.len(), recs[0].0);
+    // The spot forecasts name the model that made them, and the forecast stage's rows — each
+    // pool from two days of history on, at 1, 6 and 24 hours — are in Delta and on the topic.
+    for w in ["web-frontend", "batch-etl"] {
+        let r = of("spot_vs_on_demand", w);
+        assert!(
+            r[0]["rationale"]
+                .as_str()
+                .unwrap()
+                .contains("by spot_price@")
+        );
+    }
+    let forecasts = read_delta(&format!("{tables}/spot_price_forecasts")).await;
+    let mut per_pool: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut rows = 0;
+    for b in &forecasts {
+        let pool = arrow::compute::cast(
+            b.column_by_name("instance_type").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let pool = arrow::array::AsArray::as_string::<i32>(&pool);
+        let h = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+            b.column_by_name("horizon_hours").unwrap(),
+        );
+        let version = arrow::compute::cast(
+            b.column_by_name("model_version").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let version = arrow::array::AsArray::as_string::<i32>(&version);
+        for i in 0..b.num_rows() {
+            assert!(version.value(i).starts_with("spot_price@"));
+            per_pool
+                .entry(pool.value(i).to_string())
+                .or_default()
+                .insert(h.value(i));
+        }
+        rows += b.num_rows();
+    }
+    assert_eq!(per_pool.len(), 3, "{per_pool:?}");
+    assert!(per_pool.values().all(|h| *h == BTreeSet::from([1, 6, 24])));
+    assert_eq!(
+        consume_all(&format!("{tag}.cloud.spot_prices.forecasts")).len(),
+        rows
+    );
+    eprintln!(
+        "{} recommendations, {rows} forecast rows: {}",
+        recs.len(),
+        recs[0].0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,7 @@ mod delta_s3;
 mod demo;
 mod evaluate;
 mod forecast;
+mod forecast_stage;
 mod ingest;
 mod kafka;
 mod onnx;

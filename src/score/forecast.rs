@@ -1,0 +1,424 @@
+//! Forecasts in the stream: a pipeline's `forecast` stage, and the registry-followed forecast
+//! model it shares with the spot recommendations.
+//!
+//! In: rows of an hourly stage (its key columns, the hour's start, a value such as the hour's
+//! mean spot price). Per key the values form a step series (an hour without a row held the
+//! value before it). Out: for every hour that arrives, once the key has `min_history` of
+//! series, one row per horizon: the key, the origin (`ts`, the hour), `target_ts` (origin +
+//! horizon), the value at the origin, and the forecast's 2.5, 10, 50, 90 and 97.5 % quantiles
+//! with the `model_version` that gave them — the 80 % and 95 % prediction intervals. A forecast
+//! from an origin uses only the series up to that origin (see `evaluate::forecast::features`),
+//! so a replay gives the same rows.
+//!
+//! The model (`FEATURES` in, `QUANTILES` of the relative change out; `models/train_forecast.py`)
+//! follows the registry like a score stage's: every `poll` an unpinned reference is resolved
+//! again and a newer version swapped in between batches, so no row is forecast twice or
+//! skipped. State: per key the trailing 8 days of hourly values, as JSON in the checkpoint.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use serde::{Deserialize, Serialize};
+
+use super::registry::{ModelRef, Registry};
+use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
+
+const HOUR: i64 = 3_600_000_000;
+/// History kept per key: a week of lags and a day to spare.
+const KEEP: i64 = 8 * 24 * HOUR;
+
+/// A forecast model as resolved when the pipeline was checked, and how to follow it.
+#[derive(Debug, Clone)]
+pub struct ForecastRef {
+    pub reference: ModelRef,
+    pub version: u32,
+    pub onnx: Arc<Vec<u8>>,
+    /// The registry's location.
+    pub registry: String,
+    pub poll: Duration,
+}
+
+impl ForecastRef {
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.reference.name, self.version)
+    }
+}
+
+/// A loaded forecast model that swaps in newer registered versions of an unpinned reference.
+pub struct FollowedForecast {
+    model: ForecastModel,
+    from: ForecastRef,
+    last_poll: Instant,
+}
+
+impl FollowedForecast {
+    pub fn open(from: &ForecastRef) -> Result<Self, String> {
+        Ok(FollowedForecast {
+            model: ForecastModel::new(&from.label(), &from.onnx)?,
+            from: from.clone(),
+            last_poll: Instant::now(),
+        })
+    }
+
+    /// `name@version` of the model in use.
+    pub fn label(&self) -> &str {
+        &self.model.label
+    }
+
+    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
+        self.model.predict(rows)
+    }
+
+    /// Every `poll`, resolves an unpinned reference again and loads a newer version; says what
+    /// changed. A version that cannot be used is reported and the current one kept. An `s3://`
+    /// registry is reached with the `AWS_*` settings of the environment, as when checked.
+    pub async fn refresh(&mut self) -> Option<Result<String, String>> {
+        if self.from.reference.version.is_some() || self.last_poll.elapsed() < self.from.poll {
+            return None;
+        }
+        self.last_poll = Instant::now();
+        let storage_options = crate::sink::storage_options_from_env();
+        let registry = match Registry::open(&self.from.registry, &storage_options) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let newest = match registry.resolve(&self.from.reference).await {
+            Ok(v) if v > self.from.version => v,
+            Ok(_) => return None,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let name = &self.from.reference.name;
+        let next = match registry.load(name, newest).await {
+            Ok(v) => v,
+            Err(e) => return Some(Err(format!("{} stays: {e}", self.label()))),
+        };
+        let features: Vec<&str> = next.manifest.feature_names().collect();
+        if features != crate::evaluate::forecast::FEATURES {
+            return Some(Err(format!(
+                "{} stays: {name}@{newest} is not a forecast model (inputs {features:?})",
+                self.label()
+            )));
+        }
+        match ForecastModel::new(&format!("{name}@{newest}"), &next.onnx) {
+            Ok(model) => {
+                let change = format!("{} replaces {}", model.label, self.model.label);
+                self.model = model;
+                self.from.version = newest;
+                self.from.onnx = next.onnx;
+                Some(Ok(change))
+            }
+            Err(e) => Some(Err(format!("{} stays: {e}", self.label()))),
+        }
+    }
+}
+
+/// Per key, its hourly values as a step series: (hour start µs, value), oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HourlySeries {
+    series: BTreeMap<String, VecDeque<(i64, f64)>>,
+}
+
+impl HourlySeries {
+    /// Records `value` for `key` at hour `t` (a revised hour replaces its value), keeping the
+    /// trailing 8 days.
+    pub fn insert(&mut self, key: &str, t: i64, value: f64) {
+        let points = self.series.entry(key.to_string()).or_default();
+        match points.iter().rposition(|(h, _)| *h <= t) {
+            Some(j) if points[j].0 == t => points[j].1 = value,
+            Some(j) => points.insert(j + 1, (t, value)),
+            None => points.push_front((t, value)),
+        }
+        let newest = points.back().map_or(t, |p| p.0);
+        while points.front().is_some_and(|p| p.0 < newest - KEEP) {
+            points.pop_front();
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&VecDeque<(i64, f64)>> {
+        self.series.get(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.series.keys().map(String::as_str)
+    }
+}
+
+/// The model's input rows for forecasting each of `horizons` (µs) from `origin`, with each
+/// row's `ln(y + c)` level and the offset `c`; none before `min_history` of series or where the
+/// series has no value at the origin.
+pub fn inputs(
+    points: &VecDeque<(i64, f64)>,
+    origin: i64,
+    horizons: &[i64],
+    min_history: i64,
+) -> Option<(Vec<f32>, Vec<f64>, f64)> {
+    let first = points.front()?.0;
+    if origin - first < min_history {
+        return None;
+    }
+    let known = points.partition_point(|p| p.0 <= origin);
+    if known < 2 {
+        return None;
+    }
+    let steps = Steps {
+        name: String::new(),
+        times: points.iter().take(known).map(|p| p.0).collect(),
+        values: points.iter().take(known).map(|p| p.1).collect(),
+    };
+    let c = offset(&steps, origin);
+    let mut rows = Vec::new();
+    let mut levels = Vec::new();
+    for &h in horizons {
+        let (f, level) = features(&steps, origin, h, 24 * HOUR, c)?;
+        rows.extend(f);
+        levels.push(level);
+    }
+    Some((rows, levels, c))
+}
+
+/// Quantiles of the relative change (`ln` units) back to values, ascending.
+pub fn to_values(relative: [f64; 5], level: f64, c: f64) -> [f64; 5] {
+    let mut q = relative.map(|r| (level + r).exp() - c);
+    q.sort_by(f64::total_cmp);
+    q
+}
+
+/// A checked forecast stage.
+#[derive(Debug, Clone)]
+pub struct ForecastSpec {
+    /// Key columns of the input, then its hour's start and value.
+    pub key: Vec<String>,
+    pub time: String,
+    pub value: String,
+    /// µs, ascending.
+    pub horizons: Vec<i64>,
+    pub min_history: i64,
+    pub model: ForecastRef,
+}
+
+impl ForecastSpec {
+    /// The rows it writes.
+    pub fn output_schema(&self) -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let mut fields: Vec<Field> = self
+            .key
+            .iter()
+            .map(|k| Field::new(k, DataType::Utf8, false))
+            .collect();
+        fields.extend([
+            Field::new("ts", ts.clone(), false),
+            Field::new("target_ts", ts, false),
+            Field::new("horizon_hours", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+        ]);
+        for (q, _) in crate::evaluate::forecast::QUANTILES {
+            fields.push(Field::new(
+                format!("p{}", &q[1..]),
+                DataType::Float64,
+                false,
+            ));
+        }
+        fields.push(Field::new("model_version", DataType::Utf8, false));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// A running forecast stage.
+pub struct ForecastOperator {
+    spec: ForecastSpec,
+    output: SchemaRef,
+    model: FollowedForecast,
+    state: HourlySeries,
+}
+
+/// The key columns' values of row `i`, joined (a separator no value here holds).
+fn key_of(columns: &[StringArray], i: usize) -> Option<String> {
+    let mut parts = Vec::with_capacity(columns.len());
+    for c in columns {
+        if c.is_null(i) {
+            return None;
+        }
+        parts.push(c.value(i));
+    }
+    Some(parts.join("\u{1f}"))
+}
+
+impl ForecastOperator {
+    pub fn open(spec: ForecastSpec) -> Result<Self, String> {
+        Ok(ForecastOperator {
+            model: FollowedForecast::open(&spec.model)?,
+            output: spec.output_schema(),
+            spec,
+            state: HourlySeries::default(),
+        })
+    }
+
+    pub fn model(&mut self) -> &mut FollowedForecast {
+        &mut self.model
+    }
+
+    /// The per-key history, as JSON for the checkpoint.
+    pub fn state_json(&self) -> Result<String, String> {
+        serde_json::to_string(&self.state).map_err(|e| e.to_string())
+    }
+
+    /// Restores what [`state_json`](Self::state_json) gave.
+    pub fn restore_state(&mut self, json: &str) -> Result<(), String> {
+        self.state = serde_json::from_str(json).map_err(|e| format!("forecast state: {e}"))?;
+        Ok(())
+    }
+
+    /// Learns the batch's hours, then forecasts from each of them (in time order per key).
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let keys: Vec<StringArray> = self
+            .spec
+            .key
+            .iter()
+            .map(|k| crate::decide::rows::utf8(batch, k))
+            .collect::<Result<_, _>>()?;
+        let times = crate::decide::rows::micros(batch, &self.spec.time)?;
+        let values = crate::decide::rows::f64s(batch, &self.spec.value)?;
+        let mut origins: Vec<(String, i64)> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let Some(key) = key_of(&keys, i) else {
+                continue;
+            };
+            if times.is_null(i) || values.is_null(i) || !values.value(i).is_finite() {
+                continue;
+            }
+            self.state.insert(&key, times.value(i), values.value(i));
+            origins.push((key, times.value(i)));
+        }
+        origins.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        origins.dedup();
+        let mut rows = Vec::new();
+        let mut made: Vec<(&str, i64, f64, Vec<f64>, f64)> = Vec::new();
+        for (key, origin) in &origins {
+            let Some(points) = self.state.get(key) else {
+                continue;
+            };
+            let Some((r, levels, c)) =
+                inputs(points, *origin, &self.spec.horizons, self.spec.min_history)
+            else {
+                continue;
+            };
+            let at = points.partition_point(|p| p.0 <= *origin);
+            let value = points[at - 1].1;
+            rows.extend(r);
+            made.push((key, *origin, value, levels, c));
+        }
+        let predicted = if rows.is_empty() {
+            Vec::new()
+        } else {
+            self.model
+                .predict(&rows)
+                .map_err(ArrowError::ComputeError)?
+        };
+        let n = made.len() * self.spec.horizons.len();
+        let mut key_values: Vec<Vec<String>> = vec![Vec::with_capacity(n); self.spec.key.len()];
+        let (mut ts, mut target, mut horizon, mut value) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut quantiles: [Vec<f64>; 5] = Default::default();
+        let mut q = predicted.into_iter();
+        for (key, origin, v, levels, c) in &made {
+            for (&h, &level) in self.spec.horizons.iter().zip(levels) {
+                let Some(relative) = q.next() else {
+                    break;
+                };
+                for (column, part) in key_values.iter_mut().zip(key.split('\u{1f}')) {
+                    column.push(part.to_string());
+                }
+                ts.push(*origin);
+                target.push(origin + h);
+                horizon.push(h / HOUR);
+                value.push(*v);
+                for (column, x) in quantiles.iter_mut().zip(to_values(relative, level, *c)) {
+                    column.push(x);
+                }
+            }
+        }
+        let rows_out = ts.len();
+        let mut columns: Vec<ArrayRef> = key_values
+            .into_iter()
+            .map(|v| Arc::new(StringArray::from(v)) as ArrayRef)
+            .collect();
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(ts).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(target).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(Int64Array::from(horizon)));
+        columns.push(Arc::new(Float64Array::from(value)));
+        for column in quantiles {
+            columns.push(Arc::new(Float64Array::from(column)));
+        }
+        columns.push(Arc::new(StringArray::from(vec![
+            self.model
+                .label()
+                .to_string();
+            rows_out
+        ])));
+        RecordBatch::try_new(self.output.clone(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hourly_series_keep_order_replace_revisions_and_trail_eight_days() {
+        let mut s = HourlySeries::default();
+        s.insert("a", 3 * HOUR, 3.0);
+        s.insert("a", HOUR, 1.0);
+        s.insert("a", 2 * HOUR, 2.0);
+        s.insert("a", 2 * HOUR, 2.5);
+        let points: Vec<_> = s.get("a").unwrap().iter().copied().collect();
+        assert_eq!(points, vec![(HOUR, 1.0), (2 * HOUR, 2.5), (3 * HOUR, 3.0)]);
+        s.insert("a", 3 * HOUR + KEEP, 4.0);
+        let points: Vec<_> = s.get("a").unwrap().iter().copied().collect();
+        assert_eq!(points, vec![(3 * HOUR, 3.0), (3 * HOUR + KEEP, 4.0)]);
+        assert!(s.get("b").is_none());
+    }
+
+    #[test]
+    fn inputs_need_the_history_and_see_nothing_after_the_origin() {
+        let mut points = VecDeque::new();
+        for h in 0..72 {
+            points.push_back((h * HOUR, 1.0 + (h % 5) as f64));
+        }
+        assert!(inputs(&points, 47 * HOUR, &[HOUR], 48 * HOUR).is_none());
+        let (rows, levels, c) = inputs(&points, 48 * HOUR, &[HOUR, 6 * HOUR], 48 * HOUR).unwrap();
+        assert_eq!(rows.len(), 2 * crate::evaluate::forecast::FEATURES.len());
+        assert_eq!(levels.len(), 2);
+        // The same inputs from a series that ends at the origin: nothing later is used.
+        let cut: VecDeque<_> = points
+            .iter()
+            .copied()
+            .filter(|p| p.0 <= 48 * HOUR)
+            .collect();
+        assert_eq!(
+            inputs(&cut, 48 * HOUR, &[HOUR, 6 * HOUR], 48 * HOUR),
+            Some((rows, levels, c))
+        );
+    }
+
+    #[test]
+    fn quantiles_come_back_in_the_value_unit_and_in_order() {
+        let c = 0.01;
+        let level = (2.0f64 + c).ln();
+        let q = to_values([0.1, -0.1, 0.0, 0.2, -0.2], level, c);
+        assert!((q[2] - 2.0).abs() < 1e-12);
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "{q:?}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The forecast stage with the registered `spot_price` model on ONNX Runtime: from every hour
+//! once a pool has its history, one row per horizon with ordered quantiles; a forecast uses only
+//! the series up to its origin (the same rows whether hours arrive one at a time or all at
+//! once); a version registered mid-stream is swapped in between batches, and no hour is
+//! forecast twice or skipped.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use stratus::score::forecast::{ForecastOperator, ForecastRef, ForecastSpec};
+use stratus::score::registry::{ModelRef, Registry};
+use stratus::sink::storage_options_from_env;
+
+use crate::unique;
+
+const HOUR: i64 = 3_600_000_000;
+
+/// Hourly mean prices of two pools over `hours`, as irregular steps: most hours hold.
+fn hours(hours: i64) -> Vec<(String, i64, f64)> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut out = Vec::new();
+    for (pool, level) in [("m5.large", 0.036), ("c5.xlarge", 0.068)] {
+        let mut price: f64 = level;
+        for h in 0..hours {
+            if rng.random_bool(0.3) {
+                price = (price * rng.random_range(0.95..1.05)).clamp(0.8 * level, 1.3 * level);
+            }
+            out.push((pool.to_string(), h * HOUR, price));
+        }
+    }
+    out.sort_by_key(|r| r.1);
+    out
+}
+
+fn batch(rows: &[(String, i64, f64)]) -> RecordBatch {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+        Arc::new(StringArray::from(vec!["us-east-1a"; rows.len()])),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+    ];
+    RecordBatch::try_from_iter(
+        ["instance_type", "az", "window_start", "mean_price"]
+            .into_iter()
+            .zip(columns),
+    )
+    .unwrap()
+}
+
+/// A forecast row: (pool, origin, horizon h) → (quantiles, model version).
+type Rows = BTreeMap<(String, i64, i64), ([f64; 5], String)>;
+
+fn collect(out: &mut Rows, b: &RecordBatch) {
+    let pool = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+    let pool = pool.as_string::<i32>();
+    let ts = b.column(2).as_primitive::<TimestampMicrosecondType>();
+    let target = b.column(3).as_primitive::<TimestampMicrosecondType>();
+    let h = b.column(4).as_primitive::<Int64Type>();
+    let version = b.column(11).as_string::<i32>();
+    for i in 0..b.num_rows() {
+        assert_eq!(target.value(i) - ts.value(i), h.value(i) * HOUR);
+        let q: [f64; 5] =
+            std::array::from_fn(|j| b.column(6 + j).as_primitive::<Float64Type>().value(i));
+        let key = (pool.value(i).to_string(), ts.value(i), h.value(i));
+        let before = out.insert(key.clone(), (q, version.value(i).to_string()));
+        assert!(before.is_none(), "{key:?} forecast twice");
+    }
+}
+
+fn spec(registry: &str, version: u32) -> ForecastSpec {
+    let onnx = std::fs::read(format!("{registry}/spot_price/{version}/model.onnx")).unwrap();
+    ForecastSpec {
+        key: vec!["instance_type".into(), "az".into()],
+        time: "window_start".into(),
+        value: "mean_price".into(),
+        horizons: vec![HOUR, 6 * HOUR, 24 * HOUR],
+        min_history: 48 * HOUR,
+        model: ForecastRef {
+            reference: ModelRef {
+                name: "spot_price".into(),
+                version: None,
+            },
+            version,
+            onnx: Arc::new(onnx),
+            registry: registry.to_string(),
+            poll: Duration::ZERO,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
+    // A registry holding the repository's spot_price@1 only.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/registry/spot_price");
+    let dir = std::env::temp_dir().join(unique("it-forecast"));
+    let registry = dir.display().to_string();
+    std::fs::create_dir_all(dir.join("spot_price/1")).unwrap();
+    for f in ["model.onnx", "manifest.json"] {
+        std::fs::copy(repo.join("1").join(f), dir.join("spot_price/1").join(f)).unwrap();
+    }
+    let data = hours(96);
+    let swap_at = 72 * HOUR;
+
+    // Hour by hour; spot_price@2 is registered at hour 72.
+    let mut op = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut streamed = Rows::new();
+    for hour in data.chunk_by(|a, b| a.1 == b.1) {
+        if hour[0].1 == swap_at {
+            assert!(op.model().refresh().await.is_none(), "nothing newer yet");
+            let manifest = std::fs::read(repo.join("2/manifest.json")).unwrap();
+            let manifest = serde_json::from_slice(&manifest).unwrap();
+            let onnx = std::fs::read(repo.join("2/model.onnx")).unwrap();
+            let reg = Registry::open(&registry, &storage_options_from_env()).unwrap();
+            assert_eq!(reg.register(manifest, &onnx).await.unwrap(), 2);
+            assert_eq!(
+                op.model().refresh().await,
+                Some(Ok("spot_price@2 replaces spot_price@1".to_string()))
+            );
+        }
+        collect(&mut streamed, &op.apply(&batch(hour)).unwrap());
+    }
+    // Every hour from 48 on, every pool, every horizon, exactly once, by the version in use.
+    assert_eq!(streamed.len(), 2 * (96 - 48) * 3);
+    for ((pool, origin, h), (q, version)) in &streamed {
+        assert!(
+            *origin >= 48 * HOUR && [1, 6, 24].contains(h),
+            "{pool} {origin}"
+        );
+        let want = if *origin < swap_at {
+            "spot_price@1"
+        } else {
+            "spot_price@2"
+        };
+        assert_eq!(version, want, "{pool} {origin}");
+        assert!(q.windows(2).all(|w| w[0] <= w[1]) && q[0] > 0.0, "{q:?}");
+        assert!(q[0] < 2.0 * 0.068 && q[4] > 0.5 * 0.036, "{pool}: {q:?}");
+    }
+    // No look-ahead: the same model given all 96 hours at once forecasts the same from each
+    // origin as it did with only the hours up to it.
+    let mut at_once = Rows::new();
+    let mut op1 = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    collect(&mut at_once, &op1.apply(&batch(&data)).unwrap());
+    for (key, (q, version)) in streamed.iter().filter(|(k, _)| k.1 < swap_at) {
+        let (q1, v1) = &at_once[key];
+        assert_eq!(version, v1);
+        for (a, b) in q.iter().zip(q1) {
+            assert!((a - b).abs() < 1e-9, "{key:?}: {q:?} vs {q1:?}");
+        }
+    }
+    // A restored stage continues with the same history.
+    let mut op2 = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut op3 = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let (first, rest) = data.split_at(data.len() / 2);
+    op2.apply(&batch(first)).unwrap();
+    op3.restore_state(&op2.state_json().unwrap()).unwrap();
+    assert_eq!(
+        op2.apply(&batch(rest)).unwrap(),
+        op3.apply(&batch(rest)).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
