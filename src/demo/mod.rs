@@ -1,17 +1,25 @@
 //! `stratus demo`: the embedded default job, with no services to install.
 //!
-//! Starts librdkafka's in-process mock cluster, produces `stratus generate`'s seeded
-//! `cloud.metrics` events (days of CPU, memory and network per instance, with labelled
-//! anomalies; 2 % of them corrupted) to it, and runs the shipped `pipelines/cloud-metrics.yaml`
-//! — compiled into the binary with its schema and SQL, scoring with the repository's model
-//! registry — until it has read them all: decode, validate, dead-letter, the raw Delta table
-//! (offsets in each commit), 1- and 5-minute feature windows, anomaly scores. Then reads the
-//! tables back with DataFusion for a summary, with the detections scored against the labels.
+//! Starts librdkafka's in-process mock cluster, produces `stratus generate`'s seeded telemetry
+//! to it — days of `cloud.metrics` (CPU, memory and network per instance, with labelled
+//! anomalies; 2 % of them corrupted), `cloud.spot_prices` (irregular steps per type and zone)
+//! and `cloud.billing` (hourly line items, some restated, with labelled cost leaks) — and runs
+//! the three shipped pipelines side by side, compiled into the binary with their schemas, SQL,
+//! catalogue and workloads, scoring and forecasting with the repository's model registry, until
+//! they have read everything. Live progress goes to the terminal. Then it reads the Delta
+//! tables back with DataFusion for a summary — detections and alerts scored against the labels,
+//! recommendations and their savings, forecast interval coverage — and writes an offline HTML
+//! report ([`report`]).
 
 pub mod events;
+pub mod figures;
+pub mod progress;
 pub mod report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +27,11 @@ use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::job::run::{RunConfig, run_to_end};
+pub use figures::{AlertFigures, Detection, ForecastFigures, RecommendationFigures};
+
+use crate::generate::{BILLING_TOPIC, METRICS_TOPIC, SPOT_TOPIC};
+use crate::job::run::{RunConfig, RunSummary, run_pipeline};
+use crate::metrics::PipelineMetrics;
 use crate::pipeline::Pipeline;
 use crate::source::kafka::producer_config;
 
@@ -34,8 +46,8 @@ pub struct DemoConfig {
     pub out_dir: PathBuf,
 }
 
-/// The shipped pipeline and the files it names, compiled in: (path under the output, text).
-const EMBEDDED: [(&str, &str); 5] = [
+/// The shipped pipelines and the files they name, compiled in: (path under the output, text).
+const EMBEDDED: [(&str, &str); 12] = [
     (
         "catalogue/aws-ec2.csv",
         include_str!("../../catalogue/aws-ec2.csv"),
@@ -45,8 +57,28 @@ const EMBEDDED: [(&str, &str); 5] = [
         include_str!("../../pipelines/cloud-metrics.yaml"),
     ),
     (
+        "pipelines/spot-prices.yaml",
+        include_str!("../../pipelines/spot-prices.yaml"),
+    ),
+    (
+        "pipelines/billing.yaml",
+        include_str!("../../pipelines/billing.yaml"),
+    ),
+    (
+        "pipelines/workloads/fleet.yaml",
+        include_str!("../../pipelines/workloads/fleet.yaml"),
+    ),
+    (
         "schemas/cloud.metrics.json",
         include_str!("../../schemas/cloud.metrics.json"),
+    ),
+    (
+        "schemas/cloud.spot_prices.json",
+        include_str!("../../schemas/cloud.spot_prices.json"),
+    ),
+    (
+        "schemas/cloud.billing.json",
+        include_str!("../../schemas/cloud.billing.json"),
     ),
     (
         "sql/cloud_metrics_1m.sql",
@@ -56,15 +88,28 @@ const EMBEDDED: [(&str, &str); 5] = [
         "sql/cloud_metrics_5m.sql",
         include_str!("../../sql/cloud_metrics_5m.sql"),
     ),
+    (
+        "sql/spot_prices_1h.sql",
+        include_str!("../../sql/spot_prices_1h.sql"),
+    ),
+    (
+        "sql/billing_cost_1h.sql",
+        include_str!("../../sql/billing_cost_1h.sql"),
+    ),
 ];
-const TOPIC: &str = "cloud.metrics";
-const PARTITIONS: i32 = 8;
+/// The shipped pipelines the demo runs.
+const PIPELINES: [&str; 3] = ["cloud-metrics", "spot-prices", "billing"];
+const METRIC_PARTITIONS: i32 = 8;
 
 /// What the demo did, for the summary and for tests.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
+    /// `cloud.metrics` events produced, and how many of them were corrupted on purpose.
     pub produced: usize,
     pub produced_invalid: usize,
+    pub spot_events: usize,
+    pub billing_events: usize,
+    /// `cloud.metrics` events the pipeline found valid and invalid.
     pub valid: u64,
     pub invalid: u64,
     pub tables: PathBuf,
@@ -75,40 +120,14 @@ pub struct DemoReport {
     pub scored_5m: u64,
     /// One row per threshold of [`THRESHOLDS`].
     pub detection: Vec<Detection>,
-    /// Alerts by severity, against the labels.
+    /// Metric alerts by severity, against the labelled metric anomalies.
     pub alerts: Vec<AlertFigures>,
-    /// Rightsizing recommendations issued, and their expected savings (USD a month).
-    pub recommendations: u64,
-    pub savings_usd_month: f64,
+    /// Cost alerts by severity, against the labelled cost leaks (per account and service).
+    pub cost_alerts: Vec<AlertFigures>,
+    /// Per kind: rightsizing, spot_vs_on_demand, instance_mix.
+    pub recommendations: Vec<RecommendationFigures>,
+    pub forecasts: ForecastFigures,
     pub seconds: f64,
-}
-
-/// Alerts of one severity (their highest) against the generator's labels: an alert is right
-/// when its resource had a labelled anomaly that overlaps the alert's span (from its first
-/// message to its last, with 30 minutes' grace after the anomaly).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AlertFigures {
-    pub severity: String,
-    pub alerts: usize,
-    pub right: usize,
-    /// Labelled metric anomalies with an alert of this severity or higher.
-    pub found: usize,
-    pub labelled: usize,
-}
-
-/// Windows flagged (anomaly score ≥ `threshold`) against the generator's labels. A window is
-/// inside an anomaly when its resource is the labelled one — any of its metrics, since a CPU
-/// anomaly moves its network traffic too — and it ends during the anomaly or up to 30 minutes
-/// after.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Detection {
-    pub threshold: f64,
-    /// Injected metric anomalies (spikes, level shifts, dips, memory drifts).
-    pub labelled: usize,
-    /// Of those, the ones with a flagged window inside them.
-    pub found: usize,
-    pub flagged: usize,
-    pub flagged_in_anomaly: usize,
 }
 
 /// The anomaly scores at which the demo counts windows as flagged.
@@ -136,78 +155,171 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     }
     crate::say!("models from the registry at {registry}");
-    let pipeline_file = config.out_dir.join("pipeline/pipelines/cloud-metrics.yaml");
-    let pipeline = Pipeline::load(&pipeline_file)
-        .await
-        .map_err(|d| anyhow::anyhow!("the embedded pipeline does not validate:\n{d}"))?;
+    let mut pipelines = Vec::new();
+    for name in PIPELINES {
+        let file = config
+            .out_dir
+            .join(format!("pipeline/pipelines/{name}.yaml"));
+        pipelines.push(Pipeline::load(&file).await.map_err(|d| {
+            anyhow::anyhow!("the embedded pipeline {name} does not validate:\n{d}")
+        })?);
+    }
 
     let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
-    for source in &pipeline.sources {
+    for source in pipelines.iter().flat_map(|p| &p.sources) {
         cluster.create_topic(&source.dead_letter_topic, 1, 1)?;
     }
-    cluster.create_topic(TOPIC, PARTITIONS, 1)?;
+    cluster.create_topic(METRICS_TOPIC, METRIC_PARTITIONS, 1)?;
+    cluster.create_topic(SPOT_TOPIC, 1, 1)?;
+    cluster.create_topic(BILLING_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
     crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 
-    let (events, labels) = demo_events(config)?;
+    let events = demo_events(config)?;
     std::fs::create_dir_all(&config.out_dir)?;
     std::fs::write(
         config.out_dir.join("labels.json"),
-        serde_json::to_string_pretty(&labels)?,
+        serde_json::to_string_pretty(&events.labels)?,
     )?;
-    let produced_invalid = events.iter().filter(|e| !e.valid).count();
-    produce(&brokers, &events).await?;
+    let produced_invalid = events.metrics.iter().filter(|e| !e.valid).count();
+    let metric_records = events
+        .metrics
+        .iter()
+        .map(|e| (e.key.as_str(), &e.payload[..]));
+    produce(&brokers, METRICS_TOPIC, metric_records).await?;
+    let as_bytes = |v: &[(String, String)]| -> Vec<(String, Vec<u8>)> {
+        v.iter()
+            .map(|(k, p)| (k.clone(), p.clone().into_bytes()))
+            .collect()
+    };
+    for (topic, records) in [
+        (SPOT_TOPIC, as_bytes(&events.spot)),
+        (BILLING_TOPIC, as_bytes(&events.billing)),
+    ] {
+        produce(
+            &brokers,
+            topic,
+            records.iter().map(|(k, p)| (k.as_str(), &p[..])),
+        )
+        .await?;
+    }
     crate::say!(
-        "produced {} cloud.metrics events ({:.1} days of {} instances; {} deliberately invalid; \
-         {} labelled anomalies) to {PARTITIONS} partitions",
-        events.len(),
+        "produced {:.1} days of {} instances: {} cloud.metrics events ({} deliberately invalid) \
+         to {METRIC_PARTITIONS} partitions, {} spot price changes, {} billing line items; \
+         {} labelled anomalies",
         config.days,
         config.resources,
+        events.metrics.len(),
         produced_invalid,
-        labels.anomalies.len()
+        events.spot.len(),
+        events.billing.len(),
+        events.labels.anomalies.len()
     );
-    crate::say!(
-        "running pipeline `{}` from {}",
-        pipeline.name,
-        pipeline_file.display()
-    );
+    let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    crate::say!("running pipelines {}", names.join(", "));
 
     let tables = config.out_dir.join("tables");
     let run = RunConfig::backfill(&brokers, &tables.display().to_string(), Default::default());
-    let summary = run_to_end(&pipeline, &run).await?;
+    let summaries = run_all(&pipelines, &run).await?;
+    let metrics_run = summaries.first().cloned().unwrap_or_default();
 
     let ctx = register(&tables).await?;
-    let raw_rows = count(&ctx, "raw_metrics").await?;
-    let detection = detection(&ctx, &labels).await?;
-    let alerts = alert_figures(&ctx, &labels).await?;
-    let (recommendations, savings_usd_month) = recommendation_figures(&ctx).await?;
+    let labels = &events.labels;
+    let metric_anomalies: Vec<(String, i64, i64)> = labels
+        .anomalies
+        .iter()
+        .filter(|a| a.metric != "cost" && a.metric != "price")
+        .map(|a| (a.subject.clone(), a.start_us, a.end_us))
+        .collect();
+    // A leak shows in the hourly cost of the account and service its instance is billed to.
+    let cost_leaks: Vec<(String, i64, i64)> = labels
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == "cost_leak")
+        .filter_map(|a| {
+            let (account, service) = events.billed_to.get(&a.subject)?;
+            Some((format!("{account}/{service}"), a.start_us, a.end_us))
+        })
+        .collect();
     let report = DemoReport {
-        produced: events.len(),
+        produced: events.metrics.len(),
         produced_invalid,
-        valid: summary.events - summary.invalid,
-        invalid: summary.invalid,
+        spot_events: events.spot.len(),
+        billing_events: events.billing.len(),
+        valid: metrics_run.events - metrics_run.invalid,
+        invalid: metrics_run.invalid,
         tables: tables.clone(),
-        raw_rows,
-        features_1m: summary.stage_rows.get("features_1m").copied().unwrap_or(0),
-        features_5m: summary.stage_rows.get("features_5m").copied().unwrap_or(0),
-        scored_5m: summary.stage_rows.get("anomaly_5m").copied().unwrap_or(0),
-        detection,
-        alerts,
-        recommendations,
-        savings_usd_month,
+        raw_rows: count(&ctx, "raw_metrics").await?,
+        features_1m: stage_rows(&metrics_run, "features_1m"),
+        features_5m: stage_rows(&metrics_run, "features_5m"),
+        scored_5m: stage_rows(&metrics_run, "anomaly_5m"),
+        detection: figures::detection(&ctx, labels).await?,
+        alerts: figures::alert_figures(&ctx, "alerts", "resource", &metric_anomalies).await?,
+        cost_alerts: figures::alert_figures(
+            &ctx,
+            "cost_alerts",
+            "concat(labels['account_id'], '/', labels['service'])",
+            &cost_leaks,
+        )
+        .await?,
+        recommendations: figures::recommendation_figures(&ctx).await?,
+        forecasts: figures::forecasts(&ctx).await?.figures(),
         seconds: started.elapsed().as_secs_f64(),
     };
     print_summary(&report, &ctx).await?;
     let html = config.out_dir.join("report.html");
-    let charts = report::write(&html, &report, &ctx, &labels).await?;
+    let charts = report::write(&html, &report, &ctx, labels).await?;
     crate::say!("report with {charts} charts: {}", html.display());
     Ok(report)
 }
 
-/// The generator's metric events, about 2 % of them corrupted, and its labels.
-fn demo_events(
-    config: &DemoConfig,
-) -> anyhow::Result<(Vec<events::GeneratedEvent>, crate::generate::Labels)> {
+fn stage_rows(summary: &RunSummary, stage: &str) -> u64 {
+    summary.stage_rows.get(stage).copied().unwrap_or(0)
+}
+
+/// Runs the pipelines side by side to the end of their input, printing progress; their
+/// summaries, in order.
+async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> anyhow::Result<Vec<RunSummary>> {
+    let metrics = PipelineMetrics::new();
+    let mut progress = progress::Progress::new(pipelines, &metrics);
+    let handles: Vec<_> = pipelines
+        .iter()
+        .map(|p| {
+            let (p, run, metrics) = (p.clone(), run.clone(), metrics.clone());
+            tokio::spawn(async move {
+                let ready = Arc::new(AtomicBool::new(false));
+                run_pipeline(&p, &run, metrics, ready, std::future::pending())
+                    .await
+                    .with_context(|| format!("pipeline {}", p.name))
+            })
+        })
+        .collect();
+    let mut all = futures::future::join_all(handles);
+    let mut tick = tokio::time::interval(progress::EVERY);
+    tick.tick().await;
+    let done = loop {
+        tokio::select! {
+            done = &mut all => break done,
+            _ = tick.tick() => crate::say!("{}", progress.line()),
+        }
+    };
+    crate::say!("{}", progress.line());
+    done.into_iter()
+        .map(|r| r.context("a pipeline task failed")?)
+        .collect()
+}
+
+/// The generator's events for the three topics (metric events about 2 % corrupted), its
+/// labels, and the account and service each instance is billed to.
+struct DemoEvents {
+    metrics: Vec<events::GeneratedEvent>,
+    spot: Vec<(String, String)>,
+    billing: Vec<(String, String)>,
+    labels: crate::generate::Labels,
+    billed_to: BTreeMap<String, (String, String)>,
+}
+
+fn demo_events(config: &DemoConfig) -> anyhow::Result<DemoEvents> {
     use rand::{Rng, SeedableRng};
     let span_us = (config.days * 86_400e6) as i64;
     let now = chrono::Utc::now().timestamp_micros();
@@ -221,208 +333,69 @@ fn demo_events(
         anomaly_share: 0.5,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0xDE40);
-    let mut out = Vec::new();
+    let mut metrics = Vec::new();
+    let (mut spot, mut billing) = (Vec::new(), Vec::new());
+    let mut billed_to = BTreeMap::new();
     let labels = crate::generate::generate(
         &generate,
         &mut |topic: &'static str, key: &str, payload: &str, _ts: i64| {
-            if topic != crate::generate::METRICS_TOPIC {
-                return Ok(());
+            match topic {
+                METRICS_TOPIC => {
+                    let valid = rng.random_range(0..1000) >= 20;
+                    let payload = if valid {
+                        payload.as_bytes().to_vec()
+                    } else {
+                        let mut event: serde_json::Value = serde_json::from_str(payload)?;
+                        events::corrupt(&mut event, &mut rng)
+                    };
+                    metrics.push(events::GeneratedEvent {
+                        key: key.to_string(),
+                        payload,
+                        valid,
+                    });
+                }
+                SPOT_TOPIC => spot.push((key.to_string(), payload.to_string())),
+                BILLING_TOPIC => {
+                    let item: serde_json::Value = serde_json::from_str(payload)?;
+                    if let (Some(r), Some(a), Some(s)) = (
+                        item["resource_id"].as_str(),
+                        item["account_id"].as_str(),
+                        item["service"].as_str(),
+                    ) {
+                        billed_to.insert(r.to_string(), (a.to_string(), s.to_string()));
+                    }
+                    billing.push((key.to_string(), payload.to_string()));
+                }
+                _ => {}
             }
-            let valid = rng.random_range(0..1000) >= 20;
-            let payload = if valid {
-                payload.as_bytes().to_vec()
-            } else {
-                let mut event: serde_json::Value = serde_json::from_str(payload)?;
-                events::corrupt(&mut event, &mut rng)
-            };
-            out.push(events::GeneratedEvent {
-                key: key.to_string(),
-                payload,
-                valid,
-            });
             Ok(())
         },
     )?;
-    Ok((out, labels))
+    Ok(DemoEvents {
+        metrics,
+        spot,
+        billing,
+        labels,
+        billed_to,
+    })
 }
 
-/// Scores the flagged windows against the labelled metric anomalies, per threshold.
-/// Alerts by their highest severity, scored against the labels.
-async fn alert_figures(
-    ctx: &SessionContext,
-    labels: &crate::generate::Labels,
-) -> anyhow::Result<Vec<AlertFigures>> {
-    use arrow::array::AsArray;
-    const GRACE: i64 = 30 * 60_000_000;
-    let anomalies: Vec<_> = labels
-        .anomalies
-        .iter()
-        .filter(|a| a.metric != "cost" && a.metric != "price")
-        .collect();
-    if !ctx.table_exist("alerts")? {
-        return Ok(Vec::new());
-    }
-    let rows = ctx
-        .sql(
-            "SELECT CAST(resource AS VARCHAR) AS r, \
-             max(CASE severity WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END) AS level, \
-             CAST(min(started_at) AS BIGINT) AS a, CAST(max(ts) AS BIGINT) AS b \
-             FROM alerts GROUP BY alert_id, resource",
-        )
-        .await?
-        .collect()
-        .await?;
-    let mut spans: Vec<(String, i64, i64, i64)> = Vec::new();
-    for b in &rows {
-        let r = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let r = r.as_string::<i32>();
-        let level = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
-        let a = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
-        let e = b.column(3).as_primitive::<arrow::datatypes::Int64Type>();
-        for i in 0..b.num_rows() {
-            spans.push((
-                r.value(i).to_string(),
-                level.value(i),
-                a.value(i),
-                e.value(i),
-            ));
-        }
-    }
-    let overlaps = |s: &(String, i64, i64, i64), a: &crate::generate::Anomaly| {
-        a.subject == s.0 && s.2 <= a.end_us + GRACE && a.start_us <= s.3
-    };
-    Ok(["critical", "warning", "info"]
-        .iter()
-        .enumerate()
-        .map(|(k, name)| {
-            let level = 2 - k as i64;
-            let mine: Vec<_> = spans.iter().filter(|s| s.1 == level).collect();
-            AlertFigures {
-                severity: name.to_string(),
-                alerts: mine.len(),
-                right: mine
-                    .iter()
-                    .filter(|s| anomalies.iter().any(|a| overlaps(s, a)))
-                    .count(),
-                found: anomalies
-                    .iter()
-                    .filter(|a| spans.iter().any(|s| s.1 >= level && overlaps(s, a)))
-                    .count(),
-                labelled: anomalies.len(),
-            }
-        })
-        .collect())
-}
-
-/// Recommendations issued and their expected monthly savings.
-async fn recommendation_figures(ctx: &SessionContext) -> anyhow::Result<(u64, f64)> {
-    use arrow::array::AsArray;
-    if !ctx.table_exist("recommendations_rightsizing")? {
-        return Ok((0, 0.0));
-    }
-    // The latest revision of each recommendation counts.
-    let b = ctx
-        .sql(
-            "SELECT CAST(count(*) AS BIGINT), CAST(coalesce(sum(s), 0) AS DOUBLE) FROM \
-             (SELECT rec_id, last_value(expected_savings_usd['expected'] ORDER BY revision) AS s \
-              FROM recommendations_rightsizing GROUP BY rec_id)",
-        )
-        .await?
-        .collect()
-        .await?;
-    Ok(b.first().map_or((0, 0.0), |b| {
-        (
-            b.column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0) as u64,
-            b.column(1)
-                .as_primitive::<arrow::datatypes::Float64Type>()
-                .value(0),
-        )
-    }))
-}
-
-async fn detection(
-    ctx: &SessionContext,
-    labels: &crate::generate::Labels,
-) -> anyhow::Result<Vec<Detection>> {
-    use arrow::array::{Array, AsArray};
-    const GRACE: i64 = 30 * 60_000_000;
-    let anomalies: Vec<_> = labels
-        .anomalies
-        .iter()
-        .filter(|a| a.metric != "cost" && a.metric != "price")
-        .collect();
-    let mut out: Vec<Detection> = THRESHOLDS
-        .iter()
-        .map(|&threshold| Detection {
-            threshold,
-            labelled: anomalies.len(),
-            ..Detection::default()
-        })
-        .collect();
-    if !ctx.table_exist("metric_anomaly_scores_5m")? {
-        return Ok(out);
-    }
-    let lowest = THRESHOLDS.iter().copied().fold(f64::INFINITY, f64::min);
-    let flagged = ctx
-        .sql(&format!(
-            "SELECT CAST(resource_id AS VARCHAR) AS r, CAST(window_end AS BIGINT) AS t, \
-             anomaly_score AS s FROM metric_anomaly_scores_5m WHERE anomaly_score >= {lowest}"
-        ))
-        .await?
-        .collect()
-        .await?;
-    let mut found = vec![vec![false; anomalies.len()]; THRESHOLDS.len()];
-    for b in &flagged {
-        let r = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let r = r.as_string::<i32>();
-        let t = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Int64)?;
-        let t = t.as_primitive::<arrow::datatypes::Int64Type>();
-        let s = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Float64)?;
-        let s = s.as_primitive::<arrow::datatypes::Float64Type>();
-        for i in (0..b.num_rows()).filter(|&i| r.is_valid(i) && t.is_valid(i)) {
-            let hits: Vec<usize> = anomalies
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| {
-                    a.subject == r.value(i)
-                        && t.value(i) > a.start_us
-                        && t.value(i) <= a.end_us + GRACE
-                })
-                .map(|(j, _)| j)
-                .collect();
-            for (k, d) in out.iter_mut().enumerate() {
-                if s.value(i) < d.threshold {
-                    continue;
-                }
-                d.flagged += 1;
-                d.flagged_in_anomaly += usize::from(!hits.is_empty());
-                for &j in &hits {
-                    found[k][j] = true;
-                }
-            }
-        }
-    }
-    for (d, f) in out.iter_mut().zip(found) {
-        d.found = f.iter().filter(|x| **x).count();
-    }
-    Ok(out)
-}
-
-async fn produce(brokers: &str, events: &[events::GeneratedEvent]) -> anyhow::Result<()> {
+async fn produce<'a>(
+    brokers: &str,
+    topic: &str,
+    records: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> anyhow::Result<()> {
     let producer: FutureProducer = producer_config(brokers).create()?;
-    let deliveries: Vec<_> = events
-        .iter()
-        .map(|e| {
+    let deliveries: Vec<_> = records
+        .map(|(key, payload)| {
             producer.send(
-                FutureRecord::to(TOPIC).key(&e.key).payload(&e.payload),
+                FutureRecord::to(topic).key(key).payload(payload),
                 Duration::from_secs(10),
             )
         })
         .collect();
     for d in futures::future::join_all(deliveries).await {
-        d.map_err(|(e, _)| anyhow::anyhow!("producing a demo event: {e}"))?;
+        d.map_err(|(e, _)| anyhow::anyhow!("producing a demo event to {topic}: {e}"))?;
     }
     Ok(())
 }
@@ -454,6 +427,12 @@ async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
         "metric_anomaly_scores_5m",
         "alerts",
         "recommendations_rightsizing",
+        "spot_price_features_1h",
+        "spot_price_forecasts",
+        "recommendations_spot",
+        "cost_hourly",
+        "cost_anomaly_scores_1h",
+        "cost_alerts",
     ] {
         let dir = tables.join(name);
         if !dir.join("_delta_log").exists() {
@@ -494,6 +473,12 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         report.invalid
     );
     crate::say!(
+        "also consumed: {} spot price changes (cloud.spot_prices), {} billing line items \
+         (cloud.billing)",
+        report.spot_events,
+        report.billing_events
+    );
+    crate::say!(
         "Delta tables in {}: raw_metrics {} rows; window results: {} (1 minute), {} (5 minutes)",
         report.tables.display(),
         report.raw_rows,
@@ -532,26 +517,48 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         );
         crate::say!("{}", arrow::util::pretty::pretty_format_batches(&top)?);
     }
-    crate::say!(
-        "alerts (topic `alerts`, table `alerts`), by highest severity, against the labels:"
-    );
-    for a in &report.alerts {
+    for (what, figures) in [
+        (
+            "metric alerts (topic `alerts`, table `alerts`), by highest severity, against the labelled metric anomalies:",
+            &report.alerts,
+        ),
+        (
+            "cost alerts (topic `alerts`, table `cost_alerts`), by highest severity, against the labelled cost leaks:",
+            &report.cost_alerts,
+        ),
+    ] {
+        crate::say!("{what}");
+        for a in figures {
+            crate::say!(
+                "  {:<8} {:>3} alerts, {:>3} on a labelled anomaly (precision {:.0} %); \
+                 {} of {} anomalies with an alert this severe or worse (recall {:.0} %)",
+                a.severity,
+                a.alerts,
+                a.right,
+                100.0 * a.right as f64 / a.alerts.max(1) as f64,
+                a.found,
+                a.labelled,
+                100.0 * a.found as f64 / a.labelled.max(1) as f64
+            );
+        }
+    }
+    crate::say!("recommendations (topic `recommendations`), at their latest revision:");
+    for r in &report.recommendations {
         crate::say!(
-            "  {:<8} {:>3} alerts, {:>3} on a labelled anomaly (precision {:.0} %); \
-             {} of {} anomalies with an alert this severe or worse (recall {:.0} %)",
-            a.severity,
-            a.alerts,
-            a.right,
-            100.0 * a.right as f64 / a.alerts.max(1) as f64,
-            a.found,
-            a.labelled,
-            100.0 * a.found as f64 / a.labelled.max(1) as f64
+            "  {:<18} {:>3}, expected savings {:.2} USD a month",
+            r.kind,
+            r.count,
+            r.savings
         );
     }
+    let f = &report.forecasts;
     crate::say!(
-        "rightsizing recommendations (topic `recommendations`): {}, expected savings {:.2} USD a month",
-        report.recommendations,
-        report.savings_usd_month
+        "spot price forecasts (table `spot_price_forecasts`): {} rows; of the {} whose hour has \
+         come, {:.0} % inside the 80 % interval and {:.0} % inside the 95 % interval",
+        f.rows,
+        f.checked,
+        100.0 * f.inside_80 as f64 / f.checked.max(1) as f64,
+        100.0 * f.inside_95 as f64 / f.checked.max(1) as f64
     );
     crate::say!(
         "detection against the {} labelled metric anomalies, by the anomaly score that flags a window:",
@@ -572,7 +579,8 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
     crate::say!(
         "done in {:.1} s ({:.0} events/s end to end)",
         report.seconds,
-        report.produced as f64 / report.seconds.max(1e-9)
+        (report.produced + report.spot_events + report.billing_events) as f64
+            / report.seconds.max(1e-9)
     );
     Ok(())
 }

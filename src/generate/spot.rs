@@ -2,8 +2,11 @@
 //!
 //! Per instance type and zone, the log price follows a mean-reverting walk around a level of
 //! 25–45 % of on-demand that itself drifts slowly; changes arrive as a Poisson process (one
-//! every 1–8 hours on average, per series) and move the price by a few percent. A price spike
-//! (labelled) lifts the price to 70–100 % of on-demand for a few hours, then it steps back down.
+//! every 1–8 hours on average, per series). As in AWS's published history (the sample in
+//! `shared/data/spot-sample`: a median move of 0.2 % per change, 0.7 % at the 90th percentile),
+//! most changes move the price by a fraction of a percent and one in twenty by a few percent.
+//! A price spike (labelled) lifts the price to 85 % of on-demand for a few hours, then it steps
+//! back down. Prices have six decimals, as AWS reports them.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -90,9 +93,14 @@ impl Spot {
                 let at = s.next_us;
                 if s.history.len() > 1 || s.history[0].0 != at {
                     // Drift the level slowly, revert towards it, and step.
-                    s.level += 0.01 * normal(&mut self.rng);
+                    s.level += 0.002 * normal(&mut self.rng);
                     s.level = s.level.clamp(0.2f64.ln(), 0.55f64.ln());
-                    s.log_price += 0.3 * (s.level - s.log_price) + 0.04 * normal(&mut self.rng);
+                    let step = if self.rng.random_bool(0.05) {
+                        0.03
+                    } else {
+                        0.003
+                    };
+                    s.log_price += 0.05 * (s.level - s.log_price) + step * normal(&mut self.rng);
                     s.history.push((at, s.price(at)));
                 }
                 let price = s.history.last().map_or(0.0, |p| p.1);
@@ -142,6 +150,6 @@ impl Series {
             Some((a, b)) if (a..b).contains(&t) => 0.85,
             _ => self.log_price.exp(),
         };
-        (self.instance.on_demand * fraction * 10_000.0).round() / 10_000.0
+        (self.instance.on_demand * fraction * 1e6).round() / 1e6
     }
 }

@@ -838,6 +838,10 @@ async fn flush(
         let rows: usize = results.iter().map(RecordBatch::num_rows).sum();
         changed |= rows > 0;
         *summary.stage_rows.entry(st.plan.name.clone()).or_default() += rows as u64;
+        metrics
+            .stage_rows
+            .with_label_values(&[pipeline.name.as_str(), st.plan.name.as_str()])
+            .inc_by(rows as u64);
         watermarks.insert(st.plan.name.clone(), st.watermark);
         outputs.insert(st.plan.name.clone(), results);
     }

@@ -46,6 +46,8 @@ pub struct PipelineMetrics {
     pub alerts_suppressed: IntGaugeVec,
     /// Recommendations issued, by kind.
     pub recommendations: IntCounterVec,
+    /// Rows each stage produced (for a window stage: window results, updates included).
+    pub stage_rows: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -178,6 +180,12 @@ impl PipelineMetrics {
             "Recommendations issued (first or materially changed), by kind.",
             &["pipeline", "stage", "kind"],
         );
+        let stage_rows = counter(
+            &registry,
+            "stage_rows_total",
+            "Rows a stage produced (a window stage: window results, updates included).",
+            &["pipeline", "stage"],
+        );
         let alerts_suppressed = IntGaugeVec::new(
             Opts::new(
                 "alerts_suppressed",
@@ -206,7 +214,28 @@ impl PipelineMetrics {
             inference_seconds,
             rows_scored,
             model_version,
+            stage_rows,
         }
+    }
+
+    /// The sum of counter `name` (without the `stratus_` prefix) over its series whose labels
+    /// include every one of `matching`: for progress lines.
+    pub fn total(&self, name: &str, matching: &[(&str, &str)]) -> u64 {
+        let family = format!("stratus_{name}");
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                matching.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
     }
 
     /// The Prometheus text exposition of every metric.

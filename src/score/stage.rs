@@ -545,6 +545,7 @@ mod tests {
                 weight: 1.0,
                 baseline: "1h".into(),
                 min_points: 3,
+                min_relative_scale: 0.0,
             }],
             likelihood: LikelihoodSpec::default(),
             registry: None,

@@ -1,5 +1,6 @@
 //! `stratus demo` end to end on its embedded Kafka: every produced event is accounted for, the
-//! feature windows that closed are in their tables, and every 5-minute window is scored.
+//! feature windows that closed are in their tables, every 5-minute window is scored, the spot
+//! and billing pipelines forecast, recommend and alert, and the report renders in Chromium.
 
 use stratus::demo::{DemoConfig, run};
 
@@ -8,17 +9,19 @@ use crate::unique;
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
     let out = std::env::temp_dir().join(unique("it-demo"));
-    // 3 instances × 3 metrics, one point a minute each, for a day: at most 3 of the 8
-    // partitions get a key, and the empty ones must not hold the backfill's watermark back.
+    // 3 instances × 3 metrics, one point a minute each, for 2.5 days (the spot forecasts need
+    // two): at most 3 of the 8 partitions get a key, and the empty ones must not hold the
+    // backfill's watermark back.
     let report = run(&DemoConfig {
-        days: 1.0,
+        days: 2.5,
         resources: 3,
         seed: 5,
         out_dir: out.clone(),
     })
     .await
     .unwrap();
-    assert_eq!(report.produced, 3 * 3 * 1440);
+    assert_eq!(report.produced, 3 * 3 * 1440 * 5 / 2);
+    assert!(report.spot_events > 0 && report.billing_events > 0);
     assert!(report.produced_invalid > 0);
     assert_eq!(report.invalid, report.produced_invalid as u64);
     assert_eq!(
@@ -53,10 +56,44 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
         assert_eq!(d.labelled, metric_labels);
         assert!(d.found <= d.labelled && d.flagged_in_anomaly <= d.flagged);
     }
-    // The report: one CPU chart per instance, self-contained (nothing to fetch, no script).
+    let cost_leaks = labels["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "cost_leak")
+        .count();
+    assert!(report.cost_alerts.iter().all(|a| a.labelled == cost_leaks));
+    // The spot pipeline forecast from each pool's third day and recommended for the workloads.
+    let f = &report.forecasts;
+    assert!(f.rows > 0 && f.checked > 0 && f.checked <= f.rows, "{f:?}");
+    assert!(
+        f.inside_80 <= f.inside_95 && f.inside_95 <= f.checked,
+        "{f:?}"
+    );
+    let kinds: Vec<&str> = report
+        .recommendations
+        .iter()
+        .map(|r| r.kind.as_str())
+        .collect();
+    for kind in ["instance_mix", "spot_vs_on_demand"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+    // The report: one CPU chart per instance, a forecast chart per spot pool with both
+    // intervals, the Pareto front with one chosen point; self-contained (nothing to fetch, no
+    // script).
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg class=\"chart\"").count(), 3);
+    assert_eq!(html.matches("<svg class=\"chart cpu\"").count(), 3);
     assert_eq!(html.matches("class=\"label\"").count(), metric_labels);
+    let forecasts = html.matches("<svg class=\"chart forecast\"").count();
+    assert!(forecasts > 0);
+    for band in ["interval80", "interval95"] {
+        assert_eq!(
+            html.matches(&format!("class=\"{band}\"")).count(),
+            forecasts
+        );
+    }
+    assert_eq!(html.matches("<svg class=\"chart pareto\"").count(), 1);
+    assert_eq!(html.matches("class=\"point chosen\"").count(), 1);
     for outside in ["<script", " src=", " href=", "url("] {
         assert!(
             !html.contains(outside),
@@ -78,8 +115,14 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
         .unwrap();
     assert!(browser.status.success());
     let dom = String::from_utf8_lossy(&browser.stdout);
-    assert_eq!(dom.matches("<svg class=\"chart\"").count(), 3, "{dom}");
-    assert_eq!(dom.matches("<polyline").count(), 3);
+    assert_eq!(dom.matches("<svg class=\"chart cpu\"").count(), 3, "{dom}");
+    assert_eq!(
+        dom.matches("<svg class=\"chart forecast\"").count(),
+        forecasts
+    );
+    assert_eq!(dom.matches("<svg class=\"chart pareto\"").count(), 1);
+    // Every chart draws its lines: CPU, forecast median and price, the Pareto front.
+    assert_eq!(dom.matches("<polyline").count(), 3 + 2 * forecasts + 1);
     let log = String::from_utf8_lossy(&browser.stderr);
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");

@@ -31,6 +31,12 @@ impl Cusum {
         }
     }
 
+    /// See [`RobustZ::with_relative_floor`].
+    pub fn with_relative_floor(mut self, share: f64) -> Self {
+        self.z = self.z.with_relative_floor(share);
+        self
+    }
+
     /// The alarm threshold `h` (the statistic's "one alarm" level).
     pub fn h(&self) -> f64 {
         self.h

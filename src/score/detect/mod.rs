@@ -114,6 +114,11 @@ pub enum DetectorSpec {
         baseline: String,
         #[serde(default = "min_points")]
         min_points: usize,
+        /// The smallest scale (σ) as a share of the baseline's median: with 0.01, a deviation
+        /// under 4 % of the usual value never reaches the alarm level, however flat the
+        /// baseline. For money, where a cent on a steady bill is not an anomaly. Default 0.
+        #[serde(default)]
+        min_relative_scale: f64,
     },
     Seasonal {
         #[serde(default = "one")]
@@ -143,6 +148,9 @@ pub enum DetectorSpec {
         h: f64,
         #[serde(default = "min_points")]
         min_points: usize,
+        /// As for `robust_z`.
+        #[serde(default)]
+        min_relative_scale: f64,
     },
     Zscore {
         #[serde(default = "one")]
@@ -181,6 +189,16 @@ fn min_points() -> usize {
     12
 }
 
+fn relative_floor(detector: &str, share: f64) -> Result<f64, String> {
+    if share.is_finite() && (0.0..1.0).contains(&share) {
+        Ok(share)
+    } else {
+        Err(format!(
+            "{detector}.min_relative_scale must be in [0, 1), not {share}"
+        ))
+    }
+}
+
 impl DetectorSpec {
     pub fn name(&self) -> &'static str {
         match self {
@@ -209,6 +227,7 @@ impl DetectorSpec {
                 weight: 1.0,
                 baseline: day(),
                 min_points: min_points(),
+                min_relative_scale: 0.0,
             },
             DetectorSpec::Seasonal {
                 weight: 1.0,
@@ -223,6 +242,7 @@ impl DetectorSpec {
                 k: half(),
                 h: five(),
                 min_points: min_points(),
+                min_relative_scale: 0.0,
             },
         ]
     }
@@ -251,11 +271,12 @@ impl DetectorSpec {
             DetectorSpec::RobustZ {
                 baseline,
                 min_points,
+                min_relative_scale,
                 ..
-            } => Detector::RobustZ(robust_z::RobustZ::new(
-                span("baseline", baseline)?,
-                (*min_points).max(2),
-            )),
+            } => Detector::RobustZ(
+                robust_z::RobustZ::new(span("baseline", baseline)?, (*min_points).max(2))
+                    .with_relative_floor(relative_floor("robust_z", *min_relative_scale)?),
+            ),
             DetectorSpec::Seasonal {
                 period,
                 width,
@@ -283,17 +304,17 @@ impl DetectorSpec {
                 k,
                 h,
                 min_points,
+                min_relative_scale,
                 ..
             } => {
+                let floor = relative_floor("cusum", *min_relative_scale)?;
                 if !(k.is_finite() && *k >= 0.0 && h.is_finite() && *h > 0.0) {
                     return Err("cusum.k must be ≥ 0 and cusum.h > 0".into());
                 }
-                Detector::Cusum(cusum::Cusum::new(
-                    span("baseline", baseline)?,
-                    (*min_points).max(2),
-                    *k,
-                    *h,
-                ))
+                Detector::Cusum(
+                    cusum::Cusum::new(span("baseline", baseline)?, (*min_points).max(2), *k, *h)
+                        .with_relative_floor(floor),
+                )
             }
             DetectorSpec::Zscore {
                 window, min_points, ..

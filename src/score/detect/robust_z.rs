@@ -13,6 +13,9 @@ use super::trailing::Trailing;
 pub struct RobustZ {
     baseline: Trailing,
     min_points: usize,
+    /// The smallest scale as a share of |median|.
+    #[serde(default)]
+    floor: f64,
     #[serde(skip)]
     scratch: Vec<f64>,
 }
@@ -22,8 +25,15 @@ impl RobustZ {
         RobustZ {
             baseline: Trailing::new(baseline_us),
             min_points,
+            floor: 0.0,
             scratch: Vec::new(),
         }
+    }
+
+    /// The scale never falls below `share` × |median| (a steady bill's cent is no anomaly).
+    pub fn with_relative_floor(mut self, share: f64) -> Self {
+        self.floor = share;
+        self
     }
 
     /// The signed z of `value` against the baseline (None while warming up), then learns it.
@@ -32,7 +42,9 @@ impl RobustZ {
         let z = (self.baseline.len() >= self.min_points)
             .then(|| self.baseline.median_and_scale(&mut self.scratch))
             .flatten()
-            .map(|(median, scale)| standardise(value - median, scale));
+            .map(|(median, scale)| {
+                standardise(value - median, scale.max(self.floor * median.abs()))
+            });
         self.baseline.push(ts_us, value);
         z
     }
