@@ -156,7 +156,10 @@ impl DecideOperator {
             DecideOperator::Alert(a) => a.apply(batch),
             DecideOperator::Spot(s) => s.apply(batch),
             DecideOperator::Rightsize(r) => r.apply(batch),
-            DecideOperator::Forecast(f) => f.apply(batch),
+            DecideOperator::Forecast(f) => {
+                f.apply(batch)?;
+                Ok(RecordBatch::new_empty(f.output_schema()))
+            }
         }
     }
 
@@ -170,6 +173,7 @@ impl DecideOperator {
                 }
                 rows::alert_rows(&a.spec.schema, &m).map(Some)
             }
+            DecideOperator::Forecast(f) => f.advance(watermark),
             _ => Ok(None),
         }
     }

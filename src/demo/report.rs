@@ -157,6 +157,29 @@ impl Frame {
     fn y(&self, v: f64) -> f64 {
         HEIGHT - PAD / 2.0 - (v - self.y0) / (self.y1 - self.y0) * (HEIGHT - PAD)
     }
+
+    /// The value range as labels: the y extremes at the left edge, the x extremes below.
+    fn axes(&self, x: impl Fn(f64) -> String, y: impl Fn(f64) -> String) -> String {
+        let style = r##"font-size="9" fill="#6b7280""##;
+        format!(
+            r#"<text class="axis" x="2" y="{:.1}" {style}>{}</text><text class="axis" x="2" y="{:.1}" {style}>{}</text><text class="axis" x="{PAD}" y="{:.1}" {style}>{}</text><text class="axis" x="{:.1}" y="{:.1}" {style} text-anchor="end">{}</text>"#,
+            self.y(self.y1) + 9.0,
+            y(self.y1),
+            self.y(self.y0),
+            y(self.y0),
+            HEIGHT - 1.0,
+            x(self.x0),
+            WIDTH - PAD,
+            HEIGHT - 1.0,
+            x(self.x1)
+        )
+    }
+}
+
+fn time_label(us: f64) -> String {
+    chrono::DateTime::from_timestamp_micros(us as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
 }
 
 /// One pool's hourly price as a step line, and the forecasts made `HORIZON` hours before each
@@ -220,8 +243,9 @@ fn forecast_chart(
     }
     let _ = write!(
         svg,
-        r##"<polyline class="price" fill="none" stroke="#111827" stroke-width="1.2" points="{}"/><text x="{PAD}" y="12" font-size="11" fill="#374151">{} — spot USD/h (black), forecast {HORIZON} h ahead: median (dashed), 80 % and 95 % intervals (bands)</text></svg>"##,
+        r##"<polyline class="price" fill="none" stroke="#111827" stroke-width="1.2" points="{}"/>{}<text x="{PAD}" y="12" font-size="11" fill="#374151">{} — spot USD/h (black), forecast {HORIZON} h ahead: median (dashed), 80 % and 95 % intervals (bands)</text></svg>"##,
         steps.join(" "),
+        f.axes(time_label, |v| format!("{v:.4}")),
         escape(pool)
     );
     svg
@@ -268,7 +292,8 @@ fn pareto_chart(subject: &str, points: &[(f64, f64, String, bool)]) -> String {
     }
     let _ = write!(
         svg,
-        r##"<text x="{PAD}" y="12" font-size="11" fill="#374151">{} — expected cost USD/h (→) against interruption risk (↑); red: chosen under the pipeline's weights</text></svg>"##,
+        r##"{}<text x="{PAD}" y="12" font-size="11" fill="#374151">{} — expected cost USD/h (→) against interruption risk (↑); red: chosen under the pipeline's weights</text></svg>"##,
+        f.axes(|v| format!("{v:.3} USD/h"), |v| format!("{v:.3}")),
         escape(subject)
     );
     svg

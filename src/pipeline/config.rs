@@ -269,7 +269,7 @@ pub struct AlertStageConfig {
     pub resource: Option<String>,
     #[serde(default = "default_alert_score")]
     pub score: String,
-    /// A numeric column with the cost impact in USD (e.g. a carried `cost_delta`).
+    /// A numeric column with the cost impact in USD (e.g. a carried `cost_excess`).
     #[serde(default)]
     pub impact: Option<String>,
     /// Columns copied into each alert's `labels` (the key columns always are).

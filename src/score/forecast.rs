@@ -2,13 +2,14 @@
 //! model it shares with the spot recommendations.
 //!
 //! In: rows of an hourly stage (its key columns, the hour's start, a value such as the hour's
-//! mean spot price). Per key the values form a step series (an hour without a row held the
-//! value before it). Out: for every hour that arrives, once the key has `min_history` of
-//! series, one row per horizon: the key, the origin (`ts`, the hour), `target_ts` (origin +
-//! horizon), the value at the origin, and the forecast's 2.5, 10, 50, 90 and 97.5 % quantiles
-//! with the `model_version` that gave them — the 80 % and 95 % prediction intervals. A forecast
-//! from an origin uses only the series up to that origin (see `evaluate::forecast::features`),
-//! so a replay gives the same rows.
+//! mean spot price), and the stage's input watermark. Per key the values form a step series
+//! (an hour without a row held the value before it). Out: for every hour the watermark closes,
+//! once the key has `min_history` of series, one row per horizon: the key, the origin (`ts`,
+//! the hour), `target_ts` (origin + horizon), the value at the origin, and the forecast's 2.5,
+//! 10, 50, 90 and 97.5 % quantiles with the `model_version` that gave them — the 80 % and 95 %
+//! prediction intervals. A forecast from an origin uses only the series up to that origin (see
+//! `evaluate::forecast::features`), so a replay gives the same rows; an hour revised after its
+//! forecast updates the series, not the forecast.
 //!
 //! The model (`FEATURES` in, `QUANTILES` of the relative change out; `models/train_forecast.py`)
 //! follows the registry like a score stage's: every `poll` an unpinned reference is resolved
@@ -228,12 +229,19 @@ impl ForecastSpec {
     }
 }
 
+/// What a forecast stage keeps: per key its series, and the last hour it forecast from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ForecastState {
+    series: HourlySeries,
+    forecast_to: BTreeMap<String, i64>,
+}
+
 /// A running forecast stage.
 pub struct ForecastOperator {
     spec: ForecastSpec,
     output: SchemaRef,
     model: FollowedForecast,
-    state: HourlySeries,
+    state: ForecastState,
 }
 
 /// The key columns' values of row `i`, joined (a separator no value here holds).
@@ -245,8 +253,10 @@ fn key_of(columns: &[StringArray], i: usize) -> Option<String> {
         }
         parts.push(c.value(i));
     }
-    Some(parts.join("\u{1f}"))
+    Some(parts.join(SEPARATOR))
 }
+
+const SEPARATOR: &str = "\u{1f}";
 
 impl ForecastOperator {
     pub fn open(spec: ForecastSpec) -> Result<Self, String> {
@@ -254,12 +264,16 @@ impl ForecastOperator {
             model: FollowedForecast::open(&spec.model)?,
             output: spec.output_schema(),
             spec,
-            state: HourlySeries::default(),
+            state: ForecastState::default(),
         })
     }
 
     pub fn model(&mut self) -> &mut FollowedForecast {
         &mut self.model
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
     }
 
     /// The per-key history, as JSON for the checkpoint.
@@ -273,8 +287,9 @@ impl ForecastOperator {
         Ok(())
     }
 
-    /// Learns the batch's hours, then forecasts from each of them (in time order per key).
-    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    /// Learns the batch's hours (a revised hour replaces its value; forecasts already made
+    /// from later hours stand).
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
         let keys: Vec<StringArray> = self
             .spec
             .key
@@ -283,7 +298,6 @@ impl ForecastOperator {
             .collect::<Result<_, _>>()?;
         let times = crate::decide::rows::micros(batch, &self.spec.time)?;
         let values = crate::decide::rows::f64s(batch, &self.spec.value)?;
-        let mut origins: Vec<(String, i64)> = Vec::new();
         for i in 0..batch.num_rows() {
             let Some(key) = key_of(&keys, i) else {
                 continue;
@@ -291,82 +305,120 @@ impl ForecastOperator {
             if times.is_null(i) || values.is_null(i) || !values.value(i).is_finite() {
                 continue;
             }
-            self.state.insert(&key, times.value(i), values.value(i));
-            origins.push((key, times.value(i)));
+            self.state
+                .series
+                .insert(&key, times.value(i), values.value(i));
         }
-        origins.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        origins.dedup();
-        let mut rows = Vec::new();
-        let mut made: Vec<(&str, i64, f64, Vec<f64>, f64)> = Vec::new();
-        for (key, origin) in &origins {
-            let Some(points) = self.state.get(key) else {
-                continue;
-            };
-            let Some((r, levels, c)) =
-                inputs(points, *origin, &self.spec.horizons, self.spec.min_history)
-            else {
-                continue;
-            };
-            let at = points.partition_point(|p| p.0 <= *origin);
-            let value = points[at - 1].1;
-            rows.extend(r);
-            made.push((key, *origin, value, levels, c));
-        }
-        let predicted = if rows.is_empty() {
-            Vec::new()
-        } else {
-            self.model
-                .predict(&rows)
-                .map_err(ArrowError::ComputeError)?
+        Ok(())
+    }
+
+    /// Forecasts from every hour up to the input's `watermark` (in the time column's terms: a
+    /// window stage's output watermark is the start of the last window it has emitted) — hours
+    /// without a row hold the value before them. Rows in time order.
+    pub fn advance(&mut self, watermark: i64) -> Result<Option<RecordBatch>, ArrowError> {
+        let newest = self
+            .state
+            .series
+            .keys()
+            .filter_map(|k| self.state.series.get(k)?.back().map(|p| p.0))
+            .max();
+        let Some(newest) = newest else {
+            return Ok(None);
         };
-        let n = made.len() * self.spec.horizons.len();
-        let mut key_values: Vec<Vec<String>> = vec![Vec::with_capacity(n); self.spec.key.len()];
-        let (mut ts, mut target, mut horizon, mut value) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut quantiles: [Vec<f64>; 5] = Default::default();
-        let mut q = predicted.into_iter();
-        for (key, origin, v, levels, c) in &made {
-            for (&h, &level) in self.spec.horizons.iter().zip(levels) {
-                let Some(relative) = q.next() else {
-                    break;
-                };
-                for (column, part) in key_values.iter_mut().zip(key.split('\u{1f}')) {
-                    column.push(part.to_string());
+        // No further than the series reach: a watermark far past every key's data (none in
+        // practice) does not forecast from hours no value was ever seen near.
+        let until = watermark
+            .div_euclid(HOUR)
+            .saturating_mul(HOUR)
+            .min(newest + KEEP);
+        let mut rows = Vec::new();
+        let mut made: Vec<(String, i64, f64, Vec<f64>, f64)> = Vec::new();
+        for key in self.state.series.keys() {
+            let Some(points) = self.state.series.get(key) else {
+                continue;
+            };
+            let Some(first) = points.front().map(|p| p.0) else {
+                continue;
+            };
+            let done = self.state.forecast_to.get(key).copied();
+            // From the first hour with enough history, or the hour after the last forecast;
+            // at most the span the series keeps.
+            let from = done
+                .map_or(first + self.spec.min_history, |d| d + HOUR)
+                .max(until - KEEP)
+                .div_euclid(HOUR)
+                * HOUR;
+            let mut origin = from;
+            while origin <= until {
+                if let Some((r, levels, c)) =
+                    inputs(points, origin, &self.spec.horizons, self.spec.min_history)
+                {
+                    let at = points.partition_point(|p| p.0 <= origin);
+                    rows.extend(r);
+                    made.push((key.to_string(), origin, points[at - 1].1, levels, c));
                 }
-                ts.push(*origin);
-                target.push(origin + h);
-                horizon.push(h / HOUR);
-                value.push(*v);
-                for (column, x) in quantiles.iter_mut().zip(to_values(relative, level, *c)) {
-                    column.push(x);
-                }
+                origin += HOUR;
             }
         }
-        let rows_out = ts.len();
-        let mut columns: Vec<ArrayRef> = key_values
-            .into_iter()
-            .map(|v| Arc::new(StringArray::from(v)) as ArrayRef)
+        for (key, origin, ..) in &made {
+            let done = self.state.forecast_to.entry(key.clone()).or_insert(*origin);
+            *done = (*done).max(*origin);
+        }
+        if made.is_empty() {
+            return Ok(None);
+        }
+        let predicted = self
+            .model
+            .predict(&rows)
+            .map_err(ArrowError::ComputeError)?;
+        let mut out: Vec<(&str, i64, f64, i64, [f64; 5])> = Vec::with_capacity(predicted.len());
+        let mut relative = predicted.into_iter();
+        for (key, origin, value, levels, c) in &made {
+            for (&h, &level) in self.spec.horizons.iter().zip(levels) {
+                let q = relative.next().ok_or_else(|| {
+                    ArrowError::ComputeError(format!("{}: too few outputs", self.model.label()))
+                })?;
+                out.push((key, *origin, *value, h, to_values(q, level, *c)));
+            }
+        }
+        out.sort_by(|a, b| (a.1, a.0, a.3).cmp(&(b.1, b.0, b.3)));
+        self.batch(&out).map(Some)
+    }
+
+    /// Output rows: (key, origin, value at origin, horizon µs, quantiles).
+    fn batch(&self, rows: &[(&str, i64, f64, i64, [f64; 5])]) -> Result<RecordBatch, ArrowError> {
+        let mut columns: Vec<ArrayRef> = (0..self.spec.key.len())
+            .map(|j| {
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter()
+                        .map(|r| r.0.split(SEPARATOR).nth(j).unwrap_or_default()),
+                )) as ArrayRef
+            })
             .collect();
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(ts).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(
-            TimestampMicrosecondArray::from(target).with_timezone("UTC"),
-        ));
-        columns.push(Arc::new(Int64Array::from(horizon)));
-        columns.push(Arc::new(Float64Array::from(value)));
-        for column in quantiles {
-            columns.push(Arc::new(Float64Array::from(column)));
+        let micros = |f: &dyn Fn(&(&str, i64, f64, i64, [f64; 5])) -> i64| {
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(f))
+                    .with_timezone("UTC"),
+            ) as ArrayRef
+        };
+        columns.push(micros(&|r| r.1));
+        columns.push(micros(&|r| r.1 + r.3));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.3 / HOUR),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.2),
+        )));
+        for j in 0..5 {
+            columns.push(Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.4[j]),
+            )));
         }
         columns.push(Arc::new(StringArray::from(vec![
             self.model
                 .label()
                 .to_string();
-            rows_out
+            rows.len()
         ])));
         RecordBatch::try_new(self.output.clone(), columns)
     }

@@ -1,8 +1,8 @@
 //! The forecast stage with the registered `spot_price` model on ONNX Runtime: from every hour
-//! once a pool has its history, one row per horizon with ordered quantiles; a forecast uses only
-//! the series up to its origin (the same rows whether hours arrive one at a time or all at
-//! once); a version registered mid-stream is swapped in between batches, and no hour is
-//! forecast twice or skipped.
+//! the watermark closes once a pool has its history — hours without a price change included —
+//! one row per horizon with ordered quantiles; a forecast uses only the series up to its origin
+//! (the same rows whether hours arrive one at a time or all at once); a version registered
+//! mid-stream is swapped in between batches, and no hour is forecast twice or skipped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,17 +24,18 @@ use crate::unique;
 
 const HOUR: i64 = 3_600_000_000;
 
-/// Hourly mean prices of two pools over `hours`, as irregular steps: most hours hold.
+/// Hourly mean prices of two pools over `hours`, as irregular steps: a row only for an hour
+/// with a change (and the first).
 fn hours(hours: i64) -> Vec<(String, i64, f64)> {
     let mut rng = StdRng::seed_from_u64(3);
     let mut out = Vec::new();
     for (pool, level) in [("m5.large", 0.036), ("c5.xlarge", 0.068)] {
         let mut price: f64 = level;
         for h in 0..hours {
-            if rng.random_bool(0.3) {
-                price = (price * rng.random_range(0.95..1.05)).clamp(0.8 * level, 1.3 * level);
+            if h == 0 || rng.random_bool(0.3) {
+                price = (price * rng.random_range(0.98..1.02)).clamp(0.8 * level, 1.3 * level);
+                out.push((pool.to_string(), h * HOUR, price));
             }
-            out.push((pool.to_string(), h * HOUR, price));
         }
     }
     out.sort_by_key(|r| r.1);
@@ -113,11 +114,12 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     let data = hours(96);
     let swap_at = 72 * HOUR;
 
-    // Hour by hour; spot_price@2 is registered at hour 72.
+    // Hour by hour, the watermark closing each; spot_price@2 is registered at hour 72.
     let mut op = ForecastOperator::open(spec(&registry, 1)).unwrap();
     let mut streamed = Rows::new();
-    for hour in data.chunk_by(|a, b| a.1 == b.1) {
-        if hour[0].1 == swap_at {
+    for h in 0..96 {
+        let hour: Vec<_> = data.iter().filter(|r| r.1 == h * HOUR).cloned().collect();
+        if h * HOUR == swap_at {
             assert!(op.model().refresh().await.is_none(), "nothing newer yet");
             let manifest = std::fs::read(repo.join("2/manifest.json")).unwrap();
             let manifest = serde_json::from_slice(&manifest).unwrap();
@@ -129,7 +131,11 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
                 Some(Ok("spot_price@2 replaces spot_price@1".to_string()))
             );
         }
-        collect(&mut streamed, &op.apply(&batch(hour)).unwrap());
+        op.apply(&batch(&hour)).unwrap();
+        // The window stage's watermark: the start of the last hour it has emitted.
+        if let Some(rows) = op.advance(h * HOUR).unwrap() {
+            collect(&mut streamed, &rows);
+        }
     }
     // Every hour from 48 on, every pool, every horizon, exactly once, by the version in use.
     assert_eq!(streamed.len(), 2 * (96 - 48) * 3);
@@ -151,7 +157,10 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     // origin as it did with only the hours up to it.
     let mut at_once = Rows::new();
     let mut op1 = ForecastOperator::open(spec(&registry, 1)).unwrap();
-    collect(&mut at_once, &op1.apply(&batch(&data)).unwrap());
+    op1.apply(&batch(&data)).unwrap();
+    collect(&mut at_once, &op1.advance(95 * HOUR).unwrap().unwrap());
+    assert_eq!(at_once.len(), streamed.len());
+    assert!(op1.advance(95 * HOUR).unwrap().is_none(), "forecast twice");
     for (key, (q, version)) in streamed.iter().filter(|(k, _)| k.1 < swap_at) {
         let (q1, v1) = &at_once[key];
         assert_eq!(version, v1);
@@ -164,10 +173,16 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     let mut op3 = ForecastOperator::open(spec(&registry, 1)).unwrap();
     let (first, rest) = data.split_at(data.len() / 2);
     op2.apply(&batch(first)).unwrap();
+    op2.advance(first.last().unwrap().1).unwrap();
     op3.restore_state(&op2.state_json().unwrap()).unwrap();
-    assert_eq!(
-        op2.apply(&batch(rest)).unwrap(),
-        op3.apply(&batch(rest)).unwrap()
+    for op in [&mut op2, &mut op3] {
+        op.apply(&batch(rest)).unwrap();
+    }
+    let (a, b) = (
+        op2.advance(95 * HOUR).unwrap(),
+        op3.advance(95 * HOUR).unwrap(),
     );
+    assert!(a.is_some());
+    assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).unwrap();
 }
