@@ -229,6 +229,15 @@ impl ForecastSpec {
     }
 }
 
+/// One output row: from `origin`, the quantiles of the value `horizon` (µs) on.
+struct Forecast<'a> {
+    key: &'a str,
+    origin: i64,
+    value: f64,
+    horizon: i64,
+    quantiles: [f64; 5],
+}
+
 /// What a forecast stage keeps: per key its series, and the last hour it forecast from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ForecastState {
@@ -371,47 +380,52 @@ impl ForecastOperator {
             .model
             .predict(&rows)
             .map_err(ArrowError::ComputeError)?;
-        let mut out: Vec<(&str, i64, f64, i64, [f64; 5])> = Vec::with_capacity(predicted.len());
+        let mut out: Vec<Forecast> = Vec::with_capacity(predicted.len());
         let mut relative = predicted.into_iter();
         for (key, origin, value, levels, c) in &made {
             for (&h, &level) in self.spec.horizons.iter().zip(levels) {
                 let q = relative.next().ok_or_else(|| {
                     ArrowError::ComputeError(format!("{}: too few outputs", self.model.label()))
                 })?;
-                out.push((key, *origin, *value, h, to_values(q, level, *c)));
+                out.push(Forecast {
+                    key,
+                    origin: *origin,
+                    value: *value,
+                    horizon: h,
+                    quantiles: to_values(q, level, *c),
+                });
             }
         }
-        out.sort_by(|a, b| (a.1, a.0, a.3).cmp(&(b.1, b.0, b.3)));
+        out.sort_by(|a, b| (a.origin, a.key, a.horizon).cmp(&(b.origin, b.key, b.horizon)));
         self.batch(&out).map(Some)
     }
 
-    /// Output rows: (key, origin, value at origin, horizon µs, quantiles).
-    fn batch(&self, rows: &[(&str, i64, f64, i64, [f64; 5])]) -> Result<RecordBatch, ArrowError> {
+    fn batch(&self, rows: &[Forecast]) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> = (0..self.spec.key.len())
             .map(|j| {
                 Arc::new(StringArray::from_iter_values(
                     rows.iter()
-                        .map(|r| r.0.split(SEPARATOR).nth(j).unwrap_or_default()),
+                        .map(|r| r.key.split(SEPARATOR).nth(j).unwrap_or_default()),
                 )) as ArrayRef
             })
             .collect();
-        let micros = |f: &dyn Fn(&(&str, i64, f64, i64, [f64; 5])) -> i64| {
+        let micros = |f: &dyn Fn(&Forecast) -> i64| {
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(rows.iter().map(f))
                     .with_timezone("UTC"),
             ) as ArrayRef
         };
-        columns.push(micros(&|r| r.1));
-        columns.push(micros(&|r| r.1 + r.3));
+        columns.push(micros(&|r| r.origin));
+        columns.push(micros(&|r| r.origin + r.horizon));
         columns.push(Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.3 / HOUR),
+            rows.iter().map(|r| r.horizon / HOUR),
         )));
         columns.push(Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|r| r.2),
+            rows.iter().map(|r| r.value),
         )));
         for j in 0..5 {
             columns.push(Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.4[j]),
+                rows.iter().map(|r| r.quantiles[j]),
             )));
         }
         columns.push(Arc::new(StringArray::from(vec![
