@@ -353,12 +353,16 @@ pub async fn pareto_front(
         return Ok(None);
     };
     let subject = strings(b, 0)?.remove(0).unwrap_or_default();
-    let list = b.column(1).as_list::<i32>();
+    let Some(list) = b.column(1).as_list_opt::<i32>() else {
+        anyhow::bail!("recommendations_spot.pareto_front is not a list");
+    };
     if list.is_null(0) {
         return Ok(None);
     }
     let points = list.value(0);
-    let points = points.as_struct();
+    let Some(points) = points.as_struct_opt() else {
+        anyhow::bail!("recommendations_spot.pareto_front holds no structs");
+    };
     let column = |name: &str| {
         points
             .column_by_name(name)

@@ -5,8 +5,8 @@
 //! - per instance, its CPU utilisation (5-minute mean) over time, the windows the ensemble
 //!   flagged (anomaly score ≥ the report's threshold) as red dots, and the labelled anomalies as
 //!   shaded bands;
-//! - per workload's spot pool, the hourly price and the forecast made 6 hours before each hour,
-//!   with its 80 % and 95 % intervals as bands;
+//! - per spot pool, the hourly price and the forecast made 6 hours before each hour, with its
+//!   80 % and 95 % intervals as bands;
 //! - the instance mix's Pareto front (cost against risk), the chosen point marked.
 
 use std::collections::BTreeMap;

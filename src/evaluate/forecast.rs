@@ -481,26 +481,27 @@ pub fn evaluate(
                     acc.entry((fi, hi)).or_default().add(y, p, band, scale);
                 }
                 if let Some((x, level)) = features(s, t, h, config.season_us, c) {
-                    origins.push((y, level));
+                    origins.push((t, y, level));
                     rows.extend(x);
                 }
                 t += config.step_us;
             }
             if let Some(m) = model.as_deref_mut().filter(|_| !origins.is_empty()) {
-                let back = |r: f64, level: f64| (r + level).exp() - c;
-                for ((y, level), q) in origins.iter().zip(m.predict(&rows)?) {
-                    let band = [
-                        back(q[0], *level),
-                        back(q[1], *level),
-                        back(q[3], *level),
-                        back(q[4], *level),
-                    ];
-                    acc.entry((FORECASTERS.len(), hi)).or_default().add(
-                        *y,
-                        back(q[2], *level),
-                        Some(band),
-                        scale,
-                    );
+                // The model's intervals as they are, and as the forecast stage adapts them:
+                // learning from each forecast once its target time has passed.
+                let mut adaptive = crate::score::forecast::Adaptive::default();
+                for (&(t, y, level), q) in origins.iter().zip(m.predict(&rows)?) {
+                    let q = crate::score::forecast::to_values(q, level, c);
+                    adaptive.resolve(t, |target| s.at(target));
+                    let adapted = adaptive.issue(0, 1, t + h, q);
+                    for (fi, q) in [(FORECASTERS.len(), q), (FORECASTERS.len() + 1, adapted)] {
+                        acc.entry((fi, hi)).or_default().add(
+                            y,
+                            q[2],
+                            Some([q[0], q[1], q[3], q[4]]),
+                            scale,
+                        );
+                    }
                 }
             }
         }
@@ -513,7 +514,8 @@ pub fn evaluate(
             Figures {
                 forecaster: match FORECASTERS.get(fi) {
                     Some((name, _)) => name.to_string(),
-                    None => model_label.clone(),
+                    None if fi == FORECASTERS.len() => model_label.clone(),
+                    None => format!("{model_label}+adaptive"),
                 },
                 horizon_hours: config.horizons_us[hi] as f64 / 3.6e9,
                 points: a.n,
@@ -538,7 +540,7 @@ pub fn render(report: &ForecastReport) -> String {
     let mut s = format!("{} series\n\n", report.series);
     let _ = writeln!(
         s,
-        "{:<16} {:>8} {:>7} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8}",
+        "{:<24} {:>8} {:>7} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8}",
         "forecaster", "horizon", "points", "MAE", "MAPE %", "sMAPE %", "MASE", "cov80 %", "cov95 %"
     );
     let mut figures = report.figures.clone();
@@ -551,7 +553,7 @@ pub fn render(report: &ForecastReport) -> String {
         let opt = |v: Option<f64>, d: usize| v.map_or("n/a".to_string(), |v| format!("{v:.d$}"));
         let _ = writeln!(
             s,
-            "{:<16} {:>7}h {:>7} {:>10.5} {:>8} {:>8.2} {:>7} {:>8.1} {:>8.1}",
+            "{:<24} {:>7}h {:>7} {:>10.5} {:>8} {:>8.2} {:>7} {:>8.1} {:>8.1}",
             f.forecaster,
             f.horizon_hours,
             f.points,

@@ -16,7 +16,7 @@ use crate::score::forecast::{ForecastRef, ForecastSpec};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
-/// The longest horizon a forecast stage may ask for.
+/// The longest horizon a forecast stage may ask for, and the most history it may wait for.
 const MAX_HORIZON: i64 = 7 * 24 * 3_600_000_000;
 
 pub(super) async fn check_forecast_stage(
@@ -55,9 +55,23 @@ pub(super) async fn check_forecast_stage(
         Some(is_numeric),
         "a number",
     );
+    let output: Vec<&str> = ["ts", "target_ts", "horizon_hours", "value", "model_version"]
+        .into_iter()
+        .chain(["p025", "p10", "p50", "p90", "p975"])
+        .collect();
+    for k in c.key.iter().filter(|k| output.contains(&k.as_str())) {
+        r.at(
+            &at("key"),
+            format!("key column `{k}` would clash with the stage's own `{k}` column"),
+            Some("rename it in the input stage's SQL"),
+        );
+    }
     let mut horizons = Vec::new();
     for h in &c.horizons {
-        let us = duration(r, &at("horizons"), h);
+        let Ok(us) = crate::window::parse_duration(h) else {
+            duration(r, &at("horizons"), h);
+            continue;
+        };
         if us % 3_600_000_000 != 0 || us <= 0 || us > MAX_HORIZON {
             r.at(
                 &at("horizons"),
@@ -77,6 +91,13 @@ pub(super) async fn check_forecast_stage(
     horizons.sort_unstable();
     horizons.dedup();
     let min_history = duration(r, &at("min_history"), &c.min_history);
+    if min_history > MAX_HORIZON {
+        r.at(
+            &at("min_history"),
+            "at most 7 days: the stage keeps 8 days of each series",
+            None,
+        );
+    }
     let model = match registry {
         None => {
             r.at(

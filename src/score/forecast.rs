@@ -11,10 +11,14 @@
 //! `evaluate::forecast::features`), so a replay gives the same rows; an hour revised after its
 //! forecast updates the series, not the forecast.
 //!
+//! The intervals adapt ([`Adaptive`]): per key and horizon, their widths follow how often the
+//! key's earlier forecasts missed, once those forecasts' hours have come.
+//!
 //! The model (`FEATURES` in, `QUANTILES` of the relative change out; `models/train_forecast.py`)
 //! follows the registry like a score stage's: every `poll` an unpinned reference is resolved
 //! again and a newer version swapped in between batches, so no row is forecast twice or
-//! skipped. State: per key the trailing 8 days of hourly values, as JSON in the checkpoint.
+//! skipped. State: per key the trailing 8 days of hourly values, the adaptive widths and the
+//! forecasts awaiting their hour, as JSON in the checkpoint.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -31,7 +35,9 @@ use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
 
 const HOUR: i64 = 3_600_000_000;
 /// History kept per key: a week of lags and a day to spare.
-const KEEP: i64 = 8 * 24 * HOUR;
+pub const KEEP: i64 = 8 * 24 * HOUR;
+/// The longest look-back of the model's features (`mean_7d`).
+const LOOK_BACK: i64 = 7 * 24 * HOUR;
 
 /// A forecast model as resolved when the pipeline was checked, and how to follow it.
 #[derive(Debug, Clone)]
@@ -55,6 +61,8 @@ pub struct FollowedForecast {
     model: ForecastModel,
     from: ForecastRef,
     last_poll: Instant,
+    /// A newer version found unusable: not fetched again.
+    rejected: Option<u32>,
 }
 
 impl FollowedForecast {
@@ -63,6 +71,7 @@ impl FollowedForecast {
             model: ForecastModel::new(&from.label(), &from.onnx)?,
             from: from.clone(),
             last_poll: Instant::now(),
+            rejected: None,
         })
     }
 
@@ -89,23 +98,22 @@ impl FollowedForecast {
             Err(e) => return Some(Err(e.to_string())),
         };
         let newest = match registry.resolve(&self.from.reference).await {
-            Ok(v) if v > self.from.version => v,
+            Ok(v) if v > self.from.version && Some(v) != self.rejected => v,
             Ok(_) => return None,
             Err(e) => return Some(Err(e.to_string())),
         };
-        let name = &self.from.reference.name;
-        let next = match registry.load(name, newest).await {
+        let name = self.from.reference.name.clone();
+        let next = match registry.load(&name, newest).await {
             Ok(v) => v,
             Err(e) => return Some(Err(format!("{} stays: {e}", self.label()))),
         };
         let features: Vec<&str> = next.manifest.feature_names().collect();
-        if features != crate::evaluate::forecast::FEATURES {
-            return Some(Err(format!(
-                "{} stays: {name}@{newest} is not a forecast model (inputs {features:?})",
-                self.label()
-            )));
-        }
-        match ForecastModel::new(&format!("{name}@{newest}"), &next.onnx) {
+        let loaded = if features != crate::evaluate::forecast::FEATURES {
+            Err(format!("not a forecast model (inputs {features:?})"))
+        } else {
+            ForecastModel::new(&format!("{name}@{newest}"), &next.onnx)
+        };
+        match loaded {
             Ok(model) => {
                 let change = format!("{} replaces {}", model.label, self.model.label);
                 self.model = model;
@@ -113,31 +121,48 @@ impl FollowedForecast {
                 self.from.onnx = next.onnx;
                 Some(Ok(change))
             }
-            Err(e) => Some(Err(format!("{} stays: {e}", self.label()))),
+            Err(e) => {
+                self.rejected = Some(newest);
+                Some(Err(format!(
+                    "{} stays: {name}@{newest} cannot be used: {e}",
+                    self.label()
+                )))
+            }
         }
     }
 }
 
 /// Per key, its hourly values as a step series: (hour start µs, value), oldest first.
+/// Serialised as the bare map (the form spot recommend checkpoints had before it was shared).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct HourlySeries {
     series: BTreeMap<String, VecDeque<(i64, f64)>>,
 }
 
 impl HourlySeries {
     /// Records `value` for `key` at hour `t` (a revised hour replaces its value), keeping the
-    /// trailing 8 days.
-    pub fn insert(&mut self, key: &str, t: i64, value: f64) {
-        let points = self.series.entry(key.to_string()).or_default();
+    /// trailing 8 days and the value in force when they begin. Returns the new start of the
+    /// key's history when older values were dropped.
+    pub fn insert(&mut self, key: &str, t: i64, value: f64) -> Option<i64> {
+        if !self.series.contains_key(key) {
+            self.series.insert(key.to_string(), VecDeque::new());
+        }
+        let Some(points) = self.series.get_mut(key) else {
+            return None;
+        };
         match points.iter().rposition(|(h, _)| *h <= t) {
             Some(j) if points[j].0 == t => points[j].1 = value,
             Some(j) => points.insert(j + 1, (t, value)),
             None => points.push_front((t, value)),
         }
-        let newest = points.back().map_or(t, |p| p.0);
-        while points.front().is_some_and(|p| p.0 < newest - KEEP) {
+        let cutoff = points.back().map_or(t, |p| p.0) - KEEP;
+        let mut dropped = false;
+        while points.get(1).is_some_and(|p| p.0 <= cutoff) {
             points.pop_front();
+            dropped = true;
         }
+        dropped.then_some(cutoff)
     }
 
     pub fn get(&self, key: &str) -> Option<&VecDeque<(i64, f64)>> {
@@ -238,11 +263,91 @@ struct Forecast<'a> {
     quantiles: [f64; 5],
 }
 
-/// What a forecast stage keeps: per key its series, and the last hour it forecast from.
+/// What a forecast stage keeps: per key its series, the last hour it forecast from, and its
+/// adaptive interval widths with the forecasts still awaiting their target.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ForecastState {
     series: HourlySeries,
     forecast_to: BTreeMap<String, i64>,
+    #[serde(default)]
+    adapt: BTreeMap<String, Adaptive>,
+    /// Per key, the start of its kept history once older values were dropped: origins less
+    /// than a week after it would see a shorter history than they did live.
+    #[serde(default)]
+    trimmed_to: BTreeMap<String, i64>,
+}
+
+/// The value of a step series at `t`: its last one at or before `t`.
+pub fn value_at(points: &VecDeque<(i64, f64)>, t: i64) -> Option<f64> {
+    let i = points.partition_point(|p| p.0 <= t);
+    i.checked_sub(1).map(|i| points[i].1)
+}
+
+/// Step size of the adaptive widths, in ln units (Gibbs and Candès use γ = 0.005 on α; this is
+/// its width form, tuned so a week of hourly forecasts moves a width by a few tens of percent).
+pub const ADAPT_RATE: f64 = 0.05;
+/// Nominal miss rates of the 95 % and 80 % intervals.
+const MISS: [f64; 2] = [0.05, 0.2];
+
+/// Adaptive conformal inference (Gibbs and Candès, 2021), in width form, per horizon: the 95 %
+/// and 80 % intervals' distances from the median are multiplied by a factor whose logarithm
+/// rises by `ADAPT_RATE × (1 − α)` after each miss and falls by `ADAPT_RATE × α` after each
+/// hit, so over time an interval misses at its nominal rate α even where the model's own
+/// calibration (fitted on other data) is off. A forecast is learnt from only once its target
+/// hour has come, so an interval depends on nothing after its origin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// Per horizon: ln of the factor on the 95 % and on the 80 % interval.
+    log_scale: Vec<[f64; 2]>,
+    /// Issued forecasts awaiting their target: (target µs, horizon index, quantiles issued).
+    pending: VecDeque<(i64, usize, [f64; 5])>,
+}
+
+impl Adaptive {
+    /// Learns from every pending forecast whose target is at or before `now`.
+    pub fn resolve(&mut self, now: i64, actual: impl Fn(i64) -> Option<f64>) {
+        let mut keep = VecDeque::with_capacity(self.pending.len());
+        while let Some((target, j, q)) = self.pending.pop_front() {
+            if target > now {
+                keep.push_back((target, j, q));
+                continue;
+            }
+            let (Some(y), Some(scale)) = (actual(target), self.log_scale.get_mut(j)) else {
+                continue;
+            };
+            let missed = [y < q[0] || y > q[4], y < q[1] || y > q[3]];
+            for ((s, missed), alpha) in scale.iter_mut().zip(missed).zip(MISS) {
+                *s = (*s + ADAPT_RATE * (f64::from(u8::from(missed)) - alpha)).clamp(-4.0, 4.0);
+            }
+        }
+        self.pending = keep;
+    }
+
+    /// `q` (ascending) with horizon `j`'s widths applied, remembered until `target`.
+    pub fn issue(&mut self, j: usize, horizons: usize, target: i64, q: [f64; 5]) -> [f64; 5] {
+        if self.log_scale.len() < horizons {
+            self.log_scale.resize(horizons, [0.0; 2]);
+        }
+        let [s95, s80] = self.log_scale[j].map(f64::exp);
+        let m = q[2];
+        let mut out = [
+            m - s95 * (m - q[0]),
+            m - s80 * (m - q[1]),
+            m,
+            m + s80 * (q[3] - m),
+            m + s95 * (q[4] - m),
+        ];
+        // The 95 % interval holds the 80 % one.
+        out[0] = out[0].min(out[1]);
+        out[4] = out[4].max(out[3]);
+        self.pending.push_back((target, j, out));
+        out
+    }
+
+    /// The current factors on the 95 % and 80 % widths at horizon `j`.
+    pub fn factors(&self, j: usize) -> [f64; 2] {
+        self.log_scale.get(j).map_or([1.0; 2], |s| s.map(f64::exp))
+    }
 }
 
 /// A running forecast stage.
@@ -314,9 +419,10 @@ impl ForecastOperator {
             if times.is_null(i) || values.is_null(i) || !values.value(i).is_finite() {
                 continue;
             }
-            self.state
-                .series
-                .insert(&key, times.value(i), values.value(i));
+            let (t, v) = (times.value(i), values.value(i));
+            if let Some(start) = self.state.series.insert(&key, t, v) {
+                self.state.trimmed_to.insert(key, start);
+            }
         }
         Ok(())
     }
@@ -350,11 +456,12 @@ impl ForecastOperator {
                 continue;
             };
             let done = self.state.forecast_to.get(key).copied();
-            // From the first hour with enough history, or the hour after the last forecast;
-            // at most the span the series keeps.
+            // From the first hour with enough history, or the hour after the last forecast; after
+            // a long catch-up, no earlier than the kept history covers the features' week.
+            let trimmed = self.state.trimmed_to.get(key).map(|t| t + LOOK_BACK);
             let from = done
-                .map_or(first + self.spec.min_history, |d| d + HOUR)
-                .max(until - KEEP)
+                .map_or(first.saturating_add(self.spec.min_history), |d| d + HOUR)
+                .max(trimmed.unwrap_or(i64::MIN))
                 .div_euclid(HOUR)
                 * HOUR;
             let mut origin = from;
@@ -369,10 +476,6 @@ impl ForecastOperator {
                 origin += HOUR;
             }
         }
-        for (key, origin, ..) in &made {
-            let done = self.state.forecast_to.entry(key.clone()).or_insert(*origin);
-            *done = (*done).max(*origin);
-        }
         if made.is_empty() {
             return Ok(None);
         }
@@ -380,21 +483,30 @@ impl ForecastOperator {
             .model
             .predict(&rows)
             .map_err(ArrowError::ComputeError)?;
+        // In time order per key (as `made` is built): first learn from every forecast whose
+        // target has come by this origin, then widen this origin's intervals.
         let mut out: Vec<Forecast> = Vec::with_capacity(predicted.len());
         let mut relative = predicted.into_iter();
+        let horizons = self.spec.horizons.len();
         for (key, origin, value, levels, c) in &made {
-            for (&h, &level) in self.spec.horizons.iter().zip(levels) {
+            let points = self.state.series.get(key);
+            let adapt = self.state.adapt.entry(key.clone()).or_default();
+            adapt.resolve(*origin, |t| points.and_then(|p| value_at(p, t)));
+            for (j, (&h, &level)) in self.spec.horizons.iter().zip(levels).enumerate() {
                 let q = relative.next().ok_or_else(|| {
                     ArrowError::ComputeError(format!("{}: too few outputs", self.model.label()))
                 })?;
+                let quantiles = adapt.issue(j, horizons, origin + h, to_values(q, level, *c));
                 out.push(Forecast {
                     key,
                     origin: *origin,
                     value: *value,
                     horizon: h,
-                    quantiles: to_values(q, level, *c),
+                    quantiles,
                 });
             }
+            let done = self.state.forecast_to.entry(key.clone()).or_insert(*origin);
+            *done = (*done).max(*origin);
         }
         out.sort_by(|a, b| (a.origin, a.key, a.horizon).cmp(&(b.origin, b.key, b.horizon)));
         self.batch(&out).map(Some)
@@ -477,6 +589,60 @@ mod tests {
             inputs(&cut, 48 * HOUR, &[HOUR, 6 * HOUR], 48 * HOUR),
             Some((rows, levels, c))
         );
+    }
+
+    #[test]
+    fn adaptive_widths_bring_a_miscalibrated_model_to_its_nominal_coverage() {
+        use rand::SeedableRng;
+        // The truth has σ = 1; the model believes σ = 0.4 (its 80 % interval covers 42 %) or
+        // σ = 3 (it covers 99.9 %). Normal quantiles at 2.5, 10, 50, 90, 97.5 %.
+        let z = [-1.96, -1.2816, 0.0, 1.2816, 1.96];
+        for believed in [0.4, 3.0] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let mut a = Adaptive::default();
+            let mut truth: Vec<(i64, f64)> = Vec::new();
+            let (mut in80, mut in95, mut n) = (0, 0, 0);
+            for t in 0..6000i64 {
+                // Forecast t + 3 from t: the 3-step lag before a forecast is learnt from.
+                a.resolve(t, |target| {
+                    truth.iter().find(|p| p.0 == target).map(|p| p.1)
+                });
+                let q = a.issue(0, 1, t + 3, z.map(|z| z * believed));
+                let y = crate::generate::normal(&mut rng);
+                truth.push((t + 3, y));
+                if truth.len() > 8 {
+                    truth.remove(0);
+                }
+                if t >= 3000 {
+                    n += 1;
+                    in80 += usize::from(q[1] <= y && y <= q[3]);
+                    in95 += usize::from(q[0] <= y && y <= q[4]);
+                }
+            }
+            let (c80, c95) = (in80 as f64 / n as f64, in95 as f64 / n as f64);
+            assert!(
+                (c80 - 0.8).abs() < 0.03,
+                "believed σ {believed}: 80 % covers {c80}"
+            );
+            assert!(
+                (c95 - 0.95).abs() < 0.02,
+                "believed σ {believed}: 95 % covers {c95}"
+            );
+        }
+    }
+
+    #[test]
+    fn adaptive_widths_learn_only_from_targets_that_have_come() {
+        let mut a = Adaptive::default();
+        let q = [-2.0, -1.0, 0.0, 1.0, 2.0];
+        assert_eq!(a.issue(0, 1, 10, q), q);
+        // Target 10 has not come at 9: nothing learnt, whatever the value would be.
+        a.resolve(9, |_| Some(100.0));
+        assert_eq!(a.factors(0), [1.0, 1.0]);
+        a.resolve(10, |_| Some(100.0));
+        let [f95, f80] = a.factors(0);
+        assert!((f95 - (ADAPT_RATE * 0.95).exp()).abs() < 1e-12);
+        assert!((f80 - (ADAPT_RATE * 0.8).exp()).abs() < 1e-12);
     }
 
     #[test]

@@ -201,6 +201,9 @@ impl DeltaSink {
         let table = table
             .write(batches)
             .with_partition_columns(self.config.partition_columns.clone())
+            // A stage that gains a column (a new carried feature, a column added to its SQL)
+            // adds it to the table; earlier rows read it as null.
+            .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
             .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
             .await
             .map_err(|e| self.delta_error(e))?;

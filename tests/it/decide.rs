@@ -334,35 +334,66 @@ async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_materi
         );
     }
     let forecasts = read_delta(&format!("{tables}/spot_price_forecasts")).await;
-    let mut per_pool: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    // Per pool: horizons, first origin.
+    let mut per_pool: BTreeMap<(String, String), (BTreeSet<i64>, i64)> = BTreeMap::new();
     let mut rows = 0;
-    for b in &forecasts {
-        let pool = arrow::compute::cast(
-            b.column_by_name("instance_type").unwrap(),
+    let utf8 = |b: &arrow::array::RecordBatch, name: &str| {
+        let c = arrow::compute::cast(
+            b.column_by_name(name).unwrap(),
             &arrow::datatypes::DataType::Utf8,
         )
         .unwrap();
-        let pool = arrow::array::AsArray::as_string::<i32>(&pool);
+        arrow::array::AsArray::as_string::<i32>(&c)
+            .iter()
+            .map(|v| v.unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    for b in &forecasts {
+        let (types, zones, versions) = (
+            utf8(b, "instance_type"),
+            utf8(b, "az"),
+            utf8(b, "model_version"),
+        );
         let h = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
             b.column_by_name("horizon_hours").unwrap(),
         );
-        let version = arrow::compute::cast(
-            b.column_by_name("model_version").unwrap(),
-            &arrow::datatypes::DataType::Utf8,
+        let ts = arrow::compute::cast(
+            b.column_by_name("ts").unwrap(),
+            &arrow::datatypes::DataType::Int64,
         )
         .unwrap();
-        let version = arrow::array::AsArray::as_string::<i32>(&version);
+        let ts = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&ts);
         for i in 0..b.num_rows() {
-            assert!(version.value(i).starts_with("spot_price@"));
-            per_pool
-                .entry(pool.value(i).to_string())
-                .or_default()
-                .insert(h.value(i));
+            assert!(versions[i].starts_with("spot_price@"));
+            let pool = per_pool
+                .entry((types[i].clone(), zones[i].clone()))
+                .or_insert((BTreeSet::new(), i64::MAX));
+            pool.0.insert(h.value(i));
+            pool.1 = pool.1.min(ts.value(i));
         }
         rows += b.num_rows();
     }
-    assert_eq!(per_pool.len(), 3, "{per_pool:?}");
-    assert!(per_pool.values().all(|h| *h == BTreeSet::from([1, 6, 24])));
+    assert_eq!(per_pool.len(), 5, "{per_pool:?}");
+    for ((t, az), (horizons, first_origin)) in &per_pool {
+        assert_eq!(*horizons, BTreeSet::from([1, 6, 24]));
+        // The pool's first hourly row is the hour of its first change.
+        let first_change = records
+            .iter()
+            .filter(|(k, _)| *k == format!("{t}/{az}"))
+            .map(|(_, p)| {
+                let doc: Value = serde_json::from_str(p).unwrap();
+                chrono::DateTime::parse_from_rfc3339(doc["ts"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_micros()
+            })
+            .min()
+            .unwrap();
+        assert_eq!(
+            *first_origin,
+            first_change / HOUR * HOUR + 48 * HOUR,
+            "{t} {az}"
+        );
+    }
     assert_eq!(
         consume_all(&format!("{tag}.cloud.spot_prices.forecasts")).len(),
         rows

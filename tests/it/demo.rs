@@ -62,6 +62,7 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
         .iter()
         .filter(|a| a["kind"] == "cost_leak")
         .count();
+    assert_eq!(report.cost_alerts.len(), 3);
     assert!(report.cost_alerts.iter().all(|a| a.labelled == cost_leaks));
     // The spot pipeline forecast from each pool's third day and recommended for the workloads.
     let f = &report.forecasts;

@@ -94,6 +94,10 @@ fn a_trained_spot_price_model_is_registered_and_evaluated_against_the_baselines(
             let c = model[cov].as_f64().unwrap();
             assert!((0.0..=100.0).contains(&c));
         }
+        // The adaptive intervals move only the widths: same origins, same median errors.
+        let adaptive = get("spot_price@1+adaptive", h);
+        assert_eq!(adaptive["points"], model["points"]);
+        assert_eq!(adaptive["mae"], model["mae"]);
     }
     // A day ahead, where the price has moved, the model beats the last price.
     let (m, n) = (get("spot_price@1", 24.0), get("naive", 24.0));

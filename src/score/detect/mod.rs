@@ -148,7 +148,8 @@ pub enum DetectorSpec {
         h: f64,
         #[serde(default = "min_points")]
         min_points: usize,
-        /// As for `robust_z`.
+        /// The smallest σ of each standardised value, as for `robust_z`; a steady shift below
+        /// it still accumulates.
         #[serde(default)]
         min_relative_scale: f64,
     },
