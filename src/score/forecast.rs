@@ -148,9 +148,7 @@ impl HourlySeries {
         if !self.series.contains_key(key) {
             self.series.insert(key.to_string(), VecDeque::new());
         }
-        let Some(points) = self.series.get_mut(key) else {
-            return None;
-        };
+        let points = self.series.get_mut(key)?;
         match points.iter().rposition(|(h, _)| *h <= t) {
             Some(j) if points[j].0 == t => points[j].1 = value,
             Some(j) => points.insert(j + 1, (t, value)),
