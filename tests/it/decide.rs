@@ -501,6 +501,7 @@ async fn billing_cost_leaks_raise_cost_alerts_with_their_impact() {
             a["message"].as_str().unwrap().contains("cost impact"),
             "{a}"
         );
+        eprintln!("the alert on ({account}, {service}): {a}");
     }
     // The Delta table holds exactly the messages on the topic.
     let mut in_delta = BTreeSet::new();
@@ -528,9 +529,8 @@ async fn billing_cost_leaks_raise_cost_alerts_with_their_impact() {
         .collect();
     assert_eq!(in_delta, on_topic);
     eprintln!(
-        "{} cost alert messages for {} leaks; first: {}",
+        "{} cost alert messages for {} leaks",
         alerts.len(),
-        leaks.len(),
-        alerts[0].0
+        leaks.len()
     );
 }
