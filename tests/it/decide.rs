@@ -58,6 +58,39 @@ fn s3_tables(tag: &str) -> String {
     format!("s3://{}/{tag}", setting("STRATUS_S3_BUCKET"))
 }
 
+/// The alert table at `location` holds exactly `alerts` (the topic's messages), compared on
+/// (alert_id, revision).
+async fn assert_alerts_in_delta(location: &str, alerts: &[(Value, BTreeMap<String, String>)]) {
+    let mut in_delta = BTreeSet::new();
+    for b in read_delta(location).await {
+        let ids = arrow::compute::cast(
+            b.column_by_name("alert_id").unwrap(),
+            &arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let revs = arrow::compute::cast(
+            b.column_by_name("revision").unwrap(),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
+        let revs = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&revs);
+        for i in 0..b.num_rows() {
+            in_delta.insert((ids.value(i).to_string(), revs.value(i)));
+        }
+    }
+    let on_topic: BTreeSet<(String, i64)> = alerts
+        .iter()
+        .map(|(d, _)| {
+            (
+                d["alert_id"].as_str().unwrap().to_string(),
+                d["revision"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(in_delta, on_topic);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     let tag = unique("it-alerts");
@@ -139,34 +172,7 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
             .any(|(d, _)| injected.contains(d["resource"].as_str().unwrap()))
     );
     // The Delta table holds exactly the messages on the topic.
-    let mut in_delta = BTreeSet::new();
-    for b in read_delta(&format!("{tables}/alerts")).await {
-        let ids = arrow::compute::cast(
-            b.column_by_name("alert_id").unwrap(),
-            &arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let revs = arrow::compute::cast(
-            b.column_by_name("revision").unwrap(),
-            &arrow::datatypes::DataType::Int64,
-        )
-        .unwrap();
-        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
-        let revs = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&revs);
-        for i in 0..b.num_rows() {
-            in_delta.insert((ids.value(i).to_string(), revs.value(i)));
-        }
-    }
-    let on_topic: BTreeSet<(String, i64)> = alerts
-        .iter()
-        .map(|(d, _)| {
-            (
-                d["alert_id"].as_str().unwrap().to_string(),
-                d["revision"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(in_delta, on_topic);
+    assert_alerts_in_delta(&format!("{tables}/alerts"), &alerts).await;
     // Rightsizing messages, if any, match their schema.
     let recs = messages(&format!("{tag}.recommendations"), "recommendation.json");
     assert!(recs.iter().all(|(d, _)| d["kind"] == "rightsizing"));
@@ -504,30 +510,7 @@ async fn billing_cost_leaks_raise_cost_alerts_with_their_impact() {
         eprintln!("the alert on ({account}, {service}): {a}");
     }
     // The Delta table holds exactly the messages on the topic.
-    let mut in_delta = BTreeSet::new();
-    for b in read_delta(&format!("{tables}/cost_alerts")).await {
-        let ids = arrow::compute::cast(
-            b.column_by_name("alert_id").unwrap(),
-            &arrow::datatypes::DataType::Utf8,
-        )
-        .unwrap();
-        let revs = b.column_by_name("revision").unwrap();
-        let ids = arrow::array::AsArray::as_string::<i32>(&ids);
-        let revs = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(revs);
-        for i in 0..b.num_rows() {
-            in_delta.insert((ids.value(i).to_string(), revs.value(i)));
-        }
-    }
-    let on_topic: BTreeSet<(String, i64)> = alerts
-        .iter()
-        .map(|(d, _)| {
-            (
-                d["alert_id"].as_str().unwrap().to_string(),
-                d["revision"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(in_delta, on_topic);
+    assert_alerts_in_delta(&format!("{tables}/cost_alerts"), &alerts).await;
     eprintln!(
         "{} cost alert messages for {} leaks",
         alerts.len(),
