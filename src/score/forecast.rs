@@ -35,7 +35,7 @@ use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
 
 const HOUR: i64 = 3_600_000_000;
 /// History kept per key: a week of lags and a day to spare.
-pub const KEEP: i64 = 8 * 24 * HOUR;
+const KEEP: i64 = 8 * 24 * HOUR;
 /// The longest look-back of the model's features (`mean_7d`).
 const LOOK_BACK: i64 = 7 * 24 * HOUR;
 
