@@ -381,7 +381,14 @@ impl ScoreOperator {
         Ok((RecordBatch::try_new(self.output.clone(), columns)?, stats))
     }
 
-    /// The detectors' state: one row per key (key, newest time learnt, state as JSON).
+    /// The detector settings the state was learnt under, as JSON.
+    fn settings(&self) -> Result<String, StageError> {
+        serde_json::to_string(&(&self.spec.detectors, &self.spec.likelihood))
+            .map_err(|e| StageError::Invalid(e.to_string()))
+    }
+
+    /// The detectors' state: one row per key (key, newest time learnt, state as JSON, and the
+    /// settings it was learnt under).
     pub fn snapshot(&self) -> Result<RecordBatch, StageError> {
         let mut keys = StringBuilder::new();
         let mut states = StringBuilder::new();
@@ -394,12 +401,15 @@ impl ScoreOperator {
                     .map_err(|e| StageError::Invalid(e.to_string()))?,
             );
         }
+        let settings = self.settings()?;
+        let n = last.len();
         Ok(RecordBatch::try_new(
             snapshot_schema(),
             vec![
                 Arc::new(keys.finish()),
                 Arc::new(Int64Array::from(last)),
                 Arc::new(states.finish()),
+                Arc::new(StringArray::from(vec![settings.as_str(); n])),
             ],
         )?)
     }
@@ -423,6 +433,21 @@ impl ScoreOperator {
             .downcast_ref::<StringArray>()
             .ok_or_else(bad)?;
         self.keys.clear();
+        // State learnt under other detector settings (a changed baseline, scale floor or
+        // likelihood) would keep the old ones: every key learns again instead. A checkpoint
+        // from before settings were recorded is taken as it is.
+        let settings = self.settings()?;
+        let learnt_under = batch
+            .column_by_name("settings")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .filter(|c| !c.is_empty())
+            .map(|c| c.value(0).to_string());
+        if learnt_under.is_some_and(|l| l != settings) {
+            tracing::warn!(
+                "the detector settings changed since the checkpoint: every key learns again"
+            );
+            return Ok(());
+        }
         for i in 0..batch.num_rows() {
             let ensemble: Ensemble = serde_json::from_str(states.value(i))
                 .map_err(|e| StageError::Invalid(format!("detectors' checkpoint: {e}")))?;
@@ -455,6 +480,7 @@ fn snapshot_schema() -> SchemaRef {
         Field::new("key", DataType::Utf8, false),
         Field::new("last", DataType::Int64, false),
         Field::new("state", DataType::Utf8, false),
+        Field::new("settings", DataType::Utf8, false),
     ]))
 }
 
@@ -636,6 +662,35 @@ mod tests {
         assert!(highest > 0.5, "the jump scores {highest}");
         assert_eq!(straight.output_schema().field(3).name(), "anomaly_score");
         assert_eq!(straight.output_schema().field(4).name(), "c_robust_z");
+    }
+
+    #[tokio::test]
+    async fn a_restore_under_other_detector_settings_learns_again() {
+        let mut op = operator().await;
+        let history: Vec<_> = (0..50).map(|i| ("a", i, 10.0 + (i % 2) as f64)).collect();
+        op.apply(&batch(&history)).unwrap();
+        let state = op.snapshot().unwrap();
+        // The same settings: the key's history comes back.
+        let mut same = operator().await;
+        same.restore(&state).unwrap();
+        assert_eq!(same.keys.len(), 1);
+        // A changed scale floor: the key starts again rather than keep the old settings.
+        let mut changed_spec = spec();
+        if let DetectorSpec::RobustZ {
+            min_relative_scale, ..
+        } = &mut changed_spec.detectors[0]
+        {
+            *min_relative_scale = 0.02;
+        }
+        let mut changed = ScoreOperator::open(changed_spec, input(), &HashMap::new())
+            .await
+            .unwrap();
+        changed.restore(&state).unwrap();
+        assert!(changed.keys.is_empty());
+        // A checkpoint from before settings were recorded is restored as it is.
+        let old = state.project(&[0, 1, 2]).unwrap();
+        changed.restore(&old).unwrap();
+        assert_eq!(changed.keys.len(), 1);
     }
 
     #[tokio::test]
