@@ -425,7 +425,10 @@ pub fn evaluate(
     mut model: Option<&mut ForecastModel>,
 ) -> Result<ForecastReport, String> {
     let mut acc: BTreeMap<(usize, usize), Accumulator> = BTreeMap::new();
-    for s in series {
+    // Per horizon, the model's forecasts: (origin, series, actual, quantiles, MASE scale).
+    type Issued = (i64, usize, f64, [f64; 5], Option<f64>);
+    let mut issued: BTreeMap<usize, Vec<Issued>> = BTreeMap::new();
+    for (si, s) in series.iter().enumerate() {
         let (Some(&first), Some(&last)) = (s.times.first(), s.times.last()) else {
             continue;
         };
@@ -487,22 +490,29 @@ pub fn evaluate(
                 t += config.step_us;
             }
             if let Some(m) = model.as_deref_mut().filter(|_| !origins.is_empty()) {
-                // The model's intervals as they are, and as the forecast stage adapts them:
-                // learning from each forecast once its target time has passed.
-                let mut adaptive = crate::score::forecast::Adaptive::default();
                 for (&(t, y, level), q) in origins.iter().zip(m.predict(&rows)?) {
                     let q = crate::score::forecast::to_values(q, level, c);
-                    adaptive.resolve(t, |target| s.at(target));
-                    let adapted = adaptive.issue(0, 1, t + h, q);
-                    for (fi, q) in [(FORECASTERS.len(), q), (FORECASTERS.len() + 1, adapted)] {
-                        acc.entry((fi, hi)).or_default().add(
-                            y,
-                            q[2],
-                            Some([q[0], q[1], q[3], q[4]]),
-                            scale,
-                        );
-                    }
+                    issued.entry(hi).or_default().push((t, si, y, q, scale));
                 }
+            }
+        }
+    }
+    // The model's intervals as they are, and as the forecast stage adapts them: per horizon,
+    // over every series in time order, learning from each forecast once its target has come.
+    for (hi, mut points) in issued {
+        points.sort_by_key(|p| (p.0, p.1));
+        let h = config.horizons_us[hi];
+        let mut adaptive = crate::score::forecast::Adaptive::<usize>::default();
+        for (t, si, y, q, scale) in points {
+            adaptive.resolve(t, |&si, target| series[si].at(target));
+            let adapted = adaptive.issue(si, 0, 1, t + h, q);
+            for (fi, q) in [(FORECASTERS.len(), q), (FORECASTERS.len() + 1, adapted)] {
+                acc.entry((fi, hi)).or_default().add(
+                    y,
+                    q[2],
+                    Some([q[0], q[1], q[3], q[4]]),
+                    scale,
+                );
             }
         }
     }
