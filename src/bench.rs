@@ -246,6 +246,18 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
         1000.0 * percentile(&latencies, 50.0),
         1000.0 * percentile(&latencies, 99.0)
     );
+    let phases = |s: &RunSummary| {
+        s.phase_seconds
+            .iter()
+            .map(|(phase, secs)| format!("{phase} {secs:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    say!("seconds per phase, from Kafka: {}", phases(&summary));
+    say!(
+        "seconds per phase, from the file: {}",
+        phases(&file_summary)
+    );
     say!(
         "file replay: {} events, {} invalid; Kafka: {} events, {} invalid",
         file_summary.events,

@@ -92,6 +92,7 @@ impl Stored {
 }
 
 /// The checkpoints of one pipeline.
+#[derive(Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,

@@ -7,10 +7,13 @@
 //! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
 //! stages in file order — window stages fire what the watermark closed and send too-late rows
 //! to `<pipeline>.<stage>.late` — publishes Kafka sink rows, then commits every Delta sink that
-//! has rows. Each of those commits records, as `txn` marks, the cycle (`cycle` = N), every
-//! source partition's next offset and every source's watermark. Once all have committed, a
-//! [`Checkpoint`] of the state after cycle N — source offsets and watermark clocks, window
-//! stages' buffered rows — is written beside the tables (see `checkpoint`).
+//! has rows, all at once. Each of those commits records, as `txn` marks, the cycle (`cycle` =
+//! N), every source partition's next offset and every source's watermark. Once all have
+//! committed, a [`Checkpoint`] of the state after cycle N — source offsets and watermark
+//! clocks, window stages' buffered rows — is taken in memory and written beside the tables
+//! (see `checkpoint`) in the background, while cycle N+1 reads and runs; cycle N+1 commits to
+//! Delta only once it is written, so the tables are never more than one cycle ahead of it.
+//! Time spent per phase is counted in `stratus_cycle_seconds_total`.
 //!
 //! Restart: the loop resumes from the newest checkpoint (cycle N). A crash between the Delta
 //! commits of cycle N+1 leaves some tables marked N+1 and others not; the first cycle after the
@@ -141,6 +144,20 @@ pub struct RunSummary {
     /// For each firing of a window stage: seconds from the watermark passing the windows' end
     /// (the start of the flush that fired them) to their results being committed to every sink.
     pub window_latencies: Vec<f64>,
+    /// Seconds spent per phase of the loop (as `stratus_cycle_seconds_total`).
+    pub phase_seconds: std::collections::BTreeMap<String, f64>,
+}
+
+impl RunSummary {
+    /// Counts `since`'s elapsed time to `phase`, here and in the metrics.
+    fn spent(&mut self, metrics: &PipelineMetrics, pipeline: &str, phase: &str, since: Instant) {
+        let seconds = since.elapsed().as_secs_f64();
+        *self.phase_seconds.entry(phase.to_string()).or_default() += seconds;
+        metrics
+            .cycle_seconds
+            .with_label_values(&[pipeline, phase])
+            .inc_by(seconds);
+    }
 }
 
 struct StageRuntime {
@@ -260,6 +277,7 @@ pub async fn run_pipeline(
     let mut cycle = restored.cycle;
     let mut summary = RunSummary::default();
     let mut last_flush = Instant::now();
+    let mut saving = Saving::default();
     tokio::pin!(shutdown);
     loop {
         let stopping = tokio::select! {
@@ -268,6 +286,7 @@ pub async fn run_pipeline(
             () = tokio::task::yield_now() => false,
         };
         let mut pending = 0;
+        let reading = Instant::now();
         for s in sources.iter_mut() {
             // A replayed cycle reads to its recorded end, whatever `max_rows` is now.
             let room = match s.replay_to {
@@ -277,6 +296,7 @@ pub async fn run_pipeline(
             poll_source(pipeline, s, &producer, &metrics, &mut summary, room)?;
             pending += s.pending_events;
         }
+        summary.spent(&metrics, &pipeline.name, "read", reading);
         let caught_up = sources.iter().all(caught_up);
         // A cycle closes after exactly `max_rows` events (valid or not) while data flows, so
         // cycle boundaries — and with them watermarks and lateness — follow the offsets.
@@ -292,13 +312,14 @@ pub async fn run_pipeline(
             None => due || stopping || drained,
         };
         if close {
-            let context = Cycle {
+            let mut context = Cycle {
                 number: cycle + 1,
                 replay: replay.take(),
+                previous: &mut saving,
             };
             let changed = flush(
                 pipeline,
-                &context,
+                &mut context,
                 &mut sources,
                 &mut stages,
                 &mut sinks,
@@ -308,7 +329,11 @@ pub async fn run_pipeline(
             .await?;
             if changed || context.replay.is_some() {
                 cycle += 1;
-                save_checkpoint(&checkpoints, cycle, &sources, &stages).await?;
+                let started = Instant::now();
+                saving.wait().await?;
+                let checkpoint = checkpoint_of(cycle, &sources, &stages)?;
+                saving.start(&checkpoints, checkpoint);
+                summary.spent(&metrics, &pipeline.name, "checkpoint", started);
             }
             for s in sources.iter_mut() {
                 s.end_replay()?;
@@ -316,6 +341,7 @@ pub async fn run_pipeline(
             last_flush = Instant::now();
         }
         if stopping || (drained && replay.is_none()) {
+            saving.wait().await?;
             return Ok(summary);
         }
     }
@@ -578,12 +604,44 @@ fn record_decisions(
 }
 
 /// Writes the state after cycle `cycle`.
-async fn save_checkpoint(
-    checkpoints: &CheckpointStore,
+/// The checkpoint being written in the background, if any.
+///
+/// A cycle's state is snapshot in memory when the cycle ends, and written while the next cycle
+/// reads, runs its stages and publishes to Kafka; the next cycle's Delta commits (and the next
+/// checkpoint) wait for it. So the tables are never more than one cycle ahead of the newest
+/// checkpoint, which is what a restart's replay of one cycle needs.
+#[derive(Default)]
+struct Saving(Option<tokio::task::JoinHandle<Result<(), CheckpointError>>>);
+
+impl Saving {
+    fn start(&mut self, store: &CheckpointStore, checkpoint: Checkpoint) {
+        let store = store.clone();
+        self.0 = Some(tokio::spawn(async move { store.save(&checkpoint).await }));
+    }
+
+    /// Waits until the checkpoint started last is written.
+    async fn wait(&mut self) -> Result<(), RunError> {
+        match self.0.take() {
+            Some(handle) => handle
+                .await
+                .map_err(|e| {
+                    RunError::Checkpoint(CheckpointError::Corrupt {
+                        location: "checkpoint writer".into(),
+                        message: e.to_string(),
+                    })
+                })?
+                .map_err(RunError::from),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The state after `cycle`, in memory.
+fn checkpoint_of(
     cycle: i64,
     sources: &[SourceRuntime],
     stages: &[StageRuntime],
-) -> Result<(), RunError> {
+) -> Result<Checkpoint, RunError> {
     let mut checkpoint = Checkpoint {
         cycle,
         ..Checkpoint::default()
@@ -639,21 +697,23 @@ async fn save_checkpoint(
         };
         checkpoint.stages.insert(st.plan.name.clone(), state);
     }
-    checkpoints.save(&checkpoint).await?;
-    Ok(())
+    Ok(checkpoint)
 }
 
 /// The cycle a flush completes.
-struct Cycle {
+struct Cycle<'a> {
     number: i64,
     replay: Option<Replay>,
+    /// The checkpoint of the cycle before, perhaps still being written: waited for before
+    /// this cycle commits to Delta.
+    previous: &'a mut Saving,
 }
 
 /// Runs one cycle's rows through the stages and into the sinks. Returns whether anything
 /// happened: events were read or a stage produced rows.
 async fn flush(
     pipeline: &Pipeline,
-    cycle: &Cycle,
+    cycle: &mut Cycle<'_>,
     sources: &mut [SourceRuntime],
     stages: &mut [StageRuntime],
     sinks: &mut [SinkSlot],
@@ -715,6 +775,7 @@ async fn flush(
     let fired_at = Instant::now();
     let mut fired: Vec<String> = Vec::new();
     for st in stages.iter_mut() {
+        let started = Instant::now();
         let inputs = outputs
             .get(&st.plan.query.input)
             .cloned()
@@ -738,7 +799,7 @@ async fn flush(
                             .with_label_values(&[pipeline.name.as_str(), st.plan.name.as_str()])
                             .inc_by(late.num_rows() as u64);
                         if replay.is_none() {
-                            st.late.send(&late).await?;
+                            st.late.send(std::slice::from_ref(&late)).await?;
                         }
                     }
                 }
@@ -844,23 +905,35 @@ async fn flush(
             .inc_by(rows as u64);
         watermarks.insert(st.plan.name.clone(), st.watermark);
         outputs.insert(st.plan.name.clone(), results);
+        summary.spent(
+            metrics,
+            &pipeline.name,
+            &format!("stage {}", st.plan.name),
+            started,
+        );
     }
 
     // Kafka first: a Delta commit (which advances the offsets) must not precede the records.
     // A replayed cycle published them the first time.
+    let publishing = Instant::now();
     for slot in sinks.iter().filter(|_| replay.is_none()) {
-        if let SinkRuntime::Kafka(k) = &slot.runtime {
-            for b in outputs.get(&slot.from).into_iter().flatten() {
-                if b.num_rows() > 0 {
-                    let n = k.send(b).await?;
-                    metrics
-                        .rows_out
-                        .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
-                        .inc_by(n as u64);
-                }
-            }
+        if let (SinkRuntime::Kafka(k), Some(batches)) = (&slot.runtime, outputs.get(&slot.from)) {
+            let n = k.send(batches).await?;
+            metrics
+                .rows_out
+                .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
+                .inc_by(n as u64);
         }
     }
+    summary.spent(metrics, &pipeline.name, "kafka sinks", publishing);
+    // The cycle before must be checkpointed before this one commits anywhere.
+    let waited = Instant::now();
+    cycle.previous.wait().await?;
+    summary.spent(metrics, &pipeline.name, "checkpoint", waited);
+    let committing = Instant::now();
+    // Every table commits the cycle at once: each commit carries the same marks, and a restart
+    // replays the cycle for the tables a crash left without it.
+    let mut commits = Vec::new();
     for slot in sinks.iter_mut() {
         let SinkRuntime::Delta { sink, partition_by } = &mut slot.runtime else {
             continue;
@@ -883,8 +956,12 @@ async fn flush(
         if batches.is_empty() {
             continue;
         }
-        let stats = sink.commit(batches, &marks).await?;
-        let labels = [pipeline.name.as_str(), slot.name.as_str()];
+        let name = slot.name.as_str();
+        let marks = &marks;
+        commits.push(async move { sink.commit(batches, marks).await.map(|s| (name, s)) });
+    }
+    for (name, stats) in futures::future::try_join_all(commits).await? {
+        let labels = [pipeline.name.as_str(), name];
         metrics
             .rows_out
             .with_label_values(&labels)
@@ -898,6 +975,7 @@ async fn flush(
             .with_label_values(&labels)
             .inc_by(stats.files as u64);
     }
+    summary.spent(metrics, &pipeline.name, "delta sinks", committing);
     for stage in fired {
         let seconds = fired_at.elapsed().as_secs_f64();
         summary.window_latencies.push(seconds);

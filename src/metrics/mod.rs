@@ -7,8 +7,8 @@
 pub mod server;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The metrics of one process, registered in their own registry.
@@ -48,6 +48,9 @@ pub struct PipelineMetrics {
     pub recommendations: IntCounterVec,
     /// Rows each stage produced (for a window stage: window results, updates included).
     pub stage_rows: IntCounterVec,
+    /// Seconds the pipeline loop spent in each phase of its cycles (`read`, `stage <name>`,
+    /// `kafka sinks`, `delta sinks`, `checkpoint`): where the time goes.
+    pub cycle_seconds: CounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -186,6 +189,17 @@ impl PipelineMetrics {
             "Rows a stage produced (a window stage: window results, updates included).",
             &["pipeline", "stage"],
         );
+        let cycle_seconds = CounterVec::new(
+            Opts::new(
+                "cycle_seconds_total",
+                "Seconds the pipeline loop spent in each phase of its cycles.",
+            ),
+            &["pipeline", "phase"],
+        )
+        .unwrap_or_else(|e| panic!("metric cycle_seconds_total is malformed: {e}"));
+        registry
+            .register(Box::new(cycle_seconds.clone()))
+            .unwrap_or_else(|e| panic!("metric cycle_seconds_total registered twice: {e}"));
         let alerts_suppressed = IntGaugeVec::new(
             Opts::new(
                 "alerts_suppressed",
@@ -215,6 +229,7 @@ impl PipelineMetrics {
             rows_scored,
             model_version,
             stage_rows,
+            cycle_seconds,
         }
     }
 

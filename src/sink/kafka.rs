@@ -6,6 +6,7 @@
 //! of those columns the rows have), so a consumer can drop a record repeated after a restart.
 //! [`KafkaSink::send`] returns once every record is acknowledged by the broker.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use arrow::datatypes::{DataType, Field};
 use arrow::error::ArrowError;
 use arrow::json::writer::{EncoderOptions, make_encoder};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// Why rows could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +29,7 @@ pub enum KafkaSinkError {
     Produce {
         sink: String,
         topic: String,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -64,49 +66,96 @@ impl KafkaSink {
         &self.topic
     }
 
-    /// Publishes every row of `batch` and waits for the acknowledgements; returns the count.
-    pub async fn send(&self, batch: &RecordBatch) -> Result<usize, KafkaSinkError> {
-        let encoded = encode_rows(batch, &self.key)
-            .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
-        let ids = record_ids(batch, &self.name, &encoded.keys)
-            .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
+    /// Publishes every row of `batches` and waits for the acknowledgements; returns the count.
+    ///
+    /// Every record is handed to the producer before any acknowledgement is awaited, so the
+    /// broker's round trips overlap the encoding of the next batch instead of following it.
+    pub async fn send(&self, batches: &[RecordBatch]) -> Result<usize, KafkaSinkError> {
+        let mut deliveries = VecDeque::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            self.enqueue(batch, &mut deliveries).await?;
+        }
+        let n = deliveries.len();
+        while let Some(d) = deliveries.pop_front() {
+            self.delivered(d.await)?;
+        }
+        Ok(n)
+    }
+
+    async fn enqueue(
+        &self,
+        batch: &RecordBatch,
+        deliveries: &mut VecDeque<DeliveryFuture>,
+    ) -> Result<(), KafkaSinkError> {
+        let encode_err = |e| KafkaSinkError::Encode(e, self.name.clone());
+        let encoded = encode_rows(batch, &self.key).map_err(encode_err)?;
+        let ids = record_ids(batch, &self.name, &encoded.keys).map_err(encode_err)?;
         let header_values = self
             .headers
             .iter()
             .map(|c| join_columns(batch, std::slice::from_ref(c)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| KafkaSinkError::Encode(e, self.name.clone()))?;
-        let sends = encoded
+            .map_err(encode_err)?;
+        for (i, ((value, key), id)) in encoded
             .values
             .iter()
             .zip(&encoded.keys)
             .zip(&ids)
             .enumerate()
-            .map(|(i, ((value, key), id))| {
-                let mut headers = OwnedHeaders::new().insert(Header {
-                    key: HEADER_RECORD_ID,
-                    value: Some(id.as_bytes()),
-                });
-                for (name, values) in self.headers.iter().zip(&header_values) {
-                    headers = headers.insert(Header {
-                        key: name.as_str(),
-                        value: Some(values[i].as_bytes()),
-                    });
-                }
-                let record = FutureRecord::to(&self.topic)
-                    .payload(value.as_slice())
-                    .key(key.as_bytes())
-                    .headers(headers);
-                self.producer.send(record, Duration::from_secs(30))
+        {
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: HEADER_RECORD_ID,
+                value: Some(id.as_bytes()),
             });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(source, _)| KafkaSinkError::Produce {
-                sink: self.name.clone(),
-                topic: self.topic.clone(),
-                source,
-            })?;
+            for (name, values) in self.headers.iter().zip(&header_values) {
+                headers = headers.insert(Header {
+                    key: name.as_str(),
+                    value: Some(values[i].as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::to(&self.topic)
+                .payload(value.as_slice())
+                .key(key.as_bytes())
+                .headers(headers);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(d) => {
+                        deliveries.push_back(d);
+                        break;
+                    }
+                    // The local queue is full: wait for the oldest record in it, then retry.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        match deliveries.pop_front() {
+                            Some(d) => self.delivered(d.await)?,
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    Err((source, _)) => return Err(self.produce_err(source)),
+                }
+            }
         }
-        Ok(encoded.values.len())
+        Ok(())
+    }
+
+    fn delivered(
+        &self,
+        result: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    ) -> Result<(), KafkaSinkError> {
+        let failed = match result {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((source, _))) => source,
+            Err(_) => KafkaError::Canceled,
+        };
+        Err(self.produce_err(failed))
+    }
+
+    fn produce_err(&self, source: KafkaError) -> KafkaSinkError {
+        KafkaSinkError::Produce {
+            sink: self.name.clone(),
+            topic: self.topic.clone(),
+            source: Box::new(source),
+        }
     }
 }
 

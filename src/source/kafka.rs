@@ -19,12 +19,19 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 }
 
 /// Settings for an idempotent producer: no duplicates or reordering from retries.
+///
+/// A cycle hands the producer all its rows at once (a 200,000-row cycle is 200,000 records),
+/// so the local queue holds a million messages: at librdkafka's default of 100,000, the rest of
+/// a cycle's sends found it full and rdkafka's `FutureProducer` retries those after sleeping
+/// 100 ms each time — that, not the broker, was most of the Kafka sinks' time in `stratus
+/// bench`. Memory stays bounded by `queue.buffering.max.kbytes` (librdkafka's default, 1 GiB).
 pub fn producer_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000");
     c
 }

@@ -310,4 +310,19 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
         )),
         "{text}"
     );
+    // Where the loop's time went, phase by phase, in the summary and on /metrics alike.
+    let phases: Vec<&str> = summary.phase_seconds.keys().map(String::as_str).collect();
+    assert_eq!(
+        phases,
+        ["checkpoint", "delta sinks", "kafka sinks", "read", "stage features_1m"]
+    );
+    for (phase, seconds) in &summary.phase_seconds {
+        assert!(*seconds > 0.0, "{phase}: {seconds}");
+        assert!(
+            text.contains(&format!(
+                "stratus_cycle_seconds_total{{phase=\"{phase}\",pipeline=\"{name}\"}} {seconds}"
+            )),
+            "{phase} {seconds}: {text}"
+        );
+    }
 }
