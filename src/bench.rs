@@ -35,6 +35,8 @@ pub struct BenchConfig {
     pub events: usize,
     pub keys: usize,
     pub partitions: i32,
+    /// Events per cycle (`commit.max_rows`).
+    pub max_rows: usize,
     /// The repository root (for the schema and SQL files).
     pub root: PathBuf,
     pub work_dir: PathBuf,
@@ -61,7 +63,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn pipeline_yaml(root: &Path, name: &str, source: &str) -> String {
+fn pipeline_yaml(root: &Path, name: &str, source: &str, max_rows: usize) -> String {
     let root = root.display();
     format!(
         r#"name: {name}
@@ -78,7 +80,7 @@ sinks:
   features_1m: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
   features_5m: {{from: features_5m, delta: {{table: features_5m, partition_by: [date]}}}}
   features_1m_topic: {{from: features_1m, kafka: {{topic: {name}.features_1m, key: [resource_id, metric]}}}}
-commit: {{max_rows: 200000, max_interval: 1s}}
+commit: {{max_rows: {max_rows}, max_interval: 1s}}
 "#
     )
 }
@@ -88,7 +90,7 @@ async fn run_once(
     name: &str,
     source: &str,
 ) -> anyhow::Result<(RunSummary, f64)> {
-    let yaml = pipeline_yaml(&config.root, name, source);
+    let yaml = pipeline_yaml(&config.root, name, source, config.max_rows);
     let pipeline = Pipeline::from_yaml(&config.work_dir.join(format!("{name}.yaml")), &yaml)
         .await
         .map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -105,10 +107,11 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let stamp = chrono::Utc::now().timestamp_millis();
     let topic = format!("stratus-bench-{stamp}");
     say!(
-        "stratus bench: {} events, {} keys, {} partitions, {} cores",
+        "stratus bench: {} events, {} keys, {} partitions, {} events per cycle, {} cores",
         config.events,
         config.keys,
         config.partitions,
+        config.max_rows,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 

@@ -60,6 +60,10 @@ enum Command {
         keys: usize,
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// The pipeline's `commit.max_rows`: events per cycle (fewer: lower latency and memory,
+        /// more per-cycle work).
+        #[arg(long, default_value_t = 200_000)]
+        max_rows: usize,
         /// Scratch directory for the event file and the Delta tables (replaced).
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
@@ -483,6 +487,12 @@ async fn run(
     Ok(())
 }
 
+/// mimalloc instead of glibc's malloc. glibc raises its mmap threshold each time a large block
+/// is freed, after which the per-cycle batches (tens of MB each) come from per-thread heap
+/// arenas it seldom gives back, so the resident set grew far past the live heap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -565,6 +575,7 @@ fn main() -> anyhow::Result<()> {
             events,
             keys,
             partitions,
+            max_rows,
             dir,
         } => {
             if dir.exists() {
@@ -575,6 +586,7 @@ fn main() -> anyhow::Result<()> {
                 events,
                 keys,
                 partitions,
+                max_rows,
                 root: std::env::current_dir()?,
                 work_dir: dir,
             };

@@ -54,7 +54,7 @@ pub struct StageState {
     pub operator_watermark: i64,
     /// A window stage's buffered rows; not in the manifest.
     #[serde(skip)]
-    pub rows: Option<RecordBatch>,
+    pub rows: Option<Vec<RecordBatch>>,
     /// A stage's carried-feature history (see `window::carry`); not in the manifest.
     #[serde(skip)]
     pub carry: Option<RecordBatch>,
@@ -232,7 +232,7 @@ impl CheckpointStore {
             }
             let [rows, carry, detectors]: [Option<RecordBatch>; 3] =
                 read.try_into().map_err(|_| corrupt("state files".into()))?;
-            state.rows = rows;
+            state.rows = rows.map(|b| vec![b]);
             state.carry = carry;
             state.detectors = detectors;
         }
@@ -245,12 +245,14 @@ impl CheckpointStore {
         let mut written = Vec::new();
         for (stage, state) in &checkpoint.stages {
             let files = Self::state_files(stage);
-            for (file, batch) in files
-                .iter()
-                .zip([&state.rows, &state.carry, &state.detectors])
-            {
-                let Some(batch) = batch else { continue };
-                let bytes = write_ipc(batch).map_err(|e| CheckpointError::Corrupt {
+            let parts = [
+                state.rows.as_deref(),
+                state.carry.as_ref().map(std::slice::from_ref),
+                state.detectors.as_ref().map(std::slice::from_ref),
+            ];
+            for (file, batches) in files.iter().zip(parts) {
+                let Some(batches) = batches else { continue };
+                let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
                     location: format!("{}/cycle-{cycle:020}/{file}", self.location),
                     message: e.to_string(),
                 })?;
@@ -313,12 +315,17 @@ impl CheckpointStore {
 
 /// Arrow IPC with LZ4-compressed buffers: window and carry state compresses several-fold, and
 /// it is written every cycle. Readers take compressed and uncompressed files alike.
-fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+fn write_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let Some(first) = batches.first() else {
+        return Err(ArrowError::InvalidArgumentError("no state batch".into()));
+    };
     let mut out = Vec::new();
     let options = IpcWriteOptions::default()
         .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))?;
-    let mut writer = FileWriter::try_new_with_options(&mut out, &batch.schema(), options)?;
-    writer.write(batch)?;
+    let mut writer = FileWriter::try_new_with_options(&mut out, &first.schema(), options)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
     writer.finish()?;
     drop(writer);
     Ok(out)
@@ -351,7 +358,7 @@ mod tests {
         let window = StageState {
             watermark: 1,
             operator_watermark: 2,
-            rows: Some(rows(vec![cycle, 2, 3])),
+            rows: Some(vec![rows(vec![cycle, 2]), rows(vec![3])]),
             carry: Some(rows(vec![4])),
             detectors: Some(rows(vec![5, 6])),
         };
@@ -372,7 +379,7 @@ mod tests {
     #[test]
     fn state_files_are_compressed_and_uncompressed_ones_still_read() {
         let batch = rows((0..10_000).map(|i| i % 7).collect());
-        let compressed = write_ipc(&batch).unwrap();
+        let compressed = write_ipc(std::slice::from_ref(&batch)).unwrap();
         assert_eq!(read_ipc(&compressed).unwrap(), batch);
         // The form earlier versions wrote.
         let mut plain = Vec::new();
@@ -398,7 +405,12 @@ mod tests {
         for cycle in 1..=4 {
             store.save(&checkpoint(cycle)).await.unwrap();
         }
-        assert_eq!(store.latest().await.unwrap(), Some(checkpoint(4)));
+        // Written as two batches, a stage's window rows read back as one.
+        let mut want = checkpoint(4);
+        if let Some(w) = want.stages.get_mut("w") {
+            w.rows = Some(vec![rows(vec![4, 2, 3])]);
+        }
+        assert_eq!(store.latest().await.unwrap(), Some(want));
         assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
         let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());

@@ -240,11 +240,12 @@ impl WindowOperator {
                 .sum::<usize>()
     }
 
-    /// The operator's state as one batch, for a checkpoint: every buffered row (input columns)
+    /// The operator's state as batches, for a checkpoint: every buffered row (input columns)
     /// with [`STATE_WINDOW`] (the window start; 0 for sessions) and [`STATE_REVISION`] (the
     /// revision last emitted for it, -1 for none). Taken after [`advance`](Self::advance), when
-    /// no window holds unfired updates.
-    pub fn snapshot(&self) -> Result<RecordBatch, WindowError> {
+    /// no window holds unfired updates. The batches share the buffered rows' memory (only the
+    /// two tag columns are new), so a snapshot costs no copy of the state; at least one batch.
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>, WindowError> {
         let schema = state_schema(&self.input_schema);
         let mut parts = Vec::new();
         let tag = |b: &RecordBatch, window: i64, revisions: ArrayRef| {
@@ -266,20 +267,25 @@ impl WindowOperator {
         for (b, revisions) in &self.sessions {
             parts.push(tag(b, 0, Arc::new(revisions.clone()))?);
         }
-        Ok(concat_batches(&schema, &parts)?)
+        if parts.is_empty() {
+            parts.push(RecordBatch::new_empty(schema));
+        }
+        Ok(parts)
     }
 
     /// Restores what [`snapshot`](Self::snapshot) took, with the watermark of that moment.
-    pub fn restore(&mut self, state: &RecordBatch, watermark: i64) -> Result<(), WindowError> {
+    pub fn restore(&mut self, state: &[RecordBatch], watermark: i64) -> Result<(), WindowError> {
         let bad = |message: String| WindowError::Input {
             input: self.query.input.clone(),
             message: format!("checkpointed state: {message}"),
         };
-        if state.schema().fields() != state_schema(&self.input_schema).fields() {
+        let schema = state_schema(&self.input_schema);
+        if state.iter().any(|b| b.schema().fields() != schema.fields()) {
             return Err(bad(
                 "its columns differ from this stage's input; the stage changed since".into(),
             ));
         }
+        let state = &concat_batches(&schema, state)?;
         let n = self.input_schema.fields().len();
         let windows = state.column(n).as_any().downcast_ref::<Int64Array>();
         let revisions = state.column(n + 1).as_any().downcast_ref::<Int32Array>();

@@ -121,7 +121,10 @@ async fn run_restarting(
     for (n, part) in events.chunks(chunk).enumerate() {
         if restarts.contains(&n) {
             let state = op.snapshot().unwrap();
-            assert_eq!(state.num_rows(), op.buffered_rows());
+            assert_eq!(
+                state.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                op.buffered_rows()
+            );
             let mut restored = new_op();
             restored.restore(&state, op.watermark()).unwrap();
             assert_eq!(restored.buffered_rows(), op.buffered_rows());

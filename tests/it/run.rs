@@ -314,7 +314,13 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
     let phases: Vec<&str> = summary.phase_seconds.keys().map(String::as_str).collect();
     assert_eq!(
         phases,
-        ["checkpoint", "delta sinks", "kafka sinks", "read", "stage features_1m"]
+        [
+            "checkpoint",
+            "delta sinks",
+            "kafka sinks",
+            "read",
+            "stage features_1m"
+        ]
     );
     for (phase, seconds) in &summary.phase_seconds {
         assert!(*seconds > 0.0, "{phase}: {seconds}");
