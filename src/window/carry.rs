@@ -67,13 +67,23 @@ impl CarrySpec {
     }
 }
 
-/// One window of one key.
+/// One window of one key: a key holds up to a baseline's span of these (1,440 for a day of
+/// 1-minute windows), so a point is one allocation.
 #[derive(Debug, Clone)]
 struct Point {
     start: i64,
-    /// Per column; NaN for null.
-    values: Vec<f64>,
-    ewma: Vec<f64>,
+    /// Per column its value (NaN for null), then per column its EWMA.
+    data: Box<[f64]>,
+}
+
+impl Point {
+    fn value(&self, j: usize) -> f64 {
+        self.data[j]
+    }
+
+    fn ewma(&self, j: usize) -> f64 {
+        self.data[self.data.len() / 2 + j]
+    }
 }
 
 /// Computes carried features batch by batch, keeping per-key history.
@@ -166,29 +176,28 @@ impl CarryOperator {
         let mut baseline = Vec::new();
         for i in order {
             let start = starts.value(i);
-            let points = self
-                .history
-                .entry(Box::from(keys.row(i).as_ref()))
-                .or_default();
+            let key = keys.row(i);
+            if !self.history.contains_key(key.as_ref()) {
+                self.history.insert(Box::from(key.as_ref()), Vec::new());
+            }
+            let Some(points) = self.history.get_mut(key.as_ref()) else {
+                continue;
+            };
             let pos = points.partition_point(|p| p.start < start);
             // The previous window counts while it lies within the baseline span.
             let prev = pos
                 .checked_sub(1)
                 .map(|p| &points[p])
                 .filter(|p| p.start >= start - self.spec.baseline);
-            let mut point = Point {
-                start,
-                values: Vec::with_capacity(width),
-                ewma: Vec::with_capacity(width),
-            };
+            let mut data = vec![f64::NAN; 2 * width].into_boxed_slice();
             for (j, column) in values.iter().enumerate() {
                 let x = if column.is_null(i) {
                     f64::NAN
                 } else {
                     column.value(i)
                 };
-                let prev_value = prev.map_or(f64::NAN, |p| p.values[j]);
-                let prev_ewma = prev.map_or(f64::NAN, |p| p.ewma[j]);
+                let prev_value = prev.map_or(f64::NAN, |p| p.value(j));
+                let prev_ewma = prev.map_or(f64::NAN, |p| p.ewma(j));
                 let ewma = match (x.is_nan(), prev_ewma.is_nan()) {
                     (true, _) => prev_ewma,
                     (false, true) => x,
@@ -207,7 +216,7 @@ impl CarryOperator {
                         points[..pos]
                             .iter()
                             .filter(|p| p.start >= start - self.spec.baseline)
-                            .map(|p| p.values[j])
+                            .map(|p| p.value(j))
                             .filter(|v| !v.is_nan()),
                     );
                     if let Some((median, z)) = robust_z(x, &mut baseline, self.spec.min_baseline) {
@@ -215,9 +224,10 @@ impl CarryOperator {
                         out[slot + 4][i] = Some(x - median);
                     }
                 }
-                point.values.push(x);
-                point.ewma.push(ewma);
+                data[j] = x;
+                data[width + j] = ewma;
             }
+            let point = Point { start, data };
             if points.get(pos).is_some_and(|p| p.start == start) {
                 points[pos] = point;
             } else {
@@ -239,17 +249,19 @@ impl CarryOperator {
     /// The history as one batch, for a checkpoint: `key` (row-format bytes), `window_start`,
     /// then per column its value and EWMA.
     pub fn snapshot(&self) -> Result<RecordBatch, WindowError> {
-        let mut keys: Vec<&[u8]> = Vec::new();
-        let mut starts = Vec::new();
+        let points: usize = self.history.values().map(Vec::len).sum();
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(points);
+        let mut starts = Vec::with_capacity(points);
         let width = self.columns.len();
-        let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 2 * width];
+        let mut columns: Vec<Vec<f64>> =
+            (0..2 * width).map(|_| Vec::with_capacity(points)).collect();
         for (key, points) in &self.history {
             for p in points {
                 keys.push(key);
                 starts.push(p.start);
                 for j in 0..width {
-                    columns[2 * j].push(p.values[j]);
-                    columns[2 * j + 1].push(p.ewma[j]);
+                    columns[2 * j].push(p.value(j));
+                    columns[2 * j + 1].push(p.ewma(j));
                 }
             }
         }
@@ -293,8 +305,10 @@ impl CarryOperator {
         for i in 0..state.num_rows() {
             let point = Point {
                 start: starts.value(i),
-                values: (0..width).map(|j| floats[2 * j].value(i)).collect(),
-                ewma: (0..width).map(|j| floats[2 * j + 1].value(i)).collect(),
+                data: (0..width)
+                    .map(|j| floats[2 * j].value(i))
+                    .chain((0..width).map(|j| floats[2 * j + 1].value(i)))
+                    .collect(),
             };
             self.history
                 .entry(Box::from(keys.value(i)))
