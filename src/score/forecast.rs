@@ -18,7 +18,8 @@
 //! follows the registry like a score stage's: every `poll` an unpinned reference is resolved
 //! again and a newer version swapped in between batches, so no row is forecast twice or
 //! skipped. State: per key the trailing 8 days of hourly values; the adaptive widths and the
-//! forecasts awaiting their hour; as JSON in the checkpoint.
+//! forecasts awaiting their hour; as JSON in the checkpoint. A key that stops reporting is
+//! forecast (its last value held) until that value is 8 days old, then forgotten.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -169,6 +170,10 @@ impl HourlySeries {
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(String::as_str)
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.series.remove(key);
     }
 }
 
@@ -456,6 +461,7 @@ impl ForecastOperator {
     /// window stage's output watermark is the start of the last window it has emitted) — hours
     /// without a row hold the value before them. Rows in time order.
     pub fn advance(&mut self, watermark: i64) -> Result<Option<RecordBatch>, ArrowError> {
+        self.forget_finished_keys();
         let newest = self
             .state
             .series
@@ -489,6 +495,9 @@ impl ForecastOperator {
                 .max(trimmed.unwrap_or(i64::MIN))
                 .div_euclid(HOUR)
                 * HOUR;
+            // A key that went silent is forecast while its last value is within `KEEP`.
+            let last = points.back().map_or(first, |p| p.0);
+            let until = until.min(last.saturating_add(KEEP));
             let mut origin = from;
             while origin <= until {
                 if let Some((r, levels, c)) =
@@ -549,6 +558,29 @@ impl ForecastOperator {
             *done = (*done).max(*origin);
         }
         self.batch(&out).map(Some)
+    }
+
+    /// Drops the keys forecast up to `KEEP` past their last value (a pool or resource that
+    /// stopped reporting): nothing more comes from them, so neither does their state.
+    fn forget_finished_keys(&mut self) {
+        let state = &mut self.state;
+        let finished: Vec<String> = state
+            .forecast_to
+            .iter()
+            .filter(|(key, done)| {
+                state
+                    .series
+                    .get(key)
+                    .and_then(|p| p.back())
+                    .is_none_or(|last| **done >= (last.0 + KEEP).div_euclid(HOUR) * HOUR)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in finished {
+            state.series.remove(&key);
+            state.forecast_to.remove(&key);
+            state.trimmed_to.remove(&key);
+        }
     }
 
     fn batch(&self, rows: &[Forecast]) -> Result<RecordBatch, ArrowError> {

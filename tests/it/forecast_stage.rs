@@ -213,5 +213,45 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
             "{key:?}: {q:?} vs {q1:?}"
         );
     }
+    // A pool that stops reporting after hour 60 is forecast, its last price held, until that
+    // price is eight days old; then it is forgotten, state and all. The other pool goes on.
+    let mut op = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut silent = Rows::new();
+    let rows: Vec<_> = hours(300)
+        .into_iter()
+        .filter(|r| r.0 == "c5.xlarge" || r.1 <= 60 * HOUR)
+        .collect();
+    let last = rows
+        .iter()
+        .filter(|r| r.0 == "m5.large")
+        .map(|r| r.1)
+        .max()
+        .unwrap();
+    for h in 0..300 {
+        let hour: Vec<_> = rows.iter().filter(|r| r.1 == h * HOUR).cloned().collect();
+        op.apply(&batch(&hour)).unwrap();
+        if let Some(b) = op.advance(h * HOUR).unwrap() {
+            collect(&mut silent, &b);
+        }
+    }
+    let origins: Vec<i64> = silent
+        .keys()
+        .filter(|k| k.0 == "m5.large" && k.2 == 1)
+        .map(|k| k.1)
+        .collect();
+    assert_eq!(origins.first(), Some(&(48 * HOUR)));
+    assert_eq!(origins.last(), Some(&(last + 8 * 24 * HOUR)));
+    assert_eq!(
+        origins.len() as i64,
+        (last + 8 * 24 * HOUR - 48 * HOUR) / HOUR + 1
+    );
+    assert!(
+        silent
+            .keys()
+            .any(|k| k.0 == "c5.xlarge" && k.1 == 299 * HOUR)
+    );
+    let state = op.state_json().unwrap();
+    assert!(!state.contains("m5.large"), "{state}");
+    assert!(state.contains("c5.xlarge"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
