@@ -603,7 +603,6 @@ fn record_decisions(
     }
 }
 
-/// Writes the state after cycle `cycle`.
 /// The checkpoint being written in the background, if any.
 ///
 /// A cycle's state is snapshot in memory when the cycle ends, and written while the next cycle

@@ -75,11 +75,11 @@ impl KafkaSink {
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             self.enqueue(batch, &mut deliveries).await?;
         }
-        let n = deliveries.len();
+        // (A full local queue made `enqueue` await some already.)
         while let Some(d) = deliveries.pop_front() {
             self.delivered(d.await)?;
         }
-        Ok(n)
+        Ok(batches.iter().map(RecordBatch::num_rows).sum())
     }
 
     async fn enqueue(
