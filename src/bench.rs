@@ -6,7 +6,7 @@
 //! 2. Baseline: rdkafka alone consumes the topic (no decoding) — the ceiling.
 //! 3. The pipeline over the topic: events/s, p50/p99 window latency (from the watermark
 //!    passing a window's end to its results being committed to Delta and the output topic),
-//!    and peak RSS (the process's high-water mark, `VmHWM`, so far).
+//!    and peak RSS (the high-water mark, `VmHWM`, reset before each measurement).
 //! 4. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
 //!
 //! Tables go to a temporary local directory; output to stdout as a table.
@@ -42,17 +42,32 @@ pub struct BenchConfig {
     pub work_dir: PathBuf,
 }
 
-/// The peak resident set size of this process so far, in MiB.
-pub fn peak_rss_mib() -> f64 {
+/// A field of `/proc/self/status` in MiB (`VmHWM`: the peak resident set size since start or
+/// since [`reset_peak_rss`]; `VmRSS`: the resident set size now).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The peak resident set size of this process so far, in MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Starts a new peak: `VmHWM` becomes the resident set size now (Linux `clear_refs`, value 5),
+/// so that each measurement reports its own peak. Returns that starting size in MiB.
+fn reset_peak_rss() -> f64 {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        say!("cannot reset the peak RSS (/proc/self/clear_refs: {e}); peaks are cumulative");
+    }
+    status_mib("VmRSS:")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -172,6 +187,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     );
 
     // Baseline 1: rdkafka alone.
+    let rss_before_raw = reset_peak_rss();
     let consumer: BaseConsumer =
         consumer_config(&config.brokers, &format!("{topic}-raw")).create()?;
     let mut tpl = TopicPartitionList::new();
@@ -201,6 +217,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let rss_after_raw = peak_rss_mib();
 
     // The pipeline over Kafka.
+    let rss_before_kafka = reset_peak_rss();
     let (summary, kafka_s) = run_once(
         config,
         &format!("bench-kafka-{stamp}"),
@@ -209,6 +226,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     .await?;
     let rss_after_kafka = peak_rss_mib();
     // Baseline 2: the engine over the file.
+    let rss_before_file = reset_peak_rss();
     let (file_summary, file_s) = run_once(
         config,
         &format!("bench-file-{stamp}"),
@@ -222,18 +240,18 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
 
     let rate = |secs: f64| config.events as f64 / secs;
     say!("");
-    say!("| measurement | events/s | seconds | peak RSS so far (MiB) |");
-    say!("| --- | ---: | ---: | ---: |");
+    say!("| measurement | events/s | seconds | RSS at start (MiB) | peak RSS (MiB) |");
+    say!("| --- | ---: | ---: | ---: | ---: |");
     say!(
-        "| rdkafka consume only (ceiling) | {:.0} | {raw_s:.2} | {rss_after_raw:.0} |",
+        "| rdkafka consume only (ceiling) | {:.0} | {raw_s:.2} | {rss_before_raw:.0} | {rss_after_raw:.0} |",
         rate(raw_s)
     );
     say!(
-        "| pipeline from Kafka | {:.0} | {kafka_s:.2} | {rss_after_kafka:.0} |",
+        "| pipeline from Kafka | {:.0} | {kafka_s:.2} | {rss_before_kafka:.0} | {rss_after_kafka:.0} |",
         rate(kafka_s)
     );
     say!(
-        "| pipeline from file replay (no Kafka) | {:.0} | {file_s:.2} | {rss_after_file:.0} |",
+        "| pipeline from file replay (no Kafka) | {:.0} | {file_s:.2} | {rss_before_file:.0} | {rss_after_file:.0} |",
         rate(file_s)
     );
     say!("");

@@ -98,6 +98,7 @@ pub(super) fn plan(
             keys: Vec::new(),
             input: from.to_string(),
             sql: String::new(),
+            reads: None,
         },
         input_schema: input,
         output_schema: output,

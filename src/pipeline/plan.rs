@@ -9,12 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::MemTable;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::DataFrame;
 
 use super::config::{CarryConfig, PipelineConfig, SinkConfig, SourceConfig};
 use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
 use crate::validate::{EventSchema, FieldKind};
-use crate::window::{CarrySpec, WindowedQuery, parse_duration, parse_stage_sql, windowed_schema};
+use crate::window::{
+    CarrySpec, WINDOW_COLUMNS, WindowedQuery, parse_duration, parse_stage_sql, windowed_schema,
+};
 
 /// Where a source reads from.
 #[derive(Debug, Clone, PartialEq)]
@@ -588,7 +593,7 @@ async fn check_stage(
     relations: &[(String, Relation)],
     failed: &[&str],
 ) -> Option<StagePlan> {
-    let query = match parse_stage_sql(sql) {
+    let mut query = match parse_stage_sql(sql) {
         Ok(q) => q,
         Err(e) => {
             r.in_file(
@@ -687,6 +692,7 @@ async fn check_stage(
     if query.window.is_some() {
         out.push(Arc::new(Field::new("revision", DataType::Int32, false)));
         out.push(Arc::new(Field::new("is_update", DataType::Boolean, false)));
+        query.reads = columns_read(planned, &query.input);
     }
     Some(StagePlan {
         name: name.to_string(),
@@ -701,6 +707,38 @@ async fn check_stage(
         decide: None,
         query,
     })
+}
+
+/// The columns of `table` that a planned query reads, from its optimized plan's scans (their
+/// projections and pushed-down filters) over the windowed schema; `None` when a scan reads them all or the plan cannot
+/// be optimized.
+fn columns_read(planned: DataFrame, table: &str) -> Option<Vec<String>> {
+    let plan = planned.into_optimized_plan().ok()?;
+    let mut reads: Vec<String> = Vec::new();
+    let mut all = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() == table
+        {
+            match &scan.projection {
+                Some(p) => {
+                    let schema = scan.source.schema();
+                    reads.extend(p.iter().map(|&i| schema.field(i).name().clone()));
+                }
+                None => all = true,
+            }
+            for f in &scan.filters {
+                reads.extend(f.column_refs().into_iter().map(|c| c.name.clone()));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .ok()?;
+    // `window_start` and `window_end` are the stage's own, not its input's.
+    reads.retain(|c| !WINDOW_COLUMNS.contains(&c.as_str()));
+    reads.sort();
+    reads.dedup();
+    (!all).then_some(reads)
 }
 
 /// Checks a stage's `replace_by` columns against its input.
@@ -740,6 +778,9 @@ fn check_replace_by(
         return None;
     }
     plan.replace_by = columns.to_vec();
+    if let Some(reads) = &mut plan.query.reads {
+        reads.extend(columns.iter().cloned());
+    }
     Some(plan)
 }
 

@@ -209,6 +209,7 @@ pub(super) async fn check_score_stage(
             keys: score.key.clone(),
             input: score.from.clone(),
             sql: String::new(),
+            reads: None,
         },
         input_schema: schema,
         output_schema: Arc::clone(&output_schema),

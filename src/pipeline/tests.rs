@@ -65,3 +65,59 @@ async fn invalid_pipelines_fail_with_the_expected_errors() {
         }
     }
 }
+
+#[tokio::test]
+async fn window_stages_know_which_input_columns_their_sql_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let metrics = Pipeline::load(&root.join("pipelines/cloud-metrics.yaml"))
+        .await
+        .unwrap();
+    let reads = |stage: &str| {
+        let plan = metrics.stages.iter().find(|s| s.name == stage).unwrap();
+        plan.query.reads.clone().unwrap()
+    };
+    // 1 minute over the raw points: not `namespace` or `unit`, and the window columns are the
+    // stage's own, not input.
+    assert_eq!(
+        reads("features_1m"),
+        [
+            "account_id",
+            "az",
+            "dimensions",
+            "metric",
+            "region",
+            "resource_id",
+            "service",
+            "value"
+        ]
+    );
+    // 5 minutes over the 1-minute features: the few it rolls up, none of the carried columns.
+    assert_eq!(
+        reads("features_5m"),
+        [
+            "account_id",
+            "az",
+            "instance_type",
+            "max",
+            "mean",
+            "metric",
+            "min",
+            "p95",
+            "region",
+            "resource_id",
+            "samples",
+            "service"
+        ]
+    );
+    // A stage's replace_by columns are read too (billing: a restated line item).
+    let billing = Pipeline::load(&root.join("pipelines/billing.yaml"))
+        .await
+        .unwrap();
+    for stage in billing.stages.iter().filter(|s| !s.replace_by.is_empty()) {
+        let reads = stage.query.reads.as_ref().unwrap();
+        assert!(
+            stage.replace_by.iter().all(|c| reads.contains(c)),
+            "{reads:?}"
+        );
+    }
+}

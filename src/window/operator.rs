@@ -23,7 +23,7 @@ use arrow::array::{
     UInt32Array,
 };
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::error::DataFusionError;
@@ -65,6 +65,12 @@ pub struct WindowOperator {
     event_time: String,
     lateness: i64,
     ctx: SessionContext,
+    /// The input's columns, as batches arrive.
+    source_fields: Fields,
+    /// The input columns buffered, when not all: those the SQL reads, the event time and what
+    /// the operator itself needs (keys, an upstream's group columns and revision).
+    projection: Option<Vec<usize>>,
+    /// The buffered rows' schema: the input, projected.
     input_schema: SchemaRef,
     /// What the SQL reads: see [`windowed_schema`].
     windowed_schema: SchemaRef,
@@ -123,6 +129,24 @@ impl WindowOperator {
         let spec = query
             .window
             .ok_or_else(|| input_err("the query has no window in GROUP BY".into()))?;
+        let source_fields = input_schema.fields().clone();
+        let projection = query.reads.as_ref().map(|reads| {
+            let mut wanted: HashSet<&str> = reads.iter().map(String::as_str).collect();
+            wanted.insert(event_time);
+            wanted.extend(query.keys.iter().map(String::as_str));
+            if let Some(names) = &upstream_keys {
+                wanted.extend(names.iter().map(String::as_str));
+                wanted.insert("revision");
+            }
+            (0..source_fields.len())
+                .filter(|&i| wanted.contains(source_fields[i].name().as_str()))
+                .collect::<Vec<_>>()
+        });
+        let projection = projection.filter(|p| p.len() < source_fields.len());
+        let input_schema = match &projection {
+            Some(p) => Arc::new(input_schema.project(p)?),
+            None => input_schema,
+        };
         match input_schema.field_with_name(event_time) {
             Ok(f) if matches!(f.data_type(), DataType::Timestamp(TimeUnit::Microsecond, _)) => {}
             Ok(f) => {
@@ -180,6 +204,8 @@ impl WindowOperator {
             event_time: event_time.to_string(),
             lateness: allowed_lateness.max(0),
             ctx,
+            source_fields,
+            projection,
             windowed_schema,
             kept_columns,
             upstream_groups,
@@ -280,12 +306,30 @@ impl WindowOperator {
             message: format!("checkpointed state: {message}"),
         };
         let schema = state_schema(&self.input_schema);
-        if state.iter().any(|b| b.schema().fields() != schema.fields()) {
-            return Err(bad(
-                "its columns differ from this stage's input; the stage changed since".into(),
-            ));
-        }
-        let state = &concat_batches(&schema, state)?;
+        // A checkpoint from before the stage buffered fewer columns holds more: those are
+        // dropped.
+        let narrowed = |b: &RecordBatch| -> Option<RecordBatch> {
+            let given = b.schema();
+            let idx = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    given
+                        .index_of(f.name())
+                        .ok()
+                        .filter(|&i| given.field(i).data_type() == f.data_type())
+                })
+                .collect::<Option<Vec<_>>>()?;
+            b.project(&idx).ok()
+        };
+        let state = state
+            .iter()
+            .map(narrowed)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                bad("its columns differ from this stage's input; the stage changed since".into())
+            })?;
+        let state = &concat_batches(&schema, &state)?;
         let n = self.input_schema.fields().len();
         let windows = state.column(n).as_any().downcast_ref::<Int64Array>();
         let revisions = state.column(n + 1).as_any().downcast_ref::<Int32Array>();
@@ -346,13 +390,21 @@ impl WindowOperator {
     }
 
     /// Adds a batch; returns the rows that are too late for every window they belong to.
-    pub fn process(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>, WindowError> {
-        if batch.schema().fields() != self.input_schema.fields() {
+    pub fn process(&mut self, input: &RecordBatch) -> Result<Option<RecordBatch>, WindowError> {
+        if input.schema().fields() != &self.source_fields {
             return Err(WindowError::Input {
                 input: self.query.input.clone(),
                 message: "batch schema differs from the input schema".into(),
             });
         }
+        let projected;
+        let batch = match &self.projection {
+            Some(p) => {
+                projected = input.project(p)?;
+                &projected
+            }
+            None => input,
+        };
         let ts = self.event_times(batch)?;
         let mut late: Vec<u32> = Vec::new();
         match self.spec {
@@ -423,7 +475,8 @@ impl WindowOperator {
         if late.is_empty() {
             Ok(None)
         } else {
-            Ok(Some(take_record_batch(batch, &UInt32Array::from(late))?))
+            // The late output keeps every column of the input.
+            Ok(Some(take_record_batch(input, &UInt32Array::from(late))?))
         }
     }
 

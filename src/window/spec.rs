@@ -72,6 +72,9 @@ pub struct WindowedQuery {
     pub input: String,
     /// The query with the window call replaced by `window_start, window_end`.
     pub sql: String,
+    /// The input columns the query reads, once planned (see the pipeline planner); `None`:
+    /// all of them. A window stage buffers only these (and what it needs itself).
+    pub reads: Option<Vec<String>>,
 }
 
 /// Why a SQL stage was rejected; `line` and `column` are 1-based within the SQL text.
@@ -311,6 +314,7 @@ pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
         keys,
         input,
         sql: statement.to_string(),
+        reads: None,
     })
 }
 

@@ -536,3 +536,84 @@ async fn a_restatement_replaces_the_row_it_restates_before_and_after_the_window_
     let updated = op.advance(base + 11 * S).await.unwrap();
     assert_eq!(totals(&updated), vec![("a".into(), 1, 9.0, 1)]);
 }
+
+/// `batch` with a fourth column, `note`, that no stage SQL reads.
+fn with_note(events: &[Event]) -> RecordBatch {
+    let b = batch(events);
+    let mut fields: Vec<_> = b.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new("note", DataType::Utf8, false)));
+    let mut columns = b.columns().to_vec();
+    columns.push(Arc::new(StringArray::from_iter_values(
+        events
+            .iter()
+            .map(|e| format!("note of {} at {}", e.key, e.ts)),
+    )));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+#[tokio::test]
+async fn a_stage_buffers_only_the_columns_its_sql_reads_and_the_late_output_keeps_all() {
+    let t0 = 1_750_000_020 * S;
+    let ev = |key: &str, s: i64, value: f64| Event {
+        key: key.into(),
+        ts: t0 + s * S,
+        value,
+    };
+    let query = parse_stage_sql("SELECT key, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')").unwrap();
+    let mut narrow = query.clone();
+    narrow.reads = Some(vec!["key".into(), "value".into()]);
+    let wide = with_note(&[]).schema();
+    let open = |q| WindowOperator::new(q, "ts", 20 * S, wide.clone(), SessionContext::new(), None);
+    let (mut all, mut op) = (open(query).unwrap(), open(narrow.clone()).unwrap());
+    let first = with_note(&[ev("a", 1, 2.0), ev("b", 2, 3.0), ev("a", 4, 5.0)]);
+    all.process(&first).unwrap();
+    op.process(&first).unwrap();
+    // The state holds the event time and what the SQL reads, not `note`.
+    let names = |b: &RecordBatch| -> Vec<String> {
+        let schema = b.schema();
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    let state = op.snapshot().unwrap();
+    assert_eq!(
+        names(&state[0]),
+        [
+            "key",
+            "ts",
+            "value",
+            "__stratus_window",
+            "__stratus_revision"
+        ]
+    );
+    // A checkpoint taken before the stage narrowed (every column) restores into it.
+    let mut restored = open(narrow).unwrap();
+    restored
+        .restore(&all.snapshot().unwrap(), all.watermark())
+        .unwrap();
+    assert_eq!(restored.buffered_rows(), 3);
+    let totals = |out: Vec<RecordBatch>| -> BTreeMap<String, f64> {
+        let mut t = BTreeMap::new();
+        for b in &out {
+            let keys = b.column_by_name("key").unwrap().as_string::<i32>();
+            let sums = b
+                .column_by_name("total")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                t.insert(keys.value(i).to_string(), sums.value(i));
+            }
+        }
+        t
+    };
+    let want = totals(all.advance(t0 + 10 * S).await.unwrap());
+    assert_eq!(want, BTreeMap::from([("a".into(), 7.0), ("b".into(), 3.0)]));
+    assert_eq!(totals(op.advance(t0 + 10 * S).await.unwrap()), want);
+    assert_eq!(totals(restored.advance(t0 + 10 * S).await.unwrap()), want);
+    // Too late: the late output is the whole event, `note` included.
+    assert!(op.advance(t0 + 40 * S).await.unwrap().is_empty());
+    let late = op.process(&with_note(&[ev("b", 5, 1.0)])).unwrap().unwrap();
+    assert_eq!(names(&late), ["key", "ts", "value", "note"]);
+    assert_eq!(
+        late.column(3).as_string::<i32>().value(0),
+        format!("note of b at {}", t0 + 5 * S)
+    );
+}
