@@ -24,9 +24,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BinaryArray, DictionaryArray, Float64Array, Int32Array, Int64Array,
+    RecordBatch, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
 use super::WindowError;
@@ -320,18 +321,25 @@ impl CarryOperator {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// The history as one batch, for a checkpoint: `key` (row-format bytes), `window_start`,
-    /// then per column its value and EWMA.
+    /// The history as one batch, for a checkpoint: `key` (row-format bytes, dictionary-encoded:
+    /// each key's bytes once, not once per window), `window_start`, then per column its value
+    /// and EWMA.
     pub fn snapshot(&self) -> Result<RecordBatch, WindowError> {
         let points: usize = self.history.values().map(|h| h.points.len()).sum();
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(points);
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(self.history.len());
+        let mut key_of_point: Vec<i32> = Vec::with_capacity(points);
         let mut starts = Vec::with_capacity(points);
         let width = self.columns.len();
         let mut columns: Vec<Vec<f64>> =
             (0..2 * width).map(|_| Vec::with_capacity(points)).collect();
-        for (key, history) in &self.history {
+        for (key, history) in self.history.iter().filter(|(_, h)| !h.points.is_empty()) {
+            let k = i32::try_from(keys.len()).map_err(|_| WindowError::Input {
+                input: "carry".into(),
+                message: "more than 2^31 keys to checkpoint".into(),
+            })?;
+            keys.push(key);
             for p in &history.points {
-                keys.push(key);
+                key_of_point.push(k);
                 starts.push(p.start);
                 for j in 0..width {
                     columns[2 * j].push(p.value(j));
@@ -339,10 +347,11 @@ impl CarryOperator {
                 }
             }
         }
-        let mut arrays: Vec<ArrayRef> = vec![
+        let keys = DictionaryArray::try_new(
+            Int32Array::from(key_of_point),
             Arc::new(BinaryArray::from(keys)),
-            Arc::new(Int64Array::from(starts)),
-        ];
+        )?;
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(keys), Arc::new(Int64Array::from(starts))];
         arrays.extend(
             columns
                 .into_iter()
@@ -352,25 +361,36 @@ impl CarryOperator {
     }
 
     /// Restores what [`snapshot`](Self::snapshot) took.
+    /// Restores what [`snapshot`](Self::snapshot) took (or, from checkpoints written before
+    /// keys were dictionary-encoded, a plain binary key per window).
     pub fn restore(&mut self, state: &RecordBatch) -> Result<(), WindowError> {
         let width = self.columns.len();
-        if state.schema().fields() != snapshot_schema(width).fields() {
-            return Err(WindowError::Input {
-                input: "carry".into(),
-                message: "checkpointed carry state has other columns: the carry settings \
-                          changed since"
-                    .into(),
-            });
+        let wrong = |message: &str| WindowError::Input {
+            input: "carry".into(),
+            message: format!("checkpointed carry state {message}"),
+        };
+        let expected = snapshot_schema(width);
+        if state.schema().fields()[1..] != expected.fields()[1..] {
+            return Err(wrong("has other columns: the carry settings changed since"));
         }
         let column = |i: usize| state.column(i).as_any();
-        let (Some(keys), Some(starts)) = (
-            column(0).downcast_ref::<BinaryArray>(),
-            column(1).downcast_ref::<Int64Array>(),
-        ) else {
-            return Err(WindowError::Input {
-                input: "carry".into(),
-                message: "checkpointed carry state has the wrong types".into(),
-            });
+        let key_column = state.column(0);
+        let (key_values, key_indices) = match (
+            key_column.as_binary_opt::<i32>(),
+            key_column.as_dictionary_opt::<Int32Type>(),
+        ) {
+            (Some(plain), _) => (plain, None),
+            (None, Some(dict)) => (
+                dict.values()
+                    .as_binary_opt::<i32>()
+                    .ok_or_else(|| wrong("has keys of the wrong type"))?,
+                Some(dict.keys()),
+            ),
+            (None, None) => return Err(wrong("has keys of the wrong type")),
+        };
+        let keys = |i: usize| key_values.value(key_indices.map_or(i, |k| k.value(i) as usize));
+        let Some(starts) = column(1).downcast_ref::<Int64Array>() else {
+            return Err(wrong("has the wrong types"));
         };
         let floats: Vec<&Float64Array> = (2..2 + 2 * width)
             .filter_map(|i| column(i).downcast_ref::<Float64Array>())
@@ -385,7 +405,7 @@ impl CarryOperator {
                     .collect(),
             };
             self.history
-                .entry(Box::from(keys.value(i)))
+                .entry(Box::from(keys(i)))
                 .or_default()
                 .points
                 .push(point);
@@ -400,7 +420,11 @@ impl CarryOperator {
 
 fn snapshot_schema(width: usize) -> SchemaRef {
     let mut fields = vec![
-        Field::new("key", DataType::Binary, false),
+        Field::new(
+            "key",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary)),
+            false,
+        ),
         Field::new("window_start", DataType::Int64, false),
     ];
     for j in 0..width {
@@ -679,6 +703,39 @@ mod tests {
             }
         }
         assert!(got["a"].iter().filter(|r| r[3].is_some()).count() > 100);
+    }
+
+    #[test]
+    fn a_snapshot_holds_each_key_once_and_old_snapshots_with_a_key_per_window_restore() {
+        let rows: Vec<(&str, i64, Option<f64>)> = (0..6)
+            .flat_map(|m| {
+                [
+                    ("a", m * MINUTE, Some(m as f64)),
+                    ("b", m * MINUTE, Some(10.0 - m as f64)),
+                ]
+            })
+            .collect();
+        let mut op = CarryOperator::new(spec(2), &schema()).unwrap();
+        op.apply(&batch(&rows)).unwrap();
+        let state = op.snapshot().unwrap();
+        assert_eq!(state.num_rows(), 12);
+        let keys = state
+            .column(0)
+            .as_dictionary::<arrow::datatypes::Int32Type>();
+        assert_eq!(keys.values().len(), 2, "one entry per key");
+        // The same history with the key written out per window, as checkpoints held it before.
+        let mut columns = state.columns().to_vec();
+        columns[0] = arrow::compute::cast(&columns[0], &DataType::Binary).unwrap();
+        let mut fields: Vec<Arc<Field>> = state.schema().fields().iter().cloned().collect();
+        fields[0] = Arc::new(Field::new("key", DataType::Binary, false));
+        let legacy = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let next = batch(&[("a", 6 * MINUTE, Some(9.0)), ("b", 6 * MINUTE, Some(1.0))]);
+        let want = op.apply(&next).unwrap();
+        for state in [&state, &legacy] {
+            let mut restored = CarryOperator::new(spec(2), &schema()).unwrap();
+            restored.restore(state).unwrap();
+            assert_eq!(restored.apply(&next).unwrap(), want);
+        }
     }
 
     #[test]
