@@ -4,7 +4,8 @@
 
 use rdkafka::ClientConfig;
 
-/// Settings for a consumer in `group` reading from `brokers`.
+/// Settings for a consumer in `group` reading from `brokers`. Prefetched messages are capped
+/// at 16 MiB (`queued.max.messages.kbytes`), which keeps up with a cycle here.
 pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -14,7 +15,7 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "65536");
+        .set("queued.max.messages.kbytes", "16384");
     c
 }
 
@@ -24,7 +25,8 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 /// so the local queue holds a million messages: at librdkafka's default of 100,000, the rest of
 /// a cycle's sends found it full and rdkafka's `FutureProducer` retries those after sleeping
 /// 100 ms each time — that, not the broker, was most of the Kafka sinks' time in `stratus
-/// bench`. Memory stays bounded by `queue.buffering.max.kbytes` (librdkafka's default, 1 GiB).
+/// bench`. Memory is bounded by `queue.buffering.max.kbytes` instead: 64 MiB (librdkafka's
+/// default is 1 GiB); a sink that finds the queue full awaits its oldest record's delivery.
 pub fn producer_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -32,6 +34,7 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000");
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "65536");
     c
 }

@@ -26,6 +26,7 @@ use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
@@ -494,11 +495,10 @@ impl WindowOperator {
         }
         let mut out = Vec::new();
         for (revision, batches) in groups {
-            let input = concat_batches(&self.windowed_schema, &batches)?;
-            if input.num_rows() == 0 {
+            if batches.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
-            for result in self.run_sql(input).await? {
+            for result in self.run_sql(batches).await? {
                 out.push(with_revision(result, revision)?);
             }
         }
@@ -645,7 +645,14 @@ impl WindowOperator {
         let Some((keys, revision, converter)) = &self.upstream_groups else {
             return Ok(rows);
         };
-        if rows.is_empty() {
+        // Without an update among them, every upstream result is its group's only one.
+        let updated = rows.iter().any(|b| {
+            b.column(*revision)
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .is_none_or(|r| arrow::compute::max(r).is_some_and(|m| m > 0))
+        });
+        if !updated {
             return Ok(rows);
         }
         let all = concat_batches(&self.input_schema, &rows)?;
@@ -713,9 +720,13 @@ impl WindowOperator {
         Ok(RecordBatch::try_new(self.windowed_schema.clone(), columns)?)
     }
 
-    async fn run_sql(&self, input: RecordBatch) -> Result<Vec<RecordBatch>, WindowError> {
+    /// Runs the SQL over `input`, the batches as they are (one partition, in order: the same
+    /// results as over their concatenation, without that copy).
+    async fn run_sql(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
+        let table = MemTable::try_new(self.windowed_schema.clone(), vec![input])?;
         self.ctx.deregister_table(self.query.input.as_str())?;
-        self.ctx.register_batch(self.query.input.as_str(), input)?;
+        self.ctx
+            .register_table(self.query.input.as_str(), Arc::new(table))?;
         let frame = self.ctx.sql(&self.query.sql).await?;
         let out = frame.collect().await?;
         self.ctx.deregister_table(self.query.input.as_str())?;
