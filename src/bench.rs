@@ -6,10 +6,15 @@
 //! 2. Baseline: rdkafka alone consumes the topic (no decoding) — the ceiling.
 //! 3. The pipeline over the topic: events/s, p50/p99 window latency (from the watermark
 //!    passing a window's end to its results being committed to Delta and the output topic),
-//!    and peak RSS (the high-water mark, `VmHWM`, reset before each measurement).
+//!    and peak RSS.
 //! 4. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
 //!
-//! Tables go to a temporary local directory; output to stdout as a table.
+//! Each pipeline run is a process of its own (this binary, `bench --run-pipeline FILE`), as
+//! `stratus run` would be, so its peak RSS (`VmHWM`) is its own: not the loader's or the
+//! other run's memory that an allocator kept. It reports its [`RunSummary`] as a JSON line.
+//!
+//! The events end at a fixed offset after a 5-minute boundary, so every run closes the same
+//! windows. Tables go to a temporary local directory; output to stdout as a table.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,20 +105,60 @@ commit: {{max_rows: {max_rows}, max_interval: 1s}}
     )
 }
 
-async fn run_once(
-    config: &BenchConfig,
-    name: &str,
-    source: &str,
-) -> anyhow::Result<(RunSummary, f64)> {
-    let yaml = pipeline_yaml(&config.root, name, source, config.max_rows);
-    let pipeline = Pipeline::from_yaml(&config.work_dir.join(format!("{name}.yaml")), &yaml)
+/// What a pipeline run reports to the bench: its summary, its seconds from start to the last
+/// commit, and its peak RSS.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    pub summary: RunSummary,
+    pub seconds: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// The child's side of a measurement: runs the pipeline file to the end (a backfill), into
+/// tables beside it (the file's path without `.yaml`), and prints a [`RunReport`] as one JSON
+/// line on stdout.
+pub async fn run_pipeline_file(brokers: &str, file: &Path) -> anyhow::Result<()> {
+    let pipeline = Pipeline::load(file)
         .await
         .map_err(|d| anyhow::anyhow!("{d}"))?;
-    let tables = config.work_dir.join(name).display().to_string();
-    let run = RunConfig::backfill(&config.brokers, &tables, Default::default());
+    let tables = file.with_extension("").display().to_string();
+    let run = RunConfig::backfill(brokers, &tables, Default::default());
     let started = Instant::now();
     let summary = run_to_end(&pipeline, &run).await?;
-    Ok((summary, started.elapsed().as_secs_f64()))
+    let report = RunReport {
+        summary,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Runs the bench pipeline over `source` in a process of its own and returns its report.
+async fn run_once(config: &BenchConfig, name: &str, source: &str) -> anyhow::Result<RunReport> {
+    let file = config.work_dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        pipeline_yaml(&config.root, name, source, config.max_rows),
+    )?;
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "--brokers", &config.brokers, "--run-pipeline"])
+        .arg(&file)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("starting the pipeline run")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "the pipeline run of {} failed ({}); its errors are above",
+            file.display(),
+            out.status
+        );
+    }
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .with_context(|| format!("reading the report of the pipeline run: {line:?}"))
 }
 
 /// Runs the benchmark and prints its figures.
@@ -159,7 +204,9 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let load = Instant::now();
     let keys = config.keys.max(1);
     let minutes = config.events.div_ceil(keys);
-    let end_ms = chrono::Utc::now().timestamp_millis();
+    // 30 s after the last 5-minute boundary but one: the same windows close in every run.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let end_ms = now_ms - now_ms.rem_euclid(300_000) - 300_000 + 30_000;
     for minute in 0..minutes {
         let count = keys.min(config.events - minute * keys);
         let minute_end = end_ms - (minutes - minute - 1) as i64 * 60_000;
@@ -186,7 +233,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
         config.events as f64 / load_s
     );
 
-    // Baseline 1: rdkafka alone.
+    // Baseline 1: rdkafka alone, in this process (its peak: since a reset just before).
     let rss_before_raw = reset_peak_rss();
     let consumer: BaseConsumer =
         consumer_config(&config.brokers, &format!("{topic}-raw")).create()?;
@@ -217,42 +264,47 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
     let rss_after_raw = peak_rss_mib();
 
     // The pipeline over Kafka.
-    let rss_before_kafka = reset_peak_rss();
-    let (summary, kafka_s) = run_once(
+    let kafka = run_once(
         config,
         &format!("bench-kafka-{stamp}"),
         &format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}"),
     )
     .await?;
-    let rss_after_kafka = peak_rss_mib();
     // Baseline 2: the engine over the file.
-    let rss_before_file = reset_peak_rss();
-    let (file_summary, file_s) = run_once(
+    let from_file = run_once(
         config,
         &format!("bench-file-{stamp}"),
         &format!("file: {{path: {}}}", file.display()),
     )
     .await?;
-    let rss_after_file = peak_rss_mib();
+    let (summary, kafka_s, file_summary, file_s) = (
+        &kafka.summary,
+        kafka.seconds,
+        &from_file.summary,
+        from_file.seconds,
+    );
 
     let mut latencies = summary.window_latencies.clone();
     latencies.sort_by(f64::total_cmp);
 
     let rate = |secs: f64| config.events as f64 / secs;
     say!("");
-    say!("| measurement | events/s | seconds | RSS at start (MiB) | peak RSS (MiB) |");
-    say!("| --- | ---: | ---: | ---: | ---: |");
+    say!("| measurement | events/s | seconds | peak RSS (MiB) |");
+    say!("| --- | ---: | ---: | ---: |");
     say!(
-        "| rdkafka consume only (ceiling) | {:.0} | {raw_s:.2} | {rss_before_raw:.0} | {rss_after_raw:.0} |",
-        rate(raw_s)
+        "| rdkafka consume only (ceiling; RSS above the {rss_before_raw:.0} MiB the loader left) | {:.0} | {raw_s:.2} | {:.0} |",
+        rate(raw_s),
+        rss_after_raw - rss_before_raw
     );
     say!(
-        "| pipeline from Kafka | {:.0} | {kafka_s:.2} | {rss_before_kafka:.0} | {rss_after_kafka:.0} |",
-        rate(kafka_s)
+        "| pipeline from Kafka (a process of its own) | {:.0} | {kafka_s:.2} | {:.0} |",
+        rate(kafka_s),
+        kafka.peak_rss_mib
     );
     say!(
-        "| pipeline from file replay (no Kafka) | {:.0} | {file_s:.2} | {rss_before_file:.0} | {rss_after_file:.0} |",
-        rate(file_s)
+        "| pipeline from file replay (no Kafka; a process of its own) | {:.0} | {file_s:.2} | {:.0} |",
+        rate(file_s),
+        from_file.peak_rss_mib
     );
     say!("");
     say!(
@@ -274,11 +326,8 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    say!("seconds per phase, from Kafka: {}", phases(&summary));
-    say!(
-        "seconds per phase, from the file: {}",
-        phases(&file_summary)
-    );
+    say!("seconds per phase, from Kafka: {}", phases(summary));
+    say!("seconds per phase, from the file: {}", phases(file_summary));
     say!(
         "file replay: {} events, {} invalid; Kafka: {} events, {} invalid",
         file_summary.events,

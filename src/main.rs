@@ -67,6 +67,9 @@ enum Command {
         /// Scratch directory for the event file and the Delta tables (replaced).
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
+        /// Internal: run one bench pipeline file and report (the bench's child process).
+        #[arg(long, hide = true)]
+        run_pipeline: Option<PathBuf>,
     },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
@@ -577,7 +580,11 @@ fn main() -> anyhow::Result<()> {
             partitions,
             max_rows,
             dir,
+            run_pipeline,
         } => {
+            if let Some(file) = run_pipeline {
+                return runtime.block_on(stratus::bench::run_pipeline_file(&brokers, &file));
+            }
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
@@ -588,7 +595,7 @@ fn main() -> anyhow::Result<()> {
                 partitions,
                 max_rows,
                 root: std::env::current_dir()?,
-                work_dir: dir,
+                work_dir: std::path::absolute(&dir)?,
             };
             runtime.block_on(stratus::bench::run(&config))?;
         }

@@ -133,7 +133,7 @@ pub async fn run_to_end(pipeline: &Pipeline, config: &RunConfig) -> Result<RunSu
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub events: u64,
     pub invalid: u64,
