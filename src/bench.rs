@@ -111,7 +111,8 @@ commit: {{max_rows: {max_rows}, max_interval: 1s}}
 pub struct RunReport {
     pub summary: RunSummary,
     pub seconds: f64,
-    pub peak_rss_mib: f64,
+    /// `None` where `/proc/self/status` cannot be read.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// The child's side of a measurement: runs the pipeline file to the end (a backfill), into
@@ -128,7 +129,7 @@ pub async fn run_pipeline_file(brokers: &str, file: &Path) -> anyhow::Result<()>
     let report = RunReport {
         summary,
         seconds: started.elapsed().as_secs_f64(),
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: Some(peak_rss_mib()).filter(|m| m.is_finite()),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -296,15 +297,16 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
         rate(raw_s),
         rss_after_raw - rss_before_raw
     );
+    let mib = |m: Option<f64>| m.map_or("n/a".to_string(), |m| format!("{m:.0}"));
     say!(
-        "| pipeline from Kafka (a process of its own) | {:.0} | {kafka_s:.2} | {:.0} |",
+        "| pipeline from Kafka (a process of its own) | {:.0} | {kafka_s:.2} | {} |",
         rate(kafka_s),
-        kafka.peak_rss_mib
+        mib(kafka.peak_rss_mib)
     );
     say!(
-        "| pipeline from file replay (no Kafka; a process of its own) | {:.0} | {file_s:.2} | {:.0} |",
+        "| pipeline from file replay (no Kafka; a process of its own) | {:.0} | {file_s:.2} | {} |",
         rate(file_s),
-        from_file.peak_rss_mib
+        mib(from_file.peak_rss_mib)
     );
     say!("");
     say!(

@@ -24,8 +24,9 @@
 //! publish them again. A crash before any Delta commit of a cycle redoes the cycle: Kafka
 //! records repeat then, with the same `stratus.record_id`.
 //!
-//! Window state is the rows of open windows. A checkpoint holds it whole, so its size is the
-//! event-time span of `window + allowed lateness` of input, written once per cycle.
+//! Window state is the rows of open windows (the input columns the stage's SQL reads). A
+//! checkpoint holds it whole, so its size is the event-time span of `window + allowed lateness`
+//! of input, written once per cycle.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -432,7 +433,7 @@ async fn open_stage(
                 .iter()
                 .find(|s| s.name == plan.query.input && s.query.window.is_some())
                 .map(|s| {
-                    let mut keys = s.query.keys.clone();
+                    let mut keys = s.query.output_keys.clone().unwrap_or(s.query.keys.clone());
                     keys.push("window_start".into());
                     keys
                 });

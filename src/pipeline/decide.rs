@@ -99,6 +99,7 @@ pub(super) fn plan(
             input: from.to_string(),
             sql: String::new(),
             reads: None,
+            output_keys: None,
         },
         input_schema: input,
         output_schema: output,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
@@ -712,14 +713,17 @@ async fn check_stage(
 /// The columns of `table` that a planned query reads, from its optimized plan's scans (their
 /// projections and pushed-down filters) over the windowed schema; `None` when a scan reads them all or the plan cannot
 /// be optimized.
-fn columns_read(planned: DataFrame, table: &str) -> Option<Vec<String>> {
+pub(super) fn columns_read(planned: DataFrame, table: &str) -> Option<Vec<String>> {
     let plan = planned.into_optimized_plan().ok()?;
+    // The name as DataFusion resolves it (unquoted: lower case), as when it was registered.
+    let table = TableReference::from(table);
     let mut reads: Vec<String> = Vec::new();
-    let mut all = false;
+    let (mut scanned, mut all) = (false, false);
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && scan.table_name.table() == table
+            && scan.table_name == table
         {
+            scanned = true;
             match &scan.projection {
                 Some(p) => {
                     let schema = scan.source.schema();
@@ -738,7 +742,7 @@ fn columns_read(planned: DataFrame, table: &str) -> Option<Vec<String>> {
     reads.retain(|c| !WINDOW_COLUMNS.contains(&c.as_str()));
     reads.sort();
     reads.dedup();
-    (!all).then_some(reads)
+    (scanned && !all).then_some(reads)
 }
 
 /// Checks a stage's `replace_by` columns against its input.

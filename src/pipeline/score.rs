@@ -210,6 +210,7 @@ pub(super) async fn check_score_stage(
             input: score.from.clone(),
             sql: String::new(),
             reads: None,
+            output_keys: None,
         },
         input_schema: schema,
         output_schema: Arc::clone(&output_schema),

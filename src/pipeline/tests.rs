@@ -2,6 +2,10 @@
 //! `tests/pipelines/invalid/` fails with the errors its `# expect:` header lines name.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
 
 use super::Pipeline;
 
@@ -109,6 +113,25 @@ async fn window_stages_know_which_input_columns_their_sql_reads() {
             "service"
         ]
     );
+    // The same SQL over a relation named in capitals (DataFusion resolves it in lower case).
+    let ctx = crate::sql::session_context();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Utf8, false),
+        Field::new("b", DataType::Float64, false),
+        Field::new("c", DataType::Float64, false),
+    ]));
+    let table = MemTable::try_new(schema, vec![vec![]]).unwrap();
+    ctx.register_table("cloudMetrics", Arc::new(table)).unwrap();
+    let df = ctx
+        .sql("SELECT a, sum(b) AS b FROM cloudMetrics WHERE c > 0 GROUP BY a")
+        .await
+        .unwrap();
+    assert_eq!(
+        super::plan::columns_read(df.clone(), "cloudMetrics"),
+        Some(vec!["a".into(), "b".into(), "c".into()])
+    );
+    // A relation the plan does not scan: unknown, so everything is buffered.
+    assert_eq!(super::plan::columns_read(df, "other"), None);
     // A stage's replace_by columns are read too (billing: a restated line item).
     let billing = Pipeline::load(&root.join("pipelines/billing.yaml"))
         .await

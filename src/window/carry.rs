@@ -360,7 +360,6 @@ impl CarryOperator {
         Ok(RecordBatch::try_new(snapshot_schema(width), arrays)?)
     }
 
-    /// Restores what [`snapshot`](Self::snapshot) took.
     /// Restores what [`snapshot`](Self::snapshot) took (or, from checkpoints written before
     /// keys were dictionary-encoded, a plain binary key per window).
     pub fn restore(&mut self, state: &RecordBatch) -> Result<(), WindowError> {
@@ -370,7 +369,7 @@ impl CarryOperator {
             message: format!("checkpointed carry state {message}"),
         };
         let expected = snapshot_schema(width);
-        if state.schema().fields()[1..] != expected.fields()[1..] {
+        if state.schema().fields().get(1..) != expected.fields().get(1..) {
             return Err(wrong("has other columns: the carry settings changed since"));
         }
         let column = |i: usize| state.column(i).as_any();

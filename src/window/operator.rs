@@ -13,14 +13,16 @@
 //! window is past `end + allowed_lateness` goes to the late output.
 //!
 //! State is the raw rows of the open windows (`size + lateness` of event time, per window for
-//! hop), so exact percentiles and medians are possible; memory grows with that span.
+//! hop), so exact percentiles and medians are possible; memory grows with that span. Only the
+//! input columns the SQL reads ([`WindowedQuery::reads`]), the event time and the keys are
+//! kept; the late output carries whole events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
-    UInt32Array,
+    UInt32Array, new_null_array,
 };
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -307,29 +309,49 @@ impl WindowOperator {
             message: format!("checkpointed state: {message}"),
         };
         let schema = state_schema(&self.input_schema);
-        // A checkpoint from before the stage buffered fewer columns holds more: those are
-        // dropped.
-        let narrowed = |b: &RecordBatch| -> Option<RecordBatch> {
+        // The buffered columns follow what the SQL reads. A checkpoint from before it read
+        // fewer columns holds more: those are dropped. One from before it read a column holds
+        // none of it: a nullable column is null in the rows buffered then (as a Delta table
+        // reads a column added later), one that cannot be null stops the restore.
+        let mut absent: Vec<String> = Vec::new();
+        let mut narrowed = |b: &RecordBatch| -> Result<RecordBatch, WindowError> {
             let given = b.schema();
-            let idx = schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    given
-                        .index_of(f.name())
-                        .ok()
-                        .filter(|&i| given.field(i).data_type() == f.data_type())
-                })
-                .collect::<Option<Vec<_>>>()?;
-            b.project(&idx).ok()
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            for f in schema.fields() {
+                match given.index_of(f.name()) {
+                    Ok(i) if given.field(i).data_type() == f.data_type() => {
+                        columns.push(b.column(i).clone())
+                    }
+                    Err(_) if f.is_nullable() => {
+                        if !absent.contains(f.name()) {
+                            absent.push(f.name().clone());
+                        }
+                        columns.push(new_null_array(f.data_type(), b.num_rows()));
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                            "it has no column `{}` of type {} (the stage's SQL reads it now); \
+                             undo the SQL change until the open windows have closed (their size \
+                             plus the allowed lateness of event time), then make it again",
+                            f.name(),
+                            f.data_type()
+                        )));
+                    }
+                }
+            }
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
         };
         let state = state
             .iter()
-            .map(narrowed)
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                bad("its columns differ from this stage's input; the stage changed since".into())
-            })?;
+            .map(&mut narrowed)
+            .collect::<Result<Vec<_>, _>>()?;
+        if !absent.is_empty() {
+            tracing::warn!(
+                input = %self.query.input,
+                "checkpointed window rows lack {absent:?}, which the stage's SQL reads now; \
+                 they are null in the rows buffered before"
+            );
+        }
         let state = &concat_batches(&schema, &state)?;
         let n = self.input_schema.fields().len();
         let windows = state.column(n).as_any().downcast_ref::<Int64Array>();

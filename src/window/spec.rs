@@ -15,7 +15,7 @@ use std::time::Duration;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
-    SetExpr, Statement, TableFactor, Value,
+    SelectItem, SetExpr, Statement, TableFactor, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -68,6 +68,10 @@ pub struct WindowedQuery {
     pub window: Option<WindowSpec>,
     /// The plain column names in `GROUP BY` besides the window: the per-key state's key.
     pub keys: Vec<String>,
+    /// Every `GROUP BY` item besides the window by its name in the output (a plain column, or
+    /// an expression's `AS` alias in the SELECT list): what identifies one result row of a
+    /// window. `None` when an expression is grouped by but not selected under a name.
+    pub output_keys: Option<Vec<String>>,
     /// The relation in `FROM` (a source or an earlier stage).
     pub input: String,
     /// The query with the window call replaced by `window_start, window_end`.
@@ -288,6 +292,13 @@ pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
     };
     let mut window = None;
     let mut keys = Vec::new();
+    let mut output_keys = Some(Vec::new());
+    let selected_as = |expr: &Expr| {
+        select.projection.iter().find_map(|item| match item {
+            SelectItem::ExprWithAlias { expr: e, alias } if e == expr => Some(alias.value.clone()),
+            _ => None,
+        })
+    };
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         let mut rewritten = Vec::with_capacity(exprs.len() + 1);
         for expr in exprs.drain(..) {
@@ -300,8 +311,16 @@ pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
                     rewritten.push(Expr::Identifier(Ident::new("window_end")));
                 }
                 None => {
-                    if let Expr::Identifier(id) = &expr {
-                        keys.push(id.value.clone());
+                    let name = match &expr {
+                        Expr::Identifier(id) => {
+                            keys.push(id.value.clone());
+                            Some(id.value.clone())
+                        }
+                        other => selected_as(other),
+                    };
+                    match (name, &mut output_keys) {
+                        (Some(name), Some(names)) => names.push(name),
+                        _ => output_keys = None,
                     }
                     rewritten.push(expr);
                 }
@@ -312,6 +331,7 @@ pub fn parse_stage_sql(sql: &str) -> Result<WindowedQuery, SqlError> {
     Ok(WindowedQuery {
         window,
         keys,
+        output_keys,
         input,
         sql: statement.to_string(),
         reads: None,
@@ -380,6 +400,27 @@ mod tests {
             "SELECT resource_id, window_start, avg(value) AS v FROM metrics \
              GROUP BY resource_id, window_start, window_end"
         );
+    }
+
+    #[test]
+    fn a_result_row_is_identified_by_every_group_item_by_its_output_name() {
+        let q = parse_stage_sql(
+            "SELECT account_id, dimensions['InstanceType'] AS instance_type, count(*) AS n \
+             FROM metrics GROUP BY account_id, dimensions['InstanceType'], tumble(interval '1 minute')",
+        )
+        .unwrap();
+        // The per-key state's key is input columns only; the output's key has the alias too.
+        assert_eq!(q.keys, ["account_id"]);
+        assert_eq!(
+            q.output_keys,
+            Some(vec!["account_id".into(), "instance_type".into()])
+        );
+        // Grouped by an expression that is not selected under a name: no output key.
+        let q = parse_stage_sql(
+            "SELECT k, count(*) AS n FROM s GROUP BY k, v % 2, tumble(interval '1 minute')",
+        )
+        .unwrap();
+        assert_eq!(q.output_keys, None);
     }
 
     #[test]

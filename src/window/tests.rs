@@ -617,3 +617,55 @@ async fn a_stage_buffers_only_the_columns_its_sql_reads_and_the_late_output_keep
         format!("note of b at {}", t0 + 5 * S)
     );
 }
+
+#[tokio::test]
+async fn a_checkpoint_from_before_the_sql_read_a_column_restores_it_as_null_if_it_can_be() {
+    let t0 = 1_750_000_020 * S;
+    let ev = |key: &str, s: i64| Event {
+        key: key.into(),
+        ts: t0 + s * S,
+        value: 1.0,
+    };
+    let wide = with_note(&[]).schema();
+    let open = |sql: &str, reads: &[&str]| {
+        let mut q = parse_stage_sql(sql).unwrap();
+        q.reads = Some(reads.iter().map(|c| c.to_string()).collect());
+        WindowOperator::new(q, "ts", 20 * S, wide.clone(), SessionContext::new(), None).unwrap()
+    };
+    let count = "SELECT key, count(*) AS n, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
+    let mut before = open(count, &["key"]);
+    before
+        .process(&with_note(&[ev("a", 1), ev("a", 2)]))
+        .unwrap();
+    let state = before.snapshot().unwrap();
+    // The SQL now reads `note` (nullable here): the rows buffered before have none.
+    let notes = "SELECT key, count(note) AS notes, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
+    let nullable = Arc::new(Schema::new(
+        wide.fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(f.name() == "note")))
+            .collect::<Vec<_>>(),
+    ));
+    let mut q = parse_stage_sql(notes).unwrap();
+    q.reads = Some(vec!["key".into(), "note".into()]);
+    let mut after =
+        WindowOperator::new(q, "ts", 20 * S, nullable, SessionContext::new(), None).unwrap();
+    after.restore(&state, before.watermark()).unwrap();
+    let out = after.advance(t0 + 10 * S).await.unwrap();
+    let notes = out[0]
+        .column_by_name("notes")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    assert_eq!(notes.value(0), 0, "two rows restored, neither with a note");
+    // `value` cannot be null: that restore stops, naming the column and what to do.
+    let mut strict = open(
+        "SELECT key, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')",
+        &["key", "value"],
+    );
+    let err = strict
+        .restore(&state, before.watermark())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no column `value`"), "{err}");
+    assert!(err.contains("undo the SQL change"), "{err}");
+}
