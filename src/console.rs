@@ -1,5 +1,5 @@
 //! Writing to the terminal without panicking when stdout is closed early
-//! (`stratus validate … | head -1`): `println!` panics on a broken pipe, [`say!`] exits quietly.
+//! (`stratus validate … | head -1`): `println!` panics on a broken pipe, [`say!`](crate::say) exits quietly.
 
 use std::io::Write;
 
