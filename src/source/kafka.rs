@@ -4,8 +4,14 @@
 
 use rdkafka::ClientConfig;
 
-/// Settings for a consumer in `group` reading from `brokers`. Prefetched messages are capped
-/// at 16 MiB (`queued.max.messages.kbytes`), which keeps up with a cycle here.
+/// Settings for a consumer in `group` reading from `brokers`.
+///
+/// Prefetch: librdkafka fetches again while fewer than `queued.min.messages` (20,000, of
+/// 100,000 by default) or 16 MiB are queued, and when the queue is past either it waits
+/// `fetch.queue.backoff.ms` before asking again: 10 ms here. At its default of 1 s a consumer
+/// that drains its queue in a few milliseconds sat idle most of that second; in `stratus bench`
+/// the read phase took 4–5 s for 1,000,000 events instead of 2.3 s, and rdkafka alone ranged
+/// from 240,000 to 480,000 events/s instead of 840,000–900,000.
 pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -15,6 +21,8 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
+        .set("queued.min.messages", "20000")
+        .set("fetch.queue.backoff.ms", "10")
         .set("queued.max.messages.kbytes", "16384");
     c
 }
