@@ -503,8 +503,8 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
             .sql(
                 "SELECT resource_id, metric, window_start, round(mean, 2) AS mean, model_version, \
                  round(anomaly_score, 3) AS anomaly, round(c_robust_z, 3) AS robust_z, \
-                 round(c_seasonal, 3) AS daily, round(c_seasonal_2, 3) AS weekly, \
-                 round(c_cusum, 3) AS cusum, \
+                 round(c_robust_z_2, 3) AS level, round(c_seasonal, 3) AS daily, \
+                 round(c_seasonal_2, 3) AS weekly, \
                  round(c_model, 3) AS model FROM metric_anomaly_scores_5m \
                  ORDER BY anomaly_score DESC, resource_id LIMIT 5",
             )

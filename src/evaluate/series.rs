@@ -3,7 +3,9 @@
 //! In: a CSV file (header `timestamp,value`; times as `2014-04-01 00:05:00`, RFC 3339, or
 //! epoch seconds) and a labels file — NAB's `combined_windows.json` form (`{"file.csv":
 //! [[start, end], …]}`) or the same map under a `"windows"` key. Out: times in µs since the
-//! epoch (UTC), values, and each file's anomaly windows. Errors name the file and line.
+//! epoch (UTC), values, and each file's anomaly windows, rows in file order (real files have
+//! rows out of time order; [`Csv::line`] names each row's line for reporting them). Errors name
+//! the file and line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ pub struct Csv {
     /// As written in the file, so the output repeats it exactly.
     pub raw_timestamps: Vec<String>,
     pub values: Vec<f64>,
+    /// Each row's line in the file (1 is the header).
+    pub lines: Vec<usize>,
 }
 
 /// Parses a time as benchmark files write it; µs since the epoch, UTC.
@@ -40,7 +44,7 @@ pub fn parse_time(text: &str) -> Option<i64> {
 }
 
 impl Csv {
-    /// Reads a series; rows must be in time order.
+    /// Reads a series, its rows in file order.
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
@@ -71,6 +75,7 @@ impl Csv {
             timestamps: Vec::new(),
             raw_timestamps: Vec::new(),
             values: Vec::new(),
+            lines: Vec::new(),
         };
         for (n, line) in lines {
             if line.trim().is_empty() {
@@ -89,11 +94,6 @@ impl Csv {
                     "{t:?} is not a time; write `2014-04-01 00:05:00` or RFC 3339"
                 ))
             })?;
-            if out.timestamps.last().is_some_and(|&last| ts < last) {
-                return Err(at(&format!(
-                    "{t} is earlier than the row before; sort the file by time"
-                )));
-            }
             let value = if v.is_empty() || v.eq_ignore_ascii_case("nan") {
                 f64::NAN
             } else {
@@ -103,6 +103,7 @@ impl Csv {
             out.timestamps.push(ts);
             out.raw_timestamps.push(t.to_string());
             out.values.push(value);
+            out.lines.push(n + 1);
         }
         Ok(out)
     }
@@ -217,16 +218,16 @@ mod tests {
         .unwrap();
         let e = Csv::read(&p).unwrap_err();
         assert!(e.ends_with("s.csv:3: \"x\" is not a number"), "{e}");
+        // A row out of time order is read as it stands, with its line.
         std::fs::write(
             &p,
-            "timestamp,value\n2014-04-01 00:05:00,1\n2014-04-01 00:00:00,2\n",
+            "timestamp,value\n2014-04-01 00:05:00,1\n\n2014-04-01 00:00:00,2\n",
         )
         .unwrap();
-        assert!(
-            Csv::read(&p)
-                .unwrap_err()
-                .contains("s.csv:3: 2014-04-01 00:00:00 is earlier")
-        );
+        let csv = Csv::read(&p).unwrap();
+        assert_eq!(csv.values, [1.0, 2.0]);
+        assert_eq!(csv.lines, [2, 4]);
+        assert!(csv.timestamps[1] < csv.timestamps[0]);
         std::fs::write(&p, "time,value\n").unwrap();
         assert!(
             Csv::read(&p)

@@ -211,13 +211,15 @@ pub struct ScoreStageConfig {
     /// The numeric column the detectors watch (needed by every detector but `model`).
     #[serde(default)]
     pub value: Option<String>,
-    /// Detectors and weights; default: the model alone, else robust_z, seasonal and cusum.
+    /// Detectors and weights; default: the model alone, or the default ensemble (the value,
+    /// the mean of its last 5 and the same time of the last 3 days), plus the model if set.
     #[serde(default)]
     pub detectors: Option<Vec<crate::score::detect::DetectorSpec>>,
-    /// How each detector's scores are judged against the key's own history (default: 7 days,
-    /// averages of 10, 150 steps to learn).
+    /// How the ensemble's deviation is judged against each key's own history, and how long an
+    /// alarm silences the key (default: the 95th percentile of the last 2,000 deviations,
+    /// alarm at 6σ, rest of 100 values).
     #[serde(default)]
-    pub likelihood: Option<crate::score::detect::LikelihoodSpec>,
+    pub calibration: Option<crate::score::detect::CalibrationSpec>,
 }
 
 fn default_score_time() -> String {

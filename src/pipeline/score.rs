@@ -122,7 +122,10 @@ pub(super) async fn check_score_stage(
                 Vec::new()
             };
             if score.model.is_some() {
-                d.push(DetectorSpec::Model { weight: 1.0 });
+                d.push(DetectorSpec::Model {
+                    weight: 1.0,
+                    min_points: 12,
+                });
             }
             d
         }
@@ -134,10 +137,10 @@ pub(super) async fn check_score_stage(
             Some("set `model`, or `value` (the column the detectors watch), or both"),
         );
     }
-    let likelihood = score.likelihood.clone().unwrap_or_default();
-    if let Err(e) = Ensemble::with_likelihood(&detectors, &likelihood) {
-        let field = if e.starts_with("likelihood") {
-            "likelihood"
+    let calibration = score.calibration.clone().unwrap_or_default();
+    if let Err(e) = Ensemble::with_calibration(&detectors, &calibration) {
+        let field = if e.starts_with("calibration") {
+            "calibration"
         } else {
             "detectors"
         };
@@ -196,7 +199,7 @@ pub(super) async fn check_score_stage(
         time: score.time.clone(),
         value: score.value.clone(),
         detectors,
-        likelihood,
+        calibration,
         registry: registry.map(str::to_string),
         poll: Duration::from_micros(poll.unwrap_or(10_000_000).max(0) as u64),
     };

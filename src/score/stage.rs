@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::detect::{DetectorSpec, Ensemble, LikelihoodSpec};
+use super::detect::{CalibrationSpec, DetectorSpec, Ensemble};
 use super::onnx::{OnnxModel, ScoreError};
 use super::registry::{ModelRef, Registry, RegistryError};
 
@@ -51,7 +51,7 @@ pub struct ScoreSpec {
     pub time: String,
     pub value: Option<String>,
     pub detectors: Vec<DetectorSpec>,
-    pub likelihood: LikelihoodSpec,
+    pub calibration: CalibrationSpec,
     /// The registry's location, when a model is set.
     pub registry: Option<String>,
     pub poll: Duration,
@@ -205,7 +205,7 @@ impl ScoreOperator {
         let time_column = column(&spec.time)?;
         let value_column = spec.value.as_deref().map(column).transpose()?;
         // The detectors must build; each key gets its own copy later.
-        Ensemble::with_likelihood(&spec.detectors, &spec.likelihood)
+        Ensemble::with_calibration(&spec.detectors, &spec.calibration)
             .map_err(StageError::Invalid)?;
         let registry = match (
             &spec.registry,
@@ -350,19 +350,16 @@ impl ScoreOperator {
                 Some(s) => s,
                 None => self.keys.entry(keys[i].clone()).or_insert(KeyState {
                     last: i64::MIN,
-                    ensemble: Ensemble::with_likelihood(
+                    ensemble: Ensemble::with_calibration(
                         &self.spec.detectors,
-                        &self.spec.likelihood,
+                        &self.spec.calibration,
                     )
                     .map_err(StageError::Invalid)?,
                 }),
             };
-            let verdict = if t > state.last {
-                state.last = t;
-                state.ensemble.observe(t, value, model)
-            } else {
-                state.ensemble.clone().observe(t, value, model)
-            };
+            let (verdict, _) = state
+                .ensemble
+                .observe_in_order(&mut state.last, t, value, model);
             anomaly[i] = verdict.score;
             for (c, v) in contributions.iter_mut().zip(verdict.contributions) {
                 c[i] = v;
@@ -383,7 +380,7 @@ impl ScoreOperator {
 
     /// The detector settings the state was learnt under, as JSON.
     fn settings(&self) -> Result<String, StageError> {
-        serde_json::to_string(&(&self.spec.detectors, &self.spec.likelihood))
+        serde_json::to_string(&(&self.spec.detectors, &self.spec.calibration))
             .map_err(|e| StageError::Invalid(e.to_string()))
     }
 
@@ -434,7 +431,7 @@ impl ScoreOperator {
             .ok_or_else(bad)?;
         self.keys.clear();
         // State learnt under other detector settings (a changed baseline, scale floor or
-        // likelihood) would keep the old ones: every key learns again instead. A checkpoint
+        // calibration) would keep the old ones: every key learns again instead. A checkpoint
         // from before settings were recorded is taken as it is.
         let settings = self.settings()?;
         let learnt_under = batch
@@ -569,11 +566,17 @@ mod tests {
             value: Some("mean".into()),
             detectors: vec![DetectorSpec::RobustZ {
                 weight: 1.0,
-                baseline: "1h".into(),
+                baseline: Some("1h".into()),
+                points: 2_000,
                 min_points: 3,
+                smooth: 1,
+                scale: Default::default(),
                 min_relative_scale: 0.0,
             }],
-            likelihood: LikelihoodSpec::default(),
+            calibration: CalibrationSpec {
+                learn: "100m".into(),
+                ..Default::default()
+            },
             registry: None,
             poll: Duration::from_secs(10),
         }
@@ -629,7 +632,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_key_learns_in_time_order_and_a_restored_stage_continues_the_same() {
-        // Past the likelihood's learning period (150 values), with a jump in `a` at minute 200.
+        // Past the calibration's learning period (100 values), with a jump in `a` at minute 200.
         let rows: Vec<(&str, i64, f64)> = (0..240)
             .flat_map(|i| {
                 let a = if (200..205).contains(&i) {

@@ -43,6 +43,11 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates `topic` with `partitions` partitions on the test broker and waits until it exists.
 pub async fn create_topic(topic: &str, partitions: i32) {
+    create_topic_with(topic, partitions, &[]).await
+}
+
+/// As [`create_topic`], with topic settings (`("retention.ms", "-1")` keeps events of any age).
+pub async fn create_topic_with(topic: &str, partitions: i32, settings: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
@@ -51,7 +56,10 @@ pub async fn create_topic(topic: &str, partitions: i32) {
         .unwrap();
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[settings.iter().fold(
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )],
             &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30))),
         )
         .await

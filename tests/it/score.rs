@@ -18,7 +18,7 @@ use stratus::job::run::{RunConfig, run_pipeline, run_to_end};
 use stratus::metrics::PipelineMetrics;
 use stratus::pipeline::Pipeline;
 use stratus::score::OnnxModel;
-use stratus::score::detect::{DetectorSpec, Ensemble};
+use stratus::score::detect::{CalibrationSpec, DetectorSpec, Ensemble};
 use stratus::score::registry::Registry;
 use stratus::sink::storage_options_from_env;
 use stratus::source::kafka::producer_config;
@@ -181,6 +181,7 @@ async fn a_new_version_is_swapped_in_mid_stream_and_every_window_is_scored_once(
       shadow: m@1
       key: [resource_id, metric]
       detectors: [{{kind: model}}]
+      calibration: {{learn: 12m}}
 models: {{registry: "{registry}", poll: 50ms}}
 sinks:
   scores: {{from: anomaly, delta: {{table: scores}}}}
@@ -301,9 +302,18 @@ commit: {{max_rows: 120, max_interval: 200ms}}
     assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), expected);
 
     let mut saw_v2 = false;
+    let mut scored = false;
     for r in 0..RESOURCES {
         let key = format!("i-{r:04}");
-        let mut ensemble = Ensemble::new(&[DetectorSpec::Model { weight: 1.0 }]).unwrap();
+        let detectors = [DetectorSpec::Model {
+            weight: 1.0,
+            min_points: 12,
+        }];
+        let calibration = CalibrationSpec {
+            learn: "12m".into(),
+            ..Default::default()
+        };
+        let mut ensemble = Ensemble::with_calibration(&detectors, &calibration).unwrap();
         let mut version = "m@1".to_string();
         for ((_, start), (v, model_score, anomaly, _)) in
             rows.range((key.clone(), i64::MIN)..(key.clone(), i64::MAX))
@@ -316,8 +326,13 @@ commit: {{max_rows: 120, max_interval: 200ms}}
                 .observe(start + MINUTE, f64::NAN, Some(*model_score))
                 .score;
             assert_eq!(*anomaly, want, "{key} at {start}");
+            scored |= want > 0.0;
         }
     }
+    assert!(
+        scored,
+        "every anomaly score was 0: the comparison above checked nothing"
+    );
     assert!(
         saw_v2,
         "no window was scored by the version registered mid-stream"

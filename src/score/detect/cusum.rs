@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::robust_z::RobustZ;
+use super::robust_z::{Baseline, RobustZ};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cusum {
@@ -23,7 +23,7 @@ pub struct Cusum {
 impl Cusum {
     pub fn new(baseline_us: i64, min_points: usize, k: f64, h: f64) -> Self {
         Cusum {
-            z: RobustZ::new(baseline_us, min_points),
+            z: RobustZ::new(Baseline::span(baseline_us, min_points)),
             k,
             h,
             up: 0.0,

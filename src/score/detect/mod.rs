@@ -1,41 +1,46 @@
 //! Streaming anomaly detectors beside the model, and the ensemble that combines them.
 //!
 //! In: per key, one `(event time, value)` at a time, in event-time order. Out: an anomaly score
-//! in [0, 1] and each detector's contribution to it. Every detector scores a value against what
+//! in [0, 1) and each detector's contribution to it. Every detector scores a value against what
 //! came strictly before it — a score at time t uses only data up to t.
 //!
 //! Detectors ([`DetectorSpec`]):
-//! - `robust_z`: median / MAD of a trailing baseline ([`robust_z`]);
-//! - `seasonal`: the same phase of the last few seasons, e.g. the same hour of the week
+//! - `robust_z`: median and scale of a trailing baseline ([`robust_z`]); with `smooth: k`, the
+//!   mean of the last k values, for a level that moves rather than one spike;
+//! - `seasonal`: the same phase of the last few seasons, e.g. the same time of day
 //!   ([`seasonal`]);
 //! - `cusum`: level shifts and drifts ([`cusum`]);
 //! - `zscore`: mean / σ of a trailing window, the classic baseline ([`zscore`]);
 //! - `model`: a score computed elsewhere (an ONNX model) and passed in with the value.
 //!
-//! Each detector's statistic `x` (in σ, or in CUSUM units) becomes a score
-//! `x² / (x² + a²)`, where `a` is that detector's alarm level (4 σ for the z-scores, `h` for
-//! CUSUM): 0 for no deviation, ½ at the alarm level, towards 1 beyond. Each detector's score
-//! then passes through its own [`likelihood`]: how unusual its last 10 scores are against its
-//! last 7 days for this key, as `−log₁₀(tail probability) / 10`. Their weighted sum is the
-//! combined evidence E (with weight 1 each, −log₁₀ of the product of the detectors' tail
-//! probabilities, over 10), so one detector that is sure is not diluted by others that see
-//! nothing; the ensemble score is `1 − e^(−E)` in [0, 1): 0.5 at E ≈ 0.69, a combined tail
-//! probability near 10⁻⁷. A detector's contribution is its share of the score: its term times
-//! score / E, so they sum to the score.
+//! Each detector says how far the value is from what it expected, in σ ([`Detector::deviation`]:
+//! a z-score as it is, CUSUM's sum as `4 · S / h`, a model's score as the robust z of that
+//! score against the key's earlier model scores, counted only above them). The ensemble's deviation is the largest weighted one; the key's
+//! [`calibration`] scales it against the key's own history and raises it once per episode; the
+//! score is that calibrated deviation squashed to [0, 1): ½ at the alarm level (6σ by default),
+//! whatever the key. A detector's contribution is its share of the score, in proportion to
+//! its squared weighted deviation, so they sum to the score.
 //!
-//! State per key: a day of values for each of `robust_z`, `cusum` and the seasonal residuals
-//! (7 kB each for 5-minute values), `seasons × period / width` buckets for `seasonal` (194 kB
-//! for three weeks of 5-minute values, 16 kB with `width: 1h`), and a few numbers per
-//! likelihood. All of it serialises, for checkpoints.
+//! The default ensemble ([`DetectorSpec::default_ensemble`]): the value, the mean of the last 5
+//! values, and the value against the same time of the last 3 days, each against the key's last
+//! 2,000. `stratus evaluate detect` measures it beside a robust z-score and a rolling z-score
+//! on labelled series (`models/README.md` has the figures).
+//!
+//! State per key: 2,000 values for each `robust_z` and for the seasonal residuals (32 kB each),
+//! `seasons × period / width` buckets for `seasonal` (26 kB for three days of 5-minute values),
+//! and 2,000 deviations for the calibration. All of it serialises, for checkpoints.
 
+pub mod calibration;
 pub mod cusum;
-pub mod likelihood;
 pub mod robust_z;
 pub mod seasonal;
 pub mod trailing;
 pub mod zscore;
 
 use serde::{Deserialize, Serialize};
+
+pub use calibration::{Calibration, CalibrationSpec};
+use robust_z::{Baseline, Scale};
 
 use crate::window::spec::parse_duration;
 
@@ -45,63 +50,6 @@ pub const MAX_DEVIATION: f64 = 1e6;
 /// The σ at which a z-score detector's score is ½.
 pub const Z_ALARM: f64 = 4.0;
 
-/// Scores averaged into each likelihood step.
-pub const LIKELIHOOD_AVERAGE: usize = 10;
-/// Averaged scores seen before a likelihood is given.
-pub const LIKELIHOOD_LEARN: usize = 150;
-
-/// How each detector's scores become a likelihood, as a pipeline's score stage may set it
-/// (`likelihood: {history: 7d, average: 10, learn: 150}`). The defaults suit minutes of
-/// cadence; an hourly series learns in fewer steps and averages fewer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LikelihoodSpec {
-    /// Span of the score history each step is judged against, e.g. "7d".
-    #[serde(default = "likelihood_history")]
-    pub history: String,
-    /// Scores averaged into each step.
-    #[serde(default = "likelihood_average")]
-    pub average: usize,
-    /// Steps seen before a likelihood is given (until then the detector says 0).
-    #[serde(default = "likelihood_learn")]
-    pub learn: usize,
-}
-
-fn likelihood_history() -> String {
-    "7d".into()
-}
-fn likelihood_average() -> usize {
-    LIKELIHOOD_AVERAGE
-}
-fn likelihood_learn() -> usize {
-    LIKELIHOOD_LEARN
-}
-
-impl Default for LikelihoodSpec {
-    fn default() -> Self {
-        LikelihoodSpec {
-            history: likelihood_history(),
-            average: LIKELIHOOD_AVERAGE,
-            learn: LIKELIHOOD_LEARN,
-        }
-    }
-}
-
-impl LikelihoodSpec {
-    fn build(&self) -> Result<likelihood::Likelihood, String> {
-        let history =
-            parse_duration(&self.history).map_err(|e| format!("likelihood history: {e}"))?;
-        if history <= 0 || self.average == 0 || self.learn == 0 {
-            return Err("likelihood: history, average and learn must be positive".into());
-        }
-        Ok(likelihood::Likelihood::new(
-            history,
-            self.average,
-            self.learn,
-        ))
-    }
-}
-
 /// One detector and its weight, as written in a pipeline file or given to `stratus evaluate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -109,11 +57,21 @@ pub enum DetectorSpec {
     RobustZ {
         #[serde(default = "one")]
         weight: f64,
-        /// Trailing baseline span, e.g. "24h".
-        #[serde(default = "day")]
-        baseline: String,
+        /// Trailing baseline span, e.g. "24h"; default: any age (the last `points` values).
+        #[serde(default)]
+        baseline: Option<String>,
+        /// The most values the baseline keeps (the newest).
+        #[serde(default = "points")]
+        points: usize,
         #[serde(default = "min_points")]
         min_points: usize,
+        /// Values averaged into each scored value: 1 scores each value, 5 the mean of the
+        /// last five (a level that moves rather than one spike).
+        #[serde(default = "one_value")]
+        smooth: usize,
+        /// The baseline's spread: `mad_or_std` (default) or `mad`.
+        #[serde(default)]
+        scale: Scale,
         /// The smallest scale (σ) as a share of the baseline's median: with 0.01, a deviation
         /// under 4 % of the usual value never reaches the alarm level, however flat the
         /// baseline. For money, where a cent on a steady bill is not an anomaly. Default 0.
@@ -132,6 +90,12 @@ pub enum DetectorSpec {
         /// How many earlier seasons form the expectation.
         #[serde(default = "seasons")]
         seasons: u32,
+        /// The most residuals their baseline keeps (the newest).
+        #[serde(default = "points")]
+        points: usize,
+        /// The residuals' spread: `mad_or_std` (default) or `mad`.
+        #[serde(default)]
+        scale: Scale,
         #[serde(default = "min_points")]
         min_points: usize,
     },
@@ -161,10 +125,13 @@ pub enum DetectorSpec {
         #[serde(default = "min_points")]
         min_points: usize,
     },
-    /// The model's own score in [0, 1], passed in beside the value.
+    /// The model's own score, passed in beside the value; judged against the key's earlier
+    /// model scores (its last 2,000), only a higher one counts.
     Model {
         #[serde(default = "one")]
         weight: f64,
+        #[serde(default = "min_points")]
+        min_points: usize,
     },
 }
 
@@ -188,6 +155,12 @@ fn seasons() -> u32 {
 }
 fn min_points() -> usize {
     12
+}
+fn points() -> usize {
+    2_000
+}
+fn one_value() -> usize {
+    1
 }
 
 fn relative_floor(detector: &str, share: f64) -> Result<f64, String> {
@@ -217,33 +190,33 @@ impl DetectorSpec {
             | DetectorSpec::Seasonal { weight, .. }
             | DetectorSpec::Cusum { weight, .. }
             | DetectorSpec::Zscore { weight, .. }
-            | DetectorSpec::Model { weight } => *weight,
+            | DetectorSpec::Model { weight, .. } => *weight,
         }
     }
 
-    /// The default ensemble: robust z-score over a day, the same hour of the week, and CUSUM.
+    /// The default ensemble: the value, the mean of its last 5, and the value against the
+    /// same time of the last 3 days, each judged against the key's last 2,000.
     pub fn default_ensemble() -> Vec<DetectorSpec> {
+        let robust_z = |smooth| DetectorSpec::RobustZ {
+            weight: 1.0,
+            baseline: None,
+            points: points(),
+            min_points: min_points(),
+            smooth,
+            scale: Scale::default(),
+            min_relative_scale: 0.0,
+        };
         vec![
-            DetectorSpec::RobustZ {
-                weight: 1.0,
-                baseline: day(),
-                min_points: min_points(),
-                min_relative_scale: 0.0,
-            },
+            robust_z(1),
+            robust_z(5),
             DetectorSpec::Seasonal {
                 weight: 1.0,
-                period: week(),
+                period: "1d".into(),
                 width: None,
                 seasons: seasons(),
+                points: points(),
+                scale: Scale::default(),
                 min_points: min_points(),
-            },
-            DetectorSpec::Cusum {
-                weight: 1.0,
-                baseline: day(),
-                k: half(),
-                h: five(),
-                min_points: min_points(),
-                min_relative_scale: 0.0,
             },
         ]
     }
@@ -271,17 +244,37 @@ impl DetectorSpec {
         Ok(match self {
             DetectorSpec::RobustZ {
                 baseline,
+                points,
                 min_points,
+                smooth,
+                scale,
                 min_relative_scale,
                 ..
-            } => Detector::RobustZ(
-                robust_z::RobustZ::new(span("baseline", baseline)?, (*min_points).max(2))
+            } => {
+                let span_us = match baseline {
+                    Some(b) => span("baseline", b)?,
+                    None => i64::MAX,
+                };
+                if *points == 0 || *smooth == 0 {
+                    return Err("robust_z.points and robust_z.smooth must be at least 1".into());
+                }
+                Detector::RobustZ(
+                    robust_z::RobustZ::new(Baseline {
+                        span_us,
+                        points: *points,
+                        min_points: (*min_points).max(2),
+                    })
+                    .with_smoothing(*smooth)
+                    .with_scale(*scale)
                     .with_relative_floor(relative_floor("robust_z", *min_relative_scale)?),
-            ),
+                )
+            }
             DetectorSpec::Seasonal {
                 period,
                 width,
                 seasons,
+                points,
+                scale,
                 min_points,
                 ..
             } => {
@@ -290,14 +283,19 @@ impl DetectorSpec {
                 if width.is_some_and(|w| w >= period) {
                     return Err("seasonal.width must be shorter than seasonal.period".into());
                 }
-                if *seasons == 0 {
-                    return Err("seasonal.seasons must be at least 1".into());
+                if *seasons == 0 || *points == 0 {
+                    return Err("seasonal.seasons and seasonal.points must be at least 1".into());
                 }
                 Detector::Seasonal(seasonal::Seasonal::new(
                     period,
                     width,
                     *seasons,
-                    (*min_points).max(2),
+                    Baseline {
+                        span_us: i64::MAX,
+                        points: *points,
+                        min_points: (*min_points).max(2),
+                    },
+                    *scale,
                 ))
             }
             DetectorSpec::Cusum {
@@ -323,7 +321,13 @@ impl DetectorSpec {
                 span("window", window)?,
                 (*min_points).max(2),
             )),
-            DetectorSpec::Model { .. } => Detector::Model,
+            DetectorSpec::Model { min_points, .. } => {
+                Detector::Model(robust_z::RobustZ::new(Baseline {
+                    span_us: i64::MAX,
+                    points: points(),
+                    min_points: (*min_points).max(2),
+                }))
+            }
         })
     }
 }
@@ -335,26 +339,30 @@ pub enum Detector {
     Seasonal(seasonal::Seasonal),
     Cusum(cusum::Cusum),
     Zscore(zscore::RollingZ),
-    Model,
+    /// The model's scores, judged like a value against the key's earlier ones.
+    Model(robust_z::RobustZ),
 }
 
 impl Detector {
-    /// This detector's score in [0, 1] for `value` at `ts_us`, or None while it warms up;
-    /// `model` is the model's score for the same row, if there is one.
-    /// A value that is not a finite number is neither scored nor learnt.
-    pub fn observe(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Option<f64> {
-        if !value.is_finite() && !matches!(self, Detector::Model) {
+    /// How far `value` at `ts_us` is from what this detector expected, in σ (None while it
+    /// warms up); `model` is the model's score for the same row, if there is one. A value that
+    /// is not a finite number is neither scored nor learnt.
+    pub fn deviation(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Option<f64> {
+        if !value.is_finite() && !matches!(self, Detector::Model(_)) {
             return None;
         }
         match self {
-            Detector::RobustZ(d) => d.observe(ts_us, value).map(|z| squash(z, Z_ALARM)),
-            Detector::Seasonal(d) => d.observe(ts_us, value).map(|z| squash(z, Z_ALARM)),
+            Detector::RobustZ(d) => d.observe(ts_us, value),
+            Detector::Seasonal(d) => d.observe(ts_us, value),
             Detector::Cusum(d) => {
                 let h = d.h();
-                d.observe(ts_us, value).map(|s| squash(s, h))
+                d.observe(ts_us, value).map(|s| Z_ALARM * s / h)
             }
-            Detector::Zscore(d) => d.observe(ts_us, value).map(|z| squash(z, Z_ALARM)),
-            Detector::Model => model.filter(|s| s.is_finite()).map(|s| s.clamp(0.0, 1.0)),
+            Detector::Zscore(d) => d.observe(ts_us, value),
+            Detector::Model(d) => model
+                .filter(|s| s.is_finite())
+                .and_then(|s| d.observe_signed(ts_us, s))
+                .map(|z| z.max(0.0)),
         }
     }
 }
@@ -371,7 +379,7 @@ pub fn squash(x: f64, alarm: f64) -> f64 {
 /// The ensemble's verdict on one value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    /// In [0, 1].
+    /// In [0, 1).
     pub score: f64,
     /// Each detector's weighted share of `score`, in the ensemble's order; they sum to `score`.
     pub contributions: Vec<f64>,
@@ -383,32 +391,29 @@ pub struct Ensemble {
     names: Vec<String>,
     weights: Vec<f64>,
     detectors: Vec<Detector>,
-    /// One per detector; empty for a plain ensemble.
-    likelihoods: Vec<likelihood::Likelihood>,
+    /// None for a plain ensemble.
+    calibration: Option<Calibration>,
 }
 
 impl Ensemble {
-    /// Builds the detectors, each followed by its likelihood with the default settings; an
-    /// error names the bad spec. At least one weight must be positive.
+    /// Builds the detectors and the default calibration; an error names the bad spec. At
+    /// least one weight must be positive.
     pub fn new(specs: &[DetectorSpec]) -> Result<Self, String> {
-        Self::with_likelihood(specs, &LikelihoodSpec::default())
+        Self::with_calibration(specs, &CalibrationSpec::default())
     }
 
-    /// As [`new`](Self::new), with the likelihood set as `likelihood` says.
-    pub fn with_likelihood(
+    /// As [`new`](Self::new), calibrated as `calibration` says.
+    pub fn with_calibration(
         specs: &[DetectorSpec],
-        likelihood: &LikelihoodSpec,
+        calibration: &CalibrationSpec,
     ) -> Result<Self, String> {
         let mut e = Self::plain(specs)?;
-        e.likelihoods = specs
-            .iter()
-            .map(|_| likelihood.build())
-            .collect::<Result<_, _>>()?;
+        e.calibration = Some(calibration.build()?);
         Ok(e)
     }
 
-    /// The detectors' squashed scores combined as they are, with no likelihood: what a
-    /// threshold on a plain z-score does.
+    /// The largest weighted deviation squashed as it is (½ at 4σ), with no calibration and no
+    /// rest: what a threshold on a plain z-score does.
     pub fn plain(specs: &[DetectorSpec]) -> Result<Self, String> {
         let total: f64 = specs.iter().map(DetectorSpec::weight).sum();
         let detectors = specs
@@ -422,7 +427,7 @@ impl Ensemble {
             names: specs.iter().map(|s| s.name().to_string()).collect(),
             weights: specs.iter().map(DetectorSpec::weight).collect(),
             detectors,
-            likelihoods: Vec::new(),
+            calibration: None,
         })
     }
 
@@ -431,25 +436,51 @@ impl Ensemble {
         &self.names
     }
 
+    /// Scores a key's row as the score stage does: a row newer than `last` is scored, learnt,
+    /// and becomes `last`; any other (a revised window, a row out of time order) is scored
+    /// against what was learnt so far and not learnt. The flag says whether it was learnt.
+    pub fn observe_in_order(
+        &mut self,
+        last: &mut i64,
+        ts_us: i64,
+        value: f64,
+        model: Option<f64>,
+    ) -> (Verdict, bool) {
+        if ts_us > *last {
+            *last = ts_us;
+            (self.observe(ts_us, value, model), true)
+        } else {
+            (self.clone().observe(ts_us, value, model), false)
+        }
+    }
+
     /// Scores one value, then learns it. Where the value is not a finite number, only the
     /// `model` detector scores.
     pub fn observe(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Verdict {
-        let mut contributions = Vec::with_capacity(self.detectors.len());
-        for (i, (d, w)) in self.detectors.iter_mut().zip(&self.weights).enumerate() {
-            let raw = d.observe(ts_us, value, model);
-            let score = match self.likelihoods.get_mut(i) {
-                Some(l) => l.observe(ts_us, raw),
-                None => raw.unwrap_or(0.0),
-            };
-            contributions.push(w * score);
-        }
-        let evidence: f64 = contributions.iter().sum();
-        let score = 1.0 - (-evidence.max(0.0)).exp();
-        if evidence > 0.0 {
-            for c in &mut contributions {
-                *c *= score / evidence;
+        let mut terms = Vec::with_capacity(self.detectors.len());
+        let mut deviation = None::<f64>;
+        for (d, w) in self.detectors.iter_mut().zip(&self.weights) {
+            let term = d.deviation(ts_us, value, model).map(|x| w * x);
+            if let Some(t) = term {
+                deviation = Some(deviation.map_or(t, |m| m.max(t)));
             }
+            terms.push(term.unwrap_or(0.0));
         }
+        let score = match self.calibration.as_mut() {
+            Some(c) => squash(c.observe(ts_us, deviation), c.alarm()),
+            None => squash(deviation.unwrap_or(0.0), Z_ALARM),
+        };
+        let total: f64 = terms.iter().map(|t| t * t).sum();
+        let contributions = terms
+            .iter()
+            .map(|t| {
+                if total > 0.0 {
+                    score * t * t / total
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         Verdict {
             score,
             contributions,

@@ -8,21 +8,19 @@
 //! is the median, over the last `seasons` periods, of the bucket means at t − k·period,
 //! interpolated linearly between the two nearest bucket centres (so a value at 10:55 is
 //! compared with last week's 10:55, not with last week's 10:00–11:00 mean). The residual
-//! (value − expectation) is standardised against the trailing median and MAD of the key's
-//! residuals over the last day. Out: |z| ≥ 0, or None until one full season and `min_points`
+//! (value − expectation) is standardised as a robust z against the key's earlier residuals
+//! (its last 2,000 by default). Out: |z| ≥ 0, or None until one full season and `min_points`
 //! residuals have been seen.
 //!
 //! State per key: `seasons × period / width` buckets of 32 bytes (6,048 for three weeks of
-//! 5-minute values, 194 kB; 504 with `width: 1h`) and a day of residuals.
+//! 5-minute values, 194 kB; 504 with `width: 1h`) and the residuals' baseline.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::robust_z::RobustZ;
+use super::robust_z::{Baseline, RobustZ, Scale};
 
-/// Span of the residuals' baseline.
-const RESIDUAL_BASELINE_US: i64 = 24 * 3_600_000_000;
 /// Values whose gaps set an automatic bucket width.
 const CADENCE_SAMPLE: usize = 17;
 
@@ -62,15 +60,22 @@ pub struct Seasonal {
 }
 
 impl Seasonal {
-    /// `width_us`: None to use the key's cadence.
-    pub fn new(period_us: i64, width_us: Option<i64>, seasons: u32, min_points: usize) -> Self {
+    /// `width_us`: None to use the key's cadence; `residuals`: the earlier residuals a residual
+    /// is standardised against, and how their spread is measured.
+    pub fn new(
+        period_us: i64,
+        width_us: Option<i64>,
+        seasons: u32,
+        residuals: Baseline,
+        scale: Scale,
+    ) -> Self {
         Seasonal {
             period_us,
             width_us: width_us.map(|w| w.max(1)),
             seasons: seasons.max(1),
             first: Vec::new(),
             buckets: VecDeque::new(),
-            residuals: RobustZ::new(RESIDUAL_BASELINE_US, min_points),
+            residuals: RobustZ::new(residuals).with_scale(scale),
             scratch: Vec::new(),
         }
     }

@@ -1,3 +1,4 @@
+use super::robust_z::Baseline;
 use super::*;
 
 const MIN: i64 = 60_000_000;
@@ -19,21 +20,21 @@ fn spec(yaml: &str) -> DetectorSpec {
 
 #[test]
 fn robust_z_scores_against_the_median_and_mad_of_earlier_values_only() {
-    let mut d = robust_z::RobustZ::new(DAY, 3);
+    let mut d = robust_z::RobustZ::new(Baseline::span(DAY, 3));
     assert_eq!(d.observe(0, 10.0), None);
     assert_eq!(d.observe_signed(MIN, 12.0), None);
     assert_eq!(d.observe_signed(2 * MIN, 11.0), None);
-    // Baseline 10, 11, 12: median 11, MAD 1 → σ 1.4826.
+    // Baseline 10, 11, 12: median 11, MAD 1 → 1.4826 (above their σ, 0.82).
     let z = d.observe_signed(3 * MIN, 17.0).unwrap();
     assert!((z - 6.0 / trailing::MAD_TO_SIGMA).abs() < 1e-12, "{z}");
-    // 17 has now joined: baseline 10, 11, 12, 17 → median 11.5, |dev| 1.5, 0.5, 0.5, 5.5 → MAD 1.
+    // 17 has now joined: baseline 10, 11, 12, 17 → median 11.5.
     let z = d.observe_signed(4 * MIN, 11.5).unwrap();
     assert_eq!(z, 0.0);
 }
 
 #[test]
 fn robust_z_forgets_values_older_than_its_baseline() {
-    let mut d = robust_z::RobustZ::new(10 * MIN, 2);
+    let mut d = robust_z::RobustZ::new(Baseline::span(10 * MIN, 2));
     for i in 0..10 {
         d.observe(i * MIN, 100.0 + noise(i as u64));
     }
@@ -50,15 +51,16 @@ fn a_constant_baseline_makes_any_change_maximal_and_no_change_nothing() {
     for i in 0..5 {
         assert_eq!(e.observe(i * MIN, 7.0, None).score, 0.0);
     }
-    // The detector's term is (all but) 1, the most one detector can say.
-    let most = 1.0 - (-1.0f64).exp();
-    assert!((e.observe(5 * MIN, 7.001, None).score - most).abs() < 1e-9);
+    // The deviation is MAX_DEVIATION, the most one detector can say: a score of all but 1.
+    let most = squash(MAX_DEVIATION, Z_ALARM);
+    assert_eq!(e.observe(5 * MIN, 7.001, None).score, most);
+    assert!(most > 0.999_999);
 }
 
 #[test]
 fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() {
     let daily = spec("kind: seasonal\nperiod: 1d\nseasons: 2\nmin_points: 12");
-    // The detectors' own scores (x² / (x² + 4²)), before any likelihood or ensemble.
+    // The detectors' own deviations, squashed (x² / (x² + 4²)), before any calibration.
     let mut seasonal = daily.build().unwrap();
     let mut robust = spec("kind: robust_z").build().unwrap();
     let step = 5 * MIN;
@@ -70,8 +72,8 @@ fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() 
         let peak = (10.0..12.0).contains(&hour);
         let missing = t >= 3 * DAY && peak;
         let v = 20.0 + if peak && !missing { 30.0 } else { 0.0 } + noise(i as u64);
-        let s = seasonal.observe(t, v, None).unwrap_or(0.0);
-        let r = robust.observe(t, v, None).unwrap_or(0.0);
+        let s = squash(seasonal.deviation(t, v, None).unwrap_or(0.0), Z_ALARM);
+        let r = squash(robust.deviation(t, v, None).unwrap_or(0.0), Z_ALARM);
         if (2 * DAY..3 * DAY).contains(&t) {
             worst_seasonal_before = worst_seasonal_before.max(s);
         }
@@ -79,8 +81,9 @@ fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() 
             at_missing_peak = (s, r);
         }
     }
+    // Twice the alarm level (8σ: x² / (x² + 4²) = 0.8) and more.
     assert!(
-        at_missing_peak.0 > 0.9,
+        at_missing_peak.0 > 0.8,
         "seasonal at the missing peak: {at_missing_peak:?}"
     );
     assert!(
@@ -96,7 +99,7 @@ fn seasonal_sees_a_missing_daily_peak_that_the_trailing_baseline_calls_normal() 
 #[test]
 fn cusum_accumulates_a_small_level_shift_that_no_single_point_reveals() {
     let mut cusum = cusum::Cusum::new(DAY, 12, 0.5, 5.0);
-    let mut z = robust_z::RobustZ::new(DAY, 12);
+    let mut z = robust_z::RobustZ::new(Baseline::span(DAY, 12));
     for i in 0..288 {
         let v = noise(i);
         cusum.observe(i as i64 * 5 * MIN, v);
@@ -120,25 +123,64 @@ fn cusum_accumulates_a_small_level_shift_that_no_single_point_reveals() {
 }
 
 #[test]
-fn contributions_are_weighted_shares_that_sum_to_the_score() {
+fn the_largest_weighted_deviation_scores_and_contributions_sum_to_the_score() {
     let specs: Vec<DetectorSpec> = serde_norway::from_str(
-        "- {kind: robust_z, weight: 0.75, min_points: 3}\n- {kind: model, weight: 0.25}",
+        "- {kind: robust_z, weight: 0.75, min_points: 3}\n- {kind: model, weight: 0.25, min_points: 3}",
     )
     .unwrap();
     let mut e = Ensemble::plain(&specs).unwrap();
     assert_eq!(e.names(), ["robust_z", "model"]);
     for i in 0..3 {
-        e.observe(i * MIN, [1.0, 2.0, 3.0][i as usize], None);
+        let k = i as usize;
+        e.observe(i * MIN, [1.0, 2.0, 3.0][k], Some([0.1, 0.2, 0.3][k]));
     }
-    // Median 2, MAD 1 → σ 1.4826; 2 + 4σ scores exactly ½ for robust_z; the model says 0.2.
-    let v = e.observe(3 * MIN, 2.0 + 4.0 * trailing::MAD_TO_SIGMA, Some(0.2));
-    // Evidence 0.75 × ½ + 0.25 × 0.2; the score is 1 − e^(−evidence), shared in proportion.
-    let evidence: f64 = 0.75 * 0.5 + 0.25 * 0.2;
-    let score = 1.0 - (-evidence).exp();
-    assert!((v.score - score).abs() < 1e-12);
-    assert!((v.contributions[0] - 0.75 * 0.5 * score / evidence).abs() < 1e-12);
-    assert!((v.contributions[1] - 0.25 * 0.2 * score / evidence).abs() < 1e-12);
+    // Median 2, MAD 1 → 1.4826: 2 + 4 × 1.4826 is 4σ, weighted 3σ. The model's earlier scores
+    // have median 0.2 and scale 0.14826: 0.2 + 2 × 0.14826 is 2σ, weighted 0.5σ.
+    let model = 0.2 + 2.0 * 0.1 * trailing::MAD_TO_SIGMA;
+    let v = e.observe(3 * MIN, 2.0 + 4.0 * trailing::MAD_TO_SIGMA, Some(model));
+    let score = squash(3.0, Z_ALARM); // 9 / 25
+    assert!((v.score - score).abs() < 1e-12, "{v:?}");
+    let total = 3.0f64 * 3.0 + 0.5 * 0.5;
+    assert!((v.contributions[0] - score * 9.0 / total).abs() < 1e-12);
+    assert!((v.contributions[1] - score * 0.25 / total).abs() < 1e-12);
     assert!((v.score - v.contributions.iter().sum::<f64>()).abs() < 1e-15);
+}
+
+#[test]
+fn a_calm_key_alarms_once_on_a_spike_and_a_spiky_key_does_not() {
+    // Two keys of the default ensemble, 5-minute values for four days: one calm, one
+    // with a burst of 6 every 10 values. At value 1,000 both see the same spike of 10.
+    let step = 5 * MIN;
+    let mut calm = Ensemble::new(&DetectorSpec::default_ensemble()).unwrap();
+    let mut spiky = Ensemble::new(&DetectorSpec::default_ensemble()).unwrap();
+    let (mut calm_at, mut spiky_at) = (Vec::new(), Vec::new());
+    for i in 0..1_200u64 {
+        let t = i as i64 * step;
+        let spike = if i == 1_000 { 10.0 } else { 0.0 };
+        let burst = if i % 10 == 7 { 6.0 } else { 0.0 };
+        let c = calm.observe(t, noise(i) + spike, None).score;
+        let s = spiky.observe(t, noise(i) + burst + spike, None).score;
+        if i >= 300 {
+            calm_at.push(c);
+            spiky_at.push(s);
+        }
+    }
+    let alarms = |scores: &[f64]| scores.iter().filter(|&&s| s >= 0.5).count();
+    assert_eq!(
+        alarms(&calm_at),
+        1,
+        "the calm key alarms at the spike alone"
+    );
+    assert!(calm_at[700] >= 0.5, "{}", calm_at[700]);
+    // The alarm silences the calm key for the next 100 values, spike or not.
+    assert!(calm_at[701..=800].iter().all(|&s| s == 0.0));
+    // The spiky key's usual bursts, and the spike, are what it does.
+    assert_eq!(
+        alarms(&spiky_at),
+        0,
+        "{:?}",
+        spiky_at.iter().copied().fold(0.0, f64::max)
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! A trailing event-time window of values, kept sorted, for robust statistics.
+//! A trailing window of values, kept sorted, for robust statistics.
 //!
-//! In: `(time µs, value)` pairs in time order. Out: the median, the MAD (scaled to a normal's
-//! standard deviation) and the mean / standard deviation of the values inside the window.
+//! In: `(time µs, value)` pairs in time order. The window holds the values newer than its
+//! span and at most its capacity of them (the newest). Out: the median, a robust scale and the
+//! mean / standard deviation of the values inside the window.
 //! Insert and evict cost O(n) memory moves on a sorted `Vec`, cheap for the few hundred to few
 //! thousand points a baseline holds.
 
@@ -12,11 +13,27 @@ use serde::{Deserialize, Serialize};
 /// 1 / Φ⁻¹(3/4): scales a median absolute deviation to a normal's standard deviation.
 pub const MAD_TO_SIGMA: f64 = 1.4826;
 
+/// How a robust z-score measures the spread of its baseline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scale {
+    /// The MAD × 1.4826, but never less than the standard deviation. The MAD alone says a
+    /// heavy-tailed key's ordinary bursts are many σ out (and is 0 where more than half the
+    /// values are equal); the standard deviation counts them, so only what is unusual for the
+    /// key itself stands out. The default: what holds on real, heavy-tailed series.
+    #[default]
+    MadOrStd,
+    /// The MAD × 1.4826 alone (the standard deviation where the MAD is 0): an outlier or a
+    /// lasting change barely widens it, so it stays sensitive on near-normal series.
+    Mad,
+}
+
 /// Checkpointed as its span and points; the sorted copy and the sums are rebuilt on restore.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct Trailing {
     span_us: i64,
+    cap: usize,
     points: VecDeque<(i64, f64)>,
     sorted: Vec<f64>,
     sum: f64,
@@ -26,12 +43,14 @@ pub struct Trailing {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     span_us: i64,
+    #[serde(default = "unbounded")]
+    cap: usize,
     points: VecDeque<(i64, f64)>,
 }
 
 impl From<Stored> for Trailing {
     fn from(s: Stored) -> Self {
-        let mut t = Trailing::new(s.span_us);
+        let mut t = Trailing::new(s.span_us).with_cap(s.cap);
         for (ts, v) in s.points {
             t.push(ts, v);
         }
@@ -43,18 +62,29 @@ impl From<Trailing> for Stored {
     fn from(t: Trailing) -> Self {
         Stored {
             span_us: t.span_us,
+            cap: t.cap,
             points: t.points,
         }
     }
 }
 
 impl Trailing {
-    /// Values newer than `span_us` before the latest one are kept.
+    /// Values newer than `span_us` before the latest one are kept, however many.
     pub fn new(span_us: i64) -> Self {
         Trailing {
             span_us,
-            ..Default::default()
+            cap: unbounded(),
+            points: VecDeque::new(),
+            sorted: Vec::new(),
+            sum: 0.0,
+            sum_sq: 0.0,
         }
+    }
+
+    /// At most the newest `cap` values are kept (at least one).
+    pub fn with_cap(mut self, cap: usize) -> Self {
+        self.cap = cap.max(1);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -68,11 +98,13 @@ impl Trailing {
     /// Drops the values at or before `now - span`.
     pub fn evict(&mut self, now_us: i64) {
         let horizon = now_us.saturating_sub(self.span_us);
-        while let Some(&(t, v)) = self.points.front() {
-            if t > horizon {
-                break;
-            }
-            self.points.pop_front();
+        while self.points.front().is_some_and(|&(t, _)| t <= horizon) {
+            self.remove_oldest();
+        }
+    }
+
+    fn remove_oldest(&mut self) {
+        if let Some((_, v)) = self.points.pop_front() {
             let i = self.sorted.partition_point(|x| x.total_cmp(&v).is_lt());
             self.sorted.remove(i);
             self.sum -= v;
@@ -80,7 +112,11 @@ impl Trailing {
         }
     }
 
+    /// Adds a value, dropping the oldest one when the window is full.
     pub fn push(&mut self, ts_us: i64, v: f64) {
+        if self.points.len() >= self.cap {
+            self.remove_oldest();
+        }
         self.points.push_back((ts_us, v));
         let i = self.sorted.partition_point(|x| x.total_cmp(&v).is_lt());
         self.sorted.insert(i, v);
@@ -92,19 +128,28 @@ impl Trailing {
         median_sorted(&self.sorted)
     }
 
-    /// Median and robust scale (MAD × 1.4826). Where more than half the values are equal the
-    /// MAD is 0; the scale then falls back to the mean absolute deviation × √(π/2), which is
-    /// 0 only for a constant window.
-    pub fn median_and_scale(&self, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
+    /// The `q` quantile (0 ≤ q ≤ 1) of the window: its value of rank round((n − 1) · q).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let last = self.sorted.len().checked_sub(1)?;
+        let rank = (last as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        self.sorted.get(rank.min(last)).copied()
+    }
+
+    /// Median and scale, as `scale` says (see [`Scale`]). 0 only for a constant window.
+    pub fn median_and_scale(&self, scratch: &mut Vec<f64>, scale: Scale) -> Option<(f64, f64)> {
         let med = self.median()?;
+        let (_, std) = self.mean_and_std()?;
         scratch.clear();
         scratch.extend(self.sorted.iter().map(|x| (x - med).abs()));
         let mad = crate::window::carry::median_of(scratch) * MAD_TO_SIGMA;
-        if mad > 0.0 {
-            return Some((med, mad));
-        }
-        let mean_abs = scratch.iter().sum::<f64>() / scratch.len() as f64;
-        Some((med, mean_abs * (std::f64::consts::PI / 2.0).sqrt()))
+        Some((
+            med,
+            match scale {
+                Scale::MadOrStd => mad.max(std),
+                Scale::Mad if mad > 0.0 => mad,
+                Scale::Mad => std,
+            },
+        ))
     }
 
     /// Mean and (population) standard deviation.
@@ -116,6 +161,10 @@ impl Trailing {
         let mean = self.sum / n;
         Some((mean, (self.sum_sq / n - mean * mean).max(0.0).sqrt()))
     }
+}
+
+fn unbounded() -> usize {
+    usize::MAX
 }
 
 fn median_sorted(sorted: &[f64]) -> Option<f64> {
@@ -142,12 +191,16 @@ mod tests {
         // At t=3 the window (0, 3] holds 1, 3, 100.
         assert_eq!(w.len(), 3);
         assert_eq!(w.median(), Some(3.0));
-        // |x - 3| = 2, 0, 97 → MAD 2.
+        let (mean, std) = w.mean_and_std().unwrap();
+        // |x - 3| = 2, 0, 97 → MAD 2, far below σ ≈ 45.8: the scale is σ.
         assert_eq!(
-            w.median_and_scale(&mut scratch),
+            w.median_and_scale(&mut scratch, Scale::MadOrStd),
+            Some((3.0, std))
+        );
+        assert_eq!(
+            w.median_and_scale(&mut scratch, Scale::Mad),
             Some((3.0, 2.0 * MAD_TO_SIGMA))
         );
-        let (mean, std) = w.mean_and_std().unwrap();
         assert!((mean - 104.0 / 3.0).abs() < 1e-12);
         let var = [1.0f64, 3.0, 100.0]
             .iter()
@@ -158,14 +211,37 @@ mod tests {
     }
 
     #[test]
-    fn a_mostly_constant_window_falls_back_to_the_mean_absolute_deviation() {
-        let mut w = Trailing::new(100);
-        for (t, v) in [1.0, 1.0, 1.0, 4.0].into_iter().enumerate() {
+    fn the_scale_is_the_mad_where_it_exceeds_the_standard_deviation() {
+        // 0, 0, 10, 10, 10: median 10, MAD 0, σ = √24: the scale is σ.
+        let scale = |values: &[f64]| {
+            let mut w = Trailing::new(100);
+            for (t, &v) in values.iter().enumerate() {
+                w.push(t as i64, v);
+            }
+            w.median_and_scale(&mut Vec::new(), Scale::MadOrStd)
+                .unwrap()
+        };
+        let (med, s) = scale(&[0.0, 0.0, 10.0, 10.0, 10.0]);
+        assert_eq!(med, 10.0);
+        assert!((s - 24.0f64.sqrt()).abs() < 1e-12, "{s}");
+        // Deviations 1, 1, 0.1, 0, 0.1, 1, 1: MAD 1, so 1.4826, above σ = √(4.02 / 7).
+        let (_, s) = scale(&[-1.0, -1.0, 0.0, 1.0, 1.0, -0.1, 0.1]);
+        let mad = MAD_TO_SIGMA;
+        assert!((s - mad).abs() < 1e-12, "{s} vs {mad}");
+        assert_eq!(scale(&[3.0; 4]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn a_capped_window_keeps_its_newest_values() {
+        let mut w = Trailing::new(i64::MAX).with_cap(3);
+        for (t, v) in [9.0, 2.0, 7.0, 1.0, 5.0].into_iter().enumerate() {
             w.push(t as i64, v);
         }
-        let (med, scale) = w.median_and_scale(&mut Vec::new()).unwrap();
-        assert_eq!(med, 1.0);
-        assert!((scale - 0.75 * (std::f64::consts::PI / 2.0).sqrt()).abs() < 1e-12);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.median(), Some(5.0));
+        assert_eq!(w.mean_and_std().unwrap().0, 13.0 / 3.0);
+        let back: Trailing = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!((back.len(), back.median()), (3, Some(5.0)));
     }
 
     #[test]
