@@ -15,10 +15,10 @@
 //!
 //! Each detector says how far the value is from what it expected, in σ ([`Detector::deviation`]:
 //! a z-score as it is, CUSUM's sum as `4 · S / h`, a model's score as the robust z of that
-//! score against the key's earlier model scores, counted only above them). The ensemble's deviation is the largest weighted one; the key's
-//! [`calibration`] scales it against the key's own history and raises it once per episode; the
-//! score is that calibrated deviation squashed to [0, 1): ½ at the alarm level (6σ by default),
-//! whatever the key. A detector's contribution is its share of the score, in proportion to
+//! score against the key's earlier model scores, counted only above them). The ensemble's
+//! deviation is the largest weighted one; the key's [`calibration`] scales it against the key's
+//! own history and raises it once per episode; the score is that calibrated deviation squashed
+//! to [0, 1): ½ at the alarm level (6σ by default), whatever the key. A detector's contribution is its share of the score, in proportion to
 //! its squared weighted deviation, so they sum to the score.
 //!
 //! The default ensemble ([`DetectorSpec::default_ensemble`]): the value, the mean of the last 5
@@ -27,8 +27,10 @@
 //! on labelled series (`models/README.md` has the figures).
 //!
 //! State per key: 2,000 values for each `robust_z` and for the seasonal residuals (32 kB each),
-//! `seasons × period / width` buckets for `seasonal` (26 kB for three days of 5-minute values),
-//! and 2,000 deviations for the calibration. All of it serialises, for checkpoints.
+//! `seasons × period / width` buckets for `seasonal` (28 kB for three days of 5-minute values),
+//! and 2,000 deviations for the calibration: about 160 kB, bounded however long the key runs,
+//! but several times the day of values the earlier detectors kept. All of it serialises, for
+//! checkpoints.
 
 pub mod calibration;
 pub mod cusum;

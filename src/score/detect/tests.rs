@@ -125,7 +125,8 @@ fn cusum_accumulates_a_small_level_shift_that_no_single_point_reveals() {
 #[test]
 fn the_largest_weighted_deviation_scores_and_contributions_sum_to_the_score() {
     let specs: Vec<DetectorSpec> = serde_norway::from_str(
-        "- {kind: robust_z, weight: 0.75, min_points: 3}\n- {kind: model, weight: 0.25, min_points: 3}",
+        "- {kind: robust_z, weight: 0.75, min_points: 3}\n\
+         - {kind: model, weight: 0.25, min_points: 3}",
     )
     .unwrap();
     let mut e = Ensemble::plain(&specs).unwrap();
