@@ -525,8 +525,7 @@ fn main() -> anyhow::Result<()> {
                     );
                     for stage in &p.stages {
                         let window = stage
-                            .query
-                            .window
+                            .window()
                             .map_or("no window".to_string(), |w| w.to_string());
                         let columns: Vec<&str> = stage
                             .output_schema

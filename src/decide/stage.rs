@@ -23,9 +23,8 @@ use super::rightsize::{self, Headroom};
 use super::rows::{self, AlertInput};
 use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
 use crate::evaluate::forecast::{Steps, offset};
-use crate::score::forecast::{
-    FollowedForecast, ForecastOperator, ForecastRef, ForecastSpec, HourlySeries, inputs, to_values,
-};
+use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
+use crate::score::forecast::{FollowedForecast, ForecastRef, HourlySeries, inputs, to_values};
 
 /// A checked alert stage.
 #[derive(Debug, Clone)]
@@ -33,21 +32,6 @@ pub struct AlertSpec {
     pub policy: Policy,
     pub input: AlertInput,
     pub schema: SchemaRef,
-}
-
-/// A checked decision stage.
-#[derive(Debug, Clone)]
-pub enum DecideSpec {
-    Alert(AlertSpec),
-    Recommend(RecommendSpec),
-    Forecast(ForecastSpec),
-}
-
-/// A checked recommend stage.
-#[derive(Debug, Clone)]
-pub enum RecommendSpec {
-    Spot(SpotSpec),
-    Rightsizing(RightsizeSpec),
 }
 
 /// Spot / on-demand and instance mix per declared workload, from hourly spot prices.
@@ -94,139 +78,137 @@ pub struct RightsizeSpec {
     pub catalogue: Catalogue,
 }
 
-/// A running decision stage.
-pub enum DecideOperator {
-    Alert(Box<AlertOperator>),
-    Spot(Box<SpotOperator>),
-    Rightsize(Box<RightsizeOperator>),
-    Forecast(Box<ForecastOperator>),
-}
-
-impl DecideOperator {
-    pub fn open(spec: DecideSpec) -> Result<Self, String> {
-        match spec {
-            DecideSpec::Alert(a) => Ok(DecideOperator::alert(a)),
-            DecideSpec::Recommend(r) => DecideOperator::recommend(r),
-            DecideSpec::Forecast(f) => Ok(DecideOperator::Forecast(Box::new(
-                ForecastOperator::open(f)?,
-            ))),
-        }
-    }
-
-    /// Every `poll`, swaps in a newer registered version of the stage's forecast model (an
-    /// unpinned reference); says what changed.
-    pub async fn refresh(&mut self) -> Option<Result<String, String>> {
-        let model = match self {
-            DecideOperator::Spot(s) => s.model.as_mut()?,
-            DecideOperator::Forecast(f) => f.model(),
-            _ => return None,
-        };
-        model.refresh().await
-    }
-
-    pub fn alert(spec: AlertSpec) -> Self {
-        DecideOperator::Alert(Box::new(AlertOperator {
-            policy: AlertPolicy::new(spec.policy.clone()),
-            spec,
-        }))
-    }
-
-    pub fn recommend(spec: RecommendSpec) -> Result<Self, String> {
-        Ok(match spec {
-            RecommendSpec::Spot(s) => {
-                let model = s.model.as_ref().map(FollowedForecast::open).transpose()?;
-                DecideOperator::Spot(Box::new(SpotOperator {
-                    spec: s,
-                    model,
-                    state: SpotState::default(),
-                }))
-            }
-            RecommendSpec::Rightsizing(s) => {
-                DecideOperator::Rightsize(Box::new(RightsizeOperator {
-                    spec: s,
-                    state: RightsizeState::default(),
-                }))
-            }
-        })
-    }
-
-    /// The rows one input batch causes.
-    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-        match self {
-            DecideOperator::Alert(a) => a.apply(batch),
-            DecideOperator::Spot(s) => s.apply(batch),
-            DecideOperator::Rightsize(r) => r.apply(batch),
-            DecideOperator::Forecast(f) => {
-                f.apply(batch)?;
-                Ok(RecordBatch::new_empty(f.output_schema()))
-            }
-        }
-    }
-
-    /// The rows the input's watermark reaching `watermark` causes (alerts of silent keys).
-    pub fn advance(&mut self, watermark: i64) -> Result<Option<RecordBatch>, ArrowError> {
-        match self {
-            DecideOperator::Alert(a) => {
-                let m = a.policy.advance(watermark);
-                if m.is_empty() {
-                    return Ok(None);
-                }
-                rows::alert_rows(&a.spec.schema, &m).map(Some)
-            }
-            DecideOperator::Forecast(f) => f.advance(watermark),
-            _ => Ok(None),
-        }
-    }
-
-    /// What the alert policy held back so far.
-    pub fn suppressed(&self) -> Option<&Suppressed> {
-        match self {
-            DecideOperator::Alert(a) => Some(&a.policy.suppressed),
-            _ => None,
-        }
-    }
-
-    pub fn snapshot(&self) -> Result<String, String> {
-        match self {
-            DecideOperator::Alert(a) => a.policy.snapshot(),
-            DecideOperator::Spot(s) => serde_json::to_string(&s.state).map_err(|e| e.to_string()),
-            DecideOperator::Rightsize(r) => {
-                serde_json::to_string(&r.state).map_err(|e| e.to_string())
-            }
-            DecideOperator::Forecast(f) => f.state_json(),
-        }
-    }
-
-    pub fn restore(&mut self, json: &str) -> Result<(), String> {
-        let err = |e: serde_json::Error| format!("decision state: {e}");
-        match self {
-            DecideOperator::Alert(a) => a.policy.restore(json),
-            DecideOperator::Spot(s) => {
-                s.state = serde_json::from_str(json).map_err(err)?;
-                Ok(())
-            }
-            DecideOperator::Rightsize(r) => {
-                r.state = serde_json::from_str(json).map_err(err)?;
-                Ok(())
-            }
-            DecideOperator::Forecast(f) => f.restore_state(json),
-        }
-    }
-}
-
+/// A running alert stage: the alert policy over a score stage's rows.
 pub struct AlertOperator {
     spec: AlertSpec,
     policy: AlertPolicy,
 }
 
 impl AlertOperator {
-    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-        let messages: Vec<AlertMessage> = rows::observations(&self.spec.input, batch)?
-            .iter()
-            .flat_map(|o| self.policy.observe(o))
-            .collect();
+    pub fn new(spec: AlertSpec) -> Self {
+        AlertOperator {
+            policy: AlertPolicy::new(spec.policy.clone()),
+            spec,
+        }
+    }
+
+    /// The alert rows one input batch causes.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let messages = self.observe(batch)?;
         rows::alert_rows(&self.spec.schema, &messages)
     }
+
+    fn observe(&mut self, batch: &RecordBatch) -> Result<Vec<AlertMessage>, ArrowError> {
+        Ok(rows::observations(&self.spec.input, batch)?
+            .iter()
+            .flat_map(|o| self.policy.observe(o))
+            .collect())
+    }
+
+    /// Counts `messages` by severity and status, and emits them.
+    fn emit(
+        &self,
+        messages: &[AlertMessage],
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        for m in messages {
+            ctx.metrics
+                .alerts
+                .with_label_values(&[
+                    ctx.pipeline,
+                    ctx.stage,
+                    m.severity.as_str(),
+                    m.status.as_str(),
+                ])
+                .inc();
+        }
+        if !messages.is_empty() {
+            out.collect(rows::alert_rows(&self.spec.schema, messages)?);
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint part of a decision stage's state (JSON).
+const STATE_PART: &str = "decisions";
+
+fn state_error(e: String) -> OperatorError {
+    OperatorError::State {
+        part: STATE_PART.into(),
+        message: e,
+    }
+}
+
+#[async_trait::async_trait]
+impl Operator for AlertOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        let messages = self.observe(batch)?;
+        self.emit(&messages, ctx, out)
+    }
+
+    /// Resolves the alerts of keys that went silent.
+    async fn handle_watermark(
+        &mut self,
+        watermark: i64,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<i64> {
+        if watermark != i64::MIN {
+            let messages = self.policy.advance(watermark);
+            self.emit(&messages, ctx, out)?;
+        }
+        Ok(watermark)
+    }
+
+    /// Sets what the policy held back so far.
+    fn on_cycle_end(&mut self, ctx: &Context<'_>) {
+        let s: &Suppressed = &self.policy.suppressed;
+        for (reason, n) in [
+            ("maintenance", s.maintenance),
+            ("flapping", s.flapping),
+            ("duplicate", s.duplicate),
+        ] {
+            ctx.metrics
+                .alerts_suppressed
+                .with_label_values(&[ctx.pipeline, ctx.stage, reason])
+                .set(n as i64);
+        }
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        OperatorState::text(STATE_PART, self.policy.snapshot().map_err(state_error)?)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(json) = state.read_text(STATE_PART)? {
+            self.policy.restore(json).map_err(state_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts a recommend stage's rows by kind, and emits them.
+fn emit_recommendations(
+    recs: &[Recommendation],
+    ctx: &Context<'_>,
+    out: &mut Collector,
+) -> operator::Result<()> {
+    for r in recs {
+        ctx.metrics
+            .recommendations
+            .with_label_values(&[ctx.pipeline, ctx.stage, r.kind.as_str()])
+            .inc();
+    }
+    if !recs.is_empty() {
+        out.collect(rows::recommendation_rows(recs)?);
+    }
+    Ok(())
 }
 
 const HOUR: i64 = 3_600_000_000;
@@ -265,7 +247,25 @@ fn volatility(prices: &VecDeque<(i64, f64)>) -> f64 {
 }
 
 impl SpotOperator {
-    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    pub fn open(spec: SpotSpec) -> Result<Self, String> {
+        let model = spec
+            .model
+            .as_ref()
+            .map(FollowedForecast::open)
+            .transpose()?;
+        Ok(SpotOperator {
+            spec,
+            model,
+            state: SpotState::default(),
+        })
+    }
+
+    /// The recommendation rows one input batch causes.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        rows::recommendation_rows(&self.recommendations(batch)?)
+    }
+
+    fn recommendations(&mut self, batch: &RecordBatch) -> Result<Vec<Recommendation>, ArrowError> {
         let types = rows::utf8(batch, &self.spec.instance_type)?;
         let zones = rows::utf8(batch, &self.spec.az)?;
         let times = rows::micros(batch, &self.spec.time)?;
@@ -294,7 +294,7 @@ impl SpotOperator {
             let recs = self.recommend(&w).map_err(ArrowError::ComputeError)?;
             out.extend(recs.into_iter().filter_map(|r| self.state.issued.issue(r)));
         }
-        rows::recommendation_rows(&out)
+        Ok(out)
     }
 
     /// The price outlook of a pool at its newest hour: its (hour, quantiles) at 1, 6 and 24
@@ -611,7 +611,19 @@ pub struct RightsizeOperator {
 }
 
 impl RightsizeOperator {
-    fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    pub fn new(spec: RightsizeSpec) -> Self {
+        RightsizeOperator {
+            spec,
+            state: RightsizeState::default(),
+        }
+    }
+
+    /// The recommendation rows one input batch causes.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        rows::recommendation_rows(&self.recommendations(batch)?)
+    }
+
+    fn recommendations(&mut self, batch: &RecordBatch) -> Result<Vec<Recommendation>, ArrowError> {
         let s = &self.spec;
         let resources = rows::utf8(batch, &s.resource)?;
         let metrics = rows::utf8(batch, &s.metric)?;
@@ -729,6 +741,62 @@ impl RightsizeOperator {
             };
             out.extend(self.state.issued.issue(rec));
         }
-        rows::recommendation_rows(&out)
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Operator for SpotOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        let recs = self.recommendations(batch)?;
+        emit_recommendations(&recs, ctx, out)
+    }
+
+    async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        if let Some(model) = self.model.as_mut()
+            && let Some(change) = model.refresh().await
+        {
+            crate::score::report_refresh(ctx, change);
+        }
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        OperatorState::json(STATE_PART, &self.state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(s) = state.read_json(STATE_PART)? {
+            self.state = s;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Operator for RightsizeOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        let recs = self.recommendations(batch)?;
+        emit_recommendations(&recs, ctx, out)
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        OperatorState::json(STATE_PART, &self.state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(s) = state.read_json(STATE_PART)? {
+            self.state = s;
+        }
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ use super::rightsize::Headroom;
 use super::rows::{AlertInput, alert_schema};
 use super::spot::{InterruptionProxy, Tolerance, Workload};
 use super::stage::*;
+use crate::operator::Operator;
 
 const MIN: i64 = 60_000_000;
 const HOUR: i64 = 60 * MIN;
@@ -123,7 +124,7 @@ fn alert_rows_match_the_alert_schema() {
         ],
     )
     .unwrap();
-    let mut op = DecideOperator::alert(spec);
+    let mut op = AlertOperator::new(spec);
     let rows = op.apply(&batch).unwrap();
     let docs = json_rows(&rows, "alert.json");
     let status: Vec<&str> = docs.iter().map(|d| d["status"].as_str().unwrap()).collect();
@@ -211,7 +212,7 @@ fn spot_and_mix_recommendations_are_reproducible_constrained_and_match_their_sch
         ("r5.large", 0.04),
     ];
     let run = || {
-        let mut op = DecideOperator::recommend(RecommendSpec::Spot(spot_spec())).unwrap();
+        let mut op = SpotOperator::open(spot_spec()).unwrap();
         let first = op.apply(&spot_batch(&types, 0, 72)).unwrap();
         let next = op.apply(&spot_batch(&types, 72, 1)).unwrap();
         (first, next)
@@ -262,7 +263,7 @@ fn spot_and_mix_recommendations_are_reproducible_constrained_and_match_their_sch
 #[test]
 fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
     let spec = rightsize_spec();
-    let mut op = DecideOperator::recommend(RecommendSpec::Rightsizing(spec)).unwrap();
+    let mut op = RightsizeOperator::new(spec);
     let windows = 24 * 12;
     let (mut r, mut m, mut it, mut reg, mut t, mut v) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -314,9 +315,8 @@ fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
     assert!((saved - (0.384 - 0.192) * 730.0).abs() < 1e-6);
     // Restored state issues nothing new for the same data.
     let snapshot = op.snapshot().unwrap();
-    let mut again =
-        DecideOperator::recommend(RecommendSpec::Rightsizing(rightsize_spec())).unwrap();
-    again.restore(&snapshot).unwrap();
+    let mut again = RightsizeOperator::new(rightsize_spec());
+    again.restore(snapshot).unwrap();
     assert_eq!(again.apply(&batch).unwrap().num_rows(), 0);
 }
 

@@ -28,7 +28,7 @@ impl Progress {
                     let windows = p
                         .stages
                         .iter()
-                        .filter(|s| s.query.window.is_some())
+                        .filter(|s| s.window().is_some())
                         .map(|s| s.name.clone())
                         .collect();
                     (p.name.clone(), windows)

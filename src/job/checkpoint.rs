@@ -2,12 +2,13 @@
 //! committed the cycle before it.
 //!
 //! In: a [`Checkpoint`] — the cycle number; per source the next offset per partition and the
-//! watermark clock; per stage its watermark and, for a window stage, its buffered rows (see
-//! [`WindowOperator::snapshot`](crate::window::WindowOperator::snapshot)). Out, under
-//! `<table root>/_stratus/<pipeline>/checkpoints/`: each window stage's rows as Arrow IPC in
-//! `cycle-<N>/<stage>.arrow` (and its carried-feature history in `<stage>.carry.arrow`), then
-//! the manifest `cycle-<N>.json`. A checkpoint exists once its
-//! manifest does: that is one PUT, atomic on S3 and on a local disk. The two newest are kept.
+//! watermark clock; per stage its output watermark and its operator's
+//! [`OperatorState`]. Out, under `<table root>/_stratus/<pipeline>/checkpoints/`: each part of
+//! each stage's state as Arrow IPC in `cycle-<N>/<stage>.<part>.arrow` (a window stage's rows
+//! in `<stage>.window.arrow`, its carried-feature history in `<stage>.carry.arrow`, a score
+//! stage's detectors in `<stage>.detectors.arrow`, …), then the manifest `cycle-<N>.json`,
+//! which lists them and holds the rest. A checkpoint exists once its manifest does: that is one
+//! PUT, atomic on S3 and on a local disk. The two newest are kept.
 //!
 //! How restart uses it is in [`run`](super::run).
 
@@ -22,6 +23,8 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+
+use crate::operator::OperatorState;
 
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +53,8 @@ pub struct SourceState {
 pub struct StageState {
     /// The watermark of the stage's output.
     pub watermark: i64,
-    /// A window stage's operator watermark (its input's).
-    pub operator_watermark: i64,
-    /// A window stage's buffered rows; not in the manifest.
-    #[serde(skip)]
-    pub rows: Option<Vec<RecordBatch>>,
-    /// A stage's carried-feature history (see `window::carry`); not in the manifest.
-    #[serde(skip)]
-    pub carry: Option<RecordBatch>,
-    /// A score stage's detectors, per key (see `score::stage`); not in the manifest.
-    #[serde(skip)]
-    pub detectors: Option<RecordBatch>,
+    /// Its operator's state: `meta` in the manifest, each part in its own file.
+    pub state: OperatorState,
 }
 
 /// The state after cycle `cycle` (0: before the first).
@@ -71,22 +65,25 @@ pub struct Checkpoint {
     pub stages: BTreeMap<String, StageState>,
 }
 
-/// A manifest as stored: the checkpoint and the state files written with it. A listed file
-/// that cannot be found makes the checkpoint corrupt; a manifest from before the list existed
-/// (a bare checkpoint) reads whatever state files are there.
+/// A manifest as stored: the checkpoint and, per stage, the parts of its state written with
+/// it. A listed part that cannot be found makes the checkpoint corrupt.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     checkpoint: Checkpoint,
-    files: Option<Vec<String>>,
+    parts: BTreeMap<String, Vec<String>>,
 }
 
 impl Stored {
     fn parse(bytes: &[u8]) -> Result<Stored, serde_json::Error> {
-        serde_json::from_slice::<Stored>(bytes).or_else(|_| {
-            serde_json::from_slice::<Checkpoint>(bytes).map(|checkpoint| Stored {
-                checkpoint,
-                files: None,
-            })
+        serde_json::from_slice::<Stored>(bytes)
+    }
+
+    /// The state files it lists.
+    fn files(&self) -> impl Iterator<Item = String> + '_ {
+        self.parts.iter().flat_map(|(stage, parts)| {
+            parts
+                .iter()
+                .map(move |part| CheckpointStore::state_file(stage, part))
         })
     }
 }
@@ -150,13 +147,9 @@ impl CheckpointStore {
             .join(file)
     }
 
-    /// A stage's state files: (rows, carried history, detectors).
-    fn state_files(stage: &str) -> [String; 3] {
-        [
-            format!("{stage}.arrow"),
-            format!("{stage}.carry.arrow"),
-            format!("{stage}.detectors.arrow"),
-        ]
+    /// The file of one part of a stage's state.
+    fn state_file(stage: &str, part: &str) -> String {
+        format!("{stage}.{part}.arrow")
     }
 
     async fn read_state(
@@ -215,26 +208,30 @@ impl CheckpointStore {
             .bytes()
             .await
             .map_err(|e| self.store_err(e))?;
-        let stored = Stored::parse(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let stored = Stored::parse(&bytes).map_err(|e| {
+            corrupt(format!(
+                "{e}: not a checkpoint this version of Stratus reads (those of versions before \
+                 stages were operators are not); restore a newer one, or start over by removing \
+                 the checkpoints and writing to new tables"
+            ))
+        })?;
         let mut checkpoint = stored.checkpoint;
-        for (stage, state) in checkpoint.stages.iter_mut() {
-            let mut read = Vec::new();
-            for file in Self::state_files(stage) {
-                let batch = self.read_state(cycle, &file).await?;
-                let listed = stored.files.as_ref().is_some_and(|f| f.contains(&file));
-                if listed && batch.is_none() {
+        for (stage, parts) in &stored.parts {
+            let Some(state) = checkpoint.stages.get_mut(stage) else {
+                return Err(corrupt(format!(
+                    "parts listed for `{stage}`, not a stage of it"
+                )));
+            };
+            for part in parts {
+                let file = Self::state_file(stage, part);
+                let Some(batch) = self.read_state(cycle, &file).await? else {
                     return Err(corrupt(format!(
                         "{file} is listed in the manifest but missing; restore it or remove \
                          this checkpoint to start from the one before"
                     )));
-                }
-                read.push(batch);
+                };
+                state.state.parts.insert(part.clone(), vec![batch]);
             }
-            let [rows, carry, detectors]: [Option<RecordBatch>; 3] =
-                read.try_into().map_err(|_| corrupt("state files".into()))?;
-            state.rows = rows.map(|b| vec![b]);
-            state.carry = carry;
-            state.detectors = detectors;
         }
         Ok(Some(checkpoint))
     }
@@ -242,30 +239,26 @@ impl CheckpointStore {
     /// Writes `checkpoint` and removes all but the newest few.
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let cycle = checkpoint.cycle;
-        let mut written = Vec::new();
+        let mut written = BTreeMap::new();
         for (stage, state) in &checkpoint.stages {
-            let files = Self::state_files(stage);
-            let parts = [
-                state.rows.as_deref(),
-                state.carry.as_ref().map(std::slice::from_ref),
-                state.detectors.as_ref().map(std::slice::from_ref),
-            ];
-            for (file, batches) in files.iter().zip(parts) {
-                let Some(batches) = batches else { continue };
+            let mut parts = Vec::new();
+            for (part, batches) in &state.state.parts {
+                let file = Self::state_file(stage, part);
                 let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
                     location: format!("{}/cycle-{cycle:020}/{file}", self.location),
                     message: e.to_string(),
                 })?;
                 self.store
-                    .put(&self.state_path(cycle, file), PutPayload::from(bytes))
+                    .put(&self.state_path(cycle, &file), PutPayload::from(bytes))
                     .await
                     .map_err(|e| self.store_err(e))?;
-                written.push(file.clone());
+                parts.push(part.clone());
             }
+            written.insert(stage.clone(), parts);
         }
         let stored = Stored {
             checkpoint: checkpoint.clone(),
-            files: Some(written),
+            parts: written,
         };
         let manifest =
             serde_json::to_vec_pretty(&stored).map_err(|e| CheckpointError::Corrupt {
@@ -280,22 +273,16 @@ impl CheckpointStore {
         for &old in cycles.iter().rev().skip(KEEP) {
             // The files the old manifest lists (its stages may differ from today's), then the
             // manifest; a manifest that cannot be read leaves only today's names to try.
-            let listed = match self.store.get(&self.manifest_path(old)).await {
+            let listed: Option<Vec<String>> = match self.store.get(&self.manifest_path(old)).await {
                 Ok(got) => got
                     .bytes()
                     .await
                     .ok()
                     .and_then(|b| Stored::parse(&b).ok())
-                    .and_then(|s| s.files),
+                    .map(|s| s.files().collect()),
                 Err(_) => None,
             };
-            let files = listed.unwrap_or_else(|| {
-                checkpoint
-                    .stages
-                    .keys()
-                    .flat_map(|stage| Self::state_files(stage))
-                    .collect()
-            });
+            let files = listed.unwrap_or_else(|| stored.files().collect());
             // The manifest first: a checkpoint without it does not exist.
             self.delete(&self.manifest_path(old)).await?;
             for file in files {
@@ -357,17 +344,18 @@ mod tests {
         };
         let window = StageState {
             watermark: 1,
-            operator_watermark: 2,
-            rows: Some(vec![rows(vec![cycle, 2]), rows(vec![3])]),
-            carry: Some(rows(vec![4])),
-            detectors: Some(rows(vec![5, 6])),
+            state: OperatorState {
+                meta: serde_json::json!({"watermark": 2}),
+                parts: BTreeMap::from([
+                    ("window".into(), vec![rows(vec![cycle, 2]), rows(vec![3])]),
+                    ("carry".into(), vec![rows(vec![4])]),
+                    ("detectors".into(), vec![rows(vec![5, 6])]),
+                ]),
+            },
         };
         let plain = StageState {
             watermark: 9,
-            operator_watermark: 9,
-            rows: None,
-            carry: None,
-            detectors: None,
+            state: OperatorState::default(),
         };
         Checkpoint {
             cycle,
@@ -408,11 +396,13 @@ mod tests {
         // Written as two batches, a stage's window rows read back as one.
         let mut want = checkpoint(4);
         if let Some(w) = want.stages.get_mut("w") {
-            w.rows = Some(vec![rows(vec![4, 2, 3])]);
+            w.state
+                .parts
+                .insert("window".into(), vec![rows(vec![4, 2, 3])]);
         }
         assert_eq!(store.latest().await.unwrap(), Some(want));
         assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
-        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
+        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.window.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -445,7 +435,7 @@ mod tests {
             c.stages.insert("renamed".into(), w);
             store.save(&c).await.unwrap();
         }
-        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.arrow");
+        let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.window.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
         std::fs::remove_dir_all(&dir).unwrap();
     }

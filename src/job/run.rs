@@ -5,12 +5,13 @@
 //! Arrow and sending invalid ones to the dead-letter topic. When `commit.max_rows` events have
 //! been read or `commit.max_interval` has passed (or on shutdown, or when a backfill has read
 //! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
-//! stages in file order — window stages fire what the watermark closed and send too-late rows
-//! to `<pipeline>.<stage>.late` — publishes Kafka sink rows, then commits every Delta sink that
-//! has rows, all at once. Each of those commits records, as `txn` marks, the cycle (`cycle` =
+//! stages in file order — each stage an [`Operator`] (built by [`build`]) that takes its
+//! input's batches, then its input's watermark; window stages fire what the watermark closed,
+//! and rows too late for any window go to `<pipeline>.<stage>.late` — publishes Kafka sink
+//! rows, then commits every Delta sink that has rows, all at once. Each of those commits records, as `txn` marks, the cycle (`cycle` =
 //! N), every source partition's next offset and every source's watermark. Once all have
 //! committed, a [`Checkpoint`] of the state after cycle N — source offsets and watermark
-//! clocks, window stages' buffered rows — is taken in memory and written beside the tables
+//! clocks, each operator's state — is taken in memory and written beside the tables
 //! (see `checkpoint`) in the background, while cycle N+1 reads and runs; cycle N+1 commits to
 //! Delta only once it is written, so the tables are never more than one cycle ahead of it.
 //! Time spent per phase is counted in `stratus_cycle_seconds_total`.
@@ -34,26 +35,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, RecordBatch};
-use arrow::error::ArrowError;
+use arrow::array::RecordBatch;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
+use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
 use super::reader::{
     SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
 };
-use crate::decide::stage::DecideOperator;
 use crate::metrics::PipelineMetrics;
+use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
-use crate::score::stage::{ScoreOperator, StageError};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark};
 use crate::source::kafka::producer_config;
 use crate::validate::TimeBounds;
-use crate::window::carry::CARRY_SUFFIXES;
-use crate::window::{CarryOperator, WindowError, WindowOperator};
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +66,10 @@ pub enum RunError {
     #[error("dead-letter topic {topic}: {message}")]
     DeadLetter { topic: String, message: String },
     #[error("stage {stage}: {source}")]
-    Stage { stage: String, source: WindowError },
-    #[error("decision stage {stage}: {message}")]
-    Decide { stage: String, message: String },
-    #[error("score stage {stage}: {source}")]
-    Score { stage: String, source: StageError },
+    Stage {
+        stage: String,
+        source: OperatorError,
+    },
     #[error(transparent)]
     Delta(#[from] SinkError),
     #[error(transparent)]
@@ -162,12 +159,10 @@ impl RunSummary {
 }
 
 struct StageRuntime {
-    plan: StagePlan,
-    op: Option<WindowOperator>,
-    carry: Option<CarryOperator>,
-    scorer: Option<ScoreOperator>,
-    decider: Option<DecideOperator>,
-    ctx: datafusion::prelude::SessionContext,
+    name: String,
+    /// The source or stage it reads.
+    input: String,
+    op: Box<dyn Operator>,
     /// Watermark of this stage's output (µs).
     watermark: i64,
     late: KafkaSink,
@@ -423,185 +418,21 @@ async fn open_stage(
         stage: plan.name.clone(),
         source,
     };
-    let ctx = crate::sql::session_context();
+    let mut op = build(pipeline, plan, &config.storage_options)
+        .await
+        .map_err(stage_err)?;
     let saved = restored.stages.get(&plan.name);
-    let op = match plan.query.window {
-        None => None,
-        Some(_) => {
-            let upstream = pipeline
-                .stages
-                .iter()
-                .find(|s| s.name == plan.query.input && s.query.window.is_some())
-                .map(|s| {
-                    let mut keys = s.query.output_keys.clone().unwrap_or(s.query.keys.clone());
-                    keys.push("window_start".into());
-                    keys
-                });
-            let mut op = WindowOperator::new(
-                plan.query.clone(),
-                &plan.event_time,
-                plan.allowed_lateness,
-                plan.input_schema.clone(),
-                ctx.clone(),
-                upstream,
-            )
-            .and_then(|op| op.with_replace_by(&plan.replace_by))
-            .map_err(stage_err)?;
-            if let Some(StageState {
-                operator_watermark,
-                rows: Some(rows),
-                ..
-            }) = saved
-            {
-                op.restore(rows, *operator_watermark).map_err(stage_err)?;
-            }
-            Some(op)
-        }
-    };
-    let carry = match &plan.carry {
-        None => None,
-        Some(spec) => {
-            // The operator's input: the stage's output without the carried columns.
-            let mut fields: Vec<_> = plan.output_schema.fields().iter().cloned().collect();
-            fields.truncate(fields.len() - spec.columns.len() * CARRY_SUFFIXES.len());
-            let input = arrow::datatypes::Schema::new(fields);
-            let mut carry = CarryOperator::new(spec.clone(), &input).map_err(stage_err)?;
-            if let Some(state) = saved.and_then(|s| s.carry.as_ref()) {
-                carry.restore(state).map_err(stage_err)?;
-            }
-            Some(carry)
-        }
-    };
-    let scorer = match &plan.score {
-        None => None,
-        Some(spec) => {
-            let score_err = |source| RunError::Score {
-                stage: plan.name.clone(),
-                source,
-            };
-            let mut scorer = ScoreOperator::open(
-                spec.clone(),
-                plan.input_schema.clone(),
-                &config.storage_options,
-            )
-            .await
-            .map_err(score_err)?;
-            if let Some(state) = saved.and_then(|s| s.detectors.as_ref()) {
-                scorer.restore(state).map_err(score_err)?;
-            }
-            Some(scorer)
-        }
-    };
-    let decider = match &plan.decide {
-        None => None,
-        Some(spec) => {
-            let decide_err = |message: String| RunError::Decide {
-                stage: plan.name.clone(),
-                message,
-            };
-            let mut d = DecideOperator::open(spec.clone()).map_err(decide_err)?;
-            if let Some(state) = saved.and_then(|s| s.detectors.as_ref()) {
-                d.restore(&decision_state(state).map_err(decide_err)?)
-                    .map_err(decide_err)?;
-            }
-            Some(d)
-        }
-    };
+    if let Some(saved) = saved {
+        op.restore(saved.state.clone()).map_err(stage_err)?;
+    }
     let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
     Ok(StageRuntime {
-        plan: plan.clone(),
+        name: plan.name.clone(),
+        input: plan.input.clone(),
         op,
-        carry,
-        scorer,
-        decider,
-        ctx,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
     })
-}
-
-/// Sets the `model_version` gauges of a score stage.
-fn record_versions(
-    pipeline: &Pipeline,
-    stage: &str,
-    scorer: &ScoreOperator,
-    metrics: &PipelineMetrics,
-) {
-    let (serving, shadow) = scorer.versions();
-    for (role, label) in [("serving", serving), ("shadow", shadow)] {
-        if let Some((model, version)) = label.and_then(|l| l.split_once('@')) {
-            metrics
-                .model_version
-                .with_label_values(&[pipeline.name.as_str(), stage, model, role])
-                .set(version.parse().unwrap_or(0));
-        }
-    }
-}
-
-/// A decision stage's state as a checkpoint batch: one row, column `state`, JSON.
-fn decision_batch(json: &str) -> Result<RecordBatch, String> {
-    let array: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from(vec![json]));
-    RecordBatch::try_from_iter([("state", array)]).map_err(|e| e.to_string())
-}
-
-/// The JSON in a batch from [`decision_batch`].
-fn decision_state(batch: &RecordBatch) -> Result<String, String> {
-    batch
-        .column_by_name("state")
-        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-        .filter(|c| c.len() == 1)
-        .map(|c| c.value(0).to_string())
-        .ok_or_else(|| "the checkpoint's decision state is not one `state` string".to_string())
-}
-
-/// Counts the alerts (by severity and status) and recommendations (by kind) a decision stage
-/// produced, and what its alert policy held back.
-fn record_decisions(
-    pipeline: &Pipeline,
-    stage: &str,
-    d: &DecideOperator,
-    results: &[RecordBatch],
-    metrics: &PipelineMetrics,
-) {
-    for b in results {
-        let text = |name: &str| {
-            b.column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-                .cloned()
-        };
-        if let (Some(severity), Some(status)) = (text("severity"), text("status")) {
-            for i in 0..b.num_rows() {
-                metrics
-                    .alerts
-                    .with_label_values(&[
-                        pipeline.name.as_str(),
-                        stage,
-                        severity.value(i),
-                        status.value(i),
-                    ])
-                    .inc();
-            }
-        } else if let Some(kind) = text("kind") {
-            for i in 0..b.num_rows() {
-                metrics
-                    .recommendations
-                    .with_label_values(&[pipeline.name.as_str(), stage, kind.value(i)])
-                    .inc();
-            }
-        }
-    }
-    if let Some(s) = d.suppressed() {
-        for (reason, n) in [
-            ("maintenance", s.maintenance),
-            ("flapping", s.flapping),
-            ("duplicate", s.duplicate),
-        ] {
-            metrics
-                .alerts_suppressed
-                .with_label_values(&[pipeline.name.as_str(), stage, reason])
-                .set(n as i64);
-        }
-    }
 }
 
 /// The checkpoint being written in the background, if any.
@@ -656,46 +487,15 @@ fn checkpoint_of(
         checkpoint.sources.insert(s.plan.name.clone(), state);
     }
     for st in stages {
-        let (operator_watermark, rows) = match &st.op {
-            Some(op) => (
-                op.watermark(),
-                Some(op.snapshot().map_err(|source| RunError::Stage {
-                    stage: st.plan.name.clone(),
-                    source,
-                })?),
-            ),
-            None => (st.watermark, None),
-        };
-        let carry = match &st.carry {
-            Some(c) => Some(c.snapshot().map_err(|source| RunError::Stage {
-                stage: st.plan.name.clone(),
-                source,
-            })?),
-            None => None,
-        };
-        let detectors = match (&st.scorer, &st.decider) {
-            (Some(s), _) => Some(s.snapshot().map_err(|source| RunError::Score {
-                stage: st.plan.name.clone(),
-                source,
-            })?),
-            (None, Some(d)) => Some(
-                d.snapshot()
-                    .and_then(|json| decision_batch(&json))
-                    .map_err(|message| RunError::Decide {
-                        stage: st.plan.name.clone(),
-                        message,
-                    })?,
-            ),
-            (None, None) => None,
-        };
+        let state = st.op.snapshot().map_err(|source| RunError::Stage {
+            stage: st.name.clone(),
+            source,
+        })?;
         let state = StageState {
             watermark: st.watermark,
-            operator_watermark,
-            rows,
-            carry,
-            detectors,
+            state,
         };
-        checkpoint.stages.insert(st.plan.name.clone(), state);
+        checkpoint.stages.insert(st.name.clone(), state);
     }
     Ok(checkpoint)
 }
@@ -776,139 +576,62 @@ async fn flush(
     let mut fired: Vec<String> = Vec::new();
     for st in stages.iter_mut() {
         let started = Instant::now();
-        let inputs = outputs
-            .get(&st.plan.query.input)
-            .cloned()
-            .unwrap_or_default();
-        let input_watermark = watermarks
-            .get(&st.plan.query.input)
-            .copied()
-            .unwrap_or(i64::MIN);
+        let ctx = Context {
+            pipeline: &pipeline.name,
+            stage: &st.name,
+            metrics,
+        };
         let stage_err = |source| RunError::Stage {
-            stage: st.plan.name.clone(),
+            stage: st.name.clone(),
             source,
         };
-        let mut results = Vec::new();
-        match &mut st.op {
-            Some(op) => {
-                for b in inputs.iter().filter(|b| b.num_rows() > 0) {
-                    if let Some(late) = op.process(b).map_err(stage_err)? {
-                        summary.late += late.num_rows() as u64;
-                        metrics
-                            .events_late
-                            .with_label_values(&[pipeline.name.as_str(), st.plan.name.as_str()])
-                            .inc_by(late.num_rows() as u64);
-                        if replay.is_none() {
-                            st.late.send(std::slice::from_ref(&late)).await?;
-                        }
-                    }
-                }
-                let before = op.watermark();
-                results = op.advance(input_watermark).await.map_err(stage_err)?;
-                changed |= op.watermark() != before;
-                if !results.is_empty() {
-                    fired.push(st.plan.name.clone());
-                }
-                let span = st.plan.query.window.map_or(0, |w| w.span());
-                st.watermark = op.watermark().saturating_sub(span);
-            }
-            None if st.scorer.is_some() => {
-                let score_err = |source| RunError::Score {
-                    stage: st.plan.name.clone(),
-                    source,
-                };
-                let scorer = st.scorer.as_mut().ok_or_else(|| {
-                    score_err(StageError::Invalid("the scorer is missing".into()))
-                })?;
-                for change in scorer.refresh().await {
-                    match change {
-                        Ok(m) => eprintln!("stratus: stage {}: {m}", st.plan.name),
-                        Err(m) => tracing::error!(stage = %st.plan.name, "model refresh: {m}"),
-                    }
-                }
-                record_versions(pipeline, &st.plan.name, scorer, metrics);
-                for b in inputs.iter().filter(|b| b.num_rows() > 0) {
-                    let (scored, stats) = scorer.apply(b).map_err(score_err)?;
-                    for (model, rows, seconds) in stats {
-                        let labels = [
-                            pipeline.name.as_str(),
-                            st.plan.name.as_str(),
-                            model.as_str(),
-                        ];
-                        metrics
-                            .inference_seconds
-                            .with_label_values(&labels)
-                            .observe(seconds);
-                        metrics
-                            .rows_scored
-                            .with_label_values(&labels)
-                            .inc_by(rows as u64);
-                    }
-                    results.push(scored);
-                }
-                st.watermark = input_watermark;
-            }
-            None if st.decider.is_some() => {
-                let decide_err = |e: ArrowError| RunError::Decide {
-                    stage: st.plan.name.clone(),
-                    message: e.to_string(),
-                };
-                if let Some(d) = st.decider.as_mut() {
-                    match d.refresh().await {
-                        Some(Ok(m)) => eprintln!("stratus: stage {}: {m}", st.plan.name),
-                        Some(Err(m)) => {
-                            tracing::error!(stage = %st.plan.name, "model refresh: {m}")
-                        }
-                        None => {}
-                    }
-                    for b in inputs.iter().filter(|b| b.num_rows() > 0) {
-                        results.push(d.apply(b).map_err(decide_err)?);
-                    }
-                    if input_watermark != i64::MIN {
-                        results.extend(d.advance(input_watermark).map_err(decide_err)?);
-                    }
-                    record_decisions(pipeline, &st.plan.name, d, &results, metrics);
-                }
-                st.watermark = input_watermark;
-            }
-            None => {
-                for b in inputs.into_iter().filter(|b| b.num_rows() > 0) {
-                    st.ctx
-                        .deregister_table(st.plan.query.input.as_str())
-                        .map_err(|e| stage_err(e.into()))?;
-                    st.ctx
-                        .register_batch(st.plan.query.input.as_str(), b)
-                        .map_err(|e| stage_err(e.into()))?;
-                    let df = st
-                        .ctx
-                        .sql(&st.plan.query.sql)
-                        .await
-                        .map_err(|e| stage_err(e.into()))?;
-                    results.extend(df.collect().await.map_err(|e| stage_err(e.into()))?);
-                }
-                st.watermark = input_watermark;
+        let input_watermark = watermarks.get(&st.input).copied().unwrap_or(i64::MIN);
+        let mut out = Collector::default();
+        st.op.on_cycle_start(&ctx).await;
+        for b in outputs.get(&st.input).into_iter().flatten() {
+            if b.num_rows() > 0 {
+                st.op
+                    .process_batch(b, &ctx, &mut out)
+                    .await
+                    .map_err(stage_err)?;
             }
         }
-        if let Some(carry) = &mut st.carry {
-            results = results
-                .iter()
-                .map(|b| carry.apply(b))
-                .collect::<Result<_, _>>()
-                .map_err(stage_err)?;
+        let before = out.rows.len();
+        let watermark = st
+            .op
+            .handle_watermark(input_watermark, &ctx, &mut out)
+            .await
+            .map_err(stage_err)?;
+        st.op.on_cycle_end(&ctx);
+        if out.rows.len() > before {
+            fired.push(st.name.clone());
         }
-        let rows: usize = results.iter().map(RecordBatch::num_rows).sum();
+        // A watermark that moved is state to checkpoint, even with no row out.
+        changed |= watermark != st.watermark;
+        st.watermark = watermark;
+        for late in &out.late {
+            summary.late += late.num_rows() as u64;
+            metrics
+                .events_late
+                .with_label_values(&ctx.labels())
+                .inc_by(late.num_rows() as u64);
+        }
+        if replay.is_none() && !out.late.is_empty() {
+            st.late.send(&out.late).await?;
+        }
+        let rows: usize = out.rows.iter().map(RecordBatch::num_rows).sum();
         changed |= rows > 0;
-        *summary.stage_rows.entry(st.plan.name.clone()).or_default() += rows as u64;
+        *summary.stage_rows.entry(st.name.clone()).or_default() += rows as u64;
         metrics
             .stage_rows
-            .with_label_values(&[pipeline.name.as_str(), st.plan.name.as_str()])
+            .with_label_values(&ctx.labels())
             .inc_by(rows as u64);
-        watermarks.insert(st.plan.name.clone(), st.watermark);
-        outputs.insert(st.plan.name.clone(), results);
+        watermarks.insert(st.name.clone(), st.watermark);
+        outputs.insert(st.name.clone(), out.rows);
         summary.spent(
             metrics,
             &pipeline.name,
-            &format!("stage {}", st.plan.name),
+            &format!("stage {}", st.name),
             started,
         );
     }

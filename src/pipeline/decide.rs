@@ -9,15 +9,15 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 
 use super::config::{AlertStageConfig, MaintenanceConfig, ModelsConfig, RecommendStageConfig};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StagePlan};
+use super::plan::{Relation, StageKind, StagePlan};
 use crate::decide::alert::{Maintenance, MaintenanceTime, Policy};
 use crate::decide::catalogue::{Catalogue, region_of};
 use crate::decide::mix::check_requirement;
 use crate::decide::rows::{AlertInput, alert_schema, recommendation_schema};
 use crate::decide::spot::Workload;
-use crate::decide::stage::{AlertSpec, DecideSpec, RecommendSpec, RightsizeSpec, SpotSpec};
+use crate::decide::stage::{AlertSpec, RightsizeSpec, SpotSpec};
 use crate::score::stage::is_numeric;
-use crate::window::{WindowedQuery, parse_duration};
+use crate::window::parse_duration;
 
 /// The input relation `from`, or a diagnostic at `path`.
 pub(super) fn input<'r>(
@@ -81,40 +81,28 @@ pub(super) fn is_timestamp(t: &DataType) -> bool {
     matches!(t, DataType::Timestamp(..))
 }
 
+/// A decision or forecast stage's plan: its rows' event time is their `ts`.
 pub(super) fn plan(
     name: &str,
-    file: &Path,
     from: &str,
     input: SchemaRef,
     output: SchemaRef,
     lateness: i64,
-    decide: DecideSpec,
+    kind: StageKind,
 ) -> StagePlan {
     StagePlan {
         name: name.to_string(),
-        sql_file: file.to_path_buf(),
-        query: WindowedQuery {
-            window: None,
-            keys: Vec::new(),
-            input: from.to_string(),
-            sql: String::new(),
-            reads: None,
-            output_keys: None,
-        },
+        input: from.to_string(),
         input_schema: input,
+        output_time: output.field_with_name("ts").ok().map(|f| f.name().clone()),
         output_schema: output,
-        event_time: "ts".into(),
         allowed_lateness: lateness,
-        carry: None,
-        replace_by: Vec::new(),
-        score: None,
-        decide: Some(decide),
+        kind,
     }
 }
 
 pub(super) fn check_alert_stage(
     r: &mut Reporter<'_>,
-    file: &Path,
     name: &str,
     a: &AlertStageConfig,
     relations: &[(String, Relation)],
@@ -268,12 +256,11 @@ pub(super) fn check_alert_stage(
     let output = Arc::clone(&spec.schema);
     Some(plan(
         name,
-        file,
         &a.from,
         schema,
         output,
         rel.lateness,
-        DecideSpec::Alert(spec),
+        StageKind::Alert(spec),
     ))
 }
 
@@ -377,7 +364,6 @@ fn maintenance(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn check_recommend_stage(
     r: &mut Reporter<'_>,
-    file: &Path,
     base: &Path,
     name: &str,
     c: &RecommendStageConfig,
@@ -453,7 +439,7 @@ pub(super) async fn check_recommend_stage(
             if c.paths == 0 || c.paths > 1_000_000 {
                 r.at(&at("paths"), "paths must be between 1 and 1000000", None);
             }
-            RecommendSpec::Spot(SpotSpec {
+            StageKind::Spot(SpotSpec {
                 stage: name.to_string(),
                 instance_type: "instance_type".into(),
                 az: "az".into(),
@@ -498,7 +484,7 @@ pub(super) async fn check_recommend_stage(
                 Some(is_numeric),
                 "a number",
             );
-            RecommendSpec::Rightsizing(RightsizeSpec {
+            StageKind::Rightsizing(RightsizeSpec {
                 stage: name.to_string(),
                 resource: "resource_id".into(),
                 metric: "metric".into(),
@@ -529,12 +515,11 @@ pub(super) async fn check_recommend_stage(
     }
     Some(plan(
         name,
-        file,
         &c.from,
         schema,
         recommendation_schema(),
         rel.lateness,
-        DecideSpec::Recommend(spec),
+        spec,
     ))
 }
 

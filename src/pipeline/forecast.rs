@@ -2,15 +2,13 @@
 //! horizons and history — and loads the forecast model it names (also the spot
 //! recommendations'), which must take [`FEATURES`] in.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{ForecastStageConfig, ModelsConfig};
 use super::decide::{duration, input, is_timestamp, need_columns, plan};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StagePlan};
-use crate::decide::stage::DecideSpec;
+use super::plan::{Relation, StageKind, StagePlan};
 use crate::evaluate::forecast::FEATURES;
 use crate::score::forecast::{ForecastRef, ForecastSpec};
 use crate::score::registry::{ModelRef, Registry};
@@ -21,7 +19,6 @@ const MAX_HORIZON: i64 = 7 * 24 * 3_600_000_000;
 
 pub(super) async fn check_forecast_stage(
     r: &mut Reporter<'_>,
-    file: &Path,
     name: &str,
     c: &ForecastStageConfig,
     registry: Option<&str>,
@@ -123,12 +120,11 @@ pub(super) async fn check_forecast_stage(
     let output = spec.output_schema();
     Some(plan(
         name,
-        file,
         &c.from,
         schema,
         output,
         rel.lateness,
-        DecideSpec::Forecast(spec),
+        StageKind::Forecast(spec),
     ))
 }
 

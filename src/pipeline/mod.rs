@@ -14,7 +14,10 @@ pub mod plan;
 pub mod score;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
-pub use plan::{Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, StagePlan};
+pub use plan::{
+    Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan, SqlStage, StageKind,
+    StagePlan, WindowStage,
+};
 
 #[cfg(test)]
 mod tests;

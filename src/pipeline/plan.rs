@@ -43,26 +43,76 @@ pub struct SourcePlan {
     pub dead_letter_topic: String,
 }
 
-/// A checked SQL stage.
+/// A checked stage: what it reads and gives, and what kind of stage it is.
 #[derive(Debug, Clone)]
 pub struct StagePlan {
     pub name: String,
-    pub sql_file: PathBuf,
-    pub query: WindowedQuery,
+    /// The source or earlier stage it reads.
+    pub input: String,
     pub input_schema: SchemaRef,
     pub output_schema: SchemaRef,
-    /// The input column windows are assigned by.
-    pub event_time: String,
+    /// The output's event-time column, if it has one: what a later window stage windows by.
+    pub output_time: Option<String>,
     /// Allowed lateness of the source the stage descends from, µs.
     pub allowed_lateness: i64,
-    /// Features carried across windows; `output_schema` includes their columns.
+    pub kind: StageKind,
+}
+
+/// What a stage does; `job::build` turns each into its operator.
+#[derive(Debug, Clone)]
+pub enum StageKind {
+    /// SQL over each batch (`crate::sql::stage`).
+    Sql(SqlStage),
+    /// SQL over event-time windows (`crate::window`).
+    Window(WindowStage),
+    /// A model and streaming detectors (`crate::score::stage`).
+    Score(crate::score::stage::ScoreSpec),
+    /// Forecasts with prediction intervals (`crate::score::forecast`).
+    Forecast(crate::score::forecast::ForecastSpec),
+    /// The alert policy (`crate::decide::stage`).
+    Alert(crate::decide::stage::AlertSpec),
+    /// Spot / on-demand and instance-mix recommendations (`crate::decide::stage`).
+    Spot(crate::decide::stage::SpotSpec),
+    /// Rightsizing recommendations (`crate::decide::stage`).
+    Rightsizing(crate::decide::stage::RightsizeSpec),
+}
+
+/// A SQL stage's query, parsed and planned against its input.
+#[derive(Debug, Clone)]
+pub struct SqlStage {
+    pub sql_file: PathBuf,
+    pub query: WindowedQuery,
+}
+
+/// A window stage: its query, and what it adds to windowing.
+#[derive(Debug, Clone)]
+pub struct WindowStage {
+    pub sql: SqlStage,
+    /// The input column windows are assigned by.
+    pub event_time: String,
+    /// Features carried across windows; the stage's `output_schema` includes their columns.
     pub carry: Option<CarrySpec>,
     /// Input columns by which a later row replaces an earlier one in a window.
     pub replace_by: Vec<String>,
-    /// A score stage's model and detectors; `query` then only names its input and key.
-    pub score: Option<crate::score::stage::ScoreSpec>,
-    /// An alert or recommend stage; `query` then only names its input.
-    pub decide: Option<crate::decide::stage::DecideSpec>,
+}
+
+impl StagePlan {
+    /// The stage's query, if it runs SQL.
+    pub fn sql(&self) -> Option<&SqlStage> {
+        match &self.kind {
+            StageKind::Sql(s) => Some(s),
+            StageKind::Window(w) => Some(&w.sql),
+            _ => None,
+        }
+    }
+
+    /// The stage's window, if it has one.
+    pub fn window(&self) -> Option<crate::window::WindowSpec> {
+        match &self.kind {
+            StageKind::Window(w) => w.sql.query.window,
+            _ => None,
+        }
+    }
 }
 
 /// Where a sink writes.
@@ -278,7 +328,6 @@ impl Pipeline {
                 Some(
                     super::score::check_score_stage(
                         &mut r,
-                        file,
                         name,
                         score,
                         config.models.as_ref(),
@@ -292,7 +341,7 @@ impl Pipeline {
                 Some(if failed.contains(&alert.from.as_str()) {
                     None
                 } else {
-                    super::decide::check_alert_stage(&mut r, file, name, alert, &relations)
+                    super::decide::check_alert_stage(&mut r, name, alert, &relations)
                 })
             } else if let Some(f) = &stage.forecast {
                 Some(if failed.contains(&f.from.as_str()) {
@@ -300,7 +349,6 @@ impl Pipeline {
                 } else {
                     super::forecast::check_forecast_stage(
                         &mut r,
-                        file,
                         name,
                         f,
                         registry.as_deref(),
@@ -315,7 +363,6 @@ impl Pipeline {
                 } else {
                     super::decide::check_recommend_stage(
                         &mut r,
-                        file,
                         base,
                         name,
                         rec,
@@ -335,11 +382,7 @@ impl Pipeline {
                             name.to_string(),
                             Relation {
                                 schema: plan.output_schema.clone(),
-                                event_time: plan
-                                    .output_schema
-                                    .field_with_name(&plan.event_time)
-                                    .ok()
-                                    .map(|_| plan.event_time.clone()),
+                                event_time: plan.output_time.clone(),
                                 lateness: plan.allowed_lateness,
                             },
                         ));
@@ -367,7 +410,9 @@ impl Pipeline {
             let planned = match (planned, &stage.carry) {
                 (Some(mut plan), Some(carry)) => check_carry(&mut r, name, carry, &plan).map(|c| {
                     plan.output_schema = c.output_schema(&plan.output_schema);
-                    plan.carry = Some(c);
+                    if let StageKind::Window(w) = &mut plan.kind {
+                        w.carry = Some(c);
+                    }
                     plan
                 }),
                 (planned, _) => planned,
@@ -379,22 +424,11 @@ impl Pipeline {
                 planned => planned,
             };
             if let Some(plan) = planned {
-                let event_time = if plan.query.window.is_some() {
-                    plan.output_schema
-                        .field_with_name("window_start")
-                        .ok()
-                        .map(|_| "window_start".to_string())
-                } else {
-                    plan.output_schema
-                        .field_with_name(&plan.event_time)
-                        .ok()
-                        .map(|_| plan.event_time.clone())
-                };
                 relations.push((
                     name.to_string(),
                     Relation {
                         schema: plan.output_schema.clone(),
-                        event_time,
+                        event_time: plan.output_time.clone(),
                         lateness: plan.allowed_lateness,
                     },
                 ));
@@ -695,18 +729,39 @@ async fn check_stage(
         out.push(Arc::new(Field::new("is_update", DataType::Boolean, false)));
         query.reads = columns_read(planned, &query.input);
     }
+    let output_schema = Arc::new(Schema::new(out));
+    let input_name = query.input.clone();
+    let sql = SqlStage {
+        sql_file: sql_file.to_path_buf(),
+        query,
+    };
+    let (kind, output_time) = if sql.query.window.is_some() {
+        let window = WindowStage {
+            sql,
+            event_time,
+            carry: None,
+            replace_by: Vec::new(),
+        };
+        let time = output_schema
+            .field_with_name("window_start")
+            .ok()
+            .map(|_| "window_start".to_string());
+        (StageKind::Window(window), time)
+    } else {
+        let time = output_schema
+            .field_with_name(&event_time)
+            .ok()
+            .map(|_| event_time);
+        (StageKind::Sql(sql), time)
+    };
     Some(StagePlan {
         name: name.to_string(),
-        sql_file: sql_file.to_path_buf(),
+        input: input_name,
         input_schema: input.schema.clone(),
-        output_schema: Arc::new(Schema::new(out)),
-        event_time,
+        output_schema,
+        output_time,
         allowed_lateness: input.lateness,
-        carry: None,
-        replace_by: Vec::new(),
-        score: None,
-        decide: None,
-        query,
+        kind,
     })
 }
 
@@ -753,14 +808,14 @@ fn check_replace_by(
     mut plan: StagePlan,
 ) -> Option<StagePlan> {
     let at = ["stages", stage, "replace_by"];
-    if plan.query.window.is_none() {
+    let StageKind::Window(window) = &mut plan.kind else {
         r.at(
             &at,
             "`replace_by` needs a window stage: rows are replaced within a window",
             None,
         );
         return None;
-    }
+    };
     let missing: Vec<&String> = columns
         .iter()
         .filter(|c| plan.input_schema.field_with_name(c).is_err())
@@ -775,14 +830,14 @@ fn check_replace_by(
         for c in missing {
             r.at(
                 &at,
-                format!("column `{c}` is not in `{}`", plan.query.input),
+                format!("column `{c}` is not in `{}`", plan.input),
                 Some(&format!("columns: {}", names.join(", "))),
             );
         }
         return None;
     }
-    plan.replace_by = columns.to_vec();
-    if let Some(reads) = &mut plan.query.reads {
+    window.replace_by = columns.to_vec();
+    if let Some(reads) = &mut window.sql.query.reads {
         reads.extend(columns.iter().cloned());
     }
     Some(plan)
@@ -797,16 +852,16 @@ fn check_carry(
 ) -> Option<CarrySpec> {
     let at = |field: &'static str| ["stages", stage, "carry", field];
     let before = r.found.len();
-    if plan.query.window.is_none() {
+    let StageKind::Window(window) = &plan.kind else {
         r.at(
             &["stages", stage, "carry"],
             "`carry` needs a window stage: it follows each key from window to window",
             Some("add tumble(...), hop(...) or session(...) to the stage's GROUP BY"),
         );
         return None;
-    }
+    };
     let by = if carry.by.is_empty() {
-        plan.query.keys.clone()
+        window.sql.query.keys.clone()
     } else {
         carry.by.clone()
     };

@@ -3,18 +3,17 @@
 //! in the input.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::DataType;
 
 use super::config::{ModelsConfig, ScoreStageConfig};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StagePlan};
+use super::plan::{Relation, StageKind, StagePlan};
 use crate::score::detect::{DetectorSpec, Ensemble};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
-use crate::window::{WindowedQuery, parse_duration};
+use crate::window::parse_duration;
 
 /// The registry location a pipeline uses: `STRATUS_MODELS`, else `models.registry` (a relative
 /// path is relative to the pipeline file).
@@ -35,7 +34,6 @@ pub fn registry_location(base: &Path, models: Option<&ModelsConfig>) -> Option<S
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn check_score_stage(
     r: &mut Reporter<'_>,
-    file: &Path,
     name: &str,
     score: &ScoreStageConfig,
     models: Option<&ModelsConfig>,
@@ -206,23 +204,12 @@ pub(super) async fn check_score_stage(
     let output_schema = spec.output_schema(&schema);
     Some(StagePlan {
         name: name.to_string(),
-        sql_file: file.to_path_buf(),
-        query: WindowedQuery {
-            window: None,
-            keys: score.key.clone(),
-            input: score.from.clone(),
-            sql: String::new(),
-            reads: None,
-            output_keys: None,
-        },
+        input: score.from.clone(),
         input_schema: schema,
-        output_schema: Arc::clone(&output_schema),
-        event_time: input.event_time.clone().unwrap_or_default(),
+        output_time: input.event_time.clone(),
+        output_schema,
         allowed_lateness: input.lateness,
-        carry: None,
-        replace_by: Vec::new(),
-        score: Some(spec),
-        decide: None,
+        kind: StageKind::Score(spec),
     })
 }
 

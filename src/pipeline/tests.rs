@@ -78,7 +78,7 @@ async fn window_stages_know_which_input_columns_their_sql_reads() {
         .unwrap();
     let reads = |stage: &str| {
         let plan = metrics.stages.iter().find(|s| s.name == stage).unwrap();
-        plan.query.reads.clone().unwrap()
+        plan.sql().unwrap().query.reads.clone().unwrap()
     };
     // 1 minute over the raw points: not `namespace` or `unit`, and the window columns are the
     // stage's own, not input.
@@ -136,8 +136,20 @@ async fn window_stages_know_which_input_columns_their_sql_reads() {
     let billing = Pipeline::load(&root.join("pipelines/billing.yaml"))
         .await
         .unwrap();
-    for stage in billing.stages.iter().filter(|s| !s.replace_by.is_empty()) {
-        let reads = stage.query.reads.as_ref().unwrap();
+    let replacing: Vec<_> = billing
+        .stages
+        .iter()
+        .filter_map(|s| match &s.kind {
+            super::StageKind::Window(w) if !w.replace_by.is_empty() => Some(w),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !replacing.is_empty(),
+        "billing replaces restated line items"
+    );
+    for stage in replacing {
+        let reads = stage.sql.query.reads.as_ref().unwrap();
         assert!(
             stage.replace_by.iter().all(|c| reads.contains(c)),
             "{reads:?}"

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::{ModelRef, Registry};
 use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
+use crate::operator::{self, Collector, Context, Operator, OperatorState};
 
 const HOUR: i64 = 3_600_000_000;
 /// History kept per key: a week of lags and a day to spare.
@@ -618,6 +619,53 @@ impl ForecastOperator {
             rows.len()
         ])));
         RecordBatch::try_new(self.output.clone(), columns)
+    }
+}
+
+/// The checkpoint part of a forecast stage's state.
+const STATE_PART: &str = "forecasts";
+
+#[async_trait::async_trait]
+impl Operator for ForecastOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        _ctx: &Context<'_>,
+        _out: &mut Collector,
+    ) -> operator::Result<()> {
+        Ok(self.apply(batch)?)
+    }
+
+    /// Forecasts from every hour the watermark closed.
+    async fn handle_watermark(
+        &mut self,
+        watermark: i64,
+        _ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<i64> {
+        if watermark != i64::MIN
+            && let Some(rows) = self.advance(watermark)?
+        {
+            out.collect(rows);
+        }
+        Ok(watermark)
+    }
+
+    async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        if let Some(change) = self.model.refresh().await {
+            super::report_refresh(ctx, change);
+        }
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        OperatorState::json(STATE_PART, &self.state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(s) = state.read_json(STATE_PART)? {
+            self.state = s;
+        }
+        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ use arrow::record_batch::RecordBatch;
 use super::detect::{CalibrationSpec, DetectorSpec, Ensemble};
 use super::onnx::{OnnxModel, ScoreError};
 use super::registry::{ModelRef, Registry, RegistryError};
+use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
 
 /// Why a score stage could not start or score.
 #[derive(Debug, thiserror::Error)]
@@ -548,6 +549,71 @@ fn score_model(m: &mut Loaded, batch: &RecordBatch) -> Result<(Vec<Option<f64>>,
         out[i] = Some(f64::from(s));
     }
     Ok((out, seconds))
+}
+
+impl From<StageError> for OperatorError {
+    fn from(e: StageError) -> Self {
+        OperatorError::Operator(Box::new(e))
+    }
+}
+
+/// The checkpoint part of the detectors' per-key state.
+const STATE_PART: &str = "detectors";
+
+#[async_trait::async_trait]
+impl Operator for ScoreOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        let (scored, stats) = self.apply(batch)?;
+        for (model, rows, seconds) in stats {
+            let labels = [ctx.pipeline, ctx.stage, model.as_str()];
+            ctx.metrics
+                .inference_seconds
+                .with_label_values(&labels)
+                .observe(seconds);
+            ctx.metrics
+                .rows_scored
+                .with_label_values(&labels)
+                .inc_by(rows as u64);
+        }
+        out.collect(scored);
+        Ok(())
+    }
+
+    /// Swaps in newer registered versions; a version that cannot be used is logged and the
+    /// current one kept. Sets the `model_version` gauges.
+    async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        for change in self.refresh().await {
+            super::report_refresh(ctx, change);
+        }
+        let (serving, shadow) = self.versions();
+        for (role, label) in [("serving", serving), ("shadow", shadow)] {
+            if let Some((model, version)) = label.and_then(|l| l.split_once('@')) {
+                ctx.metrics
+                    .model_version
+                    .with_label_values(&[ctx.pipeline, ctx.stage, model, role])
+                    .set(version.parse().unwrap_or(0));
+            }
+        }
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        Ok(OperatorState::part(
+            STATE_PART,
+            vec![ScoreOperator::snapshot(self)?],
+        ))
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(b) = state.parts.get(STATE_PART).and_then(|p| p.first()) {
+            ScoreOperator::restore(self, b)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,13 @@
 //! `percentile_cont(value, 0.95)` (exact), `approx_percentile_cont`, `median`.
 //! Stratus adds:
 //! - [`calendar`]: `hour_of_day`, `day_of_week`, `is_business_hours`.
+//!
+//! [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
+//! pipeline's SQL stages that have no window.
 
 pub mod calendar;
+pub mod compiled;
+pub mod stage;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 

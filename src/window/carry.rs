@@ -31,6 +31,8 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
 use super::WindowError;
+use crate::operator::{self, Collector, Context, Operator, OperatorState};
+use crate::stats::{self, MAD_TO_SIGMA};
 
 /// What to carry, checked by the pipeline planner.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +51,6 @@ pub struct CarrySpec {
 
 /// The columns appended per configured column, in order.
 pub const CARRY_SUFFIXES: [&str; 5] = ["ewma", "delta", "roc", "robust_z", "excess"];
-
-/// Scales a MAD to the standard deviation of a normal distribution.
-const MAD_TO_SIGMA: f64 = 1.4826;
 
 impl CarrySpec {
     /// `input` with the carried columns appended.
@@ -435,74 +434,46 @@ fn snapshot_schema(width: usize) -> SchemaRef {
 
 /// Against `sorted` (a baseline's values, ascending): its median and `(x − median) /
 /// (1.4826 × MAD)`; none when it has fewer than `min` values, no z-score when it has no spread.
-/// The same figures [`median_of`] gives, without copying or reordering anything.
 fn robust_z(x: f64, sorted: &[f64], min: usize) -> Option<(f64, Option<f64>)> {
-    let n = sorted.len();
-    if n < min.max(1) {
+    if sorted.len() < min.max(1) {
         return None;
     }
-    let median = middle(n, |k| sorted[k]);
-    // The absolute deviations in ascending order merge two ascending runs: the values below
-    // the median, walking down from it, and the rest, walking up; the k-th of the merge is
-    // found by bisection.
-    let split = sorted.partition_point(|v| *v < median);
-    let below = |t: usize| median - sorted[split - 1 - t];
-    let above = |t: usize| sorted[split + t] - median;
-    let (a, b) = (split, n - split);
-    let kth = |k: usize| {
-        // How many of the k + 1 smallest come from below: the least count whose next value
-        // below is no smaller than the last value taken from above.
-        let (mut lo, mut hi) = ((k + 1).saturating_sub(b), (k + 1).min(a));
-        while lo < hi {
-            let i = (lo + hi) / 2;
-            if k + 1 - i > 0 && above(k - i) > below(i) {
-                lo = i + 1;
-            } else {
-                hi = i;
-            }
-        }
-        let j = k + 1 - lo;
-        let from_below = lo.checked_sub(1).map(below);
-        let from_above = j.checked_sub(1).map(above);
-        match (from_below, from_above) {
-            (Some(x), Some(y)) => x.max(y),
-            (Some(x), None) | (None, Some(x)) => x,
-            (None, None) => f64::NAN,
-        }
-    };
-    let mad = middle(n, kth);
+    let (median, mad) = stats::median_and_mad_sorted(sorted)?;
     Some((
         median,
         (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
     ))
 }
 
-/// The median of `n` ascending values, given the k-th.
-fn middle(n: usize, kth: impl Fn(usize) -> f64) -> f64 {
-    if n % 2 == 1 {
-        kth(n / 2)
-    } else {
-        (kth(n / 2 - 1) + kth(n / 2)) / 2.0
-    }
-}
+/// The checkpoint part of a stage's carried-feature history.
+const STATE_PART: &str = "carry";
 
-/// The median, by selection in O(n) (the values are reordered).
-pub(crate) fn median_of(values: &mut [f64]) -> f64 {
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
+/// Carry follows the window stage it belongs to (see [`Chain`](crate::operator::Chain)): it
+/// takes the windows' results and emits them with the carried columns.
+#[async_trait::async_trait]
+impl Operator for CarryOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        _ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        out.collect(self.apply(batch)?);
+        Ok(())
     }
-    let (lower, middle, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let upper = *middle;
-    if n % 2 == 1 {
-        upper
-    } else {
-        let below = lower
-            .iter()
-            .copied()
-            .max_by(f64::total_cmp)
-            .unwrap_or(upper);
-        (below + upper) / 2.0
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        Ok(OperatorState::part(
+            STATE_PART,
+            vec![CarryOperator::snapshot(self)?],
+        ))
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        if let Some(b) = state.parts.get(STATE_PART).and_then(|p| p.first()) {
+            CarryOperator::restore(self, b)?;
+        }
+        Ok(())
     }
 }
 
@@ -748,11 +719,11 @@ mod tests {
                     .collect();
                 let x = f64::from(rng.random_range(0..20)) / 4.0;
                 let mut copy = values.clone();
-                let median = median_of(&mut copy);
+                let median = stats::median_of(&mut copy);
                 for v in copy.iter_mut() {
                     *v = (*v - median).abs();
                 }
-                let mad = median_of(&mut copy);
+                let mad = stats::median_of(&mut copy);
                 let want = (
                     median,
                     (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),

@@ -28,11 +28,12 @@ use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use super::spec::{WindowSpec, WindowedQuery};
+use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
+use crate::sql::compiled::CompiledQuery;
 
 /// Why the operator failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct WindowOperator {
     windows: BTreeMap<i64, TumbleState>,
     /// Session: buffered rows, each with the revision it was last emitted in (-1: never).
     sessions: Vec<(RecordBatch, Int32Array)>,
+    /// The SQL, planned over the windowed schema (see [`compile`](Self::compile)).
+    plan: Option<CompiledQuery>,
 }
 
 fn ts_type() -> DataType {
@@ -219,6 +222,7 @@ impl WindowOperator {
             watermark: i64::MIN,
             windows: BTreeMap::new(),
             sessions: Vec::new(),
+            plan: None,
             query,
         })
     }
@@ -742,17 +746,25 @@ impl WindowOperator {
         Ok(RecordBatch::try_new(self.windowed_schema.clone(), columns)?)
     }
 
+    /// Plans the stage's SQL, once: every firing runs that plan over the closed windows' rows.
+    pub async fn compile(&mut self) -> Result<(), WindowError> {
+        if self.plan.is_none() {
+            let input = self.query.input.as_str();
+            let schema = self.windowed_schema.clone();
+            let plan = CompiledQuery::new(&self.ctx, input, schema, &self.query.sql).await?;
+            self.plan = Some(plan);
+        }
+        Ok(())
+    }
+
     /// Runs the SQL over `input`, the batches as they are (one partition, in order: the same
     /// results as over their concatenation, without that copy).
-    async fn run_sql(&self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
-        let table = MemTable::try_new(self.windowed_schema.clone(), vec![input])?;
-        self.ctx.deregister_table(self.query.input.as_str())?;
-        self.ctx
-            .register_table(self.query.input.as_str(), Arc::new(table))?;
-        let frame = self.ctx.sql(&self.query.sql).await?;
-        let out = frame.collect().await?;
-        self.ctx.deregister_table(self.query.input.as_str())?;
-        Ok(out)
+    async fn run_sql(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
+        self.compile().await?;
+        match &self.plan {
+            Some(plan) => Ok(plan.run(input).await?),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -778,4 +790,64 @@ fn with_revision(batch: RecordBatch, revision: i32) -> Result<RecordBatch, Arrow
     columns.push(Arc::new(Int32Array::from(vec![revision; n])));
     columns.push(Arc::new(BooleanArray::from(vec![revision > 0; n])));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+impl From<WindowError> for crate::operator::OperatorError {
+    fn from(e: WindowError) -> Self {
+        crate::operator::OperatorError::Operator(Box::new(e))
+    }
+}
+
+/// The checkpoint part of a window stage's buffered rows.
+const STATE_PART: &str = "window";
+
+#[async_trait::async_trait]
+impl Operator for WindowOperator {
+    async fn process_batch(
+        &mut self,
+        batch: &RecordBatch,
+        _ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<()> {
+        if let Some(late) = self.process(batch)? {
+            out.late(late);
+        }
+        Ok(())
+    }
+
+    /// Fires what the watermark closed; the output's watermark is the start of the newest
+    /// window that can have closed.
+    async fn handle_watermark(
+        &mut self,
+        watermark: i64,
+        _ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<i64> {
+        for b in self.advance(watermark).await? {
+            out.collect(b);
+        }
+        Ok(self.watermark.saturating_sub(self.spec.span()))
+    }
+
+    fn snapshot(&self) -> operator::Result<OperatorState> {
+        let mut state = OperatorState::part(STATE_PART, WindowOperator::snapshot(self)?);
+        state.meta = serde_json::json!({ "watermark": self.watermark });
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
+        let Some(rows) = state.parts.get(STATE_PART) else {
+            return Ok(());
+        };
+        let watermark = state
+            .meta
+            .get("watermark")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| OperatorError::State {
+                part: STATE_PART.into(),
+                message: "no watermark recorded with the rows".into(),
+            })?;
+        WindowOperator::restore(self, rows, watermark)?;
+        Ok(())
+    }
 }

@@ -54,8 +54,6 @@ pub struct RobustZ {
     /// The last `smooth` values, when `smooth` > 1.
     #[serde(default)]
     recent: VecDeque<f64>,
-    #[serde(skip)]
-    scratch: Vec<f64>,
 }
 
 fn one() -> usize {
@@ -71,7 +69,6 @@ impl RobustZ {
             scale: Scale::default(),
             smooth: 1,
             recent: VecDeque::new(),
-            scratch: Vec::new(),
         }
     }
 
@@ -106,10 +103,7 @@ impl RobustZ {
         };
         self.baseline.evict(ts_us);
         let z = (self.baseline.len() >= self.min_points)
-            .then(|| {
-                self.baseline
-                    .median_and_scale(&mut self.scratch, self.scale)
-            })
+            .then(|| self.baseline.median_and_scale(self.scale))
             .flatten()
             .map(|(median, scale)| {
                 standardise(value - median, scale.max(self.floor * median.abs()))

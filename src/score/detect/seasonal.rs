@@ -167,13 +167,7 @@ impl Seasonal {
         let z = if self.scratch.is_empty() {
             None
         } else {
-            self.scratch.sort_unstable_by(f64::total_cmp);
-            let n = self.scratch.len();
-            let expected = if n % 2 == 1 {
-                self.scratch[n / 2]
-            } else {
-                (self.scratch[n / 2 - 1] + self.scratch[n / 2]) / 2.0
-            };
+            let expected = crate::stats::median_of(&mut self.scratch);
             self.residuals.observe(ts_us, value - expected)
         };
         self.learn(ts_us, value, width);

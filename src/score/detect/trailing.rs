@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-/// 1 / Φ⁻¹(3/4): scales a median absolute deviation to a normal's standard deviation.
-pub const MAD_TO_SIGMA: f64 = 1.4826;
+pub use crate::stats::MAD_TO_SIGMA;
+use crate::stats::{median_and_mad_sorted, median_sorted};
 
 /// How a robust z-score measures the spread of its baseline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,12 +136,10 @@ impl Trailing {
     }
 
     /// Median and scale, as `scale` says (see [`Scale`]). 0 only for a constant window.
-    pub fn median_and_scale(&self, scratch: &mut Vec<f64>, scale: Scale) -> Option<(f64, f64)> {
-        let med = self.median()?;
+    pub fn median_and_scale(&self, scale: Scale) -> Option<(f64, f64)> {
+        let (med, mad) = median_and_mad_sorted(&self.sorted)?;
         let (_, std) = self.mean_and_std()?;
-        scratch.clear();
-        scratch.extend(self.sorted.iter().map(|x| (x - med).abs()));
-        let mad = crate::window::carry::median_of(scratch) * MAD_TO_SIGMA;
+        let mad = mad * MAD_TO_SIGMA;
         Some((
             med,
             match scale {
@@ -167,15 +165,6 @@ fn unbounded() -> usize {
     usize::MAX
 }
 
-fn median_sorted(sorted: &[f64]) -> Option<f64> {
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +172,6 @@ mod tests {
     #[test]
     fn statistics_follow_the_window_as_it_slides() {
         let mut w = Trailing::new(3);
-        let mut scratch = Vec::new();
         for (t, v) in [(0, 5.0), (1, 1.0), (2, 3.0), (3, 100.0)] {
             w.evict(t);
             w.push(t, v);
@@ -193,12 +181,9 @@ mod tests {
         assert_eq!(w.median(), Some(3.0));
         let (mean, std) = w.mean_and_std().unwrap();
         // |x - 3| = 2, 0, 97 → MAD 2, far below σ ≈ 45.8: the scale is σ.
+        assert_eq!(w.median_and_scale(Scale::MadOrStd), Some((3.0, std)));
         assert_eq!(
-            w.median_and_scale(&mut scratch, Scale::MadOrStd),
-            Some((3.0, std))
-        );
-        assert_eq!(
-            w.median_and_scale(&mut scratch, Scale::Mad),
+            w.median_and_scale(Scale::Mad),
             Some((3.0, 2.0 * MAD_TO_SIGMA))
         );
         assert!((mean - 104.0 / 3.0).abs() < 1e-12);
@@ -218,8 +203,7 @@ mod tests {
             for (t, &v) in values.iter().enumerate() {
                 w.push(t as i64, v);
             }
-            w.median_and_scale(&mut Vec::new(), Scale::MadOrStd)
-                .unwrap()
+            w.median_and_scale(Scale::MadOrStd).unwrap()
         };
         let (med, s) = scale(&[0.0, 0.0, 10.0, 10.0, 10.0]);
         assert_eq!(med, 10.0);

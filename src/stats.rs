@@ -1,0 +1,97 @@
+//! Robust statistics shared by the carried features (`window::carry`) and the detectors
+//! (`score::detect`): medians and median absolute deviations.
+//!
+//! In: values (a baseline's, ascending, or any order). Out: the median; the MAD, which
+//! [`MAD_TO_SIGMA`] scales to a normal's standard deviation. Each caller decides what a zero
+//! MAD means for it (the carried robust z gives none; the detectors fall back to the standard
+//! deviation).
+
+/// 1 / Φ⁻¹(3/4): scales a median absolute deviation to a normal's standard deviation.
+pub const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// The median of `sorted` (ascending); none when it is empty.
+pub fn median_sorted(sorted: &[f64]) -> Option<f64> {
+    (!sorted.is_empty()).then(|| middle(sorted.len(), |k| sorted[k]))
+}
+
+/// The median and the median absolute deviation of `sorted` (ascending), in O(log² n) and
+/// without copying: the figures [`median_of`] gives of the values and of their deviations.
+/// None when it is empty.
+pub fn median_and_mad_sorted(sorted: &[f64]) -> Option<(f64, f64)> {
+    let n = sorted.len();
+    let median = median_sorted(sorted)?;
+    // The absolute deviations in ascending order merge two ascending runs: the values below
+    // the median, walking down from it, and the rest, walking up; the k-th of the merge is
+    // found by bisection.
+    let split = sorted.partition_point(|v| *v < median);
+    let below = |t: usize| median - sorted[split - 1 - t];
+    let above = |t: usize| sorted[split + t] - median;
+    let (a, b) = (split, n - split);
+    let kth = |k: usize| {
+        // How many of the k + 1 smallest come from below: the least count whose next value
+        // below is no smaller than the last value taken from above.
+        let (mut lo, mut hi) = ((k + 1).saturating_sub(b), (k + 1).min(a));
+        while lo < hi {
+            let i = (lo + hi) / 2;
+            if k + 1 - i > 0 && above(k - i) > below(i) {
+                lo = i + 1;
+            } else {
+                hi = i;
+            }
+        }
+        let j = k + 1 - lo;
+        let from_below = lo.checked_sub(1).map(below);
+        let from_above = j.checked_sub(1).map(above);
+        match (from_below, from_above) {
+            (Some(x), Some(y)) => x.max(y),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => f64::NAN,
+        }
+    };
+    Some((median, middle(n, kth)))
+}
+
+/// The median of `n` ascending values, given the k-th.
+fn middle(n: usize, kth: impl Fn(usize) -> f64) -> f64 {
+    if n % 2 == 1 {
+        kth(n / 2)
+    } else {
+        (kth(n / 2 - 1) + kth(n / 2)) / 2.0
+    }
+}
+
+/// The median, by selection in O(n) (the values are reordered).
+pub fn median_of(values: &mut [f64]) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (lower, middle, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let upper = *middle;
+    if n % 2 == 1 {
+        upper
+    } else {
+        let below = lower
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(upper);
+        (below + upper) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Against two selections on random values: `window::carry`'s robust z tests.
+    #[test]
+    fn median_and_mad_of_known_values() {
+        // |x − 3| = 2, 1, 0, 1, 97: MAD 1.
+        let sorted = [1.0, 2.0, 3.0, 4.0, 100.0];
+        assert_eq!(median_and_mad_sorted(&sorted), Some((3.0, 1.0)));
+        assert_eq!(median_sorted(&[1.0, 2.0]), Some(1.5));
+        assert_eq!(median_of(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median_and_mad_sorted(&[]), None);
+    }
+}
