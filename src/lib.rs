@@ -11,23 +11,31 @@
 //! - [`sql`]: DataFusion sessions with Stratus's SQL functions;
 //! - [`sink`]: Delta Lake tables with offsets in the commit;
 //! - [`score`]: ONNX Runtime models;
+//! - [`forecast`]: forecast models and the forecast stage;
 //! - [`decide`]: alerts and recommendations;
 //! - [`metrics`]: Prometheus metrics;
+//! - [`columns`]: typed reads of a batch's columns by name;
+//! - [`keys`]: one text encoding of a row's key, for per-key state;
 //! - [`stats`]: robust statistics shared by carried features and detectors;
 //! - [`operator`]: the trait every stage implements, as the run loop drives it;
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
 //! - [`demo`]: the embedded default job behind `stratus demo`;
+//! - [`cli`]: the `stratus` command line, callable with a program's own SQL functions;
 //! - [`evaluate`]: `stratus evaluate`, detectors and forecasts measured on labelled data;
 //! - [`generate`]: `stratus generate`, seeded synthetic telemetry with labelled anomalies.
 
 pub mod bench;
+pub mod cli;
+pub mod columns;
 pub mod console;
 pub mod decide;
 pub mod demo;
 pub mod evaluate;
+pub mod forecast;
 pub mod generate;
 pub mod job;
+pub mod keys;
 pub mod metrics;
 pub mod operator;
 pub mod pipeline;

@@ -80,6 +80,14 @@ pub fn median_of(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The `q` quantile of `v` (sorted in place), linear between order statistics.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

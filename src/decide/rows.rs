@@ -13,12 +13,13 @@ use arrow::array::{
     StructArray, TimestampMicrosecondArray,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::compute::cast;
+
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
 use super::alert::{AlertMessage, Observation};
 use super::recommend::{Line, ParetoPoint, Recommendation};
+use crate::columns::{f64s, micros, utf8};
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -167,41 +168,6 @@ pub struct AlertInput {
     pub impact: Option<String>,
     /// Label columns (the key's first, then the configured ones).
     pub labels: Vec<String>,
-}
-
-pub fn utf8(batch: &RecordBatch, name: &str) -> Result<StringArray, ArrowError> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")))?;
-    let c = cast(col, &DataType::Utf8)?;
-    c.as_any()
-        .downcast_ref::<StringArray>()
-        .cloned()
-        .ok_or_else(|| ArrowError::CastError(format!("`{name}` is not text")))
-}
-
-pub fn f64s(batch: &RecordBatch, name: &str) -> Result<Float64Array, ArrowError> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")))?;
-    let c = cast(col, &DataType::Float64)?;
-    c.as_any()
-        .downcast_ref::<Float64Array>()
-        .cloned()
-        .ok_or_else(|| ArrowError::CastError(format!("`{name}` is not numeric")))
-}
-
-/// µs since the epoch of a timestamp column.
-pub fn micros(batch: &RecordBatch, name: &str) -> Result<Int64Array, ArrowError> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| ArrowError::SchemaError(format!("no column `{name}`")))?;
-    let c = cast(col, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-    let c = cast(&c, &DataType::Int64)?;
-    c.as_any()
-        .downcast_ref::<Int64Array>()
-        .cloned()
-        .ok_or_else(|| ArrowError::CastError(format!("`{name}` is not a timestamp")))
 }
 
 /// The observations in a scored batch, in time order (then key). Rows without a score are

@@ -1,6 +1,6 @@
 //! The decision stages of a pipeline: `alert` (the alert policy over a score stage's rows) and
 //! `recommend` (spot / on-demand and instance mix from hourly spot prices; rightsizing from
-//! utilisation windows) — and, run the same way, `forecast` (see `score::forecast`).
+//! utilisation windows) — and, run the same way, `forecast` (see `forecast::stage`).
 //!
 //! In: each cycle's batches of the stage's input, and the input's watermark.
 //! Out: alert rows ([`super::rows::alert_schema`]) or recommendation rows
@@ -8,7 +8,7 @@
 //! utilisation history, what was last issued) is JSON in the pipeline's checkpoint, so a
 //! restart continues where the last committed cycle left off.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
@@ -22,9 +22,10 @@ use super::recommend::{Issued, Kind, Line, MONTH_HOURS, ParetoPoint, Recommendat
 use super::rightsize::{self, Headroom};
 use super::rows::{self, AlertInput};
 use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
-use crate::evaluate::forecast::{Steps, offset};
+use crate::columns::{f64s, micros, utf8};
+use crate::forecast::model::{Steps, offset};
+use crate::forecast::stage::{FollowedForecast, ForecastRef, HourlySeries, inputs, to_values};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
-use crate::score::forecast::{FollowedForecast, ForecastRef, HourlySeries, inputs, to_values};
 
 /// A checked alert stage.
 #[derive(Debug, Clone)]
@@ -215,7 +216,7 @@ const HOUR: i64 = 3_600_000_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SpotState {
-    /// Per pool (`type|zone`): (hour start µs, mean price), the trailing 8 days.
+    /// Per pool (its [`pool_key`]): (hour start µs, mean price), the trailing 8 days.
     pools: HourlySeries,
     issued: Issued,
 }
@@ -226,8 +227,14 @@ pub struct SpotOperator {
     state: SpotState,
 }
 
+/// A pool's key: its instance type and zone.
 fn pool_key(instance_type: &str, az: &str) -> String {
-    format!("{instance_type}|{az}")
+    crate::keys::join([instance_type, az])
+}
+
+/// Whether the pool of `key` is in zone `az`.
+fn in_zone(key: &str, az: &str) -> bool {
+    crate::keys::split(key).nth(1) == Some(az)
 }
 
 /// Std of the hourly relative changes of `prices` over their last week.
@@ -247,11 +254,12 @@ fn volatility(prices: &VecDeque<(i64, f64)>) -> f64 {
 }
 
 impl SpotOperator {
-    pub fn open(spec: SpotSpec) -> Result<Self, String> {
+    /// `storage_options` reach an `s3://` model registry.
+    pub fn open(spec: SpotSpec, storage_options: &HashMap<String, String>) -> Result<Self, String> {
         let model = spec
             .model
             .as_ref()
-            .map(FollowedForecast::open)
+            .map(|m| FollowedForecast::open(m, storage_options))
             .transpose()?;
         Ok(SpotOperator {
             spec,
@@ -266,10 +274,10 @@ impl SpotOperator {
     }
 
     fn recommendations(&mut self, batch: &RecordBatch) -> Result<Vec<Recommendation>, ArrowError> {
-        let types = rows::utf8(batch, &self.spec.instance_type)?;
-        let zones = rows::utf8(batch, &self.spec.az)?;
-        let times = rows::micros(batch, &self.spec.time)?;
-        let prices = rows::f64s(batch, &self.spec.price)?;
+        let types = utf8(batch, &self.spec.instance_type)?;
+        let zones = utf8(batch, &self.spec.az)?;
+        let times = micros(batch, &self.spec.time)?;
+        let prices = f64s(batch, &self.spec.price)?;
         let mut touched = BTreeSet::new();
         for i in 0..batch.num_rows() {
             if types.is_null(i) || zones.is_null(i) || times.is_null(i) || prices.is_null(i) {
@@ -286,8 +294,7 @@ impl SpotOperator {
         let mut out = Vec::new();
         for w in self.spec.workloads.clone() {
             let relevant = touched.contains(&pool_key(&w.instance_type, &w.az))
-                || (w.requirement.is_some()
-                    && touched.iter().any(|k| k.ends_with(&format!("|{}", w.az))));
+                || (w.requirement.is_some() && touched.iter().any(|k| in_zone(k, &w.az)));
             if !relevant {
                 continue;
             }
@@ -435,7 +442,7 @@ impl SpotOperator {
             .state
             .pools
             .keys()
-            .filter(|k| k.ends_with(&format!("|{}", w.az)))
+            .filter(|k| in_zone(k, &w.az))
             .map(str::to_string)
             .collect();
         let mut choices = Vec::new();
@@ -446,7 +453,10 @@ impl SpotOperator {
             let Some((t, outlook)) = self.outlook(pool)? else {
                 continue;
             };
-            let name = pool.split('|').next().unwrap_or_default().to_string();
+            let name = crate::keys::split(pool)
+                .next()
+                .unwrap_or_default()
+                .to_string();
             let Some(it) = self.spec.catalogue.get(&name, region) else {
                 continue;
             };
@@ -625,12 +635,12 @@ impl RightsizeOperator {
 
     fn recommendations(&mut self, batch: &RecordBatch) -> Result<Vec<Recommendation>, ArrowError> {
         let s = &self.spec;
-        let resources = rows::utf8(batch, &s.resource)?;
-        let metrics = rows::utf8(batch, &s.metric)?;
-        let types = rows::utf8(batch, &s.instance_type)?;
-        let regions = rows::utf8(batch, &s.region)?;
-        let times = rows::micros(batch, &s.time)?;
-        let values = rows::f64s(batch, &s.value)?;
+        let resources = utf8(batch, &s.resource)?;
+        let metrics = utf8(batch, &s.metric)?;
+        let types = utf8(batch, &s.instance_type)?;
+        let regions = utf8(batch, &s.region)?;
+        let times = micros(batch, &s.time)?;
+        let values = f64s(batch, &s.value)?;
         let mut touched = BTreeSet::new();
         for i in 0..batch.num_rows() {
             if [&resources, &metrics, &types, &regions]

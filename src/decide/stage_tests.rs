@@ -212,7 +212,7 @@ fn spot_and_mix_recommendations_are_reproducible_constrained_and_match_their_sch
         ("r5.large", 0.04),
     ];
     let run = || {
-        let mut op = SpotOperator::open(spot_spec()).unwrap();
+        let mut op = SpotOperator::open(spot_spec(), &Default::default()).unwrap();
         let first = op.apply(&spot_batch(&types, 0, 72)).unwrap();
         let next = op.apply(&spot_batch(&types, 72, 1)).unwrap();
         (first, next)

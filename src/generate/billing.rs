@@ -84,7 +84,7 @@ impl Billing {
         t: i64,
         spot_price: &dyn Fn(&str, &str, i64) -> Option<f64>,
         out: &mut dyn Emit,
-    ) -> anyhow::Result<()> {
+    ) -> super::Result<()> {
         while self.next_hour + HOUR + DELAY <= t {
             let hour = self.next_hour;
             self.next_hour += HOUR;
@@ -172,7 +172,7 @@ impl Billing {
     }
 }
 
-fn emit(item: &Item, at: i64, out: &mut dyn Emit) -> anyhow::Result<()> {
+fn emit(item: &Item, at: i64, out: &mut dyn Emit) -> super::Result<()> {
     let resource = item
         .resource
         .as_ref()

@@ -120,7 +120,7 @@ impl Metrics {
         }
     }
 
-    pub fn emit_at(&mut self, t: i64, out: &mut dyn Emit) -> anyhow::Result<()> {
+    pub fn emit_at(&mut self, t: i64, out: &mut dyn Emit) -> super::Result<()> {
         let ts = rfc3339(t);
         let days = (t - self.start_us) as f64 / DAY as f64;
         for s in &mut self.series {

@@ -83,33 +83,47 @@ pub(crate) fn normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Receives each event: topic, key, JSON payload, event time (µs).
-pub trait Emit {
-    fn emit(
-        &mut self,
-        topic: &'static str,
-        key: &str,
-        payload: &str,
-        ts_us: i64,
-    ) -> anyhow::Result<()>;
+/// Why generating stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Kafka topic {topic}: {source}")]
+    Kafka {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    /// An event the receiver could not read back.
+    #[error("event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
-impl<F: FnMut(&'static str, &str, &str, i64) -> anyhow::Result<()>> Emit for F {
-    fn emit(
-        &mut self,
-        topic: &'static str,
-        key: &str,
-        payload: &str,
-        ts_us: i64,
-    ) -> anyhow::Result<()> {
+pub type Result<T, E = GenerateError> = std::result::Result<T, E>;
+
+/// Receives each event: topic, key, JSON payload, event time (µs).
+pub trait Emit {
+    fn emit(&mut self, topic: &'static str, key: &str, payload: &str, ts_us: i64) -> Result<()>;
+}
+
+impl<F: FnMut(&'static str, &str, &str, i64) -> Result<()>> Emit for F {
+    fn emit(&mut self, topic: &'static str, key: &str, payload: &str, ts_us: i64) -> Result<()> {
         self(topic, key, payload, ts_us)
     }
 }
 
 /// Generates everything, in time order, into `out`; returns the labels.
-pub fn generate(config: &GenerateConfig, out: &mut dyn Emit) -> anyhow::Result<Labels> {
-    anyhow::ensure!(config.interval_us > 0, "the interval must be positive");
-    anyhow::ensure!(config.resources > 0, "at least one resource");
+pub fn generate(config: &GenerateConfig, out: &mut dyn Emit) -> Result<Labels> {
+    if config.interval_us <= 0 {
+        return Err(GenerateError::Invalid("the interval must be positive"));
+    }
+    if config.resources == 0 {
+        return Err(GenerateError::Invalid("at least one resource"));
+    }
     let end_us = config.start_us + config.span_us;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let fleet = world::fleet(&mut rng, config.resources);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use super::Emit;
+use super::{Emit, GenerateError, Result};
 use crate::source::kafka::producer_config;
 
 /// `<dir>/<topic>.jsonl`, one event a line.
@@ -19,9 +19,11 @@ pub struct Files {
 }
 
 impl Files {
-    pub fn new(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| GenerateError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
         Ok(Files {
             dir: dir.to_path_buf(),
             files: HashMap::new(),
@@ -29,33 +31,43 @@ impl Files {
         })
     }
 
-    pub fn finish(mut self) -> anyhow::Result<HashMap<&'static str, u64>> {
-        for f in self.files.values_mut() {
-            f.flush()?;
+    pub fn finish(mut self) -> Result<HashMap<&'static str, u64>> {
+        for (topic, f) in self.files.iter_mut() {
+            f.flush().map_err(|source| GenerateError::Io {
+                path: self
+                    .dir
+                    .join(format!("{topic}.jsonl"))
+                    .display()
+                    .to_string(),
+                source,
+            })?;
         }
         Ok(self.counts)
     }
 }
 
 impl Emit for Files {
-    fn emit(
-        &mut self,
-        topic: &'static str,
-        _key: &str,
-        payload: &str,
-        _ts: i64,
-    ) -> anyhow::Result<()> {
+    fn emit(&mut self, topic: &'static str, _key: &str, payload: &str, _ts: i64) -> Result<()> {
+        let path = || {
+            self.dir
+                .join(format!("{topic}.jsonl"))
+                .display()
+                .to_string()
+        };
+        let io = |source| GenerateError::Io {
+            path: path(),
+            source,
+        };
         let file = match self.files.get_mut(topic) {
             Some(f) => f,
             None => {
-                let path = self.dir.join(format!("{topic}.jsonl"));
-                let f = File::create(&path)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", path.display()))?;
+                let f = File::create(path()).map_err(io)?;
                 self.files.entry(topic).or_insert(BufWriter::new(f))
             }
         };
-        file.write_all(payload.as_bytes())?;
-        file.write_all(b"\n")?;
+        file.write_all(payload.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .map_err(io)?;
         *self.counts.entry(topic).or_default() += 1;
         Ok(())
     }
@@ -72,9 +84,14 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    pub fn new(brokers: &str, prefix: &str, rate: f64) -> anyhow::Result<Self> {
+    pub fn new(brokers: &str, prefix: &str, rate: f64) -> Result<Self> {
         Ok(Kafka {
-            producer: producer_config(brokers).create()?,
+            producer: producer_config(brokers)
+                .create()
+                .map_err(|source| GenerateError::Kafka {
+                    topic: format!("{prefix}*"),
+                    source,
+                })?,
             prefix: prefix.to_string(),
             rate,
             started: Instant::now(),
@@ -83,20 +100,19 @@ impl Kafka {
         })
     }
 
-    pub fn finish(self) -> anyhow::Result<HashMap<&'static str, u64>> {
-        self.producer.flush(Duration::from_secs(60))?;
+    pub fn finish(self) -> Result<HashMap<&'static str, u64>> {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .map_err(|source| GenerateError::Kafka {
+                topic: format!("{}*", self.prefix),
+                source,
+            })?;
         Ok(self.counts)
     }
 }
 
 impl Emit for Kafka {
-    fn emit(
-        &mut self,
-        topic: &'static str,
-        key: &str,
-        payload: &str,
-        _ts: i64,
-    ) -> anyhow::Result<()> {
+    fn emit(&mut self, topic: &'static str, key: &str, payload: &str, _ts: i64) -> Result<()> {
         if self.rate > 0.0 {
             // Pace by processing time: event n goes out no earlier than n / rate seconds in.
             let due = Duration::from_secs_f64(self.sent as f64 / self.rate);
@@ -118,7 +134,12 @@ impl Emit for Kafka {
                     self.producer.poll(Duration::from_millis(50));
                     record = r;
                 }
-                Err((e, _)) => return Err(anyhow::anyhow!("{full}: {e}")),
+                Err((source, _)) => {
+                    return Err(GenerateError::Kafka {
+                        topic: full.clone(),
+                        source,
+                    });
+                }
             }
         }
         self.producer.poll(Duration::ZERO);

@@ -79,7 +79,7 @@ impl Spot {
     }
 
     /// Emits every change at or before `t`, in time order across series.
-    pub fn emit_until(&mut self, t: i64, out: &mut dyn Emit) -> anyhow::Result<()> {
+    pub fn emit_until(&mut self, t: i64, out: &mut dyn Emit) -> super::Result<()> {
         loop {
             let Some(s) = self
                 .series

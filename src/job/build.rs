@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 
 use crate::decide::stage::{AlertOperator, RightsizeOperator, SpotOperator};
+use crate::forecast::stage::ForecastOperator;
 use crate::operator::{Chain, Operator, OperatorError, Result};
 use crate::pipeline::{Pipeline, StageKind, StagePlan, WindowStage};
-use crate::score::forecast::ForecastOperator;
+use crate::score::function::{self, Following};
 use crate::score::stage::ScoreOperator;
 use crate::sql::stage::SqlOperator;
 use crate::window::carry::CARRY_SUFFIXES;
@@ -22,20 +23,32 @@ pub async fn build(
     storage_options: &HashMap<String, String>,
 ) -> Result<Box<dyn Operator>> {
     let invalid = |e: String| OperatorError::Operator(e.into());
-    Ok(match &plan.kind {
+    let op: Box<dyn Operator> = match &plan.kind {
         StageKind::Sql(s) => {
-            Box::new(SqlOperator::open(&plan.input, plan.input_schema.clone(), &s.query.sql).await?)
+            let schema = plan.input_schema.clone();
+            let functions = &pipeline.functions;
+            Box::new(SqlOperator::open(functions, &plan.input, schema, &s.query.sql).await?)
         }
         StageKind::Window(w) => window(pipeline, plan, w).await?,
         StageKind::Score(spec) => Box::new(
             ScoreOperator::open(spec.clone(), plan.input_schema.clone(), storage_options).await?,
         ),
         StageKind::Forecast(spec) => {
-            Box::new(ForecastOperator::open(spec.clone()).map_err(invalid)?)
+            Box::new(ForecastOperator::open(spec.clone(), storage_options).map_err(invalid)?)
         }
         StageKind::Alert(spec) => Box::new(AlertOperator::new(spec.clone())),
-        StageKind::Spot(spec) => Box::new(SpotOperator::open(spec.clone()).map_err(invalid)?),
+        StageKind::Spot(spec) => {
+            Box::new(SpotOperator::open(spec.clone(), storage_options).map_err(invalid)?)
+        }
         StageKind::Rightsizing(spec) => Box::new(RightsizeOperator::new(spec.clone())),
+    };
+    // A stage whose SQL calls registered models follows their newer versions.
+    let calls_models = plan
+        .sql()
+        .is_some_and(|s| !function::called(&s.query.sql).is_empty());
+    Ok(match &pipeline.models {
+        Some(models) if calls_models => Box::new(Following::new(op, models.clone())),
+        _ => op,
     })
 }
 
@@ -64,7 +77,7 @@ async fn window(
         &w.event_time,
         plan.allowed_lateness,
         plan.input_schema.clone(),
-        crate::sql::session_context(),
+        crate::sql::session_context_with(&pipeline.functions),
         upstream,
     )
     .and_then(|op| op.with_replace_by(&w.replace_by))?;

@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::operator::OperatorState;
+pub use crate::source::SourceState;
 
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +37,6 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {location}: {message}")]
     Corrupt { location: String, message: String },
-}
-
-/// Where a source stood at the end of a cycle.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SourceState {
-    /// Per partition, the next offset to read.
-    pub next: BTreeMap<i32, i64>,
-    pub watermark: i64,
-    /// Per partition, the newest event time seen.
-    pub newest: BTreeMap<i32, i64>,
 }
 
 /// Where a stage stood at the end of a cycle.
@@ -106,10 +97,8 @@ impl CheckpointStore {
         pipeline: &str,
         storage_options: &HashMap<String, String>,
     ) -> Result<Self, CheckpointError> {
-        let location = format!(
-            "{}/_stratus/{pipeline}/checkpoints",
-            table_root.trim_end_matches('/')
-        );
+        let location =
+            crate::sink::resolve_location(table_root, &format!("_stratus/{pipeline}/checkpoints"));
         let store_err = |source| CheckpointError::Store {
             location: location.clone(),
             source,

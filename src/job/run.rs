@@ -1,8 +1,8 @@
 //! `stratus run`: a checked [`Pipeline`] running against Kafka (or a file replay), Delta Lake
 //! and Kafka sinks, exactly once into Delta.
 //!
-//! The loop works in cycles. It polls every source (see `reader`), decoding valid events into
-//! Arrow and sending invalid ones to the dead-letter topic. When `commit.max_rows` events have
+//! The loop works in cycles. It polls every source (see `source::reader`), decoding valid
+//! events into Arrow and sending invalid ones to the dead-letter topic. When `commit.max_rows` events have
 //! been read or `commit.max_interval` has passed (or on shutdown, or when a backfill has read
 //! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
 //! stages in file order — each stage an [`Operator`] (built by [`build`]) that takes its
@@ -41,30 +41,26 @@ use rdkafka::producer::FutureProducer;
 
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
-use super::reader::{
-    SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
-};
 use crate::metrics::PipelineMetrics;
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
-use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark};
+use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
+use crate::source::SourceError;
 use crate::source::kafka::producer_config;
+use crate::source::reader::{
+    ReadConfig, SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
+};
 use crate::validate::TimeBounds;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("source {source_name}: {source}")]
-    Kafka {
-        source_name: String,
-        source: KafkaError,
-    },
-    #[error("source {0}: {1}")]
-    Source(String, String),
-    #[error("dead-letter topic {topic}: {message}")]
-    DeadLetter { topic: String, message: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("Kafka producer: {0}")]
+    Producer(KafkaError),
     #[error("stage {stage}: {source}")]
     Stage {
         stage: String,
@@ -197,14 +193,6 @@ fn watermark_mark(source: &str) -> String {
     format!("watermark/{source}")
 }
 
-fn table_location(root: &str, table: &str) -> String {
-    if table.contains("://") || table.starts_with('/') {
-        table.to_string()
-    } else {
-        format!("{}/{table}", root.trim_end_matches('/'))
-    }
-}
-
 /// Runs `pipeline` until `shutdown` completes (then flushes and returns) or, with
 /// `until_caught_up`, until every source is consumed.
 pub async fn run_pipeline(
@@ -216,10 +204,7 @@ pub async fn run_pipeline(
 ) -> Result<RunSummary, RunError> {
     let producer: FutureProducer = producer_config(&config.brokers)
         .create()
-        .map_err(|source| RunError::Kafka {
-            source_name: "producer".into(),
-            source,
-        })?;
+        .map_err(RunError::Producer)?;
 
     let checkpoints =
         CheckpointStore::open(&config.table_root, &pipeline.name, &config.storage_options)?;
@@ -232,7 +217,7 @@ pub async fn run_pipeline(
                 partition_by,
             } => SinkRuntime::Delta {
                 sink: DeltaSink::open(DeltaSinkConfig {
-                    location: table_location(&config.table_root, table),
+                    location: resolve_location(&config.table_root, table),
                     partition_columns: partition_by.clone(),
                     pipeline: pipeline.name.clone(),
                     checkpoint_interval: pipeline.checkpoint_every,
@@ -259,9 +244,14 @@ pub async fn run_pipeline(
     }
 
     let mut sources = Vec::new();
+    let read = ReadConfig {
+        brokers: &config.brokers,
+        max_future: config.max_future,
+        until_caught_up: config.until_caught_up,
+    };
     for plan in &pipeline.sources {
         let start = restored.sources.get(&plan.name);
-        sources.push(open_source(pipeline, plan, config, start).await?);
+        sources.push(open_source(pipeline, plan, &read, start).await?);
     }
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
     let mut stages = Vec::new();
@@ -289,7 +279,9 @@ pub async fn run_pipeline(
                 Some(_) => usize::MAX,
                 None => pipeline.max_rows.saturating_sub(s.pending_events),
             };
-            poll_source(pipeline, s, &producer, &metrics, &mut summary, room)?;
+            let polled = poll_source(pipeline, s, &producer, &metrics, room)?;
+            summary.events += polled.events;
+            summary.invalid += polled.invalid;
             pending += s.pending_events;
         }
         summary.spent(&metrics, &pipeline.name, "read", reading);
@@ -536,16 +528,17 @@ async fn flush(
                 Err(_) => Some("the producer was dropped".to_string()),
             };
             if let Some(message) = failed {
-                return Err(RunError::DeadLetter {
+                return Err(SourceError::DeadLetter {
                     topic: s.plan.dead_letter_topic.clone(),
                     message,
-                });
+                }
+                .into());
             }
         }
         let batch = s
             .decoder
             .flush()
-            .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
+            .map_err(|e| SourceError::Read(s.plan.name.clone(), e.to_string()))?;
         let before = s.watermark.current();
         let w = match replay.and_then(|r| r.watermarks.get(&s.plan.name)) {
             Some(&recorded) => {

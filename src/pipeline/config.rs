@@ -226,7 +226,7 @@ fn default_score_time() -> String {
     "window_end".into()
 }
 
-/// A forecast stage (see `score::forecast`): per key, from each hour, the quantiles of the value
+/// A forecast stage (see `forecast::stage`): per key, from each hour, the quantiles of the value
 /// `horizons` ahead.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Schema, SchemaRef};
-
 use super::config::{AlertStageConfig, MaintenanceConfig, ModelsConfig, RecommendStageConfig};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StageKind, StagePlan};
+use super::stage::{
+    Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
+};
 use crate::decide::alert::{Maintenance, MaintenanceTime, Policy};
 use crate::decide::catalogue::{Catalogue, region_of};
 use crate::decide::mix::check_requirement;
@@ -17,89 +17,6 @@ use crate::decide::rows::{AlertInput, alert_schema, recommendation_schema};
 use crate::decide::spot::Workload;
 use crate::decide::stage::{AlertSpec, RightsizeSpec, SpotSpec};
 use crate::score::stage::is_numeric;
-use crate::window::parse_duration;
-
-/// The input relation `from`, or a diagnostic at `path`.
-pub(super) fn input<'r>(
-    r: &mut Reporter<'_>,
-    path: &[&str],
-    from: &str,
-    relations: &'r [(String, Relation)],
-) -> Option<&'r Relation> {
-    let found = relations
-        .iter()
-        .find(|(n, _)| n == from)
-        .map(|(_, rel)| rel);
-    if found.is_none() {
-        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
-        r.at(
-            path,
-            format!("`{from}`: no source or earlier stage has that name"),
-            Some(&format!("readable here: {}", known.join(", "))),
-        );
-    }
-    found
-}
-
-/// Reports each of `columns` missing from `schema`, or not numeric when `numeric`.
-pub(super) fn need_columns(
-    r: &mut Reporter<'_>,
-    path: &[&str],
-    schema: &Schema,
-    from: &str,
-    columns: &[&str],
-    kind: Option<fn(&DataType) -> bool>,
-    what: &str,
-) {
-    for c in columns {
-        match schema.field_with_name(c) {
-            Ok(f) if kind.is_none_or(|k| k(f.data_type())) => {}
-            Ok(f) => r.at(
-                path,
-                format!("`{c}` is {}, not {what}", f.data_type()),
-                None,
-            ),
-            Err(_) => {
-                let all: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                r.at(
-                    path,
-                    format!("column `{c}` is not in `{from}`"),
-                    Some(&format!("columns of `{from}`: {}", all.join(", "))),
-                )
-            }
-        }
-    }
-}
-
-pub(super) fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> i64 {
-    parse_duration(text)
-        .map_err(|e| r.at(path, e, Some("for example \"15m\" or \"1h\"")))
-        .unwrap_or(0)
-}
-
-pub(super) fn is_timestamp(t: &DataType) -> bool {
-    matches!(t, DataType::Timestamp(..))
-}
-
-/// A decision or forecast stage's plan: its rows' event time is their `ts`.
-pub(super) fn plan(
-    name: &str,
-    from: &str,
-    input: SchemaRef,
-    output: SchemaRef,
-    lateness: i64,
-    kind: StageKind,
-) -> StagePlan {
-    StagePlan {
-        name: name.to_string(),
-        input: from.to_string(),
-        input_schema: input,
-        output_time: output.field_with_name("ts").ok().map(|f| f.name().clone()),
-        output_schema: output,
-        allowed_lateness: lateness,
-        kind,
-    }
-}
 
 pub(super) fn check_alert_stage(
     r: &mut Reporter<'_>,
@@ -254,7 +171,7 @@ pub(super) fn check_alert_stage(
         schema: alert_schema(&detectors, &labels),
     };
     let output = Arc::clone(&spec.schema);
-    Some(plan(
+    Some(decision_plan(
         name,
         &a.from,
         schema,
@@ -513,7 +430,7 @@ pub(super) async fn check_recommend_stage(
     if r.found.len() > before {
         return None;
     }
-    Some(plan(
+    Some(decision_plan(
         name,
         &c.from,
         schema,

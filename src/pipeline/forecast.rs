@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{ForecastStageConfig, ModelsConfig};
-use super::decide::{duration, input, is_timestamp, need_columns, plan};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StageKind, StagePlan};
-use crate::evaluate::forecast::FEATURES;
-use crate::score::forecast::{ForecastRef, ForecastSpec};
+use super::stage::{
+    Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
+};
+use crate::forecast::model::FEATURES;
+use crate::forecast::stage::{ForecastRef, ForecastSpec};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
@@ -118,7 +119,7 @@ pub(super) async fn check_forecast_stage(
         model: model?,
     };
     let output = spec.output_schema();
-    Some(plan(
+    Some(decision_plan(
         name,
         &c.from,
         schema,

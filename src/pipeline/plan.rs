@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::MemTable;
@@ -17,10 +17,10 @@ use datafusion::prelude::DataFrame;
 
 use super::config::{CarryConfig, PipelineConfig, SinkConfig, SourceConfig};
 use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
+use super::stage::{Relation, SqlStage, StageKind, StagePlan, WindowStage, relation};
+use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
-use crate::window::{
-    CarrySpec, WINDOW_COLUMNS, WindowedQuery, parse_duration, parse_stage_sql, windowed_schema,
-};
+use crate::window::{CarrySpec, WINDOW_COLUMNS, parse_duration, parse_stage_sql, windowed_schema};
 
 /// Where a source reads from.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,78 +41,6 @@ pub struct SourcePlan {
     pub allowed_lateness: i64,
     pub idle_timeout: i64,
     pub dead_letter_topic: String,
-}
-
-/// A checked stage: what it reads and gives, and what kind of stage it is.
-#[derive(Debug, Clone)]
-pub struct StagePlan {
-    pub name: String,
-    /// The source or earlier stage it reads.
-    pub input: String,
-    pub input_schema: SchemaRef,
-    pub output_schema: SchemaRef,
-    /// The output's event-time column, if it has one: what a later window stage windows by.
-    pub output_time: Option<String>,
-    /// Allowed lateness of the source the stage descends from, µs.
-    pub allowed_lateness: i64,
-    pub kind: StageKind,
-}
-
-/// What a stage does; `job::build` turns each into its operator.
-#[derive(Debug, Clone)]
-pub enum StageKind {
-    /// SQL over each batch (`crate::sql::stage`).
-    Sql(SqlStage),
-    /// SQL over event-time windows (`crate::window`).
-    Window(WindowStage),
-    /// A model and streaming detectors (`crate::score::stage`).
-    Score(crate::score::stage::ScoreSpec),
-    /// Forecasts with prediction intervals (`crate::score::forecast`).
-    Forecast(crate::score::forecast::ForecastSpec),
-    /// The alert policy (`crate::decide::stage`).
-    Alert(crate::decide::stage::AlertSpec),
-    /// Spot / on-demand and instance-mix recommendations (`crate::decide::stage`).
-    Spot(crate::decide::stage::SpotSpec),
-    /// Rightsizing recommendations (`crate::decide::stage`).
-    Rightsizing(crate::decide::stage::RightsizeSpec),
-}
-
-/// A SQL stage's query, parsed and planned against its input.
-#[derive(Debug, Clone)]
-pub struct SqlStage {
-    pub sql_file: PathBuf,
-    pub query: WindowedQuery,
-}
-
-/// A window stage: its query, and what it adds to windowing.
-#[derive(Debug, Clone)]
-pub struct WindowStage {
-    pub sql: SqlStage,
-    /// The input column windows are assigned by.
-    pub event_time: String,
-    /// Features carried across windows; the stage's `output_schema` includes their columns.
-    pub carry: Option<CarrySpec>,
-    /// Input columns by which a later row replaces an earlier one in a window.
-    pub replace_by: Vec<String>,
-}
-
-impl StagePlan {
-    /// The stage's query, if it runs SQL.
-    pub fn sql(&self) -> Option<&SqlStage> {
-        match &self.kind {
-            StageKind::Sql(s) => Some(s),
-            StageKind::Window(w) => Some(&w.sql),
-            _ => None,
-        }
-    }
-
-    /// The stage's window, if it has one.
-    pub fn window(&self) -> Option<crate::window::WindowSpec> {
-        match &self.kind {
-            StageKind::Window(w) => w.sql.query.window,
-            _ => None,
-        }
-    }
 }
 
 /// Where a sink writes.
@@ -152,13 +80,11 @@ pub struct Pipeline {
     /// µs.
     pub max_interval: i64,
     pub checkpoint_every: u64,
-}
-
-/// A relation SQL can read: a source or an earlier stage.
-pub(super) struct Relation {
-    pub schema: SchemaRef,
-    pub event_time: Option<String>,
-    pub lateness: i64,
+    /// The functions its SQL may call beyond Stratus's own (see [`Overrides::functions`]),
+    /// `score` among them when it calls registered models.
+    pub functions: Functions,
+    /// The registered models its SQL calls (see `score::function`).
+    pub models: Option<crate::score::function::Models>,
 }
 
 /// Changes to a pipeline file for one run, applied before it is checked: a backfill or a
@@ -169,6 +95,9 @@ pub struct Overrides {
     pub replay: Vec<(String, PathBuf)>,
     /// Keep the stages up to and including this one, and only the sinks they feed.
     pub until_stage: Option<String>,
+    /// Functions the stages' SQL may call beyond Stratus's own: a program's own (see
+    /// [`crate::cli::main`]).
+    pub functions: Functions,
 }
 
 impl Overrides {
@@ -221,7 +150,7 @@ impl Pipeline {
     /// Reads and checks `file` with `overrides` applied.
     pub async fn load_with(file: &Path, overrides: &Overrides) -> Result<Pipeline, Diagnostics> {
         let text = read(file)?;
-        Self::check(file, &text, Some(overrides)).await
+        Self::from_yaml_with(file, &text, overrides).await
     }
 
     /// Reads and checks `file`.
@@ -233,6 +162,15 @@ impl Pipeline {
     /// Checks a pipeline given as text; `file` names it and anchors its relative paths.
     pub async fn from_yaml(file: &Path, text: &str) -> Result<Pipeline, Diagnostics> {
         Self::check(file, text, None).await
+    }
+
+    /// Checks a pipeline given as text, with `overrides` applied.
+    pub async fn from_yaml_with(
+        file: &Path,
+        text: &str,
+        overrides: &Overrides,
+    ) -> Result<Pipeline, Diagnostics> {
+        Self::check(file, text, Some(overrides)).await
     }
 
     async fn check(
@@ -256,6 +194,7 @@ impl Pipeline {
         if let Some(o) = overrides {
             o.apply(file, &mut config)?;
         }
+        let mut functions = overrides.map(|o| o.functions.clone()).unwrap_or_default();
         let base = file.parent().unwrap_or(Path::new("."));
         let mut r = Reporter::new(file, text);
         let mut relations: Vec<(String, Relation)> = Vec::new();
@@ -287,6 +226,11 @@ impl Pipeline {
         }
 
         let registry = super::score::registry_location(base, config.models.as_ref());
+        // The models the SQL calls, as the `score` function (checked as each stage is planned).
+        let models = super::score::sql_models(&mut r, base, &config, registry.as_deref()).await;
+        if let Some(m) = &models {
+            functions = functions.with_scalar(m.function());
+        }
         let mut stages = Vec::new();
         for (name, stage) in config.stages.iter() {
             if relations.iter().any(|(n, _)| n == name) {
@@ -406,7 +350,10 @@ impl Pipeline {
                     continue;
                 }
             };
-            let planned = check_stage(&mut r, name, &sql_file, &sql, &relations, &failed).await;
+            let planned = check_stage(
+                &mut r, name, &sql_file, &sql, &relations, &failed, &functions,
+            )
+            .await;
             let planned = match (planned, &stage.carry) {
                 (Some(mut plan), Some(carry)) => check_carry(&mut r, name, carry, &plan).map(|c| {
                     plan.output_schema = c.output_schema(&plan.output_schema);
@@ -473,6 +420,8 @@ impl Pipeline {
                 max_rows: config.commit.max_rows,
                 max_interval: max_interval.unwrap_or(1_000_000),
                 checkpoint_every: config.commit.checkpoint_every,
+                functions,
+                models,
             })
         } else {
             Err(Diagnostics(r.found))
@@ -627,6 +576,7 @@ async fn check_stage(
     sql: &str,
     relations: &[(String, Relation)],
     failed: &[&str],
+    functions: &Functions,
 ) -> Option<StagePlan> {
     let mut query = match parse_stage_sql(sql) {
         Ok(q) => q,
@@ -644,19 +594,13 @@ async fn check_stage(
     if failed.contains(&query.input.as_str()) {
         return None;
     }
-    let Some((_, input)) = relations.iter().find(|(n, _)| *n == query.input) else {
-        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
-        r.in_file(
-            sql_file,
-            line_of(sql, &query.input),
-            None,
-            format!(
-                "FROM `{}`: no source or earlier stage has that name",
-                query.input
-            ),
-            Some(&format!("readable here: {}", known.join(", "))),
-        );
-        return None;
+    let input = match relation(relations, &query.input) {
+        Ok(input) => input,
+        Err((message, hint)) => {
+            let line = line_of(sql, &query.input);
+            r.in_file(sql_file, line, None, format!("FROM {message}"), Some(&hint));
+            return None;
+        }
     };
     let mut event_time = String::new();
     let schema = if query.window.is_some() {
@@ -682,7 +626,7 @@ async fn check_stage(
         }
         input.schema.clone()
     };
-    let ctx = crate::sql::session_context();
+    let ctx = crate::sql::session_context_with(functions);
     let table = match MemTable::try_new(schema.clone(), vec![vec![]]) {
         Ok(t) => t,
         Err(e) => {

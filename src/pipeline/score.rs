@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use arrow::datatypes::DataType;
 
-use super::config::{ModelsConfig, ScoreStageConfig};
+use super::config::{ModelsConfig, PipelineConfig, ScoreStageConfig};
 use super::diagnostics::Reporter;
-use super::plan::{Relation, StageKind, StagePlan};
+use super::stage::{Relation, StageKind, StagePlan};
 use crate::score::detect::{DetectorSpec, Ensemble};
+use crate::score::function::{self, Models};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
 use crate::window::parse_duration;
@@ -24,11 +25,69 @@ pub fn registry_location(base: &Path, models: Option<&ModelsConfig>) -> Option<S
         return Some(v);
     }
     let r = &models?.registry;
-    Some(if r.contains("://") || Path::new(r).is_absolute() {
-        r.clone()
-    } else {
-        base.join(r).display().to_string()
-    })
+    Some(crate::sink::resolve_location(
+        &base.display().to_string(),
+        r,
+    ))
+}
+
+/// How often a stage following a model's newest version looks for a newer one (`models.poll`,
+/// default 10 s).
+fn poll(r: &mut Reporter<'_>, models: Option<&ModelsConfig>) -> Duration {
+    let us = models.map_or(Some(10_000_000), |m| {
+        parse_duration(&m.poll)
+            .map_err(|e| r.at(&["models", "poll"], e, Some("for example \"10s\"")))
+            .ok()
+    });
+    Duration::from_micros(us.unwrap_or(10_000_000).max(0) as u64)
+}
+
+/// Loads the models the stages' SQL calls with `score('…', …)` from the pipeline's registry
+/// (see `score::function`); none when no SQL calls one.
+pub(super) async fn sql_models(
+    r: &mut Reporter<'_>,
+    base: &Path,
+    config: &PipelineConfig,
+    registry: Option<&str>,
+) -> Option<Models> {
+    let mut called = Vec::new();
+    for (_, stage) in config.stages.iter() {
+        if let Some(sql) = &stage.sql
+            && let Ok(text) = std::fs::read_to_string(base.join(sql))
+        {
+            called.extend(function::called(&text));
+        }
+    }
+    called.sort();
+    called.dedup();
+    let first = called.first()?;
+    let Some(location) = registry else {
+        r.at(
+            &["stages"],
+            format!(
+                "the SQL calls {}('{first}', …) but the pipeline has no model registry",
+                function::FUNCTION
+            ),
+            Some("add `models: {registry: ../models/registry}` (or set STRATUS_MODELS)"),
+        );
+        return None;
+    };
+    let poll = poll(r, config.models.as_ref());
+    let loaded = match Registry::open(location, &crate::sink::storage_options_from_env()) {
+        Ok(registry) => Models::load(registry, &called, poll).await,
+        Err(e) => Err(e.into()),
+    };
+    match loaded {
+        Ok(models) => Some(models),
+        Err(e) => {
+            r.at(
+                &["models", "registry"],
+                format!("a model the SQL calls: {e}"),
+                Some("`stratus models list` shows what is registered"),
+            );
+            None
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -45,15 +104,7 @@ pub(super) async fn check_score_stage(
     if failed.contains(&score.from.as_str()) {
         return None;
     }
-    let Some((_, input)) = relations.iter().find(|(n, _)| *n == score.from) else {
-        let known: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
-        r.at(
-            &at("from"),
-            format!("`{}`: no source or earlier stage has that name", score.from),
-            Some(&format!("readable here: {}", known.join(", "))),
-        );
-        return None;
-    };
+    let input = super::stage::input(r, &at("from"), &score.from, relations)?;
     let before = r.found.len();
     let schema = input.schema.clone();
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -163,11 +214,7 @@ pub(super) async fn check_score_stage(
     }
 
     let needs_registry = model.is_some() || shadow.is_some();
-    let poll = models.map_or(Some(10_000_000), |m| {
-        parse_duration(&m.poll)
-            .map_err(|e| r.at(&["models", "poll"], e, Some("for example \"10s\"")))
-            .ok()
-    });
+    let poll = poll(r, models);
     if needs_registry {
         match registry {
             None => r.at(
@@ -199,7 +246,7 @@ pub(super) async fn check_score_stage(
         detectors,
         calibration,
         registry: registry.map(str::to_string),
-        poll: Duration::from_micros(poll.unwrap_or(10_000_000).max(0) as u64),
+        poll,
     };
     let output_schema = spec.output_schema(&schema);
     Some(StagePlan {

@@ -4,11 +4,13 @@
 //! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
 //! - [`registry`]: versioned models and manifests under a local or `s3://` prefix.
 //! - [`stage`]: a pipeline's score stage — model, shadow, detectors, hot reload.
-//! - [`forecast`]: a pipeline's forecast stage, and forecast models that follow the registry.
+//! - [`function`]: registered models callable from SQL, `score('model', inputs…)`.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
+//!
+//! Forecast models, run the same way, are in [`crate::forecast`].
 
 pub mod detect;
-pub mod forecast;
+pub mod function;
 pub mod onnx;
 pub mod registry;
 pub mod runtime;

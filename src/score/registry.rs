@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -375,6 +376,79 @@ impl Registry {
                 Err(e) => return Err(self.err(e)),
             }
         }
+    }
+}
+
+/// Follows a model reference in a registry for a running stage: every `poll`, an unpinned
+/// reference is resolved again and a newer version offered; a version the stage found
+/// unusable is remembered and not offered again (a newer one still is). A pinned reference is
+/// never swapped.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    reference: ModelRef,
+    version: u32,
+    poll: Duration,
+    last_poll: Instant,
+    rejected: Option<u32>,
+}
+
+impl Follower {
+    /// Follows `reference`, whose version `version` is in use.
+    pub fn new(reference: ModelRef, version: u32, poll: Duration) -> Self {
+        Follower {
+            reference,
+            version,
+            poll,
+            last_poll: Instant::now(),
+            rejected: None,
+        }
+    }
+
+    pub fn reference(&self) -> &ModelRef {
+        &self.reference
+    }
+
+    /// The version in use.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// `name@version` of the version in use.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.reference.name, self.version)
+    }
+
+    /// A newer version to swap in, when it is time to look and there is one: its number and
+    /// what is registered. Call [`accept`](Self::accept) or [`reject`](Self::reject) after.
+    pub async fn newer(
+        &mut self,
+        registry: &Registry,
+    ) -> Option<Result<(u32, ModelVersion), RegistryError>> {
+        if self.reference.version.is_some() || self.last_poll.elapsed() < self.poll {
+            return None;
+        }
+        self.last_poll = Instant::now();
+        let newest = match registry.resolve(&self.reference).await {
+            Ok(v) if v > self.version && Some(v) != self.rejected => v,
+            Ok(_) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            registry
+                .load(&self.reference.name, newest)
+                .await
+                .map(|loaded| (newest, loaded)),
+        )
+    }
+
+    /// `version` is in use now.
+    pub fn accept(&mut self, version: u32) {
+        self.version = version;
+    }
+
+    /// `version` cannot be used: it is not offered again.
+    pub fn reject(&mut self, version: u32) {
+        self.rejected = Some(version);
     }
 }
 

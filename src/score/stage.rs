@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::detect::{CalibrationSpec, DetectorSpec, Ensemble};
 use super::onnx::{OnnxModel, ScoreError};
-use super::registry::{ModelRef, Registry, RegistryError};
+use super::registry::{Follower, ModelRef, ModelVersion, Registry, RegistryError};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
 
 /// Why a score stage could not start or score.
@@ -108,8 +108,8 @@ pub fn is_numeric(t: &DataType) -> bool {
 
 /// One loaded model version.
 struct Loaded {
-    reference: ModelRef,
-    version: u32,
+    /// The reference it was loaded for, and newer versions of it.
+    follow: Follower,
     label: String,
     model: OnnxModel,
     output: String,
@@ -134,7 +134,6 @@ pub struct ScoreOperator {
     registry: Option<Registry>,
     model: Option<Loaded>,
     shadow: Option<Loaded>,
-    last_poll: Instant,
     keys: HashMap<String, KeyState>,
     key_columns: Vec<usize>,
     time_column: usize,
@@ -146,10 +145,16 @@ async fn load(
     registry: &Registry,
     reference: &ModelRef,
     input: &Schema,
+    poll: Duration,
 ) -> Result<Loaded, StageError> {
     let version = registry.resolve(reference).await?;
     let v = registry.load(&reference.name, version).await?;
-    let label = format!("{}@{version}", reference.name);
+    prepare(Follower::new(reference.clone(), version, poll), v, input)
+}
+
+/// A registered version ready to score `input`'s rows.
+fn prepare(follow: Follower, v: ModelVersion, input: &Schema) -> Result<Loaded, StageError> {
+    let label = follow.label();
     let columns = feature_columns(&v.manifest.feature_names().collect::<Vec<_>>(), input)
         .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
     let model = OnnxModel::from_bytes(&label, &v.onnx, columns.len())?;
@@ -160,8 +165,7 @@ async fn load(
         )));
     }
     Ok(Loaded {
-        reference: reference.clone(),
-        version,
+        follow,
         label,
         model,
         output: v.manifest.score_output,
@@ -224,10 +228,10 @@ impl ScoreOperator {
         let mut shadow = None;
         if let Some(r) = &registry {
             if let Some(m) = &spec.model {
-                model = Some(load(r, m, &input).await?);
+                model = Some(load(r, m, &input, spec.poll).await?);
             }
             if let Some(m) = &spec.shadow {
-                shadow = Some(load(r, m, &input).await?);
+                shadow = Some(load(r, m, &input, spec.poll).await?);
             }
         }
         Ok(ScoreOperator {
@@ -237,7 +241,6 @@ impl ScoreOperator {
             registry,
             model,
             shadow,
-            last_poll: Instant::now(),
             keys: HashMap::new(),
             key_columns,
             time_column,
@@ -258,45 +261,40 @@ impl ScoreOperator {
     }
 
     /// Every `poll`, swaps in newer versions of the models that follow the registry. Returns
-    /// what changed; a newer version that cannot be loaded is reported and the current one kept.
+    /// what changed; a newer version that cannot be used is reported once and the current one
+    /// kept.
     pub async fn refresh(&mut self) -> Vec<Result<String, String>> {
         let mut changes = Vec::new();
         let Some(registry) = &self.registry else {
             return changes;
         };
-        if self.last_poll.elapsed() < self.spec.poll {
-            return changes;
-        }
-        self.last_poll = Instant::now();
         for slot in [&mut self.model, &mut self.shadow] {
-            let Some(current) = slot.as_ref() else {
+            let Some(current) = slot.as_mut() else {
                 continue;
             };
-            if current.reference.version.is_some() {
-                continue;
-            }
-            let newest = match registry.resolve(&current.reference).await {
-                Ok(v) if v > current.version => v,
-                Ok(_) => continue,
-                Err(e) => {
+            let (version, registered) = match current.follow.newer(registry).await {
+                None => continue,
+                Some(Err(e)) => {
                     changes.push(Err(e.to_string()));
                     continue;
                 }
+                Some(Ok(newer)) => newer,
             };
-            let pinned = ModelRef {
-                name: current.reference.name.clone(),
-                version: Some(newest),
-            };
-            match load(registry, &pinned, &self.input).await {
-                Ok(mut next) => {
-                    next.reference = current.reference.clone();
+            let mut follow = current.follow.clone();
+            follow.accept(version);
+            match prepare(follow, registered, &self.input) {
+                Ok(next) => {
                     changes.push(Ok(format!("{} replaces {}", next.label, current.label)));
                     *slot = Some(next);
                 }
-                Err(e) => changes.push(Err(format!(
-                    "{} stays: {}@{newest} cannot be used: {e}",
-                    current.label, current.reference.name
-                ))),
+                Err(e) => {
+                    current.follow.reject(version);
+                    changes.push(Err(format!(
+                        "{} stays: {}@{version} cannot be used: {e}",
+                        current.label,
+                        current.follow.reference().name
+                    )));
+                }
             }
         }
         changes
@@ -318,7 +316,11 @@ impl ScoreOperator {
             None => None,
         };
 
-        let keys = key_strings(batch, &self.key_columns)?;
+        // A row with a null key value is one of the null key's.
+        let keys: Vec<String> = crate::keys::of_rows(batch, &self.key_columns)?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
         let times = micros(batch.column(self.time_column))?;
         let times = times
             .as_any()
@@ -381,7 +383,9 @@ impl ScoreOperator {
 
     /// The detector settings the state was learnt under, as JSON.
     fn settings(&self) -> Result<String, StageError> {
-        serde_json::to_string(&(&self.spec.detectors, &self.spec.calibration))
+        // With the key encoding: state keyed otherwise (before `crate::keys`) is learnt again.
+        let keys = format!("keys joined by U+{:04X}", u32::from(crate::keys::SEPARATOR));
+        serde_json::to_string(&(&self.spec.detectors, &self.spec.calibration, keys))
             .map_err(|e| StageError::Invalid(e.to_string()))
     }
 
@@ -484,27 +488,6 @@ fn snapshot_schema() -> SchemaRef {
 
 fn label_column(label: &str, rows: usize) -> ArrayRef {
     Arc::new(StringArray::from(vec![Some(label); rows]))
-}
-
-/// Each row's key: the key columns' values joined by `|` (null as empty).
-fn key_strings(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<String>, StageError> {
-    let mut keys = vec![String::new(); batch.num_rows()];
-    for (n, &c) in columns.iter().enumerate() {
-        let text = cast(batch.column(c), &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| StageError::Invalid("a key column cannot be read as text".into()))?;
-        for (i, k) in keys.iter_mut().enumerate() {
-            if n > 0 {
-                k.push('|');
-            }
-            if text.is_valid(i) {
-                k.push_str(text.value(i));
-            }
-        }
-    }
-    Ok(keys)
 }
 
 /// The model's score per row (None where an input is null), and the seconds ONNX Runtime took.

@@ -26,6 +26,17 @@ pub fn storage_options_from_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// `location` as given when it is a URL (`s3://…`) or an absolute path, else under `root` (a
+/// directory or a URL; empty: the working directory): where tables, checkpoints and
+/// registries are found.
+pub fn resolve_location(root: &str, location: &str) -> String {
+    if location.contains("://") || location.starts_with('/') || root.is_empty() {
+        location.to_string()
+    } else {
+        format!("{}/{location}", root.trim_end_matches('/'))
+    }
+}
+
 /// The object store at `location` — a local directory (created if missing) or a URL such as
 /// `s3://bucket/prefix` — and the path of `location` inside it.
 pub fn open_store(

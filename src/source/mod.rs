@@ -2,8 +2,12 @@
 //!
 //! - [`kafka`]: consumer and producer settings shared by every Kafka client of Stratus.
 //! - [`dead_letter`]: invalid events, as records for the dead-letter topic.
+//! - [`reader`]: the run loop's source side — Kafka consumers and file replays, decoding,
+//!   dead letters, watermarks — and a source's part of a checkpoint.
 
 pub mod dead_letter;
 pub mod kafka;
+pub mod reader;
 
 pub use dead_letter::DeadLetter;
+pub use reader::{SourceError, SourceState};

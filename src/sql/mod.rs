@@ -5,6 +5,8 @@
 //! Stratus adds:
 //! - [`calendar`]: `hour_of_day`, `day_of_week`, `is_business_hours`.
 //!
+//! A program adds its own Rust functions with [`Functions`].
+//!
 //! [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
 //! pipeline's SQL stages that have no window.
 
@@ -12,17 +14,98 @@ pub mod calendar;
 pub mod compiled;
 pub mod stage;
 
+use std::sync::Arc;
+
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Functions a program adds to Stratus's SQL: Rust scalar and aggregate functions, callable
+/// from every stage as the built-in ones are, and checked by `validate` like them.
+///
+/// A program of one's own that links Stratus registers them and hands them to
+/// [`cli::main`](crate::cli::main), which is the whole `stratus` command line:
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use datafusion::arrow::array::{ArrayRef, Float64Array};
+/// use datafusion::arrow::datatypes::DataType;
+/// use datafusion::common::cast::as_float64_array;
+/// use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+/// use stratus::sql::Functions;
+///
+/// // `gib(bytes)`: bytes as GiB.
+/// let gib = create_udf(
+///     "gib",
+///     vec![DataType::Float64],
+///     DataType::Float64,
+///     Volatility::Immutable,
+///     Arc::new(|args: &[ColumnarValue]| {
+///         let arrays = ColumnarValue::values_to_arrays(args)?;
+///         let bytes = as_float64_array(&arrays[0])?;
+///         let gib: Float64Array = bytes.unary(|b| b / (1u64 << 30) as f64);
+///         Ok(ColumnarValue::Array(Arc::new(gib) as ArrayRef))
+///     }),
+/// );
+/// let functions = Functions::new().with_scalar(gib);
+///
+/// // The program's `main`: `fn main() -> ExitCode { stratus::cli::main(functions) }`.
+/// // Here, the query a stage would run:
+/// let runtime = tokio::runtime::Runtime::new()?;
+/// let rows = runtime.block_on(async {
+///     let ctx = stratus::sql::session_context_with(&functions);
+///     ctx.sql("SELECT gib(2147483648.0) AS g").await?.collect().await
+/// })?;
+/// let g = as_float64_array(rows[0].column(0))?;
+/// assert_eq!(g.value(0), 2.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Functions {
+    scalar: Vec<Arc<ScalarUDF>>,
+    aggregate: Vec<Arc<AggregateUDF>>,
+}
+
+impl Functions {
+    pub fn new() -> Self {
+        Functions::default()
+    }
+
+    /// Adds a scalar function (one value per row), e.g. from DataFusion's `create_udf` or a
+    /// `ScalarUDFImpl`.
+    pub fn with_scalar(mut self, f: ScalarUDF) -> Self {
+        self.scalar.push(Arc::new(f));
+        self
+    }
+
+    /// Adds an aggregate function (one value per group: a window's key), e.g. from
+    /// DataFusion's `create_udaf` or an `AggregateUDFImpl`.
+    pub fn with_aggregate(mut self, f: AggregateUDF) -> Self {
+        self.aggregate.push(Arc::new(f));
+        self
+    }
+}
 
 /// A session for running stage SQL: Stratus's functions registered, one target partition
 /// (windows are small; parallelism comes from partitions of the source, not from within a query).
 pub fn session_context() -> SessionContext {
+    session_context_with(&Functions::default())
+}
+
+/// A session as [`session_context`], with `functions` registered too.
+pub fn session_context_with(functions: &Functions) -> SessionContext {
     let config = SessionConfig::new()
         .with_target_partitions(1)
         .with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
     for f in calendar::functions() {
         ctx.register_udf(f);
+    }
+    for f in &functions.scalar {
+        ctx.register_udf(f.as_ref().clone());
+    }
+    for f in &functions.aggregate {
+        ctx.register_udaf(f.as_ref().clone());
     }
     ctx
 }

@@ -17,9 +17,14 @@ pub struct SqlOperator {
 }
 
 impl SqlOperator {
-    /// Plans `sql`, which reads the relation `input` of `schema`.
-    pub async fn open(input: &str, schema: SchemaRef, sql: &str) -> Result<Self> {
-        let ctx = super::session_context();
+    /// Plans `sql`, which reads the relation `input` of `schema` and may call `functions`.
+    pub async fn open(
+        functions: &super::Functions,
+        input: &str,
+        schema: SchemaRef,
+        sql: &str,
+    ) -> Result<Self> {
+        let ctx = super::session_context_with(functions);
         Ok(SqlOperator {
             query: CompiledQuery::new(&ctx, input, schema, sql).await?,
         })

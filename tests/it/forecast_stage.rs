@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMicrosecondTyp
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use stratus::score::forecast::{ForecastOperator, ForecastRef, ForecastSpec};
+use stratus::forecast::stage::{ForecastOperator, ForecastRef, ForecastSpec};
 use stratus::score::registry::{ModelRef, Registry};
 use stratus::sink::storage_options_from_env;
 
@@ -115,7 +115,7 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     let swap_at = 72 * HOUR;
 
     // Hour by hour, the watermark closing each; spot_price@2 is registered at hour 72.
-    let mut op = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut op = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     let mut streamed = Rows::new();
     for h in 0..96 {
         let hour: Vec<_> = data.iter().filter(|r| r.1 == h * HOUR).cloned().collect();
@@ -156,7 +156,7 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     // No look-ahead: the same model given all 96 hours at once forecasts the same from each
     // origin as it did with only the hours up to it.
     let mut at_once = Rows::new();
-    let mut op1 = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut op1 = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     op1.apply(&batch(&data)).unwrap();
     collect(&mut at_once, &op1.advance(95 * HOUR).unwrap().unwrap());
     assert_eq!(at_once.len(), streamed.len());
@@ -169,8 +169,8 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
         }
     }
     // A restored stage continues with the same history.
-    let mut op2 = ForecastOperator::open(spec(&registry, 1)).unwrap();
-    let mut op3 = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut op2 = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
+    let mut op3 = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     let (first, rest) = data.split_at(data.len() / 2);
     op2.apply(&batch(first)).unwrap();
     op2.advance(first.last().unwrap().1).unwrap();
@@ -188,11 +188,11 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     // of features it still holds — and from those the median hour-by-hour forecasting gave
     // (the widths differ: hour by hour they had adapted over a week of earlier forecasts).
     let long = hours(240);
-    let mut all = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut all = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     all.apply(&batch(&long)).unwrap();
     let mut at_once = Rows::new();
     collect(&mut at_once, &all.advance(239 * HOUR).unwrap().unwrap());
-    let mut step = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut step = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     let mut streamed = Rows::new();
     for h in 0..240 {
         let hour: Vec<_> = long.iter().filter(|r| r.1 == h * HOUR).cloned().collect();
@@ -215,7 +215,7 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     }
     // A pool that stops reporting after hour 60 is forecast, its last price held, until that
     // price is eight days old; then it is forgotten, state and all. The other pool goes on.
-    let mut op = ForecastOperator::open(spec(&registry, 1)).unwrap();
+    let mut op = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
     let mut silent = Rows::new();
     let rows: Vec<_> = hours(300)
         .into_iter()

@@ -11,6 +11,7 @@ mod demo;
 mod evaluate;
 mod forecast;
 mod forecast_stage;
+mod functions;
 mod ingest;
 mod kafka;
 mod onnx;
@@ -18,6 +19,7 @@ mod run;
 mod score;
 mod shipped;
 mod sigterm;
+mod sql_models;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

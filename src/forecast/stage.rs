@@ -8,7 +8,7 @@
 //! the hour), `target_ts` (origin + horizon), the value at the origin, and the forecast's 2.5,
 //! 10, 50, 90 and 97.5 % quantiles with the `model_version` that gave them — the 80 % and 95 %
 //! prediction intervals. A forecast from an origin uses only the series up to that origin (see
-//! `evaluate::forecast::features`), so a replay gives the same rows; an hour revised after its
+//! `forecast::model::features`), so a replay gives the same rows; an hour revised after its
 //! forecast updates the series, not the forecast.
 //!
 //! The intervals adapt ([`Adaptive`]): per horizon, their widths follow how often the stage's
@@ -21,9 +21,9 @@
 //! forecasts awaiting their hour; as JSON in the checkpoint. A key that stops reporting is
 //! forecast (its last value held) until that value is 8 days old, then forgotten.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, TimestampMicrosecondArray};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -31,9 +31,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
-use super::registry::{ModelRef, Registry};
-use crate::evaluate::forecast::{ForecastModel, Steps, features, offset};
+use super::model::{FEATURES, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
+use crate::score::registry::{Follower, ModelRef, Registry};
 
 const HOUR: i64 = 3_600_000_000;
 /// History kept per key: a week of lags and a day to spare.
@@ -58,22 +58,24 @@ impl ForecastRef {
     }
 }
 
-/// A loaded forecast model that swaps in newer registered versions of an unpinned reference.
+/// A loaded forecast model that swaps in newer registered versions of an unpinned reference
+/// (see [`Follower`]).
 pub struct FollowedForecast {
     model: ForecastModel,
-    from: ForecastRef,
-    last_poll: Instant,
-    /// A newer version found unusable: not fetched again.
-    rejected: Option<u32>,
+    registry: Registry,
+    follow: Follower,
 }
 
 impl FollowedForecast {
-    pub fn open(from: &ForecastRef) -> Result<Self, String> {
+    /// `storage_options` reach an `s3://` registry: the run's, as its tables get.
+    pub fn open(
+        from: &ForecastRef,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, String> {
         Ok(FollowedForecast {
             model: ForecastModel::new(&from.label(), &from.onnx)?,
-            from: from.clone(),
-            last_poll: Instant::now(),
-            rejected: None,
+            registry: Registry::open(&from.registry, storage_options).map_err(|e| e.to_string())?,
+            follow: Follower::new(from.reference.clone(), from.version, from.poll),
         })
     }
 
@@ -86,47 +88,31 @@ impl FollowedForecast {
         self.model.predict(rows)
     }
 
-    /// Every `poll`, resolves an unpinned reference again and loads a newer version; says what
-    /// changed. A version that cannot be used is reported and the current one kept. An `s3://`
-    /// registry is reached with the `AWS_*` settings of the environment, as when checked.
+    /// Every `poll`, loads a newer registered version of an unpinned reference; says what
+    /// changed. A version that cannot be used is reported once and the current one kept.
     pub async fn refresh(&mut self) -> Option<Result<String, String>> {
-        if self.from.reference.version.is_some() || self.last_poll.elapsed() < self.from.poll {
-            return None;
-        }
-        self.last_poll = Instant::now();
-        let storage_options = crate::sink::storage_options_from_env();
-        let registry = match Registry::open(&self.from.registry, &storage_options) {
-            Ok(r) => r,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let newest = match registry.resolve(&self.from.reference).await {
-            Ok(v) if v > self.from.version && Some(v) != self.rejected => v,
-            Ok(_) => return None,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let name = self.from.reference.name.clone();
-        let next = match registry.load(&name, newest).await {
-            Ok(v) => v,
+        let (version, next) = match self.follow.newer(&self.registry).await? {
+            Ok(newer) => newer,
             Err(e) => return Some(Err(format!("{} stays: {e}", self.label()))),
         };
+        let name = self.follow.reference().name.clone();
         let features: Vec<&str> = next.manifest.feature_names().collect();
-        let loaded = if features != crate::evaluate::forecast::FEATURES {
+        let loaded = if features != FEATURES {
             Err(format!("not a forecast model (inputs {features:?})"))
         } else {
-            ForecastModel::new(&format!("{name}@{newest}"), &next.onnx)
+            ForecastModel::new(&format!("{name}@{version}"), &next.onnx)
         };
         match loaded {
             Ok(model) => {
                 let change = format!("{} replaces {}", model.label, self.model.label);
                 self.model = model;
-                self.from.version = newest;
-                self.from.onnx = next.onnx;
+                self.follow.accept(version);
                 Some(Ok(change))
             }
             Err(e) => {
-                self.rejected = Some(newest);
+                self.follow.reject(version);
                 Some(Err(format!(
-                    "{} stays: {name}@{newest} cannot be used: {e}",
+                    "{} stays: {name}@{version} cannot be used: {e}",
                     self.label()
                 )))
             }
@@ -246,7 +232,7 @@ impl ForecastSpec {
             Field::new("horizon_hours", DataType::Int64, false),
             Field::new("value", DataType::Float64, false),
         ]);
-        for (q, _) in crate::evaluate::forecast::QUANTILES {
+        for (q, _) in QUANTILES {
             fields.push(Field::new(
                 format!("p{}", &q[1..]),
                 DataType::Float64,
@@ -389,24 +375,14 @@ pub struct ForecastOperator {
     state: ForecastState,
 }
 
-/// The key columns' values of row `i`, joined (a separator no value here holds).
-fn key_of(columns: &[StringArray], i: usize) -> Option<String> {
-    let mut parts = Vec::with_capacity(columns.len());
-    for c in columns {
-        if c.is_null(i) {
-            return None;
-        }
-        parts.push(c.value(i));
-    }
-    Some(parts.join(SEPARATOR))
-}
-
-const SEPARATOR: &str = "\u{1f}";
-
 impl ForecastOperator {
-    pub fn open(spec: ForecastSpec) -> Result<Self, String> {
+    /// `storage_options` reach an `s3://` registry.
+    pub fn open(
+        spec: ForecastSpec,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, String> {
         Ok(ForecastOperator {
-            model: FollowedForecast::open(&spec.model)?,
+            model: FollowedForecast::open(&spec.model, storage_options)?,
             output: spec.output_schema(),
             spec,
             state: ForecastState::default(),
@@ -435,16 +411,18 @@ impl ForecastOperator {
     /// Learns the batch's hours (a revised hour replaces its value; forecasts already made
     /// from later hours stand).
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
-        let keys: Vec<StringArray> = self
+        let schema = batch.schema();
+        let key_columns: Vec<usize> = self
             .spec
             .key
             .iter()
-            .map(|k| crate::decide::rows::utf8(batch, k))
+            .map(|k| schema.index_of(k))
             .collect::<Result<_, _>>()?;
-        let times = crate::decide::rows::micros(batch, &self.spec.time)?;
-        let values = crate::decide::rows::f64s(batch, &self.spec.value)?;
-        for i in 0..batch.num_rows() {
-            let Some(key) = key_of(&keys, i) else {
+        let keys = crate::keys::of_rows(batch, &key_columns)?;
+        let times = crate::columns::micros(batch, &self.spec.time)?;
+        let values = crate::columns::f64s(batch, &self.spec.value)?;
+        for (i, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else {
                 continue;
             };
             if times.is_null(i) || values.is_null(i) || !values.value(i).is_finite() {
@@ -589,7 +567,7 @@ impl ForecastOperator {
             .map(|j| {
                 Arc::new(StringArray::from_iter_values(
                     rows.iter()
-                        .map(|r| r.key.split(SEPARATOR).nth(j).unwrap_or_default()),
+                        .map(|r| crate::keys::split(r.key).nth(j).unwrap_or_default()),
                 )) as ArrayRef
             })
             .collect();
@@ -653,7 +631,7 @@ impl Operator for ForecastOperator {
 
     async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
         if let Some(change) = self.model.refresh().await {
-            super::report_refresh(ctx, change);
+            crate::score::report_refresh(ctx, change);
         }
     }
 
@@ -696,7 +674,7 @@ mod tests {
         }
         assert!(inputs(&points, 47 * HOUR, &[HOUR], 48 * HOUR).is_none());
         let (rows, levels, c) = inputs(&points, 48 * HOUR, &[HOUR, 6 * HOUR], 48 * HOUR).unwrap();
-        assert_eq!(rows.len(), 2 * crate::evaluate::forecast::FEATURES.len());
+        assert_eq!(rows.len(), 2 * FEATURES.len());
         assert_eq!(levels.len(), 2);
         // The same inputs from a series that ends at the origin: nothing later is used.
         let cut: VecDeque<_> = points

@@ -12,16 +12,57 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::checkpoint::SourceState;
-use super::run::{RunConfig, RunError, RunSummary};
+use rdkafka::error::KafkaError;
+use serde::{Deserialize, Serialize};
+
+use super::DeadLetter;
+use super::kafka::consumer_config;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
-use crate::source::DeadLetter;
-use crate::source::kafka::consumer_config;
 use crate::validate::{BatchDecoder, TimeBounds};
 use crate::window::WatermarkTracker;
 
-pub(super) enum Reader {
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {source_name}: {source}")]
+    Kafka {
+        source_name: String,
+        source: KafkaError,
+    },
+    #[error("source {0}: {1}")]
+    Read(String, String),
+    #[error("dead-letter topic {topic}: {message}")]
+    DeadLetter { topic: String, message: String },
+}
+
+/// Where a source stood at the end of a cycle: its part of a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// Per partition, the next offset to read.
+    pub next: BTreeMap<i32, i64>,
+    pub watermark: i64,
+    /// Per partition, the newest event time seen.
+    pub newest: BTreeMap<i32, i64>,
+}
+
+/// How a run reads its sources.
+pub(crate) struct ReadConfig<'a> {
+    pub brokers: &'a str,
+    /// How far in the future an event time may lie.
+    pub max_future: Duration,
+    /// A backfill: the source ends where it ended at start.
+    pub until_caught_up: bool,
+}
+
+/// What one poll read.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Polled {
+    pub events: u64,
+    pub invalid: u64,
+}
+
+pub(crate) enum Reader {
     Kafka {
         consumer: BaseConsumer,
         topic: String,
@@ -40,48 +81,48 @@ pub(super) enum Reader {
     Empty,
 }
 
-pub(super) struct SourceRuntime {
-    pub(super) plan: SourcePlan,
-    pub(super) reader: Reader,
-    pub(super) decoder: BatchDecoder,
-    pub(super) watermark: WatermarkTracker,
+pub(crate) struct SourceRuntime {
+    pub(crate) plan: SourcePlan,
+    pub(crate) reader: Reader,
+    pub(crate) decoder: BatchDecoder,
+    pub(crate) watermark: WatermarkTracker,
     /// The topic (or file path) the offsets belong to.
-    pub(super) topic: String,
+    pub(crate) topic: String,
     /// Next offset to read per partition, consumed but not yet committed.
-    pub(super) pending: HashMap<i32, i64>,
+    pub(crate) pending: HashMap<i32, i64>,
     /// Events consumed since the last flush.
-    pub(super) pending_events: usize,
+    pub(crate) pending_events: usize,
     /// While replaying a cycle: per partition, the offset the cycle ended at.
-    pub(super) replay_to: Option<HashMap<i32, i64>>,
+    pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
-    pub(super) position: HashMap<i32, i64>,
-    pub(super) dead_letters: Vec<DeliveryFuture>,
+    pub(crate) position: HashMap<i32, i64>,
+    pub(crate) dead_letters: Vec<DeliveryFuture>,
     /// µs an event time may lie ahead of the clock.
-    pub(super) max_future: i64,
+    pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
-    pub(super) lag_checked: Option<Instant>,
+    pub(crate) lag_checked: Option<Instant>,
 }
 
 const POLL: Duration = Duration::from_millis(50);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-pub(super) async fn open_source(
+pub(crate) async fn open_source(
     pipeline: &Pipeline,
     plan: &SourcePlan,
-    config: &RunConfig,
+    config: &ReadConfig<'_>,
     start: Option<&SourceState>,
-) -> Result<SourceRuntime, RunError> {
-    let kafka_err = |source| RunError::Kafka {
+) -> Result<SourceRuntime, SourceError> {
+    let kafka_err = |source| SourceError::Kafka {
         source_name: plan.name.clone(),
         source,
     };
     let (topic, partitions) = match &plan.input {
         SourceInput::Kafka { topic, group } => {
-            let consumer: BaseConsumer = consumer_config(&config.brokers, group)
+            let consumer: BaseConsumer = consumer_config(config.brokers, group)
                 .create()
                 .map_err(kafka_err)?;
             let metadata = tokio::task::block_in_place(|| {
@@ -94,7 +135,7 @@ pub(super) async fn open_source(
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                 .collect();
             if partitions.is_empty() {
-                return Err(RunError::Source(
+                return Err(SourceError::Read(
                     plan.name.clone(),
                     format!("topic {topic} does not exist or has no partitions; create it first"),
                 ));
@@ -109,7 +150,7 @@ pub(super) async fn open_source(
         .collect();
     let reader = match &plan.input {
         SourceInput::Kafka { group, .. } => {
-            let consumer: BaseConsumer = consumer_config(&config.brokers, group)
+            let consumer: BaseConsumer = consumer_config(config.brokers, group)
                 .create()
                 .map_err(kafka_err)?;
             let mut targets = HashMap::new();
@@ -130,7 +171,7 @@ pub(super) async fn open_source(
         }
         SourceInput::File { path } => {
             let open = std::fs::File::open(path).map_err(|e| {
-                RunError::Source(
+                SourceError::Read(
                     plan.name.clone(),
                     format!("cannot read {}: {e}", path.display()),
                 )
@@ -149,7 +190,7 @@ pub(super) async fn open_source(
                         break;
                     }
                     Ok(_) => next += 1,
-                    Err(e) => return Err(RunError::Source(plan.name.clone(), e.to_string())),
+                    Err(e) => return Err(SourceError::Read(plan.name.clone(), e.to_string())),
                 }
             }
             Reader::File {
@@ -217,14 +258,14 @@ fn assignment(
 
 impl SourceRuntime {
     /// The next offset per partition: what is consumed, committed or not.
-    pub(super) fn next_offsets(&self) -> BTreeMap<i32, i64> {
+    pub(crate) fn next_offsets(&self) -> BTreeMap<i32, i64> {
         let mut next: BTreeMap<i32, i64> = self.position.iter().map(|(&p, &o)| (p, o)).collect();
         next.extend(self.pending.iter().map(|(&p, &o)| (p, o)));
         next
     }
 
     /// Whether a replayed cycle has read every partition up to where the cycle ended.
-    pub(super) fn replay_done(&self) -> bool {
+    pub(crate) fn replay_done(&self) -> bool {
         let next = self.next_offsets();
         self.replay_to.as_ref().is_none_or(|to| {
             to.iter()
@@ -234,7 +275,7 @@ impl SourceRuntime {
 
     /// Ends a replay: the next cycle reads from the committed positions again (a Kafka
     /// consumer may have fetched past the replayed cycle).
-    pub(super) fn end_replay(&mut self) -> Result<(), RunError> {
+    pub(crate) fn end_replay(&mut self) -> Result<(), SourceError> {
         if self.replay_to.take().is_none() {
             return Ok(());
         }
@@ -242,7 +283,7 @@ impl SourceRuntime {
             consumer, topic, ..
         } = &self.reader
         {
-            let kafka_err = |source| RunError::Kafka {
+            let kafka_err = |source| SourceError::Kafka {
                 source_name: self.plan.name.clone(),
                 source,
             };
@@ -257,7 +298,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Sets `consumer_lag` per partition (high watermark minus next offset), every few seconds: each
 /// measurement asks the broker.
-pub(super) fn report_consumer_lag(
+pub(crate) fn report_consumer_lag(
     pipeline: &Pipeline,
     s: &mut SourceRuntime,
     metrics: &PipelineMetrics,
@@ -303,7 +344,7 @@ pub(super) fn report_consumer_lag(
 }
 
 /// Whether the source has been read (not necessarily committed) up to where it ended at start.
-pub(super) fn caught_up(s: &SourceRuntime) -> bool {
+pub(crate) fn caught_up(s: &SourceRuntime) -> bool {
     match &s.reader {
         Reader::Kafka { targets, .. } => targets.iter().all(|(p, &t)| {
             let read = s.pending.get(p).or(s.position.get(p));
@@ -321,7 +362,7 @@ impl SourceRuntime {
     fn accept(
         &mut self,
         producer: &FutureProducer,
-        summary: &mut RunSummary,
+        polled: &mut Polled,
         invalid: &prometheus::IntCounter,
         topic: &str,
         partition: i32,
@@ -329,8 +370,8 @@ impl SourceRuntime {
         key: Option<&[u8]>,
         payload: &[u8],
         now: i64,
-    ) -> Result<(), RunError> {
-        summary.events += 1;
+    ) -> Result<(), SourceError> {
+        polled.events += 1;
         match self.decoder.decode(payload) {
             Ok(()) => {
                 if let Some(t) = self.decoder.last_event_time() {
@@ -340,11 +381,11 @@ impl SourceRuntime {
             Err(_) if self.replay_to.is_some() => {
                 // Replaying a cycle some sink committed: its dead letters were delivered.
                 invalid.inc();
-                summary.invalid += 1;
+                polled.invalid += 1;
             }
             Err(e) => {
                 invalid.inc();
-                summary.invalid += 1;
+                polled.invalid += 1;
                 let letter = DeadLetter {
                     key,
                     payload,
@@ -357,7 +398,7 @@ impl SourceRuntime {
                 match producer.send_result(letter.record(&self.plan.dead_letter_topic)) {
                     Ok(d) => self.dead_letters.push(d),
                     Err((e, _)) => {
-                        return Err(RunError::DeadLetter {
+                        return Err(SourceError::DeadLetter {
                             topic: self.plan.dead_letter_topic.clone(),
                             message: e.to_string(),
                         });
@@ -372,19 +413,18 @@ impl SourceRuntime {
 }
 
 /// Reads what is available (up to one poll interval, at most `max_rows` events).
-pub(super) fn poll_source(
+pub(crate) fn poll_source(
     pipeline: &Pipeline,
     s: &mut SourceRuntime,
     producer: &FutureProducer,
     metrics: &PipelineMetrics,
-    summary: &mut RunSummary,
     max_rows: usize,
-) -> Result<(), RunError> {
+) -> Result<Polled, SourceError> {
     let source_name = s.plan.name.clone();
     let labels = [pipeline.name.as_str(), source_name.as_str()];
     let invalid = metrics.events_invalid.with_label_values(&labels);
     let now = now_us();
-    let before = summary.events;
+    let mut polled = Polled::default();
     // Take the reader out so that `accept` may borrow the rest of the source mutably.
     let mut reader = std::mem::replace(&mut s.reader, Reader::Empty);
     // One blocking section for the whole read: librdkafka's poll blocks the thread.
@@ -397,7 +437,7 @@ pub(super) fn poll_source(
                     let m = match consumer.poll(POLL) {
                         None => break,
                         Some(Err(source)) => {
-                            return Err(RunError::Kafka {
+                            return Err(SourceError::Kafka {
                                 source_name: s.plan.name.clone(),
                                 source,
                             });
@@ -415,7 +455,7 @@ pub(super) fn poll_source(
                     let payload = m.payload().unwrap_or_default();
                     s.accept(
                         producer,
-                        summary,
+                        &mut polled,
                         &invalid,
                         topic,
                         m.partition(),
@@ -440,7 +480,7 @@ pub(super) fn poll_source(
                 for _ in 0..limit {
                     buf.clear();
                     let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
-                        .map_err(|e| RunError::Source(s.plan.name.clone(), e.to_string()))?;
+                        .map_err(|e| SourceError::Read(s.plan.name.clone(), e.to_string()))?;
                     if read == 0 {
                         *eof = true;
                         break;
@@ -450,7 +490,17 @@ pub(super) fn poll_source(
                         // Not an event; only its offset is recorded.
                         s.pending.insert(0, *next + 1);
                     } else {
-                        s.accept(producer, summary, &invalid, path, 0, *next, None, line, now)?;
+                        s.accept(
+                            producer,
+                            &mut polled,
+                            &invalid,
+                            path,
+                            0,
+                            *next,
+                            None,
+                            line,
+                            now,
+                        )?;
                     }
                     *next += 1;
                 }
@@ -463,6 +513,6 @@ pub(super) fn poll_source(
     metrics
         .events_in
         .with_label_values(&labels)
-        .inc_by(summary.events - before);
-    result
+        .inc_by(polled.events);
+    result.map(|()| polled)
 }

@@ -1,0 +1,645 @@
+//! The `stratus` command line, as a library function: the `stratus` binary is
+//! [`main`] with no functions of its own; a program that adds Rust functions to the SQL
+//! (see [`Functions`]) calls it with them.
+//!
+//! In: the process's arguments. Out: what the command prints, and its exit code.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::sql::Functions;
+
+/// Why a command failed: its message is printed as `stratus: <message>`.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Parser)]
+#[command(
+    name = "stratus",
+    version,
+    about = "Stream processing for cloud cost and reliability intelligence"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline file and everything it names — schemas, SQL, sinks — without running
+    /// it. Prints every error with file, line and a hint; exits non-zero if there is any.
+    Validate {
+        /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
+        file: PathBuf,
+    },
+    /// Run a pipeline until SIGTERM or Ctrl-C, then flush what can be flushed, commit and exit 0.
+    Run {
+        /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
+        file: PathBuf,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "STRATUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Where relative Delta table names live: a directory or s3://bucket/prefix. Object-store
+        /// settings (endpoint, region, credentials) come from the AWS_* environment variables.
+        #[arg(long, env = "STRATUS_TABLES", default_value = "tables")]
+        tables: String,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "STRATUS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: std::net::SocketAddr,
+        /// Stop once every source is read up to where it ended at start (a backfill).
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Read a source from a JSON-lines file instead of Kafka: SOURCE=FILE (repeatable).
+        #[arg(long, value_name = "SOURCE=FILE")]
+        replay: Vec<String>,
+        /// Run only the stages up to and including STAGE, and the sinks they feed.
+        #[arg(long, value_name = "STAGE")]
+        until_stage: Option<String>,
+    },
+    /// Measure the cloud-metrics pipeline against real Kafka: events/s, window latency and
+    /// peak RSS, beside rdkafka's raw consume rate and a file replay. Build with --release.
+    Bench {
+        #[arg(long, env = "STRATUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Events to load.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Distinct resources (keys).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// The pipeline's `commit.max_rows`: events per cycle (fewer: lower latency and memory,
+        /// more per-cycle work).
+        #[arg(long, default_value_t = 200_000)]
+        max_rows: usize,
+        /// Scratch directory for the event file and the Delta tables (replaced).
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+        /// Internal: run one bench pipeline file and report (the bench's child process).
+        #[arg(long, hide = true)]
+        run_pipeline: Option<PathBuf>,
+    },
+    /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
+    /// validation with a dead-letter topic, and a local Delta table, then a summary.
+    Demo {
+        /// Days of generated history (CPU, memory and network per instance, each minute); the
+        /// anomalies fall in the second half, after the detectors have learnt.
+        #[arg(long, default_value_t = 4.0)]
+        days: f64,
+        /// How many instances emit them.
+        #[arg(long, default_value_t = 12)]
+        resources: usize,
+        /// Seed of the generator: the same seed gives the same events.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Directory for the demo's Delta tables (its previous demo tables are replaced).
+        #[arg(long, default_value = "demo-output")]
+        out: PathBuf,
+    },
+    /// Measure detectors or forecasts on labelled, held-out data.
+    #[command(subcommand)]
+    Evaluate(Evaluate),
+    /// Generate realistic, seeded cloud telemetry with labelled anomalies — metrics with daily
+    /// and weekly seasonality, spot prices as irregular steps, billing with restatements — to
+    /// JSON-lines files (--out) or Kafka topics (--brokers), plus labels.json.
+    Generate(GenerateArgs),
+    /// The model registry: register trained ONNX models, list versions.
+    #[command(subcommand)]
+    Models(Models),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Write DIR/cloud.metrics.jsonl, cloud.spot_prices.jsonl, cloud.billing.jsonl and
+    /// labels.json.
+    #[arg(long, required_unless_present = "brokers")]
+    out: Option<PathBuf>,
+    /// Produce to Kafka instead (labels.json goes to --labels).
+    #[arg(long, conflicts_with = "out")]
+    brokers: Option<String>,
+    /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Where labels.json goes with --brokers.
+    #[arg(long, default_value = "labels.json")]
+    labels: PathBuf,
+    /// Events per second to Kafka; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Days of history, ending now (or starting at --start).
+    #[arg(long, default_value_t = 7.0)]
+    days: f64,
+    /// First event time (RFC 3339); default: now minus --days, on the hour.
+    #[arg(long)]
+    start: Option<String>,
+    /// Metric cadence, e.g. 1m or 5m.
+    #[arg(long, default_value = "1m")]
+    interval: String,
+    #[arg(long, default_value_t = 20)]
+    resources: usize,
+    /// Share of resources given an anomaly.
+    #[arg(long, default_value_t = 0.4)]
+    anomaly_share: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum Models {
+    /// Register DIR/model.onnx with DIR/manifest.json as the next version of the manifest's
+    /// model. Running pipelines that follow the model pick it up at their next poll.
+    Register {
+        /// A directory holding model.onnx and manifest.json.
+        dir: PathBuf,
+        /// A directory or s3://bucket/prefix.
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+    },
+    /// List the registered models and versions.
+    List {
+        /// Only this model.
+        name: Option<String>,
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+    },
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    use crate::generate::{GenerateConfig, generate, output};
+    let GenerateArgs {
+        out,
+        brokers,
+        topic_prefix,
+        labels: labels_path,
+        rate,
+        days,
+        start,
+        interval,
+        resources,
+        anomaly_share,
+        seed,
+    } = args;
+    let span_us = (days * 86_400e6) as i64;
+    if span_us <= 0 {
+        return Err("--days must be positive".into());
+    }
+    let interval_us = crate::window::parse_duration(&interval).map_err(Error::from)?;
+    let start_us = match start {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| Error::from(format!("--start {s:?}: {e}")))?
+            .timestamp_micros(),
+        None => {
+            let now = chrono::Utc::now().timestamp_micros();
+            let start = now - span_us;
+            start - start.rem_euclid(3_600_000_000)
+        }
+    };
+    let config = GenerateConfig {
+        seed,
+        start_us,
+        span_us,
+        interval_us,
+        resources,
+        anomaly_share,
+    };
+    let started = std::time::Instant::now();
+    let (labels, counts, labels_path) = match (out, brokers) {
+        (Some(dir), _) => {
+            let mut files = output::Files::new(&dir)?;
+            let labels = generate(&config, &mut files)?;
+            (labels, files.finish()?, dir.join("labels.json"))
+        }
+        (None, Some(brokers)) => {
+            let mut kafka = output::Kafka::new(&brokers, &topic_prefix, rate)?;
+            let labels = generate(&config, &mut kafka)?;
+            (labels, kafka.finish()?, labels_path)
+        }
+        (None, None) => return Err("give --out DIR or --brokers HOST:PORT".into()),
+    };
+    std::fs::write(&labels_path, serde_json::to_string_pretty(&labels)? + "\n")
+        .map_err(|e| Error::from(format!("{}: cannot write: {e}", labels_path.display())))?;
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let total: u64 = counts.iter().map(|c| c.1).sum();
+    for (topic, n) in counts {
+        crate::say!("{topic}: {n} events");
+    }
+    crate::say!(
+        "{total} events from {} to {} in {:.1} s; {} anomalies labelled in {}",
+        labels.start,
+        labels.end,
+        started.elapsed().as_secs_f64(),
+        labels.anomalies.len(),
+        labels_path.display()
+    );
+    Ok(())
+}
+
+async fn models(command: Models) -> Result<()> {
+    use crate::score::registry::{Manifest, Registry};
+    let options = crate::sink::storage_options_from_env();
+    match command {
+        Models::Register { dir, registry } => {
+            let read = |file: &str| {
+                let path = dir.join(file);
+                std::fs::read(&path)
+                    .map_err(|e| Error::from(format!("{}: cannot read: {e}", path.display())))
+            };
+            let manifest: Manifest =
+                serde_json::from_slice(&read("manifest.json")?).map_err(|e| {
+                    Error::from(format!("{}: {e}", dir.join("manifest.json").display()))
+                })?;
+            let onnx = read("model.onnx")?;
+            let r = Registry::open(&registry, &options)?;
+            let name = manifest.name.clone();
+            let version = r.register(manifest, &onnx).await?;
+            crate::say!("registered {name}@{version} in {registry}");
+        }
+        Models::List { name, registry } => {
+            let r = Registry::open(&registry, &options)?;
+            let names = match name {
+                Some(n) => vec![n],
+                None => r.names().await?,
+            };
+            for n in names {
+                for v in r.versions(&n).await? {
+                    let m = r.manifest(&n, v).await?;
+                    let features: Vec<&str> = m.feature_names().collect();
+                    let version = match m.training.delta_version {
+                        v if v >= 0 => format!("Delta v{v}, "),
+                        _ => String::new(),
+                    };
+                    crate::say!(
+                        "{n}@{v}  created {}  trained on {} ({version}{} rows)  inputs: {}",
+                        m.created_at,
+                        m.training.table,
+                        m.training.rows,
+                        features.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum Evaluate {
+    /// Replay labelled `timestamp,value` series through the detector ensemble (no look-ahead),
+    /// write each row's anomaly score, and score the run as the Numenta Anomaly Benchmark does,
+    /// beside a rolling z-score baseline.
+    Detect {
+        /// A `timestamp,value` CSV file, or a directory of them (searched recursively).
+        input: PathBuf,
+        /// Anomaly windows per file: NAB's combined_windows.json, or {"windows": {...}}.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Where the scored CSVs and report.json go.
+        #[arg(long, default_value = "evaluate-output")]
+        out: PathBuf,
+        /// A YAML list of detectors with weights (default: robust_z, seasonal, cusum).
+        #[arg(long)]
+        detectors: Option<PathBuf>,
+    },
+    /// Forecast a held-out later time range and report MAE, MAPE, sMAPE, MASE and interval
+    /// coverage for the naive and seasonal-naive baselines. Reads describe-spot-price-history
+    /// CSV (one series per zone, type and product) or a `timestamp,value` CSV.
+    Forecast {
+        input: PathBuf,
+        /// Grid step of the forecast origins.
+        #[arg(long, default_value = "1h")]
+        step: String,
+        /// Comma-separated horizons.
+        #[arg(long, default_value = "1h,6h,24h")]
+        horizons: String,
+        /// Season of the seasonal-naive forecast.
+        #[arg(long, default_value = "24h")]
+        season: String,
+        /// Share of each series' time range held out at its end.
+        #[arg(long, default_value_t = 0.3)]
+        holdout: f64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Also evaluate this registered forecast model: NAME or NAME@VERSION.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, env = "STRATUS_MODELS", default_value = "models/registry")]
+        registry: String,
+        /// Instead of evaluating, write the training range's features and targets as CSV (what
+        /// models/train_forecast.py learns from).
+        #[arg(long)]
+        write_training_rows: Option<PathBuf>,
+    },
+}
+
+async fn forecast_model(
+    model: &str,
+    registry: &str,
+) -> Result<crate::forecast::model::ForecastModel> {
+    use crate::score::registry::{ModelRef, Registry};
+    let reference: ModelRef = model.parse().map_err(Error::from)?;
+    let r = Registry::open(registry, &crate::sink::storage_options_from_env())?;
+    let version = r.resolve(&reference).await?;
+    let loaded = r.load(&reference.name, version).await?;
+    let label = format!("{}@{version}", reference.name);
+    crate::forecast::model::ForecastModel::new(&label, &loaded.onnx).map_err(Error::from)
+}
+
+fn evaluate(command: Evaluate, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    use crate::score::detect::DetectorSpec;
+    match command {
+        Evaluate::Detect {
+            input,
+            labels,
+            out,
+            detectors,
+        } => {
+            let specs = match detectors {
+                None => DetectorSpec::default_ensemble(),
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        Error::from(format!("{}: cannot read: {e}", file.display()))
+                    })?;
+                    serde_norway::from_str(&text)
+                        .map_err(|e| Error::from(format!("{}: {e}", file.display())))?
+                }
+            };
+            std::fs::create_dir_all(&out)?;
+            let report = crate::evaluate::detect::evaluate(&input, &labels, &out, &specs)
+                .map_err(Error::from)?;
+            print!("{}", crate::evaluate::detect::render(&report));
+            crate::say!(
+                "scores in {}, report in {}",
+                out.display(),
+                out.join("report.json").display()
+            );
+        }
+        Evaluate::Forecast {
+            input,
+            step,
+            horizons,
+            season,
+            holdout,
+            report,
+            model,
+            registry,
+            write_training_rows,
+        } => {
+            use crate::evaluate::forecast;
+            let us = |what: &str, text: &str| {
+                crate::window::parse_duration(text)
+                    .map_err(|e| Error::from(format!("--{what}: {e}")))
+                    .and_then(|v| {
+                        if v > 0 {
+                            Ok(v)
+                        } else {
+                            Err(Error::from(format!("--{what} must be positive")))
+                        }
+                    })
+            };
+            if !(0.05..0.95).contains(&holdout) {
+                return Err("--holdout must be in [0.05, 0.95)".into());
+            }
+            let config = forecast::ForecastConfig {
+                step_us: us("step", &step)?,
+                horizons_us: horizons
+                    .split(',')
+                    .map(|h| us("horizons", h.trim()))
+                    .collect::<Result<_>>()?,
+                season_us: us("season", &season)?,
+                holdout,
+            };
+            let series = forecast::read_series(&input).map_err(Error::from)?;
+            if let Some(path) = write_training_rows {
+                let rows =
+                    forecast::write_training_rows(&series, &config, &path).map_err(Error::from)?;
+                crate::say!("{rows} training rows in {}", path.display());
+                return Ok(());
+            }
+            let mut model = match model {
+                Some(m) => Some(runtime.block_on(forecast_model(&m, &registry))?),
+                None => None,
+            };
+            let figures =
+                forecast::evaluate(&series, &config, model.as_mut()).map_err(Error::from)?;
+            print!("{}", forecast::render(&figures));
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&figures)?)
+                    .map_err(|e| Error::from(format!("{}: cannot write: {e}", path.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    file: PathBuf,
+    brokers: String,
+    tables: String,
+    metrics_addr: std::net::SocketAddr,
+    until_caught_up: bool,
+    overrides: crate::pipeline::Overrides,
+) -> Result<()> {
+    use crate::metrics::server::{ServerState, serve};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let pipeline = match crate::pipeline::Pipeline::load_with(&file, &overrides).await {
+        Ok(p) => p,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Err(format!(
+                "{}: {} error(s); nothing was started",
+                file.display(),
+                diagnostics.0.len()
+            )
+            .into());
+        }
+    };
+    let metrics = crate::metrics::PipelineMetrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (bound, _server) = serve(
+        metrics_addr,
+        ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        },
+    )
+    .await?;
+    eprintln!(
+        "stratus: pipeline `{}` starting; metrics on http://{bound}/metrics",
+        pipeline.name
+    );
+    let config = crate::job::run::RunConfig {
+        brokers,
+        table_root: tables,
+        storage_options: crate::sink::storage_options_from_env(),
+        until_caught_up,
+        max_future: std::time::Duration::from_secs(300),
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return std::future::pending().await;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("stratus: stopping: flushing and committing");
+    };
+    let summary =
+        crate::job::run::run_pipeline(&pipeline, &config, metrics, ready, shutdown).await?;
+    eprintln!(
+        "stratus: stopped: {} events ({} invalid, {} too late) in {} cycles",
+        summary.events, summary.invalid, summary.late, summary.cycles
+    );
+    Ok(())
+}
+
+/// The `stratus` command line with `functions` added to its SQL: parses the process's
+/// arguments, runs the command, and returns its exit code (an error is printed first).
+pub fn main(functions: Functions) -> std::process::ExitCode {
+    match command(functions) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratus: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn command(functions: Functions) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // delta-kernel logs an ERROR when probing a table that does not exist yet,
+                // which is how every new table starts.
+                tracing_subscriber::EnvFilter::new("warn,buoyant_kernel::snapshot::builder=off")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Validate { file } => {
+            let overrides = crate::pipeline::Overrides {
+                functions,
+                ..Default::default()
+            };
+            match runtime.block_on(crate::pipeline::Pipeline::load_with(&file, &overrides)) {
+                Ok(p) => {
+                    crate::say!(
+                        "{}: ok — pipeline `{}`: {} source(s), {} stage(s), {} sink(s)",
+                        file.display(),
+                        p.name,
+                        p.sources.len(),
+                        p.stages.len(),
+                        p.sinks.len()
+                    );
+                    for stage in &p.stages {
+                        let window = stage
+                            .window()
+                            .map_or("no window".to_string(), |w| w.to_string());
+                        let columns: Vec<&str> = stage
+                            .output_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect();
+                        crate::say!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
+                    }
+                }
+                Err(diagnostics) => {
+                    eprintln!("{diagnostics}");
+                    eprintln!("{}: {} error(s)", file.display(), diagnostics.0.len());
+                    std::process::exit(2);
+                }
+            }
+        }
+        Command::Run {
+            file,
+            brokers,
+            tables,
+            metrics_addr,
+            until_caught_up,
+            replay,
+            until_stage,
+        } => {
+            let replay = replay
+                .iter()
+                .map(|r| match r.split_once('=') {
+                    Some((source, path)) => Ok((source.to_string(), PathBuf::from(path))),
+                    None => Err(Error::from(format!("--replay {r:?}: write SOURCE=FILE"))),
+                })
+                .collect::<Result<_>>()?;
+            let overrides = crate::pipeline::Overrides {
+                replay,
+                until_stage,
+                functions,
+            };
+            runtime.block_on(run(
+                file,
+                brokers,
+                tables,
+                metrics_addr,
+                until_caught_up,
+                overrides,
+            ))?
+        }
+        Command::Bench {
+            brokers,
+            events,
+            keys,
+            partitions,
+            max_rows,
+            dir,
+            run_pipeline,
+        } => {
+            if let Some(file) = run_pipeline {
+                return Ok(runtime.block_on(crate::bench::run_pipeline_file(&brokers, &file))?);
+            }
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            let config = crate::bench::BenchConfig {
+                brokers,
+                events,
+                keys,
+                partitions,
+                max_rows,
+                root: std::env::current_dir()?,
+                work_dir: std::path::absolute(&dir)?,
+            };
+            runtime.block_on(crate::bench::run(&config))?;
+        }
+        Command::Demo {
+            days,
+            resources,
+            seed,
+            out,
+        } => {
+            let config = crate::demo::DemoConfig {
+                days,
+                resources,
+                seed,
+                out_dir: out,
+            };
+            runtime.block_on(crate::demo::run(&config))?;
+        }
+        Command::Evaluate(command) => evaluate(command, &runtime)?,
+        Command::Models(command) => runtime.block_on(models(command))?,
+        Command::Generate(args) => generate(args)?,
+    }
+    Ok(())
+}
