@@ -8,6 +8,8 @@
 //!    passing a window's end to its results being committed to Delta and the output topic),
 //!    and peak RSS.
 //! 4. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
+//! 5. Planning: a SQL stage's query planned once and run per batch, as stages run it, against
+//!    planning it again for every batch, as they did before (`sql::compiled`).
 //!
 //! Each pipeline run is a process of its own (this binary, `bench --run-pipeline FILE`), as
 //! `stratus run` would be, so its peak RSS (`VmHWM`) is its own: not the loader's or the
@@ -336,6 +338,74 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
         file_summary.invalid,
         summary.events,
         summary.invalid
+    );
+    planning(&config.root).await
+}
+
+/// Batches and rows per batch of the planning comparison.
+const PLAN_BATCHES: usize = 200;
+const PLAN_ROWS: usize = 1_000;
+
+/// The shipped 1-minute feature query without its window: a plain SQL stage's shape.
+const PLAN_SQL: &str = "SELECT account_id, region, resource_id, metric, count(*) AS samples, \
+                        avg(value) AS mean, min(value) AS min, max(value) AS max, \
+                        stddev(value) AS std FROM metrics \
+                        GROUP BY account_id, region, resource_id, metric";
+
+/// Times [`PLAN_SQL`] over the same batches of decoded events, planned per batch and planned
+/// once, and prints both (the median of five rounds).
+async fn planning(root: &Path) -> anyhow::Result<()> {
+    use crate::sql::compiled::CompiledQuery;
+    use crate::validate::{BatchDecoder, EventSchema, TimeBounds};
+
+    let schema = EventSchema::from_file(&root.join("schemas/cloud.metrics.json"))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let bounds = TimeBounds::plausible(now_ms * 1000, 300_000_000);
+    let mut decoder =
+        BatchDecoder::new(std::sync::Arc::new(schema), bounds, PLAN_ROWS).with_event_time("ts");
+    let mut input = Vec::new();
+    for chunk in metric_events(1, PLAN_BATCHES * PLAN_ROWS, 100, now_ms, 0).chunks(PLAN_ROWS) {
+        for e in chunk {
+            decoder.decode(&e.payload)?;
+        }
+        input.push(decoder.flush()?);
+    }
+    let rows = |out: &[arrow::array::RecordBatch]| out.iter().map(|b| b.num_rows()).sum::<usize>();
+    let (mut replanned, mut compiled, mut counts) = (Vec::new(), Vec::new(), (0, 0));
+    for _ in 0..5 {
+        let ctx = crate::sql::session_context();
+        let started = Instant::now();
+        for b in &input {
+            ctx.deregister_table("metrics")?;
+            ctx.register_batch("metrics", b.clone())?;
+            counts.0 += rows(&ctx.sql(PLAN_SQL).await?.collect().await?);
+        }
+        replanned.push(started.elapsed().as_secs_f64());
+        let ctx = crate::sql::session_context();
+        let started = Instant::now();
+        let query = CompiledQuery::new(&ctx, "metrics", input[0].schema(), PLAN_SQL).await?;
+        for b in &input {
+            counts.1 += rows(&query.run(vec![b.clone()]).await?);
+        }
+        compiled.push(started.elapsed().as_secs_f64());
+    }
+    anyhow::ensure!(counts.0 == counts.1, "the two ways gave different rows");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r, c) = (median(replanned), median(compiled));
+    let ms = |s: f64| 1e3 * s / PLAN_BATCHES as f64;
+    say!("");
+    say!("a SQL stage's query over {PLAN_BATCHES} batches of {PLAN_ROWS} events (median of 5):");
+    say!("| | ms per batch |");
+    say!("| --- | ---: |");
+    say!("| planned for every batch (before) | {:.2} |", ms(r));
+    say!("| planned once, run per batch | {:.2} |", ms(c));
+    say!(
+        "planning saved: {:.2} ms per batch ({:.0} %)",
+        ms(r - c),
+        100.0 * (r - c) / r
     );
     Ok(())
 }

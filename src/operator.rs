@@ -133,6 +133,15 @@ impl OperatorState {
         OperatorState::text(name, json)
     }
 
+    /// Restores `target` from the value [`json`](Self::json) stored in part `name`; leaves it
+    /// as it is when the state has no such part.
+    pub fn restore_json<T: DeserializeOwned>(&self, name: &str, target: &mut T) -> Result<()> {
+        if let Some(value) = self.read_json(name)? {
+            *target = value;
+        }
+        Ok(())
+    }
+
     /// The value [`json`](Self::json) stored in part `name`, if the state has that part.
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
         let Some(text) = self.read_text(name)? else {

@@ -780,10 +780,7 @@ impl Operator for SpotOperator {
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
-        if let Some(s) = state.read_json(STATE_PART)? {
-            self.state = s;
-        }
-        Ok(())
+        state.restore_json(STATE_PART, &mut self.state)
     }
 }
 
@@ -804,9 +801,6 @@ impl Operator for RightsizeOperator {
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
-        if let Some(s) = state.read_json(STATE_PART)? {
-            self.state = s;
-        }
-        Ok(())
+        state.restore_json(STATE_PART, &mut self.state)
     }
 }

@@ -640,10 +640,7 @@ impl Operator for ForecastOperator {
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
-        if let Some(s) = state.read_json(STATE_PART)? {
-            self.state = s;
-        }
-        Ok(())
+        state.restore_json(STATE_PART, &mut self.state)
     }
 }
 

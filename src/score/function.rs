@@ -43,20 +43,11 @@ struct Slot {
 }
 
 fn slot(follow: Follower, v: &ModelVersion) -> Result<Slot, StageError> {
-    let inputs = v.manifest.feature_names().count();
-    let label = follow.label();
-    let model = OnnxModel::from_bytes(&label, &v.onnx, inputs)?;
-    if !model.outputs().contains(&v.manifest.score_output) {
-        return Err(StageError::Invalid(format!(
-            "model {label}: the ONNX graph has no output {:?}, which its manifest scores by",
-            v.manifest.score_output
-        )));
-    }
     Ok(Slot {
+        model: super::stage::scorer(&follow.label(), v)?,
         follow,
-        model,
         output: v.manifest.score_output.clone(),
-        inputs,
+        inputs: v.manifest.feature_names().count(),
     })
 }
 

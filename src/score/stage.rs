@@ -152,18 +152,25 @@ async fn load(
     prepare(Follower::new(reference.clone(), version, poll), v, input)
 }
 
-/// A registered version ready to score `input`'s rows.
-fn prepare(follow: Follower, v: ModelVersion, input: &Schema) -> Result<Loaded, StageError> {
-    let label = follow.label();
-    let columns = feature_columns(&v.manifest.feature_names().collect::<Vec<_>>(), input)
-        .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
-    let model = OnnxModel::from_bytes(&label, &v.onnx, columns.len())?;
+/// The ONNX session of a registered version, checked to give the output its manifest scores by.
+pub(super) fn scorer(label: &str, v: &ModelVersion) -> Result<OnnxModel, StageError> {
+    let inputs = v.manifest.feature_names().count();
+    let model = OnnxModel::from_bytes(label, &v.onnx, inputs)?;
     if !model.outputs().contains(&v.manifest.score_output) {
         return Err(StageError::Invalid(format!(
             "model {label}: the ONNX graph has no output {:?}, which its manifest scores by",
             v.manifest.score_output
         )));
     }
+    Ok(model)
+}
+
+/// A registered version ready to score `input`'s rows.
+fn prepare(follow: Follower, v: ModelVersion, input: &Schema) -> Result<Loaded, StageError> {
+    let label = follow.label();
+    let columns = feature_columns(&v.manifest.feature_names().collect::<Vec<_>>(), input)
+        .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
+    let model = scorer(&label, &v)?;
     Ok(Loaded {
         follow,
         label,
