@@ -23,7 +23,7 @@ use super::rightsize::{self, Headroom};
 use super::rows::{self, AlertInput};
 use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
 use crate::columns::{f64s, micros, utf8};
-use crate::forecast::model::{Steps, offset};
+use crate::forecast::model::{ForecastError, Steps, offset};
 use crate::forecast::stage::{FollowedForecast, ForecastRef, HourlySeries, inputs, to_values};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
 
@@ -255,7 +255,10 @@ fn volatility(prices: &VecDeque<(i64, f64)>) -> f64 {
 
 impl SpotOperator {
     /// `storage_options` reach an `s3://` model registry.
-    pub fn open(spec: SpotSpec, storage_options: &HashMap<String, String>) -> Result<Self, String> {
+    pub fn open(
+        spec: SpotSpec,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, ForecastError> {
         let model = spec
             .model
             .as_ref()
@@ -318,7 +321,7 @@ impl SpotOperator {
             return Ok(None);
         };
         let relative: Vec<[f64; 5]> = match &mut self.model {
-            Some(m) => m.predict(&rows)?,
+            Some(m) => m.predict(&rows).map_err(|e| e.to_string())?,
             None => {
                 let steps = Steps {
                     name: pool.to_string(),

@@ -329,7 +329,10 @@ pub fn evaluate(
                 t += config.step_us;
             }
             if let Some(m) = model.as_deref_mut().filter(|_| !origins.is_empty()) {
-                for (&(t, y, level), q) in origins.iter().zip(m.predict(&rows)?) {
+                for (&(t, y, level), q) in origins
+                    .iter()
+                    .zip(m.predict(&rows).map_err(|e| e.to_string())?)
+                {
                     let q = to_values(q, level, c);
                     issued.entry(hi).or_default().push((t, si, y, q, scale));
                 }

@@ -118,6 +118,17 @@ pub fn features(s: &Steps, t: i64, h: i64, season: i64, c: f64) -> Option<(Vec<f
     Some((row.iter().map(|&v| v as f32).collect(), level))
 }
 
+/// Why a forecast model could not be loaded, followed or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    #[error(transparent)]
+    Onnx(#[from] crate::score::ScoreError),
+    #[error(transparent)]
+    Registry(#[from] crate::score::registry::RegistryError),
+    #[error("model {label}: {message}")]
+    Invalid { label: String, message: String },
+}
+
 /// A registered forecast model: [`FEATURES`] in, [`QUANTILES`] of the relative target out.
 pub struct ForecastModel {
     pub label: String,
@@ -125,17 +136,17 @@ pub struct ForecastModel {
 }
 
 impl ForecastModel {
-    pub fn new(label: &str, onnx: &[u8]) -> Result<Self, String> {
-        let model = crate::score::OnnxModel::from_bytes(label, onnx, FEATURES.len())
-            .map_err(|e| e.to_string())?;
+    pub fn new(label: &str, onnx: &[u8]) -> Result<Self, ForecastError> {
+        let model = crate::score::OnnxModel::from_bytes(label, onnx, FEATURES.len())?;
         let outputs = model.outputs();
         if let Some((missing, _)) = QUANTILES
             .iter()
             .find(|(q, _)| !outputs.iter().any(|o| o == q))
         {
-            return Err(format!(
-                "model {label} has no output {missing:?}; a forecast model gives {QUANTILES:?}"
-            ));
+            return Err(ForecastError::Invalid {
+                label: label.to_string(),
+                message: format!("no output {missing:?}; a forecast model gives {QUANTILES:?}"),
+            });
         }
         Ok(ForecastModel {
             label: label.to_string(),
@@ -144,17 +155,16 @@ impl ForecastModel {
     }
 
     /// Per row, the five quantiles of the relative target.
-    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
+    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, ForecastError> {
         let n = rows.len() / FEATURES.len();
         let mut out = vec![[0.0; 5]; n];
         for (j, (name, _)) in QUANTILES.iter().enumerate() {
-            let q = self.model.score(rows, name).map_err(|e| e.to_string())?;
+            let q = self.model.score(rows, name)?;
             if q.len() != n {
-                return Err(format!(
-                    "model {}: {} values of {name} for {n} rows",
-                    self.label,
-                    q.len()
-                ));
+                return Err(ForecastError::Invalid {
+                    label: self.label.clone(),
+                    message: format!("{} values of {name} for {n} rows", q.len()),
+                });
             }
             for (o, v) in out.iter_mut().zip(q) {
                 o[j] = f64::from(v);

@@ -31,7 +31,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
-use super::model::{FEATURES, ForecastModel, QUANTILES, Steps, features, offset};
+use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
 use crate::score::registry::{Follower, ModelRef, Registry};
 
@@ -71,10 +71,10 @@ impl FollowedForecast {
     pub fn open(
         from: &ForecastRef,
         storage_options: &HashMap<String, String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ForecastError> {
         Ok(FollowedForecast {
             model: ForecastModel::new(&from.label(), &from.onnx)?,
-            registry: Registry::open(&from.registry, storage_options).map_err(|e| e.to_string())?,
+            registry: Registry::open(&from.registry, storage_options)?,
             follow: Follower::new(from.reference.clone(), from.version, from.poll),
         })
     }
@@ -84,7 +84,7 @@ impl FollowedForecast {
         &self.model.label
     }
 
-    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, String> {
+    pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, ForecastError> {
         self.model.predict(rows)
     }
 
@@ -100,7 +100,7 @@ impl FollowedForecast {
         let loaded = if features != FEATURES {
             Err(format!("not a forecast model (inputs {features:?})"))
         } else {
-            ForecastModel::new(&format!("{name}@{version}"), &next.onnx)
+            ForecastModel::new(&format!("{name}@{version}"), &next.onnx).map_err(|e| e.to_string())
         };
         match loaded {
             Ok(model) => {
@@ -380,7 +380,7 @@ impl ForecastOperator {
     pub fn open(
         spec: ForecastSpec,
         storage_options: &HashMap<String, String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ForecastError> {
         Ok(ForecastOperator {
             model: FollowedForecast::open(&spec.model, storage_options)?,
             output: spec.output_schema(),
@@ -398,13 +398,13 @@ impl ForecastOperator {
     }
 
     /// The per-key history, as JSON for the checkpoint.
-    pub fn state_json(&self) -> Result<String, String> {
-        serde_json::to_string(&self.state).map_err(|e| e.to_string())
+    pub fn state_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&self.state)
     }
 
     /// Restores what [`state_json`](Self::state_json) gave.
-    pub fn restore_state(&mut self, json: &str) -> Result<(), String> {
-        self.state = serde_json::from_str(json).map_err(|e| format!("forecast state: {e}"))?;
+    pub fn restore_state(&mut self, json: &str) -> Result<(), serde_json::Error> {
+        self.state = serde_json::from_str(json)?;
         Ok(())
     }
 
@@ -495,7 +495,7 @@ impl ForecastOperator {
         let predicted = self
             .model
             .predict(&rows)
-            .map_err(ArrowError::ComputeError)?;
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
         let horizons = self.spec.horizons.len();
         if predicted.len() != made.len() * horizons {
             return Err(ArrowError::ComputeError(format!(
@@ -602,6 +602,12 @@ impl ForecastOperator {
 
 /// The checkpoint part of a forecast stage's state.
 const STATE_PART: &str = "forecasts";
+
+impl From<ForecastError> for operator::OperatorError {
+    fn from(e: ForecastError) -> Self {
+        operator::OperatorError::Operator(Box::new(e))
+    }
+}
 
 #[async_trait::async_trait]
 impl Operator for ForecastOperator {

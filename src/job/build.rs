@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::decide::stage::{AlertOperator, RightsizeOperator, SpotOperator};
 use crate::forecast::stage::ForecastOperator;
-use crate::operator::{Chain, Operator, OperatorError, Result};
+use crate::operator::{Chain, Operator, Result};
 use crate::pipeline::{Pipeline, StageKind, StagePlan, WindowStage};
 use crate::score::function::{self, Following};
 use crate::score::stage::ScoreOperator;
@@ -22,7 +22,6 @@ pub async fn build(
     plan: &StagePlan,
     storage_options: &HashMap<String, String>,
 ) -> Result<Box<dyn Operator>> {
-    let invalid = |e: String| OperatorError::Operator(e.into());
     let op: Box<dyn Operator> = match &plan.kind {
         StageKind::Sql(s) => {
             let schema = plan.input_schema.clone();
@@ -34,12 +33,10 @@ pub async fn build(
             ScoreOperator::open(spec.clone(), plan.input_schema.clone(), storage_options).await?,
         ),
         StageKind::Forecast(spec) => {
-            Box::new(ForecastOperator::open(spec.clone(), storage_options).map_err(invalid)?)
+            Box::new(ForecastOperator::open(spec.clone(), storage_options)?)
         }
         StageKind::Alert(spec) => Box::new(AlertOperator::new(spec.clone())),
-        StageKind::Spot(spec) => {
-            Box::new(SpotOperator::open(spec.clone(), storage_options).map_err(invalid)?)
-        }
+        StageKind::Spot(spec) => Box::new(SpotOperator::open(spec.clone(), storage_options)?),
         StageKind::Rightsizing(spec) => Box::new(RightsizeOperator::new(spec.clone())),
     };
     // A stage whose SQL calls registered models follows their newer versions.
