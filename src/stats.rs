@@ -83,6 +83,11 @@ pub fn median_of(values: &mut [f64]) -> f64 {
 /// The `q` quantile of `v` (sorted in place), linear between order statistics.
 pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
+    quantile_sorted(v, q)
+}
+
+/// The `q` quantile of ascending, non-empty `v`, linear between order statistics.
+pub fn quantile_sorted(v: &[f64], q: f64) -> f64 {
     let pos = q * (v.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)

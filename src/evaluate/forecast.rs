@@ -4,18 +4,24 @@
 //! In: spot price history as `describe-spot-price-history` writes it
 //! (`AvailabilityZone,InstanceType,ProductDescription,SpotPrice,Timestamp`, one row per price
 //! change, any order) — one series per zone, type and product — or a `timestamp,value` CSV
-//! (one series, or one per value of an optional `series` column). Each series is a step function: its value at t is the last one at or before t.
+//! (one series, or one per value of an optional `series` column); a file, or every `.csv` file
+//! of a directory. Each series is a step function: its value at t is the last one at or before t.
 //! It is sampled on a regular grid (hourly by default); the last `holdout` share of each
 //! series' time range is held out. From every grid time t in the held-out range, each
 //! forecaster predicts t + h for each horizon h.
 //!
 //! Forecasters: `naive` (the value at t) and `seasonal_naive` (the value one season before
 //! t + h, a day by default), whose intervals are the empirical quantiles of their own errors on
-//! the training range, per series and horizon (split-conformal intervals); and, when given, a
-//! registered model that maps [`FEATURES`] (computed by [`features`] from the series up to t)
-//! to [`QUANTILES`] of the relative change to t + h: its median is the forecast, its
-//! 10–90 % and 2.5–97.5 % quantiles the intervals. `--write-training-rows` writes the same
-//! features for the training range, for `models/train_forecast.py`.
+//! the training range, per series and horizon (split-conformal intervals); `blend`, what a
+//! forecast stage issues (`forecast::blend`: per series and horizon, the simple candidate or
+//! model with the lowest recent error, intervals from the series' own recent errors), run over
+//! every origin of every series in time order from the start of each series, as the stage
+//! learns, and scored on the held-out origins; and, when given, a registered model that maps
+//! [`FEATURES`] (computed by [`features`] from the series up to t) to [`QUANTILES`] of the
+//! relative change to t + h — alone (its median the forecast, its 10–90 % and 2.5–97.5 %
+//! quantiles the intervals) and as a candidate of the blend (`<model>+blend`).
+//! `--write-training-rows` writes the model's features for the training range, for
+//! `models/train_forecast.py`.
 //!
 //! Out, per forecaster and horizon: MAE, MAPE, sMAPE, MASE (errors scaled by the in-sample MAE
 //! of the naive forecast at the same horizon, per series — below 1 beats naive as it did in
@@ -27,12 +33,45 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::series::parse_time;
+use crate::forecast::blend::{Blend, Issued, MODEL, candidates};
 use crate::forecast::model::{FEATURES, ForecastModel, Steps, features, offset};
-use crate::forecast::stage::{Adaptive, to_values};
+use crate::forecast::stage::to_values;
 use crate::stats::quantile;
 
-/// Reads either CSV form; an error names the file and line.
+/// Reads either CSV form, from a file or from every `.csv` file of a directory (a file's series
+/// are named after it); an error names the file and line.
 pub fn read_series(path: &Path) -> Result<Vec<Steps>, String> {
+    if !path.is_dir() {
+        return read_file(path);
+    }
+    let entries =
+        std::fs::read_dir(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no .csv files", path.display()));
+    }
+    let mut all = Vec::new();
+    for file in files {
+        let stem = file
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into());
+        for mut s in read_file(&file)? {
+            if s.name != file.display().to_string() {
+                s.name = format!("{stem}/{}", s.name);
+            } else {
+                s.name = stem.clone();
+            }
+            all.push(s);
+        }
+    }
+    Ok(all)
+}
+
+fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let mut lines = text
@@ -264,15 +303,17 @@ pub fn evaluate(
     mut model: Option<&mut ForecastModel>,
 ) -> Result<ForecastReport, String> {
     let mut acc: BTreeMap<(usize, usize), Accumulator> = BTreeMap::new();
-    // Per horizon, the model's forecasts: (origin, series, actual, quantiles, MASE scale).
-    type Issued = (i64, usize, f64, [f64; 5], Option<f64>);
-    let mut issued: BTreeMap<usize, Vec<Issued>> = BTreeMap::new();
+    // Every origin of every series, for the model and the blend, which learn from the start of
+    // a series as the stage does and are scored on the held-out origins.
+    let mut origins: Vec<Origin> = Vec::new();
     for (si, s) in series.iter().enumerate() {
         let (Some(&first), Some(&last)) = (s.times.first(), s.times.last()) else {
             continue;
         };
         let start = first + (config.step_us - first.rem_euclid(config.step_us)) % config.step_us;
         let split = first + ((last - first) as f64 * (1.0 - config.holdout)) as i64;
+        let held_out = split + (config.step_us - split.rem_euclid(config.step_us)) % config.step_us;
+        let c = offset(s, split);
         for (hi, &h) in config.horizons_us.iter().enumerate() {
             // In-sample: naive errors (the MASE scale) and each forecaster's errors (intervals).
             let mut naive_abs = Vec::new();
@@ -307,11 +348,7 @@ pub fn evaluate(
                 })
                 .collect();
             // Held out: origins from the split on, targets up to the last observation.
-            let c = offset(s, split);
-            let mut origins = Vec::new();
-            let mut rows = Vec::new();
-            let mut t =
-                split + (config.step_us - split.rem_euclid(config.step_us)) % config.step_us;
+            let mut t = held_out;
             while t + h <= last {
                 let Some(y) = s.at(t + h) else { break };
                 for (fi, (_, f)) in FORECASTERS.iter().enumerate() {
@@ -322,52 +359,80 @@ pub fn evaluate(
                         .map(|[q025, q10, q90, q975]| [p + q025, p + q10, p + q90, p + q975]);
                     acc.entry((fi, hi)).or_default().add(y, p, band, scale);
                 }
-                if let Some((x, level)) = features(s, t, h, config.season_us, c) {
-                    origins.push((t, y, level));
-                    rows.extend(x);
-                }
                 t += config.step_us;
             }
-            if let Some(m) = model.as_deref_mut().filter(|_| !origins.is_empty()) {
-                for (&(t, y, level), q) in origins
-                    .iter()
-                    .zip(m.predict(&rows).map_err(|e| e.to_string())?)
-                {
-                    let q = to_values(q, level, c);
-                    issued.entry(hi).or_default().push((t, si, y, q, scale));
+            // The model's quantiles from every origin with features.
+            let mut rows = Vec::new();
+            let first_origin = origins.len();
+            let mut t = start;
+            while t + h <= last {
+                let (Some(y), Some(_)) = (s.at(t + h), s.at(t)) else {
+                    t += config.step_us;
+                    continue;
+                };
+                let model_input = features(s, t, h, config.season_us, c);
+                if let Some((x, _)) = &model_input {
+                    rows.extend_from_slice(x);
+                }
+                origins.push(Origin {
+                    t,
+                    series: si,
+                    horizon: hi,
+                    actual: y,
+                    level: model_input.map(|(_, level)| level),
+                    quantiles: None,
+                    held_out: (t >= held_out).then_some(scale),
+                });
+                t += config.step_us;
+            }
+            if let Some(m) = model.as_deref_mut().filter(|_| !rows.is_empty()) {
+                let mut predicted = m.predict(&rows).map_err(|e| e.to_string())?.into_iter();
+                for o in &mut origins[first_origin..] {
+                    if let Some(level) = o.level {
+                        o.quantiles = predicted.next().map(|q| to_values(q, level, c));
+                    }
                 }
             }
         }
     }
-    // The model's intervals as they are, and as the forecast stage adapts them: per horizon,
-    // over every series in time order, learning from each forecast once its target has come.
-    for (hi, mut points) in issued {
-        points.sort_by_key(|p| (p.0, p.1));
-        let h = config.horizons_us[hi];
-        let mut adaptive = Adaptive::<usize>::default();
-        for (t, si, y, q, scale) in points {
-            adaptive.resolve(t, |&si, target| series[si].at(target));
-            let adapted = adaptive.issue(si, 0, 1, t + h, q);
-            for (fi, q) in [(FORECASTERS.len(), q), (FORECASTERS.len() + 1, adapted)] {
-                acc.entry((fi, hi)).or_default().add(
-                    y,
-                    q[2],
-                    Some([q[0], q[1], q[3], q[4]]),
-                    scale,
-                );
-            }
+    // The model alone, and the blend the stage issues: over every series in time order,
+    // learning from each forecast once its target has come.
+    origins.sort_by_key(|o| (o.t, o.series, o.horizon));
+    let (alone, blended) = (FORECASTERS.len(), FORECASTERS.len() + 1);
+    let mut blend = Blend::<usize>::default();
+    let horizons = config.horizons_us.len();
+    for o in &origins {
+        let s = &series[o.series];
+        let h = config.horizons_us[o.horizon];
+        blend.resolve(o.t, |&si, target| series[si].at(target));
+        let mut points = [None; MODEL + 1];
+        points[..MODEL].copy_from_slice(&candidates(|t| s.at(t), o.t, h));
+        points[MODEL] = o.quantiles.map(|q| q[2]);
+        let issued = blend.issue(&o.series, o.horizon, horizons, o.t + h, points, o.quantiles);
+        let Some(scale) = o.held_out else {
+            continue;
+        };
+        let band = |q: [f64; 5]| Some([q[0], q[1], q[3], q[4]]);
+        if let Some(q) = o.quantiles {
+            let a = acc.entry((alone, o.horizon)).or_default();
+            a.add(o.actual, q[2], band(q), scale);
+        }
+        if let Some(Issued { quantiles: q, .. }) = issued {
+            let a = acc.entry((blended, o.horizon)).or_default();
+            a.add(o.actual, q[2], band(q), scale);
         }
     }
-    let model_label = model.as_ref().map_or(String::new(), |m| m.label.clone());
+    let model_label = model.as_ref().map(|m| m.label.clone());
     let figures = acc
         .into_iter()
         .map(|((fi, hi), a)| {
             let n = a.n.max(1) as f64;
             Figures {
-                forecaster: match FORECASTERS.get(fi) {
-                    Some((name, _)) => name.to_string(),
-                    None if fi == FORECASTERS.len() => model_label.clone(),
-                    None => format!("{model_label}+adaptive"),
+                forecaster: match (FORECASTERS.get(fi), &model_label) {
+                    (Some((name, _)), _) => name.to_string(),
+                    (None, Some(label)) if fi == alone => label.clone(),
+                    (None, Some(label)) => format!("{label}+blend"),
+                    (None, None) => "blend".to_string(),
                 },
                 horizon_hours: config.horizons_us[hi] as f64 / 3.6e9,
                 points: a.n,
@@ -384,6 +449,20 @@ pub fn evaluate(
         series: series.len(),
         figures,
     })
+}
+
+/// One forecast origin of one series and horizon, for the model and the blend.
+struct Origin {
+    t: i64,
+    series: usize,
+    horizon: usize,
+    actual: f64,
+    /// `ln(y + c)` at `t`, where the model has features.
+    level: Option<f64>,
+    /// The model's quantiles in the value unit.
+    quantiles: Option<[f64; 5]>,
+    /// For a held-out origin, its series' MASE scale (itself optional).
+    held_out: Option<Option<f64>>,
 }
 
 /// The report as a table.

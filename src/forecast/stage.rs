@@ -6,19 +6,21 @@
 //! (an hour without a row held the value before it). Out: for every hour the watermark closes,
 //! once the key has `min_history` of series, one row per horizon: the key, the origin (`ts`,
 //! the hour), `target_ts` (origin + horizon), the value at the origin, and the forecast's 2.5,
-//! 10, 50, 90 and 97.5 % quantiles with the `model_version` that gave them — the 80 % and 95 %
-//! prediction intervals. A forecast from an origin uses only the series up to that origin (see
-//! `forecast::model::features`), so a replay gives the same rows; an hour revised after its
+//! 10, 50, 90 and 97.5 % quantiles — the 80 % and 95 % prediction intervals — with the
+//! `model_version` in use and the `forecaster` that gave the median. A forecast from an origin
+//! uses only the series up to that origin (see `forecast::model::features` and
+//! `forecast::blend::candidates`), so a replay gives the same rows; an hour revised after its
 //! forecast updates the series, not the forecast.
 //!
-//! The intervals adapt ([`Adaptive`]): per horizon, their widths follow how often the stage's
-//! earlier forecasts (every key's) missed, once those forecasts' hours have come.
+//! What is issued is the blend's ([`Blend`]): per key and horizon, the model or one of the
+//! simple forecasters, whichever has had the lowest recent error on that key, with intervals
+//! from the key's own recent errors, adapted to their nominal coverage.
 //!
 //! The model (`FEATURES` in, `QUANTILES` of the relative change out; `models/train_forecast.py`)
 //! follows the registry like a score stage's: every `poll` an unpinned reference is resolved
 //! again and a newer version swapped in between batches, so no row is forecast twice or
-//! skipped. State: per key the trailing 8 days of hourly values; the adaptive widths and the
-//! forecasts awaiting their hour; as JSON in the checkpoint. A key that stops reporting is
+//! skipped. State: per key the trailing 8 days of hourly values; the blend's per-key errors and
+//! the forecasts awaiting their hour; as JSON in the checkpoint. A key that stops reporting is
 //! forecast (its last value held) until that value is 8 days old, then forgotten.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -31,6 +33,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
+use super::blend::{self, Blend, Issued, MODEL};
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
 use crate::score::registry::{Follower, ModelRef, Registry};
@@ -240,6 +243,7 @@ impl ForecastSpec {
             ));
         }
         fields.push(Field::new("model_version", DataType::Utf8, false));
+        fields.push(Field::new("forecaster", DataType::Utf8, false));
         Arc::new(Schema::new(fields))
     }
 }
@@ -250,18 +254,18 @@ struct Forecast<'a> {
     origin: i64,
     value: f64,
     horizon: i64,
-    quantiles: [f64; 5],
+    issued: Issued,
 }
 
 /// What a forecast stage keeps: per key its series and the last hour it forecast from; the
-/// adaptive interval widths with the forecasts still awaiting their target. (Checkpoints from
-/// before the widths were pooled held them per key as `adapt`: ignored, the widths learn again.)
+/// blend's choices and intervals with the forecasts still awaiting their target. (Checkpoints
+/// from before the blend held pooled widths as `adaptive`: ignored, the blend learns again.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ForecastState {
     series: HourlySeries,
     forecast_to: BTreeMap<String, i64>,
     #[serde(default)]
-    adaptive: Adaptive,
+    blend: Blend,
     /// Per key, the start of its kept history once older values were dropped: origins less
     /// than a week after it would see a shorter history than they did live.
     #[serde(default)]
@@ -272,99 +276,6 @@ struct ForecastState {
 pub fn value_at(points: &VecDeque<(i64, f64)>, t: i64) -> Option<f64> {
     let i = points.partition_point(|p| p.0 <= t);
     i.checked_sub(1).map(|i| points[i].1)
-}
-
-/// Step size of the adaptive widths, in ln units (Gibbs and Candès use γ = 0.005 on α; this is
-/// its width form, tuned so a week of hourly forecasts moves a width by a few tens of percent).
-pub const ADAPT_RATE: f64 = 0.05;
-/// Nominal miss rates of the 95 % and 80 % intervals.
-const MISS: [f64; 2] = [0.05, 0.2];
-
-/// Adaptive conformal inference (Gibbs and Candès, 2021), in width form, per horizon and pooled
-/// over the keys: the 95 % and 80 % intervals' distances from the median are multiplied by a
-/// factor whose logarithm rises by `ADAPT_RATE × (1 − α)` after each miss and falls by
-/// `ADAPT_RATE × α` after each hit, so over time an interval misses at its nominal rate α even
-/// where the model's own calibration (fitted on other data) is off. How far the calibration is
-/// off is a property of the model against the data it now sees, so every key's forecasts teach
-/// one factor per horizon: a day-ahead interval learns from every key's misses instead of from
-/// a key's own 24 a day. (Measured: per key, the 24 h 80 % interval of `cpu_demand@3` stayed at
-/// 68 % coverage over three held-out days; pooled it reaches 79 %.) What differs between keys
-/// — a volatile pool against a quiet one — the model's quantiles carry already.
-///
-/// A forecast is learnt from only once its target time has come, so an interval depends on
-/// nothing after its origin; feed origins in time order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de>"))]
-pub struct Adaptive<K = String> {
-    /// Per horizon: ln of the factor on the 95 % and on the 80 % interval.
-    log_scale: Vec<[f64; 2]>,
-    /// Issued forecasts awaiting their target (µs): (key, horizon index, quantiles issued).
-    pending: BTreeMap<i64, Vec<(K, usize, [f64; 5])>>,
-}
-
-impl<K> Default for Adaptive<K> {
-    fn default() -> Self {
-        Adaptive {
-            log_scale: Vec::new(),
-            pending: BTreeMap::new(),
-        }
-    }
-}
-
-impl<K> Adaptive<K> {
-    /// Learns from every pending forecast whose target is at or before `now`; `actual` gives a
-    /// key's value at a time (none: the forecast is dropped unlearnt).
-    pub fn resolve(&mut self, now: i64, actual: impl Fn(&K, i64) -> Option<f64>) {
-        while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let target = *entry.key();
-            for (key, j, q) in entry.remove() {
-                let (Some(y), Some(scale)) = (actual(&key, target), self.log_scale.get_mut(j))
-                else {
-                    continue;
-                };
-                let missed = [y < q[0] || y > q[4], y < q[1] || y > q[3]];
-                for ((s, missed), alpha) in scale.iter_mut().zip(missed).zip(MISS) {
-                    *s = (*s + ADAPT_RATE * (f64::from(u8::from(missed)) - alpha)).clamp(-4.0, 4.0);
-                }
-            }
-        }
-    }
-
-    /// `q` (ascending) with horizon `j`'s widths applied, remembered for `key` until `target`.
-    pub fn issue(
-        &mut self,
-        key: K,
-        j: usize,
-        horizons: usize,
-        target: i64,
-        q: [f64; 5],
-    ) -> [f64; 5] {
-        if self.log_scale.len() < horizons {
-            self.log_scale.resize(horizons, [0.0; 2]);
-        }
-        let [s95, s80] = self.log_scale[j].map(f64::exp);
-        let m = q[2];
-        let mut out = [
-            m - s95 * (m - q[0]),
-            m - s80 * (m - q[1]),
-            m,
-            m + s80 * (q[3] - m),
-            m + s95 * (q[4] - m),
-        ];
-        // The 95 % interval holds the 80 % one.
-        out[0] = out[0].min(out[1]);
-        out[4] = out[4].max(out[3]);
-        self.pending.entry(target).or_default().push((key, j, out));
-        out
-    }
-
-    /// The current factors on the 95 % and 80 % widths at horizon `j`.
-    pub fn factors(&self, j: usize) -> [f64; 2] {
-        self.log_scale.get(j).map_or([1.0; 2], |s| s.map(f64::exp))
-    }
 }
 
 /// A running forecast stage.
@@ -505,32 +416,39 @@ impl ForecastOperator {
                 made.len() * horizons
             )));
         }
-        // In time order over all keys (the widths are shared, so no key's forecast may learn from
-        // a later hour of another): first learn from every forecast whose target has come by
-        // this origin, then widen this origin's intervals.
+        // In time order over all keys (the pooled widths are shared, so no key's forecast may
+        // learn from a later hour of another): first learn from every forecast whose target has
+        // come by this origin, then issue this origin's.
         let mut order: Vec<usize> = (0..made.len()).collect();
         order.sort_by(|&a, &b| (made[a].1, &made[a].0).cmp(&(made[b].1, &made[b].0)));
         let mut out: Vec<Forecast> = Vec::with_capacity(predicted.len());
         let series = &self.state.series;
-        let adaptive = &mut self.state.adaptive;
+        let blend = &mut self.state.blend;
         for i in order {
             let (key, origin, value, levels, c) = &made[i];
-            adaptive.resolve(*origin, |k, t| series.get(k).and_then(|p| value_at(p, t)));
+            blend.resolve(*origin, |k, t| series.get(k).and_then(|p| value_at(p, t)));
+            let Some(points) = series.get(key) else {
+                continue;
+            };
             for (j, (&h, &level)) in self.spec.horizons.iter().zip(levels).enumerate() {
-                let q = predicted[i * horizons + j];
-                let quantiles = adaptive.issue(
-                    key.clone(),
-                    j,
-                    horizons,
-                    origin + h,
-                    to_values(q, level, *c),
-                );
+                let q = to_values(predicted[i * horizons + j], level, *c);
+                let mut candidates = [None; MODEL + 1];
+                candidates[..MODEL].copy_from_slice(&blend::candidates(
+                    |t| value_at(points, t),
+                    *origin,
+                    h,
+                ));
+                candidates[MODEL] = Some(q[2]);
+                let Some(issued) = blend.issue(key, j, horizons, origin + h, candidates, Some(q))
+                else {
+                    continue;
+                };
                 out.push(Forecast {
                     key,
                     origin: *origin,
                     value: *value,
                     horizon: h,
-                    quantiles,
+                    issued,
                 });
             }
             let done = self.state.forecast_to.entry(key.clone()).or_insert(*origin);
@@ -556,6 +474,7 @@ impl ForecastOperator {
             .map(|(key, _)| key.clone())
             .collect();
         for key in finished {
+            state.blend.forget(&key);
             state.series.remove(&key);
             state.forecast_to.remove(&key);
             state.trimmed_to.remove(&key);
@@ -587,15 +506,15 @@ impl ForecastOperator {
         )));
         for j in 0..5 {
             columns.push(Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.quantiles[j]),
+                rows.iter().map(|r| r.issued.quantiles[j]),
             )));
         }
-        columns.push(Arc::new(StringArray::from(vec![
-            self.model
-                .label()
-                .to_string();
-            rows.len()
-        ])));
+        let model = self.model.label();
+        columns.push(Arc::new(StringArray::from(vec![model; rows.len()])));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            rows.iter()
+                .map(|r| blend::forecaster_name(r.issued.forecaster, model)),
+        )));
         RecordBatch::try_new(self.output.clone(), columns)
     }
 }
@@ -688,66 +607,6 @@ mod tests {
         assert_eq!(
             inputs(&cut, 48 * HOUR, &[HOUR, 6 * HOUR], 48 * HOUR),
             Some((rows, levels, c))
-        );
-    }
-
-    #[test]
-    fn adaptive_widths_bring_a_miscalibrated_model_to_its_nominal_coverage() {
-        use rand::SeedableRng;
-        // The truth has σ = 1; the model believes σ = 0.4 (its 80 % interval covers 42 %) or
-        // σ = 3 (it covers 99.9 %). Normal quantiles at 2.5, 10, 50, 90, 97.5 %.
-        let z = [-1.96, -1.2816, 0.0, 1.2816, 1.96];
-        for believed in [0.4, 3.0] {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            let mut a = Adaptive::default();
-            let mut truth: Vec<(i64, f64)> = Vec::new();
-            let (mut in80, mut in95, mut n) = (0, 0, 0);
-            for t in 0..6000i64 {
-                // Forecast t + 3 from t: the 3-step lag before a forecast is learnt from.
-                a.resolve(t, |_, target| {
-                    truth.iter().find(|p| p.0 == target).map(|p| p.1)
-                });
-                let q = a.issue((), 0, 1, t + 3, z.map(|z| z * believed));
-                let y = crate::generate::normal(&mut rng);
-                truth.push((t + 3, y));
-                if truth.len() > 8 {
-                    truth.remove(0);
-                }
-                if t >= 3000 {
-                    n += 1;
-                    in80 += usize::from(q[1] <= y && y <= q[3]);
-                    in95 += usize::from(q[0] <= y && y <= q[4]);
-                }
-            }
-            let (c80, c95) = (in80 as f64 / n as f64, in95 as f64 / n as f64);
-            assert!(
-                (c80 - 0.8).abs() < 0.03,
-                "believed σ {believed}: 80 % covers {c80}"
-            );
-            assert!(
-                (c95 - 0.95).abs() < 0.02,
-                "believed σ {believed}: 95 % covers {c95}"
-            );
-        }
-    }
-
-    #[test]
-    fn adaptive_widths_learn_only_from_targets_that_have_come_and_serve_every_key() {
-        let mut a = Adaptive::default();
-        let q = [-2.0, -1.0, 0.0, 1.0, 2.0];
-        assert_eq!(a.issue("a", 0, 1, 10, q), q);
-        // Target 10 has not come at 9: nothing learnt, whatever the value would be.
-        a.resolve(9, |_, _| Some(100.0));
-        assert_eq!(a.factors(0), [1.0, 1.0]);
-        a.resolve(10, |k, _| (*k == "a").then_some(100.0));
-        let [f95, f80] = a.factors(0);
-        assert!((f95 - (ADAPT_RATE * 0.95).exp()).abs() < 1e-12);
-        assert!((f80 - (ADAPT_RATE * 0.8).exp()).abs() < 1e-12);
-        // The widths are shared by the keys: a's miss widens b's next intervals.
-        let b = a.issue("b", 0, 1, 20, q);
-        assert!(
-            (b[3] - f80).abs() < 1e-12 && (b[4] - 2.0 * f95).abs() < 1e-12,
-            "{b:?}"
         );
     }
 

@@ -53,10 +53,17 @@ pub(super) async fn check_forecast_stage(
         Some(is_numeric),
         "a number",
     );
-    let output: Vec<&str> = ["ts", "target_ts", "horizon_hours", "value", "model_version"]
-        .into_iter()
-        .chain(["p025", "p10", "p50", "p90", "p975"])
-        .collect();
+    let output: Vec<&str> = [
+        "ts",
+        "target_ts",
+        "horizon_hours",
+        "value",
+        "model_version",
+        "forecaster",
+    ]
+    .into_iter()
+    .chain(["p025", "p10", "p50", "p90", "p975"])
+    .collect();
     for k in c.key.iter().filter(|k| output.contains(&k.as_str())) {
         r.at(
             &at("key"),
