@@ -6,8 +6,9 @@
 //! gives it to the checkpoint as an [`OperatorState`] and takes it back on restart.
 //!
 //! Each cycle the run loop drives every stage alike, in file order:
-//! [`on_cycle_start`](Operator::on_cycle_start), [`process_batch`](Operator::process_batch) for
-//! each non-empty input batch, [`handle_watermark`](Operator::handle_watermark), then
+//! [`on_cycle_start`](Operator::on_cycle_start), [`process_side`](Operator::process_side) for
+//! each non-empty batch of a side input (few stages read one),
+//! [`process_batch`](Operator::process_batch) for each non-empty input batch, [`handle_watermark`](Operator::handle_watermark), then
 //! [`on_cycle_end`](Operator::on_cycle_end); after the cycle's commits,
 //! [`snapshot`](Operator::snapshot). Only `process_batch` must be written; the rest default to
 //! an operator that keeps no state and passes its input's watermark on. The one place that
@@ -167,6 +168,21 @@ pub trait Operator: Send {
         out: &mut Collector,
     ) -> Result<()>;
 
+    /// Takes one batch (never empty) of `input`, a side input: a relation the stage reads
+    /// beside its input (its plan's `side_inputs`, e.g. the forecasts a rightsizing stage sizes
+    /// by). A cycle's side batches come before its input batches; they update state and emit
+    /// nothing. Only a stage whose plan names side inputs gets them.
+    async fn process_side(
+        &mut self,
+        input: &str,
+        _batch: &RecordBatch,
+        _ctx: &Context<'_>,
+    ) -> Result<()> {
+        Err(OperatorError::Operator(
+            format!("this stage reads no side input, yet got a batch of `{input}`").into(),
+        ))
+    }
+
     /// The input's watermark is now `watermark` (µs; `i64::MIN` before there is one): emits
     /// what it closes and returns the watermark of the output.
     async fn handle_watermark(
@@ -231,6 +247,15 @@ impl<A: Operator, B: Operator> Operator for Chain<A, B> {
         let mut mid = Collector::default();
         self.first.process_batch(batch, ctx, &mut mid).await?;
         self.pass(mid, ctx, out).await
+    }
+
+    async fn process_side(
+        &mut self,
+        input: &str,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+    ) -> Result<()> {
+        self.first.process_side(input, batch, ctx).await
     }
 
     async fn handle_watermark(

@@ -1,6 +1,6 @@
 //! The decision stages of a pipeline: `alert` (the alert policy over a score stage's rows) and
 //! `recommend` (spot / on-demand and instance mix from hourly spot prices; rightsizing from
-//! utilisation windows) — and, run the same way, `forecast` (see `forecast::stage`).
+//! utilisation windows and, where the pipeline forecasts demand, its CPU forecasts) — and, run the same way, `forecast` (see `forecast::stage`).
 //!
 //! In: each cycle's batches of the stage's input, and the input's watermark.
 //! Out: alert rows ([`super::rows::alert_schema`]) or recommendation rows
@@ -23,7 +23,7 @@ use super::rightsize::{self, Headroom};
 use super::rows::{self, AlertInput};
 use super::spot::{self, InterruptionProxy, PriceOutlook, Workload};
 use crate::columns::{f64s, micros, utf8};
-use crate::forecast::model::{ForecastError, Steps, offset};
+use crate::forecast::model::{ForecastError, Steps, offset, pooled_quantile};
 use crate::forecast::stage::{FollowedForecast, ForecastRef, HourlySeries, inputs, to_values};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
 
@@ -77,7 +77,25 @@ pub struct RightsizeSpec {
     pub min_history: i64,
     pub headroom: Headroom,
     pub catalogue: Catalogue,
+    /// The demand forecast CPU is sized by, where a resource has a fresh one.
+    pub forecast: Option<DemandForecast>,
 }
+
+/// A forecast stage's rows a rightsizing stage sizes CPU by (its side input): per resource,
+/// the quantiles issued from its latest origin, whose pooled 95th percentile is the CPU the
+/// hours ahead are forecast to stay under 95 % of the time.
+#[derive(Debug, Clone)]
+pub struct DemandForecast {
+    pub stage: String,
+    /// Its columns: the resource (its key), the origin, and the 2.5 … 97.5 % quantiles.
+    pub resource: String,
+    pub origin: String,
+    pub quantiles: [String; 5],
+}
+
+/// A forecast older than this (from its origin to the newest utilisation window) is not sized
+/// by: the resource stopped being forecast.
+const FRESH_FORECAST: i64 = 3 * HOUR;
 
 /// A running alert stage: the alert policy over a score stage's rows.
 pub struct AlertOperator {
@@ -597,8 +615,10 @@ fn empirical_changes(s: &Steps, h: i64, c: f64) -> [f64; 5] {
         .filter_map(|&t| Some(g(s.at(t + h)?) - g(s.at(t)?)))
         .collect();
     let mut out = [0.0; 5];
-    for (o, l) in out.iter_mut().zip(spot::QUANTILE_LEVELS) {
-        *o = rightsize::quantile(&mut changes, l).unwrap_or(0.0);
+    if !changes.is_empty() {
+        for (o, l) in out.iter_mut().zip(spot::QUANTILE_LEVELS) {
+            *o = crate::stats::quantile(&mut changes, l);
+        }
     }
     out
 }
@@ -610,6 +630,10 @@ struct Usage {
     cpu: VecDeque<(i64, f64)>,
     memory: VecDeque<(i64, f64)>,
     last_assessed: Option<i64>,
+    /// The latest demand forecast: its origin (µs) and the quantiles issued from it, one set
+    /// per horizon.
+    #[serde(default)]
+    outlook: Option<(i64, Vec<[f64; 5]>)>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -634,6 +658,39 @@ impl RightsizeOperator {
     /// The recommendation rows one input batch causes.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         rows::recommendation_rows(&self.recommendations(batch)?)
+    }
+
+    /// Takes the demand forecast's rows: per resource, the quantiles of its latest origin.
+    pub fn observe_forecasts(&mut self, batch: &RecordBatch) -> Result<(), ArrowError> {
+        let Some(f) = &self.spec.forecast else {
+            return Ok(());
+        };
+        let resources = utf8(batch, &f.resource)?;
+        let origins = micros(batch, &f.origin)?;
+        let quantiles = f
+            .quantiles
+            .iter()
+            .map(|c| f64s(batch, c))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..batch.num_rows() {
+            if resources.is_null(i) || origins.is_null(i) || quantiles.iter().any(|q| q.is_null(i))
+            {
+                continue;
+            }
+            let origin = origins.value(i);
+            let q: [f64; 5] = std::array::from_fn(|j| quantiles[j].value(i));
+            let u = self
+                .state
+                .resources
+                .entry(resources.value(i).to_string())
+                .or_default();
+            match &mut u.outlook {
+                Some((o, rows)) if *o == origin => rows.push(q),
+                Some((o, _)) if *o > origin => {}
+                _ => u.outlook = Some((origin, vec![q])),
+            }
+        }
+        Ok(())
     }
 
     fn recommendations(&mut self, batch: &RecordBatch) -> Result<Vec<Recommendation>, ArrowError> {
@@ -718,7 +775,21 @@ impl RightsizeOperator {
                 rationale: String::new(),
                 pareto: Vec::new(),
             };
-            let rec = match rightsize::assess(&s.catalogue, current, &cpu, &mem, s.headroom, seed) {
+            let forecast = u
+                .outlook
+                .as_ref()
+                .filter(|(origin, _)| newest - origin <= FRESH_FORECAST)
+                .and_then(|(_, rows)| pooled_quantile(rows, 0.95));
+            let sized = rightsize::assess(
+                &s.catalogue,
+                current,
+                &cpu,
+                &mem,
+                forecast,
+                s.headroom,
+                seed,
+            );
+            let rec = match sized {
                 Some(z) => Recommendation {
                     recommended: vec![line(&z.to.name)],
                     savings: z.savings * MONTH_HOURS,
@@ -727,10 +798,16 @@ impl RightsizeOperator {
                     risk_score: 1.0 - z.confidence,
                     confidence: z.confidence,
                     rationale: format!(
-                        "p95 CPU {:.1} % of {} vCPUs{} over the last {:.0} h needs {:.1} vCPUs and {:.1} GiB at \
+                        "{} of {} vCPUs{} over the last {:.0} h needs {:.1} vCPUs and {:.1} GiB at \
                          {:.0} % CPU / {:.0} % memory targets; {} ({} vCPU, {} GiB, {:.4} USD/h) is the cheapest \
-                         {} type that fits, projected p95 CPU {:.1} %.",
-                        z.cpu_p95,
+                         {} type that fits, projected CPU {:.1} %.",
+                        match z.cpu_forecast {
+                            Some(f) => format!(
+                                "forecast p95 CPU {f:.1} % over the hours ahead (past p95 {:.1} %)",
+                                z.cpu_p95
+                            ),
+                            None => format!("p95 CPU {:.1} %", z.cpu_p95),
+                        },
                         current.vcpu,
                         z.memory_p95.map_or(String::new(), |m| format!(
                             ", p95 memory {m:.1} % of {} GiB",
@@ -746,7 +823,7 @@ impl RightsizeOperator {
                         z.to.memory_gib,
                         z.to.on_demand,
                         current.arch,
-                        z.projected_cpu_p95,
+                        z.projected_cpu,
                     ),
                     ..keep
                 },
@@ -797,6 +874,15 @@ impl Operator for RightsizeOperator {
     ) -> operator::Result<()> {
         let recs = self.recommendations(batch)?;
         emit_recommendations(&recs, ctx, out)
+    }
+
+    async fn process_side(
+        &mut self,
+        _input: &str,
+        batch: &RecordBatch,
+        _ctx: &Context<'_>,
+    ) -> operator::Result<()> {
+        Ok(self.observe_forecasts(batch)?)
     }
 
     fn snapshot(&self) -> operator::Result<OperatorState> {

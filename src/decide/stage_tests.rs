@@ -260,10 +260,8 @@ fn spot_and_mix_recommendations_are_reproducible_constrained_and_match_their_sch
     assert_eq!(next.num_rows(), 0);
 }
 
-#[test]
-fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
-    let spec = rightsize_spec();
-    let mut op = RightsizeOperator::new(spec);
+/// A day of 5-minute windows of one m5.2xlarge: CPU 10–21 %, memory 30 %.
+fn idle_usage() -> RecordBatch {
     let windows = 24 * 12;
     let (mut r, mut m, mut it, mut reg, mut t, mut v) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -292,7 +290,7 @@ fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
         ),
         Field::new("max", DataType::Float64, false),
     ]));
-    let batch = RecordBatch::try_new(
+    RecordBatch::try_new(
         schema,
         vec![
             Arc::new(StringArray::from(r)),
@@ -303,7 +301,13 @@ fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
             Arc::new(Float64Array::from(v)),
         ],
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
+    let mut op = RightsizeOperator::new(rightsize_spec());
+    let batch = idle_usage();
     let rows = op.apply(&batch).unwrap();
     let docs = json_rows(&rows, "recommendation.json");
     assert_eq!(docs.len(), 1);
@@ -318,6 +322,66 @@ fn rightsizing_recommends_a_smaller_type_for_an_idle_resource() {
     let mut again = RightsizeOperator::new(rightsize_spec());
     again.restore(snapshot).unwrap();
     assert_eq!(again.apply(&batch).unwrap().num_rows(), 0);
+}
+
+/// A demand forecast of `resource` from `origin`: 24 hourly horizons, each with the quantiles
+/// `q`.
+fn demand_forecast(resource: &str, origin: i64, q: [f64; 5]) -> RecordBatch {
+    let mut fields = vec![
+        Field::new("resource_id", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![resource; 24])),
+        ts(vec![origin; 24]),
+    ];
+    for (name, v) in ["p025", "p10", "p50", "p90", "p975"].iter().zip(q) {
+        fields.push(Field::new(*name, DataType::Float64, false));
+        columns.push(Arc::new(Float64Array::from(vec![v; 24])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+#[test]
+fn rightsizing_sizes_cpu_by_a_fresh_demand_forecast() {
+    let spec = || RightsizeSpec {
+        forecast: Some(DemandForecast {
+            stage: "cpu_demand".into(),
+            resource: "resource_id".into(),
+            origin: "ts".into(),
+            quantiles: ["p025", "p10", "p50", "p90", "p975"].map(String::from),
+        }),
+        ..rightsize_spec()
+    };
+    let usage = idle_usage();
+    let last = T0 + (24 * 12 - 1) * 5 * MIN;
+    let sized = |origin: i64| {
+        let mut op = RightsizeOperator::new(spec());
+        // The day ahead is forecast at 4–8 %: its p95 about 7.6 %.
+        op.observe_forecasts(&demand_forecast("i-1", origin, [4.0, 5.0, 6.0, 7.0, 8.0]))
+            .unwrap();
+        json_rows(&op.apply(&usage).unwrap(), "recommendation.json")
+    };
+    // Fresh: 7.6 % of 8 vCPUs needs 0.9 at 70 %, so memory (12 GiB) decides: r5.large, where
+    // the past p95 (≈ 21 %) needed m5.xlarge.
+    let docs = sized(last - HOUR);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["recommended"][0]["instance_type"], "r5.large");
+    let why = docs[0]["rationale"].as_str().unwrap();
+    assert!(why.starts_with("forecast p95 CPU 7."), "{why}");
+    // A forecast 10 hours old is not sized by: the past p95 is.
+    let docs = sized(last - 10 * HOUR);
+    assert_eq!(docs[0]["recommended"][0]["instance_type"], "m5.xlarge");
+    assert!(
+        docs[0]["rationale"]
+            .as_str()
+            .unwrap()
+            .starts_with("p95 CPU")
+    );
 }
 
 fn rightsize_spec() -> RightsizeSpec {
@@ -336,5 +400,6 @@ fn rightsize_spec() -> RightsizeSpec {
         min_history: 12 * HOUR,
         headroom: Headroom::default(),
         catalogue: catalogue(),
+        forecast: None,
     }
 }

@@ -47,7 +47,7 @@ pub struct DemoConfig {
 }
 
 /// The shipped pipelines and the files they name, compiled in: (path under the output, text).
-const EMBEDDED: [(&str, &str); 12] = [
+const EMBEDDED: [(&str, &str); 13] = [
     (
         "catalogue/aws-ec2.csv",
         include_str!("../../catalogue/aws-ec2.csv"),
@@ -87,6 +87,10 @@ const EMBEDDED: [(&str, &str); 12] = [
     (
         "sql/cloud_metrics_5m.sql",
         include_str!("../../sql/cloud_metrics_5m.sql"),
+    ),
+    (
+        "sql/cloud_metrics_cpu_1h.sql",
+        include_str!("../../sql/cloud_metrics_cpu_1h.sql"),
     ),
     (
         "sql/spot_prices_1h.sql",

@@ -25,7 +25,11 @@
 //!
 //! Out, per forecaster and horizon: MAE, MAPE, sMAPE, MASE (errors scaled by the in-sample MAE
 //! of the naive forecast at the same horizon, per series — below 1 beats naive as it did in
-//! training) and the coverage of the 80 % and 95 % intervals.
+//! training) and the coverage of the 80 % and 95 % intervals. And what sizing capacity for the
+//! span up to the longest horizon after each held-out origin would have left unused, and how
+//! often it fell short, over every step of the span: by the last week's 95th percentile
+//! (rightsizing without a forecast), by the 95th percentile of the blend's forecasts for the
+//! horizons together (rightsizing with one), and by the highest 97.5 % quantile it issued.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,7 +38,7 @@ use serde::Serialize;
 
 use super::series::parse_time;
 use crate::forecast::blend::{Blend, Issued, MODEL, candidates};
-use crate::forecast::model::{FEATURES, ForecastModel, Steps, features, offset};
+use crate::forecast::model::{FEATURES, ForecastModel, Steps, features, offset, pooled_quantile};
 use crate::forecast::stage::to_values;
 use crate::stats::quantile;
 
@@ -195,7 +199,31 @@ pub struct Figures {
 pub struct ForecastReport {
     pub series: usize,
     pub figures: Vec<Figures>,
+    /// Capacity for the span up to the longest horizon after each held-out origin, sized
+    /// three ways.
+    pub sizing: Vec<Sizing>,
 }
+
+/// Capacity held for the span up to the longest horizon after each held-out origin, from one
+/// basis, against the value at every grid step of that span — what rightsizing on it would have
+/// provisioned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sizing {
+    /// `past_p95` (the 95th percentile of the last 7 days, as rightsizing without a forecast),
+    /// `past_p99` (its 99th), `forecast_p95` (the 95th percentile of the blend's forecasts at the horizons together,
+    /// as rightsizing with one), or `forecast_top_p975` (the highest 97.5 % quantile issued at
+    /// any horizon).
+    pub basis: String,
+    /// Origins sized (every held-out origin with a forecast at every horizon).
+    pub origins: usize,
+    /// Mean of capacity − value over the span's hours: the unused headroom.
+    pub mean_headroom: f64,
+    /// Share of the span's hours whose value exceeded the capacity, percent.
+    pub exceeded: f64,
+}
+
+/// The sizing bases, in [`Sizing::basis`] order.
+const SIZING_BASES: [&str; 4] = ["past_p95", "past_p99", "forecast_p95", "forecast_top_p975"];
 
 /// A point forecast of t + h made at t, from the series up to t only.
 type Forecaster = fn(&Steps, i64, i64, i64) -> Option<f64>;
@@ -401,6 +429,8 @@ pub fn evaluate(
     let (alone, blended) = (FORECASTERS.len(), FORECASTERS.len() + 1);
     let mut blend = Blend::<usize>::default();
     let horizons = config.horizons_us.len();
+    // Per held-out (series, origin): the issued quantiles at each horizon.
+    let mut spans: BTreeMap<(usize, i64), Vec<[f64; 5]>> = BTreeMap::new();
     for o in &origins {
         let s = &series[o.series];
         let h = config.horizons_us[o.horizon];
@@ -420,8 +450,10 @@ pub fn evaluate(
         if let Some(Issued { quantiles: q, .. }) = issued {
             let a = acc.entry((blended, o.horizon)).or_default();
             a.add(o.actual, q[2], band(q), scale);
+            spans.entry((o.series, o.t)).or_default().push(q);
         }
     }
+    let sizing = sizing(series, config, &spans);
     let model_label = model.as_ref().map(|m| m.label.clone());
     let figures = acc
         .into_iter()
@@ -448,7 +480,60 @@ pub fn evaluate(
     Ok(ForecastReport {
         series: series.len(),
         figures,
+        sizing,
     })
+}
+
+/// Sizes the span after each origin of `spans` with a forecast at every horizon by each of
+/// [`SIZING_BASES`].
+fn sizing(
+    series: &[Steps],
+    config: &ForecastConfig,
+    spans: &BTreeMap<(usize, i64), Vec<[f64; 5]>>,
+) -> Vec<Sizing> {
+    const WEEK: i64 = 7 * 24 * 3_600_000_000;
+    let longest = config.horizons_us.iter().copied().max().unwrap_or(0);
+    let mut sums = [(0usize, 0.0, 0usize, 0usize); SIZING_BASES.len()];
+    for (&(si, t), issued) in spans {
+        let s = &series[si];
+        let span: Vec<f64> = (1..=longest / config.step_us)
+            .map_while(|k| s.at(t + k * config.step_us))
+            .collect();
+        if issued.len() != config.horizons_us.len() || span.is_empty() {
+            continue;
+        }
+        let mut past: Vec<f64> = (0..WEEK / config.step_us)
+            .filter_map(|k| s.at(t - k * config.step_us))
+            .collect();
+        let capacities = [
+            quantile(&mut past, 0.95),
+            quantile(&mut past, 0.99),
+            pooled_quantile(issued, 0.95).unwrap_or(f64::NAN),
+            issued
+                .iter()
+                .map(|q| q[4])
+                .fold(f64::NEG_INFINITY, f64::max),
+        ];
+        for (sum, capacity) in sums.iter_mut().zip(capacities) {
+            sum.0 += 1;
+            for &y in &span {
+                sum.1 += capacity - y;
+                sum.2 += usize::from(y > capacity);
+                sum.3 += 1;
+            }
+        }
+    }
+    SIZING_BASES
+        .iter()
+        .zip(sums)
+        .filter(|(_, (origins, ..))| *origins > 0)
+        .map(|(basis, (origins, headroom, over, hours))| Sizing {
+            basis: basis.to_string(),
+            origins,
+            mean_headroom: headroom / hours as f64,
+            exceeded: 100.0 * over as f64 / hours as f64,
+        })
+        .collect()
 }
 
 /// One forecast origin of one series and horizon, for the model and the blend.
@@ -495,6 +580,22 @@ pub fn render(report: &ForecastReport) -> String {
             f.coverage_80,
             f.coverage_95
         );
+    }
+    if !report.sizing.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ncapacity for the span to the longest horizon after each held-out origin, against \
+             every step of it:\n\
+             {:<16} {:>8} {:>14} {:>12}",
+            "sized by", "origins", "mean headroom", "exceeded %"
+        );
+        for z in &report.sizing {
+            let _ = writeln!(
+                s,
+                "{:<16} {:>8} {:>14.4} {:>12.2}",
+                z.basis, z.origins, z.mean_headroom, z.exceeded
+            );
+        }
     }
     s
 }

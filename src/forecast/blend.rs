@@ -23,10 +23,13 @@
 //!   [`MIN_ERRORS`] have resolved, the model's own quantiles around the median (none without a
 //!   model: the interval is the median alone). Their distances from the median are then scaled
 //!   by adaptive conformal inference (Gibbs and Candès, 2021) in width form, with two factors
-//!   multiplied: one per horizon pooled over every key (it learns a shared miscalibration fast:
-//!   every key's misses teach it) and one per key and horizon (what differs between keys). Each
-//!   factor's logarithm rises by `ADAPT_RATE × (1 − α)` after a miss and falls by
-//!   `ADAPT_RATE × α` after a hit, so over time an interval misses at its nominal rate α.
+//!   multiplied: one per horizon pooled over every key (a miscalibration all keys share) and one
+//!   per key and horizon (what differs between keys). A key's factor's logarithm rises by
+//!   `ADAPT_RATE × (1 − α)` after a miss and falls by `ADAPT_RATE × α` after a hit, so over time
+//!   its interval misses at its nominal rate α; the pooled factor moves by that step over the
+//!   number of keys, so it follows the keys' average, not the hardest key (moved by every key's
+//!   full step, a few keys with unforecastable spikes drove it, and every other key's widths,
+//!   up to 100-fold: measured on the VM traces of `models/README.md`).
 //!
 //! A forecast is learnt from only once its target time has come, so nothing issued at an origin
 //! depends on anything after it; feed origins in time order over all keys (the pooled factors
@@ -188,6 +191,8 @@ impl<K: Ord + Clone> Blend<K> {
     /// key's value at a time (none: the forecast is dropped unlearnt).
     pub fn resolve(&mut self, now: i64, actual: impl Fn(&K, i64) -> Option<f64>) {
         let keep = 0.5f64.powf(1.0 / HALF_LIFE);
+        // Every key's forecasts move the pooled factors, each by its share.
+        let keys = self.tracks.len().max(1) as f64;
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() > now {
                 break;
@@ -216,9 +221,8 @@ impl<K: Ord + Clone> Blend<K> {
                 let pooled = &mut self.pooled[p.horizon];
                 for i in 0..2 {
                     let step = ADAPT_RATE * (f64::from(u8::from(missed[i])) - MISS[i]);
-                    for s in [&mut pooled[i], &mut track.log_scale[i]] {
-                        *s = (*s + step).clamp(-4.0, 4.0);
-                    }
+                    track.log_scale[i] = (track.log_scale[i] + step).clamp(-4.0, 4.0);
+                    pooled[i] = (pooled[i] + step / keys).clamp(-4.0, 4.0);
                 }
                 let best = (0..track.mae.len())
                     .filter_map(|i| track.mae[i].map(|m| (i, m)))

@@ -53,6 +53,54 @@ pub const QUANTILES: [(&str, f64); 5] = [
     ("q975", 0.975),
 ];
 
+/// The `level` quantile of the mixture of several forecast distributions, each given by its
+/// [`QUANTILES`] (ascending): the value the forecast hours together exceed a `1 − level` share
+/// of the time — for hourly forecasts of the next day, that day's forecast p95 at 0.95. Each
+/// distribution's CDF is linear between its quantiles, and beyond the outer ones linear to 0
+/// and 1 over as far again as the next quantile inward. None without distributions.
+pub fn pooled_quantile(forecasts: &[[f64; 5]], level: f64) -> Option<f64> {
+    let cdf = |q: &[f64; 5], x: f64| -> f64 {
+        let levels = QUANTILES.map(|(_, l)| l);
+        let (below, above) = ((q[0] - (q[1] - q[0])), (q[4] + (q[4] - q[3])));
+        let points = std::iter::once((below, 0.0))
+            .chain(q.iter().copied().zip(levels))
+            .chain(std::iter::once((above, 1.0)));
+        let mut last = (f64::NEG_INFINITY, 0.0);
+        for (v, l) in points {
+            if x < v {
+                return if v > last.0 && last.0.is_finite() {
+                    last.1 + (l - last.1) * (x - last.0) / (v - last.0)
+                } else {
+                    last.1
+                };
+            }
+            last = (v, l);
+        }
+        1.0
+    };
+    let lo = forecasts
+        .iter()
+        .map(|q| q[0] - (q[1] - q[0]))
+        .reduce(f64::min)?;
+    let hi = forecasts
+        .iter()
+        .map(|q| q[4] + (q[4] - q[3]))
+        .reduce(f64::max)?;
+    let mean_cdf =
+        |x: f64| forecasts.iter().map(|q| cdf(q, x)).sum::<f64>() / forecasts.len() as f64;
+    // The mixture's CDF rises with x: bisect for the level.
+    let (mut a, mut b) = (lo, hi);
+    for _ in 0..60 {
+        let m = 0.5 * (a + b);
+        if mean_cdf(m) < level {
+            a = m;
+        } else {
+            b = m;
+        }
+    }
+    Some(0.5 * (a + b))
+}
+
 /// The offset `c` of a series' log transform `g(y) = ln(y + c)`: 1 % of its median absolute
 /// value in the training range (so zeros are allowed), at least 1e-9.
 pub fn offset(s: &Steps, split: i64) -> f64 {

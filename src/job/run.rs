@@ -158,6 +158,8 @@ struct StageRuntime {
     name: String,
     /// The source or stage it reads.
     input: String,
+    /// Earlier stages it reads beside it.
+    side_inputs: Vec<String>,
     op: Box<dyn Operator>,
     /// Watermark of this stage's output (µs).
     watermark: i64,
@@ -421,6 +423,7 @@ async fn open_stage(
     Ok(StageRuntime {
         name: plan.name.clone(),
         input: plan.input.clone(),
+        side_inputs: plan.side_inputs.clone(),
         op,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
@@ -581,6 +584,13 @@ async fn flush(
         let input_watermark = watermarks.get(&st.input).copied().unwrap_or(i64::MIN);
         let mut out = Collector::default();
         st.op.on_cycle_start(&ctx).await;
+        for side in &st.side_inputs {
+            for b in outputs.get(side).into_iter().flatten() {
+                if b.num_rows() > 0 {
+                    st.op.process_side(side, b, &ctx).await.map_err(stage_err)?;
+                }
+            }
+        }
         for b in outputs.get(&st.input).into_iter().flatten() {
             if b.num_rows() > 0 {
                 st.op

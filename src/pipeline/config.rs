@@ -445,6 +445,11 @@ pub struct RecommendStageConfig {
     pub every: String,
     #[serde(default)]
     pub headroom: Option<crate::decide::rightsize::Headroom>,
+    /// rightsizing: an earlier forecast stage of each resource's CPU (key `resource_id`); a
+    /// resource it forecasts is sized to hold the 95th percentile of its forecast for the hours
+    /// ahead instead of its past p95.
+    #[serde(default)]
+    pub forecast: Option<String>,
 }
 
 fn default_price() -> String {

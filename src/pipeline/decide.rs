@@ -15,7 +15,7 @@ use crate::decide::catalogue::{Catalogue, region_of};
 use crate::decide::mix::check_requirement;
 use crate::decide::rows::{AlertInput, alert_schema, recommendation_schema};
 use crate::decide::spot::Workload;
-use crate::decide::stage::{AlertSpec, RightsizeSpec, SpotSpec};
+use crate::decide::stage::{AlertSpec, DemandForecast, RightsizeSpec, SpotSpec};
 use crate::score::stage::is_numeric;
 
 pub(super) fn check_alert_stage(
@@ -353,6 +353,13 @@ pub(super) async fn check_recommend_stage(
                     super::forecast::forecast_model(r, &at("model"), m, location, models).await
                 }
             };
+            if c.forecast.is_some() {
+                r.at(
+                    &at("forecast"),
+                    "`forecast` is for rightsizing; spot recommendations forecast with `model`",
+                    None,
+                );
+            }
             if c.paths == 0 || c.paths > 1_000_000 {
                 r.at(&at("paths"), "paths must be between 1 and 1000000", None);
             }
@@ -416,6 +423,10 @@ pub(super) async fn check_recommend_stage(
                 min_history,
                 headroom: c.headroom.unwrap_or_default(),
                 catalogue: catalogue.clone().unwrap_or_default(),
+                forecast: c
+                    .forecast
+                    .as_ref()
+                    .and_then(|f| demand_forecast(r, &at("forecast"), f, relations)),
             })
         }
         other => {
@@ -430,14 +441,55 @@ pub(super) async fn check_recommend_stage(
     if r.found.len() > before {
         return None;
     }
-    Some(decision_plan(
+    let mut plan = decision_plan(
         name,
         &c.from,
         schema,
         recommendation_schema(),
         rel.lateness,
         spec,
-    ))
+    );
+    plan.side_inputs.extend(c.forecast.clone());
+    Some(plan)
+}
+
+/// A rightsizing stage's demand forecast: an earlier stage with a forecast stage's columns,
+/// keyed by resource.
+fn demand_forecast(
+    r: &mut Reporter<'_>,
+    path: &[&str],
+    stage: &str,
+    relations: &[(String, Relation)],
+) -> Option<DemandForecast> {
+    let rel = input(r, path, stage, relations)?;
+    let before = r.found.len();
+    let schema = &rel.schema;
+    need_columns(r, path, schema, stage, &["resource_id"], None, "");
+    need_columns(
+        r,
+        path,
+        schema,
+        stage,
+        &["ts"],
+        Some(is_timestamp),
+        "a timestamp",
+    );
+    let quantiles = ["p025", "p10", "p50", "p90", "p975"];
+    need_columns(
+        r,
+        path,
+        schema,
+        stage,
+        &quantiles,
+        Some(is_numeric),
+        "a number",
+    );
+    (r.found.len() == before).then(|| DemandForecast {
+        stage: stage.to_string(),
+        resource: "resource_id".into(),
+        origin: "ts".into(),
+        quantiles: quantiles.map(String::from),
+    })
 }
 
 /// Reads the workloads file: a YAML list of workloads, each type in the catalogue for its zone.

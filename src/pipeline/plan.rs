@@ -702,6 +702,7 @@ async fn check_stage(
         name: name.to_string(),
         input: input_name,
         input_schema: input.schema.clone(),
+        side_inputs: Vec::new(),
         output_schema,
         output_time,
         allowed_lateness: input.lateness,

@@ -253,6 +253,7 @@ pub(super) async fn check_score_stage(
         name: name.to_string(),
         input: score.from.clone(),
         input_schema: schema,
+        side_inputs: Vec::new(),
         output_time: input.event_time.clone(),
         output_schema,
         allowed_lateness: input.lateness,

@@ -19,6 +19,9 @@ pub struct StagePlan {
     /// The source or earlier stage it reads.
     pub input: String,
     pub input_schema: SchemaRef,
+    /// Earlier stages it reads beside its input, whose rows update its state (a rightsizing
+    /// stage's demand forecasts); see `Operator::process_side`.
+    pub side_inputs: Vec<String>,
     pub output_schema: SchemaRef,
     /// The output's event-time column, if it has one: what a later window stage windows by.
     pub output_time: Option<String>,
@@ -179,6 +182,7 @@ pub(super) fn decision_plan(
         name: name.to_string(),
         input: from.to_string(),
         input_schema: input,
+        side_inputs: Vec::new(),
         output_time: output.field_with_name("ts").ok().map(|f| f.name().clone()),
         output_schema: output,
         allowed_lateness: lateness,

@@ -353,6 +353,15 @@ impl Operator for Following {
         self.op.process_batch(batch, ctx, out).await
     }
 
+    async fn process_side(
+        &mut self,
+        input: &str,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+    ) -> operator::Result<()> {
+        self.op.process_side(input, batch, ctx).await
+    }
+
     async fn handle_watermark(
         &mut self,
         watermark: i64,

@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -98,7 +100,12 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     let tag = unique("it-alerts");
     // The same 72 hours of telemetry on every run: a fixed start (patterns follow the hour of
     // day and the day of the week), kept by the topics whatever its age.
-    for t in ["cloud.metrics", "alerts", "recommendations"] {
+    for t in [
+        "cloud.metrics",
+        "alerts",
+        "recommendations",
+        "cloud.metrics.cpu_demand_forecasts",
+    ] {
         create_topic_with(&format!("{tag}.{t}"), 1, &[("retention.ms", "-1")]).await;
     }
     let pipeline = shipped("cloud-metrics.yaml", &tag).await;
@@ -179,14 +186,67 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     );
     // The Delta table holds exactly the messages on the topic.
     assert_alerts_in_delta(&format!("{tables}/alerts"), &alerts).await;
-    // Rightsizing messages, if any, match their schema.
+    // Hourly CPU demand per resource, from every hour once it has two days of history, 1 to 24
+    // hours ahead: quantiles in order around the median, each target its origin plus its
+    // horizon, the same rows in Delta as on the topic.
+    let mut issued: BTreeMap<(String, i64), BTreeSet<i64>> = BTreeMap::new();
+    for b in read_delta(&format!("{tables}/cpu_demand_forecasts")).await {
+        let col = |n: &str| b.column_by_name(n).unwrap().clone();
+        let resource =
+            arrow::compute::cast(&col("resource_id"), &arrow::datatypes::DataType::Utf8).unwrap();
+        let resource = resource.as_string::<i32>();
+        let [ts, target] = ["ts", "target_ts"]
+            .map(|n| arrow::compute::cast(&col(n), &arrow::datatypes::DataType::Int64).unwrap());
+        let (ts, target) = (
+            ts.as_primitive::<Int64Type>(),
+            target.as_primitive::<Int64Type>(),
+        );
+        let horizon = col("horizon_hours");
+        let horizon = horizon.as_primitive::<Int64Type>();
+        let q: Vec<_> = ["p025", "p10", "p50", "p90", "p975"]
+            .iter()
+            .map(|n| col(n).as_primitive::<Float64Type>().clone())
+            .collect();
+        for i in 0..b.num_rows() {
+            assert_eq!(target.value(i) - ts.value(i), horizon.value(i) * HOUR);
+            assert!(
+                ts.value(i) >= start + 48 * HOUR,
+                "forecast before two days of history"
+            );
+            assert!(
+                q.windows(2).all(|w| w[0].value(i) <= w[1].value(i)),
+                "row {i}"
+            );
+            issued
+                .entry((resource.value(i).to_string(), ts.value(i)))
+                .or_default()
+                .insert(horizon.value(i));
+        }
+    }
+    let resources: BTreeSet<&str> = issued.keys().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(resources.len(), 6, "{resources:?}");
+    assert!(issued.values().all(|h| *h == (1..=24).collect()));
+    let on_topic = consume_all(&format!("{tag}.cloud.metrics.cpu_demand_forecasts")).len();
+    assert_eq!(on_topic, issued.values().map(BTreeSet::len).sum::<usize>());
+    // Rightsizing: once a resource is forecast, its CPU is sized by the forecast.
     let recs = messages(&format!("{tag}.recommendations"), "recommendation.json");
     assert!(recs.iter().all(|(d, _)| d["kind"] == "rightsizing"));
+    let by_forecast = recs
+        .iter()
+        .filter(|(d, _)| {
+            d["rationale"]
+                .as_str()
+                .unwrap()
+                .starts_with("forecast p95 CPU")
+        })
+        .count();
     eprintln!(
-        "{} alert messages for {} alerts; {} rightsizing recommendations",
+        "{} alert messages for {} alerts; {} rightsizing recommendations, {by_forecast} sized by \
+         the demand forecast; {} forecast origins",
         alerts.len(),
         by_id.len(),
-        recs.len()
+        recs.len(),
+        issued.len()
     );
 }
 

@@ -160,4 +160,30 @@ fn on_real_vm_cpu_traces_the_issued_forecasts_beat_both_baselines_with_calibrate
             assert!((c - nominal).abs() <= 3.0, "{h} h {cov}: {c}");
         }
     }
+    // Capacity for the next day sized by the forecast's p95 is exceeded no more often than one
+    // sized by the past week's p99, with less than half its unused headroom.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let sized = |basis: &str| {
+        let s = report["sizing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["basis"] == basis)
+            .unwrap_or_else(|| panic!("no sizing by {basis}"));
+        assert!(s["origins"].as_u64().unwrap() > 9000, "{s}");
+        (
+            s["mean_headroom"].as_f64().unwrap(),
+            s["exceeded"].as_f64().unwrap(),
+        )
+    };
+    let (forecast, past) = (sized("forecast_p95"), sized("past_p99"));
+    assert!(
+        forecast.1 <= past.1,
+        "forecast {forecast:?}, past p99 {past:?}"
+    );
+    assert!(
+        forecast.0 < 0.5 * past.0,
+        "forecast {forecast:?}, past p99 {past:?}"
+    );
 }
