@@ -84,9 +84,11 @@ enum Command {
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
     Demo {
-        /// Days of generated history (CPU, memory and network per instance, each minute); the
-        /// anomalies fall in the second half, after the detectors have learnt.
-        #[arg(long, default_value_t = 4.0)]
+        /// Days of generated history (CPU, memory and network per instance, each minute),
+        /// starting at midnight UTC of the Monday at or before now minus this; the anomalies
+        /// fall in the second half. The detectors learn a weekly pattern in a week and alert
+        /// only once they have: with less than two weeks, some anomalies go unseen.
+        #[arg(long, default_value_t = 14.0)]
         days: f64,
         /// How many instances emit them.
         #[arg(long, default_value_t = 12)]

@@ -173,24 +173,29 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
     for source in pipelines.iter().flat_map(|p| &p.sources) {
         cluster.create_topic(&source.dead_letter_topic, 1, 1)?;
     }
-    cluster.create_topic(METRICS_TOPIC, METRIC_PARTITIONS, 1)?;
+    let events = demo_events(config)?;
+    let placement = place(events.metrics.iter().map(|e| e.key.as_str()));
+    cluster.create_topic(METRICS_TOPIC, placement.partitions, 1)?;
     cluster.create_topic(SPOT_TOPIC, 1, 1)?;
     cluster.create_topic(BILLING_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
     crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 
-    let events = demo_events(config)?;
     std::fs::create_dir_all(&config.out_dir)?;
     std::fs::write(
         config.out_dir.join("labels.json"),
         serde_json::to_string_pretty(&events.labels)?,
     )?;
     let produced_invalid = events.metrics.iter().filter(|e| !e.valid).count();
-    let metric_records = events
-        .metrics
-        .iter()
-        .map(|e| (e.key.as_str(), &e.payload[..]));
+    let metric_records = events.metrics.iter().map(|e| {
+        (
+            e.key.as_str(),
+            &e.payload[..],
+            placement.of.get(&e.key).copied(),
+        )
+    });
     produce(&brokers, METRICS_TOPIC, metric_records).await?;
+    all_kept(&brokers, METRICS_TOPIC, placement.partitions)?;
     let as_bytes = |v: &[(String, String)]| -> Vec<(String, Vec<u8>)> {
         v.iter()
             .map(|(k, p)| (k.clone(), p.clone().into_bytes()))
@@ -203,18 +208,19 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         produce(
             &brokers,
             topic,
-            records.iter().map(|(k, p)| (k.as_str(), &p[..])),
+            records.iter().map(|(k, p)| (k.as_str(), &p[..], None)),
         )
         .await?;
     }
     crate::say!(
         "produced {:.1} days of {} instances: {} cloud.metrics events ({} deliberately invalid) \
-         to {METRIC_PARTITIONS} partitions, {} spot price changes, {} billing line items; \
+         to {} partitions, {} spot price changes, {} billing line items; \
          {} labelled anomalies",
         config.days,
         config.resources,
         events.metrics.len(),
         produced_invalid,
+        placement.partitions,
         events.spot.len(),
         events.billing.len(),
         events.labels.anomalies.len()
@@ -323,11 +329,20 @@ struct DemoEvents {
     billed_to: BTreeMap<String, (String, String)>,
 }
 
+/// Midnight (UTC) of the Monday at or before `t_us`. The demo's history starts there, so the
+/// same seed gives the same events in the same week phase, whatever the day it runs: its
+/// figures do not depend on whether the detectors' first week began on a weekday.
+fn monday_before(t_us: i64) -> i64 {
+    const DAY: i64 = 86_400_000_000;
+    let day = t_us.div_euclid(DAY);
+    // 1970-01-01 was a Thursday, three days after a Monday.
+    (day - (day + 3).rem_euclid(7)) * DAY
+}
+
 fn demo_events(config: &DemoConfig) -> anyhow::Result<DemoEvents> {
     use rand::{Rng, SeedableRng};
     let span_us = (config.days * 86_400e6) as i64;
-    let now = chrono::Utc::now().timestamp_micros();
-    let start_us = now - span_us - (now - span_us).rem_euclid(60_000_000);
+    let start_us = monday_before(chrono::Utc::now().timestamp_micros() - span_us);
     let generate = crate::generate::GenerateConfig {
         seed: config.seed,
         start_us,
@@ -384,18 +399,74 @@ fn demo_events(config: &DemoConfig) -> anyhow::Result<DemoEvents> {
     })
 }
 
+/// Where each metric key's events go: librdkafka's mock cluster keeps at most 5 MB (about
+/// 140,000 of these events, compressed) per partition and silently drops the oldest past it, so
+/// the keys are packed, largest first, onto the least-filled of as many partitions as keep each
+/// under [`PARTITION_BUDGET`] events (at least [`METRIC_PARTITIONS`]).
+struct Placement {
+    partitions: i32,
+    of: BTreeMap<String, i32>,
+}
+
+/// Events the demo puts in one partition of the mock cluster.
+const PARTITION_BUDGET: usize = 100_000;
+
+fn place<'a>(keys: impl Iterator<Item = &'a str>) -> Placement {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in keys {
+        *counts.entry(k).or_default() += 1;
+    }
+    let mut by_size: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut partitions = METRIC_PARTITIONS;
+    loop {
+        let mut load = vec![0usize; partitions as usize];
+        let mut of = BTreeMap::new();
+        for &(key, n) in &by_size {
+            let p = (0..load.len()).min_by_key(|&p| (load[p], p)).unwrap_or(0);
+            load[p] += n;
+            of.insert(key.to_string(), p as i32);
+        }
+        let fits = load.iter().all(|&l| l <= PARTITION_BUDGET);
+        // One partition per key is as far as packing goes; `all_kept` says if even that is
+        // too much.
+        if fits || partitions as usize >= by_size.len() {
+            return Placement { partitions, of };
+        }
+        partitions += 1;
+    }
+}
+
+/// Fails if the mock cluster dropped any of `topic`'s events (a partition whose log no longer
+/// starts at offset 0), naming how many and what to do.
+fn all_kept(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        crate::source::kafka::consumer_config(brokers, "stratus-demo").create()?;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        anyhow::ensure!(
+            low == 0,
+            "the embedded Kafka kept only the newest {} of {high} events of {topic} partition {p} \
+             (librdkafka's mock cluster keeps 5 MB per partition): run the demo with fewer \
+             --days or --resources, or the pipelines against a real broker (stratus run)",
+            high - low
+        );
+    }
+    Ok(())
+}
+
 async fn produce<'a>(
     brokers: &str,
     topic: &str,
-    records: impl Iterator<Item = (&'a str, &'a [u8])>,
+    records: impl Iterator<Item = (&'a str, &'a [u8], Option<i32>)>,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = producer_config(brokers).create()?;
     let deliveries: Vec<_> = records
-        .map(|(key, payload)| {
-            producer.send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
+        .map(|(key, payload, partition)| {
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            record.partition = partition;
+            producer.send(record, Duration::from_secs(10))
         })
         .collect();
     for d in futures::future::join_all(deliveries).await {
@@ -506,8 +577,7 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
         let top = ctx
             .sql(
                 "SELECT resource_id, metric, window_start, round(mean, 2) AS mean, model_version, \
-                 round(anomaly_score, 3) AS anomaly, round(c_robust_z, 3) AS robust_z, \
-                 round(c_robust_z_2, 3) AS level, round(c_seasonal, 3) AS daily, \
+                 round(anomaly_score, 3) AS anomaly, round(c_seasonal, 3) AS daily, \
                  round(c_seasonal_2, 3) AS weekly, \
                  round(c_model, 3) AS model FROM metric_anomaly_scores_5m \
                  ORDER BY anomaly_score DESC, resource_id LIMIT 5",
@@ -587,4 +657,71 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
             / report.seconds.max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Datelike, Timelike, Weekday};
+
+    use super::{METRIC_PARTITIONS, monday_before, place};
+
+    fn at(text: &str) -> i64 {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn the_history_starts_at_midnight_of_the_monday_at_or_before() {
+        assert_eq!(
+            monday_before(at("2026-12-02T17:12:00Z")),
+            at("2026-11-30T00:00:00Z")
+        );
+        assert_eq!(
+            monday_before(at("2026-11-30T00:00:00Z")),
+            at("2026-11-30T00:00:00Z")
+        );
+        assert_eq!(
+            monday_before(at("2026-11-29T23:59:59Z")),
+            at("2026-11-23T00:00:00Z")
+        );
+        assert_eq!(
+            monday_before(at("1969-12-31T12:00:00Z")),
+            at("1969-12-29T00:00:00Z")
+        );
+        for day in 0..14 {
+            let t = at("2026-11-16T06:00:00Z") + day * 86_400_000_000;
+            let start = DateTime::from_timestamp_micros(monday_before(t)).unwrap();
+            assert_eq!((start.weekday(), start.hour()), (Weekday::Mon, 0));
+            assert!(t - start.timestamp_micros() < 7 * 86_400_000_000);
+        }
+    }
+
+    #[test]
+    fn keys_are_packed_so_that_no_partition_passes_the_budget() {
+        let keys: Vec<String> = (0..12).map(|i| format!("i-{i:02}")).collect();
+        // Two weeks of one instance each minute: three metrics, 60,480 events; two together
+        // (120,960) would pass the budget, so each gets a partition of its own.
+        let heavy: Vec<&str> = keys
+            .iter()
+            .flat_map(|k| std::iter::repeat_n(k.as_str(), 60_480))
+            .collect();
+        let placed = place(heavy.iter().copied());
+        assert_eq!(placed.partitions, 12);
+        let used: std::collections::BTreeSet<i32> = placed.of.values().copied().collect();
+        assert_eq!(used.len(), 12);
+        // A small fleet keeps the default partitions, spread evenly.
+        let light: Vec<&str> = keys
+            .iter()
+            .flat_map(|k| std::iter::repeat_n(k.as_str(), 1_000))
+            .collect();
+        let placed = place(light.iter().copied());
+        assert_eq!(placed.partitions, METRIC_PARTITIONS);
+        let mut load = vec![0; METRIC_PARTITIONS as usize];
+        for p in placed.of.values() {
+            load[*p as usize] += 1;
+        }
+        assert_eq!(load.iter().max(), Some(&2));
+        assert_eq!(load.iter().min(), Some(&1));
+    }
 }

@@ -6,6 +6,10 @@
 //! `quantile` (default the 95th percentile) of its last `history` deviations, over what that
 //! quantile is for a well-behaved key (2, about the 95th percentile of a normal's |z|), and
 //! never scaled up. A calm key's 5σ stays 5σ; a key whose ordinary bursts reach 6σ needs 15σ.
+//! Until a key has learnt [`TRUSTED_HISTORY`] deviations it is taken for a calm one (a quantile
+//! of a few values would be the first hour of a slow drift itself), and a deviation past the
+//! alarm level is learnt as the alarm level, so an anomaly that lasts does not calibrate
+//! itself away.
 //! Then one alarm per episode: once a calibrated deviation reaches `alarm`, the next `rest`
 //! values score 0, and every further value at the alarm level extends the rest (Numenta's
 //! CAD OSE does the same). A sustained change alarms again once per `rest` values. Out: the
@@ -13,7 +17,9 @@
 //! `alarm`, so one threshold serves a whole fleet.
 //!
 //! For the first `learn` of event time (default a day, so that a daily pattern has been seen
-//! once) the key is still learning and scores 0: no alarm from a baseline of a few values.
+//! once), and while any of the ensemble's detectors is still learning (a weekly season, its
+//! first week), the key is still learning and scores 0: no alarm from a baseline of a few
+//! values or from a season not yet seen.
 //! State per key: the last `history` deviations, the time of its first one and a counter.
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +30,10 @@ use crate::window::spec::parse_duration;
 /// The 95th percentile of |Z| for a standard normal, rounded: the quantile a calm key's
 /// deviations are scaled against.
 const CALM_QUANTILE: f64 = 2.0;
+
+/// Deviations a key must have learnt before its own quantile is trusted; until then it is
+/// taken for a calm key.
+pub const TRUSTED_HISTORY: usize = 100;
 
 /// How a score stage calibrates its ensemble (`calibration: {history: 2000, …}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +140,15 @@ impl Calibration {
     /// The calibrated deviation of `deviation` at `ts_us` (0 while learning or resting), then
     /// learns it; None (no detector had anything to say) is not learnt but counts towards the
     /// rest.
+    /// A value while one of the ensemble's detectors is still learning (a seasonal one, its
+    /// first season): it counts towards the learning time and the rest, scores 0 and is not
+    /// learnt, so a season not yet seen does not inflate the key's quantile.
+    pub fn skip(&mut self, ts_us: i64) -> f64 {
+        self.since_alarm = self.since_alarm.map(|n| n.saturating_add(1));
+        self.first_us.get_or_insert(ts_us);
+        0.0
+    }
+
     pub fn observe(&mut self, ts_us: i64, deviation: Option<f64>) -> f64 {
         self.since_alarm = self.since_alarm.map(|n| n.saturating_add(1));
         let Some(d) = deviation.filter(|d| !d.is_nan()) else {
@@ -138,12 +157,24 @@ impl Calibration {
         let d = d.abs().min(super::MAX_DEVIATION);
         let first = *self.first_us.get_or_insert(ts_us);
         let calibrated = if ts_us.saturating_sub(first) >= self.learn_us {
-            let q = self.history.quantile(self.quantile).unwrap_or(0.0);
+            let q = if self.history.len() >= TRUSTED_HISTORY {
+                self.history.quantile(self.quantile).unwrap_or(0.0)
+            } else {
+                CALM_QUANTILE
+            };
             d * CALM_QUANTILE / q.max(CALM_QUANTILE)
         } else {
             0.0
         };
-        self.history.push(0, d);
+        // An alarming deviation is learnt as the deviation at the alarm level: a dip that lasts
+        // for hours does not make itself ordinary, yet a key that has turned bursty for good
+        // raises its quantile once such values pass its share.
+        let learnt = if calibrated > self.alarm {
+            d * self.alarm / calibrated
+        } else {
+            d
+        };
+        self.history.push(0, learnt);
         let resting = self.since_alarm.is_some_and(|n| n <= self.rest);
         if calibrated >= self.alarm {
             self.since_alarm = Some(0);
@@ -182,11 +213,49 @@ mod tests {
         assert_eq!(calm.observe(100 * S, Some(7.0)), 7.0);
         assert_eq!(bursty.observe(100 * S, Some(7.0)), 7.0 * 2.0 / 6.0);
         // For its first `learn` of event time the key is still learning: nothing scores.
-        let mut fresh = calibration(100, 0, 10);
-        for i in 0..10 {
+        let mut fresh = calibration(1_000, 0, 200);
+        for i in 0..200 {
             assert_eq!(fresh.observe(i * S, Some(50.0)), 0.0);
         }
-        assert_eq!(fresh.observe(10 * S, Some(50.0)), 50.0 * 2.0 / 50.0);
+        assert_eq!(fresh.observe(200 * S, Some(50.0)), 50.0 * 2.0 / 50.0);
+    }
+
+    #[test]
+    fn a_short_history_is_taken_for_a_calm_key() {
+        // Ten values learnt: too few for their quantile to say anything.
+        let mut c = calibration(1_000, 0, 10);
+        for i in 0..10 {
+            c.observe(i * S, Some(5.0));
+        }
+        assert_eq!(c.observe(10 * S, Some(5.0)), 5.0);
+        for i in 11..TRUSTED_HISTORY as i64 {
+            c.observe(i * S, Some(5.0));
+        }
+        // From TRUSTED_HISTORY on, the key's own 95th percentile counts.
+        assert_eq!(c.observe(TRUSTED_HISTORY as i64 * S, Some(5.0)), 2.0);
+    }
+
+    #[test]
+    fn a_deviation_past_the_alarm_is_learnt_as_the_alarm_level() {
+        let mut c = calibration(100, 0, 0);
+        for i in 0..100 {
+            c.observe(i * S, Some(1.0));
+        }
+        // 100σ values alarm and are learnt as 6σ, the alarm level on a calm key, until they
+        // pass 5 % of the history and its 95th percentile becomes 6 (learnt, they would make
+        // it 100 and hide a 7σ deviation).
+        let mut t = 100;
+        let mut alarmed = 0;
+        while c.observe(t * S, Some(100.0)) == 100.0 {
+            t += 1;
+            alarmed += 1;
+            assert!(alarmed <= 10, "the 95th percentile never moved");
+        }
+        assert!(alarmed >= 5, "{alarmed}");
+        // The quantile is now 6 (or the 18σ the last one was learnt as), not 100: a 7σ
+        // deviation still counts for more than 2σ·7/18.
+        let probe = c.observe((t + 1) * S, Some(7.0));
+        assert!(probe >= 7.0 * 2.0 / 18.0, "{probe}");
     }
 
     #[test]

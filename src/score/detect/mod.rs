@@ -15,8 +15,11 @@
 //!
 //! Each detector says how far the value is from what it expected, in σ ([`Detector::deviation`]:
 //! a z-score as it is, CUSUM's sum as `4 · S / h`, a model's score as the robust z of that
-//! score against the key's earlier model scores, counted only above them). The ensemble's
-//! deviation is the largest weighted one; the key's [`calibration`] scales it against the key's
+//! score against the key's earlier model scores, counted only above them). Of several
+//! `seasonal` detectors (a day's and a week's season), only the one whose deviations on this
+//! key have been lowest so far (weighted mean, half-life [`FIT_HALF_LIFE`] values) speaks: a
+//! Monday morning after a quiet weekend is no anomaly to the week's season, whatever the
+//! day's says. The ensemble's deviation is the largest weighted one; the key's [`calibration`] scales it against the key's
 //! own history and raises it once per episode; the score is that calibrated deviation squashed
 //! to [0, 1): ½ at the alarm level (6σ by default), whatever the key. A detector's contribution is its share of the score, in proportion to
 //! its squared weighted deviation, so they sum to the score.
@@ -395,7 +398,18 @@ pub struct Ensemble {
     detectors: Vec<Detector>,
     /// None for a plain ensemble.
     calibration: Option<Calibration>,
+    /// Per detector, for `seasonal` ones, the weighted mean of its deviations on this key (half-life
+    /// [`FIT_HALF_LIFE`] values): how well its season explains the key.
+    #[serde(default)]
+    fit: Vec<Option<f64>>,
+    /// Per detector, whether it has given a deviation yet; the key is learning (see
+    /// [`Calibration::skip`]) until every detector but `model` has.
+    #[serde(default)]
+    seen: Vec<bool>,
 }
+
+/// Half-life, in values, of a seasonal detector's fit to a key.
+pub const FIT_HALF_LIFE: f64 = 1000.0;
 
 impl Ensemble {
     /// Builds the detectors and the default calibration; an error names the bad spec. At
@@ -428,6 +442,8 @@ impl Ensemble {
         Ok(Ensemble {
             names: specs.iter().map(|s| s.name().to_string()).collect(),
             weights: specs.iter().map(DetectorSpec::weight).collect(),
+            fit: vec![None; detectors.len()],
+            seen: vec![false; detectors.len()],
             detectors,
             calibration: None,
         })
@@ -459,16 +475,46 @@ impl Ensemble {
     /// Scores one value, then learns it. Where the value is not a finite number, only the
     /// `model` detector scores.
     pub fn observe(&mut self, ts_us: i64, value: f64, model: Option<f64>) -> Verdict {
-        let mut terms = Vec::with_capacity(self.detectors.len());
+        let n = self.detectors.len();
+        self.fit.resize(n, None);
+        self.seen.resize(n, false);
+        let deviations: Vec<Option<f64>> = self
+            .detectors
+            .iter_mut()
+            .map(|d| d.deviation(ts_us, value, model))
+            .collect();
+        // Of the seasonal detectors, only the one whose season has explained this key best so
+        // far speaks: a weekday after a weekend is no anomaly to the week's season, whatever
+        // the day's says.
+        let seasonal = |i: usize| matches!(self.detectors[i], Detector::Seasonal(_));
+        let best = (0..n)
+            .filter(|&i| seasonal(i) && deviations[i].is_some())
+            .min_by(|&a, &b| {
+                let fit = |i: usize| self.fit[i].unwrap_or(f64::INFINITY);
+                fit(a).total_cmp(&fit(b)).then(a.cmp(&b))
+            });
+        let keep = 0.5f64.powf(1.0 / FIT_HALF_LIFE);
+        let mut terms = Vec::with_capacity(n);
         let mut deviation = None::<f64>;
-        for (d, w) in self.detectors.iter_mut().zip(&self.weights) {
-            let term = d.deviation(ts_us, value, model).map(|x| w * x);
+        for (i, &d) in deviations.iter().enumerate() {
+            if let (true, Some(x)) = (seasonal(i), d) {
+                self.fit[i] = Some(self.fit[i].map_or(x, |f| keep * f + (1.0 - keep) * x));
+            }
+            self.seen[i] |= d.is_some();
+            let term = d
+                .filter(|_| !seasonal(i) || best == Some(i))
+                .map(|x| self.weights[i] * x);
             if let Some(t) = term {
                 deviation = Some(deviation.map_or(t, |m| m.max(t)));
             }
             terms.push(term.unwrap_or(0.0));
         }
+        // Learning until every detector but the model's has had its say (a seasonal one, its
+        // first season).
+        let learning =
+            (0..n).any(|i| !self.seen[i] && !matches!(self.detectors[i], Detector::Model(_)));
         let score = match self.calibration.as_mut() {
+            Some(c) if learning => c.skip(ts_us),
             Some(c) => squash(c.observe(ts_us, deviation), c.alarm()),
             None => squash(deviation.unwrap_or(0.0), Z_ALARM),
         };

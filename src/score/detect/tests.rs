@@ -185,6 +185,35 @@ fn a_calm_key_alarms_once_on_a_spike_and_a_spiky_key_does_not() {
 }
 
 #[test]
+fn a_weekly_pattern_is_learnt_in_a_week_and_then_only_a_real_dip_alarms() {
+    // A dev box: busy (80) on weekdays 9–18, idle (5) otherwise; hourly values for four
+    // weeks, day 0 a Monday. In week 4, on Wednesday 10:00–14:00, it hangs (idle).
+    let specs = [
+        spec("{kind: robust_z}"),
+        spec("{kind: seasonal, period: 1d, seasons: 3}"),
+        spec("{kind: seasonal, period: 7d, seasons: 3}"),
+    ];
+    let mut e = Ensemble::new(&specs).unwrap();
+    let (mut learning, mut alarms) = (Vec::new(), Vec::new());
+    for i in 0..28 * 24i64 {
+        let (day, hour) = (i / 24, i % 24);
+        let busy = day % 7 < 5 && (9..18).contains(&hour);
+        let hung = day == 23 && (10..14).contains(&hour);
+        let v = if busy && !hung { 80.0 } else { 5.0 } + noise(i as u64);
+        let score = e.observe(i * HOUR, v, None).score;
+        if i < 7 * 24 {
+            learning.push(score);
+        } else if score >= 0.5 {
+            alarms.push((day, hour));
+        }
+    }
+    // The first week (every Monday and Saturday is new to it) scores nothing.
+    assert!(learning.iter().all(|&s| s == 0.0), "{learning:?}");
+    // Then weekday mornings after weekends do not alarm; the hang does, once.
+    assert_eq!(alarms, [(23, 10)]);
+}
+
+#[test]
 fn a_restored_ensemble_scores_exactly_as_the_one_never_stopped() {
     let mut live = Ensemble::new(&DetectorSpec::default_ensemble()).unwrap();
     let step = 10 * MIN;
