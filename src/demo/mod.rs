@@ -673,22 +673,14 @@ mod tests {
 
     #[test]
     fn the_history_starts_at_midnight_of_the_monday_at_or_before() {
-        assert_eq!(
-            monday_before(at("2026-12-02T17:12:00Z")),
-            at("2026-11-30T00:00:00Z")
-        );
-        assert_eq!(
-            monday_before(at("2026-11-30T00:00:00Z")),
-            at("2026-11-30T00:00:00Z")
-        );
-        assert_eq!(
-            monday_before(at("2026-11-29T23:59:59Z")),
-            at("2026-11-23T00:00:00Z")
-        );
-        assert_eq!(
-            monday_before(at("1969-12-31T12:00:00Z")),
-            at("1969-12-29T00:00:00Z")
-        );
+        for (t, monday) in [
+            ("2026-12-02T17:12:00Z", "2026-11-30T00:00:00Z"),
+            ("2026-11-30T00:00:00Z", "2026-11-30T00:00:00Z"),
+            ("2026-11-29T23:59:59Z", "2026-11-23T00:00:00Z"),
+            ("1969-12-31T12:00:00Z", "1969-12-29T00:00:00Z"),
+        ] {
+            assert_eq!(monday_before(at(t)), at(monday), "{t}");
+        }
         for day in 0..14 {
             let t = at("2026-11-16T06:00:00Z") + day * 86_400_000_000;
             let start = DateTime::from_timestamp_micros(monday_before(t)).unwrap();

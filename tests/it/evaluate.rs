@@ -102,10 +102,10 @@ fn on_real_series_never_seen_the_ensemble_beats_the_robust_z_score_by_15_points(
     assert_eq!(report["series"], 23);
     assert_eq!(report["windows"], 61);
     // Standard and low-FP: at least 15 points above the causal robust z-score; low-FN (where a
-    // miss costs twice) at least 13 (measured: models/README.md).
+    // miss costs twice) at least 14 (measured 14.8: models/README.md).
     for ((profile, ours, theirs), margin) in margins(&report, "robust_z")
         .into_iter()
-        .zip([15.0, 15.0, 13.0])
+        .zip([15.0, 15.0, 14.0])
     {
         assert!(
             ours >= theirs + margin,
