@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::source::kafka::{KafkaConnection, KafkaProperties};
 use crate::sql::Functions;
 
 /// Why a command failed: its message is printed as `stratus: <message>`.
@@ -40,6 +41,12 @@ enum Command {
         /// Kafka bootstrap servers.
         #[arg(long, env = "STRATUS_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
+        /// A librdkafka properties file for every Kafka client of the run — security
+        /// (`security.protocol`, `sasl.*`, `ssl.*`) and tuning — as Kafka's own tools take with
+        /// --command-config; values may be ${env:NAME} or ${file:PATH}. The pipeline file's
+        /// `kafka.properties` win over it.
+        #[arg(long, env = "STRATUS_KAFKA_CONFIG", value_name = "FILE")]
+        kafka_config: Option<PathBuf>,
         /// Where relative Delta table names live: a directory or s3://bucket/prefix. Object-store
         /// settings (endpoint, region, credentials) come from the AWS_* environment variables.
         #[arg(long, env = "STRATUS_TABLES", default_value = "tables")]
@@ -121,6 +128,14 @@ struct GenerateArgs {
     /// Produce to Kafka instead (labels.json goes to --labels).
     #[arg(long, conflicts_with = "out")]
     brokers: Option<String>,
+    /// A librdkafka properties file for the producer (see `stratus run --kafka-config`).
+    #[arg(
+        long,
+        env = "STRATUS_KAFKA_CONFIG",
+        value_name = "FILE",
+        requires = "brokers"
+    )]
+    kafka_config: Option<PathBuf>,
     /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -173,6 +188,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let GenerateArgs {
         out,
         brokers,
+        kafka_config,
         topic_prefix,
         labels: labels_path,
         rate,
@@ -214,7 +230,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
             (labels, files.finish()?, dir.join("labels.json"))
         }
         (None, Some(brokers)) => {
-            let mut kafka = output::Kafka::new(&brokers, &topic_prefix, rate)?;
+            let kafka = KafkaConnection::new(&brokers, &kafka_properties(kafka_config)?)?;
+            let mut kafka = output::Kafka::new(&kafka, &topic_prefix, rate)?;
             let labels = generate(&config, &mut kafka)?;
             (labels, kafka.finish()?, labels_path)
         }
@@ -437,9 +454,18 @@ fn evaluate(command: Evaluate, runtime: &tokio::runtime::Runtime) -> Result<()> 
     Ok(())
 }
 
+/// The properties in `file`, if one is given.
+fn kafka_properties(file: Option<PathBuf>) -> Result<KafkaProperties> {
+    Ok(match file {
+        Some(path) => KafkaProperties::from_file(&path)?,
+        None => KafkaProperties::default(),
+    })
+}
+
 async fn run(
     file: PathBuf,
     brokers: String,
+    kafka: KafkaProperties,
     tables: String,
     metrics_addr: std::net::SocketAddr,
     until_caught_up: bool,
@@ -477,6 +503,7 @@ async fn run(
     );
     let config = crate::job::run::RunConfig {
         brokers,
+        kafka,
         table_root: tables,
         storage_options: crate::sink::storage_options_from_env(),
         until_caught_up,
@@ -572,6 +599,7 @@ fn command(functions: Functions) -> Result<()> {
         Command::Run {
             file,
             brokers,
+            kafka_config,
             tables,
             metrics_addr,
             until_caught_up,
@@ -590,9 +618,11 @@ fn command(functions: Functions) -> Result<()> {
                 until_stage,
                 functions,
             };
+            let kafka = kafka_properties(kafka_config)?;
             runtime.block_on(run(
                 file,
                 brokers,
+                kafka,
                 tables,
                 metrics_addr,
                 until_caught_up,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::{Emit, GenerateError, Result};
-use crate::source::kafka::producer_config;
+use crate::source::kafka::KafkaConnection;
 
 /// `<dir>/<topic>.jsonl`, one event a line.
 pub struct Files {
@@ -84,9 +84,10 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    pub fn new(brokers: &str, prefix: &str, rate: f64) -> Result<Self> {
+    pub fn new(kafka: &KafkaConnection, prefix: &str, rate: f64) -> Result<Self> {
         Ok(Kafka {
-            producer: producer_config(brokers)
+            producer: kafka
+                .producer()
                 .create()
                 .map_err(|source| GenerateError::Kafka {
                     topic: format!("{prefix}*"),

@@ -48,7 +48,7 @@ use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
 use crate::source::SourceError;
-use crate::source::kafka::producer_config;
+use crate::source::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::source::reader::{
     ReadConfig, SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
 };
@@ -59,6 +59,8 @@ use crate::validate::TimeBounds;
 pub enum RunError {
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaConfigError),
     #[error("Kafka producer: {0}")]
     Producer(KafkaError),
     #[error("stage {stage}: {source}")]
@@ -86,6 +88,9 @@ impl From<KafkaSinkError> for RunError {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub brokers: String,
+    /// The worker's librdkafka properties (security, tuning); the pipeline file's own
+    /// `kafka.properties` win over them.
+    pub kafka: KafkaProperties,
     /// Where relative Delta table names live: a directory or an `s3://bucket/prefix`.
     pub table_root: String,
     pub storage_options: HashMap<String, String>,
@@ -104,6 +109,7 @@ impl RunConfig {
     ) -> Self {
         RunConfig {
             brokers: brokers.to_string(),
+            kafka: KafkaProperties::default(),
             table_root: table_root.to_string(),
             storage_options,
             until_caught_up: true,
@@ -191,6 +197,9 @@ struct Replay {
 
 const CYCLE_MARK: &str = "cycle";
 
+/// How long the brokers have to answer at start before the run fails, saying why.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 fn watermark_mark(source: &str) -> String {
     format!("watermark/{source}")
 }
@@ -204,9 +213,12 @@ pub async fn run_pipeline(
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
-    let producer: FutureProducer = producer_config(&config.brokers)
-        .create()
-        .map_err(RunError::Producer)?;
+    let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
+    if pipeline.reaches_kafka() {
+        kafka.check(CONNECT_TIMEOUT).await?;
+        tracing::info!("pipeline {}: Kafka at {kafka:?}", pipeline.name);
+    }
+    let producer: FutureProducer = kafka.producer().create().map_err(RunError::Producer)?;
 
     let checkpoints =
         CheckpointStore::open(&config.table_root, &pipeline.name, &config.storage_options)?;
@@ -247,7 +259,7 @@ pub async fn run_pipeline(
 
     let mut sources = Vec::new();
     let read = ReadConfig {
-        brokers: &config.brokers,
+        kafka: &kafka,
         max_future: config.max_future,
         until_caught_up: config.until_caught_up,
     };

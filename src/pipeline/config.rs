@@ -14,6 +14,12 @@
 //!   anomaly_1m:                                # a score stage: model + detectors per key
 //!     score: { from: features_1m, model: metrics_anomaly, key: [resource_id, metric], value: mean }
 //! models: { registry: ../models/registry }    # or s3://bucket/models
+//! kafka:                                       # librdkafka properties, over the worker's
+//!   properties:
+//!     security.protocol: SASL_SSL
+//!     sasl.mechanism: SCRAM-SHA-512
+//!     sasl.username: stratus
+//!     sasl.password: ${env:KAFKA_PASSWORD}     # a secret: only ${env:…} or ${file:…}
 //! sinks:
 //!   raw:      { from: metrics, delta: { table: raw_metrics, partition_by: [date] } }
 //!   features: { from: features_1m, kafka: { topic: cloud.metrics.features, key: [resource_id] } }
@@ -39,6 +45,51 @@ pub struct PipelineConfig {
     /// Where score stages find their models.
     #[serde(default)]
     pub models: Option<ModelsConfig>,
+    /// Settings of the pipeline's Kafka clients.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+}
+
+/// Settings of a pipeline's Kafka clients (see [`crate::source::kafka`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, timeouts), over the
+    /// worker's `--kafka-config`; a secret only as `${env:NAME}` or `${file:PATH}`.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Scalar>,
+}
+
+/// A YAML scalar — string, number or boolean — as the text librdkafka takes.
+#[derive(Debug, Clone)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The model registry score stages read.

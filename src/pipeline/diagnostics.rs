@@ -94,11 +94,14 @@ impl<'a> Reporter<'a> {
 }
 
 /// The 1-based line of a key path in block-style YAML; the deepest key found if the full path
-/// is not there.
+/// is not there. A key counts only at its mapping's own level: `kafka` under a source is not
+/// the top-level `kafka`.
 pub fn yaml_line(text: &str, path: &[&str]) -> Option<usize> {
     let mut best = None;
     let mut depth = 0;
     let mut parent_indent: Option<usize> = None;
+    // The indentation of the mapping searched, set by its first line.
+    let mut level: Option<usize> = None;
     for (n, line) in text.lines().enumerate() {
         if depth == path.len() {
             break;
@@ -114,6 +117,7 @@ pub fn yaml_line(text: &str, path: &[&str]) -> Option<usize> {
             // Left the parent's block without finding the next key.
             break;
         }
+        let at_level = indent == *level.get_or_insert(indent);
         let key = trimmed
             .trim_start_matches("- ")
             .split(':')
@@ -121,9 +125,10 @@ pub fn yaml_line(text: &str, path: &[&str]) -> Option<usize> {
             .unwrap_or("")
             .trim()
             .trim_matches(|c| c == '"' || c == '\'');
-        if key == path[depth] && trimmed.contains(':') {
+        if at_level && key == path[depth] && trimmed.contains(':') {
             best = Some(n + 1);
             parent_indent = Some(indent);
+            level = None;
             depth += 1;
         }
     }
@@ -141,6 +146,10 @@ mod tests {
         assert_eq!(yaml_line(text, &["stages", "s1", "sql"]), Some(9));
         assert_eq!(yaml_line(text, &["stages", "s1", "missing"]), Some(8));
         assert_eq!(yaml_line(text, &["sinks"]), None);
+        // A key of the same name deeper down is not the one sought.
+        let text = "sources:\n  m:\n    kafka: {topic: t}\nkafka:\n  properties:\n    a: b\n";
+        assert_eq!(yaml_line(text, &["kafka", "properties", "a"]), Some(6));
+        assert_eq!(yaml_line(text, &["sources", "m", "kafka"]), Some(3));
     }
 
     #[test]

@@ -15,9 +15,10 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 
-use super::config::{CarryConfig, PipelineConfig, SinkConfig, SourceConfig};
+use super::config::{CarryConfig, KafkaConfig, PipelineConfig, Scalar, SinkConfig, SourceConfig};
 use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
 use super::stage::{Relation, SqlStage, StageKind, StagePlan, WindowStage, relation};
+use crate::source::kafka::{KafkaProperties, check_property};
 use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
 use crate::window::{CarrySpec, WINDOW_COLUMNS, parse_duration, parse_stage_sql, windowed_schema};
@@ -85,6 +86,21 @@ pub struct Pipeline {
     pub functions: Functions,
     /// The registered models its SQL calls (see `score::function`).
     pub models: Option<crate::score::function::Models>,
+    /// Its Kafka clients' own properties, as written (references unresolved).
+    pub kafka: KafkaProperties,
+}
+
+impl Pipeline {
+    /// Whether a source or a sink is a Kafka topic.
+    pub fn reaches_kafka(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s.input, SourceInput::Kafka { .. }))
+            || self
+                .sinks
+                .iter()
+                .any(|s| matches!(s.target, SinkTarget::Kafka { .. }))
+    }
 }
 
 /// Changes to a pipeline file for one run, applied before it is checked: a backfill or a
@@ -402,6 +418,7 @@ impl Pipeline {
             );
         }
 
+        let kafka = check_kafka(&mut r, config.kafka.as_ref());
         let max_interval = duration(
             &mut r,
             &["commit", "max_interval"],
@@ -422,11 +439,33 @@ impl Pipeline {
                 checkpoint_every: config.commit.checkpoint_every,
                 functions,
                 models,
+                kafka,
             })
         } else {
             Err(Diagnostics(r.found))
         }
     }
+}
+
+/// The pipeline's Kafka properties, each checked (see [`check_property`]).
+fn check_kafka(r: &mut Reporter<'_>, config: Option<&KafkaConfig>) -> KafkaProperties {
+    let Some(config) = config else {
+        return KafkaProperties::default();
+    };
+    for (key, Scalar(value)) in &config.properties {
+        if let Err(message) = check_property(key, value, false) {
+            r.at(
+                &["kafka", "properties", key],
+                message,
+                Some("see the `kafka` section in src/pipeline/config.rs"),
+            );
+        }
+    }
+    config
+        .properties
+        .iter()
+        .map(|(k, Scalar(v))| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn read(file: &Path) -> Result<String, Diagnostics> {

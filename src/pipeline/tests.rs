@@ -156,3 +156,16 @@ async fn window_stages_know_which_input_columns_their_sql_reads() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_secret_written_in_a_pipeline_is_refused_and_never_shown() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines/invalid/bad_kafka.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("sasl.password: hunter2-literal"));
+    let err = Pipeline::load(&file).await.unwrap_err().to_string();
+    assert!(err.contains("`sasl.password` is a secret"), "{err}");
+    assert!(
+        !err.contains("hunter2-literal"),
+        "the secret is shown:\n{err}"
+    );
+}

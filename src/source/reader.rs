@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
-use super::kafka::consumer_config;
+use super::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
 use crate::validate::{BatchDecoder, TimeBounds};
@@ -48,7 +48,7 @@ pub struct SourceState {
 
 /// How a run reads its sources.
 pub(crate) struct ReadConfig<'a> {
-    pub brokers: &'a str,
+    pub kafka: &'a KafkaConnection,
     /// How far in the future an event time may lie.
     pub max_future: Duration,
     /// A backfill: the source ends where it ended at start.
@@ -122,9 +122,8 @@ pub(crate) async fn open_source(
     };
     let (topic, partitions) = match &plan.input {
         SourceInput::Kafka { topic, group } => {
-            let consumer: BaseConsumer = consumer_config(config.brokers, group)
-                .create()
-                .map_err(kafka_err)?;
+            let consumer: BaseConsumer =
+                config.kafka.consumer(group).create().map_err(kafka_err)?;
             let metadata = tokio::task::block_in_place(|| {
                 consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
             })
@@ -150,9 +149,8 @@ pub(crate) async fn open_source(
         .collect();
     let reader = match &plan.input {
         SourceInput::Kafka { group, .. } => {
-            let consumer: BaseConsumer = consumer_config(config.brokers, group)
-                .create()
-                .map_err(kafka_err)?;
+            let consumer: BaseConsumer =
+                config.kafka.consumer(group).create().map_err(kafka_err)?;
             let mut targets = HashMap::new();
             for &p in &partitions {
                 let (_, high) = tokio::task::block_in_place(|| {

@@ -1,49 +1,16 @@
 //! The `stratus run` binary as an operator meets it: it serves /healthz, /readyz and /metrics,
 //! and on SIGTERM flushes, commits and exits 0 with every consumed event in Delta.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::demo::events::metric_events;
 use stratus::source::kafka::producer_config;
 
+use crate::process::{Running, get};
 use crate::{create_topic, delta_rows, setting, unique};
-
-/// A plain HTTP/1.0 GET on loopback; returns (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
-}
-
-/// Stops the pipeline process if the test fails before it does.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn metric(text: &str, prefix: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_flushes_commits_and_exits_zero() {
@@ -74,66 +41,35 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     )
     .unwrap();
     let tables = dir.join("tables");
-    let child = Command::new(env!("CARGO_BIN_EXE_stratus"))
-        .args([
-            "run",
-            pipeline.to_str().unwrap(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--tables",
-        ])
-        .arg(&tables)
-        .env("STRATUS_KAFKA_BROKERS", &brokers)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    // The first line names the bound metrics address.
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-        .to_string();
-    assert_eq!(get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    let child = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args([
+                "run",
+                pipeline.to_str().unwrap(),
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--tables",
+            ])
+            .arg(&tables)
+            .env("STRATUS_KAFKA_BROKERS", &brokers),
+    );
+    assert_eq!(get(&child.addr, "/healthz"), (200, "ok\n".to_string()));
 
     // Wait until every event has been consumed (it is then pending: nothing is committed yet).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, text) = get(&addr, "/metrics");
-        let seen = metric(
-            &text,
-            "stratus_events_in_total{pipeline=\"sigterm\",source=\"metrics\"}",
-        );
-        if seen == Some(events.len() as u64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumed {seen:?} of {}",
-            events.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(get(&addr, "/readyz").0, 200);
+    child.wait_for_metric(
+        "stratus_events_in_total{pipeline=\"sigterm\",source=\"metrics\"}",
+        events.len() as u64,
+        Duration::from_secs(60),
+    );
+    assert_eq!(get(&child.addr, "/readyz").0, 200);
     assert!(
         !tables.join("raw/_delta_log").exists(),
         "nothing should be committed before SIGTERM"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.0.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
-    assert!(exit.success(), "exit {exit:?}; stderr:\n{rest}");
-    assert!(rest.contains("stopping: flushing and committing"), "{rest}");
+    let (exit, log) = child.terminate();
+    assert!(exit.success(), "exit {exit:?}; stderr:\n{log}");
+    assert!(log.contains("stopping: flushing and committing"), "{log}");
 
     let n = delta_rows(&tables.join("raw").display().to_string()).await;
     assert_eq!(n, events.len());
