@@ -22,18 +22,78 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::demo::events::metric_events;
-use crate::job::run::{RunConfig, RunSummary, run_to_end};
-use crate::pipeline::Pipeline;
+use crate::job::run::{RunConfig, RunError, RunSummary, run_to_end};
+use crate::pipeline::{Diagnostics, Pipeline};
 use crate::say;
 use crate::source::kafka::{consumer_config, producer_config};
+use crate::validate::{DecodeError, SchemaError};
+
+/// Why the bench stopped. Where it says what the bench was doing (`creating …`, `starting the
+/// pipeline run`), the error it met is the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("creating {}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic}: {source}")]
+    CreateTopic {
+        topic: String,
+        source: RDKafkaErrorCode,
+    },
+    #[error("loading the topic: {0}")]
+    Load(KafkaError),
+    #[error("the raw consumer stalled at {consumed} of {events} events")]
+    Stalled { consumed: usize, events: usize },
+    /// The bench pipeline file does not validate.
+    #[error(transparent)]
+    Pipeline(#[from] Diagnostics),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("starting the pipeline run")]
+    Start(#[source] std::io::Error),
+    #[error("the pipeline run of {} failed ({status}); its errors are above", file.display())]
+    RunFailed {
+        file: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("reading the report of the pipeline run: {line:?}")]
+    Report {
+        line: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Sql(#[from] DataFusionError),
+    /// The query planned per batch and the one planned once gave different row counts.
+    #[error("the two ways gave different rows")]
+    Mismatch { replanned: usize, compiled: usize },
+}
+
+pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -120,10 +180,8 @@ pub struct RunReport {
 /// The child's side of a measurement: runs the pipeline file to the end (a backfill), into
 /// tables beside it (the file's path without `.yaml`), and prints a [`RunReport`] as one JSON
 /// line on stdout.
-pub async fn run_pipeline_file(brokers: &str, file: &Path) -> anyhow::Result<()> {
-    let pipeline = Pipeline::load(file)
-        .await
-        .map_err(|d| anyhow::anyhow!("{d}"))?;
+pub async fn run_pipeline_file(brokers: &str, file: &Path) -> Result<()> {
+    let pipeline = Pipeline::load(file).await?;
     let tables = file.with_extension("").display().to_string();
     let run = RunConfig::backfill(brokers, &tables, Default::default());
     let started = Instant::now();
@@ -138,7 +196,7 @@ pub async fn run_pipeline_file(brokers: &str, file: &Path) -> anyhow::Result<()>
 }
 
 /// Runs the bench pipeline over `source` in a process of its own and returns its report.
-async fn run_once(config: &BenchConfig, name: &str, source: &str) -> anyhow::Result<RunReport> {
+async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunReport> {
     let file = config.work_dir.join(format!("{name}.yaml"));
     std::fs::write(
         &file,
@@ -150,22 +208,23 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> anyhow::Res
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
-        .context("starting the pipeline run")?;
+        .map_err(BenchError::Start)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        anyhow::bail!(
-            "the pipeline run of {} failed ({}); its errors are above",
-            file.display(),
-            out.status
-        );
+        return Err(BenchError::RunFailed {
+            file,
+            status: out.status,
+        });
     }
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .with_context(|| format!("reading the report of the pipeline run: {line:?}"))
+    serde_json::from_str(line).map_err(|source| BenchError::Report {
+        line: line.to_string(),
+        source,
+    })
 }
 
 /// Runs the benchmark and prints its figures.
-pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
+pub async fn run(config: &BenchConfig) -> Result<()> {
     std::fs::create_dir_all(&config.work_dir)?;
     let stamp = chrono::Utc::now().timestamp_millis();
     let topic = format!("stratus-bench-{stamp}");
@@ -194,12 +253,15 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
         )
         .await?
     {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+        r.map_err(|(topic, source)| BenchError::CreateTopic { topic, source })?;
     }
     let file = config.work_dir.join("events.jsonl");
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?,
-    );
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file).map_err(|source| {
+        BenchError::Create {
+            path: file.clone(),
+            source,
+        }
+    })?);
     let producer: FutureProducer = producer_config(&config.brokers)
         .set("linger.ms", "20")
         .set("batch.size", "1000000")
@@ -225,7 +287,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
             )
         });
         for d in futures::future::join_all(sends).await {
-            d.map_err(|(e, _)| anyhow::anyhow!("loading the topic: {e}"))?;
+            d.map_err(|(e, _)| BenchError::Load(e))?;
         }
     }
     out.flush()?;
@@ -254,10 +316,12 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<()> {
                     m?;
                     n += 1;
                 }
-                None => anyhow::bail!(
-                    "the raw consumer stalled at {n} of {} events",
-                    config.events
-                ),
+                None => {
+                    return Err(BenchError::Stalled {
+                        consumed: n,
+                        events: config.events,
+                    });
+                }
             }
         }
         Ok(())
@@ -354,7 +418,7 @@ const PLAN_SQL: &str = "SELECT account_id, region, resource_id, metric, count(*)
 
 /// Times [`PLAN_SQL`] over the same batches of decoded events, planned per batch and planned
 /// once, and prints both (the median of five rounds).
-async fn planning(root: &Path) -> anyhow::Result<()> {
+async fn planning(root: &Path) -> Result<()> {
     use crate::sql::compiled::CompiledQuery;
     use crate::validate::{BatchDecoder, EventSchema, TimeBounds};
 
@@ -389,7 +453,12 @@ async fn planning(root: &Path) -> anyhow::Result<()> {
         }
         compiled.push(started.elapsed().as_secs_f64());
     }
-    anyhow::ensure!(counts.0 == counts.1, "the two ways gave different rows");
+    if counts.0 != counts.1 {
+        return Err(BenchError::Mismatch {
+            replanned: counts.0,
+            compiled: counts.1,
+        });
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -408,4 +477,62 @@ async fn planning(root: &Path) -> anyhow::Result<()> {
         100.0 * (r - c) / r
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+
+    use super::BenchError;
+
+    #[test]
+    fn errors_read_as_they_did() {
+        let file = Path::new("/tmp/bench/bench-kafka-1.yaml");
+        let status = std::process::ExitStatus::from_raw(256);
+        assert_eq!(
+            BenchError::RunFailed {
+                file: file.to_path_buf(),
+                status
+            }
+            .to_string(),
+            format!(
+                "the pipeline run of {} failed ({}); its errors are above",
+                file.display(),
+                status
+            )
+        );
+        assert_eq!(
+            BenchError::Stalled {
+                consumed: 7,
+                events: 10
+            }
+            .to_string(),
+            "the raw consumer stalled at 7 of 10 events"
+        );
+        let code = rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists;
+        assert_eq!(
+            BenchError::CreateTopic {
+                topic: "t".into(),
+                source: code
+            }
+            .to_string(),
+            format!("creating topic t: {code}")
+        );
+        let e = rdkafka::error::KafkaError::Canceled;
+        assert_eq!(
+            BenchError::Load(e.clone()).to_string(),
+            format!("loading the topic: {e}")
+        );
+        let line = "not json";
+        let report = BenchError::Report {
+            line: line.into(),
+            source: serde_json::from_str::<u8>(line).unwrap_err(),
+        };
+        assert_eq!(
+            report.to_string(),
+            format!("reading the report of the pipeline run: {line:?}")
+        );
+        assert!(std::error::Error::source(&report).is_some());
+    }
 }

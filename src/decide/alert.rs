@@ -250,12 +250,13 @@ impl AlertPolicy {
     }
 
     /// The state as JSON (checkpoints).
-    pub fn snapshot(&self) -> Result<String, String> {
-        serde_json::to_string(&self.state).map_err(|e| e.to_string())
+    pub fn snapshot(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&self.state)
     }
 
-    pub fn restore(&mut self, json: &str) -> Result<(), String> {
-        self.state = serde_json::from_str(json).map_err(|e| format!("alert state: {e}"))?;
+    /// Restores a [`snapshot`](Self::snapshot).
+    pub fn restore(&mut self, json: &str) -> serde_json::Result<()> {
+        self.state = serde_json::from_str(json)?;
         Ok(())
     }
 

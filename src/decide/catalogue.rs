@@ -4,7 +4,53 @@
 //! In: the CSV `instance_type,family,vcpu,memory_gib,arch,region,on_demand_usd_hour`.
 //! Out: [`Catalogue`], which answers "what does this type cost here" and "which types fit".
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a catalogue file cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("{}: cannot read the catalogue: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A line of the file is wrong: `path:line: …`.
+    #[error("{}:{source}", path.display())]
+    Parse { path: PathBuf, source: ParseError },
+}
+
+/// What is wrong in catalogue text, and on which line (1 is the header).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("1: the header must be `{}`", HEADER.join(","))]
+    Header,
+    #[error("{line}: {cells} cells, expected {}", HEADER.len())]
+    Cells { line: usize, cells: usize },
+    #[error("{line}: {column} {value:?} is not a positive number")]
+    NotPositive {
+        line: usize,
+        column: &'static str,
+        value: String,
+    },
+    #[error("{line}: vcpu {vcpu} is not a whole number")]
+    FractionalVcpu { line: usize, vcpu: f64 },
+    /// Nothing after the header.
+    #[error("2: the catalogue lists no instance type")]
+    Empty,
+}
+
+impl ParseError {
+    /// The line the error is on.
+    pub fn line(&self) -> usize {
+        match self {
+            ParseError::Header => 1,
+            ParseError::Empty => 2,
+            ParseError::Cells { line, .. }
+            | ParseError::NotPositive { line, .. }
+            | ParseError::FractionalVcpu { line, .. } => *line,
+        }
+    }
+}
 
 /// One instance type in one region.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,14 +83,19 @@ const HEADER: [&str; 7] = [
 
 impl Catalogue {
     /// Reads a catalogue CSV; an error names the file, the line and what is wrong.
-    pub fn load(path: &Path) -> Result<Catalogue, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the catalogue: {e}", path.display()))?;
-        Catalogue::parse(&text).map_err(|e| format!("{}:{e}", path.display()))
+    pub fn load(path: &Path) -> Result<Catalogue, CatalogueError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Catalogue::parse(&text).map_err(|source| CatalogueError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Parses catalogue CSV text; an error starts with the line number.
-    pub fn parse(text: &str) -> Result<Catalogue, String> {
+    pub fn parse(text: &str) -> Result<Catalogue, ParseError> {
         let mut lines = text
             .lines()
             .enumerate()
@@ -54,34 +105,35 @@ impl Catalogue {
             .map(|(_, h)| h.split(',').map(str::trim).collect())
             .unwrap_or_default();
         if header != HEADER {
-            return Err(format!("1: the header must be `{}`", HEADER.join(",")));
+            return Err(ParseError::Header);
         }
         let mut types = Vec::new();
         for (i, line) in lines {
             let line_no = i + 1;
             let cells: Vec<&str> = line.split(',').map(str::trim).collect();
             if cells.len() != HEADER.len() {
-                return Err(format!(
-                    "{line_no}: {} cells, expected {}",
-                    cells.len(),
-                    HEADER.len()
-                ));
+                return Err(ParseError::Cells {
+                    line: line_no,
+                    cells: cells.len(),
+                });
             }
             let number = |k: usize| {
                 cells[k]
                     .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite() && *v > 0.0)
-                    .ok_or_else(|| {
-                        format!(
-                            "{line_no}: {} {:?} is not a positive number",
-                            HEADER[k], cells[k]
-                        )
+                    .ok_or_else(|| ParseError::NotPositive {
+                        line: line_no,
+                        column: HEADER[k],
+                        value: cells[k].to_string(),
                     })
             };
             let vcpu = number(2)?;
             if vcpu.fract() != 0.0 {
-                return Err(format!("{line_no}: vcpu {vcpu} is not a whole number"));
+                return Err(ParseError::FractionalVcpu {
+                    line: line_no,
+                    vcpu,
+                });
             }
             types.push(InstanceType {
                 name: cells[0].to_string(),
@@ -94,7 +146,7 @@ impl Catalogue {
             });
         }
         if types.is_empty() {
-            return Err("2: the catalogue lists no instance type".into());
+            return Err(ParseError::Empty);
         }
         Ok(Catalogue { types })
     }
@@ -136,12 +188,29 @@ mod tests {
         let bad = "instance_type,family,vcpu,memory_gib,arch,region,on_demand_usd_hour\n\
                    m5.large,m5,2,8,x86_64,us-east-1,free\n";
         let e = Catalogue::parse(bad).unwrap_err();
-        assert!(e.starts_with("2: on_demand_usd_hour \"free\""), "{e}");
-        assert!(
-            Catalogue::parse("a,b\n")
-                .unwrap_err()
-                .starts_with("1: the header")
+        assert_eq!(e.line(), 2);
+        assert_eq!(
+            e.to_string(),
+            "2: on_demand_usd_hour \"free\" is not a positive number"
         );
+        assert_eq!(
+            Catalogue::parse("a,b\n").unwrap_err().to_string(),
+            "1: the header must be \
+             `instance_type,family,vcpu,memory_gib,arch,region,on_demand_usd_hour`"
+        );
+        let dir = std::env::temp_dir().join(format!("stratus-catalogue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.csv");
+        std::fs::write(&path, bad).unwrap();
+        let e = Catalogue::load(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:2: on_demand_usd_hour \"free\" is not a positive number",
+                path.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -152,10 +152,10 @@ impl AlertOperator {
 /// The checkpoint part of a decision stage's state (JSON).
 const STATE_PART: &str = "decisions";
 
-fn state_error(e: String) -> OperatorError {
+fn state_error(message: String) -> OperatorError {
     OperatorError::State {
         part: STATE_PART.into(),
-        message: e,
+        message,
     }
 }
 
@@ -201,12 +201,18 @@ impl Operator for AlertOperator {
     }
 
     fn snapshot(&self) -> operator::Result<OperatorState> {
-        OperatorState::text(STATE_PART, self.policy.snapshot().map_err(state_error)?)
+        let json = self
+            .policy
+            .snapshot()
+            .map_err(|e| state_error(e.to_string()))?;
+        OperatorState::text(STATE_PART, json)
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
         if let Some(json) = state.read_text(STATE_PART)? {
-            self.policy.restore(json).map_err(state_error)?;
+            self.policy
+                .restore(json)
+                .map_err(|e| state_error(format!("alert state: {e}")))?;
         }
         Ok(())
     }
@@ -271,6 +277,20 @@ fn volatility(prices: &VecDeque<(i64, f64)>) -> f64 {
     (changes.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (changes.len() - 1) as f64).sqrt()
 }
 
+/// Why a spot recommendation could not be made for a workload.
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    /// The price forecast model failed.
+    #[error(transparent)]
+    Forecast(#[from] ForecastError),
+    /// The instance mix could not be solved (other than for want of a feasible mix).
+    #[error("workload {workload}: {source}")]
+    Mix {
+        workload: String,
+        source: mix::MixError,
+    },
+}
+
 impl SpotOperator {
     /// `storage_options` reach an `s3://` model registry.
     pub fn open(
@@ -319,7 +339,9 @@ impl SpotOperator {
             if !relevant {
                 continue;
             }
-            let recs = self.recommend(&w).map_err(ArrowError::ComputeError)?;
+            let recs = self
+                .recommend(&w)
+                .map_err(|e| ArrowError::ComputeError(e.to_string()))?;
             out.extend(recs.into_iter().filter_map(|r| self.state.issued.issue(r)));
         }
         Ok(out)
@@ -327,7 +349,7 @@ impl SpotOperator {
 
     /// The price outlook of a pool at its newest hour: its (hour, quantiles) at 1, 6 and 24
     /// hours, from the model or, without one, the pool's own past changes.
-    fn outlook(&mut self, pool: &str) -> Result<Option<(i64, PriceOutlook)>, String> {
+    fn outlook(&mut self, pool: &str) -> Result<Option<(i64, PriceOutlook)>, RecommendError> {
         let Some(prices) = self.state.pools.get(pool) else {
             return Ok(None);
         };
@@ -339,7 +361,7 @@ impl SpotOperator {
             return Ok(None);
         };
         let relative: Vec<[f64; 5]> = match &mut self.model {
-            Some(m) => m.predict(&rows).map_err(|e| e.to_string())?,
+            Some(m) => m.predict(&rows)?,
             None => {
                 let steps = Steps {
                     name: pool.to_string(),
@@ -368,7 +390,7 @@ impl SpotOperator {
         )))
     }
 
-    fn recommend(&mut self, w: &Workload) -> Result<Vec<Recommendation>, String> {
+    fn recommend(&mut self, w: &Workload) -> Result<Vec<Recommendation>, RecommendError> {
         let mut out = Vec::new();
         let region = region_of(&w.az).to_string();
         let Some(it) = self.spec.catalogue.get(&w.instance_type, &region).cloned() else {
@@ -458,7 +480,7 @@ impl SpotOperator {
         req: &Requirement,
         region: &str,
         current: &[Line],
-    ) -> Result<Option<Recommendation>, String> {
+    ) -> Result<Option<Recommendation>, RecommendError> {
         let pools: Vec<String> = self
             .state
             .pools
@@ -510,12 +532,16 @@ impl SpotOperator {
                 quantiles.push(None);
             }
         }
+        let mix_error = |source| RecommendError::Mix {
+            workload: w.name.clone(),
+            source,
+        };
         let chosen = match mix::solve(&choices, req, self.spec.weights, None) {
             Ok(m) => m,
             Err(mix::MixError::Infeasible) => return Ok(None),
-            Err(e) => return Err(format!("workload {}: {e}", w.name)),
+            Err(e) => return Err(mix_error(e)),
         };
-        let front = mix::pareto(&choices, req).map_err(|e| format!("workload {}: {e}", w.name))?;
+        let front = mix::pareto(&choices, req).map_err(mix_error)?;
         let current_cost: f64 = current
             .iter()
             .map(|l| {

@@ -403,3 +403,16 @@ fn rightsize_spec() -> RightsizeSpec {
         forecast: None,
     }
 }
+
+#[test]
+fn recommend_errors_read_as_they_did() {
+    let e = super::mix::MixError::Invalid("max_share must be in (0, 1]".into());
+    assert_eq!(
+        RecommendError::Mix {
+            workload: "batch".into(),
+            source: e.clone()
+        }
+        .to_string(),
+        format!("workload batch: {e}")
+    );
+}

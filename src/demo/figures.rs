@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
 
-use super::THRESHOLDS;
+use super::{DemoError, Result, THRESHOLDS};
 use crate::generate::Labels;
 
 /// An anomaly counts as found by a window or alert ending up to this long after it.
@@ -81,7 +81,7 @@ pub struct ForecastFigures {
 
 const HOUR: i64 = 3_600_000_000;
 
-fn strings(b: &RecordBatch, i: usize) -> anyhow::Result<Vec<Option<String>>> {
+fn strings(b: &RecordBatch, i: usize) -> Result<Vec<Option<String>>> {
     let c = arrow::compute::cast(b.column(i), &DataType::Utf8)?;
     Ok(c.as_string::<i32>()
         .iter()
@@ -89,22 +89,22 @@ fn strings(b: &RecordBatch, i: usize) -> anyhow::Result<Vec<Option<String>>> {
         .collect())
 }
 
-fn ints(b: &RecordBatch, i: usize) -> anyhow::Result<Vec<Option<i64>>> {
+fn ints(b: &RecordBatch, i: usize) -> Result<Vec<Option<i64>>> {
     let c = arrow::compute::cast(b.column(i), &DataType::Int64)?;
     Ok(c.as_primitive::<Int64Type>().iter().collect())
 }
 
-fn floats(b: &RecordBatch, i: usize) -> anyhow::Result<Vec<Option<f64>>> {
+fn floats(b: &RecordBatch, i: usize) -> Result<Vec<Option<f64>>> {
     let c = arrow::compute::cast(b.column(i), &DataType::Float64)?;
     Ok(c.as_primitive::<Float64Type>().iter().collect())
 }
 
-async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
 /// Scores the flagged windows against the labelled metric anomalies, per threshold.
-pub async fn detection(ctx: &SessionContext, labels: &Labels) -> anyhow::Result<Vec<Detection>> {
+pub async fn detection(ctx: &SessionContext, labels: &Labels) -> Result<Vec<Detection>> {
     let anomalies: Vec<_> = labels
         .anomalies
         .iter()
@@ -168,7 +168,7 @@ pub async fn alert_figures(
     table: &str,
     subject: &str,
     anomalies: &[(String, i64, i64)],
-) -> anyhow::Result<Vec<AlertFigures>> {
+) -> Result<Vec<AlertFigures>> {
     // No table: the pipeline raised no alert (each severity then counts none).
     let mut spans: Vec<(String, i64, i64, i64)> = Vec::new();
     if ctx.table_exist(table)? {
@@ -218,9 +218,7 @@ pub async fn alert_figures(
 }
 
 /// Recommendations at their latest revision, per kind, with their expected savings.
-pub async fn recommendation_figures(
-    ctx: &SessionContext,
-) -> anyhow::Result<Vec<RecommendationFigures>> {
+pub async fn recommendation_figures(ctx: &SessionContext) -> Result<Vec<RecommendationFigures>> {
     let mut out = Vec::new();
     for table in ["recommendations_rightsizing", "recommendations_spot"] {
         if !ctx.table_exist(table)? {
@@ -250,7 +248,7 @@ pub async fn recommendation_figures(
 }
 
 /// The forecast stage's rows and the hourly prices of each pool.
-pub async fn forecasts(ctx: &SessionContext) -> anyhow::Result<Forecasts> {
+pub async fn forecasts(ctx: &SessionContext) -> Result<Forecasts> {
     let mut out = Forecasts::default();
     if !ctx.table_exist("spot_price_forecasts")? || !ctx.table_exist("spot_price_features_1h")? {
         return Ok(out);
@@ -339,7 +337,7 @@ impl Forecasts {
 /// (cost USD/h, risk, mix, chosen).
 pub async fn pareto_front(
     ctx: &SessionContext,
-) -> anyhow::Result<Option<(String, Vec<(f64, f64, String, bool)>)>> {
+) -> Result<Option<(String, Vec<(f64, f64, String, bool)>)>> {
     if !ctx.table_exist("recommendations_spot")? {
         return Ok(None);
     }
@@ -354,19 +352,23 @@ pub async fn pareto_front(
     };
     let subject = strings(b, 0)?.remove(0).unwrap_or_default();
     let Some(list) = b.column(1).as_list_opt::<i32>() else {
-        anyhow::bail!("recommendations_spot.pareto_front is not a list");
+        return Err(DemoError::Table(
+            "recommendations_spot.pareto_front is not a list",
+        ));
     };
     if list.is_null(0) {
         return Ok(None);
     }
     let points = list.value(0);
     let Some(points) = points.as_struct_opt() else {
-        anyhow::bail!("recommendations_spot.pareto_front holds no structs");
+        return Err(DemoError::Table(
+            "recommendations_spot.pareto_front holds no structs",
+        ));
     };
     let column = |name: &str| {
         points
             .column_by_name(name)
-            .ok_or_else(|| anyhow::anyhow!("the Pareto front has no `{name}`"))
+            .ok_or_else(|| DemoError::ParetoField(name.to_string()))
     };
     let cost = arrow::compute::cast(column("cost_usd_hour")?, &DataType::Float64)?;
     let risk = arrow::compute::cast(column("risk")?, &DataType::Float64)?;

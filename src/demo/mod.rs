@@ -22,18 +22,89 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use deltalake::DeltaTableError;
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub use figures::{AlertFigures, Detection, ForecastFigures, RecommendationFigures};
 
-use crate::generate::{BILLING_TOPIC, METRICS_TOPIC, SPOT_TOPIC};
-use crate::job::run::{RunConfig, RunSummary, run_pipeline};
+use crate::generate::{BILLING_TOPIC, GenerateError, METRICS_TOPIC, SPOT_TOPIC};
+use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::metrics::PipelineMetrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Diagnostics, Pipeline};
+use crate::sink::delta::SinkError;
 use crate::source::kafka::producer_config;
+
+/// Why the demo stopped. Where it says what the demo was doing (`writing …`, `pipeline …`),
+/// the error it met is the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("removing the previous demo output {}", path.display())]
+    RemoveOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no model registry at {}; set STRATUS_MODELS to one (scripts/train fills it)", path.display())]
+    NoRegistry { path: PathBuf },
+    #[error("the embedded pipeline {name} does not validate:\n{source}")]
+    Invalid {
+        name: &'static str,
+        source: Diagnostics,
+    },
+    #[error("starting librdkafka's mock cluster")]
+    MockCluster(#[source] KafkaError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("producing a demo event to {topic}: {source}")]
+    Produce { topic: String, source: KafkaError },
+    /// The mock cluster dropped the oldest events of a partition.
+    #[error(
+        "the embedded Kafka kept only the newest {kept} of {high} events of {topic} partition \
+         {partition} (librdkafka's mock cluster keeps 5 MB per partition): run the demo with \
+         fewer --days or --resources, or the pipelines against a real broker (stratus run)"
+    )]
+    Dropped {
+        topic: String,
+        partition: i32,
+        kept: i64,
+        high: i64,
+    },
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("pipeline {name}")]
+    Run { name: String, source: Box<RunError> },
+    #[error("a pipeline task failed")]
+    Task(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Delta(#[from] DeltaTableError),
+    #[error(transparent)]
+    Sql(#[from] DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    /// A demo table that is not as the pipelines write it.
+    #[error("{0}")]
+    Table(&'static str),
+    /// The Pareto front of a mix recommendation lacks a field.
+    #[error("the Pareto front has no `{0}`")]
+    ParetoField(String),
+}
+
+pub type Result<T, E = DemoError> = std::result::Result<T, E>;
 
 /// What `stratus demo` is asked to do.
 #[derive(Debug, Clone)]
@@ -137,13 +208,13 @@ pub struct DemoReport {
 /// The anomaly scores at which the demo counts windows as flagged.
 pub const THRESHOLDS: [f64; 3] = [0.5, 0.6, 0.7];
 
-pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
+pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
     let started = Instant::now();
     for dir in ["pipeline", "tables"] {
         let dir = config.out_dir.join(dir);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the previous demo output {}", dir.display()))?;
+                .map_err(|source| DemoError::RemoveOutput { path: dir, source })?;
         }
     }
     let registry = models_registry()?;
@@ -156,7 +227,7 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
             "registry: ../models/registry",
             &format!("registry: {registry:?}"),
         );
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        std::fs::write(&file, text).map_err(|source| DemoError::Write { path: file, source })?;
     }
     crate::say!("models from the registry at {registry}");
     let mut pipelines = Vec::new();
@@ -164,12 +235,14 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
         let file = config
             .out_dir
             .join(format!("pipeline/pipelines/{name}.yaml"));
-        pipelines.push(Pipeline::load(&file).await.map_err(|d| {
-            anyhow::anyhow!("the embedded pipeline {name} does not validate:\n{d}")
-        })?);
+        pipelines.push(
+            Pipeline::load(&file)
+                .await
+                .map_err(|source| DemoError::Invalid { name, source })?,
+        );
     }
 
-    let cluster = MockCluster::new(1).context("starting librdkafka's mock cluster")?;
+    let cluster = MockCluster::new(1).map_err(DemoError::MockCluster)?;
     for source in pipelines.iter().flat_map(|p| &p.sources) {
         cluster.create_topic(&source.dead_letter_topic, 1, 1)?;
     }
@@ -289,7 +362,7 @@ fn stage_rows(summary: &RunSummary, stage: &str) -> u64 {
 
 /// Runs the pipelines side by side to the end of their input, printing progress; their
 /// summaries, in order.
-async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> anyhow::Result<Vec<RunSummary>> {
+async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> Result<Vec<RunSummary>> {
     let metrics = PipelineMetrics::new();
     let mut progress = progress::Progress::new(pipelines, &metrics);
     let handles: Vec<_> = pipelines
@@ -300,7 +373,10 @@ async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> anyhow::Result<Vec<
                 let ready = Arc::new(AtomicBool::new(false));
                 run_pipeline(&p, &run, metrics, ready, std::future::pending())
                     .await
-                    .with_context(|| format!("pipeline {}", p.name))
+                    .map_err(|source| DemoError::Run {
+                        name: p.name.clone(),
+                        source: Box::new(source),
+                    })
             })
         })
         .collect();
@@ -315,7 +391,7 @@ async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> anyhow::Result<Vec<
     };
     crate::say!("{}", progress.line());
     done.into_iter()
-        .map(|r| r.context("a pipeline task failed")?)
+        .map(|r| r.map_err(DemoError::Task)?)
         .collect()
 }
 
@@ -339,7 +415,7 @@ fn monday_before(t_us: i64) -> i64 {
     (day - (day + 3).rem_euclid(7)) * DAY
 }
 
-fn demo_events(config: &DemoConfig) -> anyhow::Result<DemoEvents> {
+fn demo_events(config: &DemoConfig) -> Result<DemoEvents> {
     use rand::{Rng, SeedableRng};
     let span_us = (config.days * 86_400e6) as i64;
     let start_us = monday_before(chrono::Utc::now().timestamp_micros() - span_us);
@@ -439,19 +515,20 @@ fn place<'a>(keys: impl Iterator<Item = &'a str>) -> Placement {
 
 /// Fails if the mock cluster dropped any of `topic`'s events (a partition whose log no longer
 /// starts at offset 0), naming how many and what to do.
-fn all_kept(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+fn all_kept(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer =
         crate::source::kafka::consumer_config(brokers, "stratus-demo").create()?;
     for p in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        anyhow::ensure!(
-            low == 0,
-            "the embedded Kafka kept only the newest {} of {high} events of {topic} partition {p} \
-             (librdkafka's mock cluster keeps 5 MB per partition): run the demo with fewer \
-             --days or --resources, or the pipelines against a real broker (stratus run)",
-            high - low
-        );
+        if low != 0 {
+            return Err(DemoError::Dropped {
+                topic: topic.to_string(),
+                partition: p,
+                kept: high - low,
+                high,
+            });
+        }
     }
     Ok(())
 }
@@ -460,7 +537,7 @@ async fn produce<'a>(
     brokers: &str,
     topic: &str,
     records: impl Iterator<Item = (&'a str, &'a [u8], Option<i32>)>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let producer: FutureProducer = producer_config(brokers).create()?;
     let deliveries: Vec<_> = records
         .map(|(key, payload, partition)| {
@@ -470,30 +547,31 @@ async fn produce<'a>(
         })
         .collect();
     for d in futures::future::join_all(deliveries).await {
-        d.map_err(|(e, _)| anyhow::anyhow!("producing a demo event to {topic}: {e}"))?;
+        d.map_err(|(source, _)| DemoError::Produce {
+            topic: topic.to_string(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// The registry the demo scores with: `STRATUS_MODELS`, else the repository's
 /// `models/registry` (where `scripts/train` registers).
-fn models_registry() -> anyhow::Result<String> {
+fn models_registry() -> Result<String> {
     if let Ok(r) = std::env::var("STRATUS_MODELS")
         && !r.is_empty()
     {
         return Ok(r);
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/registry");
-    anyhow::ensure!(
-        repo.is_dir(),
-        "no model registry at {}; set STRATUS_MODELS to one (scripts/train fills it)",
-        repo.display()
-    );
+    if !repo.is_dir() {
+        return Err(DemoError::NoRegistry { path: repo });
+    }
     Ok(repo.display().to_string())
 }
 
 /// A session with the demo's Delta tables registered under their names.
-async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
+async fn register(tables: &Path) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     for name in [
         "raw_metrics",
@@ -521,7 +599,7 @@ async fn register(tables: &Path) -> anyhow::Result<SessionContext> {
     Ok(ctx)
 }
 
-async fn count(ctx: &SessionContext, table: &str) -> anyhow::Result<i64> {
+async fn count(ctx: &SessionContext, table: &str) -> Result<i64> {
     let batches = ctx
         .sql(&format!("SELECT count(*) AS n FROM {table}"))
         .await?
@@ -538,7 +616,7 @@ async fn count(ctx: &SessionContext, table: &str) -> anyhow::Result<i64> {
         .unwrap_or(0))
 }
 
-async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Result<()> {
+async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> Result<()> {
     crate::say!("");
     crate::say!("== summary ==");
     crate::say!(
@@ -663,7 +741,7 @@ async fn print_summary(report: &DemoReport, ctx: &SessionContext) -> anyhow::Res
 mod tests {
     use chrono::{DateTime, Datelike, Timelike, Weekday};
 
-    use super::{METRIC_PARTITIONS, monday_before, place};
+    use super::{DemoError, METRIC_PARTITIONS, monday_before, place};
 
     fn at(text: &str) -> i64 {
         DateTime::parse_from_rfc3339(text)
@@ -715,5 +793,53 @@ mod tests {
         }
         assert_eq!(load.iter().max(), Some(&2));
         assert_eq!(load.iter().min(), Some(&1));
+    }
+
+    #[test]
+    fn errors_read_as_they_did() {
+        let (topic, p, high, low) = ("cloud.metrics", 3, 150_000i64, 10_000i64);
+        let dropped = DemoError::Dropped {
+            topic: topic.into(),
+            partition: p,
+            kept: high - low,
+            high,
+        };
+        assert_eq!(
+            dropped.to_string(),
+            format!(
+                "the embedded Kafka kept only the newest {} of {high} events of {topic} partition {p} \
+                 (librdkafka's mock cluster keeps 5 MB per partition): run the demo with fewer \
+                 --days or --resources, or the pipelines against a real broker (stratus run)",
+                high - low
+            )
+        );
+        let repo = std::path::PathBuf::from("/repo/models/registry");
+        assert_eq!(
+            DemoError::NoRegistry { path: repo.clone() }.to_string(),
+            format!(
+                "no model registry at {}; set STRATUS_MODELS to one (scripts/train fills it)",
+                repo.display()
+            )
+        );
+        let e = rdkafka::error::KafkaError::Canceled;
+        assert_eq!(
+            DemoError::Produce {
+                topic: topic.into(),
+                source: e.clone()
+            }
+            .to_string(),
+            format!("producing a demo event to {topic}: {e}")
+        );
+        // What the demo was doing, its cause kept as the source.
+        let write = DemoError::Write {
+            path: repo.clone(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert_eq!(write.to_string(), format!("writing {}", repo.display()));
+        assert!(std::error::Error::source(&write).is_some());
+        assert_eq!(
+            DemoError::MockCluster(e).to_string(),
+            "starting librdkafka's mock cluster"
+        );
     }
 }

@@ -16,7 +16,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
 
-use super::{DemoReport, THRESHOLDS};
+use super::{DemoReport, Result, THRESHOLDS};
 use crate::generate::Labels;
 
 const WIDTH: f64 = 900.0;
@@ -26,7 +26,7 @@ const PAD: f64 = 30.0;
 /// One instance's CPU series: (window end µs, mean, anomaly score).
 type Series = Vec<(i64, f64, f64)>;
 
-async fn cpu_series(ctx: &SessionContext) -> anyhow::Result<BTreeMap<String, Series>> {
+async fn cpu_series(ctx: &SessionContext) -> Result<BTreeMap<String, Series>> {
     let mut out: BTreeMap<String, Series> = BTreeMap::new();
     if !ctx.table_exist("metric_anomaly_scores_5m")? {
         return Ok(out);
@@ -305,7 +305,7 @@ pub async fn write(
     report: &DemoReport,
     ctx: &SessionContext,
     labels: &Labels,
-) -> anyhow::Result<usize> {
+) -> Result<usize> {
     let threshold = THRESHOLDS.last().copied().unwrap_or(0.7);
     let series = cpu_series(ctx).await?;
     let mut html = String::from(

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::nab::{self, PROFILES, ProfileScore};
 use super::series::{Csv, Labels};
+use super::{EvaluateError, Result};
 use crate::score::detect::{DetectorSpec, Ensemble};
 
 /// The baselines every run is compared against, each a single detector thresholded as it is:
@@ -102,7 +103,7 @@ impl From<ProfileScore> for ProfileRow {
 
 /// The CSV files to evaluate: `input` itself, or every `*.csv` under it but outside `out`, in
 /// path order.
-fn series_files(input: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
+fn series_files(input: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     if input.is_file() {
         return Ok(vec![input.to_path_buf()]);
     }
@@ -110,10 +111,14 @@ fn series_files(input: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     let mut dirs = vec![input.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(&dir).map_err(EvaluateError::read(&dir))?;
         for entry in entries {
-            let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+            let path = entry
+                .map_err(|source| EvaluateError::List {
+                    path: dir.clone(),
+                    source,
+                })?
+                .path();
             if path.is_dir() {
                 if path.canonicalize().ok().as_ref() != Some(&out) {
                     dirs.push(path);
@@ -128,7 +133,7 @@ fn series_files(input: &Path, out: &Path) -> Result<Vec<PathBuf>, String> {
     }
     files.sort();
     if files.is_empty() {
-        return Err(format!("{}: no .csv series found", input.display()));
+        return Err(EvaluateError::file(input, "no .csv series found"));
     }
     Ok(files)
 }
@@ -172,7 +177,7 @@ pub fn evaluate(
     labels: &Path,
     out: &Path,
     specs: &[DetectorSpec],
-) -> Result<DetectReport, String> {
+) -> Result<DetectReport> {
     let labels = Labels::read(labels)?;
     let root = if input.is_file() {
         input.parent().unwrap_or(Path::new("")).to_path_buf()
@@ -231,23 +236,25 @@ pub fn evaluate(
             .collect(),
         out_of_order,
     };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("report.json"), json)
-        .map_err(|e| format!("{}: cannot write: {e}", out.join("report.json").display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    let path = out.join("report.json");
+    std::fs::write(&path, json).map_err(EvaluateError::write(&path))?;
     Ok(report)
 }
 
-fn write_scores(path: &Path, csv: &Csv, scores: &[f64]) -> Result<(), String> {
+fn write_scores(path: &Path, csv: &Csv, scores: &[f64]) -> Result<()> {
     use std::fmt::Write as _;
     let mut text = String::from("timestamp,value,anomaly_score\n");
     for ((t, v), s) in csv.raw_timestamps.iter().zip(&csv.values).zip(scores) {
         let _ = writeln!(text, "{t},{v},{s}");
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| EvaluateError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
-    std::fs::write(path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    std::fs::write(path, text).map_err(EvaluateError::write(path))
 }
 
 /// The report as a table, the ensemble beside each baseline per profile, then the rows out of

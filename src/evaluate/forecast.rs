@@ -37,6 +37,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::series::parse_time;
+use super::{EvaluateError, Result};
 use crate::forecast::blend::{Blend, Issued, MODEL, candidates};
 use crate::forecast::model::{FEATURES, ForecastModel, Steps, features, offset, pooled_quantile};
 use crate::forecast::stage::to_values;
@@ -44,19 +45,18 @@ use crate::stats::quantile;
 
 /// Reads either CSV form, from a file or from every `.csv` file of a directory (a file's series
 /// are named after it); an error names the file and line.
-pub fn read_series(path: &Path) -> Result<Vec<Steps>, String> {
+pub fn read_series(path: &Path) -> Result<Vec<Steps>> {
     if !path.is_dir() {
         return read_file(path);
     }
-    let entries =
-        std::fs::read_dir(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let entries = std::fs::read_dir(path).map_err(EvaluateError::read(path))?;
     let mut files: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(format!("{}: no .csv files", path.display()));
+        return Err(EvaluateError::file(path, "no .csv files"));
     }
     let mut all = Vec::new();
     for file in files {
@@ -75,9 +75,8 @@ pub fn read_series(path: &Path) -> Result<Vec<Steps>, String> {
     Ok(all)
 }
 
-fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+fn read_file(path: &Path) -> Result<Vec<Steps>> {
+    let text = std::fs::read_to_string(path).map_err(EvaluateError::read(path))?;
     let mut lines = text
         .lines()
         .enumerate()
@@ -89,7 +88,7 @@ fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
                 .map(|c| c.trim().trim_matches('"').to_ascii_lowercase())
                 .collect()
         })
-        .ok_or_else(|| format!("{}: empty file", path.display()))?;
+        .ok_or_else(|| EvaluateError::file(path, "empty file"))?;
     let col = |name: &str| header.iter().position(|c| c == name);
     let (time, value, key): (usize, usize, Vec<usize>) =
         match (col("timestamp"), col("spotprice"), col("value")) {
@@ -102,10 +101,11 @@ fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
             }
             (Some(t), None, Some(v)) => (t, v, col("series").into_iter().collect()),
             _ => {
-                return Err(format!(
-                    "{}:1: expected `timestamp,value` or describe-spot-price-history columns \
-                 (AvailabilityZone,InstanceType,ProductDescription,SpotPrice,Timestamp)",
-                    path.display()
+                return Err(EvaluateError::line(
+                    path,
+                    1,
+                    "expected `timestamp,value` or describe-spot-price-history columns \
+                     (AvailabilityZone,InstanceType,ProductDescription,SpotPrice,Timestamp)",
                 ));
             }
         };
@@ -115,7 +115,7 @@ fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
             .split(',')
             .map(|c| c.trim().trim_matches('"'))
             .collect();
-        let at = |what: String| format!("{}:{}: {what}", path.display(), n + 1);
+        let at = |problem: String| EvaluateError::line(path, n + 1, problem);
         let get = |i: usize| {
             cells
                 .get(i)
@@ -164,7 +164,7 @@ fn read_file(path: &Path) -> Result<Vec<Steps>, String> {
         })
         .collect();
     if series.is_empty() {
-        return Err(format!("{}: no rows", path.display()));
+        return Err(EvaluateError::file(path, "no rows"));
     }
     Ok(series)
 }
@@ -247,7 +247,7 @@ pub fn write_training_rows(
     series: &[Steps],
     config: &ForecastConfig,
     path: &Path,
-) -> Result<usize, String> {
+) -> Result<usize> {
     use std::fmt::Write as _;
     let mut text = format!("series,origin,{},target\n", FEATURES.join(","));
     let mut rows = 0;
@@ -282,7 +282,7 @@ pub fn write_training_rows(
             t += config.step_us;
         }
     }
-    std::fs::write(path, text).map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    std::fs::write(path, text).map_err(EvaluateError::write(path))?;
     Ok(rows)
 }
 
@@ -329,7 +329,7 @@ pub fn evaluate(
     series: &[Steps],
     config: &ForecastConfig,
     mut model: Option<&mut ForecastModel>,
-) -> Result<ForecastReport, String> {
+) -> Result<ForecastReport> {
     let mut acc: BTreeMap<(usize, usize), Accumulator> = BTreeMap::new();
     // Every origin of every series, for the model and the blend, which learn from the start of
     // a series as the stage does and are scored on the held-out origins.
@@ -414,7 +414,7 @@ pub fn evaluate(
                 t += config.step_us;
             }
             if let Some(m) = model.as_deref_mut().filter(|_| !rows.is_empty()) {
-                let mut predicted = m.predict(&rows).map_err(|e| e.to_string())?.into_iter();
+                let mut predicted = m.predict(&rows)?.into_iter();
                 for o in &mut origins[first_origin..] {
                     if let Some(level) = o.level {
                         o.quantiles = predicted.next().map(|q| to_values(q, level, c));
@@ -704,10 +704,23 @@ mod tests {
         assert_eq!(s[1].name, "us-east-1e/c5a.2xlarge/Linux/UNIX");
         assert_eq!(s[1].values, vec![0.15, 0.1567]);
         std::fs::write(&p, "Timestamp,SpotPrice\nsoon,1\n").unwrap();
-        assert!(
-            read_series(&p)
-                .unwrap_err()
-                .ends_with("spot.csv:2: \"soon\" is not a time")
+        assert_eq!(
+            read_series(&p).unwrap_err().to_string(),
+            format!("{}:2: \"soon\" is not a time", p.display())
+        );
+        std::fs::write(&p, "when,what\n1,2\n").unwrap();
+        assert_eq!(
+            read_series(&p).unwrap_err().to_string(),
+            format!(
+                "{}:1: expected `timestamp,value` or describe-spot-price-history columns \
+                 (AvailabilityZone,InstanceType,ProductDescription,SpotPrice,Timestamp)",
+                p.display()
+            )
+        );
+        std::fs::write(&p, "timestamp,value\n").unwrap();
+        assert_eq!(
+            read_series(&p).unwrap_err().to_string(),
+            format!("{}: no rows", p.display())
         );
     }
 }

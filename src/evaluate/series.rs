@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime};
 
+use super::{EvaluateError, Result};
+
 /// A `timestamp,value` series.
 #[derive(Debug, Clone)]
 pub struct Csv {
@@ -45,9 +47,8 @@ pub fn parse_time(text: &str) -> Option<i64> {
 
 impl Csv {
     /// Reads a series, its rows in file order.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(EvaluateError::read(path))?;
         let mut lines = text.lines().enumerate();
         let columns = match lines.next() {
             Some((_, header)) => header
@@ -55,17 +56,18 @@ impl Csv {
                 .map(|c| c.trim().trim_matches('"').to_ascii_lowercase())
                 .collect::<Vec<_>>(),
             None => {
-                return Err(format!(
-                    "{}: empty file; expected a `timestamp,value` header",
-                    path.display()
+                return Err(EvaluateError::file(
+                    path,
+                    "empty file; expected a `timestamp,value` header",
                 ));
             }
         };
         let find = |name: &str| {
             columns.iter().position(|c| c == name).ok_or_else(|| {
-                format!(
-                    "{}:1: no `{name}` column in the header; expected `timestamp,value`",
-                    path.display()
+                EvaluateError::line(
+                    path,
+                    1,
+                    format!("no `{name}` column in the header; expected `timestamp,value`"),
                 )
             })
         };
@@ -85,12 +87,12 @@ impl Csv {
                 .split(',')
                 .map(|c| c.trim().trim_matches('"'))
                 .collect();
-            let at = |what: &str| format!("{}:{}: {what}", path.display(), n + 1);
+            let at = |problem: String| EvaluateError::line(path, n + 1, problem);
             let (Some(t), Some(v)) = (cells.get(ti), cells.get(vi)) else {
-                return Err(at("fewer cells than the header names"));
+                return Err(at("fewer cells than the header names".into()));
             };
             let ts = parse_time(t).ok_or_else(|| {
-                at(&format!(
+                at(format!(
                     "{t:?} is not a time; write `2014-04-01 00:05:00` or RFC 3339"
                 ))
             })?;
@@ -98,7 +100,7 @@ impl Csv {
                 f64::NAN
             } else {
                 v.parse()
-                    .map_err(|_| at(&format!("{v:?} is not a number")))?
+                    .map_err(|_| at(format!("{v:?} is not a number")))?
             };
             out.timestamps.push(ts);
             out.raw_timestamps.push(t.to_string());
@@ -117,23 +119,25 @@ pub struct Labels {
 }
 
 impl Labels {
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(EvaluateError::read(path))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| EvaluateError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let map = json.get("windows").unwrap_or(&json).as_object().ok_or_else(|| {
-            format!(
-                "{}: expected an object of file name → [[start, end], …] (NAB's combined_windows.json)",
-                path.display()
+            EvaluateError::file(
+                path,
+                "expected an object of file name → [[start, end], …] (NAB's combined_windows.json)",
             )
         })?;
         let mut windows = BTreeMap::new();
         for (file, list) in map {
             let bad = || {
-                format!(
-                    "{}: windows of {file:?} must be a list of [start, end] time pairs",
-                    path.display()
+                EvaluateError::file(
+                    path,
+                    format!("windows of {file:?} must be a list of [start, end] time pairs"),
                 )
             };
             let mut parsed = Vec::new();
@@ -152,7 +156,7 @@ impl Labels {
 
     /// The windows of a series: the key equal to its path relative to `root`, else the one key
     /// whose file name is the series' file name.
-    pub fn windows_for(&self, root: &Path, series: &Path) -> Result<Vec<(i64, i64)>, String> {
+    pub fn windows_for(&self, root: &Path, series: &Path) -> Result<Vec<(i64, i64)>> {
         let relative = series.strip_prefix(root).unwrap_or(series);
         if let Some(w) = self.windows.get(&relative.to_string_lossy().to_string()) {
             return Ok(w.clone());
@@ -170,17 +174,15 @@ impl Labels {
             .collect();
         match matches.as_slice() {
             [(_, w)] => Ok((*w).clone()),
-            [] => Err(format!(
-                "{}: no labels for {}; add it to {} (an empty list for a series without anomalies)",
-                series.display(),
-                relative.display(),
-                self.path.display()
-            )),
-            _ => Err(format!(
-                "{}: several label entries end in its file name; key them by path relative to {}",
-                series.display(),
-                root.display()
-            )),
+            [] => Err(EvaluateError::NoLabels {
+                series: series.to_path_buf(),
+                relative: relative.to_path_buf(),
+                labels: self.path.clone(),
+            }),
+            _ => Err(EvaluateError::AmbiguousLabels {
+                series: series.to_path_buf(),
+                root: root.to_path_buf(),
+            }),
         }
     }
 }
@@ -217,7 +219,11 @@ mod tests {
         )
         .unwrap();
         let e = Csv::read(&p).unwrap_err();
-        assert!(e.ends_with("s.csv:3: \"x\" is not a number"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("{}:3: \"x\" is not a number", p.display())
+        );
+        assert!(matches!(e, EvaluateError::Invalid { line: Some(3), .. }));
         // A row out of time order is read as it stands, with its line.
         std::fs::write(
             &p,
@@ -229,10 +235,20 @@ mod tests {
         assert_eq!(csv.lines, [2, 4]);
         assert!(csv.timestamps[1] < csv.timestamps[0]);
         std::fs::write(&p, "time,value\n").unwrap();
-        assert!(
-            Csv::read(&p)
-                .unwrap_err()
-                .contains("s.csv:1: no `timestamp` column")
+        assert_eq!(
+            Csv::read(&p).unwrap_err().to_string(),
+            format!(
+                "{}:1: no `timestamp` column in the header; expected `timestamp,value`",
+                p.display()
+            )
+        );
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(
+            Csv::read(&p).unwrap_err().to_string(),
+            format!(
+                "{}: empty file; expected a `timestamp,value` header",
+                p.display()
+            )
         );
     }
 
@@ -265,6 +281,31 @@ mod tests {
                 .is_empty()
         );
         let e = l.windows_for(root, Path::new("/data/c.csv")).unwrap_err();
-        assert!(e.contains("no labels for c.csv"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "/data/c.csv: no labels for c.csv; add it to {} (an empty list for a series \
+                 without anomalies)",
+                labels.display()
+            )
+        );
+        std::fs::write(
+            &labels,
+            r#"{"x/a.csv": [], "y/a.csv": [["soon", "later"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Labels::read(&labels).unwrap_err().to_string(),
+            format!(
+                "{}: windows of \"y/a.csv\" must be a list of [start, end] time pairs",
+                labels.display()
+            )
+        );
+        std::fs::write(&labels, r#"{"x/a.csv": [], "y/a.csv": []}"#).unwrap();
+        let l = Labels::read(&labels).unwrap();
+        assert!(matches!(
+            l.windows_for(root, Path::new("/data/a.csv")),
+            Err(EvaluateError::AmbiguousLabels { .. })
+        ));
     }
 }

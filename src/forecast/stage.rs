@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::blend::{self, Blend, Issued, MODEL};
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
-use crate::score::registry::{Follower, ModelRef, Registry};
+use crate::score::registry::{Follower, ModelRef, Refresh, RefreshError, Registry, Swap};
 
 const HOUR: i64 = 3_600_000_000;
 /// History kept per key: a week of lags and a day to spare.
@@ -93,31 +93,48 @@ impl FollowedForecast {
 
     /// Every `poll`, loads a newer registered version of an unpinned reference; says what
     /// changed. A version that cannot be used is reported once and the current one kept.
-    pub async fn refresh(&mut self) -> Option<Result<String, String>> {
+    pub async fn refresh(&mut self) -> Option<Refresh> {
         let (version, next) = match self.follow.newer(&self.registry).await? {
             Ok(newer) => newer,
-            Err(e) => return Some(Err(format!("{} stays: {e}", self.label()))),
+            Err(source) => {
+                return Some(Err(RefreshError::Lookup {
+                    current: self.label().to_string(),
+                    source,
+                }));
+            }
         };
         let name = self.follow.reference().name.clone();
         let features: Vec<&str> = next.manifest.feature_names().collect();
         let loaded = if features != FEATURES {
-            Err(format!("not a forecast model (inputs {features:?})"))
+            Err(RefreshError::NotForecast {
+                current: self.label().to_string(),
+                name,
+                version,
+                inputs: features.iter().map(|f| f.to_string()).collect(),
+            })
         } else {
-            ForecastModel::new(&format!("{name}@{version}"), &next.onnx).map_err(|e| e.to_string())
+            ForecastModel::new(&format!("{name}@{version}"), &next.onnx).map_err(|e| {
+                RefreshError::Unusable {
+                    current: self.label().to_string(),
+                    name,
+                    version,
+                    source: Box::new(e),
+                }
+            })
         };
         match loaded {
             Ok(model) => {
-                let change = format!("{} replaces {}", model.label, self.model.label);
+                let change = Swap {
+                    from: self.model.label.clone(),
+                    to: model.label.clone(),
+                };
                 self.model = model;
                 self.follow.accept(version);
                 Some(Ok(change))
             }
             Err(e) => {
                 self.follow.reject(version);
-                Some(Err(format!(
-                    "{} stays: {name}@{version} cannot be used: {e}",
-                    self.label()
-                )))
+                Some(Err(e))
             }
         }
     }

@@ -297,7 +297,7 @@ pub(super) async fn check_recommend_stage(
         .map_err(|e| {
             r.at(
                 &at("catalogue"),
-                e,
+                e.to_string(),
                 Some("see catalogue/README.md for the format"),
             )
         })

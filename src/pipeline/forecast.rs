@@ -145,9 +145,15 @@ pub(super) async fn forecast_model(
     location: &str,
     models: Option<&ModelsConfig>,
 ) -> Option<ForecastRef> {
-    let reference: ModelRef = text
-        .parse()
-        .map_err(|e: String| r.at(path, e, Some("write `name` (newest version) or `name@3`")))
+    let reference = text
+        .parse::<ModelRef>()
+        .map_err(|e| {
+            r.at(
+                path,
+                e.to_string(),
+                Some("write `name` (newest version) or `name@3`"),
+            )
+        })
         .ok()?;
     let poll = models.map_or(10_000_000, |m| duration(r, &["models", "poll"], &m.poll));
     let registry = Registry::open(location, &crate::sink::storage_options_from_env())

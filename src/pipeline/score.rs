@@ -10,7 +10,7 @@ use arrow::datatypes::DataType;
 use super::config::{ModelsConfig, PipelineConfig, ScoreStageConfig};
 use super::diagnostics::Reporter;
 use super::stage::{Relation, StageKind, StagePlan};
-use crate::score::detect::{DetectorSpec, Ensemble};
+use crate::score::detect::{DetectError, DetectorSpec, Ensemble};
 use crate::score::function::{self, Models};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
@@ -152,7 +152,7 @@ pub(super) async fn check_score_stage(
             Err(e) => {
                 r.at(
                     &at(field),
-                    e,
+                    e.to_string(),
                     Some("write `name` (newest version) or `name@3`"),
                 );
                 None
@@ -188,12 +188,12 @@ pub(super) async fn check_score_stage(
     }
     let calibration = score.calibration.clone().unwrap_or_default();
     if let Err(e) = Ensemble::with_calibration(&detectors, &calibration) {
-        let field = if e.starts_with("calibration") {
+        let field = if matches!(e, DetectError::Calibration(_)) {
             "calibration"
         } else {
             "detectors"
         };
-        r.at(&at(field), e, None);
+        r.at(&at(field), e.to_string(), None);
     }
     let watches_value = detectors
         .iter()

@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 };
 
 use super::onnx::OnnxModel;
-use super::registry::{Follower, ModelRef, ModelVersion, Registry};
+use super::registry::{Follower, ModelRef, ModelVersion, Refresh, RefreshError, Registry, Swap};
 use super::stage::StageError;
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
 
@@ -109,7 +109,7 @@ impl Models {
     ) -> Result<Self, StageError> {
         let mut loaded = BTreeMap::new();
         for text in references {
-            let reference: ModelRef = text.parse().map_err(StageError::Invalid)?;
+            let reference: ModelRef = text.parse().map_err(StageError::Reference)?;
             let version = registry.resolve(&reference).await?;
             let v = registry.load(&reference.name, version).await?;
             let follow = Follower::new(reference, version, poll);
@@ -143,13 +143,13 @@ impl Models {
 
     /// Swaps in newer registered versions of the unpinned references; says what changed. A
     /// version that cannot be used is reported once and the current one kept.
-    pub async fn refresh(&self) -> Vec<Result<String, String>> {
+    pub async fn refresh(&self) -> Vec<Refresh> {
         let followed: Vec<(String, Follower)> = match self.loaded.lock() {
             Ok(l) => l
                 .iter()
                 .map(|(k, s)| (k.clone(), s.follow.clone()))
                 .collect(),
-            Err(_) => return vec![Err("the models' lock is poisoned".into())],
+            Err(_) => return vec![Err(RefreshError::Poisoned)],
         };
         let mut changes = Vec::new();
         for (reference, mut follow) in followed {
@@ -165,7 +165,7 @@ impl Models {
             let (version, registered) = match newer {
                 None => continue,
                 Some(Err(e)) => {
-                    changes.push(Err(e.to_string()));
+                    changes.push(Err(e.into()));
                     continue;
                 }
                 Some(Ok(v)) => v,
@@ -175,24 +175,29 @@ impl Models {
             let label = follow.label();
             match slot(next, &registered) {
                 Ok(s) if s.inputs == current.inputs => {
-                    changes.push(Ok(format!("{} replaces {label}", s.follow.label())));
+                    changes.push(Ok(Swap {
+                        from: label,
+                        to: s.follow.label(),
+                    }));
                     *current = s;
                 }
                 Ok(s) => {
                     current.follow.reject(version);
-                    changes.push(Err(format!(
-                        "{label} stays: {} takes {} inputs, the SQL gives {}",
-                        s.follow.label(),
-                        s.inputs,
-                        current.inputs
-                    )));
+                    changes.push(Err(RefreshError::Inputs {
+                        current: label,
+                        newer: s.follow.label(),
+                        takes: s.inputs,
+                        gives: current.inputs,
+                    }));
                 }
                 Err(e) => {
                     current.follow.reject(version);
-                    changes.push(Err(format!(
-                        "{label} stays: {}@{version} cannot be used: {e}",
-                        follow.reference().name
-                    )));
+                    changes.push(Err(RefreshError::Unusable {
+                        current: label,
+                        name: follow.reference().name.clone(),
+                        version,
+                        source: Box::new(e),
+                    }));
                 }
             }
         }

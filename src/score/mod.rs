@@ -20,7 +20,7 @@ pub use onnx::{OnnxModel, ScoreError};
 pub use runtime::RuntimeError;
 
 /// Logs what a model refresh did: a newer version swapped in, or why the current one stays.
-pub fn report_refresh(ctx: &crate::operator::Context<'_>, change: Result<String, String>) {
+pub fn report_refresh(ctx: &crate::operator::Context<'_>, change: registry::Refresh) {
     match change {
         Ok(m) => eprintln!("stratus: stage {}: {m}", ctx.stage),
         Err(m) => tracing::error!(stage = %ctx.stage, "model refresh: {m}"),

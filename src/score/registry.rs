@@ -41,6 +41,17 @@ pub enum RegistryError {
     Invalid { what: String, message: String },
 }
 
+/// Why a model reference (`name` or `name@version`) or a model name is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelRefError {
+    /// What follows the `@` of `reference` is not a version number from 1.
+    #[error("{reference:?}: the version after @ must be a number from 1, as in `{name}@2`")]
+    Version { reference: String, name: String },
+    /// Not one path segment of letters, digits, `_`, `-` and `.`.
+    #[error("{name:?} is not a model name: use letters, digits, `_`, `-` and `.`")]
+    Name { name: String },
+}
+
 /// `name` or `name@version`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelRef {
@@ -59,13 +70,16 @@ impl std::fmt::Display for ModelRef {
 }
 
 impl std::str::FromStr for ModelRef {
-    type Err = String;
+    type Err = ModelRefError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ModelRefError> {
         let (name, version) = match s.split_once('@') {
             Some((n, v)) => {
                 let v = v.parse::<u32>().ok().filter(|&v| v > 0).ok_or_else(|| {
-                    format!("{s:?}: the version after @ must be a number from 1, as in `{n}@2`")
+                    ModelRefError::Version {
+                        reference: s.to_string(),
+                        name: n.to_string(),
+                    }
                 })?;
                 (n, Some(v))
             }
@@ -80,7 +94,7 @@ impl std::str::FromStr for ModelRef {
 }
 
 /// A model name is one path segment: letters, digits, `_`, `-` and `.`.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), ModelRefError> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name
@@ -89,9 +103,9 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a model name: use letters, digits, `_`, `-` and `.`"
-        ))
+        Err(ModelRefError::Name {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -156,7 +170,7 @@ impl Manifest {
             what: what.to_string(),
             message,
         };
-        check_name(&self.name).map_err(invalid)?;
+        check_name(&self.name).map_err(|e| invalid(e.to_string()))?;
         if self.inputs.is_empty() {
             return Err(invalid(
                 "`inputs` is empty; list the feature columns in order".into(),
@@ -239,9 +253,9 @@ impl Registry {
 
     /// The registered versions of `name`, ascending (only those whose manifest exists).
     pub async fn versions(&self, name: &str) -> Result<Vec<u32>, RegistryError> {
-        check_name(name).map_err(|message| RegistryError::Invalid {
+        check_name(name).map_err(|e| RegistryError::Invalid {
             what: "model name".into(),
-            message,
+            message: e.to_string(),
         })?;
         let prefix = self.path(&[name]);
         let listed: Vec<_> = self
@@ -379,6 +393,64 @@ impl Registry {
     }
 }
 
+/// A newer registered version swapped in for the one in use (labels as `name@version`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swap {
+    pub from: String,
+    pub to: String,
+}
+
+impl std::fmt::Display for Swap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} replaces {}", self.to, self.from)
+    }
+}
+
+/// Why a model refresh kept the version in use (`current`, as `name@version`).
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The registry could not be asked for a newer version.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// As [`Registry`](Self::Registry), naming the version that stays (a forecast model's).
+    #[error("{current} stays: {source}")]
+    Lookup {
+        current: String,
+        source: RegistryError,
+    },
+    /// The newer version `name@version` cannot be used; it is not offered again.
+    #[error("{current} stays: {name}@{version} cannot be used: {source}")]
+    Unusable {
+        current: String,
+        name: String,
+        version: u32,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The newer version is not a forecast model: its inputs are not `forecast::model::FEATURES`.
+    #[error(
+        "{current} stays: {name}@{version} cannot be used: not a forecast model (inputs {inputs:?})"
+    )]
+    NotForecast {
+        current: String,
+        name: String,
+        version: u32,
+        inputs: Vec<String>,
+    },
+    /// The newer version takes another number of inputs than the SQL calling it gives.
+    #[error("{current} stays: {newer} takes {takes} inputs, the SQL gives {gives}")]
+    Inputs {
+        current: String,
+        newer: String,
+        takes: usize,
+        gives: usize,
+    },
+    #[error("the models' lock is poisoned")]
+    Poisoned,
+}
+
+/// What one model refresh did: a newer version swapped in, or why the current one stays.
+pub type Refresh = Result<Swap, RefreshError>;
+
 /// Follows a model reference in a registry for a running stage: every `poll`, an unpinned
 /// reference is resolved again and a newer version offered; a version the stage found
 /// unusable is remembered and not offered again (a newer one still is). A pinned reference is
@@ -498,18 +570,82 @@ mod tests {
             }
         );
         assert_eq!("anomaly".parse::<ModelRef>().unwrap().version, None);
-        assert!(
-            "anomaly@0"
-                .parse::<ModelRef>()
-                .unwrap_err()
-                .contains("number from 1")
+        assert_eq!(
+            "anomaly@0".parse::<ModelRef>().unwrap_err().to_string(),
+            "\"anomaly@0\": the version after @ must be a number from 1, as in `anomaly@2`"
         );
-        assert!("anomaly@latest".parse::<ModelRef>().is_err());
-        assert!(
-            "../x"
-                .parse::<ModelRef>()
-                .unwrap_err()
-                .contains("not a model name")
+        assert_eq!(
+            "anomaly@latest".parse::<ModelRef>(),
+            Err(ModelRefError::Version {
+                reference: "anomaly@latest".into(),
+                name: "anomaly".into()
+            })
+        );
+        assert_eq!(
+            "../x".parse::<ModelRef>().unwrap_err().to_string(),
+            "\"../x\" is not a model name: use letters, digits, `_`, `-` and `.`"
+        );
+    }
+
+    #[test]
+    fn refreshes_read_as_they_did() {
+        let (label, name, version) = ("m@1", "m", 2);
+        assert_eq!(
+            Swap {
+                from: label.into(),
+                to: "m@2".into()
+            }
+            .to_string(),
+            "m@2 replaces m@1"
+        );
+        let registry = || RegistryError::NoModel {
+            location: "/r".into(),
+            name: name.into(),
+        };
+        let e = registry();
+        assert_eq!(RefreshError::from(registry()).to_string(), e.to_string());
+        assert_eq!(
+            RefreshError::Lookup {
+                current: label.into(),
+                source: registry()
+            }
+            .to_string(),
+            format!("{label} stays: {e}")
+        );
+        let why = "model m@2: the ONNX graph has no output \"x\"";
+        assert_eq!(
+            RefreshError::Unusable {
+                current: label.into(),
+                name: name.into(),
+                version,
+                source: why.into()
+            }
+            .to_string(),
+            format!("{label} stays: {name}@{version} cannot be used: {why}")
+        );
+        let features = vec!["a", "b"];
+        assert_eq!(
+            RefreshError::NotForecast {
+                current: label.into(),
+                name: name.into(),
+                version,
+                inputs: features.iter().map(|f| f.to_string()).collect()
+            }
+            .to_string(),
+            format!(
+                "{label} stays: {name}@{version} cannot be used: not a forecast model (inputs \
+                 {features:?})"
+            )
+        );
+        assert_eq!(
+            RefreshError::Inputs {
+                current: label.into(),
+                newer: "m@2".into(),
+                takes: 3,
+                gives: 2
+            }
+            .to_string(),
+            format!("{label} stays: m@2 takes 3 inputs, the SQL gives 2")
         );
     }
 

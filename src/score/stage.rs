@@ -25,9 +25,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::detect::{CalibrationSpec, DetectorSpec, Ensemble};
+use super::detect::{CalibrationSpec, DetectError, DetectorSpec, Ensemble};
 use super::onnx::{OnnxModel, ScoreError};
-use super::registry::{Follower, ModelRef, ModelVersion, Registry, RegistryError};
+use super::registry::{
+    Follower, ModelRef, ModelRefError, ModelVersion, Refresh, RefreshError, Registry,
+    RegistryError, Swap,
+};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
 
 /// Why a score stage could not start or score.
@@ -39,8 +42,21 @@ pub enum StageError {
     Score(#[from] ScoreError),
     #[error(transparent)]
     Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Detectors(#[from] DetectError),
+    #[error(transparent)]
+    Reference(#[from] ModelRefError),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Why a model's features cannot be read from a stage's input.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FeatureError {
+    #[error("feature `{name}` is not a column of the stage's input")]
+    Missing { name: String },
+    #[error("feature `{name}` is {data_type}, not a number")]
+    NotNumeric { name: String, data_type: DataType },
 }
 
 /// What a pipeline file asks of a score stage, checked.
@@ -181,18 +197,18 @@ fn prepare(follow: Follower, v: ModelVersion, input: &Schema) -> Result<Loaded, 
 }
 
 /// The input column of each feature; an error names the first that is missing or not numeric.
-pub fn feature_columns(features: &[&str], input: &Schema) -> Result<Vec<usize>, String> {
+pub fn feature_columns(features: &[&str], input: &Schema) -> Result<Vec<usize>, FeatureError> {
     features
         .iter()
         .map(|name| match input.index_of(name) {
             Ok(i) if is_numeric(input.field(i).data_type()) => Ok(i),
-            Ok(i) => Err(format!(
-                "feature `{name}` is {}, not a number",
-                input.field(i).data_type()
-            )),
-            Err(_) => Err(format!(
-                "feature `{name}` is not a column of the stage's input"
-            )),
+            Ok(i) => Err(FeatureError::NotNumeric {
+                name: name.to_string(),
+                data_type: input.field(i).data_type().clone(),
+            }),
+            Err(_) => Err(FeatureError::Missing {
+                name: name.to_string(),
+            }),
         })
         .collect()
 }
@@ -217,8 +233,7 @@ impl ScoreOperator {
         let time_column = column(&spec.time)?;
         let value_column = spec.value.as_deref().map(column).transpose()?;
         // The detectors must build; each key gets its own copy later.
-        Ensemble::with_calibration(&spec.detectors, &spec.calibration)
-            .map_err(StageError::Invalid)?;
+        Ensemble::with_calibration(&spec.detectors, &spec.calibration)?;
         let registry = match (
             &spec.registry,
             spec.model.is_some() || spec.shadow.is_some(),
@@ -270,7 +285,7 @@ impl ScoreOperator {
     /// Every `poll`, swaps in newer versions of the models that follow the registry. Returns
     /// what changed; a newer version that cannot be used is reported once and the current one
     /// kept.
-    pub async fn refresh(&mut self) -> Vec<Result<String, String>> {
+    pub async fn refresh(&mut self) -> Vec<Refresh> {
         let mut changes = Vec::new();
         let Some(registry) = &self.registry else {
             return changes;
@@ -282,7 +297,7 @@ impl ScoreOperator {
             let (version, registered) = match current.follow.newer(registry).await {
                 None => continue,
                 Some(Err(e)) => {
-                    changes.push(Err(e.to_string()));
+                    changes.push(Err(e.into()));
                     continue;
                 }
                 Some(Ok(newer)) => newer,
@@ -291,16 +306,20 @@ impl ScoreOperator {
             follow.accept(version);
             match prepare(follow, registered, &self.input) {
                 Ok(next) => {
-                    changes.push(Ok(format!("{} replaces {}", next.label, current.label)));
+                    changes.push(Ok(Swap {
+                        from: current.label.clone(),
+                        to: next.label.clone(),
+                    }));
                     *slot = Some(next);
                 }
                 Err(e) => {
                     current.follow.reject(version);
-                    changes.push(Err(format!(
-                        "{} stays: {}@{version} cannot be used: {e}",
-                        current.label,
-                        current.follow.reference().name
-                    )));
+                    changes.push(Err(RefreshError::Unusable {
+                        current: current.label.clone(),
+                        name: current.follow.reference().name.clone(),
+                        version,
+                        source: Box::new(e),
+                    }));
                 }
             }
         }
@@ -363,8 +382,7 @@ impl ScoreOperator {
                     ensemble: Ensemble::with_calibration(
                         &self.spec.detectors,
                         &self.spec.calibration,
-                    )
-                    .map_err(StageError::Invalid)?,
+                    )?,
                 }),
             };
             let (verdict, _) = state

@@ -18,5 +18,5 @@ mod tests;
 
 pub use carry::{CarryOperator, CarrySpec};
 pub use operator::{WINDOW_COLUMNS, WindowError, WindowOperator, windowed_schema};
-pub use spec::{WindowSpec, WindowedQuery, parse_duration, parse_stage_sql};
+pub use spec::{DurationError, WindowSpec, WindowedQuery, parse_duration, parse_stage_sql};
 pub use watermark::WatermarkTracker;

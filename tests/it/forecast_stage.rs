@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use stratus::forecast::stage::{ForecastOperator, ForecastRef, ForecastSpec};
-use stratus::score::registry::{ModelRef, Registry};
+use stratus::score::registry::{ModelRef, Registry, Swap};
 use stratus::sink::storage_options_from_env;
 
 use crate::unique;
@@ -132,9 +132,17 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
             let onnx = std::fs::read(repo.join("2/model.onnx")).unwrap();
             let reg = Registry::open(&registry, &storage_options_from_env()).unwrap();
             assert_eq!(reg.register(manifest, &onnx).await.unwrap(), 2);
+            let change = op
+                .model()
+                .refresh()
+                .await
+                .map(|c| c.map_err(|e| e.to_string()));
             assert_eq!(
-                op.model().refresh().await,
-                Some(Ok("spot_price@2 replaces spot_price@1".to_string()))
+                change,
+                Some(Ok(Swap {
+                    from: "spot_price@1".into(),
+                    to: "spot_price@2".into()
+                }))
             );
         }
         op.apply(&batch(&hour)).unwrap();

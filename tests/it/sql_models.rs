@@ -11,7 +11,7 @@ use arrow::datatypes::Float64Type;
 
 use stratus::score::OnnxModel;
 use stratus::score::function::Models;
-use stratus::score::registry::{Output, Registry};
+use stratus::score::registry::{Output, RefreshError, Registry, Swap};
 use stratus::sql::{Functions, session_context_with};
 
 use crate::unique;
@@ -124,9 +124,14 @@ async fn score_in_sql_is_the_models_own_score_and_follows_the_registry() {
     let changes = models.refresh().await;
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert!(
+        matches!(&changes[0], Err(RefreshError::Unusable { current, name, version: 2, .. })
+            if current == "metrics_anomaly@1" && name == "metrics_anomaly"),
+        "{changes:?}"
+    );
+    assert!(
         changes[0]
             .as_ref()
-            .is_err_and(|e| e.contains("metrics_anomaly@2"))
+            .is_err_and(|e| e.to_string().contains("metrics_anomaly@2"))
     );
     assert!(
         models.refresh().await.is_empty(),
@@ -135,13 +140,21 @@ async fn score_in_sql_is_the_models_own_score_and_follows_the_registry() {
     assert_eq!(models.versions()["metrics_anomaly"], "metrics_anomaly@1");
     let good = registry.load("metrics_anomaly", 1).await.unwrap().manifest;
     assert_eq!(registry.register(good, &onnx).await.unwrap(), 3);
-    let changes = models.refresh().await;
+    let changes: Vec<_> = models
+        .refresh()
+        .await
+        .into_iter()
+        .map(|c| c.map_err(|e| e.to_string()))
+        .collect();
+    let swap = Swap {
+        from: "metrics_anomaly@1".into(),
+        to: "metrics_anomaly@3".into(),
+    };
     assert_eq!(
-        changes,
-        [Ok(
-            "metrics_anomaly@3 replaces metrics_anomaly@1".to_string()
-        )]
+        swap.to_string(),
+        "metrics_anomaly@3 replaces metrics_anomaly@1"
     );
+    assert_eq!(changes, [Ok(swap)]);
     assert_eq!(scores(&models, sql).await.unwrap(), want);
     std::fs::remove_dir_all(&location).unwrap();
 }

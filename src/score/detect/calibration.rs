@@ -25,7 +25,20 @@
 use serde::{Deserialize, Serialize};
 
 use super::trailing::Trailing;
-use crate::window::spec::parse_duration;
+use crate::window::spec::{DurationError, parse_duration};
+
+/// Which calibration setting is wrong, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("calibration.history must be at least 1")]
+    History,
+    #[error("calibration.learn: {0}")]
+    Learn(#[source] DurationError),
+    #[error("calibration.quantile must be in (0, 1), not {0}")]
+    Quantile(f64),
+    #[error("calibration.alarm must be a positive number of σ, not {0}")]
+    Alarm(f64),
+}
 
 /// The 95th percentile of |Z| for a standard normal, rounded: the quantile a calm key's
 /// deviations are scaled against.
@@ -86,24 +99,18 @@ impl Default for CalibrationSpec {
 
 impl CalibrationSpec {
     /// A fresh calibration, or which field is wrong.
-    pub fn build(&self) -> Result<Calibration, String> {
+    pub fn build(&self) -> Result<Calibration, CalibrationError> {
         if self.history == 0 {
-            return Err("calibration.history must be at least 1".into());
+            return Err(CalibrationError::History);
         }
         let learn_us = parse_duration(&self.learn)
-            .map_err(|e| format!("calibration.learn: {e}"))?
+            .map_err(CalibrationError::Learn)?
             .max(0);
         if !(self.quantile > 0.0 && self.quantile < 1.0) {
-            return Err(format!(
-                "calibration.quantile must be in (0, 1), not {}",
-                self.quantile
-            ));
+            return Err(CalibrationError::Quantile(self.quantile));
         }
         if !(self.alarm.is_finite() && self.alarm > 0.0) {
-            return Err(format!(
-                "calibration.alarm must be a positive number of σ, not {}",
-                self.alarm
-            ));
+            return Err(CalibrationError::Alarm(self.alarm));
         }
         Ok(Calibration {
             quantile: self.quantile,
@@ -285,35 +292,36 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_the_field_named() {
-        let bad = |s: CalibrationSpec| s.build().unwrap_err();
+        let bad = |s: CalibrationSpec| s.build().unwrap_err().to_string();
         let d = CalibrationSpec::default();
-        assert!(
+        assert_eq!(
             bad(CalibrationSpec {
                 quantile: 1.0,
                 ..d.clone()
-            })
-            .contains("calibration.quantile")
+            }),
+            "calibration.quantile must be in (0, 1), not 1"
         );
-        assert!(
+        assert_eq!(
             bad(CalibrationSpec {
                 alarm: 0.0,
                 ..d.clone()
-            })
-            .contains("calibration.alarm")
+            }),
+            "calibration.alarm must be a positive number of σ, not 0"
         );
-        assert!(
+        assert_eq!(
             bad(CalibrationSpec {
                 history: 0,
                 ..d.clone()
-            })
-            .contains("calibration.history")
+            }),
+            "calibration.history must be at least 1"
         );
-        assert!(
-            bad(CalibrationSpec {
+        assert!(matches!(
+            CalibrationSpec {
                 learn: "soon".into(),
                 ..d
-            })
-            .contains("calibration.learn")
-        );
+            }
+            .build(),
+            Err(CalibrationError::Learn(DurationError::NotADuration { .. }))
+        ));
     }
 }

@@ -44,10 +44,43 @@ pub mod zscore;
 
 use serde::{Deserialize, Serialize};
 
-pub use calibration::{Calibration, CalibrationSpec};
+pub use calibration::{Calibration, CalibrationError, CalibrationSpec};
 use robust_z::{Baseline, Scale};
 
-use crate::window::spec::parse_duration;
+use crate::window::spec::{DurationError, parse_duration};
+
+/// What is wrong with a detector spec or with the calibration (for `stratus validate`); the
+/// message names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DetectError {
+    /// A duration field (`robust_z.baseline`, `seasonal.period`, …) that does not parse.
+    #[error("{detector}.{field}: {source}")]
+    Duration {
+        detector: &'static str,
+        field: &'static str,
+        source: DurationError,
+    },
+    /// A duration field of zero.
+    #[error("{detector}.{field} must be positive")]
+    NotPositive {
+        detector: &'static str,
+        field: &'static str,
+    },
+    #[error("{detector}.weight must be a number ≥ 0, not {weight}")]
+    Weight { detector: &'static str, weight: f64 },
+    #[error("{detector}.min_relative_scale must be in [0, 1), not {share}")]
+    RelativeScale { detector: &'static str, share: f64 },
+    /// A count or parameter out of its range, as the message says
+    /// (`cusum.k must be ≥ 0 and cusum.h > 0`).
+    #[error("{0}")]
+    Setting(&'static str),
+    #[error("detectors: at least one weight must be positive")]
+    NoPositiveWeight,
+    #[error(transparent)]
+    Calibration(#[from] CalibrationError),
+}
+
+pub type Result<T, E = DetectError> = std::result::Result<T, E>;
 
 /// A deviation standing in for "infinitely far" where the baseline has no spread at all.
 pub const MAX_DEVIATION: f64 = 1e6;
@@ -168,13 +201,11 @@ fn one_value() -> usize {
     1
 }
 
-fn relative_floor(detector: &str, share: f64) -> Result<f64, String> {
+fn relative_floor(detector: &'static str, share: f64) -> Result<f64> {
     if share.is_finite() && (0.0..1.0).contains(&share) {
         Ok(share)
     } else {
-        Err(format!(
-            "{detector}.min_relative_scale must be in [0, 1), not {share}"
-        ))
+        Err(DetectError::RelativeScale { detector, share })
     }
 }
 
@@ -227,24 +258,23 @@ impl DetectorSpec {
     }
 
     /// A fresh detector, or what is wrong with the spec (for `stratus validate`).
-    pub fn build(&self) -> Result<Detector, String> {
-        let span = |what: &str, text: &str| {
-            parse_duration(text)
-                .map_err(|e| format!("{}.{what}: {e}", self.name()))
-                .and_then(|us| {
-                    if us > 0 {
-                        Ok(us)
-                    } else {
-                        Err(format!("{}.{what} must be positive", self.name()))
-                    }
-                })
+    pub fn build(&self) -> Result<Detector> {
+        let detector = self.name();
+        let span = |field: &'static str, text: &str| match parse_duration(text) {
+            Ok(us) if us > 0 => Ok(us),
+            Ok(_) => Err(DetectError::NotPositive { detector, field }),
+            Err(source) => Err(DetectError::Duration {
+                detector,
+                field,
+                source,
+            }),
         };
         let w = self.weight();
         if !(w.is_finite() && w >= 0.0) {
-            return Err(format!(
-                "{}.weight must be a number ≥ 0, not {w}",
-                self.name()
-            ));
+            return Err(DetectError::Weight {
+                detector,
+                weight: w,
+            });
         }
         Ok(match self {
             DetectorSpec::RobustZ {
@@ -261,7 +291,9 @@ impl DetectorSpec {
                     None => i64::MAX,
                 };
                 if *points == 0 || *smooth == 0 {
-                    return Err("robust_z.points and robust_z.smooth must be at least 1".into());
+                    return Err(DetectError::Setting(
+                        "robust_z.points and robust_z.smooth must be at least 1",
+                    ));
                 }
                 Detector::RobustZ(
                     robust_z::RobustZ::new(Baseline {
@@ -286,10 +318,14 @@ impl DetectorSpec {
                 let period = span("period", period)?;
                 let width = width.as_deref().map(|w| span("width", w)).transpose()?;
                 if width.is_some_and(|w| w >= period) {
-                    return Err("seasonal.width must be shorter than seasonal.period".into());
+                    return Err(DetectError::Setting(
+                        "seasonal.width must be shorter than seasonal.period",
+                    ));
                 }
                 if *seasons == 0 || *points == 0 {
-                    return Err("seasonal.seasons and seasonal.points must be at least 1".into());
+                    return Err(DetectError::Setting(
+                        "seasonal.seasons and seasonal.points must be at least 1",
+                    ));
                 }
                 Detector::Seasonal(seasonal::Seasonal::new(
                     period,
@@ -313,7 +349,7 @@ impl DetectorSpec {
             } => {
                 let floor = relative_floor("cusum", *min_relative_scale)?;
                 if !(k.is_finite() && *k >= 0.0 && h.is_finite() && *h > 0.0) {
-                    return Err("cusum.k must be ≥ 0 and cusum.h > 0".into());
+                    return Err(DetectError::Setting("cusum.k must be ≥ 0 and cusum.h > 0"));
                 }
                 Detector::Cusum(
                     cusum::Cusum::new(span("baseline", baseline)?, (*min_points).max(2), *k, *h)
@@ -414,15 +450,12 @@ pub const FIT_HALF_LIFE: f64 = 1000.0;
 impl Ensemble {
     /// Builds the detectors and the default calibration; an error names the bad spec. At
     /// least one weight must be positive.
-    pub fn new(specs: &[DetectorSpec]) -> Result<Self, String> {
+    pub fn new(specs: &[DetectorSpec]) -> Result<Self> {
         Self::with_calibration(specs, &CalibrationSpec::default())
     }
 
     /// As [`new`](Self::new), calibrated as `calibration` says.
-    pub fn with_calibration(
-        specs: &[DetectorSpec],
-        calibration: &CalibrationSpec,
-    ) -> Result<Self, String> {
+    pub fn with_calibration(specs: &[DetectorSpec], calibration: &CalibrationSpec) -> Result<Self> {
         let mut e = Self::plain(specs)?;
         e.calibration = Some(calibration.build()?);
         Ok(e)
@@ -430,14 +463,14 @@ impl Ensemble {
 
     /// The largest weighted deviation squashed as it is (½ at 4σ), with no calibration and no
     /// rest: what a threshold on a plain z-score does.
-    pub fn plain(specs: &[DetectorSpec]) -> Result<Self, String> {
+    pub fn plain(specs: &[DetectorSpec]) -> Result<Self> {
         let total: f64 = specs.iter().map(DetectorSpec::weight).sum();
         let detectors = specs
             .iter()
             .map(DetectorSpec::build)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>>>()?;
         if total.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return Err("detectors: at least one weight must be positive".into());
+            return Err(DetectError::NoPositiveWeight);
         }
         Ok(Ensemble {
             names: specs.iter().map(|s| s.name().to_string()).collect(),

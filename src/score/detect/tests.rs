@@ -242,7 +242,7 @@ fn bad_specs_are_refused_with_the_field_named() {
     let err = |yaml: &str| {
         serde_norway::from_str::<DetectorSpec>(yaml)
             .map_err(|e| e.to_string())
-            .and_then(|s| s.build().map(|_| ()))
+            .and_then(|s| s.build().map(|_| ()).map_err(|e| e.to_string()))
             .unwrap_err()
     };
     assert!(err("kind: seasonal\nperiod: 1h\nwidth: 2h").contains("seasonal.width"));
@@ -252,11 +252,34 @@ fn bad_specs_are_refused_with_the_field_named() {
     assert!(err("kind: robust_z\nbasline: 1h").contains("unknown field `basline`"));
     assert!(err("kind: prophet").contains("unknown variant `prophet`"));
     let all_zero = [spec("kind: model\nweight: 0")];
-    assert!(
-        Ensemble::new(&all_zero)
-            .unwrap_err()
-            .contains("at least one weight")
+    assert_eq!(
+        Ensemble::new(&all_zero).unwrap_err().to_string(),
+        "detectors: at least one weight must be positive"
     );
+    assert_eq!(
+        err("kind: robust_z\nbaseline: soon"),
+        "robust_z.baseline: \"soon\" is not a duration; write for example \"30s\", \"1 minute\" or \"5m\""
+    );
+    assert_eq!(
+        err("kind: zscore\nwindow: 0s"),
+        "zscore.window must be positive"
+    );
+    assert_eq!(
+        err("kind: robust_z\nweight: -1"),
+        "robust_z.weight must be a number ≥ 0, not -1"
+    );
+    assert_eq!(
+        err("kind: cusum\nmin_relative_scale: 1"),
+        "cusum.min_relative_scale must be in [0, 1), not 1"
+    );
+    let calibration = CalibrationSpec {
+        alarm: -1.0,
+        ..CalibrationSpec::default()
+    };
+    assert!(matches!(
+        Ensemble::with_calibration(&DetectorSpec::default_ensemble(), &calibration),
+        Err(DetectError::Calibration(CalibrationError::Alarm(_)))
+    ));
 }
 
 #[test]
