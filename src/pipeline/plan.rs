@@ -453,10 +453,10 @@ fn check_kafka(r: &mut Reporter<'_>, config: Option<&KafkaConfig>) -> KafkaPrope
         return KafkaProperties::default();
     };
     for (key, Scalar(value)) in &config.properties {
-        if let Err(message) = check_property(key, value, false) {
+        if let Err(problem) = check_property(key, value, false) {
             r.at(
                 &["kafka", "properties", key],
-                message,
+                problem.to_string(),
                 Some("see the `kafka` section in src/pipeline/config.rs"),
             );
         }

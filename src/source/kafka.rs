@@ -64,16 +64,53 @@ pub fn is_secret(key: &str) -> bool {
 /// A problem with Kafka settings. Never holds a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaConfigError {
-    #[error("{}:{line}: {message}", path.display())]
+    #[error("{}: cannot read the Kafka properties file: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {problem}", path.display())]
     File {
         path: PathBuf,
         line: usize,
-        message: String,
+        problem: PropertyError,
     },
-    #[error("Kafka property `{key}`: {message}")]
-    Property { key: String, message: String },
+    #[error("Kafka property `{key}`: {problem}")]
+    Property { key: String, problem: PropertyError },
     #[error("cannot reach Kafka at {brokers}: {reason}")]
     Unreachable { brokers: String, reason: String },
+}
+
+/// What is wrong with one property. Never holds a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum PropertyError {
+    #[error("expected `key=value`, found `{0}`")]
+    NotAProperty(String),
+    #[error("`{0}` is set twice")]
+    Twice(String),
+    #[error("`{key}` is set by Stratus: {why}")]
+    Owned { key: String, why: &'static str },
+    #[error(
+        "`{0}` is a secret and may not be written in a pipeline file: write `${{env:NAME}}` or \
+         `${{file:PATH}}` and give the value to the worker"
+    )]
+    LiteralSecret(String),
+    #[error("`{0}` is not a reference Stratus knows: use `${{env:NAME}}` or `${{file:PATH}}`")]
+    UnknownReference(String),
+    #[error("the environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("cannot read {path}: {source}")]
+    FileUnreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("librdkafka has no property `{0}` (see librdkafka's CONFIGURATION.md)")]
+    Unknown(String),
+    /// librdkafka's own words on a value that is no secret.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the value of `{0}` is not valid")]
+    InvalidSecret(String),
 }
 
 /// librdkafka properties as written, `${env:…}` and `${file:…}` references unresolved.
@@ -108,32 +145,30 @@ impl KafkaProperties {
     /// Every property is checked as [`check_property`] does; a literal secret is allowed here
     /// (a worker's own file, such as a mounted Kubernetes Secret).
     pub fn from_file(path: &Path) -> Result<Self, KafkaConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| KafkaConfigError::File {
-            path: path.to_path_buf(),
-            line: 0,
-            message: format!("cannot read the Kafka properties file: {e}"),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| KafkaConfigError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut out = BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
-            let fail = |message: String| KafkaConfigError::File {
+            let fail = |problem| KafkaConfigError::File {
                 path: path.to_path_buf(),
                 line: n + 1,
-                message,
+                problem,
             };
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
                 continue;
             }
             let Some(at) = line.find(['=', ':']) else {
-                return Err(fail(format!(
-                    "expected `key=value`, found `{}`",
-                    line.split_whitespace().next().unwrap_or(line)
-                )));
+                let found = line.split_whitespace().next().unwrap_or(line);
+                return Err(fail(PropertyError::NotAProperty(found.to_string())));
             };
             let (key, value) = (line[..at].trim(), line[at + 1..].trim());
             check_property(key, value, true).map_err(&fail)?;
             if out.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(fail(format!("`{key}` is set twice")));
+                return Err(fail(PropertyError::Twice(key.to_string())));
             }
         }
         Ok(KafkaProperties(out))
@@ -163,24 +198,26 @@ enum Reference<'a> {
 
 impl<'a> Reference<'a> {
     /// The reference `value` is, if it is one; `Err` for a `${…}` Stratus does not know.
-    fn parse(value: &'a str) -> Option<Result<Self, String>> {
+    fn parse(value: &'a str) -> Option<Result<Self, PropertyError>> {
         let inner = value.strip_prefix("${")?.strip_suffix('}')?;
         Some(match inner.split_once(':') {
             Some(("env", name)) if !name.is_empty() => Ok(Reference::Env(name)),
             Some(("file", path)) if !path.is_empty() => Ok(Reference::File(path)),
-            _ => Err(format!(
-                "`{value}` is not a reference Stratus knows: use `${{env:NAME}}` or `${{file:PATH}}`"
-            )),
+            _ => Err(PropertyError::UnknownReference(value.to_string())),
         })
     }
 
-    fn resolve(&self) -> Result<String, String> {
+    fn resolve(&self) -> Result<String, PropertyError> {
         match self {
-            Reference::Env(name) => std::env::var(name)
-                .map_err(|_| format!("the environment variable {name} is not set")),
+            Reference::Env(name) => {
+                std::env::var(name).map_err(|_| PropertyError::EnvUnset(name.to_string()))
+            }
             Reference::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim().to_string())
-                .map_err(|e| format!("cannot read {path}: {e}")),
+                .map_err(|source| PropertyError::FileUnreadable {
+                    path: path.to_string(),
+                    source,
+                }),
         }
     }
 }
@@ -188,9 +225,12 @@ impl<'a> Reference<'a> {
 /// Checks one property as written: not one Stratus owns, known to librdkafka, a valid value
 /// (when it is not a reference), a well-formed reference, and — unless `literal_secret` — no
 /// secret written out. The message never holds a secret's value.
-pub fn check_property(key: &str, value: &str, literal_secret: bool) -> Result<(), String> {
+pub fn check_property(key: &str, value: &str, literal_secret: bool) -> Result<(), PropertyError> {
     if let Some((_, why)) = OWNED.iter().find(|(k, _)| *k == key) {
-        return Err(format!("`{key}` is set by Stratus: {why}"));
+        return Err(PropertyError::Owned {
+            key: key.to_string(),
+            why,
+        });
     }
     let reference = match Reference::parse(value) {
         Some(Err(e)) => return Err(e),
@@ -198,22 +238,21 @@ pub fn check_property(key: &str, value: &str, literal_secret: bool) -> Result<()
         None => false,
     };
     if is_secret(key) && !reference && !literal_secret {
-        return Err(format!(
-            "`{key}` is a secret and may not be written in a pipeline file: write \
-             `${{env:NAME}}` or `${{file:PATH}}` and give the value to the worker"
-        ));
+        return Err(PropertyError::LiteralSecret(key.to_string()));
     }
     // A reference's value is unknown here: only the key is checked, with a value every
     // string property takes.
     let probe = if reference { "" } else { value };
     match ClientConfig::new().set(key, probe).create_native_config() {
         Ok(_) => Ok(()),
-        Err(KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..)) => Err(format!(
-            "librdkafka has no property `{key}` (see librdkafka's CONFIGURATION.md)"
-        )),
+        Err(KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..)) => {
+            Err(PropertyError::Unknown(key.to_string()))
+        }
         Err(_) if reference => Ok(()),
-        Err(KafkaError::ClientConfig(_, desc, ..)) if !is_secret(key) => Err(desc),
-        Err(_) => Err(format!("the value of `{key}` is not valid")),
+        Err(KafkaError::ClientConfig(_, desc, ..)) if !is_secret(key) => {
+            Err(PropertyError::Invalid(desc))
+        }
+        Err(_) => Err(PropertyError::InvalidSecret(key.to_string())),
     }
 }
 
@@ -263,9 +302,9 @@ impl KafkaConnection {
     pub fn new(brokers: &str, properties: &KafkaProperties) -> Result<Self, KafkaConfigError> {
         let mut resolved = Vec::new();
         for (key, value) in properties.iter() {
-            let fail = |message| KafkaConfigError::Property {
+            let fail = |problem| KafkaConfigError::Property {
                 key: key.to_string(),
-                message,
+                problem,
             };
             let value = match Reference::parse(value) {
                 Some(r) => r.and_then(|r| r.resolve()).map_err(fail)?,
@@ -469,13 +508,19 @@ mod tests {
 
     #[test]
     fn a_secret_is_never_written_in_a_pipeline_and_never_echoed() {
-        let e = check_property("sasl.password", "hunter2", false).unwrap_err();
+        let e = check_property("sasl.password", "hunter2", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a secret") && !e.contains("hunter2"), "{e}");
         check_property("sasl.password", "${env:KAFKA_PASSWORD}", false).unwrap();
         check_property("ssl.ca.location", "${file:/etc/ca-path}", false).unwrap();
-        let e = check_property("sasl.password", "${vault:x}", false).unwrap_err();
+        let e = check_property("sasl.password", "${vault:x}", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("use `${env:NAME}` or `${file:PATH}`"), "{e}");
-        let e = check_property("security.protocol", "SASL_TLS", false).unwrap_err();
+        let e = check_property("security.protocol", "SASL_TLS", false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("SASL_TLS"),
             "a wrong value that is no secret is named: {e}"
