@@ -11,10 +11,12 @@
 //! - [`mix`]: the instance mix, as a mixed-integer program, and its Pareto front;
 //! - [`rightsize`]: the cheapest type that holds the observed load;
 //! - [`catalogue`]: instance types and prices;
-//! - [`stage`]: the pipeline stages that run them.
+//! - [`stage`]: the pipeline stages that run them;
+//! - [`config`]: those stages as written in a pipeline file, and their checks.
 
 pub mod alert;
 pub mod catalogue;
+pub mod config;
 pub mod mix;
 pub mod recommend;
 pub mod rightsize;

@@ -9,16 +9,14 @@
 //! - [`diagnostics`]: errors with file, line and hint, all reported at once.
 
 pub mod config;
-pub mod decide;
 pub mod diagnostics;
-pub mod forecast;
+pub mod models;
 pub mod plan;
-pub mod score;
 pub mod stage;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
 pub use plan::{Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan};
-pub use stage::{SqlStage, StageKind, StagePlan, WindowStage};
+pub use stage::{SqlStage, StageConfig, StageFields, StageKind, StagePlan, WindowStage};
 
 #[cfg(test)]
 mod tests;

@@ -3,12 +3,14 @@
 //! - [`runtime`]: finds `libonnxruntime` (project venv or `ORT_DYLIB_PATH`) and loads it once.
 //! - [`onnx`]: a loaded model, scored a batch of feature rows at a time.
 //! - [`registry`]: versioned models and manifests under a local or `s3://` prefix.
+//! - [`config`]: a score stage as written in a pipeline file, and its check;
 //! - [`stage`]: a pipeline's score stage — model, shadow, detectors, hot reload.
 //! - [`function`]: registered models callable from SQL, `score('model', inputs…)`.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
 //!
 //! Forecast models, run the same way, are in [`crate::forecast`].
 
+pub mod config;
 pub mod detect;
 pub mod function;
 pub mod onnx;

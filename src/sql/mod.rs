@@ -7,11 +7,13 @@
 //!
 //! A program adds its own Rust functions with [`Functions`].
 //!
-//! [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
+//! [`config`] is a SQL stage as written in a pipeline file and its check (the query planned
+//! against its input); [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
 //! pipeline's SQL stages that have no window.
 
 pub mod calendar;
 pub mod compiled;
+pub mod config;
 pub mod stage;
 
 use std::sync::Arc;

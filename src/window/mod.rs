@@ -5,10 +5,12 @@
 //! - [`spec`]: the window in a stage's `GROUP BY`, and the query rewritten for DataFusion;
 //! - [`watermark`]: per-partition watermark tracking;
 //! - [`operator`]: the stateful operator that fires windows as the watermark passes them;
+//! - [`config`]: a window stage's `carry` and `replace_by` as written, and their checks;
 //! - [`carry`]: features carried across a stage's windows per key (EWMA, delta, rate of
 //!   change, robust z-score against a trailing baseline).
 
 pub mod carry;
+pub mod config;
 pub mod operator;
 pub mod spec;
 pub mod watermark;

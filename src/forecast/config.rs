@@ -1,33 +1,68 @@
-//! Checks a `forecast` stage before anything runs — its input, key, time and value columns,
-//! horizons and history — and loads the forecast model it names (also the spot
-//! recommendations'), which must take [`FEATURES`] in.
+//! A forecast stage as written — `forecast: {from, model, key, value, horizons, …}` — and its
+//! check before anything runs: its input, key, time and value columns, horizons and history;
+//! and the loading of the forecast model it names (also the spot recommendations'), which must
+//! take [`FEATURES`] in. Out: the stage's [`StagePlan`] with its [`ForecastSpec`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::config::{ForecastStageConfig, ModelsConfig};
-use super::diagnostics::Reporter;
-use super::stage::{
-    Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
+use serde::Deserialize;
+
+use super::model::FEATURES;
+use super::stage::{ForecastRef, ForecastSpec};
+use crate::pipeline::diagnostics::Reporter;
+use crate::pipeline::stage::{
+    Checking, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
 };
-use crate::forecast::model::FEATURES;
-use crate::forecast::stage::{ForecastRef, ForecastSpec};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
+
+/// A forecast stage (see `forecast::stage`): per key, from each hour, the quantiles of the value
+/// `horizons` ahead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastStageConfig {
+    /// An hourly stage.
+    pub from: String,
+    /// A forecast model: `name` (the newest version, followed) or `name@version`.
+    pub model: String,
+    /// Columns identifying a series.
+    pub key: Vec<String>,
+    /// The hour's start (default `window_start`).
+    #[serde(default = "default_forecast_time")]
+    pub time: String,
+    /// The numeric column forecast.
+    pub value: String,
+    #[serde(default = "default_horizons")]
+    pub horizons: Vec<String>,
+    /// History a series needs before it is forecast.
+    #[serde(default = "default_min_history")]
+    pub min_history: String,
+}
+
+fn default_forecast_time() -> String {
+    "window_start".into()
+}
+fn default_horizons() -> Vec<String> {
+    vec!["1h".into(), "6h".into(), "24h".into()]
+}
+fn default_min_history() -> String {
+    "48h".into()
+}
 
 /// The longest horizon a forecast stage may ask for, and the most history it may wait for.
 const MAX_HORIZON: i64 = 7 * 24 * 3_600_000_000;
 
-pub(super) async fn check_forecast_stage(
-    r: &mut Reporter<'_>,
+/// Checks a forecast stage and loads its model: its plan, or `None` with every problem
+/// reported.
+pub(crate) async fn check(
+    cx: &mut Checking<'_, '_>,
     name: &str,
     c: &ForecastStageConfig,
-    registry: Option<&str>,
-    models: Option<&ModelsConfig>,
-    relations: &[(String, Relation)],
 ) -> Option<StagePlan> {
     let at = |field: &'static str| ["stages", name, "forecast", field];
-    let rel = input(r, &at("from"), &c.from, relations)?;
+    let (r, registry, poll) = (&mut *cx.r, cx.registry, cx.poll);
+    let rel = input(r, &at("from"), &c.from, cx.relations)?;
     let schema = rel.schema.clone();
     let before = r.found.len();
     if c.key.is_empty() {
@@ -112,7 +147,7 @@ pub(super) async fn check_forecast_stage(
             );
             None
         }
-        Some(location) => forecast_model(r, &at("model"), &c.model, location, models).await,
+        Some(location) => forecast_model(r, &at("model"), &c.model, location, poll).await,
     };
     if r.found.len() > before {
         return None;
@@ -138,12 +173,12 @@ pub(super) async fn check_forecast_stage(
 
 /// Resolves and loads a forecast model ([`FEATURES`] in) from the registry, with how often a
 /// running stage looks for a newer version.
-pub(super) async fn forecast_model(
+pub(crate) async fn forecast_model(
     r: &mut Reporter<'_>,
     path: &[&str],
     text: &str,
     location: &str,
-    models: Option<&ModelsConfig>,
+    poll: Duration,
 ) -> Option<ForecastRef> {
     let reference = text
         .parse::<ModelRef>()
@@ -155,7 +190,6 @@ pub(super) async fn forecast_model(
             )
         })
         .ok()?;
-    let poll = models.map_or(10_000_000, |m| duration(r, &["models", "poll"], &m.poll));
     let registry = Registry::open(location, &crate::sink::storage_options_from_env())
         .map_err(|e| r.at(&["models", "registry"], e.to_string(), None))
         .ok()?;
@@ -192,6 +226,6 @@ pub(super) async fn forecast_model(
         version,
         onnx: Arc::clone(&loaded.onnx),
         registry: location.to_string(),
-        poll: Duration::from_micros(poll.max(0) as u64),
+        poll,
     })
 }

@@ -1,31 +1,254 @@
-//! Checks the decision stages — `alert` and `recommend` — before anything runs: their input,
-//! its columns and types, durations, thresholds, maintenance windows, the catalogue and
-//! workloads files, and the forecast model.
+//! The decision stages as written — `alert: {…}` and `recommend: {…}` — and their checks
+//! before anything runs: their input, its columns and types, durations, thresholds,
+//! maintenance windows, the catalogue and workloads files, and the forecast model. Out: each
+//! stage's [`StagePlan`] with its [`AlertSpec`], [`SpotSpec`] or [`RightsizeSpec`].
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::config::{AlertStageConfig, MaintenanceConfig, ModelsConfig, RecommendStageConfig};
-use super::diagnostics::Reporter;
-use super::stage::{
-    Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
+use serde::Deserialize;
+
+use super::alert::{Maintenance, MaintenanceTime, Policy};
+use super::catalogue::{Catalogue, region_of};
+use super::mix::check_requirement;
+use super::rows::{AlertInput, alert_schema, recommendation_schema};
+use super::spot::Workload;
+use super::stage::{AlertSpec, DemandForecast, RightsizeSpec, SpotSpec};
+use crate::forecast::config::forecast_model;
+use crate::pipeline::diagnostics::Reporter;
+use crate::pipeline::stage::{
+    Checking, Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp,
+    need_columns,
 };
-use crate::decide::alert::{Maintenance, MaintenanceTime, Policy};
-use crate::decide::catalogue::{Catalogue, region_of};
-use crate::decide::mix::check_requirement;
-use crate::decide::rows::{AlertInput, alert_schema, recommendation_schema};
-use crate::decide::spot::Workload;
-use crate::decide::stage::{AlertSpec, DemandForecast, RightsizeSpec, SpotSpec};
 use crate::score::stage::is_numeric;
 
-pub(super) fn check_alert_stage(
-    r: &mut Reporter<'_>,
+/// An alert stage: severity, dedup, suppression and correlation over scored rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertStageConfig {
+    /// A score stage.
+    pub from: String,
+    /// The alerts' `kind`, e.g. `metric_anomaly` or `cost_anomaly`.
+    pub kind: String,
+    /// Columns identifying what an alert is about (its dedup key).
+    pub key: Vec<String>,
+    /// The column naming the resource (default: the first key column).
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default = "default_alert_score")]
+    pub score: String,
+    /// A numeric column with the cost impact in USD (e.g. a carried `cost_excess`).
+    #[serde(default)]
+    pub impact: Option<String>,
+    /// Columns copied into each alert's `labels` (the key columns always are).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub severity: SeverityConfig,
+    #[serde(default = "default_resolve_after")]
+    pub resolve_after: String,
+    #[serde(default = "default_cooldown")]
+    pub cooldown: String,
+    #[serde(default)]
+    pub flapping: Option<FlappingConfig>,
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceConfig>,
+    #[serde(default)]
+    pub correlate: Option<CorrelateConfig>,
+}
+
+fn default_alert_score() -> String {
+    "anomaly_score".into()
+}
+fn default_resolve_after() -> String {
+    "15m".into()
+}
+fn default_cooldown() -> String {
+    "1h".into()
+}
+
+/// Score thresholds and what raises a severity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeverityConfig {
+    #[serde(default = "info_at")]
+    pub info: f64,
+    #[serde(default = "warning_at")]
+    pub warning: f64,
+    #[serde(default = "critical_at")]
+    pub critical: f64,
+    /// An anomaly lasting this long is raised one level.
+    #[serde(default)]
+    pub escalate_after: Option<String>,
+    /// Impact (USD) that makes an alert at least a warning / critical.
+    #[serde(default)]
+    pub impact_warning: Option<f64>,
+    #[serde(default)]
+    pub impact_critical: Option<f64>,
+}
+
+fn info_at() -> f64 {
+    0.5
+}
+fn warning_at() -> f64 {
+    0.7
+}
+fn critical_at() -> f64 {
+    0.9
+}
+
+impl Default for SeverityConfig {
+    fn default() -> Self {
+        SeverityConfig {
+            info: info_at(),
+            warning: warning_at(),
+            critical: critical_at(),
+            escalate_after: None,
+            impact_warning: None,
+            impact_critical: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlappingConfig {
+    pub window: String,
+    pub max_firings: usize,
+}
+
+/// A maintenance window: `start`/`end` (RFC 3339) once, or `weekly`; `match` narrows it to
+/// label values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub weekly: Option<WeeklyConfig>,
+    #[serde(default, rename = "match")]
+    pub matches: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyConfig {
+    /// `mon` … `sun`.
+    pub days: Vec<String>,
+    /// `HH:MM` UTC, start inclusive, end exclusive.
+    pub from: String,
+    pub to: String,
+}
+
+/// Which shared label values correlate alerts, and within how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelateConfig {
+    /// Each entry a column or a list of columns; sharing any one entry's values correlates.
+    pub by: Vec<ColumnSet>,
+    pub window: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnSet {
+    One(String),
+    All(Vec<String>),
+}
+
+impl ColumnSet {
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            ColumnSet::One(c) => vec![c.clone()],
+            ColumnSet::All(c) => c.clone(),
+        }
+    }
+}
+
+/// A recommend stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendStageConfig {
+    pub from: String,
+    /// `spot` (spot / on-demand and instance mix per workload, from hourly spot prices:
+    /// columns `instance_type`, `az`, `window_start` and `price`) or `rightsizing` (per
+    /// resource, from utilisation windows: `resource_id`, `metric`, `instance_type`,
+    /// `region`, `window_end` and `value`).
+    pub kind: String,
+    /// The instance catalogue CSV, relative to the pipeline file.
+    pub catalogue: String,
+    /// spot: the workloads file (YAML list), relative to the pipeline file.
+    #[serde(default)]
+    pub workloads: Option<String>,
+    /// spot: the spot price forecast model; without one, each pool's own history of changes.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// spot: the hourly price column.
+    #[serde(default = "default_price")]
+    pub price: String,
+    #[serde(default)]
+    pub weights: Option<super::mix::Weights>,
+    #[serde(default)]
+    pub interruption: Option<super::spot::InterruptionProxy>,
+    #[serde(default = "default_paths")]
+    pub paths: usize,
+    /// History needed before recommending (spot: hourly prices; rightsizing: utilisation).
+    #[serde(default = "default_min_history")]
+    pub min_history: String,
+    /// rightsizing: the utilisation column (percent) and the metrics it is read from.
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default = "default_cpu_metric")]
+    pub cpu_metric: String,
+    #[serde(default = "default_memory_metric")]
+    pub memory_metric: String,
+    /// rightsizing: the trailing span and how often a resource is reassessed.
+    #[serde(default = "default_span")]
+    pub span: String,
+    #[serde(default = "default_every")]
+    pub every: String,
+    #[serde(default)]
+    pub headroom: Option<super::rightsize::Headroom>,
+    /// rightsizing: an earlier forecast stage of each resource's CPU (key `resource_id`); a
+    /// resource it forecasts is sized to hold the 95th percentile of its forecast for the hours
+    /// ahead instead of its past p95.
+    #[serde(default)]
+    pub forecast: Option<String>,
+}
+
+fn default_price() -> String {
+    "mean_price".into()
+}
+fn default_paths() -> usize {
+    2000
+}
+fn default_min_history() -> String {
+    "48h".into()
+}
+fn default_cpu_metric() -> String {
+    "CPUUtilization".into()
+}
+fn default_memory_metric() -> String {
+    "MemoryUtilization".into()
+}
+fn default_span() -> String {
+    "7d".into()
+}
+fn default_every() -> String {
+    "1h".into()
+}
+
+/// Checks an alert stage: its plan, or `None` with every problem reported.
+pub(crate) fn check_alert(
+    cx: &mut Checking<'_, '_>,
     name: &str,
     a: &AlertStageConfig,
-    relations: &[(String, Relation)],
 ) -> Option<StagePlan> {
     let at = |field: &'static str| ["stages", name, "alert", field];
-    let rel = input(r, &at("from"), &a.from, relations)?;
+    let r = &mut *cx.r;
+    let rel = input(r, &at("from"), &a.from, cx.relations)?;
     let schema = rel.schema.clone();
     let before = r.found.len();
     let resource = a.resource.clone().or_else(|| a.key.first().cloned());
@@ -278,17 +501,15 @@ fn maintenance(
     Some(Maintenance { when, matches })
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn check_recommend_stage(
-    r: &mut Reporter<'_>,
-    base: &Path,
+/// Checks a recommend stage and loads what it needs (catalogue, workloads, forecast model):
+/// its plan, or `None` with every problem reported.
+pub(crate) async fn check_recommend(
+    cx: &mut Checking<'_, '_>,
     name: &str,
     c: &RecommendStageConfig,
-    registry: Option<&str>,
-    models: Option<&ModelsConfig>,
-    relations: &[(String, Relation)],
 ) -> Option<StagePlan> {
     let at = |field: &'static str| ["stages", name, "recommend", field];
+    let (r, base, registry, relations) = (&mut *cx.r, cx.base, cx.registry, cx.relations);
     let rel = input(r, &at("from"), &c.from, relations)?;
     let schema = rel.schema.clone();
     let before = r.found.len();
@@ -350,7 +571,7 @@ pub(super) async fn check_recommend_stage(
                     None
                 }
                 (Some(m), Some(location)) => {
-                    super::forecast::forecast_model(r, &at("model"), m, location, models).await
+                    forecast_model(r, &at("model"), m, location, cx.poll).await
                 }
             };
             if c.forecast.is_some() {

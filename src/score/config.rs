@@ -1,110 +1,62 @@
-//! Checks a score stage: its input, key, time and value columns, its detectors, and its models
-//! — resolved in the registry now, with every feature their manifests name present and numeric
-//! in the input.
-
-use std::path::Path;
-use std::time::Duration;
+//! A score stage as written — `score: {from, model, key, value, detectors, …}` — and its
+//! check: its input, key, time and value columns, its detectors, and its models, resolved in
+//! the registry now, with every feature their manifests name present and numeric in the input.
+//! Out: the stage's [`StagePlan`] with its [`ScoreSpec`].
 
 use arrow::datatypes::DataType;
+use serde::Deserialize;
 
-use super::config::{ModelsConfig, PipelineConfig, ScoreStageConfig};
-use super::diagnostics::Reporter;
-use super::stage::{Relation, StageKind, StagePlan};
-use crate::score::detect::{DetectError, DetectorSpec, Ensemble};
-use crate::score::function::{self, Models};
-use crate::score::registry::{ModelRef, Registry};
-use crate::score::stage::{ScoreSpec, feature_columns, is_numeric};
-use crate::window::parse_duration;
+use super::detect::{DetectError, DetectorSpec, Ensemble};
+use super::registry::{ModelRef, Registry};
+use super::stage::{ScoreSpec, feature_columns, is_numeric};
+use crate::pipeline::diagnostics::Reporter;
+use crate::pipeline::stage::{Checking, StageKind, StagePlan, input};
 
-/// The registry location a pipeline uses: `STRATUS_MODELS`, else `models.registry` (a relative
-/// path is relative to the pipeline file).
-pub fn registry_location(base: &Path, models: Option<&ModelsConfig>) -> Option<String> {
-    if let Ok(v) = std::env::var("STRATUS_MODELS")
-        && !v.is_empty()
-    {
-        return Some(v);
-    }
-    let r = &models?.registry;
-    Some(crate::sink::resolve_location(
-        &base.display().to_string(),
-        r,
-    ))
+/// A score stage (see `score::stage`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreStageConfig {
+    /// The stage (or source) whose rows are scored.
+    pub from: String,
+    /// `name` (the newest version, followed as new ones are registered) or `name@version`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A candidate scored beside the model and written, never acted on.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// Columns identifying whose history the detectors follow.
+    pub key: Vec<String>,
+    /// The row's event time (default `window_end`).
+    #[serde(default = "default_score_time")]
+    pub time: String,
+    /// The numeric column the detectors watch (needed by every detector but `model`).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Detectors and weights; default: the model alone, or the default ensemble (the value,
+    /// the mean of its last 5 and the same time of the last 3 days), plus the model if set.
+    #[serde(default)]
+    pub detectors: Option<Vec<DetectorSpec>>,
+    /// How the ensemble's deviation is judged against each key's own history, and how long an
+    /// alarm silences the key (default: the 95th percentile of the last 2,000 deviations,
+    /// alarm at 6σ, rest of 100 values).
+    #[serde(default)]
+    pub calibration: Option<super::detect::CalibrationSpec>,
 }
 
-/// How often a stage following a model's newest version looks for a newer one (`models.poll`,
-/// default 10 s).
-fn poll(r: &mut Reporter<'_>, models: Option<&ModelsConfig>) -> Duration {
-    let us = models.map_or(Some(10_000_000), |m| {
-        parse_duration(&m.poll)
-            .map_err(|e| r.at(&["models", "poll"], e, Some("for example \"10s\"")))
-            .ok()
-    });
-    Duration::from_micros(us.unwrap_or(10_000_000).max(0) as u64)
+fn default_score_time() -> String {
+    "window_end".into()
 }
 
-/// Loads the models the stages' SQL calls with `score('…', …)` from the pipeline's registry
-/// (see `score::function`); none when no SQL calls one.
-pub(super) async fn sql_models(
-    r: &mut Reporter<'_>,
-    base: &Path,
-    config: &PipelineConfig,
-    registry: Option<&str>,
-) -> Option<Models> {
-    let mut called = Vec::new();
-    for (_, stage) in config.stages.iter() {
-        if let Some(sql) = &stage.sql
-            && let Ok(text) = std::fs::read_to_string(base.join(sql))
-        {
-            called.extend(function::called(&text));
-        }
-    }
-    called.sort();
-    called.dedup();
-    let first = called.first()?;
-    let Some(location) = registry else {
-        r.at(
-            &["stages"],
-            format!(
-                "the SQL calls {}('{first}', …) but the pipeline has no model registry",
-                function::FUNCTION
-            ),
-            Some("add `models: {registry: ../models/registry}` (or set STRATUS_MODELS)"),
-        );
-        return None;
-    };
-    let poll = poll(r, config.models.as_ref());
-    let loaded = match Registry::open(location, &crate::sink::storage_options_from_env()) {
-        Ok(registry) => Models::load(registry, &called, poll).await,
-        Err(e) => Err(e.into()),
-    };
-    match loaded {
-        Ok(models) => Some(models),
-        Err(e) => {
-            r.at(
-                &["models", "registry"],
-                format!("a model the SQL calls: {e}"),
-                Some("`stratus models list` shows what is registered"),
-            );
-            None
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn check_score_stage(
-    r: &mut Reporter<'_>,
+/// Checks a score stage against its input and the registry: its plan, or `None` with every
+/// problem reported.
+pub(crate) async fn check(
+    cx: &mut Checking<'_, '_>,
     name: &str,
     score: &ScoreStageConfig,
-    models: Option<&ModelsConfig>,
-    registry: Option<&str>,
-    relations: &[(String, Relation)],
-    failed: &[&str],
 ) -> Option<StagePlan> {
     let at = |field: &'static str| ["stages", name, "score", field];
-    if failed.contains(&score.from.as_str()) {
-        return None;
-    }
-    let input = super::stage::input(r, &at("from"), &score.from, relations)?;
+    let (r, registry, poll) = (&mut *cx.r, cx.registry, cx.poll);
+    let input = input(r, &at("from"), &score.from, cx.relations)?;
     let before = r.found.len();
     let schema = input.schema.clone();
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -214,7 +166,6 @@ pub(super) async fn check_score_stage(
     }
 
     let needs_registry = model.is_some() || shadow.is_some();
-    let poll = poll(r, models);
     if needs_registry {
         match registry {
             None => r.at(
