@@ -34,9 +34,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::demo::events::metric_events;
 use crate::job::run::{RunConfig, RunError, RunSummary, run_to_end};
+use crate::kafka::{consumer_config, producer_config};
 use crate::pipeline::{Diagnostics, Pipeline};
 use crate::say;
-use crate::source::kafka::{consumer_config, producer_config};
 use crate::validate::{DecodeError, SchemaError};
 
 /// Why the bench stopped. Where it says what the bench was doing (`creating …`, `starting the

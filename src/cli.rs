@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::source::kafka::{KafkaConnection, KafkaProperties};
+use crate::kafka::{KafkaConnection, KafkaProperties};
 use crate::sql::Functions;
 
 /// Why a command failed: its message is printed as `stratus: <message>`.
@@ -203,7 +203,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if span_us <= 0 {
         return Err("--days must be positive".into());
     }
-    let interval_us = crate::window::parse_duration(&interval).map_err(Error::from)?;
+    let interval_us = crate::duration::parse_duration(&interval).map_err(Error::from)?;
     let start_us = match start {
         Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
             .map_err(|e| Error::from(format!("--start {s:?}: {e}")))?
@@ -409,7 +409,7 @@ fn evaluate(command: Evaluate, runtime: &tokio::runtime::Runtime) -> Result<()> 
         } => {
             use crate::evaluate::forecast;
             let us = |what: &str, text: &str| {
-                crate::window::parse_duration(text)
+                crate::duration::parse_duration(text)
                     .map_err(|e| Error::from(format!("--{what}: {e}")))
                     .and_then(|v| {
                         if v > 0 {

@@ -5,7 +5,8 @@
 //! Lake exactly once, scored with ONNX models, and turned into alerts and recommendations.
 //!
 //! One module per stage of the dataflow:
-//! - [`source`]: Kafka clients and dead letters;
+//! - [`source`]: Kafka consumers, file replays and dead letters;
+//! - [`kafka`]: settings shared by every Kafka client (security, tuning, exactly-once);
 //! - [`validate`]: schemas and the JSON → Arrow decoder;
 //! - [`window`]: event-time windows, watermarks and lateness;
 //! - [`sql`]: DataFusion sessions with Stratus's SQL functions;
@@ -15,9 +16,11 @@
 //! - [`decide`]: alerts and recommendations;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`columns`]: typed reads of a batch's columns by name;
+//! - [`duration`]: durations as users write them;
 //! - [`keys`]: one text encoding of a row's key, for per-key state;
 //! - [`stats`]: robust statistics shared by carried features and detectors;
 //! - [`operator`]: the trait every stage implements, as the run loop drives it;
+//! - [`check`]: what checking each kind of stage reads and gives, below every kind;
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
 //! - [`demo`]: the embedded default job behind `stratus demo`;
@@ -26,15 +29,18 @@
 //! - [`generate`]: `stratus generate`, seeded synthetic telemetry with labelled anomalies.
 
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod columns;
 pub mod console;
 pub mod decide;
 pub mod demo;
+pub mod duration;
 pub mod evaluate;
 pub mod forecast;
 pub mod generate;
 pub mod job;
+pub mod kafka;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

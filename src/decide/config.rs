@@ -1,7 +1,7 @@
 //! The decision stages as written — `alert: {…}` and `recommend: {…}` — and their checks
 //! before anything runs: their input, its columns and types, durations, thresholds,
 //! maintenance windows, the catalogue and workloads files, and the forecast model. Out: each
-//! stage's [`StagePlan`] with its [`AlertSpec`], [`SpotSpec`] or [`RightsizeSpec`].
+//! stage's [`Planned`] [`AlertSpec`], or its [`Recommend`]: a [`SpotSpec`] or a [`RightsizeSpec`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,12 +14,11 @@ use super::mix::check_requirement;
 use super::rows::{AlertInput, alert_schema, recommendation_schema};
 use super::spot::Workload;
 use super::stage::{AlertSpec, DemandForecast, RightsizeSpec, SpotSpec};
-use crate::forecast::config::forecast_model;
-use crate::pipeline::diagnostics::Reporter;
-use crate::pipeline::stage::{
-    Checking, Relation, StageKind, StagePlan, decision_plan, duration, input, is_timestamp,
-    need_columns,
+use crate::check::diagnostics::Reporter;
+use crate::check::{
+    Checking, Planned, Relation, decision_plan, duration, input, is_timestamp, need_columns,
 };
+use crate::forecast::config::forecast_model;
 use crate::score::stage::is_numeric;
 
 /// An alert stage: severity, dedup, suppression and correlation over scored rows.
@@ -245,7 +244,7 @@ pub(crate) fn check_alert(
     cx: &mut Checking<'_, '_>,
     name: &str,
     a: &AlertStageConfig,
-) -> Option<StagePlan> {
+) -> Option<Planned<AlertSpec>> {
     let at = |field: &'static str| ["stages", name, "alert", field];
     let r = &mut *cx.r;
     let rel = input(r, &at("from"), &a.from, cx.relations)?;
@@ -400,7 +399,7 @@ pub(crate) fn check_alert(
         schema,
         output,
         rel.lateness,
-        StageKind::Alert(spec),
+        spec,
     ))
 }
 
@@ -501,13 +500,21 @@ fn maintenance(
     Some(Maintenance { when, matches })
 }
 
+/// What a recommend stage's check gives: spot / on-demand and instance-mix recommendations, or
+/// rightsizing.
+#[derive(Debug, Clone)]
+pub enum Recommend {
+    Spot(SpotSpec),
+    Rightsizing(RightsizeSpec),
+}
+
 /// Checks a recommend stage and loads what it needs (catalogue, workloads, forecast model):
 /// its plan, or `None` with every problem reported.
 pub(crate) async fn check_recommend(
     cx: &mut Checking<'_, '_>,
     name: &str,
     c: &RecommendStageConfig,
-) -> Option<StagePlan> {
+) -> Option<Planned<Recommend>> {
     let at = |field: &'static str| ["stages", name, "recommend", field];
     let (r, base, registry, relations) = (&mut *cx.r, cx.base, cx.registry, cx.relations);
     let rel = input(r, &at("from"), &c.from, relations)?;
@@ -584,7 +591,7 @@ pub(crate) async fn check_recommend(
             if c.paths == 0 || c.paths > 1_000_000 {
                 r.at(&at("paths"), "paths must be between 1 and 1000000", None);
             }
-            StageKind::Spot(SpotSpec {
+            Recommend::Spot(SpotSpec {
                 stage: name.to_string(),
                 instance_type: "instance_type".into(),
                 az: "az".into(),
@@ -629,7 +636,7 @@ pub(crate) async fn check_recommend(
                 Some(is_numeric),
                 "a number",
             );
-            StageKind::Rightsizing(RightsizeSpec {
+            Recommend::Rightsizing(RightsizeSpec {
                 stage: name.to_string(),
                 resource: "resource_id".into(),
                 metric: "metric".into(),

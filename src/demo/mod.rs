@@ -34,10 +34,10 @@ pub use figures::{AlertFigures, Detection, ForecastFigures, RecommendationFigure
 
 use crate::generate::{BILLING_TOPIC, GenerateError, METRICS_TOPIC, SPOT_TOPIC};
 use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
+use crate::kafka::producer_config;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Diagnostics, Pipeline};
 use crate::sink::delta::SinkError;
-use crate::source::kafka::producer_config;
 
 /// Why the demo stopped. Where it says what the demo was doing (`writing …`, `pipeline …`),
 /// the error it met is the [`source`](std::error::Error::source).
@@ -517,8 +517,7 @@ fn place<'a>(keys: impl Iterator<Item = &'a str>) -> Placement {
 /// starts at offset 0), naming how many and what to do.
 fn all_kept(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer =
-        crate::source::kafka::consumer_config(brokers, "stratus-demo").create()?;
+    let consumer: BaseConsumer = crate::kafka::consumer_config(brokers, "stratus-demo").create()?;
     for p in 0..partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if low != 0 {

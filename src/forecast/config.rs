@@ -1,7 +1,7 @@
 //! A forecast stage as written — `forecast: {from, model, key, value, horizons, …}` — and its
 //! check before anything runs: its input, key, time and value columns, horizons and history;
 //! and the loading of the forecast model it names (also the spot recommendations'), which must
-//! take [`FEATURES`] in. Out: the stage's [`StagePlan`] with its [`ForecastSpec`].
+//! take [`FEATURES`] in. Out: the stage's [`Planned`] [`ForecastSpec`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +10,8 @@ use serde::Deserialize;
 
 use super::model::FEATURES;
 use super::stage::{ForecastRef, ForecastSpec};
-use crate::pipeline::diagnostics::Reporter;
-use crate::pipeline::stage::{
-    Checking, StageKind, StagePlan, decision_plan, duration, input, is_timestamp, need_columns,
-};
+use crate::check::diagnostics::Reporter;
+use crate::check::{Checking, Planned, decision_plan, duration, input, is_timestamp, need_columns};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
@@ -59,7 +57,7 @@ pub(crate) async fn check(
     cx: &mut Checking<'_, '_>,
     name: &str,
     c: &ForecastStageConfig,
-) -> Option<StagePlan> {
+) -> Option<Planned<ForecastSpec>> {
     let at = |field: &'static str| ["stages", name, "forecast", field];
     let (r, registry, poll) = (&mut *cx.r, cx.registry, cx.poll);
     let rel = input(r, &at("from"), &c.from, cx.relations)?;
@@ -108,7 +106,7 @@ pub(crate) async fn check(
     }
     let mut horizons = Vec::new();
     for h in &c.horizons {
-        let Ok(us) = crate::window::parse_duration(h) else {
+        let Ok(us) = crate::duration::parse_duration(h) else {
             duration(r, &at("horizons"), h);
             continue;
         };
@@ -167,7 +165,7 @@ pub(crate) async fn check(
         schema,
         output,
         rel.lateness,
-        StageKind::Forecast(spec),
+        spec,
     ))
 }
 

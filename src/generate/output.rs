@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::{Emit, GenerateError, Result};
-use crate::source::kafka::KafkaConnection;
+use crate::kafka::KafkaConnection;
 
 /// `<dir>/<topic>.jsonl`, one event a line.
 pub struct Files {

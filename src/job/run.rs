@@ -41,6 +41,7 @@ use rdkafka::producer::FutureProducer;
 
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
+use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
@@ -48,7 +49,6 @@ use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
 use crate::source::SourceError;
-use crate::source::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::source::reader::{
     ReadConfig, SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
 };

@@ -37,7 +37,7 @@ pub struct PipelineConfig {
     pub description: Option<String>,
     pub sources: Entries<SourceConfig>,
     #[serde(default)]
-    pub stages: Entries<super::stage::StageFields>,
+    pub stages: Entries<super::kinds::StageFields>,
     pub sinks: Entries<SinkConfig>,
     /// Delta commit policy shared by the pipeline's Delta sinks.
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct PipelineConfig {
     pub kafka: Option<KafkaConfig>,
 }
 
-/// Settings of a pipeline's Kafka clients (see [`crate::source::kafka`]).
+/// Settings of a pipeline's Kafka clients (see [`crate::kafka`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {

@@ -2,21 +2,25 @@
 //!
 //! - [`config`]: the file format (serde, unknown fields rejected);
 //! - [`plan`]: loading and checking — schemas, SQL planned against its inputs, sinks;
-//! - [`stage`]: checked stages ([`StagePlan`]) and what the kind checks share;
-//! - [`score`]: checking score stages against their input and the model registry;
-//! - [`decide`]: checking alert and recommend stages;
-//! - [`forecast`]: checking forecast stages and their model;
-//! - [`diagnostics`]: errors with file, line and hint, all reported at once.
+//! - [`kinds`]: every kind of stage, named once — as written, the one kind each is, the
+//!   dispatch to each kind's check (in the module of its algorithm: `window::config`,
+//!   `score::config`, `forecast::config`, `decide::config`), and checked
+//!   ([`StagePlan`]);
+//! - [`models`]: the model registry and the models the SQL calls;
+//!
+//! What every check shares and gives, and the diagnostics (file, line and hint, all reported
+//! at once), are in `crate::check`, below the stage kinds.
 
 pub mod config;
-pub mod diagnostics;
+pub mod kinds;
 pub mod models;
 pub mod plan;
-pub mod stage;
 
-pub use diagnostics::{Diagnostic, Diagnostics};
+pub use crate::check::Planned;
+pub use crate::check::diagnostics::{Diagnostic, Diagnostics};
+pub use crate::window::config::{SqlStage, WindowStage};
+pub use kinds::{StageConfig, StageFields, StageKind, StagePlan};
 pub use plan::{Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan};
-pub use stage::{SqlStage, StageConfig, StageFields, StageKind, StagePlan, WindowStage};
 
 #[cfg(test)]
 mod tests;

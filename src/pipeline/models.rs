@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::config::{ModelsConfig, PipelineConfig};
-use super::diagnostics::Reporter;
+use crate::check::diagnostics::Reporter;
+use crate::duration::parse_duration;
 use crate::score::function::{self, Models};
 use crate::score::registry::Registry;
-use crate::window::parse_duration;
 
 /// The registry location a pipeline uses: `STRATUS_MODELS`, else `models.registry` (a relative
 /// path is relative to the pipeline file).

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::config::{KafkaConfig, PipelineConfig, Scalar, SinkConfig, SourceConfig};
-use super::diagnostics::{Diagnostic, Diagnostics, Reporter};
-use super::stage::{Checking, Relation, StagePlan};
-use crate::source::kafka::{KafkaProperties, check_property};
+use super::kinds::StagePlan;
+use crate::check::diagnostics::{Diagnostic, Diagnostics, Reporter};
+use crate::check::{Checking, Relation};
+use crate::duration::parse_duration;
+use crate::kafka::{KafkaProperties, check_property};
 use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
-use crate::window::parse_duration;
 
 /// Where a source reads from.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,11 +266,10 @@ impl Pipeline {
                 base,
                 relations: &relations,
                 failed: &failed,
-                functions: &functions,
                 registry: registry.as_deref(),
                 poll,
             };
-            match kind.check(&mut cx, name).await {
+            match kind.check(&mut cx, &functions, name).await {
                 Some(plan) => {
                     relations.push((
                         name.to_string(),

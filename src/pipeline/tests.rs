@@ -127,11 +127,11 @@ async fn window_stages_know_which_input_columns_their_sql_reads() {
         .await
         .unwrap();
     assert_eq!(
-        crate::sql::config::columns_read(df.clone(), "cloudMetrics"),
+        crate::window::config::columns_read(df.clone(), "cloudMetrics"),
         Some(vec!["a".into(), "b".into(), "c".into()])
     );
     // A relation the plan does not scan: unknown, so everything is buffered.
-    assert_eq!(crate::sql::config::columns_read(df, "other"), None);
+    assert_eq!(crate::window::config::columns_read(df, "other"), None);
     // A stage's replace_by columns are read too (billing: a restated line item).
     let billing = Pipeline::load(&root.join("pipelines/billing.yaml"))
         .await

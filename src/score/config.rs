@@ -1,7 +1,7 @@
 //! A score stage as written — `score: {from, model, key, value, detectors, …}` — and its
 //! check: its input, key, time and value columns, its detectors, and its models, resolved in
 //! the registry now, with every feature their manifests name present and numeric in the input.
-//! Out: the stage's [`StagePlan`] with its [`ScoreSpec`].
+//! Out: the stage's [`Planned`] [`ScoreSpec`].
 
 use arrow::datatypes::DataType;
 use serde::Deserialize;
@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::detect::{DetectError, DetectorSpec, Ensemble};
 use super::registry::{ModelRef, Registry};
 use super::stage::{ScoreSpec, feature_columns, is_numeric};
-use crate::pipeline::diagnostics::Reporter;
-use crate::pipeline::stage::{Checking, StageKind, StagePlan, input};
+use crate::check::diagnostics::Reporter;
+use crate::check::{Checking, Planned, input};
 
 /// A score stage (see `score::stage`).
 #[derive(Debug, Clone, Deserialize)]
@@ -53,7 +53,7 @@ pub(crate) async fn check(
     cx: &mut Checking<'_, '_>,
     name: &str,
     score: &ScoreStageConfig,
-) -> Option<StagePlan> {
+) -> Option<Planned<ScoreSpec>> {
     let at = |field: &'static str| ["stages", name, "score", field];
     let (r, registry, poll) = (&mut *cx.r, cx.registry, cx.poll);
     let input = input(r, &at("from"), &score.from, cx.relations)?;
@@ -200,7 +200,7 @@ pub(crate) async fn check(
         poll,
     };
     let output_schema = spec.output_schema(&schema);
-    Some(StagePlan {
+    Some(Planned {
         name: name.to_string(),
         input: score.from.clone(),
         input_schema: schema,
@@ -208,7 +208,7 @@ pub(crate) async fn check(
         output_time: input.event_time.clone(),
         output_schema,
         allowed_lateness: input.lateness,
-        kind: StageKind::Score(spec),
+        kind: spec,
     })
 }
 

@@ -1,12 +1,13 @@
 //! Sources: where events enter the dataflow.
 //!
-//! - [`kafka`]: consumer and producer settings shared by every Kafka client of Stratus.
+//!
+//! Consumer and producer settings, shared by every Kafka client of Stratus, are in
+//! [`crate::kafka`].
 //! - [`dead_letter`]: invalid events, as records for the dead-letter topic.
 //! - [`reader`]: the run loop's source side — Kafka consumers and file replays, decoding,
 //!   dead letters, watermarks — and a source's part of a checkpoint.
 
 pub mod dead_letter;
-pub mod kafka;
 pub mod reader;
 
 pub use dead_letter::DeadLetter;

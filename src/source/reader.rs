@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
-use super::kafka::KafkaConnection;
+use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
 use crate::validate::{BatchDecoder, TimeBounds};

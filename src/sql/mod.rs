@@ -7,13 +7,11 @@
 //!
 //! A program adds its own Rust functions with [`Functions`].
 //!
-//! [`config`] is a SQL stage as written in a pipeline file and its check (the query planned
-//! against its input); [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
+//! [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
 //! pipeline's SQL stages that have no window.
 
 pub mod calendar;
 pub mod compiled;
-pub mod config;
 pub mod stage;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use stratus::source::kafka::producer_config;
+use stratus::kafka::producer_config;
 
 use crate::{consume_all, create_topic, read_delta, setting, unique};
 

@@ -12,8 +12,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::demo::events::metric_events;
 use stratus::job::run::{RunConfig, run_to_end};
+use stratus::kafka::producer_config;
 use stratus::pipeline::{Overrides, Pipeline};
-use stratus::source::kafka::producer_config;
 use stratus::sql::Functions;
 
 use crate::{create_topic, read_delta, setting, unique};

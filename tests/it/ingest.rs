@@ -12,10 +12,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use stratus::demo::events::{GeneratedEvent, metric_events};
 use stratus::job::run::{RunConfig, RunSummary, run_to_end};
+use stratus::kafka::{consumer_config, producer_config};
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
 use stratus::source::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC};
-use stratus::source::kafka::{consumer_config, producer_config};
 
 use crate::{create_topic, delta_rows, setting, unique};
 

@@ -9,7 +9,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use stratus::source::kafka::{consumer_config, producer_config};
+use stratus::kafka::{consumer_config, producer_config};
 
 use crate::{create_topic, setting, unique};
 

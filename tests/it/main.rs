@@ -115,7 +115,7 @@ pub fn consume_with_headers(topic: &str) -> Vec<Consumed> {
     use rdkafka::message::Headers;
     use std::time::{Duration, Instant};
     let consumer: BaseConsumer =
-        stratus::source::kafka::consumer_config(&setting("STRATUS_KAFKA_BROKERS"), &unique("g"))
+        stratus::kafka::consumer_config(&setting("STRATUS_KAFKA_BROKERS"), &unique("g"))
             .create()
             .unwrap();
     let (_, end) = consumer

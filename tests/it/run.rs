@@ -17,10 +17,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use stratus::job::run::{RunConfig, run_pipeline};
+use stratus::kafka::{consumer_config, producer_config};
 use stratus::metrics::PipelineMetrics;
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
-use stratus::source::kafka::{consumer_config, producer_config};
 
 use crate::{create_topic, read_delta, setting, unique};
 

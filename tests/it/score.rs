@@ -15,13 +15,13 @@ use arrow::datatypes::{DataType, Float64Type, Int32Type, TimestampMicrosecondTyp
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::job::run::{RunConfig, run_pipeline, run_to_end};
+use stratus::kafka::producer_config;
 use stratus::metrics::PipelineMetrics;
 use stratus::pipeline::Pipeline;
 use stratus::score::OnnxModel;
 use stratus::score::detect::{CalibrationSpec, DetectorSpec, Ensemble};
 use stratus::score::registry::Registry;
 use stratus::sink::storage_options_from_env;
-use stratus::source::kafka::producer_config;
 
 use crate::{create_topic, delta_rows, read_delta, setting, unique};
 

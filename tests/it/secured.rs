@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::demo::events::metric_events;
-use stratus::source::kafka::{KafkaConnection, KafkaProperties};
+use stratus::kafka::{KafkaConnection, KafkaProperties};
 
 use crate::process::{Running, get};
 use crate::{consume_all, create_topic, delta_rows, setting, unique};

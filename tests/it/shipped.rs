@@ -14,9 +14,9 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::job::run::{RunConfig, run_to_end};
+use stratus::kafka::producer_config;
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
-use stratus::source::kafka::producer_config;
 
 use crate::{create_topic, read_delta, setting, unique};
 

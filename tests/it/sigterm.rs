@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::demo::events::metric_events;
-use stratus::source::kafka::producer_config;
+use stratus::kafka::producer_config;
 
 use crate::process::{Running, get};
 use crate::{create_topic, delta_rows, setting, unique};

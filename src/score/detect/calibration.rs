@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::trailing::Trailing;
-use crate::window::spec::{DurationError, parse_duration};
+use crate::duration::{DurationError, parse_duration};
 
 /// Which calibration setting is wrong, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 pub use calibration::{Calibration, CalibrationError, CalibrationSpec};
 use robust_z::{Baseline, Scale};
 
-use crate::window::spec::{DurationError, parse_duration};
+use crate::duration::{DurationError, parse_duration};
 
 /// What is wrong with a detector spec or with the calibration (for `stratus validate`); the
 /// message names the field.
