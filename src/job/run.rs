@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use rdkafka::consumer::CommitMode;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -50,7 +51,8 @@ use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
 use crate::source::SourceError;
 use crate::source::reader::{
-    ReadConfig, SourceRuntime, caught_up, now_us, open_source, poll_source, report_consumer_lag,
+    ReadConfig, SourceRuntime, caught_up, commit_to_group, now_us, open_source, poll_source,
+    report_consumer_lag,
 };
 use crate::validate::TimeBounds;
 
@@ -344,6 +346,9 @@ pub async fn run_pipeline(
         }
         if stopping || (drained && replay.is_none()) {
             saving.wait().await?;
+            for s in &sources {
+                commit_to_group(s, CommitMode::Sync);
+            }
             return Ok(summary);
         }
     }
@@ -727,6 +732,7 @@ async fn flush(
         for (p, next) in s.pending.drain() {
             s.position.insert(p, next);
         }
+        commit_to_group(s, CommitMode::Async);
         s.pending_events = 0;
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -338,6 +338,40 @@ pub(crate) fn report_consumer_lag(
                 s.plan.name
             ),
         }
+    }
+}
+
+/// Commits the source's positions (the offsets the Delta tables hold) to its consumer group, so
+/// `kafka-consumer-groups.sh --describe` and lag exporters see true lag. Delta stays the
+/// source of truth: a start reads the tables' offsets, never the group's, so a commit that fails
+/// or is lost only delays what the group shows, and is logged, not raised.
+pub(crate) fn commit_to_group(s: &SourceRuntime, mode: CommitMode) {
+    let Reader::Kafka {
+        consumer, topic, ..
+    } = &s.reader
+    else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    for (&p, &next) in &s.position {
+        if let Err(e) = list.add_partition_offset(topic, p, Offset::Offset(next)) {
+            tracing::warn!(
+                "source {}: offset {next} of partition {p}: {e}",
+                s.plan.name
+            );
+            return;
+        }
+    }
+    let committed = match mode {
+        CommitMode::Sync => tokio::task::block_in_place(|| consumer.commit(&list, mode)),
+        CommitMode::Async => consumer.commit(&list, mode),
+    };
+    if let Err(e) = committed {
+        tracing::warn!(
+            "source {}: cannot commit offsets to the consumer group (lag tools lag behind; the \
+             Delta tables hold the offsets): {e}",
+            s.plan.name
+        );
     }
 }
 

@@ -86,6 +86,14 @@ async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
     assert!(invalid > 0);
     assert_eq!((summary.events, summary.invalid), (3_000, invalid));
     assert_eq!(delta_rows(&table).await as i64, valid as i64);
+    // What an operator sees of the pipeline's consumer group: every event read, no lag.
+    let group = describe_group(&brokers, &topic);
+    assert_eq!(group.len(), 4, "{group:?}");
+    assert!(
+        group.iter().all(|p| p.lag == 0 && p.current == p.log_end),
+        "{group:?}"
+    );
+    assert_eq!(group.iter().map(|p| p.current).sum::<i64>(), 3_000);
 
     // Every invalid event is on the dead-letter topic, bytes unchanged, with its coordinates.
     let consumer: BaseConsumer = consumer_config(&brokers, &unique("it-dlq"))
@@ -132,9 +140,57 @@ async fn valid_to_delta_invalid_to_dead_letters_and_restart_resumes() {
     // A new job (as after a restart) reads only what was appended since the last commit.
     let second = metric_events(2, 1_000, 30, now, 0);
     produce(&brokers, &topic, &second).await;
+    // Before the job runs, the group shows the new events as lag.
+    let group = describe_group(&brokers, &topic);
+    assert_eq!(group.iter().map(|p| p.lag).sum::<i64>(), 1_000, "{group:?}");
     let summary = ingest(&brokers, &topic, &tables).await;
     assert_eq!((summary.events, summary.invalid), (1_000, 0));
     assert_eq!(delta_rows(&table).await as i64, valid as i64 + 1_000);
+    let group = describe_group(&brokers, &topic);
+    assert_eq!(group.iter().map(|p| p.lag).sum::<i64>(), 0, "{group:?}");
+    assert_eq!(group.iter().map(|p| p.current).sum::<i64>(), 4_000);
+}
+
+/// A partition's line of `kafka-consumer-groups --describe`.
+#[derive(Debug)]
+struct GroupPartition {
+    current: i64,
+    log_end: i64,
+    lag: i64,
+}
+
+/// The partitions of `topic` that Kafka's own `kafka-consumer-groups --describe --group
+/// <group>` shows, run from the broker's jars.
+fn describe_group(brokers: &str, group: &str) -> Vec<GroupPartition> {
+    let out = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", setting("STRATUS_KAFKA_LIBS")))
+        .args([
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            brokers,
+            "--describe",
+            "--group",
+            group,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 6 && f[0] == group && f[1] == group)
+        .map(|f| GroupPartition {
+            current: f[3].parse().unwrap_or_else(|_| panic!("{text}")),
+            log_end: f[4].parse().unwrap(),
+            lag: f[5].parse().unwrap(),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
