@@ -57,9 +57,16 @@ enum Command {
         /// Stop once every source is read up to where it ended at start (a backfill).
         #[arg(long)]
         until_caught_up: bool,
-        /// Read a source from a JSON-lines file instead of Kafka: SOURCE=FILE (repeatable).
+        /// Read a source from a JSON-lines file instead of Kafka: SOURCE=FILE (repeatable). A
+        /// backfill: it needs --name, writes its Delta tables only, and its dead letters and
+        /// late rows to files under <tables>/_stratus/<name>/; it needs no broker when every
+        /// source is replayed.
         #[arg(long, value_name = "SOURCE=FILE")]
         replay: Vec<String>,
+        /// Run under this name instead of the file's: its own checkpoints, Delta `txn` app
+        /// ids, metrics label and default consumer groups (a backfill needs one).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Run only the stages up to and including STAGE, and the sinks they feed.
         #[arg(long, value_name = "STAGE")]
         until_stage: Option<String>,
@@ -604,6 +611,7 @@ fn command(functions: Functions) -> Result<()> {
             metrics_addr,
             until_caught_up,
             replay,
+            name,
             until_stage,
         } => {
             let replay = replay
@@ -614,6 +622,7 @@ fn command(functions: Functions) -> Result<()> {
                 })
                 .collect::<Result<_>>()?;
             let overrides = crate::pipeline::Overrides {
+                name,
                 replay,
                 until_stage,
                 functions,

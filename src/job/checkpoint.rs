@@ -52,6 +52,10 @@ pub struct StageState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub cycle: i64,
+    /// Written by a backfill (`--replay`), which never continues a live pipeline's
+    /// checkpoints, nor a live run a backfill's.
+    #[serde(default)]
+    pub backfill: bool,
     pub sources: BTreeMap<String, SourceState>,
     pub stages: BTreeMap<String, StageState>,
 }
@@ -114,6 +118,11 @@ impl CheckpointStore {
             prefix,
             location,
         })
+    }
+
+    /// Where the checkpoints live, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     fn store_err(&self, source: object_store::Error) -> CheckpointError {
@@ -348,6 +357,7 @@ mod tests {
         };
         Checkpoint {
             cycle,
+            backfill: false,
             sources: BTreeMap::from([("metrics".to_string(), source)]),
             stages: BTreeMap::from([("w".to_string(), window), ("p".to_string(), plain)]),
         }

@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use rdkafka::consumer::CommitMode;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
 
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
@@ -48,11 +47,12 @@ use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
+use crate::sink::side_files::{Side, SideFileError, SideFiles};
 use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
 use crate::source::SourceError;
 use crate::source::reader::{
-    ReadConfig, SourceRuntime, caught_up, commit_to_group, now_us, open_source, poll_source,
-    report_consumer_lag,
+    DeadLetters, ReadConfig, SideOutputs, SourceRuntime, caught_up, commit_to_group, now_us,
+    open_source, poll_source, report_consumer_lag,
 };
 use crate::validate::TimeBounds;
 
@@ -78,6 +78,10 @@ pub enum RunError {
     Checkpoint(#[from] CheckpointError),
     #[error("cannot restart: {0}")]
     Restart(String),
+    #[error(transparent)]
+    SideFile(#[from] SideFileError),
+    #[error("{0}")]
+    Backfill(String),
 }
 
 impl From<KafkaSinkError> for RunError {
@@ -171,7 +175,13 @@ struct StageRuntime {
     op: Box<dyn Operator>,
     /// Watermark of this stage's output (µs).
     watermark: i64,
-    late: KafkaSink,
+    late: LateRows,
+}
+
+/// Where a stage's late rows go: its late topic, or a backfill's files.
+enum LateRows {
+    Topic(KafkaSink),
+    File(SideFiles),
 }
 
 enum SinkRuntime {
@@ -220,11 +230,36 @@ pub async fn run_pipeline(
         kafka.check(CONNECT_TIMEOUT).await?;
         tracing::info!("pipeline {}: Kafka at {kafka:?}", pipeline.name);
     }
-    let producer: FutureProducer = kafka.producer().create().map_err(RunError::Producer)?;
 
     let checkpoints =
         CheckpointStore::open(&config.table_root, &pipeline.name, &config.storage_options)?;
     let restored = checkpoints.latest().await?.unwrap_or_default();
+    if restored.cycle > 0 && restored.backfill != pipeline.backfill {
+        return Err(RunError::Restart(if pipeline.backfill {
+            format!(
+                "the checkpoints of `{}` under {} are a live pipeline's: a backfill (--replay) \
+                 never continues them; give the backfill a name of its own with --name",
+                pipeline.name,
+                checkpoints.location()
+            )
+        } else {
+            format!(
+                "the checkpoints of `{}` under {} are a backfill's: a live run does not \
+                 continue them; run it under its own name",
+                pipeline.name,
+                checkpoints.location()
+            )
+        }));
+    }
+    // A backfill reaches no broker for its side outputs: they go to files beside the tables.
+    let side = match pipeline.backfill {
+        true => SideOutputs::Files(SideFiles::open(
+            &config.table_root,
+            &pipeline.name,
+            &config.storage_options,
+        )?),
+        false => SideOutputs::Topics(kafka.producer().create().map_err(RunError::Producer)?),
+    };
     let mut sinks = Vec::new();
     for s in &pipeline.sinks {
         let runtime = match &s.target {
@@ -246,10 +281,18 @@ pub async fn run_pipeline(
                 topic,
                 key,
                 headers,
-            } => SinkRuntime::Kafka(
-                KafkaSink::new(&s.name, topic, key.clone(), producer.clone())
-                    .with_headers(headers.clone()),
-            ),
+            } => {
+                let SideOutputs::Topics(producer) = &side else {
+                    return Err(RunError::Backfill(format!(
+                        "sink `{}`: a backfill publishes to no topic",
+                        s.name
+                    )));
+                };
+                SinkRuntime::Kafka(
+                    KafkaSink::new(&s.name, topic, key.clone(), producer.clone())
+                        .with_headers(headers.clone()),
+                )
+            }
         };
         sinks.push(SinkSlot {
             name: s.name.clone(),
@@ -264,6 +307,7 @@ pub async fn run_pipeline(
         kafka: &kafka,
         max_future: config.max_future,
         until_caught_up: config.until_caught_up,
+        side: &side,
     };
     for plan in &pipeline.sources {
         let start = restored.sources.get(&plan.name);
@@ -272,7 +316,7 @@ pub async fn run_pipeline(
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
-        stages.push(open_stage(pipeline, plan, config, &restored, &producer).await?);
+        stages.push(open_stage(pipeline, plan, config, &restored, &side).await?);
     }
 
     ready.store(true, Ordering::Relaxed);
@@ -295,7 +339,7 @@ pub async fn run_pipeline(
                 Some(_) => usize::MAX,
                 None => pipeline.max_rows.saturating_sub(s.pending_events),
             };
-            let polled = poll_source(pipeline, s, &producer, &metrics, room)?;
+            let polled = poll_source(pipeline, s, &metrics, room)?;
             summary.events += polled.events;
             summary.invalid += polled.invalid;
             pending += s.pending_events;
@@ -335,7 +379,7 @@ pub async fn run_pipeline(
                 cycle += 1;
                 let started = Instant::now();
                 saving.wait().await?;
-                let checkpoint = checkpoint_of(cycle, &sources, &stages)?;
+                let checkpoint = checkpoint_of(cycle, pipeline.backfill, &sources, &stages)?;
                 saving.start(&checkpoints, checkpoint);
                 summary.spent(&metrics, &pipeline.name, "checkpoint", started);
             }
@@ -423,7 +467,7 @@ async fn open_stage(
     plan: &StagePlan,
     config: &RunConfig,
     restored: &Checkpoint,
-    producer: &FutureProducer,
+    side: &SideOutputs,
 ) -> Result<StageRuntime, RunError> {
     let stage_err = |source| RunError::Stage {
         stage: plan.name.clone(),
@@ -436,14 +480,20 @@ async fn open_stage(
     if let Some(saved) = saved {
         op.restore(saved.state.clone()).map_err(stage_err)?;
     }
-    let late_topic = format!("{}.{}.late", pipeline.name, plan.name);
+    let late = match side {
+        SideOutputs::Topics(producer) => {
+            let topic = format!("{}.{}.late", pipeline.name, plan.name);
+            LateRows::Topic(KafkaSink::new(&topic, &topic, Vec::new(), producer.clone()))
+        }
+        SideOutputs::Files(files) => LateRows::File(files.clone()),
+    };
     Ok(StageRuntime {
         name: plan.name.clone(),
         input: plan.input.clone(),
         side_inputs: plan.side_inputs.clone(),
         op,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
-        late: KafkaSink::new(&late_topic, &late_topic, Vec::new(), producer.clone()),
+        late,
     })
 }
 
@@ -482,11 +532,13 @@ impl Saving {
 /// The state after `cycle`, in memory.
 fn checkpoint_of(
     cycle: i64,
+    backfill: bool,
     sources: &[SourceRuntime],
     stages: &[StageRuntime],
 ) -> Result<Checkpoint, RunError> {
     let mut checkpoint = Checkpoint {
         cycle,
+        backfill,
         ..Checkpoint::default()
     };
     for s in sources {
@@ -541,18 +593,28 @@ async fn flush(
     let mut changed = false;
     for s in sources.iter_mut() {
         changed |= s.pending_events > 0;
-        for d in s.dead_letters.drain(..) {
-            let failed = match d.await {
-                Ok(Ok(_)) => None,
-                Ok(Err((e, _))) => Some(e.to_string()),
-                Err(_) => Some("the producer was dropped".to_string()),
-            };
-            if let Some(message) = failed {
-                return Err(SourceError::DeadLetter {
-                    topic: s.plan.dead_letter_topic.clone(),
-                    message,
+        match &mut s.dead_letters {
+            DeadLetters::Topic { sent, .. } => {
+                for d in sent.drain(..) {
+                    let failed = match d.await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err((e, _))) => Some(e.to_string()),
+                        Err(_) => Some("the producer was dropped".to_string()),
+                    };
+                    if let Some(message) = failed {
+                        return Err(SourceError::DeadLetter {
+                            topic: s.plan.dead_letter_topic.clone(),
+                            message,
+                        }
+                        .into());
+                    }
                 }
-                .into());
+            }
+            DeadLetters::File { files, lines } => {
+                let lines = std::mem::take(lines);
+                files
+                    .write(Side::DeadLetters, &s.plan.name, cycle.number, lines)
+                    .await?;
             }
         }
         let batch = s
@@ -637,7 +699,14 @@ async fn flush(
                 .inc_by(late.num_rows() as u64);
         }
         if replay.is_none() && !out.late.is_empty() {
-            st.late.send(&out.late).await?;
+            match &st.late {
+                LateRows::File(files) => {
+                    files.write_late(&st.name, cycle.number, &out.late).await?
+                }
+                LateRows::Topic(topic) => {
+                    topic.send(&out.late).await?;
+                }
+            }
         }
         let rows: usize = out.rows.iter().map(RecordBatch::num_rows).sum();
         changed |= rows > 0;

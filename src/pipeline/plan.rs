@@ -82,6 +82,9 @@ pub struct Pipeline {
     pub models: Option<crate::score::function::Models>,
     /// Its Kafka clients' own properties, as written (references unresolved).
     pub kafka: KafkaProperties,
+    /// A backfill (some source replayed from a file, under a name of its own): it writes its
+    /// Delta tables only, and its dead letters and late rows to files beside them.
+    pub backfill: bool,
 }
 
 impl Pipeline {
@@ -101,7 +104,12 @@ impl Pipeline {
 /// training run of the shipped definitions.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// Read these sources from JSON-lines files instead (source name, file path).
+    /// Run under this name instead of the file's: its own checkpoints, `txn` app ids, metrics
+    /// label and default consumer groups. Needed with `replay`.
+    pub name: Option<String>,
+    /// Read these sources from JSON-lines files instead (source name, file path): a backfill,
+    /// which needs a `name` of its own, writes its Delta tables only (its Kafka sinks are
+    /// left out) and its dead letters and late rows to files beside them.
     pub replay: Vec<(String, PathBuf)>,
     /// Keep the stages up to and including this one, and only the sinks they feed.
     pub until_stage: Option<String>,
@@ -121,6 +129,39 @@ impl Overrides {
                 hint: Some(hint.into()),
             }])
         };
+        if !self.replay.is_empty() {
+            let own = &config.name;
+            match &self.name {
+                Some(name) if name != own => {}
+                _ => {
+                    return Err(fail(
+                        format!(
+                            "--replay runs a backfill, which must not share the checkpoints of \
+                             the pipeline `{own}` (<tables>/_stratus/{own}/)"
+                        ),
+                        &format!("give the backfill a name of its own: --name {own}-backfill"),
+                    ));
+                }
+            }
+            let before: Vec<String> = config.sinks.iter().map(|(n, _)| n.to_string()).collect();
+            config.sinks.0.retain(|(_, sink)| sink.kafka.is_none());
+            let kept: Vec<&str> = config.sinks.iter().map(|(n, _)| n).collect();
+            let left: Vec<&str> = before
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !kept.contains(n))
+                .collect();
+            if !left.is_empty() {
+                tracing::warn!(
+                    "backfill: the Kafka sinks {} are left out (a backfill writes its Delta \
+                     tables only)",
+                    left.join(", ")
+                );
+            }
+        }
+        if let Some(name) = &self.name {
+            config.name = name.clone();
+        }
         for (source, path) in &self.replay {
             let Some((_, s)) = config.sources.0.iter_mut().find(|(n, _)| n == source) else {
                 let known: Vec<&str> = config.sources.iter().map(|(n, _)| n).collect();
@@ -324,6 +365,7 @@ impl Pipeline {
                 functions,
                 models,
                 kafka,
+                backfill: overrides.is_some_and(|o| !o.replay.is_empty()),
             })
         } else {
             Err(Diagnostics(r.found))

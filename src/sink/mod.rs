@@ -1,10 +1,12 @@
 //! Sinks: where results leave the dataflow.
 //!
 //! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions;
-//! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer.
+//! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer;
+//! - [`side_files`]: a backfill's dead letters and late rows, as JSON-lines files.
 
 pub mod delta;
 pub mod kafka;
+pub mod side_files;
 
 use std::collections::HashMap;
 use std::sync::Arc;

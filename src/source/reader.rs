@@ -19,6 +19,7 @@ use super::DeadLetter;
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
+use crate::sink::side_files::SideFiles;
 use crate::validate::{BatchDecoder, TimeBounds};
 use crate::window::WatermarkTracker;
 
@@ -53,6 +54,28 @@ pub(crate) struct ReadConfig<'a> {
     pub max_future: Duration,
     /// A backfill: the source ends where it ended at start.
     pub until_caught_up: bool,
+    /// Where invalid events go.
+    pub side: &'a SideOutputs,
+}
+
+/// Where a run's invalid events, and its stages' late rows, go: topics, through the run's
+/// producer, or — for a backfill, which reaches no broker — files beside the tables.
+#[derive(Clone)]
+pub(crate) enum SideOutputs {
+    Topics(FutureProducer),
+    Files(SideFiles),
+}
+
+/// A source's invalid events of the current cycle.
+pub(crate) enum DeadLetters {
+    /// Produced to the dead-letter topic; each delivered before the cycle commits.
+    Topic {
+        producer: FutureProducer,
+        sent: Vec<DeliveryFuture>,
+    },
+    /// JSON lines (see [`DeadLetter::json_line`]), written to the backfill's dead-letter file
+    /// of the cycle when it closes.
+    File { files: SideFiles, lines: Vec<u8> },
 }
 
 /// What one poll read.
@@ -96,7 +119,7 @@ pub(crate) struct SourceRuntime {
     pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
     pub(crate) position: HashMap<i32, i64>,
-    pub(crate) dead_letters: Vec<DeliveryFuture>,
+    pub(crate) dead_letters: DeadLetters,
     /// µs an event time may lie ahead of the clock.
     pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
@@ -233,7 +256,16 @@ pub(crate) async fn open_source(
         pending_events: 0,
         replay_to: None,
         position,
-        dead_letters: Vec::new(),
+        dead_letters: match config.side {
+            SideOutputs::Topics(producer) => DeadLetters::Topic {
+                producer: producer.clone(),
+                sent: Vec::new(),
+            },
+            SideOutputs::Files(files) => DeadLetters::File {
+                files: files.clone(),
+                lines: Vec::new(),
+            },
+        },
     })
 }
 
@@ -388,12 +420,11 @@ pub(crate) fn caught_up(s: &SourceRuntime) -> bool {
 }
 
 impl SourceRuntime {
-    /// Decodes one event; an invalid one goes to the dead-letter topic. Records the offset and,
+    /// Decodes one event; an invalid one goes to the dead letters. Records the offset and,
     /// for a valid event, its event time for the watermark.
     #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
-        producer: &FutureProducer,
         polled: &mut Polled,
         invalid: &prometheus::IntCounter,
         topic: &str,
@@ -427,13 +458,19 @@ impl SourceRuntime {
                     reason: e.to_string(),
                     time_ms: now / 1000,
                 };
-                match producer.send_result(letter.record(&self.plan.dead_letter_topic)) {
-                    Ok(d) => self.dead_letters.push(d),
-                    Err((e, _)) => {
-                        return Err(SourceError::DeadLetter {
-                            topic: self.plan.dead_letter_topic.clone(),
-                            message: e.to_string(),
-                        });
+                match &mut self.dead_letters {
+                    DeadLetters::File { lines, .. } => lines.extend(letter.json_line()),
+                    DeadLetters::Topic { producer, sent } => {
+                        let record = letter.record(&self.plan.dead_letter_topic);
+                        match producer.send_result(record) {
+                            Ok(d) => sent.push(d),
+                            Err((e, _)) => {
+                                return Err(SourceError::DeadLetter {
+                                    topic: self.plan.dead_letter_topic.clone(),
+                                    message: e.to_string(),
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -448,7 +485,6 @@ impl SourceRuntime {
 pub(crate) fn poll_source(
     pipeline: &Pipeline,
     s: &mut SourceRuntime,
-    producer: &FutureProducer,
     metrics: &PipelineMetrics,
     max_rows: usize,
 ) -> Result<Polled, SourceError> {
@@ -486,7 +522,6 @@ pub(crate) fn poll_source(
                     }
                     let payload = m.payload().unwrap_or_default();
                     s.accept(
-                        producer,
                         &mut polled,
                         &invalid,
                         topic,
@@ -522,17 +557,7 @@ pub(crate) fn poll_source(
                         // Not an event; only its offset is recorded.
                         s.pending.insert(0, *next + 1);
                     } else {
-                        s.accept(
-                            producer,
-                            &mut polled,
-                            &invalid,
-                            path,
-                            0,
-                            *next,
-                            None,
-                            line,
-                            now,
-                        )?;
+                        s.accept(&mut polled, &invalid, path, 0, *next, None, line, now)?;
                     }
                     *next += 1;
                 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod backfill;
 mod crash;
 mod decide;
 mod delta_s3;
