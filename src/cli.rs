@@ -71,6 +71,24 @@ enum Command {
         #[arg(long, value_name = "STAGE")]
         until_stage: Option<String>,
     },
+    /// Keep Delta tables healthy: compact each partition's small files, write a log
+    /// checkpoint and remove expired log files, and vacuum data files no version within the
+    /// retention refers to. Safe beside a running pipeline: rows and `txn` marks are kept.
+    Maintain {
+        /// Tables: names under --tables, or directories or s3:// URLs.
+        #[arg(required = true)]
+        tables: Vec<String>,
+        /// Where relative table names live (as for `stratus run`).
+        #[arg(long = "tables", env = "STRATUS_TABLES", default_value = "tables")]
+        root: String,
+        /// Compacted files are written up to this size, MiB.
+        #[arg(long, default_value_t = 128)]
+        target_size_mib: u64,
+        /// Vacuum deletes data files unreferenced for longer than this; readers of, and time
+        /// travel to, an older version need its files.
+        #[arg(long, default_value = "7d")]
+        retention: String,
+    },
     /// Measure the cloud-metrics pipeline against real Kafka: events/s, window latency and
     /// peak RSS, beside rdkafka's raw consume rate and a file replay. Build with --release.
     Bench {
@@ -637,6 +655,34 @@ fn command(functions: Functions) -> Result<()> {
                 until_caught_up,
                 overrides,
             ))?
+        }
+        Command::Maintain {
+            tables,
+            root,
+            target_size_mib,
+            retention,
+        } => {
+            let retention_us = crate::duration::parse_duration(&retention).map_err(Error::from)?;
+            let mut config =
+                crate::sink::maintain::MaintainConfig::new(crate::sink::storage_options_from_env());
+            config.retention = chrono::Duration::microseconds(retention_us);
+            if let Some(size) = std::num::NonZeroU64::new(target_size_mib << 20) {
+                config.target_size = size;
+            }
+            for table in tables {
+                let location = crate::sink::resolve_location(&root, &table);
+                let done = runtime.block_on(crate::sink::maintain::maintain(&location, &config))?;
+                crate::say!(
+                    "{location}: {} files → {} ({} partitions compacted), {} data files \
+                     vacuumed, {} log files removed; version {}",
+                    done.files_before,
+                    done.files_after,
+                    done.partitions_compacted,
+                    done.files_deleted,
+                    done.logs_removed,
+                    done.version
+                );
+            }
         }
         Command::Bench {
             brokers,

@@ -107,18 +107,26 @@ fn register_object_stores() {
     ONCE.call_once(|| deltalake::aws::register_handlers(None));
 }
 
+/// The table at `location` (a directory or an `s3://` URL), or an empty one to be created by
+/// the first commit.
+pub async fn open_table(
+    location: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<DeltaTable, SinkError> {
+    register_object_stores();
+    let url = table_url(location)?;
+    DeltaTable::try_from_url_with_storage_options(url, storage_options.clone())
+        .await
+        .map_err(|source| SinkError::Delta {
+            table: location.to_string(),
+            source: Box::new(source),
+        })
+}
+
 impl DeltaSink {
     /// Opens the table, or prepares to create it on the first commit.
     pub async fn open(config: DeltaSinkConfig) -> Result<Self, SinkError> {
-        register_object_stores();
-        let url = table_url(&config.location)?;
-        let table =
-            DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
-                .await
-                .map_err(|source| SinkError::Delta {
-                    table: config.location.clone(),
-                    source: Box::new(source),
-                })?;
+        let table = open_table(&config.location, &config.storage_options).await?;
         Ok(DeltaSink {
             config,
             table,

@@ -2,10 +2,12 @@
 //!
 //! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions;
 //! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer;
-//! - [`side_files`]: a backfill's dead letters and late rows, as JSON-lines files.
+//! - [`side_files`]: a backfill's dead letters and late rows, as JSON-lines files;
+//! - [`maintain`]: Delta tables kept healthy — compaction, log checkpoints and cleanup, vacuum.
 
 pub mod delta;
 pub mod kafka;
+pub mod maintain;
 pub mod side_files;
 
 use std::collections::HashMap;

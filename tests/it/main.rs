@@ -15,6 +15,7 @@ mod forecast_stage;
 mod functions;
 mod ingest;
 mod kafka;
+mod maintain;
 mod onnx;
 mod process;
 mod run;

@@ -1,0 +1,157 @@
+//! `stratus maintain` on a table many small cycles wrote: afterwards one file per partition,
+//! the same rows for Stratus and for the Python `deltalake` reader, the same `txn` marks, the
+//! replaced files gone from storage — and the pipeline resumes on it exactly once.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use stratus::demo::events::{GeneratedEvent, metric_events};
+use stratus::job::run::{RunConfig, run_to_end};
+use stratus::kafka::producer_config;
+use stratus::pipeline::Pipeline;
+use stratus::sink::{DeltaSink, DeltaSinkConfig, offset_mark};
+
+use crate::{create_topic, delta_rows, setting, unique};
+
+async fn produce(brokers: &str, topic: &str, events: &[GeneratedEvent]) {
+    let producer: FutureProducer = producer_config(brokers).create().unwrap();
+    for e in events {
+        producer
+            .send(
+                FutureRecord::to(topic).key(&e.key).payload(&e.payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Raw events of `topic` into `<tables>/raw`, a commit every 100 events.
+async fn ingest(brokers: &str, topic: &str, tables: &Path) -> u64 {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let yaml = format!(
+        "name: it-maintain\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}\ncommit: {{max_rows: 100, max_interval: 1h, checkpoint_every: 0}}\n"
+    );
+    let pipeline = Pipeline::from_yaml(Path::new("it-maintain.yaml"), &yaml)
+        .await
+        .unwrap();
+    let config = RunConfig::backfill(brokers, &tables.display().to_string(), Default::default());
+    run_to_end(&pipeline, &config).await.unwrap().events
+}
+
+/// The table's `txn` marks of the pipeline: its cycle and each partition's offset.
+async fn marks(table: &Path, topic: &str) -> Vec<Option<i64>> {
+    let sink = DeltaSink::open(DeltaSinkConfig {
+        location: table.display().to_string(),
+        partition_columns: vec!["date".into()],
+        pipeline: "it-maintain".into(),
+        checkpoint_interval: 0,
+        storage_options: Default::default(),
+    })
+    .await
+    .unwrap();
+    let mut out = vec![sink.mark("cycle").await.unwrap()];
+    for p in 0..2 {
+        out.push(sink.mark(&offset_mark(topic, p)).await.unwrap());
+    }
+    out
+}
+
+/// Parquet files on disk under `dir`, in every partition.
+fn parquet_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.ends_with("_delta_log") {
+            n += parquet_files(&path);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Rows of the table as the Python `deltalake` package reads them.
+fn python_rows(table: &Path) -> usize {
+    let out = Command::new(setting("STRATUS_PYTHON"))
+        .args([
+            "-c",
+            // os._exit: deltalake's threads abort the interpreter's normal exit.
+            "import os, sys, deltalake\n\
+             print(deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().num_rows, flush=True)\n\
+             os._exit(0)",
+        ])
+        .arg(table)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn partitions(table: &Path) -> usize {
+    std::fs::read_dir(table)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("date=")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-maintain");
+    create_topic(&topic, 2).await;
+    let dir = std::env::temp_dir().join(unique("it-maintain"));
+    let table = dir.join("raw");
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(&brokers, &topic, &metric_events(41, 3_000, 30, now, 0)).await;
+    assert_eq!(ingest(&brokers, &topic, &dir).await, 3_000);
+    let location = table.display().to_string();
+    assert_eq!(delta_rows(&location).await, 3_000);
+    let files_before = parquet_files(&table);
+    assert!(files_before >= 30, "{files_before} files");
+    let marks_before = marks(&table, &topic).await;
+    assert!(marks_before.iter().all(Option::is_some), "{marks_before:?}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
+        .args(["maintain", "raw", "--retention", "0s", "--tables"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("{files_before} files → {}", partitions(&table))),
+        "{said}"
+    );
+
+    // One file per partition, on disk too; the same rows, for both readers; the same marks.
+    assert_eq!(parquet_files(&table), partitions(&table));
+    assert_eq!(delta_rows(&location).await, 3_000);
+    assert_eq!(python_rows(&table), 3_000);
+    assert_eq!(marks(&table, &topic).await, marks_before);
+
+    // The pipeline goes on from its marks: the new events once, none of the old again.
+    produce(&brokers, &topic, &metric_events(42, 500, 30, now, 0)).await;
+    assert_eq!(ingest(&brokers, &topic, &dir).await, 500);
+    assert_eq!(delta_rows(&location).await, 3_500);
+    assert_eq!(python_rows(&table), 3_500);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
