@@ -154,12 +154,7 @@ struct GenerateArgs {
     #[arg(long, conflicts_with = "out")]
     brokers: Option<String>,
     /// A librdkafka properties file for the producer (see `stratus run --kafka-config`).
-    #[arg(
-        long,
-        env = "STRATUS_KAFKA_CONFIG",
-        value_name = "FILE",
-        requires = "brokers"
-    )]
+    #[arg(long, value_name = "FILE", requires = "brokers")]
     kafka_config: Option<PathBuf>,
     /// Prefix of the topic names (cloud.metrics, cloud.spot_prices, cloud.billing).
     #[arg(long, default_value = "")]

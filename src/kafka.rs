@@ -8,13 +8,14 @@
 //! consumer and producer configurations.
 //!
 //! A value may be `${env:NAME}` or `${file:PATH}` (the file's content, trimmed), resolved when
-//! the connection is made. A secret (a property whose name holds `password` or `secret`, or
-//! `ssl.key.pem`) may not be written literally in a pipeline file, which is shared and
+//! the connection is made. A secret (a property whose name holds `password`, `secret`,
+//! `passphrase`, `private.key` or `key.pem`, and `sasl.oauthbearer.config`) may not be written literally in a pipeline file, which is shared and
 //! submitted; no secret is ever logged or echoed in an error.
 //!
-//! Offsets are never committed to Kafka by Stratus: the Delta table holds them (see
-//! [`crate::sink::delta`]), so consumers have auto-commit off and start from the table's
-//! offsets, or from the earliest offset for a partition the table has not seen.
+//! The Delta tables hold the offsets (see [`crate::sink::delta`]): consumers have auto-commit
+//! off and start from the tables' offsets, or from the earliest offset for a partition the
+//! tables have not seen; the run commits those offsets to the consumer group after the tables,
+//! for lag tools only.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,11 +55,29 @@ const OWNED: &[(&str, &str)] = &[
         "transactional.id",
         "Stratus does not use Kafka transactions",
     ),
+    (
+        "enable.partition.eof",
+        "Stratus reads on past a partition's end and would stop at the event it raises",
+    ),
+    (
+        "auto.offset.reset",
+        "a partition the tables have not seen is read from its start, so nothing is skipped",
+    ),
 ];
 
 /// Whether `key` names a secret: never written in a pipeline file, never shown.
 pub fn is_secret(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key == "ssl.key.pem"
+    [
+        "password",
+        "secret",
+        "passphrase",
+        "private.key",
+        "key.pem",
+        "jaas",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+        || key == "sasl.oauthbearer.config"
 }
 
 /// A problem with Kafka settings. Never holds a secret's value.
@@ -84,8 +103,9 @@ pub enum KafkaConfigError {
 /// What is wrong with one property. Never holds a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum PropertyError {
-    #[error("expected `key=value`, found `{0}`")]
-    NotAProperty(String),
+    /// Not `key=value` (the line is not shown: it may hold key material).
+    #[error("expected `key=value` (one property a line; no continuation lines)")]
+    NotAProperty,
     #[error("`{0}` is set twice")]
     Twice(String),
     #[error("`{key}` is set by Stratus: {why}")]
@@ -162,8 +182,7 @@ impl KafkaProperties {
                 continue;
             }
             let Some(at) = line.find(['=', ':']) else {
-                let found = line.split_whitespace().next().unwrap_or(line);
-                return Err(fail(PropertyError::NotAProperty(found.to_string())));
+                return Err(fail(PropertyError::NotAProperty));
             };
             let (key, value) = (line[..at].trim(), line[at + 1..].trim());
             check_property(key, value, true).map_err(&fail)?;
@@ -277,9 +296,13 @@ impl ClientContext for Watch {
     fn error(&self, error: KafkaError, reason: &str) {
         let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // "All brokers are down" follows the reason; keep the reason.
-        if seen.is_none() || code != RDKafkaErrorCode::AllBrokersDown {
-            seen.get_or_insert_with(|| (code, reason.to_string()));
+        // Keep the first specific reason: "all brokers are down" only says that there is one.
+        let general = |c: &RDKafkaErrorCode| *c == RDKafkaErrorCode::AllBrokersDown;
+        if seen
+            .as_ref()
+            .is_none_or(|(c, _)| general(c) && !general(&code))
+        {
+            *seen = Some((code, reason.to_string()));
         }
     }
 }
@@ -306,11 +329,17 @@ impl KafkaConnection {
                 key: key.to_string(),
                 problem,
             };
-            let value = match Reference::parse(value) {
-                Some(r) => r.and_then(|r| r.resolve()).map_err(fail)?,
-                None => value.to_string(),
+            let (value, referenced) = match Reference::parse(value) {
+                Some(r) => (r.and_then(|r| r.resolve()).map_err(fail)?, true),
+                None => (value.to_string(), false),
             };
-            check_property(key, &value, true).map_err(fail)?;
+            // librdkafka's words name the value: never one that came from a reference.
+            check_property(key, &value, true).map_err(|e| match e {
+                PropertyError::Invalid(_) if referenced => {
+                    fail(PropertyError::InvalidSecret(key.to_string()))
+                }
+                e => fail(e),
+            })?;
             resolved.push((key.to_string(), value));
         }
         Ok(KafkaConnection {
@@ -556,6 +585,22 @@ mod tests {
         )]
         .into_iter()
         .collect();
+        // A value from a reference that librdkafka refuses is not shown, whatever the key.
+        let wrong = scratch("refs").join("protocol");
+        std::fs::write(&wrong, "s3cr3t-but-not-a-protocol\n").unwrap();
+        let referenced: KafkaProperties = [(
+            "security.protocol".to_string(),
+            format!("${{file:{}}}", wrong.display()),
+        )]
+        .into_iter()
+        .collect();
+        let e = KafkaConnection::new("b", &referenced)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Kafka property `security.protocol`: the value of `security.protocol` is not valid"
+        );
         let e = KafkaConnection::new("b", &missing).unwrap_err().to_string();
         assert_eq!(
             e,

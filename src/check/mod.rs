@@ -1,5 +1,5 @@
 //! Checking a pipeline before it runs, below every stage kind: what each kind's check reads
-//! ([`Checking`]: the file's [`diagnostics`] reporter, the relations a stage may read, the
+//! (`Checking`: the file's [`diagnostics`] reporter, the relations a stage may read, the
 //! model registry) and gives ([`Planned`]: its input, schemas and what it does),
 //! and the column and duration checks they share. Each kind's check is in the module of its
 //! algorithm (`window::config`, `score::config`, `forecast::config`,
@@ -30,8 +30,8 @@ pub(crate) struct Checking<'a, 'r> {
 }
 
 /// A checked stage: what it reads and gives, and what it does (`K`: a kind's own spec as its
-/// check gives it, or the [`StageKind`](super::kinds::StageKind) of a
-/// [`StagePlan`](super::kinds::StagePlan)).
+/// check gives it, or the [`StageKind`](crate::pipeline::StageKind) of a
+/// [`StagePlan`](crate::pipeline::StagePlan)).
 #[derive(Debug, Clone)]
 pub struct Planned<K> {
     pub name: String,

@@ -17,7 +17,7 @@
 //! model with the lowest recent error, intervals from the series' own recent errors), run over
 //! every origin of every series in time order from the start of each series, as the stage
 //! learns, and scored on the held-out origins; and, when given, a registered model that maps
-//! [`FEATURES`] (computed by [`features`] from the series up to t) to [`QUANTILES`] of the
+//! [`FEATURES`] (computed by [`features`] from the series up to t) to [`QUANTILES`](crate::forecast::model::QUANTILES) of the
 //! relative change to t + h — alone (its median the forecast, its 10–90 % and 2.5–97.5 %
 //! quantiles the intervals) and as a candidate of the blend (`<model>+blend`).
 //! `--write-training-rows` writes the model's features for the training range, for

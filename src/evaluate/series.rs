@@ -4,7 +4,7 @@
 //! epoch seconds) and a labels file — NAB's `combined_windows.json` form (`{"file.csv":
 //! [[start, end], …]}`) or the same map under a `"windows"` key. Out: times in µs since the
 //! epoch (UTC), values, and each file's anomaly windows, rows in file order (real files have
-//! rows out of time order; [`Csv::line`] names each row's line for reporting them). Errors name
+//! rows out of time order; [`Csv::lines`] names each row's line for reporting them). Errors name
 //! the file and line.
 
 use std::collections::BTreeMap;

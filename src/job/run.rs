@@ -2,7 +2,9 @@
 //! and Kafka sinks, exactly once into Delta.
 //!
 //! The loop works in cycles. It polls every source (see `source::reader`), decoding valid
-//! events into Arrow and sending invalid ones to the dead-letter topic. When `commit.max_rows` events have
+//! events into Arrow and sending invalid ones to the dead-letter topic (a backfill, which
+//! reaches no broker, writes them and its late rows to files beside the tables instead: see
+//! `sink::side_files`). When `commit.max_rows` events have
 //! been read or `commit.max_interval` has passed (or on shutdown, or when a backfill has read
 //! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
 //! stages in file order — each stage an [`Operator`] (built by [`build`]) that takes its
@@ -14,6 +16,7 @@
 //! clocks, each operator's state — is taken in memory and written beside the tables
 //! (see `checkpoint`) in the background, while cycle N+1 reads and runs; cycle N+1 commits to
 //! Delta only once it is written, so the tables are never more than one cycle ahead of it.
+//! After the commits, each source's offsets go to its consumer group too, for lag tools only.
 //! Time spent per phase is counted in `stratus_cycle_seconds_total`.
 //!
 //! Restart: the loop resumes from the newest checkpoint (cycle N). A crash between the Delta
@@ -23,7 +26,9 @@
 //! then; tables marked N+1 skip it, the others commit it. Kafka sinks, the late topics and the
 //! dead-letter topic were published before any Delta commit of that cycle, so a replay does not
 //! publish them again. A crash before any Delta commit of a cycle redoes the cycle: Kafka
-//! records repeat then, with the same `stratus.record_id`.
+//! records repeat then, with the same `stratus.record_id`; a backfill's side files of that
+//! cycle are discarded at the start and written anew. A backfill never continues a live run's
+//! checkpoints, nor a live run a backfill's.
 //!
 //! Window state is the rows of open windows (the input columns the stage's SQL reads). A
 //! checkpoint holds it whole, so its size is the event-time span of `window + allowed lateness`
@@ -225,7 +230,12 @@ pub async fn run_pipeline(
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
-    let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
+    // A backfill that reads no topic makes no Kafka client: the worker's settings (and the
+    // secrets they reference) are not even resolved.
+    let kafka = match pipeline.backfill && !pipeline.reaches_kafka() {
+        true => KafkaConnection::plaintext(&config.brokers),
+        false => KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?,
+    };
     if pipeline.reaches_kafka() {
         kafka.check(CONNECT_TIMEOUT).await?;
         tracing::info!("pipeline {}: Kafka at {kafka:?}", pipeline.name);
@@ -314,6 +324,18 @@ pub async fn run_pipeline(
         sources.push(open_source(pipeline, plan, &read, start).await?);
     }
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
+    if let SideOutputs::Files(files) = &side {
+        // A replayed cycle keeps its side files; a cycle after it, or one no table committed,
+        // runs again with other boundaries and writes its own.
+        let keep = restored.cycle + i64::from(replay.is_some());
+        let discarded = files.discard_after(keep).await?;
+        if discarded > 0 {
+            tracing::info!(
+                "pipeline {}: {discarded} side files of uncommitted cycles discarded",
+                pipeline.name
+            );
+        }
+    }
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
         stages.push(open_stage(pipeline, plan, config, &restored, &side).await?);
@@ -390,7 +412,8 @@ pub async fn run_pipeline(
         }
         if stopping || (drained && replay.is_none()) {
             saving.wait().await?;
-            for s in &sources {
+            // The last positions reach the group for sure (an async commit may still be queued).
+            for s in sources.iter().filter(|s| s.moved && !pipeline.backfill) {
                 commit_to_group(s, CommitMode::Sync);
             }
             return Ok(summary);
@@ -798,10 +821,15 @@ async fn flush(
     }
     for s in sources.iter_mut() {
         report_consumer_lag(pipeline, s, metrics);
+        let moved = !s.pending.is_empty();
         for (p, next) in s.pending.drain() {
             s.position.insert(p, next);
         }
-        commit_to_group(s, CommitMode::Async);
+        // A backfill's positions are its own, never the live pipeline's group's.
+        if moved && !pipeline.backfill {
+            s.moved = true;
+            commit_to_group(s, CommitMode::Async);
+        }
         s.pending_events = 0;
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));

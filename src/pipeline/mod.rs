@@ -1,7 +1,8 @@
 //! Pipeline definitions: the YAML a user writes, checked into a runnable plan.
 //!
 //! - [`config`]: the file format (serde, unknown fields rejected);
-//! - [`plan`]: loading and checking — schemas, SQL planned against its inputs, sinks;
+//! - [`plan`]: loading and checking — sources and their schemas, each stage through its kind's
+//!   check, sinks;
 //! - [`kinds`]: every kind of stage, named once — as written, the one kind each is, the
 //!   dispatch to each kind's check (in the module of its algorithm: `window::config`,
 //!   `score::config`, `forecast::config`, `decide::config`), and checked

@@ -4,14 +4,16 @@
 //! rows of a stage. Out: one file per cycle under the pipeline's own folder beside the tables —
 //! `_stratus/<pipeline>/dead_letters/<source>/cycle-<N>.jsonl` and
 //! `_stratus/<pipeline>/late/<stage>/cycle-<N>.jsonl` (local or `s3://`) — written before the
-//! cycle's Delta commits, so a cycle replayed after a crash writes the same file again, never
-//! a second copy.
+//! cycle's Delta commits. After a crash, a cycle some table committed is replayed exactly and
+//! keeps its files; the files of a cycle no table committed are discarded at the start
+//! ([`SideFiles::discard_after`]), as that cycle is run again with other boundaries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -110,6 +112,38 @@ impl SideFiles {
             })
     }
 
+    /// Deletes the files of every cycle after `keep`: at a start, those a crash left of a cycle
+    /// no table committed, which is run again with other boundaries and so must not keep them.
+    pub async fn discard_after(&self, keep: i64) -> Result<usize, SideFileError> {
+        let mut discarded = 0;
+        for side in [Side::DeadLetters, Side::Late] {
+            let folder = self.prefix.clone().join(side.folder());
+            let store_err = |source| SideFileError::Store {
+                location: format!("{}/{}", self.location, side.folder()),
+                source,
+            };
+            let listed: Vec<_> = self
+                .store
+                .list(Some(&folder))
+                .try_collect()
+                .await
+                .map_err(store_err)?;
+            for meta in listed {
+                let cycle: Option<i64> = meta.location.filename().and_then(|f| {
+                    f.strip_prefix("cycle-")?
+                        .strip_suffix(".jsonl")?
+                        .parse()
+                        .ok()
+                });
+                if cycle.is_some_and(|c| c > keep) {
+                    self.store.delete(&meta.location).await.map_err(store_err)?;
+                    discarded += 1;
+                }
+            }
+        }
+        Ok(discarded)
+    }
+
     /// Writes a stage's late rows of cycle `cycle`, one JSON object a row.
     pub async fn write_late(
         &self,
@@ -128,5 +162,53 @@ impl SideFiles {
         writer.finish().map_err(json)?;
         self.write(Side::Late, stage, cycle, writer.into_inner())
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_files_of_cycles_after_the_kept_one_are_discarded() {
+        let root = std::env::temp_dir().join(format!("stratus-side-{}", std::process::id()));
+        let root = root.display().to_string();
+        let files = SideFiles::open(&root, "bf", &HashMap::new()).unwrap();
+        for cycle in 1..=4 {
+            let line = format!("{{\"cycle\": {cycle}}}\n").into_bytes();
+            files
+                .write(Side::DeadLetters, "metrics", cycle, line.clone())
+                .await
+                .unwrap();
+            files
+                .write(Side::Late, "features", cycle, line)
+                .await
+                .unwrap();
+        }
+        // Nothing is written for a cycle without lines.
+        files
+            .write(Side::Late, "features", 5, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(files.discard_after(2).await.unwrap(), 4);
+        let left = |side: &str, name: &str| -> Vec<String> {
+            let dir = std::path::Path::new(&root)
+                .join("_stratus/bf")
+                .join(side)
+                .join(name);
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let kept = [
+            "cycle-00000000000000000001.jsonl",
+            "cycle-00000000000000000002.jsonl",
+        ];
+        assert_eq!(left("dead_letters", "metrics"), kept);
+        assert_eq!(left("late", "features"), kept);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! key is the original key; the context travels in headers, as Kafka Connect's dead-letter
 //! queues do:
 //! `stratus.error.reason`, `stratus.source.topic`, `stratus.source.partition`,
-//! `stratus.source.offset`, `stratus.error.time` (RFC 3339, UTC).
+//! `stratus.source.offset`, `stratus.error.time` (RFC 3339, UTC). A backfill, which reaches no
+//! broker, writes each as one JSON line instead ([`DeadLetter::json_line`]).
 
 use base64::Engine;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -32,7 +33,7 @@ pub const HEADER_TIME: &str = "stratus.error.time";
 
 impl<'a> DeadLetter<'a> {
     /// The dead letter as one JSON line (for a backfill's dead-letter file): the context under
-    /// the header names, then the key and the payload — as text when they are UTF-8, else
+    /// the header names, and the key and the payload — as text when they are UTF-8, else
     /// base64 under `key_base64` / `payload_base64` — so nothing is lost.
     pub fn json_line(&self) -> Vec<u8> {
         let mut line = serde_json::Map::new();

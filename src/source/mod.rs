@@ -1,11 +1,12 @@
 //! Sources: where events enter the dataflow.
 //!
+//! - [`dead_letter`]: invalid events, as records for the dead-letter topic (or, for a
+//!   backfill, JSON lines for its dead-letter files).
+//! - [`reader`]: the run loop's source side — Kafka consumers and file replays, decoding,
+//!   dead letters, watermarks — and a source's part of a checkpoint.
 //!
 //! Consumer and producer settings, shared by every Kafka client of Stratus, are in
 //! [`crate::kafka`].
-//! - [`dead_letter`]: invalid events, as records for the dead-letter topic.
-//! - [`reader`]: the run loop's source side — Kafka consumers and file replays, decoding,
-//!   dead letters, watermarks — and a source's part of a checkpoint.
 
 pub mod dead_letter;
 pub mod reader;

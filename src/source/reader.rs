@@ -1,6 +1,7 @@
 //! The source side of the run loop: Kafka consumers and file replays, read from the offsets
 //! of the last checkpoint, decoded and validated into Arrow, invalid events sent to the
-//! dead-letter topic, event times fed to the watermark. While a cycle is replayed after a
+//! dead-letter topic (a backfill's to its dead-letter files), event times fed to the
+//! watermark; after each cycle's commits, the offsets go to the consumer group for lag tools. While a cycle is replayed after a
 //! restart, each partition is read exactly up to the offset that cycle ended at, and the dead
 //! letters (already delivered the first time) are not sent again.
 
@@ -119,6 +120,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
     pub(crate) position: HashMap<i32, i64>,
+    /// Whether `position` moved since start (and so is to be committed to the group).
+    pub(crate) moved: bool,
     pub(crate) dead_letters: DeadLetters,
     /// µs an event time may lie ahead of the clock.
     pub(crate) max_future: i64,
@@ -256,6 +259,7 @@ pub(crate) async fn open_source(
         pending_events: 0,
         replay_to: None,
         position,
+        moved: false,
         dead_letters: match config.side {
             SideOutputs::Topics(producer) => DeadLetters::Topic {
                 producer: producer.clone(),
@@ -376,7 +380,8 @@ pub(crate) fn report_consumer_lag(
 /// Commits the source's positions (the offsets the Delta tables hold) to its consumer group, so
 /// `kafka-consumer-groups.sh --describe` and lag exporters see true lag. Delta stays the
 /// source of truth: a start reads the tables' offsets, never the group's, so a commit that fails
-/// or is lost only delays what the group shows, and is logged, not raised.
+/// or is lost only delays what the group shows; a commit librdkafka refuses at once is logged,
+/// never raised (an asynchronous one that fails later is not reported).
 pub(crate) fn commit_to_group(s: &SourceRuntime, mode: CommitMode) {
     let Reader::Kafka {
         consumer, topic, ..
