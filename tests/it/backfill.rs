@@ -5,14 +5,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
-
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use stratus::demo::events::metric_events;
-use stratus::kafka::producer_config;
 
-use crate::{create_topic, delta_rows, setting, unique};
+use crate::{create_topic, delta_rows, produce, setting, unique};
 
 /// A pipeline reading `topic`: raw events and 1-minute features to Delta, features to Kafka;
 /// cycles of exactly 600 events.
@@ -172,17 +168,7 @@ async fn a_backfill_never_shares_a_live_pipelines_checkpoints() {
     std::fs::create_dir_all(&dir).unwrap();
     pipeline(&dir, &topic);
     let events = metric_events(33, 50, 5, chrono::Utc::now().timestamp_millis(), 0);
-    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
-    for e in &events {
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&e.key).payload(&e.payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce(&topic, &events).await;
     let input = dir.join("metrics.jsonl");
     let lines: Vec<u8> = events
         .iter()

@@ -75,6 +75,31 @@ pub async fn create_topic_with(topic: &str, partitions: i32, settings: &[(&str, 
     }
 }
 
+/// Sends every event to `topic` through `producer` and waits until each is delivered.
+pub async fn produce_with(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    events: &[stratus::demo::events::GeneratedEvent],
+) {
+    use rdkafka::producer::FutureRecord;
+    let sends = events.iter().map(|e| {
+        producer.send(
+            FutureRecord::to(topic).key(&e.key).payload(&e.payload),
+            std::time::Duration::from_secs(30),
+        )
+    });
+    for d in futures::future::join_all(sends).await {
+        d.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// [`produce_with`] a plaintext producer of the test broker.
+pub async fn produce(topic: &str, events: &[stratus::demo::events::GeneratedEvent]) {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let producer = stratus::kafka::producer_config(&brokers).create().unwrap();
+    produce_with(&producer, topic, events).await;
+}
+
 /// Every row of the Delta table at `location` (an `s3://` URL or a local directory).
 pub async fn read_delta(location: &str) -> Vec<arrow::array::RecordBatch> {
     let url = if location.contains("://") {

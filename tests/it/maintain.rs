@@ -4,31 +4,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
-use stratus::demo::events::{GeneratedEvent, metric_events};
+use stratus::demo::events::metric_events;
 use stratus::job::run::{RunConfig, run_to_end};
-use stratus::kafka::producer_config;
 use stratus::pipeline::Pipeline;
 use stratus::sink::{DeltaSink, DeltaSinkConfig, offset_mark};
 
-use crate::{create_topic, delta_rows, setting, unique};
-
-async fn produce(brokers: &str, topic: &str, events: &[GeneratedEvent]) {
-    let producer: FutureProducer = producer_config(brokers).create().unwrap();
-    for e in events {
-        producer
-            .send(
-                FutureRecord::to(topic).key(&e.key).payload(&e.payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
+use crate::{create_topic, delta_rows, produce, setting, unique};
 
 /// Raw events of `topic` into `<tables>/raw`, a commit every 100 events.
 async fn ingest(brokers: &str, topic: &str, tables: &Path) -> u64 {
@@ -117,7 +99,7 @@ async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
     let dir = std::env::temp_dir().join(unique("it-maintain"));
     let table = dir.join("raw");
     let now = chrono::Utc::now().timestamp_millis();
-    produce(&brokers, &topic, &metric_events(41, 3_000, 30, now, 0)).await;
+    produce(&topic, &metric_events(41, 3_000, 30, now, 0)).await;
     assert_eq!(ingest(&brokers, &topic, &dir).await, 3_000);
     let location = table.display().to_string();
     assert_eq!(delta_rows(&location).await, 3_000);
@@ -149,7 +131,7 @@ async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
     assert_eq!(marks(&table, &topic).await, marks_before);
 
     // The pipeline goes on from its marks: the new events once, none of the old again.
-    produce(&brokers, &topic, &metric_events(42, 500, 30, now, 0)).await;
+    produce(&topic, &metric_events(42, 500, 30, now, 0)).await;
     assert_eq!(ingest(&brokers, &topic, &dir).await, 500);
     assert_eq!(delta_rows(&location).await, 3_500);
     assert_eq!(python_rows(&table), 3_500);

@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
 use stratus::demo::events::metric_events;
 use stratus::kafka::{KafkaConnection, KafkaProperties};
 
 use crate::process::{Running, get};
-use crate::{consume_all, create_topic, delta_rows, setting, unique};
+use crate::{consume_all, create_topic, delta_rows, produce_with, setting, unique};
 
 /// The worker's side: how to reach the SASL_SSL listener, the password left to the pipeline.
 fn worker_properties(dir: &Path) -> PathBuf {
@@ -97,16 +95,7 @@ async fn a_pipeline_runs_through_sasl_ssl_and_never_shows_its_password() {
     let events = metric_events(17, 1_000, 10, chrono::Utc::now().timestamp_millis(), 50);
     let valid = events.iter().filter(|e| e.valid).count();
     assert!(valid > 0 && valid < events.len(), "{valid} valid");
-    let producer: FutureProducer = kafka.producer().create().unwrap();
-    let sends = events.iter().map(|e| {
-        producer.send(
-            FutureRecord::to(&topic).key(&e.key).payload(&e.payload),
-            Duration::from_secs(30),
-        )
-    });
-    for d in futures::future::join_all(sends).await {
-        d.map_err(|(e, _)| e).unwrap();
-    }
+    produce_with(&kafka.producer().create().unwrap(), &topic, &events).await;
 
     let dir = std::env::temp_dir().join(unique("it-secured"));
     std::fs::create_dir_all(&dir).unwrap();

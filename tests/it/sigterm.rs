@@ -4,13 +4,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
 use stratus::demo::events::metric_events;
-use stratus::kafka::producer_config;
 
 use crate::process::{Running, get};
-use crate::{create_topic, delta_rows, setting, unique};
+use crate::{create_topic, delta_rows, produce, setting, unique};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_flushes_commits_and_exits_zero() {
@@ -18,16 +15,7 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     let topic = unique("it-sigterm");
     create_topic(&topic, 2).await;
     let events = metric_events(9, 1_500, 10, chrono::Utc::now().timestamp_millis(), 0);
-    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
-    let sends = events.iter().map(|e| {
-        producer.send(
-            FutureRecord::to(&topic).key(&e.key).payload(&e.payload),
-            Duration::from_secs(30),
-        )
-    });
-    for d in futures::future::join_all(sends).await {
-        d.map_err(|(e, _)| e).unwrap();
-    }
+    produce(&topic, &events).await;
 
     let dir = std::env::temp_dir().join(unique("it-sigterm"));
     std::fs::create_dir_all(&dir).unwrap();
