@@ -137,10 +137,16 @@ pub(crate) fn need_columns(
     }
 }
 
+/// `text` as a duration, µs, or `None` when it does not parse (reported at `path`; the
+/// message says how to write one).
+pub(crate) fn parsed_duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> Option<i64> {
+    parse_duration(text).map_err(|e| r.at(path, e, None)).ok()
+}
+
+/// As [`parsed_duration`], 0 when it does not parse: for a check that gives no plan once it
+/// has reported anything.
 pub(crate) fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> i64 {
-    parse_duration(text)
-        .map_err(|e| r.at(path, e, Some("for example \"15m\" or \"1h\"")))
-        .unwrap_or(0)
+    parsed_duration(r, path, text).unwrap_or(0)
 }
 
 pub(crate) fn is_timestamp(t: &DataType) -> bool {

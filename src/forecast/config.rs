@@ -11,7 +11,9 @@ use serde::Deserialize;
 use super::model::FEATURES;
 use super::stage::{ForecastRef, ForecastSpec};
 use crate::check::diagnostics::Reporter;
-use crate::check::{Checking, Planned, decision_plan, duration, input, is_timestamp, need_columns};
+use crate::check::{
+    Checking, Planned, decision_plan, duration, input, is_timestamp, need_columns, parsed_duration,
+};
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
@@ -106,8 +108,7 @@ pub(crate) async fn check(
     }
     let mut horizons = Vec::new();
     for h in &c.horizons {
-        let Ok(us) = crate::duration::parse_duration(h) else {
-            duration(r, &at("horizons"), h);
+        let Some(us) = parsed_duration(r, &at("horizons"), h) else {
             continue;
         };
         if us % 3_600_000_000 != 0 || us <= 0 || us > MAX_HORIZON {

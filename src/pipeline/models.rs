@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::config::{ModelsConfig, PipelineConfig};
 use crate::check::diagnostics::Reporter;
-use crate::duration::parse_duration;
+use crate::check::parsed_duration;
 use crate::score::function::{self, Models};
 use crate::score::registry::Registry;
 
@@ -29,9 +29,7 @@ pub fn registry_location(base: &Path, models: Option<&ModelsConfig>) -> Option<S
 /// default 10 s).
 pub(super) fn poll(r: &mut Reporter<'_>, models: Option<&ModelsConfig>) -> Duration {
     let us = models.map_or(Some(10_000_000), |m| {
-        parse_duration(&m.poll)
-            .map_err(|e| r.at(&["models", "poll"], e, Some("for example \"10s\"")))
-            .ok()
+        parsed_duration(r, &["models", "poll"], &m.poll)
     });
     Duration::from_micros(us.unwrap_or(10_000_000).max(0) as u64)
 }

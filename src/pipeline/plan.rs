@@ -11,8 +11,7 @@ use std::sync::Arc;
 use super::config::{KafkaConfig, PipelineConfig, Scalar, SinkConfig, SourceConfig};
 use super::kinds::StagePlan;
 use crate::check::diagnostics::{Diagnostic, Diagnostics, Reporter};
-use crate::check::{Checking, Relation};
-use crate::duration::parse_duration;
+use crate::check::{Checking, Relation, parsed_duration};
 use crate::kafka::{KafkaProperties, check_property};
 use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
@@ -344,7 +343,7 @@ impl Pipeline {
         }
 
         let kafka = check_kafka(&mut r, config.kafka.as_ref());
-        let max_interval = duration(
+        let max_interval = parsed_duration(
             &mut r,
             &["commit", "max_interval"],
             &config.commit.max_interval,
@@ -404,20 +403,6 @@ fn read(file: &Path) -> Result<String, Diagnostics> {
             hint: None,
         }])
     })
-}
-
-fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> Option<i64> {
-    match parse_duration(text) {
-        Ok(us) => Some(us),
-        Err(e) => {
-            r.at(
-                path,
-                e,
-                Some("write a duration such as \"500ms\", \"10s\", \"1m\" or \"1 hour\""),
-            );
-            None
-        }
-    }
 }
 
 fn check_source(
@@ -493,17 +478,17 @@ fn check_source(
             ),
         }
     }
-    let ooo = duration(
+    let ooo = parsed_duration(
         r,
         &["sources", name, "event_time", "max_out_of_orderness"],
         &et.max_out_of_orderness,
     );
-    let lateness = duration(
+    let lateness = parsed_duration(
         r,
         &["sources", name, "event_time", "allowed_lateness"],
         &et.allowed_lateness,
     );
-    let idle = duration(
+    let idle = parsed_duration(
         r,
         &["sources", name, "event_time", "idle_timeout"],
         &et.idle_timeout,
