@@ -559,10 +559,24 @@ pub fn main(functions: Functions) -> std::process::ExitCode {
     match command(functions) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stratus: {e}");
+            eprintln!("stratus: {}", explained(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and each cause under it that its message does not already say, joined by `: `.
+fn explained(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn command(functions: Functions) -> Result<()> {
@@ -724,4 +738,29 @@ fn command(functions: Functions) -> Result<()> {
         Command::Generate(args) => generate(args)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explained;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Failure {
+        /// Context only: the cause is its source.
+        #[error("pipeline cloud-metrics")]
+        Context(#[source] std::io::Error),
+        /// A message that says its cause already.
+        #[error("cannot read x: {0}")]
+        Says(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn a_failure_is_printed_with_every_cause_it_does_not_say_itself() {
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(
+            explained(&Failure::Context(io())),
+            "pipeline cloud-metrics: disk full"
+        );
+        assert_eq!(explained(&Failure::Says(io())), "cannot read x: disk full");
+    }
 }
