@@ -282,6 +282,7 @@ pub async fn run_pipeline(
                     partition_columns: partition_by.clone(),
                     pipeline: pipeline.name.clone(),
                     checkpoint_interval: pipeline.checkpoint_every,
+                    compact_after_files: pipeline.compact_after_files,
                     storage_options: config.storage_options.clone(),
                 })
                 .await?,

@@ -259,6 +259,10 @@ pub struct CommitConfig {
     /// Write a Delta checkpoint every this many commits of a table.
     #[serde(default = "default_checkpoint")]
     pub checkpoint_every: u64,
+    /// Compact a table (bin-pack each partition's small files, as `stratus maintain` does)
+    /// once this many data files were written to it since its last compaction (0: never).
+    #[serde(default = "default_compact_after")]
+    pub compact_after_files: usize,
 }
 
 fn default_flush_rows() -> usize {
@@ -270,6 +274,9 @@ fn default_flush_interval() -> String {
 fn default_checkpoint() -> u64 {
     10
 }
+fn default_compact_after() -> usize {
+    64
+}
 
 impl Default for CommitConfig {
     fn default() -> Self {
@@ -277,6 +284,7 @@ impl Default for CommitConfig {
             max_rows: default_flush_rows(),
             max_interval: default_flush_interval(),
             checkpoint_every: default_checkpoint(),
+            compact_after_files: default_compact_after(),
         }
     }
 }

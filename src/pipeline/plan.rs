@@ -74,6 +74,8 @@ pub struct Pipeline {
     /// µs.
     pub max_interval: i64,
     pub checkpoint_every: u64,
+    /// Compact a table once this many files were written to it since (0: never).
+    pub compact_after_files: usize,
     /// The functions its SQL may call beyond Stratus's own (see [`Overrides::functions`]),
     /// `score` among them when it calls registered models.
     pub functions: Functions,
@@ -361,6 +363,7 @@ impl Pipeline {
                 max_rows: config.commit.max_rows,
                 max_interval: max_interval.unwrap_or(1_000_000),
                 checkpoint_every: config.commit.checkpoint_every,
+                compact_after_files: config.commit.compact_after_files,
                 functions,
                 models,
                 kafka,

@@ -76,6 +76,9 @@ pub struct DeltaSinkConfig {
     pub pipeline: String,
     /// Write a checkpoint every this many commits (0: never).
     pub checkpoint_interval: u64,
+    /// Compact the table once this many data files were written since the last compaction
+    /// (0: never); see [`compact`].
+    pub compact_after_files: usize,
     /// Extra `object_store` / `deltalake` options, e.g. `AWS_ENDPOINT_URL`.
     pub storage_options: HashMap<String, String>,
 }
@@ -85,6 +88,22 @@ pub struct DeltaSink {
     config: DeltaSinkConfig,
     table: DeltaTable,
     commits_since_checkpoint: u64,
+    files_since_compaction: usize,
+}
+
+/// Compacted files are written up to this size: 128 MiB.
+pub const TARGET_FILE_SIZE: u64 = 128 << 20;
+
+/// Compacts `table`: in each partition, its small files are rewritten into files of up to
+/// `target_size` bytes (delta-rs's bin-packing `optimize`), in one commit that changes which
+/// files hold the rows, never the rows or the `txn` marks. A partition with one small file
+/// is left as it is.
+pub async fn compact(
+    table: DeltaTable,
+    target_size: std::num::NonZeroU64,
+) -> Result<(DeltaTable, u64), DeltaTableError> {
+    let (table, metrics) = table.optimize().with_target_size(target_size).await?;
+    Ok((table, metrics.partitions_optimized))
 }
 
 /// Resolves a user's table location to a URL (creating a local directory if needed).
@@ -131,6 +150,7 @@ impl DeltaSink {
             config,
             table,
             commits_since_checkpoint: 0,
+            files_since_compaction: 0,
         })
     }
 
@@ -216,6 +236,25 @@ impl DeltaSink {
             .await
             .map_err(|e| self.delta_error(e))?;
         self.table = table;
+        let files = self.file_count().saturating_sub(files_before);
+        self.files_since_compaction += files;
+        let limit = self.config.compact_after_files;
+        if limit > 0 && self.files_since_compaction >= limit {
+            // Inline, after the append: the stream waits for it once every `limit` files, and
+            // a crash loses nothing (it is one atomic commit, or none).
+            let target =
+                std::num::NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(std::num::NonZeroU64::MIN);
+            let (table, partitions) = compact(self.table.clone(), target)
+                .await
+                .map_err(|e| self.delta_error(e))?;
+            tracing::info!(
+                "{}: compacted {partitions} partitions after {} new files",
+                self.config.location,
+                self.files_since_compaction
+            );
+            self.table = table;
+            self.files_since_compaction = 0;
+        }
         self.commits_since_checkpoint += 1;
         if self.config.checkpoint_interval > 0
             && self.commits_since_checkpoint >= self.config.checkpoint_interval
@@ -228,7 +267,7 @@ impl DeltaSink {
         Ok(CommitStats {
             version: self.table.version().map_or(-1, |v| v as i64),
             rows,
-            files: self.file_count().saturating_sub(files_before),
+            files,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -20,7 +20,7 @@ use std::num::NonZeroU64;
 
 use deltalake::DeltaTable;
 
-use super::delta::{SinkError, open_table};
+use super::delta::{SinkError, TARGET_FILE_SIZE, compact, open_table};
 
 /// What to keep.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl MaintainConfig {
     /// 128 MiB files, 7 days' retention.
     pub fn new(storage_options: HashMap<String, String>) -> Self {
         MaintainConfig {
-            target_size: NonZeroU64::new(128 << 20).unwrap_or(NonZeroU64::MIN),
+            target_size: NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(NonZeroU64::MIN),
             retention: chrono::Duration::days(7),
             storage_options,
         }
@@ -73,11 +73,7 @@ pub async fn maintain(location: &str, config: &MaintainConfig) -> Result<Maintai
         });
     }
     let files_before = file_count(&table);
-    let (table, compacted) = table
-        .optimize()
-        .with_target_size(config.target_size)
-        .await
-        .map_err(delta)?;
+    let (table, partitions_compacted) = compact(table, config.target_size).await.map_err(delta)?;
     deltalake::checkpoints::create_checkpoint(&table, None)
         .await
         .map_err(delta)?;
@@ -94,7 +90,7 @@ pub async fn maintain(location: &str, config: &MaintainConfig) -> Result<Maintai
     Ok(Maintained {
         files_before,
         files_after: file_count(&table),
-        partitions_compacted: compacted.partitions_optimized,
+        partitions_compacted,
         logs_removed,
         files_deleted: vacuumed.files_deleted.len(),
         version: table.version().map_or(-1, |v| v as i64),

@@ -12,17 +12,29 @@ use stratus::sink::{DeltaSink, DeltaSinkConfig, offset_mark};
 
 use crate::{create_topic, delta_rows, produce, setting, unique};
 
-/// Raw events of `topic` into `<tables>/raw`, a commit every 100 events.
-async fn ingest(brokers: &str, topic: &str, tables: &Path) -> u64 {
+/// Raw events of `topic` into `<tables>/raw`, a commit every `cycle` events, compacted by
+/// the pipeline after `compact_after` files (0: never).
+async fn ingest_with(
+    brokers: &str,
+    topic: &str,
+    tables: &Path,
+    cycle: usize,
+    compact_after: usize,
+) -> u64 {
     let root = env!("CARGO_MANIFEST_DIR");
     let yaml = format!(
-        "name: it-maintain\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}\ncommit: {{max_rows: 100, max_interval: 1h, checkpoint_every: 0}}\n"
+        "name: it-maintain\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}\ncommit: {{max_rows: {cycle}, max_interval: 1h, checkpoint_every: 0, compact_after_files: {compact_after}}}\n"
     );
     let pipeline = Pipeline::from_yaml(Path::new("it-maintain.yaml"), &yaml)
         .await
         .unwrap();
     let config = RunConfig::backfill(brokers, &tables.display().to_string(), Default::default());
     run_to_end(&pipeline, &config).await.unwrap().events
+}
+
+/// [`ingest_with`] 100 events a commit, never compacted by the pipeline.
+async fn ingest(brokers: &str, topic: &str, tables: &Path) -> u64 {
+    ingest_with(brokers, topic, tables, 100, 0).await
 }
 
 /// The table's `txn` marks of the pipeline: its cycle and each partition's offset.
@@ -32,6 +44,7 @@ async fn marks(table: &Path, topic: &str) -> Vec<Option<i64>> {
         partition_columns: vec!["date".into()],
         pipeline: "it-maintain".into(),
         checkpoint_interval: 0,
+        compact_after_files: 0,
         storage_options: Default::default(),
     })
     .await
@@ -135,5 +148,35 @@ async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
     assert_eq!(ingest(&brokers, &topic, &dir).await, 500);
     assert_eq!(delta_rows(&location).await, 3_500);
     assert_eq!(python_rows(&table), 3_500);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_running_pipeline_keeps_its_files_few() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-compact");
+    create_topic(&topic, 2).await;
+    let dir = std::env::temp_dir().join(unique("it-compact"));
+    let table = dir.join("raw");
+    let now = chrono::Utc::now().timestamp_millis();
+    produce(&topic, &metric_events(43, 3_000, 30, now, 0)).await;
+    // 300 cycles of 10 events, each a commit of one or two files; compacted after 20.
+    assert_eq!(ingest_with(&brokers, &topic, &dir, 10, 20).await, 3_000);
+    let location = table.display().to_string();
+    assert_eq!(delta_rows(&location).await, 3_000);
+    assert_eq!(python_rows(&table), 3_000);
+    let files = stratus::sink::delta::open_table(&location, &Default::default())
+        .await
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .num_files();
+    let bound = 20 + partitions(&table);
+    assert!(
+        files <= bound,
+        "{files} files in the table's version, over {bound}"
+    );
+    assert!(marks(&table, &topic).await.iter().all(Option::is_some));
     std::fs::remove_dir_all(&dir).unwrap();
 }
