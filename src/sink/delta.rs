@@ -241,18 +241,25 @@ impl DeltaSink {
         let limit = self.config.compact_after_files;
         if limit > 0 && self.files_since_compaction >= limit {
             // Inline, after the append: the stream waits for it once every `limit` files, and
-            // a crash loses nothing (it is one atomic commit, or none).
+            // a crash loses nothing (it is one atomic commit, or none). A compaction that fails
+            // only leaves the files as they are: it is tried again after `limit` more.
             let target =
                 std::num::NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(std::num::NonZeroU64::MIN);
-            let (table, partitions) = compact(self.table.clone(), target)
-                .await
-                .map_err(|e| self.delta_error(e))?;
-            tracing::info!(
-                "{}: compacted {partitions} partitions after {} new files",
-                self.config.location,
-                self.files_since_compaction
-            );
-            self.table = table;
+            match compact(self.table.clone(), target).await {
+                Ok((table, partitions)) => {
+                    tracing::info!(
+                        "{}: compacted {partitions} partitions after {} new files",
+                        self.config.location,
+                        self.files_since_compaction
+                    );
+                    self.table = table;
+                }
+                Err(e) => tracing::warn!(
+                    "{}: compaction failed, the files stay as they are (`stratus maintain` \
+                     compacts them, or the next compaction): {e}",
+                    self.config.location
+                ),
+            }
             self.files_since_compaction = 0;
         }
         self.commits_since_checkpoint += 1;
@@ -320,5 +327,46 @@ mod tests {
             .unwrap();
         assert_eq!(d.values().to_vec(), vec![0, 0, -1, 20240]);
         assert!(with_event_date(&batch, "nope").is_err());
+    }
+
+    /// Two commits of one row, the second with a column more; compacted after two files.
+    #[tokio::test]
+    async fn a_table_whose_schema_grew_is_compacted_with_its_rows_and_marks() {
+        use arrow::array::{Float64Array, StringArray};
+        let dir = std::env::temp_dir().join(format!("stratus-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = DeltaSink::open(DeltaSinkConfig {
+            location: dir.display().to_string(),
+            partition_columns: Vec::new(),
+            pipeline: "p".into(),
+            checkpoint_interval: 0,
+            compact_after_files: 2,
+            storage_options: HashMap::new(),
+        })
+        .await
+        .unwrap();
+        let key: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let value: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
+        let first = RecordBatch::try_from_iter([("key", key.clone())]).unwrap();
+        let second = RecordBatch::try_from_iter([("key", key), ("value", value)]).unwrap();
+        sink.commit(vec![first], &Marks::from([("cycle".to_string(), 1)]))
+            .await
+            .unwrap();
+        assert_eq!(sink.file_count(), 1);
+        sink.commit(vec![second], &Marks::from([("cycle".to_string(), 2)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            sink.file_count(),
+            1,
+            "the two files were compacted into one"
+        );
+        assert_eq!(sink.mark("cycle").await.unwrap(), Some(2));
+        let reopened = open_table(&dir.display().to_string(), &HashMap::new())
+            .await
+            .unwrap();
+        let files = reopened.snapshot().unwrap().log_data().num_files();
+        assert_eq!(files, 1, "as the table is read anew");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
