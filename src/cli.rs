@@ -57,6 +57,20 @@ enum Command {
         /// Stop once every source is read up to where it ended at start (a backfill).
         #[arg(long)]
         until_caught_up: bool,
+        /// How long the brokers, the object store or a disk may keep failing before the run
+        /// fails: meanwhile reading pauses, failed commits and checkpoints are retried with
+        /// backoff and /readyz says what is failing.
+        #[arg(
+            long,
+            env = "STRATUS_GIVE_UP_AFTER",
+            default_value = "5m",
+            value_name = "DURATION"
+        )]
+        give_up_after: String,
+        /// How long a source's watermark may stand still while its events arrive before
+        /// /readyz says so (its windows do not close meanwhile).
+        #[arg(long, default_value = "15m", value_name = "DURATION")]
+        watermark_stuck_after: String,
         /// Read a source from a JSON-lines file instead of Kafka: SOURCE=FILE (repeatable). A
         /// backfill: it needs --name, writes its Delta tables only, and its dead letters and
         /// late rows to files under <tables>/_stratus/<name>/; it needs no broker when every
@@ -484,16 +498,11 @@ fn kafka_properties(file: Option<PathBuf>) -> Result<KafkaProperties> {
 
 async fn run(
     file: PathBuf,
-    brokers: String,
-    kafka: KafkaProperties,
-    tables: String,
+    config: crate::job::run::RunConfig,
     metrics_addr: std::net::SocketAddr,
-    until_caught_up: bool,
     overrides: crate::pipeline::Overrides,
 ) -> Result<()> {
     use crate::metrics::server::{ServerState, serve};
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
     let pipeline = match crate::pipeline::Pipeline::load_with(&file, &overrides).await {
         Ok(p) => p,
@@ -508,12 +517,12 @@ async fn run(
         }
     };
     let metrics = crate::metrics::PipelineMetrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
+    let health = crate::metrics::health::Health::new();
     let (bound, _server) = serve(
         metrics_addr,
         ServerState {
             metrics: metrics.clone(),
-            ready: ready.clone(),
+            health: health.clone(),
         },
     )
     .await?;
@@ -521,14 +530,6 @@ async fn run(
         "stratus: pipeline `{}` starting; metrics on http://{bound}/metrics",
         pipeline.name
     );
-    let config = crate::job::run::RunConfig {
-        brokers,
-        kafka,
-        table_root: tables,
-        storage_options: crate::sink::storage_options_from_env(),
-        until_caught_up,
-        max_future: std::time::Duration::from_secs(300),
-    };
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -545,7 +546,7 @@ async fn run(
         eprintln!("stratus: stopping: flushing and committing");
     };
     let summary =
-        crate::job::run::run_pipeline(&pipeline, &config, metrics, ready, shutdown).await?;
+        crate::job::run::run_pipeline(&pipeline, &config, metrics, health, shutdown).await?;
     eprintln!(
         "stratus: stopped: {} events ({} invalid, {} too late) in {} cycles",
         summary.events, summary.invalid, summary.late, summary.cycles
@@ -637,6 +638,8 @@ fn command(functions: Functions) -> Result<()> {
             tables,
             metrics_addr,
             until_caught_up,
+            give_up_after,
+            watermark_stuck_after,
             replay,
             name,
             until_stage,
@@ -654,16 +657,22 @@ fn command(functions: Functions) -> Result<()> {
                 until_stage,
                 functions,
             };
-            let kafka = kafka_properties(kafka_config)?;
-            runtime.block_on(run(
-                file,
+            let duration = |flag: &str, text: &str| {
+                crate::duration::parse_duration(text)
+                    .map(|us| std::time::Duration::from_micros(us.max(0) as u64))
+                    .map_err(|e| Error::from(format!("--{flag}: {e}")))
+            };
+            let config = crate::job::run::RunConfig {
                 brokers,
-                kafka,
-                tables,
-                metrics_addr,
+                kafka: kafka_properties(kafka_config)?,
+                table_root: tables,
+                storage_options: crate::sink::storage_options_from_env(),
                 until_caught_up,
-                overrides,
-            ))?
+                max_future: std::time::Duration::from_secs(300),
+                give_up_after: duration("give-up-after", &give_up_after)?,
+                watermark_stuck_after: duration("watermark-stuck-after", &watermark_stuck_after)?,
+            };
+            runtime.block_on(run(file, config, metrics_addr, overrides))?
         }
         Command::Maintain {
             tables,

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// One generated event.
+#[derive(Debug, Clone)]
 pub struct GeneratedEvent {
     pub key: String,
     pub payload: Vec<u8>,

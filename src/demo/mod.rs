@@ -18,8 +18,6 @@ pub mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow::error::ArrowError;
@@ -36,6 +34,7 @@ use crate::generate::{BILLING_TOPIC, GenerateError, METRICS_TOPIC, SPOT_TOPIC};
 use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::kafka::producer_config;
 use crate::metrics::PipelineMetrics;
+use crate::metrics::health::Health;
 use crate::pipeline::{Diagnostics, Pipeline};
 use crate::sink::delta::SinkError;
 
@@ -370,8 +369,7 @@ async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> Result<Vec<RunSumma
         .map(|p| {
             let (p, run, metrics) = (p.clone(), run.clone(), metrics.clone());
             tokio::spawn(async move {
-                let ready = Arc::new(AtomicBool::new(false));
-                run_pipeline(&p, &run, metrics, ready, std::future::pending())
+                run_pipeline(&p, &run, metrics, Health::new(), std::future::pending())
                     .await
                     .map_err(|source| DemoError::Run {
                         name: p.name.clone(),

@@ -2,8 +2,10 @@
 //!
 //! - [`run`]: a whole pipeline file — sources, SQL stages, windows, Delta and Kafka sinks;
 //! - [`build`]: a stage's plan turned into its operator — the one `match` on stage kinds;
-//! - [`checkpoint`]: the state each cycle starts from, kept beside the tables for restarts.
+//! - [`checkpoint`]: the state each cycle starts from, kept beside the tables for restarts;
+//! - [`retry`]: how the loop rides out an object store, disk or broker that fails a while.
 
 pub mod build;
 pub mod checkpoint;
+pub mod retry;
 pub mod run;

@@ -36,8 +36,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -46,14 +44,18 @@ use rdkafka::error::KafkaError;
 
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
+use super::retry::{GaveUp, Retry};
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
+use crate::metrics::health::Health;
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::side_files::{Side, SideFileError, SideFiles};
-use crate::sink::{DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location};
+use crate::sink::{
+    CommitStats, DeltaSink, DeltaSinkConfig, Marks, SinkError, offset_mark, resolve_location,
+};
 use crate::source::SourceError;
 use crate::source::reader::{
     DeadLetters, ReadConfig, SideOutputs, SourceRuntime, caught_up, commit_to_group, now_us,
@@ -87,6 +89,8 @@ pub enum RunError {
     SideFile(#[from] SideFileError),
     #[error("{0}")]
     Backfill(String),
+    #[error(transparent)]
+    GaveUp(#[from] GaveUp),
 }
 
 impl From<KafkaSinkError> for RunError {
@@ -109,7 +113,20 @@ pub struct RunConfig {
     pub until_caught_up: bool,
     /// How far in the future an event time may lie.
     pub max_future: Duration,
+    /// How long the brokers, the object store or a disk may keep failing (retried with
+    /// backoff meanwhile, not ready) before the run fails.
+    pub give_up_after: Duration,
+    /// How long a source's watermark may stand still while its events arrive before the run
+    /// is not ready (windows do not close meanwhile).
+    pub watermark_stuck_after: Duration,
 }
+
+/// [`RunConfig::give_up_after`] unless set: librdkafka's own default for a delivery.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+
+/// [`RunConfig::watermark_stuck_after`] unless set: as long as the `StratusWatermarkStalled`
+/// rule waits.
+pub const WATERMARK_STUCK_AFTER: Duration = Duration::from_secs(900);
 
 impl RunConfig {
     /// A backfill: read every source up to where it ended at start, commit, stop.
@@ -125,6 +142,8 @@ impl RunConfig {
             storage_options,
             until_caught_up: true,
             max_future: Duration::from_secs(300),
+            give_up_after: GIVE_UP_AFTER,
+            watermark_stuck_after: WATERMARK_STUCK_AFTER,
         }
     }
 }
@@ -132,12 +151,11 @@ impl RunConfig {
 /// Runs `pipeline` as configured with its own metrics and no shutdown signal: for backfills,
 /// the demo, benchmarks and tests.
 pub async fn run_to_end(pipeline: &Pipeline, config: &RunConfig) -> Result<RunSummary, RunError> {
-    let ready = Arc::new(AtomicBool::new(false));
     run_pipeline(
         pipeline,
         config,
         PipelineMetrics::new(),
-        ready,
+        Health::new(),
         std::future::pending(),
     )
     .await
@@ -217,6 +235,9 @@ const CYCLE_MARK: &str = "cycle";
 /// How long the brokers have to answer at start before the run fails, saying why.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a delivery to Kafka may take before it is a problem on `/readyz`.
+const PATIENCE: Duration = Duration::from_secs(5);
+
 fn watermark_mark(source: &str) -> String {
     format!("watermark/{source}")
 }
@@ -227,9 +248,15 @@ pub async fn run_pipeline(
     pipeline: &Pipeline,
     config: &RunConfig,
     metrics: PipelineMetrics,
-    ready: Arc<AtomicBool>,
+    health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
+    let retry = Retry {
+        pipeline: pipeline.name.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        give_up_after: config.give_up_after,
+    };
     // A backfill that reads no topic makes no Kafka client: the worker's settings (and the
     // secrets they reference) are not even resolved.
     let kafka = match pipeline.backfill && !pipeline.reaches_kafka() {
@@ -342,7 +369,34 @@ pub async fn run_pipeline(
         stages.push(open_stage(pipeline, plan, config, &restored, &side).await?);
     }
 
-    ready.store(true, Ordering::Relaxed);
+    // Every problem the run may report, and every retried operation, is exported from the
+    // start (at 0), so rules and dashboards see the series before anything fails.
+    let mut problems = vec!["checkpoint".to_string()];
+    if pipeline.reaches_kafka() {
+        problems.extend(["kafka".to_string(), "kafka delivery".to_string()]);
+    }
+    problems.extend(
+        sources
+            .iter()
+            .map(|s| format!("source {} watermark", s.plan.name)),
+    );
+    problems.extend(
+        sinks
+            .iter()
+            .filter(|s| matches!(s.runtime, SinkRuntime::Delta { .. }))
+            .map(|s| format!("sink {}", s.name)),
+    );
+    for p in &problems {
+        retry.clear(p);
+    }
+    for operation in ["delta_commit", "checkpoint"] {
+        metrics
+            .retries
+            .with_label_values(&[pipeline.name.as_str(), operation])
+            .inc_by(0);
+    }
+    health.set_started();
+    let mut kafka_down: Option<Instant> = None;
     let mut cycle = restored.cycle;
     let mut summary = RunSummary::default();
     let mut last_flush = Instant::now();
@@ -368,6 +422,7 @@ pub async fn run_pipeline(
             pending += s.pending_events;
         }
         summary.spent(&metrics, &pipeline.name, "read", reading);
+        brokers_reachable(&sources, &retry, &mut kafka_down)?;
         let caught_up = sources.iter().all(caught_up);
         // A cycle closes after exactly `max_rows` events (valid or not) while data flows, so
         // cycle boundaries — and with them watermarks and lateness — follow the offsets.
@@ -385,6 +440,7 @@ pub async fn run_pipeline(
         if close {
             let mut context = Cycle {
                 number: cycle + 1,
+                watermark_stuck_after: config.watermark_stuck_after,
                 replay: replay.take(),
                 previous: &mut saving,
             };
@@ -394,7 +450,7 @@ pub async fn run_pipeline(
                 &mut sources,
                 &mut stages,
                 &mut sinks,
-                &metrics,
+                &retry,
                 &mut summary,
             )
             .await?;
@@ -403,7 +459,7 @@ pub async fn run_pipeline(
                 let started = Instant::now();
                 saving.wait().await?;
                 let checkpoint = checkpoint_of(cycle, pipeline.backfill, &sources, &stages)?;
-                saving.start(&checkpoints, checkpoint);
+                saving.start(&checkpoints, checkpoint, &retry);
                 summary.spent(&metrics, &pipeline.name, "checkpoint", started);
             }
             for s in sources.iter_mut() {
@@ -528,26 +584,36 @@ async fn open_stage(
 /// checkpoint) wait for it. So the tables are never more than one cycle ahead of the newest
 /// checkpoint, which is what a restart's replay of one cycle needs.
 #[derive(Default)]
-struct Saving(Option<tokio::task::JoinHandle<Result<(), CheckpointError>>>);
+struct Saving(Option<tokio::task::JoinHandle<Result<(), RunError>>>);
 
 impl Saving {
-    fn start(&mut self, store: &CheckpointStore, checkpoint: Checkpoint) {
+    /// Writes `checkpoint` in the background, retrying while the store fails.
+    fn start(&mut self, store: &CheckpointStore, checkpoint: Checkpoint, retry: &Retry) {
         let store = store.clone();
-        self.0 = Some(tokio::spawn(async move { store.save(&checkpoint).await }));
+        let retry = retry.clone();
+        self.0 = Some(tokio::spawn(async move {
+            let mut attempts = retry.attempts("checkpoint", "checkpoint");
+            loop {
+                match store.save(&checkpoint).await {
+                    Ok(()) => break,
+                    Err(e @ CheckpointError::Store { .. }) => attempts.failed(e).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            attempts.succeeded();
+            Ok(())
+        }));
     }
 
     /// Waits until the checkpoint started last is written.
     async fn wait(&mut self) -> Result<(), RunError> {
         match self.0.take() {
-            Some(handle) => handle
-                .await
-                .map_err(|e| {
-                    RunError::Checkpoint(CheckpointError::Corrupt {
-                        location: "checkpoint writer".into(),
-                        message: e.to_string(),
-                    })
-                })?
-                .map_err(RunError::from),
+            Some(handle) => handle.await.map_err(|e| {
+                RunError::Checkpoint(CheckpointError::Corrupt {
+                    location: "checkpoint writer".into(),
+                    message: e.to_string(),
+                })
+            })?,
             None => Ok(()),
         }
     }
@@ -591,6 +657,7 @@ fn checkpoint_of(
 /// The cycle a flush completes.
 struct Cycle<'a> {
     number: i64,
+    watermark_stuck_after: Duration,
     replay: Option<Replay>,
     /// The checkpoint of the cycle before, perhaps still being written: waited for before
     /// this cycle commits to Delta.
@@ -605,9 +672,10 @@ async fn flush(
     sources: &mut [SourceRuntime],
     stages: &mut [StageRuntime],
     sinks: &mut [SinkSlot],
-    metrics: &PipelineMetrics,
+    retry: &Retry,
     summary: &mut RunSummary,
 ) -> Result<bool, RunError> {
+    let metrics = &retry.metrics;
     summary.cycles += 1;
     let now = now_us();
     let replay = cycle.replay.as_ref();
@@ -619,20 +687,27 @@ async fn flush(
         changed |= s.pending_events > 0;
         match &mut s.dead_letters {
             DeadLetters::Topic { sent, .. } => {
-                for d in sent.drain(..) {
-                    let failed = match d.await {
-                        Ok(Ok(_)) => None,
-                        Ok(Err((e, _))) => Some(e.to_string()),
-                        Err(_) => Some("the producer was dropped".to_string()),
-                    };
-                    if let Some(message) = failed {
-                        return Err(SourceError::DeadLetter {
-                            topic: s.plan.dead_letter_topic.clone(),
-                            message,
+                let topic = &s.plan.dead_letter_topic;
+                let delivered = async {
+                    for d in sent.drain(..) {
+                        let failed = match d.await {
+                            Ok(Ok(_)) => None,
+                            Ok(Err((e, _))) => Some(e.to_string()),
+                            Err(_) => Some("the producer was dropped".to_string()),
+                        };
+                        if let Some(message) = failed {
+                            return Err(SourceError::DeadLetter {
+                                topic: topic.clone(),
+                                message,
+                            });
                         }
-                        .into());
                     }
-                }
+                    Ok(())
+                };
+                let waiting = format!("dead letters to {topic} not yet delivered");
+                retry
+                    .awaiting("kafka delivery", &waiting, PATIENCE, delivered)
+                    .await?;
             }
             DeadLetters::File { files, lines } => {
                 let lines = std::mem::take(lines);
@@ -655,6 +730,7 @@ async fn flush(
         };
         // A watermark that moved is state to checkpoint, even with no event read.
         changed |= w != before;
+        watermark_health(s, w != before, cycle.watermark_stuck_after, retry);
         metrics
             .watermark_lag_seconds
             .with_label_values(&[pipeline.name.as_str(), s.plan.name.as_str()])
@@ -728,7 +804,10 @@ async fn flush(
                     files.write_late(&st.name, cycle.number, &out.late).await?
                 }
                 LateRows::Topic(topic) => {
-                    topic.send(&out.late).await?;
+                    let waiting = format!("late rows of {} not yet delivered", st.name);
+                    retry
+                        .awaiting("kafka delivery", &waiting, PATIENCE, topic.send(&out.late))
+                        .await?;
                 }
             }
         }
@@ -754,7 +833,10 @@ async fn flush(
     let publishing = Instant::now();
     for slot in sinks.iter().filter(|_| replay.is_none()) {
         if let (SinkRuntime::Kafka(k), Some(batches)) = (&slot.runtime, outputs.get(&slot.from)) {
-            let n = k.send(batches).await?;
+            let waiting = format!("sink {}: records not yet delivered", slot.name);
+            let n = retry
+                .awaiting("kafka delivery", &waiting, PATIENCE, k.send(batches))
+                .await?;
             metrics
                 .rows_out
                 .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
@@ -794,10 +876,20 @@ async fn flush(
         }
         let name = slot.name.as_str();
         let marks = &marks;
-        commits.push(async move { sink.commit(batches, marks).await.map(|s| (name, s)) });
+        commits.push(async move {
+            commit(sink, name, batches, marks, retry)
+                .await
+                .map(|s| (name, s))
+        });
     }
-    for (name, stats) in futures::future::try_join_all(commits).await? {
+    let committed = futures::future::try_join_all(commits).await?;
+    let committed_at = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    for (name, stats) in committed {
         let labels = [pipeline.name.as_str(), name];
+        metrics
+            .delta_last_commit
+            .with_label_values(&labels)
+            .set(committed_at);
         metrics
             .rows_out
             .with_label_values(&labels)
@@ -836,4 +928,102 @@ async fn flush(
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }
     Ok(changed)
+}
+
+/// Commits `batches` with `marks` to `sink`, retrying while the store fails. After a failed
+/// attempt the table's log is read again: an attempt whose commit landed although its answer
+/// was lost is not repeated.
+async fn commit(
+    sink: &mut DeltaSink,
+    name: &str,
+    batches: Vec<RecordBatch>,
+    marks: &Marks,
+    retry: &Retry,
+) -> Result<CommitStats, RunError> {
+    let mut attempts = retry.attempts(format!("sink {name}"), "delta_commit");
+    let started = Instant::now();
+    let stats = loop {
+        match sink.commit(batches.clone(), marks).await {
+            Ok(stats) => break stats,
+            Err(e) if e.is_transient() => attempts.failed(e).await?,
+            Err(e) => return Err(e.into()),
+        }
+        if sink.recorded(marks).await.unwrap_or(false) {
+            tracing::info!("sink {name}: the commit of an earlier attempt went through");
+            break CommitStats {
+                version: sink.table().version().map_or(-1, |v| v as i64),
+                rows: batches.iter().map(RecordBatch::num_rows).sum(),
+                files: 0,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+        }
+    };
+    attempts.succeeded();
+    Ok(stats)
+}
+
+/// Whether every source reaches its brokers. While one does not, Kafka is a problem on
+/// `/readyz`; once that has lasted `give_up_after`, the run fails.
+fn brokers_reachable(
+    sources: &[SourceRuntime],
+    retry: &Retry,
+    down_since: &mut Option<Instant>,
+) -> Result<(), RunError> {
+    let unreachable = sources
+        .iter()
+        .find_map(|s| Some((&s.plan.name, s.unreachable.as_deref()?)));
+    let Some((source, reason)) = unreachable else {
+        if down_since.take().is_some()
+            && let Some(lasted) = retry.clear("kafka")
+        {
+            tracing::info!(
+                "pipeline {}: the brokers answer again after {} s; reading on",
+                retry.pipeline,
+                lasted.as_secs()
+            );
+        }
+        return Ok(());
+    };
+    let since = *down_since.get_or_insert_with(Instant::now);
+    let reason = format!("source {source}: the brokers cannot be reached: {reason}");
+    if retry.raise("kafka", &reason) {
+        tracing::warn!(
+            "pipeline {}: {reason}; waiting for them (librdkafka reconnects) for up to {} s",
+            retry.pipeline,
+            retry.give_up_after.as_secs()
+        );
+    }
+    if since.elapsed() >= retry.give_up_after {
+        return Err(GaveUp {
+            what: "kafka".into(),
+            for_: since.elapsed(),
+            source: reason.into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// A source whose watermark stands still for `stuck_after` while its events arrive is a
+/// problem on `/readyz` until it moves: its windows do not close.
+fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, retry: &Retry) {
+    let what = format!("source {} watermark", s.plan.name);
+    if moved {
+        s.watermark_moved = Instant::now();
+        if retry.clear(&what).is_some() {
+            tracing::info!("pipeline {}: {what} moves again", retry.pipeline);
+        }
+        return;
+    }
+    let still = s.watermark_moved.elapsed();
+    if s.pending_events > 0 && still >= stuck_after {
+        let reason = format!(
+            "has not moved for {} s while events arrive: a partition without events (see \
+             idle_timeout) or producers whose clocks lag hold it back; windows do not close",
+            still.as_secs()
+        );
+        if retry.raise(&what, &reason) {
+            tracing::warn!("pipeline {}: {what} {reason}", retry.pipeline);
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! ([`PipelineMetrics::render`]), served on `/metrics`. Every series carries the pipeline
 //! name as a label; per-source series carry the source too.
 
+pub mod health;
 pub mod server;
 
 use prometheus::{
@@ -51,6 +52,14 @@ pub struct PipelineMetrics {
     /// Seconds the pipeline loop spent in each phase of its cycles (`read`, `stage <name>`,
     /// `kafka sinks`, `delta sinks`, `checkpoint`): where the time goes.
     pub cycle_seconds: CounterVec,
+    /// Failed attempts that were retried (or given up), by operation (`delta_commit`,
+    /// `checkpoint`).
+    pub retries: IntCounterVec,
+    /// When each Delta sink last committed, in Unix seconds.
+    pub delta_last_commit: GaugeVec,
+    /// 1 while a problem `/readyz` reports lasts (`sink <name>`, `checkpoint`, `kafka`,
+    /// `kafka delivery`, `source <name> watermark`), else 0.
+    pub failing: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -211,8 +220,41 @@ impl PipelineMetrics {
         registry
             .register(Box::new(alerts_suppressed.clone()))
             .unwrap_or_else(|e| panic!("metric alerts_suppressed registered twice: {e}"));
+        let retries = counter(
+            &registry,
+            "retries_total",
+            "Failed attempts of an operation (delta_commit, checkpoint), retried with backoff or given up.",
+            &["pipeline", "operation"],
+        );
+        let delta_last_commit = GaugeVec::new(
+            Opts::new(
+                "delta_last_commit_timestamp_seconds",
+                "When the Delta sink last committed, in Unix seconds.",
+            ),
+            &["pipeline", "sink"],
+        )
+        .unwrap_or_else(|e| panic!("metric delta_last_commit_timestamp_seconds is malformed: {e}"));
+        registry
+            .register(Box::new(delta_last_commit.clone()))
+            .unwrap_or_else(|e| {
+                panic!("metric delta_last_commit_timestamp_seconds registered twice: {e}")
+            });
+        let failing = IntGaugeVec::new(
+            Opts::new(
+                "failing",
+                "1 while a problem /readyz reports lasts (sink <name>, checkpoint, kafka, kafka delivery, source <name> watermark), else 0.",
+            ),
+            &["pipeline", "problem"],
+        )
+        .unwrap_or_else(|e| panic!("metric failing is malformed: {e}"));
+        registry
+            .register(Box::new(failing.clone()))
+            .unwrap_or_else(|e| panic!("metric failing registered twice: {e}"));
         PipelineMetrics {
             registry,
+            retries,
+            failing,
+            delta_last_commit,
             alerts,
             alerts_suppressed,
             recommendations,

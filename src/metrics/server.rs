@@ -1,9 +1,8 @@
 //! The HTTP endpoints an SRE scrapes and probes: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is up) and `/readyz` (the pipeline has started consuming).
+//! `/healthz` (the process is up) and `/readyz` (the pipeline has started and nothing it needs is
+//! failing: see [`Health`]; the body says why not).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,12 +11,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::PipelineMetrics;
+use super::health::Health;
 
-/// Shared with the server: the metrics and whether the pipeline is ready.
+/// Shared with the server: the metrics and the pipeline's health.
 #[derive(Clone)]
 pub struct ServerState {
     pub metrics: PipelineMetrics,
-    pub ready: Arc<AtomicBool>,
+    pub health: Health,
 }
 
 async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
@@ -31,10 +31,9 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<ServerState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    match s.health.report() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -36,6 +36,35 @@ pub enum SinkError {
     Arrow(#[from] ArrowError),
 }
 
+impl SinkError {
+    /// Whether trying again may succeed: the object store or disk failed (an outage, a full
+    /// disk, a commit that raced another writer), not the rows or the table's schema.
+    pub fn is_transient(&self) -> bool {
+        let SinkError::Delta { source, .. } = self else {
+            return false;
+        };
+        match source.as_ref() {
+            DeltaTableError::ObjectStore { .. }
+            | DeltaTableError::Io { .. }
+            | DeltaTableError::Transaction { .. }
+            | DeltaTableError::VersionAlreadyExists(_) => true,
+            other => caused_by_io(other),
+        }
+    }
+}
+
+/// Whether an object store or I/O error is among `e`'s causes.
+fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<object_store::Error>() || c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Offsets a commit covers: for each `(topic, partition)`, the next offset to read.
 pub type SourceOffsets = HashMap<(String, i32), i64>;
 
@@ -134,7 +163,7 @@ pub async fn open_table(
 ) -> Result<DeltaTable, SinkError> {
     register_object_stores();
     let url = table_url(location)?;
-    DeltaTable::try_from_url_with_storage_options(url, storage_options.clone())
+    DeltaTable::try_from_url_with_storage_options(url, super::with_store_retries(storage_options))
         .await
         .map_err(|source| SinkError::Delta {
             table: location.to_string(),
@@ -201,6 +230,28 @@ impl DeltaSink {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the table's log again and says whether it records every one of `marks` at its
+    /// value: after a commit whose outcome is unknown (the store failed mid-way), whether it
+    /// went through.
+    pub async fn recorded(&mut self, marks: &Marks) -> Result<bool, SinkError> {
+        let loaded = match self.table.version() {
+            Some(_) => self.table.update_state().await,
+            None => self.table.load().await,
+        };
+        match loaded {
+            Ok(()) => {}
+            // A table still without its first commit.
+            Err(DeltaTableError::NotATable(_)) => return Ok(false),
+            Err(e) => return Err(self.delta_error(e)),
+        }
+        for (mark, value) in marks {
+            if self.mark(mark).await? != Some(*value) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Appends `batches` and records `marks` in the same commit. With no rows it commits

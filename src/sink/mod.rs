@@ -30,6 +30,34 @@ pub fn storage_options_from_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// How often the object store retries one request by itself: twice, for at most 10 s. The
+/// run loop retries whole commits and checkpoints with backoff for as long as the run's
+/// `give_up_after` allows (see `job::retry`), saying so on `/readyz` meanwhile; at
+/// `object_store`'s default (10 retries over up to 3 minutes) a stopped S3 server went
+/// unreported for close to a minute per request.
+pub const STORE_RETRIES: usize = 2;
+const STORE_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `options` with the store's own retries bounded as [`STORE_RETRIES`] says, unless set.
+pub fn with_store_retries(options: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut options = options.clone();
+    options
+        .entry("max_retries".into())
+        .or_insert_with(|| STORE_RETRIES.to_string());
+    options
+        .entry("retry_timeout".into())
+        .or_insert_with(|| format!("{}s", STORE_RETRY_TIMEOUT.as_secs()));
+    options
+}
+
+fn store_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: STORE_RETRIES,
+        retry_timeout: STORE_RETRY_TIMEOUT,
+        ..object_store::RetryConfig::default()
+    }
+}
+
 /// `location` as given when it is a URL (`s3://…`) or an absolute path, else under `root` (a
 /// directory or a URL; empty: the working directory): where tables, checkpoints and
 /// registries are found.
@@ -52,6 +80,17 @@ pub fn open_store(
             store: "url",
             source: format!("{location:?} is not a URL: {e}").into(),
         })?;
+        if url.scheme() == "s3" {
+            let builder = storage_options.iter().fold(
+                object_store::aws::AmazonS3Builder::new().with_url(location),
+                |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                    Ok(key) => b.with_config(key, v),
+                    Err(_) => b,
+                },
+            );
+            let store = builder.with_retry(store_retry()).build()?;
+            return Ok((Arc::new(store), Path::from_url_path(url.path())?));
+        }
         let options = storage_options
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));

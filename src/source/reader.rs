@@ -127,10 +127,17 @@ pub(crate) struct SourceRuntime {
     pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
     pub(crate) lag_checked: Option<Instant>,
+    /// Why the brokers cannot be reached, while they cannot: librdkafka reconnects by itself,
+    /// and the source is read again once a message arrives or the brokers answer.
+    pub(crate) unreachable: Option<String>,
+    /// When the watermark last moved (or the source started).
+    pub(crate) watermark_moved: Instant,
 }
 
 const POLL: Duration = Duration::from_millis(50);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a source that lost its brokers waits for an answer to its probe, per read.
+const PROBE: Duration = Duration::from_secs(1);
 
 pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -251,6 +258,8 @@ pub(crate) async fn open_source(
         .with_event_time(&plan.event_time),
         max_future,
         lag_checked: None,
+        unreachable: None,
+        watermark_moved: Instant::now(),
         watermark,
         plan: plan.clone(),
         reader,
@@ -337,7 +346,9 @@ pub(crate) fn report_consumer_lag(
     s: &mut SourceRuntime,
     metrics: &PipelineMetrics,
 ) {
-    if s.lag_checked.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
+    // Brokers that cannot be reached have no lag to tell (and each ask would wait its
+    // timeout out).
+    if s.unreachable.is_some() || s.lag_checked.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
         return;
     }
     s.lag_checked = Some(Instant::now());
@@ -369,10 +380,13 @@ pub(crate) fn report_consumer_lag(
                     ])
                     .set((high - next).max(0));
             }
-            Err(e) => tracing::warn!(
-                "source {}: cannot read the watermarks of partition {p}: {e}",
-                s.plan.name
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    "source {}: cannot read the watermarks of partition {p}: {e}",
+                    s.plan.name
+                );
+                break;
+            }
         }
     }
 }
@@ -509,6 +523,12 @@ pub(crate) fn poll_source(
                 for _ in 0..max_rows {
                     let m = match consumer.poll(POLL) {
                         None => break,
+                        // A broker gone or a connection lost: librdkafka reconnects, and the
+                        // run loop waits for it (see `SourceRuntime::unreachable`).
+                        Some(Err(KafkaError::MessageConsumption(code))) => {
+                            s.unreachable = Some(code.to_string());
+                            break;
+                        }
                         Some(Err(source)) => {
                             return Err(SourceError::Kafka {
                                 source_name: s.plan.name.clone(),
@@ -517,6 +537,7 @@ pub(crate) fn poll_source(
                         }
                         Some(Ok(m)) => m,
                     };
+                    s.unreachable = None;
                     let past_replay = s
                         .replay_to
                         .as_ref()
@@ -536,6 +557,13 @@ pub(crate) fn poll_source(
                         payload,
                         now,
                     )?;
+                }
+                // With nothing arriving, the brokers answering says the outage is over.
+                if s.unreachable.is_some() {
+                    let partition = s.position.keys().min().copied().unwrap_or(0);
+                    if consumer.fetch_watermarks(topic, partition, PROBE).is_ok() {
+                        s.unreachable = None;
+                    }
                 }
             }
             Reader::File {

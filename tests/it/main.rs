@@ -17,6 +17,7 @@ mod ingest;
 mod kafka;
 mod maintain;
 mod onnx;
+mod outage;
 mod process;
 mod run;
 mod score;

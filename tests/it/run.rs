@@ -4,8 +4,6 @@
 //! invalid ones on the dead-letter topic, every feature row also on the features topic.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -19,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use stratus::job::run::{RunConfig, run_pipeline};
 use stratus::kafka::{consumer_config, producer_config};
 use stratus::metrics::PipelineMetrics;
+use stratus::metrics::health::Health;
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
 
@@ -199,7 +198,7 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
         &pipeline,
         &config,
         metrics.clone(),
-        Arc::new(AtomicBool::new(false)),
+        Health::new(),
         std::future::pending(),
     )
     .await

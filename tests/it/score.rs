@@ -6,8 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
@@ -17,6 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use stratus::job::run::{RunConfig, run_pipeline, run_to_end};
 use stratus::kafka::producer_config;
 use stratus::metrics::PipelineMetrics;
+use stratus::metrics::health::Health;
 use stratus::pipeline::Pipeline;
 use stratus::score::OnnxModel;
 use stratus::score::detect::{CalibrationSpec, DetectorSpec, Ensemble};
@@ -199,15 +198,9 @@ commit: {{max_rows: 120, max_interval: 200ms}}
     let metrics = PipelineMetrics::new();
     let served = metrics.clone();
     let running = tokio::spawn(async move {
-        run_pipeline(
-            &pipeline,
-            &config,
-            served,
-            Arc::new(AtomicBool::new(false)),
-            async {
-                let _ = stopped.await;
-            },
-        )
+        run_pipeline(&pipeline, &config, served, Health::new(), async {
+            let _ = stopped.await;
+        })
         .await
     });
     let scores = format!("{prefix}/scores");

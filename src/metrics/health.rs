@@ -1,0 +1,113 @@
+//! Whether a running pipeline is healthy, as `/readyz` reports it.
+//!
+//! In: the run loop marks the pipeline started, and raises and clears named problems (a sink
+//! whose commits fail and are retried, a broker that cannot be reached, a watermark that does
+//! not move while events arrive). Out: [`Health::report`], ready or the list of problems with
+//! how long each has lasted — the body of `/readyz`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+// Tokio's clock, so that tests may pause it; outside a runtime it is the system's.
+use tokio::time::Instant;
+
+/// Shared between the run loop and the HTTP server; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    started: AtomicBool,
+    /// What is wrong, by what it concerns: the reason and since when.
+    problems: Mutex<BTreeMap<String, (String, Instant)>>,
+}
+
+impl Health {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pipeline has opened its sources, sinks and state and reads.
+    pub fn set_started(&self) {
+        self.0.started.store(true, Ordering::Relaxed);
+    }
+
+    fn problems(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, Instant)>> {
+        self.0.problems.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `what` is wrong, for `reason`; returns whether it is new. A problem raised again keeps
+    /// its start and takes the newer reason.
+    pub fn raise(&self, what: &str, reason: &str) -> bool {
+        let mut problems = self.problems();
+        match problems.get_mut(what) {
+            Some(known) => {
+                known.0 = reason.to_string();
+                false
+            }
+            None => {
+                problems.insert(what.to_string(), (reason.to_string(), Instant::now()));
+                true
+            }
+        }
+    }
+
+    /// `what` is fine again; returns how long it was wrong, if it was.
+    pub fn clear(&self, what: &str) -> Option<Duration> {
+        self.problems()
+            .remove(what)
+            .map(|(_, since)| since.elapsed())
+    }
+
+    /// Whether `what` is a problem now.
+    pub fn has(&self, what: &str) -> bool {
+        self.problems().contains_key(what)
+    }
+
+    /// Ready, or why not: one line per problem, `what: reason (for N s)`.
+    pub fn report(&self) -> Result<(), String> {
+        if !self.0.started.load(Ordering::Relaxed) {
+            return Err("starting\n".to_string());
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(problems
+            .iter()
+            .map(|(what, (reason, since))| {
+                format!("{what}: {reason} (for {} s)\n", since.elapsed().as_secs())
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_started_and_while_no_problem_is_raised() {
+        let h = Health::new();
+        assert_eq!(h.report(), Err("starting\n".to_string()));
+        h.set_started();
+        assert_eq!(h.report(), Ok(()));
+        h.raise("sink raw", "Delta commit failing: connection refused");
+        h.raise("kafka", "all brokers down");
+        let report = h.report().unwrap_err();
+        assert_eq!(
+            report.lines().collect::<Vec<_>>(),
+            [
+                "kafka: all brokers down (for 0 s)",
+                "sink raw: Delta commit failing: connection refused (for 0 s)"
+            ]
+        );
+        assert!(h.clear("kafka").is_some());
+        assert!(h.clear("kafka").is_none());
+        assert!(!h.has("kafka") && h.has("sink raw"));
+        h.clear("sink raw");
+        assert_eq!(h.report(), Ok(()));
+    }
+}
