@@ -41,6 +41,8 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -67,6 +69,8 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 3] = [Status::Firing, Status::Updated, Status::Resolved];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Firing => "firing",

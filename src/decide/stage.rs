@@ -15,7 +15,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
-use super::alert::{AlertMessage, AlertPolicy, Policy, Suppressed};
+use super::alert::{AlertMessage, AlertPolicy, Policy, Severity, Status, Suppressed};
 use super::catalogue::{Catalogue, region_of};
 use super::mix::{self, Choice, Purchase, Requirement, Weights};
 use super::recommend::{Issued, Kind, Line, MONTH_HOURS, ParetoPoint, Recommendation};
@@ -101,6 +101,8 @@ const FRESH_FORECAST: i64 = 3 * HOUR;
 pub struct AlertOperator {
     spec: AlertSpec,
     policy: AlertPolicy,
+    /// Whether its `stratus_alerts_total` series are exported yet.
+    exported: bool,
 }
 
 impl AlertOperator {
@@ -108,6 +110,7 @@ impl AlertOperator {
         AlertOperator {
             policy: AlertPolicy::new(spec.policy.clone()),
             spec,
+            exported: false,
         }
     }
 
@@ -161,6 +164,27 @@ fn state_error(message: String) -> OperatorError {
 
 #[async_trait::async_trait]
 impl Operator for AlertOperator {
+    /// Exports every severity and status at 0 before the first alert, so that rules and
+    /// dashboards see the series.
+    async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        if std::mem::replace(&mut self.exported, true) {
+            return;
+        }
+        for severity in Severity::ALL {
+            for status in Status::ALL {
+                ctx.metrics
+                    .alerts
+                    .with_label_values(&[
+                        ctx.pipeline,
+                        ctx.stage,
+                        severity.as_str(),
+                        status.as_str(),
+                    ])
+                    .inc_by(0);
+            }
+        }
+    }
+
     async fn process_batch(
         &mut self,
         batch: &RecordBatch,

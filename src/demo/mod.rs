@@ -302,7 +302,11 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
 
     let tables = config.out_dir.join("tables");
     let run = RunConfig::backfill(&brokers, &tables.display().to_string(), Default::default());
-    let summaries = run_all(&pipelines, &run).await?;
+    let (summaries, scraped) = run_all(&pipelines, &run).await?;
+    // What Prometheus would have scraped at the end: the series the rules and the dashboard
+    // under deploy/ read.
+    let file = config.out_dir.join("metrics.prom");
+    std::fs::write(&file, scraped).map_err(|source| DemoError::Write { path: file, source })?;
     let metrics_run = summaries.first().cloned().unwrap_or_default();
 
     let ctx = register(&tables).await?;
@@ -360,8 +364,8 @@ fn stage_rows(summary: &RunSummary, stage: &str) -> u64 {
 }
 
 /// Runs the pipelines side by side to the end of their input, printing progress; their
-/// summaries, in order.
-async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> Result<Vec<RunSummary>> {
+/// summaries, in order, and their metrics as `/metrics` shows them at the end.
+async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> Result<(Vec<RunSummary>, String)> {
     let metrics = PipelineMetrics::new();
     let mut progress = progress::Progress::new(pipelines, &metrics);
     let handles: Vec<_> = pipelines
@@ -388,9 +392,11 @@ async fn run_all(pipelines: &[Pipeline], run: &RunConfig) -> Result<Vec<RunSumma
         }
     };
     crate::say!("{}", progress.line());
-    done.into_iter()
+    let summaries = done
+        .into_iter()
         .map(|r| r.map_err(DemoError::Task)?)
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((summaries, metrics.render()))
 }
 
 /// The generator's events for the three topics (metric events about 2 % corrupted), its

@@ -389,6 +389,12 @@ pub async fn run_pipeline(
     for p in &problems {
         retry.clear(p);
     }
+    for st in &stages {
+        metrics
+            .events_late
+            .with_label_values(&[pipeline.name.as_str(), st.name.as_str()])
+            .inc_by(0);
+    }
     for operation in ["delta_commit", "checkpoint"] {
         metrics
             .retries

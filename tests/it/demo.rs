@@ -1,6 +1,7 @@
 //! `stratus demo` end to end on its embedded Kafka: every produced event is accounted for, the
 //! feature windows that closed are in their tables, every 5-minute window is scored, the spot
-//! and billing pipelines forecast, recommend and alert, and the report renders in Chromium.
+//! and billing pipelines forecast, recommend and alert, the report renders in Chromium, and the
+//! shipped rules and dashboard read only series the run exports.
 
 use stratus::demo::{DemoConfig, run};
 
@@ -21,6 +22,9 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
     .await
     .unwrap();
     assert_eq!(report.produced, 3 * 3 * 1440 * 5 / 2);
+    // The shipped rules and dashboard read series the three shipped pipelines export.
+    let scraped = std::fs::read_to_string(out.join("metrics.prom")).unwrap();
+    crate::exported::assert_rules_and_dashboard_read_what_is_exported(&scraped);
     assert!(report.spot_events > 0 && report.billing_events > 0);
     assert!(report.produced_invalid > 0);
     assert_eq!(report.invalid, report.produced_invalid as u64);

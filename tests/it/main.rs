@@ -10,6 +10,7 @@ mod decide;
 mod delta_s3;
 mod demo;
 mod evaluate;
+mod exported;
 mod forecast;
 mod forecast_stage;
 mod functions;
