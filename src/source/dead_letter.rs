@@ -7,6 +7,11 @@
 //! `stratus.error.reason`, `stratus.source.topic`, `stratus.source.partition`,
 //! `stratus.source.offset`, `stratus.error.time` (RFC 3339, UTC). A backfill, which reaches no
 //! broker, writes each as one JSON line instead ([`DeadLetter::json_line`]).
+//!
+//! A record must fit Kafka's default limit of 1 MB (the producer's `message.max.bytes` and the
+//! topic's `max.message.bytes`): a key over 16 KiB, or a payload that with its key exceeds
+//! 900 KiB, is cut to that size, and `stratus.error.truncated` says what each was — the whole
+//! event stays in the source topic at the partition and offset the headers name.
 
 use base64::Engine;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -30,6 +35,17 @@ pub const HEADER_TOPIC: &str = "stratus.source.topic";
 pub const HEADER_PARTITION: &str = "stratus.source.partition";
 pub const HEADER_OFFSET: &str = "stratus.source.offset";
 pub const HEADER_TIME: &str = "stratus.error.time";
+pub const HEADER_TRUNCATED: &str = "stratus.error.truncated";
+
+/// The most of a key a dead-letter record carries.
+const MAX_KEY: usize = 16 << 10;
+/// The most of a key and payload together a dead-letter record carries.
+const MAX_RECORD: usize = 900 << 10;
+
+/// `bytes` cut to at most `limit` bytes.
+fn cut(bytes: &[u8], limit: usize) -> &[u8] {
+    &bytes[..bytes.len().min(limit)]
+}
 
 impl<'a> DeadLetter<'a> {
     /// The dead letter as one JSON line (for a backfill's dead-letter file): the context under
@@ -67,10 +83,29 @@ impl<'a> DeadLetter<'a> {
             .unwrap_or_default()
     }
 
+    /// What of the key and payload a record carries, and how they were cut if they were.
+    fn kept(&self) -> (Option<&'a [u8]>, &'a [u8], Option<String>) {
+        let key = self.key.map(|k| cut(k, MAX_KEY));
+        let key_len = key.map_or(0, <[u8]>::len);
+        let payload = cut(self.payload, MAX_RECORD - key_len);
+        let was = |what: &str, kept: usize, whole: usize| {
+            (kept < whole).then(|| format!("{what} {whole} bytes, first {kept} kept"))
+        };
+        let notes: Vec<String> = [
+            was("key", key_len, self.key.map_or(0, <[u8]>::len)),
+            was("payload", payload.len(), self.payload.len()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (key, payload, (!notes.is_empty()).then(|| notes.join("; ")))
+    }
+
     /// The record to produce to `dlq_topic`.
     pub fn record(&'a self, dlq_topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
         let time = self.time();
-        let headers = OwnedHeaders::new_with_capacity(5)
+        let (key, payload, note) = self.kept();
+        let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header {
                 key: HEADER_REASON,
                 value: Some(self.reason.as_bytes()),
@@ -91,12 +126,53 @@ impl<'a> DeadLetter<'a> {
                 key: HEADER_TIME,
                 value: Some(time.as_bytes()),
             });
+        // Header values are copied in.
+        if let Some(note) = &note {
+            headers = headers.insert(Header {
+                key: HEADER_TRUNCATED,
+                value: Some(note.as_bytes()),
+            });
+        }
         let record = FutureRecord::to(dlq_topic)
-            .payload(self.payload)
+            .payload(payload)
             .headers(headers);
-        match self.key {
+        match key {
             Some(k) => record.key(k),
             None => record,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter<'a>(key: Option<&'a [u8]>, payload: &'a [u8]) -> DeadLetter<'a> {
+        DeadLetter {
+            key,
+            payload,
+            topic: "t",
+            partition: 0,
+            offset: 7,
+            reason: "r".into(),
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_record_fits_kafkas_default_limit_and_says_what_was_cut() {
+        let small = letter(Some(b"k"), b"{}");
+        assert_eq!(small.kept(), (Some(&b"k"[..]), &b"{}"[..], None));
+
+        let key = vec![b'k'; 1 << 20];
+        let payload = vec![b'x'; 10 << 20];
+        let big = letter(Some(&key), &payload);
+        let (k, p, note) = big.kept();
+        assert_eq!(k.unwrap().len(), MAX_KEY);
+        assert_eq!(k.unwrap().len() + p.len(), MAX_RECORD);
+        assert_eq!(
+            note.unwrap(),
+            "key 1048576 bytes, first 16384 kept; payload 10485760 bytes, first 905216 kept"
+        );
     }
 }

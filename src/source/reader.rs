@@ -14,6 +14,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
@@ -136,6 +137,8 @@ pub(crate) struct SourceRuntime {
 
 const POLL: Duration = Duration::from_millis(50);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dead letter waits for room in a full producer queue before the run fails.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(300);
 /// How long a source that lost its brokers waits for an answer to its probe, per read.
 const PROBE: Duration = Duration::from_secs(1);
 
@@ -480,14 +483,26 @@ impl SourceRuntime {
                 match &mut self.dead_letters {
                     DeadLetters::File { lines, .. } => lines.extend(letter.json_line()),
                     DeadLetters::Topic { producer, sent } => {
-                        let record = letter.record(&self.plan.dead_letter_topic);
-                        match producer.send_result(record) {
-                            Ok(d) => sent.push(d),
-                            Err((e, _)) => {
-                                return Err(SourceError::DeadLetter {
-                                    topic: self.plan.dead_letter_topic.clone(),
-                                    message: e.to_string(),
-                                });
+                        let mut record = letter.record(&self.plan.dead_letter_topic);
+                        // A flood of invalid events can fill the producer's queue: wait for
+                        // deliveries to make room (this runs on a blocking section).
+                        let waited = Instant::now();
+                        loop {
+                            match producer.send_result(record) {
+                                Ok(d) => break sent.push(d),
+                                Err((
+                                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                    r,
+                                )) if waited.elapsed() < QUEUE_FULL_WAIT => {
+                                    record = r;
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                                Err((e, _)) => {
+                                    return Err(SourceError::DeadLetter {
+                                        topic: self.plan.dead_letter_topic.clone(),
+                                        message: e.to_string(),
+                                    });
+                                }
                             }
                         }
                     }

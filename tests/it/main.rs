@@ -19,6 +19,7 @@ mod kafka;
 mod maintain;
 mod onnx;
 mod outage;
+mod poison;
 mod process;
 mod run;
 mod score;
@@ -92,6 +93,25 @@ pub async fn produce_with(
     });
     for d in futures::future::join_all(sends).await {
         d.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// A metric event at `ts_ms` for resource `i`.
+pub fn metric_event(ts_ms: i64, i: usize) -> stratus::demo::events::GeneratedEvent {
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+        .unwrap()
+        .to_rfc3339();
+    let resource = format!("i-{i:017x}");
+    let payload = serde_json::json!({
+        "ts": ts, "account_id": "123456789012", "region": "us-east-1", "az": "us-east-1a",
+        "resource_id": resource, "service": "EC2", "namespace": "AWS/EC2",
+        "metric": "CPUUtilization", "value": 50.0, "unit": "Percent",
+        "dimensions": {"InstanceId": resource}
+    });
+    stratus::demo::events::GeneratedEvent {
+        key: resource,
+        payload: payload.to_string().into_bytes(),
+        valid: true,
     }
 }
 

@@ -22,7 +22,9 @@ use stratus::source::dead_letter::{HEADER_OFFSET, HEADER_PARTITION};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::{consume_with_headers, create_topic, produce, read_delta, setting, unique};
+use crate::{
+    consume_with_headers, create_topic, metric_event, produce, read_delta, setting, unique,
+};
 
 /// A TCP proxy to `target` that the test can cut and restore.
 struct Proxy {
@@ -380,25 +382,6 @@ async fn an_outage_longer_than_the_limit_fails_the_run_and_a_restart_resumes_exa
     stream.assert_exactly_once(true).await;
 }
 
-/// A metric event at `ts_ms` for resource `i`.
-fn event_at(ts_ms: i64, i: usize) -> GeneratedEvent {
-    let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
-        .unwrap()
-        .to_rfc3339();
-    let resource = format!("i-{i:017x}");
-    let payload = serde_json::json!({
-        "ts": ts, "account_id": "123456789012", "region": "us-east-1", "az": "us-east-1a",
-        "resource_id": resource, "service": "EC2", "namespace": "AWS/EC2",
-        "metric": "CPUUtilization", "value": 50.0, "unit": "Percent",
-        "dimensions": {"InstanceId": resource}
-    });
-    GeneratedEvent {
-        key: resource,
-        payload: payload.to_string().into_bytes(),
-        valid: true,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watermark_that_stands_still_while_events_arrive_is_not_ready_until_it_moves() {
     let topic = unique("it-stuck");
@@ -433,7 +416,7 @@ async fn a_watermark_that_stands_still_while_events_arrive_is_not_ready_until_it
     let (stuck_topic, mut sent) = (topic.clone(), 0);
     let feeding = tokio::spawn(async move {
         loop {
-            let batch: Vec<_> = (0..10).map(|i| event_at(frozen, sent + i)).collect();
+            let batch: Vec<_> = (0..10).map(|i| metric_event(frozen, sent + i)).collect();
             produce(&stuck_topic, &batch).await;
             sent += 10;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -455,7 +438,7 @@ async fn a_watermark_that_stands_still_while_events_arrive_is_not_ready_until_it
     // Newer events move it: ready again.
     produce(
         &topic,
-        &[event_at(chrono::Utc::now().timestamp_millis(), 0)],
+        &[metric_event(chrono::Utc::now().timestamp_millis(), 0)],
     )
     .await;
     until("ready again", Duration::from_secs(30), || {
