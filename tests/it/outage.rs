@@ -5,7 +5,8 @@
 //! side uses `scripts/test-env`'s outage listener, which advertises the proxy's port.
 //!
 //! Afterwards every valid event is in Delta exactly once and every invalid one on the
-//! dead-letter topic. Last, a watermark that stands still while events arrive.
+//! dead-letter topic. Then a full disk under a local table root, and a watermark that stands
+//! still while events arrive.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -447,4 +448,66 @@ async fn a_watermark_that_stands_still_while_events_arrive_is_not_ready_until_it
     .await;
     run.stop.send(()).unwrap();
     run.run.await.unwrap().unwrap();
+}
+
+/// Writes zeros to `dir/filler` until the file system is full.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_the_run_naming_the_path_and_it_resumes_once_space_is_back() {
+    // A 16 MiB tmpfs of its own holds the tables: mounting it needs root, as CI runs.
+    let dir = std::env::temp_dir().join(unique("it-disk-full"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test mounts a tmpfs: run it as root"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+
+    let mut stream = Stream::new(
+        "it-disk-full",
+        &setting("STRATUS_KAFKA_BROKERS"),
+        HashMap::new(),
+    )
+    .await;
+    let tables = dir.join("tables").display().to_string();
+    stream.tables = tables.clone();
+    stream.config.table_root = tables.clone();
+    stream.config.until_caught_up = true;
+    stream.config.give_up_after = Duration::from_secs(3);
+    produce(&stream.topic, &stream.events).await;
+
+    fill(&dir);
+    let error = run_to_end(&stream.pipeline, &stream.config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("still failing after 3 s of retries")
+            && error.contains(&tables)
+            && error.contains("No space left on device"),
+        "{error}"
+    );
+
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    run_to_end(&stream.pipeline, &stream.config).await.unwrap();
+    stream.assert_exactly_once(true).await;
 }

@@ -44,7 +44,11 @@ async fn poison_goes_to_its_side_output_with_its_reason_and_the_rest_lands() {
     // (key, payload, what the reason must say)
     let poison: Vec<(String, Vec<u8>, &str)> = vec![
         ("big".into(), vec![b'x'; 10 << 20], "expected value"),
-        ("utf8".into(), b"{\"ts\": \"\xff\xfe\"}".to_vec(), "invalid unicode"),
+        (
+            "utf8".into(),
+            b"{\"ts\": \"\xff\xfe\"}".to_vec(),
+            "invalid unicode",
+        ),
         ("nested".into(), with("dimensions", &nested), "dimensions"),
         ("nan".into(), with("value", "NaN"), "expected value"),
         ("range".into(), with("value", "1e400"), "out of range"),
