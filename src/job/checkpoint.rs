@@ -189,28 +189,61 @@ impl CheckpointStore {
         Ok(cycles)
     }
 
-    /// The newest checkpoint, if any.
+    /// The newest checkpoint that can be read, if any. A damaged one (a file truncated or
+    /// missing) is skipped with a warning for the one before it — the tables' marks then have
+    /// the run replay the cycles since, or refuse to start — but never all of them: when
+    /// checkpoints exist and none can be read, that is an error, not a start from zero.
     pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let Some(&cycle) = self.cycles().await?.last() else {
+        let cycles = self.cycles().await?;
+        let mut damaged = Vec::new();
+        for &cycle in cycles.iter().rev() {
+            match self.load(cycle).await {
+                Ok(checkpoint) => {
+                    if !damaged.is_empty() {
+                        tracing::warn!(
+                            "checkpoints at {}: starting from cycle {cycle}, the newest that \
+                             can be read; skipped: {}",
+                            self.location,
+                            damaged.join("; ")
+                        );
+                    }
+                    return Ok(Some(checkpoint));
+                }
+                Err(e @ CheckpointError::Corrupt { .. }) => damaged.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        if damaged.is_empty() {
             return Ok(None);
-        };
+        }
+        Err(CheckpointError::Corrupt {
+            location: self.location.clone(),
+            message: format!(
+                "no checkpoint can be read ({}); restore one from a backup of the object \
+                 store, or start over under a new pipeline name with new tables",
+                damaged.join("; ")
+            ),
+        })
+    }
+
+    /// The checkpoint of `cycle`.
+    async fn load(&self, cycle: i64) -> Result<Checkpoint, CheckpointError> {
         let corrupt = |message: String| CheckpointError::Corrupt {
             location: format!("{}/cycle-{cycle:020}", self.location),
             message,
         };
-        let bytes = self
-            .store
-            .get(&self.manifest_path(cycle))
-            .await
-            .map_err(|e| self.store_err(e))?
-            .bytes()
-            .await
-            .map_err(|e| self.store_err(e))?;
+        let bytes = match self.store.get(&self.manifest_path(cycle)).await {
+            Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
+            // Listed, then gone: removed meanwhile.
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(corrupt("its manifest is gone".into()));
+            }
+            Err(e) => return Err(self.store_err(e)),
+        };
         let stored = Stored::parse(&bytes).map_err(|e| {
             corrupt(format!(
-                "{e}: not a checkpoint this version of Stratus reads (those of versions before \
-                 stages were operators are not); restore a newer one, or start over by removing \
-                 the checkpoints and writing to new tables"
+                "{e}: its manifest is damaged, or not a checkpoint this version of Stratus reads \
+                 (those of versions before stages were operators are not)"
             ))
         })?;
         let mut checkpoint = stored.checkpoint;
@@ -224,14 +257,13 @@ impl CheckpointStore {
                 let file = Self::state_file(stage, part);
                 let Some(batch) = self.read_state(cycle, &file).await? else {
                     return Err(corrupt(format!(
-                        "{file} is listed in the manifest but missing; restore it or remove \
-                         this checkpoint to start from the one before"
+                        "{file} is listed in the manifest but missing"
                     )));
                 };
                 state.state.parts.insert(part.clone(), vec![batch]);
             }
         }
-        Ok(Some(checkpoint))
+        Ok(checkpoint)
     }
 
     /// Writes `checkpoint` and removes all but the newest few.
@@ -407,14 +439,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_listed_state_file_that_is_missing_is_an_error_not_an_empty_state() {
-        let dir = std::env::temp_dir().join(format!("stratus-cp-missing-{}", std::process::id()));
+    async fn a_damaged_checkpoint_gives_way_to_the_one_before_and_none_readable_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-damaged-{}", std::process::id()));
         let store =
             CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
         store.save(&checkpoint(1)).await.unwrap();
-        let carry = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.carry.arrow");
-        std::fs::remove_file(&carry).unwrap();
+        store.save(&checkpoint(2)).await.unwrap();
+        let file = |cycle: i64, name: &str| {
+            dir.join(format!(
+                "_stratus/pipe/checkpoints/cycle-{cycle:020}/{name}"
+            ))
+        };
+        // Truncated: the newest is skipped for the one before.
+        let window = file(2, "w.window.arrow");
+        let bytes = std::fs::read(&window).unwrap();
+        std::fs::write(&window, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(store.latest().await.unwrap().map(|c| c.cycle), Some(1));
+        // Missing as well in that one: nothing to start from is an error, never an empty state.
+        std::fs::remove_file(file(1, "w.carry.arrow")).unwrap();
         let err = store.latest().await.unwrap_err().to_string();
+        assert!(err.contains("no checkpoint can be read"), "{err}");
+        assert!(
+            err.contains("cycle-00000000000000000002/w.window.arrow"),
+            "{err}"
+        );
         assert!(
             err.contains("w.carry.arrow is listed in the manifest but missing"),
             "{err}"

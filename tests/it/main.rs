@@ -6,6 +6,7 @@
 
 mod backfill;
 mod crash;
+mod damaged;
 mod decide;
 mod delta_s3;
 mod demo;
