@@ -30,6 +30,12 @@
 //! cycle are discarded at the start and written anew. A backfill never continues a live run's
 //! checkpoints, nor a live run a backfill's.
 //!
+//! Outages: a Delta commit or checkpoint write that fails on the store is retried with
+//! backoff, a source whose brokers vanish waits for them, a delivery that takes long is
+//! reported; each is a problem on `/readyz` meanwhile, and the run fails once one has lasted
+//! `give_up_after` (see `retry`). Nothing reads while a commit is retried: memory stays where
+//! it was.
+//!
 //! Window state is the rows of open windows (the input columns the stage's SQL reads). A
 //! checkpoint holds it whole, so its size is the event-time span of `window + allowed lateness`
 //! of input, written once per cycle.

@@ -2,7 +2,8 @@
 //!
 //! In: counts and timings reported by each stage. Out: the Prometheus text exposition format
 //! ([`PipelineMetrics::render`]), served on `/metrics`. Every series carries the pipeline
-//! name as a label; per-source series carry the source too.
+//! name as a label; per-source series carry the source too. [`health`] is what `/readyz`
+//! reports, [`server`] serves both.
 
 pub mod health;
 pub mod server;

@@ -254,6 +254,85 @@ impl DeltaSink {
         Ok(true)
     }
 
+    /// Columns of the table that `rows` widen: an integer become a number. (Any other change
+    /// of a column's type is refused by the append: Delta Lake cannot change one in place.)
+    fn widened(&self, rows: &Schema) -> Vec<String> {
+        let Ok(state) = self.table.snapshot() else {
+            return Vec::new(); // no table yet
+        };
+        let table = state.snapshot().arrow_schema();
+        rows.fields()
+            .iter()
+            .filter(|f| {
+                table.field_with_name(f.name()).is_ok_and(|was| {
+                    matches!(was.data_type(), DataType::Int64 | DataType::Int32)
+                        && f.data_type() == &DataType::Float64
+                })
+            })
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// Before an append whose rows widen columns of the table: rewrites the table with those
+    /// columns as numbers, in one overwrite commit read as a stream from the table itself. The
+    /// rows stay what they were and the `txn` marks stay in the log, so a crash before or
+    /// after it loses and repeats nothing; it happens once per widening.
+    async fn widen_for(&mut self, rows: &Schema) -> Result<(), SinkError> {
+        let widened = self.widened(rows);
+        if widened.is_empty() {
+            return Ok(());
+        }
+        let ctx = datafusion::prelude::SessionContext::new();
+        self.table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| self.delta_error(e))?;
+        let provider = self
+            .table
+            .table_provider()
+            .await
+            .map_err(|e| self.delta_error(e.into()))?;
+        let df = ctx
+            .read_table(provider)
+            .map_err(|e| self.delta_error(e.into()))?;
+        // Every column as the rows to append have it (the widened ones, and those Delta
+        // stores under other field names, such as a map's entries), the rest as they are.
+        let columns: Vec<datafusion::prelude::Expr> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = datafusion::prelude::col(format!("\"{}\"", f.name()));
+                match rows.field_with_name(f.name()) {
+                    Ok(r) if r.data_type() != f.data_type() => {
+                        datafusion::prelude::cast(c, r.data_type().clone()).alias(f.name())
+                    }
+                    _ => c,
+                }
+            })
+            .collect();
+        let plan = df
+            .select(columns)
+            .map_err(|e| self.delta_error(e.into()))?
+            .into_unoptimized_plan();
+        tracing::warn!(
+            "{}: {} widened from integer to number: rewriting the table once",
+            self.config.location,
+            widened.join(", ")
+        );
+        let table = self
+            .table
+            .clone()
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+            .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+            .with_partition_columns(self.config.partition_columns.clone())
+            .await
+            .map_err(|e| self.delta_error(e))?;
+        self.table = table;
+        Ok(())
+    }
+
     /// Appends `batches` and records `marks` in the same commit. With no rows it commits
     /// nothing.
     pub async fn commit(
@@ -271,6 +350,7 @@ impl DeltaSink {
                 seconds: 0.0,
             });
         }
+        self.widen_for(&batches[0].schema()).await?;
         let txns: Vec<Transaction> = marks
             .iter()
             .map(|(mark, value)| Transaction::new(self.app_id(mark), *value))

@@ -98,7 +98,7 @@ impl Column {
             FieldKind::Integer => Column::Int(Int64Builder::with_capacity(capacity)),
             FieldKind::Boolean => Column::Bool(BooleanBuilder::with_capacity(capacity)),
             FieldKind::StringMap => Column::Map(Box::new(MapBuilder::new(
-                None,
+                Some(super::schema::map_field_names()),
                 StringBuilder::new(),
                 StringBuilder::new(),
             ))),

@@ -87,14 +87,26 @@ impl FieldKind {
     }
 }
 
-/// The Arrow type of a string map column, as `arrow`'s `MapBuilder` produces it.
+/// The names Delta Lake gives a map's entries (`key_value`, `key`, `value`): rows built with
+/// them append to a table whose schema grows without a cast (delta-rs merges maps named
+/// otherwise into a struct of four fields and fails).
+pub(crate) fn map_field_names() -> arrow::array::MapFieldNames {
+    arrow::array::MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    }
+}
+
+/// The Arrow type of a string map column, as the decoder builds it.
 pub(crate) fn string_map_type() -> DataType {
+    let names = map_field_names();
     let entries = Fields::from(vec![
-        Field::new("keys", DataType::Utf8, false),
-        Field::new("values", DataType::Utf8, true),
+        Field::new(names.key, DataType::Utf8, false),
+        Field::new(names.value, DataType::Utf8, true),
     ]);
     DataType::Map(
-        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+        Arc::new(Field::new(names.entry, DataType::Struct(entries), false)),
         false,
     )
 }
@@ -451,5 +463,21 @@ mod tests {
             e,
             "s.json: `required` names `y`, which is not in `properties`"
         );
+    }
+
+    /// Window state checkpointed before the decoder named map entries as Delta does is cast
+    /// on restore: the cast must exist.
+    #[test]
+    fn a_map_named_as_arrow_names_it_casts_to_the_decoders() {
+        use arrow::array::{Array, MapBuilder, StringBuilder};
+        let mut old = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        old.keys().append_value("InstanceId");
+        old.values().append_value("i-1");
+        old.append(true).unwrap();
+        let old = old.finish();
+        assert_ne!(old.data_type(), &string_map_type());
+        let cast = arrow::compute::cast(&old, &string_map_type()).unwrap();
+        assert_eq!(cast.data_type(), &string_map_type());
+        assert_eq!(cast.len(), 1);
     }
 }

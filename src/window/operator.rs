@@ -326,6 +326,17 @@ impl WindowOperator {
                     Ok(i) if given.field(i).data_type() == f.data_type() => {
                         columns.push(b.column(i).clone())
                     }
+                    // A map whose entries were named otherwise when it was checkpointed.
+                    Ok(i)
+                        if matches!(
+                            (given.field(i).data_type(), f.data_type()),
+                            (DataType::Map(..), DataType::Map(..))
+                        ) =>
+                    {
+                        let cast = arrow::compute::cast(b.column(i), f.data_type())
+                            .map_err(|e| bad(format!("column `{}`: {e}", f.name())))?;
+                        columns.push(cast)
+                    }
                     Err(_) if f.is_nullable() => {
                         if !absent.contains(f.name()) {
                             absent.push(f.name().clone());

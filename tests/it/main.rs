@@ -11,6 +11,7 @@ mod decide;
 mod delta_s3;
 mod demo;
 mod evaluate;
+mod evolution;
 mod exported;
 mod forecast;
 mod forecast_stage;
