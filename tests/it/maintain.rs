@@ -1,5 +1,6 @@
 //! `stratus maintain` on a table many small cycles wrote: afterwards one file per partition,
-//! the same rows for Stratus and for the Python `deltalake` reader, the same `txn` marks, the
+//! the same rows for Stratus and for other readers (the Python `deltalake` package, DuckDB's
+//! `delta` extension, polars) before and after, the same `txn` marks, the
 //! replaced files gone from storage — and the pipeline resumes on it exactly once.
 
 use std::path::Path;
@@ -70,14 +71,23 @@ fn parquet_files(dir: &Path) -> usize {
     n
 }
 
-/// Rows of the table as the Python `deltalake` package reads them.
-fn python_rows(table: &Path) -> usize {
+/// Rows of the table as three other readers count them: the Python `deltalake` package,
+/// DuckDB's `delta` extension (loaded from its PyPI wheel, offline) and polars.
+fn other_readers_rows(table: &Path) -> [usize; 3] {
     let out = Command::new(setting("STRATUS_PYTHON"))
         .args([
             "-c",
             // os._exit: deltalake's threads abort the interpreter's normal exit.
-            "import os, sys, deltalake\n\
-             print(deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table().num_rows, flush=True)\n\
+            "import os, sys, deltalake, duckdb, duckdb_extension_delta, polars\n\
+             path = sys.argv[1]\n\
+             a = deltalake.DeltaTable(path).to_pyarrow_table().num_rows\n\
+             ext = os.path.join(os.path.dirname(duckdb_extension_delta.__file__), 'extensions',\n\
+                                'v' + duckdb.__version__, 'delta.duckdb_extension')\n\
+             con = duckdb.connect()\n\
+             con.execute(f\"LOAD '{ext}'\")\n\
+             b = con.execute('SELECT count(*) FROM delta_scan(?)', [path]).fetchone()[0]\n\
+             c = polars.scan_delta(path).select(polars.len()).collect().item()\n\
+             print(a, b, c, flush=True)\n\
              os._exit(0)",
         ])
         .arg(table)
@@ -88,7 +98,11 @@ fn python_rows(table: &Path) -> usize {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    let counts: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    counts.try_into().unwrap()
 }
 
 fn partitions(table: &Path) -> usize {
@@ -120,6 +134,7 @@ async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
     assert!(files_before >= 30, "{files_before} files");
     let marks_before = marks(&table, &topic).await;
     assert!(marks_before.iter().all(Option::is_some), "{marks_before:?}");
+    assert_eq!(other_readers_rows(&table), [3_000; 3], "before maintenance");
 
     let out = Command::new(env!("CARGO_BIN_EXE_stratus"))
         .args(["maintain", "raw", "--retention", "0s", "--tables"])
@@ -137,17 +152,17 @@ async fn maintenance_compacts_and_cleans_and_exactly_once_holds() {
         "{said}"
     );
 
-    // One file per partition, on disk too; the same rows, for both readers; the same marks.
+    // One file per partition, on disk too; the same rows, for every reader; the same marks.
     assert_eq!(parquet_files(&table), partitions(&table));
     assert_eq!(delta_rows(&location).await, 3_000);
-    assert_eq!(python_rows(&table), 3_000);
+    assert_eq!(other_readers_rows(&table), [3_000; 3]);
     assert_eq!(marks(&table, &topic).await, marks_before);
 
     // The pipeline goes on from its marks: the new events once, none of the old again.
     produce(&topic, &metric_events(42, 500, 30, now, 0)).await;
     assert_eq!(ingest(&brokers, &topic, &dir).await, 500);
     assert_eq!(delta_rows(&location).await, 3_500);
-    assert_eq!(python_rows(&table), 3_500);
+    assert_eq!(other_readers_rows(&table), [3_500; 3]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -164,7 +179,7 @@ async fn the_running_pipeline_keeps_its_files_few() {
     assert_eq!(ingest_with(&brokers, &topic, &dir, 10, 20).await, 3_000);
     let location = table.display().to_string();
     assert_eq!(delta_rows(&location).await, 3_000);
-    assert_eq!(python_rows(&table), 3_000);
+    assert_eq!(other_readers_rows(&table), [3_000; 3]);
     let files = stratus::sink::delta::open_table(&location, &Default::default())
         .await
         .unwrap()
