@@ -107,6 +107,44 @@ pub struct Issued {
     pub forecaster: usize,
 }
 
+/// An issued forecast met by its actual value: what accuracy is measured from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// Index into the stage's horizons.
+    pub horizon: usize,
+    pub actual: f64,
+    /// What was issued: 2.5, 10, 50, 90 and 97.5 %.
+    pub issued: [f64; 5],
+}
+
+impl Outcome {
+    /// |actual − median|.
+    pub fn abs_error(&self) -> f64 {
+        (self.actual - self.issued[2]).abs()
+    }
+
+    /// |actual − median| / |actual|; none when the actual is 0.
+    pub fn pct_error(&self) -> Option<f64> {
+        (self.actual != 0.0).then(|| self.abs_error() / self.actual.abs())
+    }
+
+    /// 2 |actual − median| / (|actual| + |median|), 0 when both are 0.
+    pub fn sym_pct_error(&self) -> f64 {
+        let scale = self.actual.abs() + self.issued[2].abs();
+        if scale == 0.0 {
+            0.0
+        } else {
+            2.0 * self.abs_error() / scale
+        }
+    }
+
+    /// Whether the actual fell inside the 80 % and the 95 % intervals.
+    pub fn covered(&self) -> [bool; 2] {
+        let (y, q) = (self.actual, self.issued);
+        [q[1] <= y && y <= q[3], q[0] <= y && y <= q[4]]
+    }
+}
+
 /// The name of the candidate at `i`, `model` for the model's.
 pub fn forecaster_name(i: usize, model: &str) -> &str {
     CANDIDATES.get(i).copied().unwrap_or(model)
@@ -188,8 +226,10 @@ impl<K> Default for Blend<K> {
 
 impl<K: Ord + Clone> Blend<K> {
     /// Learns from every pending forecast whose target is at or before `now`; `actual` gives a
-    /// key's value at a time (none: the forecast is dropped unlearnt).
-    pub fn resolve(&mut self, now: i64, actual: impl Fn(&K, i64) -> Option<f64>) {
+    /// key's value at a time (none: the forecast is dropped unlearnt). Returns what each
+    /// learnt forecast was against its actual.
+    pub fn resolve(&mut self, now: i64, actual: impl Fn(&K, i64) -> Option<f64>) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
         let keep = 0.5f64.powf(1.0 / HALF_LIFE);
         // Every key's forecasts move the pooled factors, each by its share.
         let keys = self.tracks.len().max(1) as f64;
@@ -216,6 +256,11 @@ impl<K: Ord + Clone> Blend<K> {
                     }
                 }
                 let q = p.issued;
+                outcomes.push(Outcome {
+                    horizon: p.horizon,
+                    actual: y,
+                    issued: q,
+                });
                 track.remember(y - q[2]);
                 let missed = [y < q[0] || y > q[4], y < q[1] || y > q[3]];
                 let pooled = &mut self.pooled[p.horizon];
@@ -235,6 +280,7 @@ impl<K: Ord + Clone> Blend<K> {
                 }
             }
         }
+        outcomes
     }
 
     /// The forecast for `key` at horizon `j` (of `horizons`), remembered until `target`: the

@@ -33,6 +33,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
+use super::accuracy;
 use super::blend::{self, Blend, Issued, MODEL};
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
@@ -301,6 +302,10 @@ pub struct ForecastOperator {
     output: SchemaRef,
     model: FollowedForecast,
     state: ForecastState,
+    /// Forecasts met by their actuals since they were last counted.
+    outcomes: Vec<blend::Outcome>,
+    /// Whether its accuracy series are exported yet.
+    exported: bool,
 }
 
 impl ForecastOperator {
@@ -314,6 +319,8 @@ impl ForecastOperator {
             output: spec.output_schema(),
             spec,
             state: ForecastState::default(),
+            outcomes: Vec::new(),
+            exported: false,
         })
     }
 
@@ -443,7 +450,8 @@ impl ForecastOperator {
         let blend = &mut self.state.blend;
         for i in order {
             let (key, origin, value, levels, c) = &made[i];
-            blend.resolve(*origin, |k, t| series.get(k).and_then(|p| value_at(p, t)));
+            let met = blend.resolve(*origin, |k, t| series.get(k).and_then(|p| value_at(p, t)));
+            self.outcomes.extend(met);
             let Some(points) = series.get(key) else {
                 continue;
             };
@@ -560,7 +568,7 @@ impl Operator for ForecastOperator {
     async fn handle_watermark(
         &mut self,
         watermark: i64,
-        _ctx: &Context<'_>,
+        ctx: &Context<'_>,
         out: &mut Collector,
     ) -> operator::Result<i64> {
         if watermark != i64::MIN
@@ -568,10 +576,15 @@ impl Operator for ForecastOperator {
         {
             out.collect(rows);
         }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        accuracy::report(&outcomes, &self.spec.horizons, self.model.label(), ctx);
         Ok(watermark)
     }
 
     async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        if !std::mem::replace(&mut self.exported, true) {
+            accuracy::export(&self.spec.horizons, self.model.label(), ctx);
+        }
         if let Some(change) = self.model.refresh().await {
             crate::score::report_refresh(ctx, change);
         }

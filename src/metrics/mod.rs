@@ -58,6 +58,19 @@ pub struct PipelineMetrics {
     pub retries: IntCounterVec,
     /// When each Delta sink last committed, in Unix seconds.
     pub delta_last_commit: GaugeVec,
+    /// Forecasts whose target came, per model and horizon: the count the accuracy sums below
+    /// divide by (MAE, sMAPE, coverage; MAPE divides by `forecast_pct_resolved`).
+    pub forecasts_resolved: IntCounterVec,
+    /// Sum of |actual − median| of resolved forecasts.
+    pub forecast_abs_error: CounterVec,
+    /// Sum of |actual − median| / |actual| over resolved forecasts whose actual is not 0.
+    pub forecast_pct_error: CounterVec,
+    /// Resolved forecasts whose actual is not 0.
+    pub forecast_pct_resolved: IntCounterVec,
+    /// Sum of 2 |actual − median| / (|actual| + |median|) of resolved forecasts.
+    pub forecast_sym_pct_error: CounterVec,
+    /// Resolved forecasts whose actual fell inside the 80 % or 95 % interval (`level`).
+    pub forecast_covered: IntCounterVec,
     /// 1 while a problem `/readyz` reports lasts (`sink <name>`, `checkpoint`, `kafka`,
     /// `kafka delivery`, `source <name> watermark`), else 0.
     pub failing: IntGaugeVec,
@@ -81,6 +94,15 @@ fn histogram_with(
         .register(Box::new(h.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
     h
+}
+
+fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -199,17 +221,49 @@ impl PipelineMetrics {
             "Rows a stage produced (a window stage: window results, updates included).",
             &["pipeline", "stage"],
         );
-        let cycle_seconds = CounterVec::new(
-            Opts::new(
-                "cycle_seconds_total",
-                "Seconds the pipeline loop spent in each phase of its cycles.",
-            ),
+        let cycle_seconds = float_counter(
+            &registry,
+            "cycle_seconds_total",
+            "Seconds the pipeline loop spent in each phase of its cycles.",
             &["pipeline", "phase"],
-        )
-        .unwrap_or_else(|e| panic!("metric cycle_seconds_total is malformed: {e}"));
-        registry
-            .register(Box::new(cycle_seconds.clone()))
-            .unwrap_or_else(|e| panic!("metric cycle_seconds_total registered twice: {e}"));
+        );
+        let by_horizon = ["pipeline", "stage", "model", "horizon"];
+        let forecasts_resolved = counter(
+            &registry,
+            "forecasts_resolved_total",
+            "Forecasts whose target came, per model and horizon.",
+            &by_horizon,
+        );
+        let forecast_abs_error = float_counter(
+            &registry,
+            "forecast_abs_error_total",
+            "Sum of |actual - median| of resolved forecasts (MAE: its rate over forecasts_resolved_total's).",
+            &by_horizon,
+        );
+        let forecast_pct_error = float_counter(
+            &registry,
+            "forecast_pct_error_total",
+            "Sum of |actual - median| / |actual| of resolved forecasts whose actual is not 0 (MAPE: its rate over forecast_pct_resolved_total's).",
+            &by_horizon,
+        );
+        let forecast_pct_resolved = counter(
+            &registry,
+            "forecast_pct_resolved_total",
+            "Resolved forecasts whose actual is not 0.",
+            &by_horizon,
+        );
+        let forecast_sym_pct_error = float_counter(
+            &registry,
+            "forecast_sym_pct_error_total",
+            "Sum of 2 |actual - median| / (|actual| + |median|) of resolved forecasts (sMAPE: its rate over forecasts_resolved_total's).",
+            &by_horizon,
+        );
+        let forecast_covered = counter(
+            &registry,
+            "forecast_covered_total",
+            "Resolved forecasts whose actual fell inside the interval of `level` (80 or 95 %).",
+            &["pipeline", "stage", "model", "horizon", "level"],
+        );
         let alerts_suppressed = IntGaugeVec::new(
             Opts::new(
                 "alerts_suppressed",
@@ -253,6 +307,12 @@ impl PipelineMetrics {
             .unwrap_or_else(|e| panic!("metric failing registered twice: {e}"));
         PipelineMetrics {
             registry,
+            forecasts_resolved,
+            forecast_abs_error,
+            forecast_pct_error,
+            forecast_pct_resolved,
+            forecast_sym_pct_error,
+            forecast_covered,
             retries,
             failing,
             delta_last_commit,

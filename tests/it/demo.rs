@@ -25,6 +25,22 @@ async fn demo_lands_every_valid_event_and_dead_letters_the_rest() {
     // The shipped rules and dashboard read series the three shipped pipelines export.
     let scraped = std::fs::read_to_string(out.join("metrics.prom")).unwrap();
     crate::exported::assert_rules_and_dashboard_read_what_is_exported(&scraped);
+    // Spot forecasts whose target came are counted against their actuals.
+    let spot = [("pipeline", "spot-prices")];
+    let resolved = crate::exported::sum(&scraped, "stratus_forecasts_resolved_total", &spot);
+    let covered = |level| {
+        let matching = [("pipeline", "spot-prices"), ("level", level)];
+        crate::exported::sum(&scraped, "stratus_forecast_covered_total", &matching)
+    };
+    assert!(resolved > 100.0, "{resolved} spot forecasts resolved");
+    assert!(
+        covered("80") <= covered("95")
+            && covered("95") <= resolved
+            && covered("95") > 0.5 * resolved,
+        "{} / {} of {resolved}",
+        covered("80"),
+        covered("95")
+    );
     assert!(report.spot_events > 0 && report.billing_events > 0);
     assert!(report.produced_invalid > 0);
     assert_eq!(report.invalid, report.produced_invalid as u64);

@@ -174,6 +174,28 @@ fn shipped_queries() -> Vec<(String, String)> {
     queries
 }
 
+/// The sum of `metric` over the series of `scraped` whose labels include `matching`.
+pub fn sum(scraped: &str, metric: &str, matching: &[(&str, &str)]) -> f64 {
+    scraped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(metric))
+        .filter(|l| {
+            let labels = l.find('{').map_or(Labels::new(), |open| {
+                let close = l.rfind('}').unwrap();
+                matchers(&l[open + 1..close])
+                    .into_iter()
+                    .map(|(k, _, v)| (k, v))
+                    .collect()
+            });
+            matching
+                .iter()
+                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// Fails with every query that reads a series `scraped` lacks, and how.
 pub fn assert_rules_and_dashboard_read_what_is_exported(scraped: &str) {
     let exported = series(scraped);
