@@ -23,7 +23,13 @@ use crate::{consume_all, create_topic, read_delta, setting, unique};
 const S: i64 = 1_000_000;
 const MINUTE: i64 = 60 * S;
 const RESOURCES: usize = 12;
-const KILLS: usize = 24;
+/// Kills in the suite; `scripts/soak` sets `STRATUS_SOAK_KILLS` for more.
+fn kills() -> usize {
+    std::env::var("STRATUS_SOAK_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(24)
+}
 const PARTITIONS: i32 = 3;
 
 struct Event {
@@ -262,7 +268,8 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
 
     let mut rng = StdRng::seed_from_u64(2718);
     let mut replays = 0;
-    for kill in 0..KILLS {
+    let kills = kills();
+    for kill in 0..kills {
         let (mut child, log) = start(&pipeline, &tables, false);
         // Kill at a random moment of the run: start-up, reading, a flush between two commits.
         let delay = Duration::from_millis(rng.random_range(300..2_500));
@@ -287,7 +294,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     let status = child.wait().unwrap();
     let text = log.join().unwrap();
     assert!(status.success(), "final run: {status}\n{text}");
-    println!("{KILLS} kills, {replays} restarts replayed a partly committed cycle");
+    println!("soak: {kills} kills, {replays} restarts replayed a partly committed cycle");
 
     let valid: Vec<&Event> = events.iter().filter(|e| e.valid).collect();
     let raw = read_delta(&format!("{tables}/raw")).await;

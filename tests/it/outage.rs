@@ -299,10 +299,16 @@ async fn an_s3_outage_pauses_reading_retries_and_loses_or_repeats_nothing() {
     .await;
     let retries = run.metrics.total("retries_total", &[]);
     assert!(retries > 0, "the failed attempts are counted");
+    let not_ready = cut_at.elapsed().as_secs();
     feeding.await.unwrap();
     let summary = run.finish(stream.valid()).await;
     assert_eq!(summary.events, EVENTS as u64);
     stream.assert_exactly_once(false).await;
+    println!(
+        "soak: S3 cut 60 s: not ready until {not_ready} s after the cut, {retries} attempts \
+         retried, {read_during} events read during the outage; {} events, each once",
+        summary.events
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,6 +342,7 @@ async fn a_broker_outage_is_waited_out_and_the_stream_resumes() {
         run.health.report().is_ok()
     })
     .await;
+    let not_ready = cut_at.elapsed().as_secs();
     until("reading on", Duration::from_secs(60), || {
         run.read() > read_before
     })
@@ -344,6 +351,10 @@ async fn a_broker_outage_is_waited_out_and_the_stream_resumes() {
     let summary = run.finish(stream.valid()).await;
     assert_eq!(summary.events, EVENTS as u64);
     stream.assert_exactly_once(false).await;
+    println!(
+        "soak: broker cut 30 s: not ready until {not_ready} s after the cut; {} events, each once",
+        summary.events
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
