@@ -98,6 +98,9 @@ pub enum KafkaConfigError {
     Property { key: String, problem: PropertyError },
     #[error("cannot reach Kafka at {brokers}: {reason}")]
     Unreachable { brokers: String, reason: String },
+    /// Reached, and refused: credentials or TLS. Trying again cannot help.
+    #[error("cannot reach Kafka at {brokers}: {reason}")]
+    Refused { brokers: String, reason: String },
 }
 
 /// What is wrong with one property. Never holds a secret's value.
@@ -426,7 +429,8 @@ impl KafkaConnection {
 
     /// Asks the brokers for their metadata within `timeout`; on failure, says why (refused
     /// credentials, a certificate not trusted, nothing listening) as librdkafka reported it.
-    /// Refused credentials and failed TLS handshakes fail at once: retrying cannot help.
+    /// Refused credentials and failed TLS handshakes fail at once ([`KafkaConfigError::Refused`]):
+    /// retrying cannot help.
     pub async fn check(&self, timeout: Duration) -> Result<(), KafkaConfigError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.check_blocking(timeout))
@@ -470,8 +474,15 @@ impl KafkaConnection {
                 seen,
                 Some((RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL, _))
             );
-            if fatal || Instant::now() >= deadline {
-                return Err(unreachable(seen.map_or_else(|| e.to_string(), |(_, r)| r)));
+            let reason = || seen.clone().map_or_else(|| e.to_string(), |(_, r)| r);
+            if fatal {
+                return Err(KafkaConfigError::Refused {
+                    brokers: self.describe(),
+                    reason: reason(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(unreachable(reason()));
             }
         }
     }

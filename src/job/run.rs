@@ -238,8 +238,9 @@ struct Replay {
 
 const CYCLE_MARK: &str = "cycle";
 
-/// How long the brokers have to answer at start before the run fails, saying why.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the brokers have to answer one ask at start; unanswered, it is asked again (see
+/// [`wait_for_brokers`]).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a delivery to Kafka may take before it is a problem on `/readyz`.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -270,7 +271,7 @@ pub async fn run_pipeline(
         false => KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?,
     };
     if pipeline.reaches_kafka() {
-        kafka.check(CONNECT_TIMEOUT).await?;
+        wait_for_brokers(&kafka, &retry).await?;
         tracing::info!("pipeline {}: Kafka at {kafka:?}", pipeline.name);
     }
 
@@ -401,7 +402,7 @@ pub async fn run_pipeline(
             .with_label_values(&[pipeline.name.as_str(), st.name.as_str()])
             .inc_by(0);
     }
-    for operation in ["delta_commit", "checkpoint"] {
+    for operation in ["delta_commit", "checkpoint", "connect"] {
         metrics
             .retries
             .with_label_values(&[pipeline.name.as_str(), operation])
@@ -1038,4 +1039,21 @@ fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, r
             tracing::warn!("pipeline {}: {what} {reason}", retry.pipeline);
         }
     }
+}
+
+/// Asks the brokers for their metadata until they answer, as a pod that starts before its
+/// brokers would want: brokers that cannot be reached are waited for (`kafka` a problem on
+/// `/readyz`, retried with backoff) up to `give_up_after`; refused credentials or TLS fail at
+/// once.
+async fn wait_for_brokers(kafka: &KafkaConnection, retry: &Retry) -> Result<(), RunError> {
+    let mut attempts = retry.attempts("kafka", "connect");
+    loop {
+        match kafka.check(CONNECT_TIMEOUT).await {
+            Ok(()) => break,
+            Err(e @ KafkaConfigError::Unreachable { .. }) => attempts.failed(e).await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    attempts.succeeded();
+    Ok(())
 }

@@ -66,21 +66,23 @@ impl Health {
         self.problems().contains_key(what)
     }
 
-    /// Ready, or why not: one line per problem, `what: reason (for N s)`.
+    /// Ready, or why not: `starting` until started, and one line per problem,
+    /// `what: reason (for N s)`.
     pub fn report(&self) -> Result<(), String> {
-        if !self.0.started.load(Ordering::Relaxed) {
-            return Err("starting\n".to_string());
-        }
+        let started = self.0.started.load(Ordering::Relaxed);
         let problems = self.problems();
-        if problems.is_empty() {
+        if started && problems.is_empty() {
             return Ok(());
         }
-        Err(problems
-            .iter()
-            .map(|(what, (reason, since))| {
-                format!("{what}: {reason} (for {} s)\n", since.elapsed().as_secs())
-            })
-            .collect())
+        let lines = problems.iter().map(|(what, (reason, since))| {
+            format!("{what}: {reason} (for {} s)\n", since.elapsed().as_secs())
+        });
+        Err(match started {
+            true => lines.collect(),
+            false => std::iter::once("starting\n".to_string())
+                .chain(lines)
+                .collect(),
+        })
     }
 }
 
@@ -92,6 +94,12 @@ mod tests {
     fn ready_once_started_and_while_no_problem_is_raised() {
         let h = Health::new();
         assert_eq!(h.report(), Err("starting\n".to_string()));
+        h.raise("kafka", "connect failing");
+        assert_eq!(
+            h.report(),
+            Err("starting\nkafka: connect failing (for 0 s)\n".to_string())
+        );
+        h.clear("kafka");
         h.set_started();
         assert_eq!(h.report(), Ok(()));
         h.raise("sink raw", "Delta commit failing: connection refused");

@@ -54,7 +54,7 @@ pub struct PipelineMetrics {
     /// `kafka sinks`, `delta sinks`, `checkpoint`): where the time goes.
     pub cycle_seconds: CounterVec,
     /// Failed attempts that were retried (or given up), by operation (`delta_commit`,
-    /// `checkpoint`).
+    /// `checkpoint`, `connect`).
     pub retries: IntCounterVec,
     /// When each Delta sink last committed, in Unix seconds.
     pub delta_last_commit: GaugeVec,
@@ -278,7 +278,7 @@ impl PipelineMetrics {
         let retries = counter(
             &registry,
             "retries_total",
-            "Failed attempts of an operation (delta_commit, checkpoint), retried with backoff or given up.",
+            "Failed attempts of an operation (delta_commit, checkpoint, connect), retried with backoff or given up.",
             &["pipeline", "operation"],
         );
         let delta_last_commit = GaugeVec::new(

@@ -312,7 +312,7 @@ async fn an_s3_outage_pauses_reading_retries_and_loses_or_repeats_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_broker_outage_is_waited_out_and_the_stream_resumes() {
+async fn brokers_down_at_start_and_mid_stream_are_waited_out_and_the_stream_resumes() {
     let mut proxy = Proxy::start(
         address(&setting("STRATUS_KAFKA_PROXY_BROKERS")),
         address(&setting("STRATUS_KAFKA_FAULT_BROKERS")),
@@ -320,7 +320,20 @@ async fn a_broker_outage_is_waited_out_and_the_stream_resumes() {
     .await;
     let brokers = setting("STRATUS_KAFKA_PROXY_BROKERS");
     let stream = Stream::new("it-outage-kafka", &brokers, storage_options_from_env()).await;
+
+    // Down when the run starts: it waits, starting and saying why, and starts once they answer.
+    proxy.cut().await;
     let run = Running::start(&stream.pipeline, &stream.config);
+    until(
+        "the brokers awaited on /readyz",
+        Duration::from_secs(30),
+        || {
+            run.problems()
+                .starts_with("starting\nkafka: connect failing, retried: cannot reach Kafka at")
+        },
+    )
+    .await;
+    proxy.restore().await;
     let feeding = stream.feed();
     until("a first commit", Duration::from_secs(60), || {
         run.landed() > 0
