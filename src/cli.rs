@@ -57,9 +57,10 @@ enum Command {
         /// Stop once every source is read up to where it ended at start (a backfill).
         #[arg(long)]
         until_caught_up: bool,
-        /// How long the brokers, the object store or a disk may keep failing before the run
-        /// fails: meanwhile reading pauses, failed commits and checkpoints are retried with
-        /// backoff and /readyz says what is failing.
+        /// How long the brokers (at start and while reading), the object store or a disk may
+        /// keep failing before the run fails: meanwhile reading pauses, failed commits and
+        /// checkpoints are retried with backoff and /readyz says what is failing. A delivery to
+        /// Kafka waits up to librdkafka's message.timeout.ms (5 minutes by default).
         #[arg(
             long,
             env = "STRATUS_GIVE_UP_AFTER",

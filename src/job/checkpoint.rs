@@ -191,7 +191,8 @@ impl CheckpointStore {
 
     /// The newest checkpoint that can be read, if any. A damaged one (a file truncated or
     /// missing) is skipped with a warning for the one before it — the tables' marks then have
-    /// the run replay the cycles since, or refuse to start — but never all of them: when
+    /// the run replay the cycle since, or refuse to start if they are further ahead — but never
+    /// all of them: when
     /// checkpoints exist and none can be read, that is an error, not a start from zero.
     pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let cycles = self.cycles().await?;

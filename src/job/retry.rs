@@ -6,8 +6,9 @@
 //! doubling, at most 10 s — while the operation is a problem on `/readyz` (with its last
 //! error) and each failed attempt counts in `stratus_retries_total`; the last error, saying
 //! for how long it was tried, once the operation has failed for the run's `give_up_after`.
-//! Nothing reads meanwhile: the loop is the one waiting, so an outage holds memory where it
-//! was (backpressure) instead of filling it.
+//! While a commit is retried nothing reads: the loop is the one waiting. While a checkpoint
+//! is, the next cycle reads and then waits for it before its commits. So an outage holds
+//! memory at about two cycles (backpressure) instead of filling it.
 
 use std::future::Future;
 use std::time::Duration;

@@ -396,6 +396,15 @@ pub async fn run_pipeline(
     for p in &problems {
         retry.clear(p);
     }
+    let started_s = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    for slot in &sinks {
+        if let SinkRuntime::Delta { .. } = slot.runtime {
+            metrics
+                .delta_last_commit
+                .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
+                .set(started_s);
+        }
+    }
     for st in &stages {
         metrics
             .events_late
@@ -508,9 +517,10 @@ async fn plan_replay(
         match sink.mark(CYCLE_MARK).await? {
             Some(c) if c > next => {
                 return Err(RunError::Restart(format!(
-                    "Delta table of sink `{}` holds cycle {c}, but the newest checkpoint is of \
-                     cycle {}: the checkpoints (under `_stratus/` beside the tables) are missing \
-                     or from another run; restore them, or write to new tables",
+                    "Delta table of sink `{}` holds cycle {c}, but the newest checkpoint read is \
+                     of cycle {}: the checkpoints (under `_stratus/` beside the tables) are \
+                     missing, damaged (a warning above names those skipped) or from another \
+                     run; restore them, or write to new tables",
                     slot.name, restored.cycle
                 )));
             }
@@ -895,14 +905,8 @@ async fn flush(
                 .map(|s| (name, s))
         });
     }
-    let committed = futures::future::try_join_all(commits).await?;
-    let committed_at = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
-    for (name, stats) in committed {
+    for (name, stats) in futures::future::try_join_all(commits).await? {
         let labels = [pipeline.name.as_str(), name];
-        metrics
-            .delta_last_commit
-            .with_label_values(&labels)
-            .set(committed_at);
         metrics
             .rows_out
             .with_label_values(&labels)
@@ -915,6 +919,17 @@ async fn flush(
             .delta_files_written
             .with_label_values(&labels)
             .inc_by(stats.files as u64);
+    }
+    // Every table is now up to date with the cycle, whether it had rows in it or not: a
+    // sparse table (hourly forecasts) is not taken for a stuck one.
+    let now_s = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    for slot in sinks.iter() {
+        if let SinkRuntime::Delta { .. } = slot.runtime {
+            metrics
+                .delta_last_commit
+                .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
+                .set(now_s);
+        }
     }
     summary.spent(metrics, &pipeline.name, "delta sinks", committing);
     for stage in fired {
@@ -955,20 +970,29 @@ async fn commit(
 ) -> Result<CommitStats, RunError> {
     let mut attempts = retry.attempts(format!("sink {name}"), "delta_commit");
     let started = Instant::now();
-    let stats = loop {
+    let stats = 'committed: loop {
         match sink.commit(batches.clone(), marks).await {
             Ok(stats) => break stats,
             Err(e) if e.is_transient() => attempts.failed(e).await?,
             Err(e) => return Err(e.into()),
         }
-        if sink.recorded(marks).await.unwrap_or(false) {
-            tracing::info!("sink {name}: the commit of an earlier attempt went through");
-            break CommitStats {
-                version: sink.table().version().map_or(-1, |v| v as i64),
-                rows: batches.iter().map(RecordBatch::num_rows).sum(),
-                files: 0,
-                seconds: started.elapsed().as_secs_f64(),
-            };
+        // Whether the failed attempt landed, asked until the log can be read: a commit is
+        // never made again blind.
+        loop {
+            match sink.recorded(marks).await {
+                Ok(true) => {
+                    tracing::info!("sink {name}: the commit of an earlier attempt went through");
+                    break 'committed CommitStats {
+                        version: sink.table().version().map_or(-1, |v| v as i64),
+                        rows: batches.iter().map(RecordBatch::num_rows).sum(),
+                        files: 0,
+                        seconds: started.elapsed().as_secs_f64(),
+                    };
+                }
+                Ok(false) => break,
+                Err(e) if e.is_transient() => attempts.failed(e).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     attempts.succeeded();
@@ -1018,7 +1042,8 @@ fn brokers_reachable(
 }
 
 /// A source whose watermark stands still for `stuck_after` while its events arrive is a
-/// problem on `/readyz` until it moves: its windows do not close.
+/// problem on `/readyz` until it moves (or its events stop for as long): its windows do not
+/// close.
 fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, retry: &Retry) {
     let what = format!("source {} watermark", s.plan.name);
     if moved {
@@ -1028,8 +1053,18 @@ fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, r
         }
         return;
     }
+    if s.pending_events > 0 {
+        s.events_seen = Instant::now();
+    }
+    if s.events_seen.elapsed() >= stuck_after {
+        // No events for as long: a watermark that stands still is what it should do.
+        if retry.clear(&what).is_some() {
+            tracing::info!("pipeline {}: {what}: no events arrive", retry.pipeline);
+        }
+        return;
+    }
     let still = s.watermark_moved.elapsed();
-    if s.pending_events > 0 && still >= stuck_after {
+    if still >= stuck_after {
         let reason = format!(
             "has not moved for {} s while events arrive: a partition without events (see \
              idle_timeout) or producers whose clocks lag hold it back; windows do not close",

@@ -56,7 +56,8 @@ pub struct PipelineMetrics {
     /// Failed attempts that were retried (or given up), by operation (`delta_commit`,
     /// `checkpoint`, `connect`).
     pub retries: IntCounterVec,
-    /// When each Delta sink last committed, in Unix seconds.
+    /// When each Delta sink was last up to date, in Unix seconds: its rows of the last cycle
+    /// committed, or the cycle had none for it.
     pub delta_last_commit: GaugeVec,
     /// Forecasts whose target came, per model and horizon: the count the accuracy sums below
     /// divide by (MAE, sMAPE, coverage; MAPE divides by `forecast_pct_resolved`).
@@ -284,7 +285,7 @@ impl PipelineMetrics {
         let delta_last_commit = GaugeVec::new(
             Opts::new(
                 "delta_last_commit_timestamp_seconds",
-                "When the Delta sink last committed, in Unix seconds.",
+                "When the Delta sink was last up to date (its rows of the last cycle committed, or none to commit), in Unix seconds.",
             ),
             &["pipeline", "sink"],
         )

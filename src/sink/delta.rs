@@ -43,11 +43,19 @@ impl SinkError {
         let SinkError::Delta { source, .. } = self else {
             return false;
         };
+        use deltalake::kernel::transaction::TransactionError;
         match source.as_ref() {
             DeltaTableError::ObjectStore { .. }
             | DeltaTableError::Io { .. }
-            | DeltaTableError::Transaction { .. }
             | DeltaTableError::VersionAlreadyExists(_) => true,
+            // A conflict delta-rs could not resolve is another writer committing the same
+            // marks (a second process of the pipeline): never retried, or rows would repeat.
+            DeltaTableError::Transaction { source } => matches!(
+                source,
+                TransactionError::ObjectStore { .. }
+                    | TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::MaxCommitAttempts(_)
+            ),
             other => caused_by_io(other),
         }
     }
@@ -234,7 +242,8 @@ impl DeltaSink {
 
     /// Reads the table's log again and says whether it records every one of `marks` at its
     /// value: after a commit whose outcome is unknown (the store failed mid-way), whether it
-    /// went through.
+    /// went through. (All marks go in one commit; checking each also catches another writer
+    /// that committed the same cycle with other offsets.)
     pub async fn recorded(&mut self, marks: &Marks) -> Result<bool, SinkError> {
         let loaded = match self.table.version() {
             Some(_) => self.table.update_state().await,

@@ -133,6 +133,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) unreachable: Option<String>,
     /// When the watermark last moved (or the source started).
     pub(crate) watermark_moved: Instant,
+    /// When a cycle last had events of this source.
+    pub(crate) events_seen: Instant,
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -263,6 +265,7 @@ pub(crate) async fn open_source(
         lag_checked: None,
         unreachable: None,
         watermark_moved: Instant::now(),
+        events_seen: Instant::now(),
         watermark,
         plan: plan.clone(),
         reader,
@@ -515,6 +518,25 @@ impl SourceRuntime {
     }
 }
 
+/// Whether a consumer error says the brokers cannot be reached for now.
+fn is_outage(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        BrokerTransportFailure
+            | AllBrokersDown
+            | Resolve
+            | TimedOutQueue
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | RequestTimedOut
+            | BrokerNotAvailable
+            | NetworkException
+            | CoordinatorNotAvailable
+            | NotCoordinator
+    )
+}
+
 /// Reads what is available (up to one poll interval, at most `max_rows` events).
 pub(crate) fn poll_source(
     pipeline: &Pipeline,
@@ -539,8 +561,10 @@ pub(crate) fn poll_source(
                     let m = match consumer.poll(POLL) {
                         None => break,
                         // A broker gone or a connection lost: librdkafka reconnects, and the
-                        // run loop waits for it (see `SourceRuntime::unreachable`).
-                        Some(Err(KafkaError::MessageConsumption(code))) => {
+                        // run loop waits for it (see `SourceRuntime::unreachable`). Any other
+                        // error (an offset out of range, a topic gone, no authorisation) stops
+                        // the run.
+                        Some(Err(KafkaError::MessageConsumption(code))) if is_outage(code) => {
                             s.unreachable = Some(code.to_string());
                             break;
                         }
@@ -552,7 +576,6 @@ pub(crate) fn poll_source(
                         }
                         Some(Ok(m)) => m,
                     };
-                    s.unreachable = None;
                     let past_replay = s
                         .replay_to
                         .as_ref()
@@ -573,8 +596,11 @@ pub(crate) fn poll_source(
                         now,
                     )?;
                 }
-                // With nothing arriving, the brokers answering says the outage is over.
-                if s.unreachable.is_some() {
+                // A message read, or with nothing arriving the brokers answering, says the
+                // outage is over.
+                if polled.events > 0 {
+                    s.unreachable = None;
+                } else if s.unreachable.is_some() {
                     let partition = s.position.keys().min().copied().unwrap_or(0);
                     if consumer.fetch_watermarks(topic, partition, PROBE).is_ok() {
                         s.unreachable = None;

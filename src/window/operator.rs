@@ -326,11 +326,13 @@ impl WindowOperator {
                     Ok(i) if given.field(i).data_type() == f.data_type() => {
                         columns.push(b.column(i).clone())
                     }
-                    // A map whose entries were named otherwise when it was checkpointed.
+                    // A map whose entries were named otherwise when it was checkpointed, or an
+                    // integer the schema has widened to a number since.
                     Ok(i)
                         if matches!(
                             (given.field(i).data_type(), f.data_type()),
                             (DataType::Map(..), DataType::Map(..))
+                                | (DataType::Int64 | DataType::Int32, DataType::Float64)
                         ) =>
                     {
                         let cast = arrow::compute::cast(b.column(i), f.data_type())
