@@ -53,7 +53,7 @@ use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceStat
 use super::retry::{GaveUp, Retry};
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
-use crate::metrics::health::Health;
+use crate::metrics::health::{Health, problem};
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
@@ -378,20 +378,19 @@ pub async fn run_pipeline(
 
     // Every problem the run may report, and every retried operation, is exported from the
     // start (at 0), so rules and dashboards see the series before anything fails.
-    let mut problems = vec!["checkpoint".to_string()];
+    let mut problems = vec![problem::CHECKPOINT.to_string()];
     if pipeline.reaches_kafka() {
-        problems.extend(["kafka".to_string(), "kafka delivery".to_string()]);
+        problems.extend([
+            problem::KAFKA.to_string(),
+            problem::KAFKA_DELIVERY.to_string(),
+        ]);
     }
-    problems.extend(
-        sources
-            .iter()
-            .map(|s| format!("source {} watermark", s.plan.name)),
-    );
+    problems.extend(sources.iter().map(|s| problem::watermark(&s.plan.name)));
     problems.extend(
         sinks
             .iter()
             .filter(|s| matches!(s.runtime, SinkRuntime::Delta { .. }))
-            .map(|s| format!("sink {}", s.name)),
+            .map(|s| problem::sink(&s.name)),
     );
     for p in &problems {
         retry.clear(p);
@@ -615,7 +614,7 @@ impl Saving {
         let store = store.clone();
         let retry = retry.clone();
         self.0 = Some(tokio::spawn(async move {
-            let mut attempts = retry.attempts("checkpoint", "checkpoint");
+            let mut attempts = retry.attempts(problem::CHECKPOINT, "checkpoint");
             loop {
                 match store.save(&checkpoint).await {
                     Ok(()) => break,
@@ -729,7 +728,7 @@ async fn flush(
                 };
                 let waiting = format!("dead letters to {topic} not yet delivered");
                 retry
-                    .awaiting("kafka delivery", &waiting, PATIENCE, delivered)
+                    .awaiting(problem::KAFKA_DELIVERY, &waiting, PATIENCE, delivered)
                     .await?;
             }
             DeadLetters::File { files, lines } => {
@@ -829,7 +828,12 @@ async fn flush(
                 LateRows::Topic(topic) => {
                     let waiting = format!("late rows of {} not yet delivered", st.name);
                     retry
-                        .awaiting("kafka delivery", &waiting, PATIENCE, topic.send(&out.late))
+                        .awaiting(
+                            problem::KAFKA_DELIVERY,
+                            &waiting,
+                            PATIENCE,
+                            topic.send(&out.late),
+                        )
                         .await?;
                 }
             }
@@ -858,7 +862,7 @@ async fn flush(
         if let (SinkRuntime::Kafka(k), Some(batches)) = (&slot.runtime, outputs.get(&slot.from)) {
             let waiting = format!("sink {}: records not yet delivered", slot.name);
             let n = retry
-                .awaiting("kafka delivery", &waiting, PATIENCE, k.send(batches))
+                .awaiting(problem::KAFKA_DELIVERY, &waiting, PATIENCE, k.send(batches))
                 .await?;
             metrics
                 .rows_out
@@ -968,7 +972,7 @@ async fn commit(
     marks: &Marks,
     retry: &Retry,
 ) -> Result<CommitStats, RunError> {
-    let mut attempts = retry.attempts(format!("sink {name}"), "delta_commit");
+    let mut attempts = retry.attempts(problem::sink(name), "delta_commit");
     let started = Instant::now();
     let stats = 'committed: loop {
         match sink.commit(batches.clone(), marks).await {
@@ -1011,7 +1015,7 @@ fn brokers_reachable(
         .find_map(|s| Some((&s.plan.name, s.unreachable.as_deref()?)));
     let Some((source, reason)) = unreachable else {
         if down_since.take().is_some()
-            && let Some(lasted) = retry.clear("kafka")
+            && let Some(lasted) = retry.clear(problem::KAFKA)
         {
             tracing::info!(
                 "pipeline {}: the brokers answer again after {} s; reading on",
@@ -1023,7 +1027,7 @@ fn brokers_reachable(
     };
     let since = *down_since.get_or_insert_with(Instant::now);
     let reason = format!("source {source}: the brokers cannot be reached: {reason}");
-    if retry.raise("kafka", &reason) {
+    if retry.raise(problem::KAFKA, &reason) {
         tracing::warn!(
             "pipeline {}: {reason}; waiting for them (librdkafka reconnects) for up to {} s",
             retry.pipeline,
@@ -1032,7 +1036,7 @@ fn brokers_reachable(
     }
     if since.elapsed() >= retry.give_up_after {
         return Err(GaveUp {
-            what: "kafka".into(),
+            what: problem::KAFKA.into(),
             for_: since.elapsed(),
             source: reason.into(),
         }
@@ -1045,7 +1049,7 @@ fn brokers_reachable(
 /// problem on `/readyz` until it moves (or its events stop for as long): its windows do not
 /// close.
 fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, retry: &Retry) {
-    let what = format!("source {} watermark", s.plan.name);
+    let what = problem::watermark(&s.plan.name);
     if moved {
         s.watermark_moved = Instant::now();
         if retry.clear(&what).is_some() {
@@ -1081,7 +1085,7 @@ fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, r
 /// `/readyz`, retried with backoff) up to `give_up_after`; refused credentials or TLS fail at
 /// once.
 async fn wait_for_brokers(kafka: &KafkaConnection, retry: &Retry) -> Result<(), RunError> {
-    let mut attempts = retry.attempts("kafka", "connect");
+    let mut attempts = retry.attempts(problem::KAFKA, "connect");
     loop {
         match kafka.check(CONNECT_TIMEOUT).await {
             Ok(()) => break,

@@ -13,6 +13,23 @@ use std::time::Duration;
 // Tokio's clock, so that tests may pause it; outside a runtime it is the system's.
 use tokio::time::Instant;
 
+/// The names of the problems a run reports (also `stratus_failing`'s `problem` label, which the
+/// shipped rules match): the checkpoint, the brokers, a delivery to them, a sink, a source's
+/// watermark.
+pub mod problem {
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const KAFKA: &str = "kafka";
+    pub const KAFKA_DELIVERY: &str = "kafka delivery";
+
+    pub fn sink(name: &str) -> String {
+        format!("sink {name}")
+    }
+
+    pub fn watermark(source: &str) -> String {
+        format!("source {source} watermark")
+    }
+}
+
 /// Shared between the run loop and the HTTP server; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Health(Arc<Inner>);
