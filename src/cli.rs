@@ -112,11 +112,18 @@ enum Command {
         /// Events to load.
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
-        /// Distinct resources (keys).
-        #[arg(long, default_value_t = 100_000)]
-        keys: usize,
+        /// Distinct resources (keys); default 100,000 (10,000 with --soak).
+        #[arg(long)]
+        keys: Option<usize>,
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// Instead: stream --days of event time (one point per key per minute) through the
+        /// pipeline and print, per simulated day, RSS, checkpoint size and events/s.
+        #[arg(long)]
+        soak: bool,
+        /// Days of event time for --soak.
+        #[arg(long, default_value_t = 7)]
+        days: usize,
         /// The pipeline's `commit.max_rows`: events per cycle (fewer: lower latency and memory,
         /// more per-cycle work).
         #[arg(long, default_value_t = 200_000)]
@@ -127,6 +134,9 @@ enum Command {
         /// Internal: run one bench pipeline file and report (the bench's child process).
         #[arg(long, hide = true)]
         run_pipeline: Option<PathBuf>,
+        /// Internal: run the soak pipeline file and report each day (the soak's child process).
+        #[arg(long, hide = true)]
+        soak_pipeline: Option<PathBuf>,
     },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
@@ -711,12 +721,32 @@ fn command(functions: Functions) -> Result<()> {
             max_rows,
             dir,
             run_pipeline,
+            soak,
+            days,
+            soak_pipeline,
         } => {
+            let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
             if let Some(file) = run_pipeline {
                 return Ok(runtime.block_on(crate::bench::run_pipeline_file(&brokers, &file))?);
             }
+            if let Some(file) = soak_pipeline {
+                return Ok(runtime.block_on(crate::bench::soak::soak_pipeline_file(
+                    &brokers, &file, keys,
+                ))?);
+            }
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
+            }
+            if soak {
+                let config = crate::bench::soak::SoakConfig {
+                    brokers,
+                    keys,
+                    days,
+                    max_rows,
+                    root: std::env::current_dir()?,
+                    work_dir: std::path::absolute(&dir)?,
+                };
+                return Ok(runtime.block_on(crate::bench::soak::soak(&config))?);
             }
             let config = crate::bench::BenchConfig {
                 brokers,

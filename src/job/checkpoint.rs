@@ -267,10 +267,11 @@ impl CheckpointStore {
         Ok(checkpoint)
     }
 
-    /// Writes `checkpoint` and removes all but the newest few.
-    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    /// Writes `checkpoint` and removes all but the newest few. Returns the bytes written.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<u64, CheckpointError> {
         let cycle = checkpoint.cycle;
         let mut written = BTreeMap::new();
+        let mut size = 0;
         for (stage, state) in &checkpoint.stages {
             let mut parts = Vec::new();
             for (part, batches) in &state.state.parts {
@@ -279,6 +280,7 @@ impl CheckpointStore {
                     location: format!("{}/cycle-{cycle:020}/{file}", self.location),
                     message: e.to_string(),
                 })?;
+                size += bytes.len() as u64;
                 self.store
                     .put(&self.state_path(cycle, &file), PutPayload::from(bytes))
                     .await
@@ -296,6 +298,7 @@ impl CheckpointStore {
                 location: self.location.clone(),
                 message: e.to_string(),
             })?;
+        size += manifest.len() as u64;
         self.store
             .put(&self.manifest_path(cycle), PutPayload::from(manifest))
             .await
@@ -320,7 +323,7 @@ impl CheckpointStore {
                 self.delete(&self.state_path(old, &file)).await?;
             }
         }
-        Ok(())
+        Ok(size)
     }
 
     async fn delete(&self, path: &Path) -> Result<(), CheckpointError> {

@@ -480,7 +480,10 @@ pub async fn run_pipeline(
                 let started = Instant::now();
                 saving.wait().await?;
                 let checkpoint = checkpoint_of(cycle, pipeline.backfill, &sources, &stages)?;
-                saving.start(&checkpoints, checkpoint, &retry);
+                let bytes = metrics
+                    .checkpoint_bytes
+                    .with_label_values(&[pipeline.name.as_str()]);
+                saving.start(&checkpoints, checkpoint, &retry, bytes);
                 summary.spent(&metrics, &pipeline.name, "checkpoint", started);
             }
             for s in sources.iter_mut() {
@@ -609,15 +612,25 @@ async fn open_stage(
 struct Saving(Option<tokio::task::JoinHandle<Result<(), RunError>>>);
 
 impl Saving {
-    /// Writes `checkpoint` in the background, retrying while the store fails.
-    fn start(&mut self, store: &CheckpointStore, checkpoint: Checkpoint, retry: &Retry) {
+    /// Writes `checkpoint` in the background, retrying while the store fails; `bytes` is set
+    /// to what it wrote.
+    fn start(
+        &mut self,
+        store: &CheckpointStore,
+        checkpoint: Checkpoint,
+        retry: &Retry,
+        bytes: prometheus::IntGauge,
+    ) {
         let store = store.clone();
         let retry = retry.clone();
         self.0 = Some(tokio::spawn(async move {
             let mut attempts = retry.attempts(problem::CHECKPOINT, "checkpoint");
             loop {
                 match store.save(&checkpoint).await {
-                    Ok(()) => break,
+                    Ok(size) => {
+                        bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
+                        break;
+                    }
                     Err(e @ CheckpointError::Store { .. }) => attempts.failed(e).await?,
                     Err(e) => return Err(e.into()),
                 }

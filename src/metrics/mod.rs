@@ -75,6 +75,8 @@ pub struct PipelineMetrics {
     /// 1 while a problem `/readyz` reports lasts (`sink <name>`, `checkpoint`, `kafka`,
     /// `kafka delivery`, `source <name> watermark`), else 0.
     pub failing: IntGaugeVec,
+    /// Bytes the newest checkpoint wrote: its manifest and state files.
+    pub checkpoint_bytes: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -306,8 +308,20 @@ impl PipelineMetrics {
         registry
             .register(Box::new(failing.clone()))
             .unwrap_or_else(|e| panic!("metric failing registered twice: {e}"));
+        let checkpoint_bytes = IntGaugeVec::new(
+            Opts::new(
+                "checkpoint_bytes",
+                "Bytes the newest checkpoint wrote (its manifest and state files; every checkpoint holds the whole state).",
+            ),
+            &["pipeline"],
+        )
+        .unwrap_or_else(|e| panic!("metric checkpoint_bytes is malformed: {e}"));
+        registry
+            .register(Box::new(checkpoint_bytes.clone()))
+            .unwrap_or_else(|e| panic!("metric checkpoint_bytes registered twice: {e}"));
         PipelineMetrics {
             registry,
+            checkpoint_bytes,
             forecasts_resolved,
             forecast_abs_error,
             forecast_pct_error,

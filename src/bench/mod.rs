@@ -17,6 +17,11 @@
 //!
 //! The events end at a fixed offset after a 5-minute boundary, so every run closes the same
 //! windows. Tables go to a temporary local directory; output to stdout as a table.
+//!
+//! [`soak`] runs the same pipeline over days of event time instead: what a day costs, day
+//! after day.
+
+pub mod soak;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
