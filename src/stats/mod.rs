@@ -5,6 +5,11 @@
 //! [`MAD_TO_SIGMA`] scales to a normal's standard deviation. Each caller decides what a zero
 //! MAD means for it (the carried robust z gives none; the detectors fall back to the standard
 //! deviation).
+//!
+//! [`summary`] keeps a long baseline in bounded memory: compressed slices of it, whose median
+//! and MAD [`weighted_median_and_mad`] gives within a stated rank error.
+
+pub mod summary;
 
 /// 1 / Φ⁻¹(3/4): scales a median absolute deviation to a normal's standard deviation.
 pub const MAD_TO_SIGMA: f64 = 1.4826;
@@ -49,6 +54,59 @@ pub fn median_and_mad_sorted(sorted: &[f64]) -> Option<(f64, f64)> {
         }
     };
     Some((median, middle(n, kth)))
+}
+
+/// The median and the median absolute deviation of values with weights (`(value, weight)`,
+/// ascending by value, every weight > 0): the value where the weights below and above balance
+/// (between two values, their mean, when they balance exactly there), then the same of the
+/// weighted deviations from it. With every weight 1 these are [`median_and_mad_sorted`]'s
+/// figures. `scratch` is reused for the deviations. None when `sorted` is empty.
+pub fn weighted_median_and_mad(
+    sorted: &[(f64, f64)],
+    scratch: &mut Vec<(f64, f64)>,
+) -> Option<(f64, f64)> {
+    let median = weighted_median(sorted)?;
+    // Deviations ascending: a merge of the values below the median, walking down from it, and
+    // the rest, walking up.
+    let split = sorted.partition_point(|(v, _)| *v < median);
+    let (mut below, mut above) = (split, split);
+    scratch.clear();
+    while below > 0 || above < sorted.len() {
+        let down = below.checked_sub(1).map(|i| median - sorted[i].0);
+        let up = sorted.get(above).map(|&(v, _)| v - median);
+        match (down, up) {
+            (Some(d), Some(u)) if d <= u => {
+                below -= 1;
+                scratch.push((d, sorted[below].1));
+            }
+            (Some(d), None) => {
+                below -= 1;
+                scratch.push((d, sorted[below].1));
+            }
+            (_, Some(u)) => {
+                scratch.push((u, sorted[above].1));
+                above += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    Some((median, weighted_median(scratch)?))
+}
+
+/// The weighted median of `(value, weight)` pairs ascending by value.
+fn weighted_median(sorted: &[(f64, f64)]) -> Option<f64> {
+    let half = sorted.iter().map(|(_, w)| w).sum::<f64>() / 2.0;
+    let mut below = 0.0;
+    for (i, &(v, w)) in sorted.iter().enumerate() {
+        below += w;
+        if below > half {
+            return Some(v);
+        }
+        if below == half {
+            return Some(sorted.get(i + 1).map_or(v, |next| (v + next.0) / 2.0));
+        }
+    }
+    sorted.last().map(|(v, _)| *v)
 }
 
 /// The median of `n` ascending values, given the k-th.
@@ -106,5 +164,37 @@ mod tests {
         assert_eq!(median_sorted(&[1.0, 2.0]), Some(1.5));
         assert_eq!(median_of(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median_and_mad_sorted(&[]), None);
+    }
+
+    #[test]
+    fn weights_of_one_give_the_plain_median_and_mad() {
+        let mut state = 7_u64;
+        let mut scratch = Vec::new();
+        for n in 1..80 {
+            // Few distinct values: ties, and MADs of zero.
+            let sorted: Vec<f64> = {
+                let mut v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        ((state >> 33) % 23) as f64 / 4.0
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v
+            };
+            let weighted: Vec<(f64, f64)> = sorted.iter().map(|&v| (v, 1.0)).collect();
+            assert_eq!(
+                weighted_median_and_mad(&weighted, &mut scratch),
+                median_and_mad_sorted(&sorted),
+                "{sorted:?}"
+            );
+        }
+        assert_eq!(weighted_median_and_mad(&[], &mut scratch), None);
+        // A weight of 3 counts as three equal values: 1, 5, 5, 5, 9 → median 5, MAD 0.
+        let three = [(1.0, 1.0), (5.0, 3.0), (9.0, 1.0)];
+        assert_eq!(
+            weighted_median_and_mad(&three, &mut scratch),
+            Some((5.0, 0.0))
+        );
     }
 }
