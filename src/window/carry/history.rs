@@ -8,11 +8,16 @@
 //! The baseline is cut into [`SLICES`] slices of equal span (an hour of a 24-hour baseline).
 //! The newest windows stay exact: at least the newest two slices' and at least [`EXACT`] of
 //! them. Older ones are sealed a whole slice at a time into one summary per column, of at most
-//! [`POINTS`](crate::stats::summary::POINTS) values (see `stats::summary` for the error bound: the median's rank off by at
-//! most 1/32 of the sealed windows). A sealed slice leaves the baseline when its oldest window
-//! does, so the baseline spans the last `baseline` of event time less at most one slice. A key
-//! with a day's 1-minute windows holds 64 to 120 exact windows and 23 slices of at most 16
-//! values per column, not 1,440 windows; a baseline of at most [`EXACT`] windows stays exact.
+//! [`POINTS`](crate::stats::summary::POINTS) values (see `stats::summary` for the error bound:
+//! the median's rank off by at most 1/32 of the sealed windows). A sealed slice leaves the
+//! baseline when its oldest window does, so the baseline spans the last `baseline` of event
+//! time less at most one slice. A baseline of at most [`EXACT`] windows stays exact.
+//!
+//! Memory: per exact window 8 bytes and 16 per column (its start; value and EWMA), plus 8 per
+//! column in the sorted copy; per sealed value 9 bytes (the value and its slice's tag, kept in
+//! one ascending run per column, so a median walks one merge of two runs). A day of 1-minute
+//! windows with two columns: 64 to 120 exact windows and 23 slices of 16 values per column,
+//! 12 to 15 KB per key instead of about 130 KB for 1,440 exact windows.
 
 use std::collections::VecDeque;
 
@@ -25,15 +30,15 @@ pub const SLICES: i64 = 24;
 /// Fewest windows kept exact (as long as the baseline holds them).
 pub const EXACT: usize = 64;
 
-/// One window of one key.
-#[derive(Debug, Clone)]
-pub(super) struct Point {
+/// One exact window of one key, as stored: its start and per column its value (NaN for null),
+/// then per column its EWMA.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Point<'a> {
     pub start: i64,
-    /// Per column its value (NaN for null), then per column its EWMA.
-    pub data: Box<[f64]>,
+    data: &'a [f64],
 }
 
-impl Point {
+impl Point<'_> {
     pub fn value(&self, j: usize) -> f64 {
         self.data[j]
     }
@@ -44,48 +49,81 @@ impl Point {
 }
 
 /// A sealed slice: its number (start / slice span), the start of its oldest window, and per
-/// column the summary of its non-null values (none where all were null).
+/// column the count of values it stands for and the count it kept (0 and 0 where all were
+/// null).
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Slice {
-    pub number: i64,
-    pub first: i64,
-    pub columns: Vec<Option<Summary>>,
+struct Slice {
+    number: i64,
+    first: i64,
+    counts: Box<[(u32, u8)]>,
+}
+
+impl Slice {
+    /// The tag its values carry: its number modulo 256, unique among the at most
+    /// [`SLICES`] + 1 slices a baseline holds.
+    fn tag(&self) -> u8 {
+        self.number.rem_euclid(256) as u8
+    }
+}
+
+/// A column's sealed values, ascending, each with its slice's tag.
+#[derive(Debug, Default)]
+struct Sealed {
+    values: Vec<f64>,
+    tags: Vec<u8>,
 }
 
 /// One key's windows: exact ones oldest first, with per column their non-null values in
 /// ascending order (so a median and MAD cost a walk, not a sort), and sealed slices.
 #[derive(Debug, Default)]
 pub(super) struct KeyHistory {
-    pub points: Vec<Point>,
+    starts: Vec<i64>,
+    /// `2 × width` numbers per exact window (see [`Point`]).
+    data: Vec<f64>,
     sorted: Vec<Vec<f64>>,
-    pub slices: VecDeque<Slice>,
-    /// Per column the sealed slices' points with their weights, ascending, and the count of
-    /// values they stand for: rebuilt when a slice is sealed or leaves.
-    sealed: Vec<(Vec<(f64, f64)>, f64)>,
+    slices: VecDeque<Slice>,
+    sealed: Vec<Sealed>,
 }
 
 /// A window's median and z-score against a baseline: none below the baseline's fewest values,
 /// no z-score when it has no spread.
 pub(super) type Judged = Option<(f64, Option<f64>)>;
 
+/// A sealed slice's values of one column, as a checkpoint holds them.
+#[derive(Debug)]
+pub(super) struct SealedPart<'a> {
+    pub number: i64,
+    pub first: i64,
+    pub column: usize,
+    pub count: u32,
+    pub values: &'a [f64],
+}
+
 impl KeyHistory {
-    /// Per column `width`, the state restored: `points` (any order) and `slices` (oldest
-    /// first), sealed further where they hold more exact windows than needed.
-    pub fn restored(mut points: Vec<Point>, slices: Vec<Slice>, width: usize, span: i64) -> Self {
-        points.sort_by_key(|p| p.start);
-        let mut history = KeyHistory {
-            points,
-            slices: slices.into(),
-            ..KeyHistory::default()
-        };
-        history.resort(width);
-        history.seal(width, span);
-        history.reseal(width);
-        history
+    /// Exact windows.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn point(&self, i: usize) -> Point<'_> {
+        let stride = self.data.len() / self.starts.len().max(1);
+        Point {
+            start: self.starts[i],
+            data: &self.data[i * stride..(i + 1) * stride],
+        }
+    }
+
+    pub fn points(&self) -> impl Iterator<Item = Point<'_>> {
+        (0..self.len()).map(|i| self.point(i))
+    }
+
+    /// The number of exact windows that start before `start`.
+    pub fn position(&self, start: i64) -> usize {
+        self.starts.partition_point(|&s| s < start)
     }
 
     pub fn newest(&self) -> Option<i64> {
-        self.points.last().map(|p| p.start)
+        self.starts.last().copied()
     }
 
     /// Whether a window at `start` falls after every sealed slice, where its neighbours are
@@ -100,48 +138,58 @@ impl KeyHistory {
     /// `baseline` before it, and slices whose oldest window is.
     pub fn expire(&mut self, start: i64, baseline: i64, width: usize) {
         let from = start - baseline;
-        let keep_from = self.points.partition_point(|p| p.start < from);
-        for p in self.points.drain(..keep_from) {
-            for (j, sorted) in self.sorted.iter_mut().enumerate() {
-                if !p.value(j).is_nan() {
-                    remove_sorted(sorted, p.value(j));
+        let keep_from = self.position(from);
+        for i in 0..keep_from {
+            for j in 0..width {
+                let v = self.data[i * 2 * width + j];
+                if !v.is_nan() {
+                    remove_sorted(&mut self.sorted[j], v);
                 }
             }
         }
-        let before = self.slices.len();
+        self.starts.drain(..keep_from);
+        self.data.drain(..keep_from * 2 * width);
         while self.slices.front().is_some_and(|s| s.first < from) {
-            self.slices.pop_front();
-        }
-        if self.slices.len() != before {
-            self.reseal(width);
+            if let Some(gone) = self.slices.pop_front() {
+                let tag = gone.tag();
+                for sealed in &mut self.sealed {
+                    let mut keep = sealed.tags.iter().map(|&t| t != tag);
+                    sealed.values.retain(|_| keep.next().unwrap_or(true));
+                    sealed.tags.retain(|&t| t != tag);
+                }
+            }
         }
     }
 
-    /// Adds the newest window.
-    pub fn push(&mut self, point: Point, width: usize, span: i64) {
+    /// Adds the newest window: its start and `2 × width` numbers.
+    pub fn push(&mut self, start: i64, data: &[f64], width: usize, span: i64) {
         self.sorted.resize_with(width, Vec::new);
-        for (sorted, &x) in self.sorted.iter_mut().zip(&point.data[..width]) {
+        for (sorted, &x) in self.sorted.iter_mut().zip(&data[..width]) {
             if !x.is_nan() {
                 insert_sorted(sorted, x);
             }
         }
-        self.points.push(point);
+        self.starts.push(start);
+        self.data.extend_from_slice(data);
         self.seal(width, span);
     }
 
     /// Puts a window among the exact ones (replacing one with its start), then drops the exact
     /// windows older than `baseline` before the newest.
-    pub fn revise(&mut self, point: Point, width: usize, baseline: i64) {
-        let points = &mut self.points;
-        let pos = points.partition_point(|p| p.start < point.start);
-        if points.get(pos).is_some_and(|p| p.start == point.start) {
-            points[pos] = point;
+    pub fn revise(&mut self, start: i64, data: &[f64], width: usize, baseline: i64) {
+        let stride = 2 * width;
+        let pos = self.position(start);
+        if self.starts.get(pos) == Some(&start) {
+            self.data[pos * stride..(pos + 1) * stride].copy_from_slice(data);
         } else {
-            points.insert(pos, point);
+            self.starts.insert(pos, start);
+            self.data
+                .splice(pos * stride..pos * stride, data.iter().copied());
         }
-        if let Some(newest) = points.last().map(|p| p.start) {
-            let keep_from = points.partition_point(|p| p.start < newest - baseline);
-            points.drain(..keep_from);
+        if let Some(newest) = self.newest() {
+            let keep_from = self.position(newest - baseline);
+            self.starts.drain(..keep_from);
+            self.data.drain(..keep_from * stride);
         }
         self.resort(width);
     }
@@ -152,58 +200,42 @@ impl KeyHistory {
         let Some(newest) = self.newest().map(|s| s.div_euclid(span)) else {
             return;
         };
-        let mut sealed = false;
-        while self.points.len() > EXACT {
-            let number = self.points[0].start.div_euclid(span);
+        self.sealed.resize_with(width, Sealed::default);
+        while self.len() > EXACT {
+            let number = self.starts[0].div_euclid(span);
             if number >= newest - 1 {
                 break;
             }
             let end = self
-                .points
-                .partition_point(|p| p.start.div_euclid(span) == number);
-            let first = self.points[0].start;
-            let columns = (0..width)
-                .map(|j| {
-                    let mut values: Vec<f64> = self.points[..end]
-                        .iter()
-                        .map(|p| p.value(j))
-                        .filter(|v| !v.is_nan())
-                        .collect();
-                    values.sort_unstable_by(f64::total_cmp);
-                    for &v in &values {
-                        remove_sorted(&mut self.sorted[j], v);
-                    }
-                    (!values.is_empty()).then(|| Summary::of_sorted(&values))
-                })
-                .collect();
-            self.points.drain(..end);
-            self.slices.push_back(Slice {
+                .starts
+                .partition_point(|s| s.div_euclid(span) == number);
+            let mut slice = Slice {
                 number,
-                first,
-                columns,
-            });
-            sealed = true;
+                first: self.starts[0],
+                counts: vec![(0, 0); width].into_boxed_slice(),
+            };
+            let mut values = Vec::with_capacity(end);
+            for j in 0..width {
+                values.clear();
+                values.extend(
+                    (0..end)
+                        .map(|i| self.data[i * 2 * width + j])
+                        .filter(|v| !v.is_nan()),
+                );
+                values.sort_unstable_by(f64::total_cmp);
+                for &v in &values {
+                    remove_sorted(&mut self.sorted[j], v);
+                }
+                if !values.is_empty() {
+                    let summary = Summary::of_sorted(&values);
+                    slice.counts[j] = (summary.count(), summary.points().len() as u8);
+                    self.sealed[j].insert(summary.points(), slice.tag());
+                }
+            }
+            self.starts.drain(..end);
+            self.data.drain(..end * 2 * width);
+            self.slices.push_back(slice);
         }
-        if sealed {
-            self.reseal(width);
-        }
-    }
-
-    /// Rebuilds the sealed slices' merged points per column.
-    fn reseal(&mut self, width: usize) {
-        self.sealed = (0..width)
-            .map(|j| {
-                let mut merged: Vec<(f64, f64)> = self
-                    .slices
-                    .iter()
-                    .filter_map(|s| s.columns.get(j).and_then(Option::as_ref))
-                    .flat_map(Summary::weighted)
-                    .collect();
-                merged.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-                let count = merged.iter().map(|(_, w)| w).sum();
-                (merged, count)
-            })
-            .collect();
     }
 
     /// Sorts the exact windows' values again (after an out-of-order change).
@@ -211,8 +243,7 @@ impl KeyHistory {
         self.sorted = (0..width)
             .map(|j| {
                 let mut v: Vec<f64> = self
-                    .points
-                    .iter()
+                    .points()
                     .map(|p| p.value(j))
                     .filter(|v| !v.is_nan())
                     .collect();
@@ -237,21 +268,30 @@ impl KeyHistory {
         min: usize,
         scratch: &mut Scratch,
     ) -> Judged {
-        let (sealed, count) = match self.sealed.get(j) {
-            Some((merged, count)) if !merged.is_empty() => (merged, *count),
+        let sealed = match self.sealed.get(j) {
+            Some(sealed) if !sealed.values.is_empty() => sealed,
             _ => return robust_z(x, exact, min),
         };
+        let mut count = 0.0;
+        for s in &self.slices {
+            let (stands_for, kept) = s.counts[j];
+            if kept > 0 {
+                scratch.weights[usize::from(s.tag())] = f64::from(stands_for) / f64::from(kept);
+                count += f64::from(stands_for);
+            }
+        }
         if (exact.len() as f64 + count) < min.max(1) as f64 {
             return None;
         }
         scratch.merged.clear();
         let (mut a, mut b) = (0, 0);
-        while a < exact.len() || b < sealed.len() {
-            if b == sealed.len() || (a < exact.len() && exact[a] <= sealed[b].0) {
+        while a < exact.len() || b < sealed.values.len() {
+            if b == sealed.values.len() || (a < exact.len() && exact[a] <= sealed.values[b]) {
                 scratch.merged.push((exact[a], 1.0));
                 a += 1;
             } else {
-                scratch.merged.push(sealed[b]);
+                let weight = scratch.weights[usize::from(sealed.tags[b])];
+                scratch.merged.push((sealed.values[b], weight));
                 b += 1;
             }
         }
@@ -263,31 +303,155 @@ impl KeyHistory {
         ))
     }
 
+    /// Calls `f` with each sealed slice's kept values of each column (ascending), column by
+    /// column, oldest slice first: for a checkpoint.
+    pub fn for_each_sealed(&self, mut f: impl FnMut(SealedPart<'_>)) {
+        let mut age = [usize::MAX; 256];
+        for (k, s) in self.slices.iter().enumerate() {
+            age[usize::from(s.tag())] = k;
+        }
+        let mut by_age: Vec<(usize, f64)> = Vec::new();
+        let mut values = Vec::new();
+        for (j, sealed) in self.sealed.iter().enumerate() {
+            by_age.clear();
+            by_age.extend(
+                sealed
+                    .values
+                    .iter()
+                    .zip(&sealed.tags)
+                    .map(|(&v, &t)| (age[usize::from(t)], v)),
+            );
+            // Stable: each slice's values stay ascending.
+            by_age.sort_by_key(|&(k, _)| k);
+            let mut rest = &by_age[..];
+            for (k, s) in self.slices.iter().enumerate() {
+                let n = rest.partition_point(|&(a, _)| a == k);
+                let (run, after) = rest.split_at(n);
+                rest = after;
+                if run.is_empty() {
+                    continue;
+                }
+                values.clear();
+                values.extend(run.iter().map(|&(_, v)| v));
+                f(SealedPart {
+                    number: s.number,
+                    first: s.first,
+                    column: j,
+                    count: s.counts.get(j).map_or(0, |c| c.0),
+                    values: &values,
+                });
+            }
+        }
+    }
+
+    /// Restoring: adds an exact window (any order; see [`restored`](Self::restored)).
+    pub fn restore_point(&mut self, start: i64, data: &[f64]) {
+        self.starts.push(start);
+        self.data.extend_from_slice(data);
+    }
+
+    /// Restoring: adds a sealed slice's values of one column; false when they cannot be a
+    /// summary of `count` values.
+    pub fn restore_sealed(&mut self, part: SealedPart<'_>, width: usize) -> bool {
+        let Some(summary) = Summary::from_parts(part.count, part.values.to_vec()) else {
+            return false;
+        };
+        if part.column >= width {
+            return false;
+        }
+        self.sealed.resize_with(width, Sealed::default);
+        let at = match self.slices.iter().position(|s| s.number == part.number) {
+            Some(at) => at,
+            None => {
+                self.slices.push_back(Slice {
+                    number: part.number,
+                    first: part.first,
+                    counts: vec![(0, 0); width].into_boxed_slice(),
+                });
+                self.slices.len() - 1
+            }
+        };
+        let slice = &mut self.slices[at];
+        slice.counts[part.column] = (summary.count(), summary.points().len() as u8);
+        let tag = slice.tag();
+        self.sealed[part.column].insert(summary.points(), tag);
+        true
+    }
+
+    /// Restoring: orders what was added, and seals what a checkpoint of every window (as they
+    /// were written before slices) holds beyond the exact windows.
+    pub fn restored(&mut self, width: usize, span: i64) {
+        let stride = 2 * width;
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by_key(|&i| self.starts[i]);
+        self.starts = order.iter().map(|&i| self.starts[i]).collect();
+        self.data = order
+            .iter()
+            .flat_map(|&i| self.data[i * stride..(i + 1) * stride].iter().copied())
+            .collect();
+        self.slices.make_contiguous().sort_by_key(|s| s.number);
+        self.sealed.resize_with(width, Sealed::default);
+        self.resort(width);
+        self.seal(width, span);
+    }
+
     /// Values held per column, exact and summarised: what memory the key costs.
     pub fn values_held(&self) -> usize {
-        self.points.len()
+        self.len()
             + self
-                .slices
+                .sealed
                 .iter()
-                .map(|s| {
-                    s.columns
-                        .iter()
-                        .flatten()
-                        .map(|c| c.points().len())
-                        .max()
-                        .unwrap_or(0)
-                })
-                .sum::<usize>()
+                .map(|s| s.values.len())
+                .max()
+                .unwrap_or(0)
+    }
+}
+
+impl Sealed {
+    /// Adds a slice's kept values (ascending) under `tag`, keeping the run ascending.
+    fn insert(&mut self, values: &[f64], tag: u8) {
+        let mut merged = Vec::with_capacity(self.values.len() + values.len());
+        let mut tags = Vec::with_capacity(merged.capacity());
+        let (mut a, mut b) = (0, 0);
+        while a < self.values.len() || b < values.len() {
+            if b == values.len() || (a < self.values.len() && self.values[a] <= values[b]) {
+                merged.push(self.values[a]);
+                tags.push(self.tags[a]);
+                a += 1;
+            } else {
+                merged.push(values[b]);
+                tags.push(tag);
+                b += 1;
+            }
+        }
+        self.values = merged;
+        self.tags = tags;
     }
 }
 
 /// Buffers reused from row to row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Scratch {
     /// Exact values of a revised window's baseline.
     pub baseline: Vec<f64>,
+    /// A window's numbers before they are kept.
+    pub data: Vec<f64>,
     merged: Vec<(f64, f64)>,
     deviations: Vec<(f64, f64)>,
+    /// Per slice tag, the weight of its values in the column being judged.
+    weights: [f64; 256],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            baseline: Vec::new(),
+            data: Vec::new(),
+            merged: Vec::new(),
+            deviations: Vec::new(),
+            weights: [0.0; 256],
+        }
+    }
 }
 
 /// Against `sorted` (a baseline's values, ascending): its median and `(x − median) /
