@@ -727,7 +727,9 @@ fn command(functions: Functions) -> Result<()> {
         } => {
             let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
             if let Some(file) = run_pipeline {
-                return Ok(runtime.block_on(crate::bench::run_pipeline_file(&brokers, &file))?);
+                return Ok(
+                    runtime.block_on(crate::bench::run_pipeline_file(&brokers, &file, events))?
+                );
             }
             if let Some(file) = soak_pipeline {
                 return Ok(runtime.block_on(crate::bench::soak::soak_pipeline_file(

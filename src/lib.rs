@@ -16,7 +16,7 @@
 //! - [`decide`]: alerts and recommendations;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`columns`]: typed reads of a batch's columns by name;
-//! - [`duration`]: durations as users write them;
+//! - [`duration`], [`size`]: durations and sizes as users write them;
 //! - [`keys`]: one text encoding of a row's key, for per-key state;
 //! - [`stats`]: robust statistics shared by carried features and detectors;
 //! - [`operator`]: the trait every stage implements, as the run loop drives it;
@@ -47,6 +47,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod score;
 pub mod sink;
+pub mod size;
 pub mod source;
 pub mod sql;
 pub mod stats;

@@ -38,8 +38,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::demo::events::metric_events;
-use crate::job::run::{RunConfig, RunError, RunSummary, run_to_end};
+use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::kafka::{consumer_config, producer_config};
+use crate::metrics::PipelineMetrics;
+use crate::metrics::health::Health;
 use crate::pipeline::{Diagnostics, Pipeline};
 use crate::say;
 use crate::validate::{DecodeError, SchemaError};
@@ -173,31 +175,93 @@ commit: {{max_rows: {max_rows}, max_interval: 1s}}
 }
 
 /// What a pipeline run reports to the bench: its summary, its seconds from start to the last
-/// commit, and its peak RSS.
+/// commit, its peak RSS, and its events/s over each tenth of its events (steady, or slowing as
+/// it goes).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunReport {
     pub summary: RunSummary,
     pub seconds: f64,
     /// `None` where `/proc/self/status` cannot be read.
     pub peak_rss_mib: Option<f64>,
+    #[serde(default)]
+    pub tenths: Vec<f64>,
 }
 
-/// The child's side of a measurement: runs the pipeline file to the end (a backfill), into
-/// tables beside it (the file's path without `.yaml`), and prints a [`RunReport`] as one JSON
-/// line on stdout.
-pub async fn run_pipeline_file(brokers: &str, file: &Path) -> Result<()> {
+/// The child's side of a measurement: runs the pipeline file to the end (a backfill of
+/// `events`), into tables beside it (the file's path without `.yaml`), and prints a
+/// [`RunReport`] as one JSON line on stdout.
+pub async fn run_pipeline_file(brokers: &str, file: &Path, events: usize) -> Result<()> {
     let pipeline = Pipeline::load(file).await?;
     let tables = file.with_extension("").display().to_string();
     let run = RunConfig::backfill(brokers, &tables, Default::default());
     let started = Instant::now();
-    let summary = run_to_end(&pipeline, &run).await?;
+    let mut tenths = Vec::new();
+    let mut last = Instant::now();
+    let tenth = (events as u64 / 10).max(1);
+    let summary = run_marking(&pipeline, &run, tenth, |_, _| {
+        tenths.push(tenth as f64 / last.elapsed().as_secs_f64());
+        last = Instant::now();
+        Ok(())
+    })
+    .await?;
     let report = RunReport {
         summary,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: Some(peak_rss_mib()).filter(|m| m.is_finite()),
+        tenths,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Runs `pipeline` to the end with metrics of its own and calls `mark(n, metrics)` each time
+/// the events read pass another multiple `n` of `every` (seen every 20 ms: as a cycle's reading
+/// ends).
+async fn run_marking(
+    pipeline: &Pipeline,
+    config: &RunConfig,
+    every: u64,
+    mut mark: impl FnMut(u64, &PipelineMetrics) -> Result<()>,
+) -> Result<RunSummary> {
+    let metrics = PipelineMetrics::new();
+    let read = || -> u64 {
+        pipeline
+            .sources
+            .iter()
+            .map(|s| {
+                metrics
+                    .events_in
+                    .with_label_values(&[pipeline.name.as_str(), s.name.as_str()])
+                    .get()
+            })
+            .sum()
+    };
+    let run = run_pipeline(
+        pipeline,
+        config,
+        metrics.clone(),
+        Health::new(),
+        std::future::pending(),
+    );
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut next = 1;
+    let summary = loop {
+        tokio::select! {
+            done = &mut run => break done?,
+            _ = tick.tick() => {
+                while read() >= next * every {
+                    mark(next, &metrics)?;
+                    next += 1;
+                }
+            }
+        }
+    };
+    while read() >= next * every {
+        mark(next, &metrics)?;
+        next += 1;
+    }
+    Ok(summary)
 }
 
 /// Runs the bench pipeline over `source` in a process of its own and returns its report.
@@ -208,7 +272,9 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
         pipeline_yaml(&config.root, name, source, config.max_rows),
     )?;
     let out = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["bench", "--brokers", &config.brokers, "--run-pipeline"])
+        .args(["bench", "--brokers", &config.brokers, "--events"])
+        .arg(config.events.to_string())
+        .arg("--run-pipeline")
         .arg(&file)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -399,6 +465,21 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let tenths = |r: &RunReport| {
+        r.tenths
+            .iter()
+            .map(|t| format!("{t:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    say!(
+        "events/s per tenth of the events, from Kafka: {}",
+        tenths(&kafka)
+    );
+    say!(
+        "events/s per tenth of the events, from the file: {}",
+        tenths(&from_file)
+    );
     say!("seconds per phase, from Kafka: {}", phases(summary));
     say!("seconds per phase, from the file: {}", phases(file_summary));
     say!(

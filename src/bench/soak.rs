@@ -11,15 +11,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::AsyncBufReadExt;
 
-use super::{BenchError, Result, pipeline_yaml, status_mib};
+use super::{BenchError, Result, pipeline_yaml, run_marking, status_mib};
 use crate::demo::events::metric_events;
-use crate::job::run::{RunConfig, run_pipeline};
-use crate::metrics::PipelineMetrics;
-use crate::metrics::health::Health;
+use crate::job::run::RunConfig;
 use crate::pipeline::Pipeline;
 use crate::say;
 
@@ -43,7 +41,7 @@ pub struct SoakConfig {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DayReport {
     pub day: usize,
-    /// Events read by the day's end, in all.
+    /// Events of the days so far.
     pub events: u64,
     /// Wall-clock seconds the day took.
     pub seconds: f64,
@@ -148,55 +146,24 @@ pub async fn soak_pipeline_file(brokers: &str, file: &Path, keys: usize) -> Resu
     let pipeline = Pipeline::load(file).await?;
     let tables = file.with_extension("").display().to_string();
     let config = RunConfig::backfill(brokers, &tables, Default::default());
-    let metrics = PipelineMetrics::new();
-    let events = metrics
-        .events_in
-        .with_label_values(&[pipeline.name.as_str(), "metrics"]);
-    let checkpoint = metrics
-        .checkpoint_bytes
-        .with_label_values(&[pipeline.name.as_str()]);
     let per_day = (keys.max(1) * DAY_MINUTES) as u64;
-    let run = run_pipeline(
-        &pipeline,
-        &config,
-        metrics.clone(),
-        Health::new(),
-        std::future::pending(),
-    );
-    tokio::pin!(run);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut day = 1;
     let mut started = Instant::now();
-    let report = |day: usize, started: &mut Instant| -> Result<()> {
+    run_marking(&pipeline, &config, per_day, |day, metrics| {
         let line = DayReport {
-            day,
-            events: events.get(),
+            day: day as usize,
+            events: day * per_day,
             seconds: started.elapsed().as_secs_f64(),
             rss_mib: status_mib("VmRSS:"),
             peak_rss_mib: status_mib("VmHWM:"),
-            checkpoint_bytes: checkpoint.get(),
+            checkpoint_bytes: metrics
+                .checkpoint_bytes
+                .with_label_values(&[pipeline.name.as_str()])
+                .get(),
         };
-        *started = Instant::now();
+        started = Instant::now();
         println!("{}", serde_json::to_string(&line)?);
         Ok(())
-    };
-    loop {
-        tokio::select! {
-            done = &mut run => {
-                done?;
-                break;
-            }
-            _ = tick.tick() => {
-                while events.get() >= day as u64 * per_day {
-                    report(day, &mut started)?;
-                    day += 1;
-                }
-            }
-        }
-    }
-    while events.get() >= day as u64 * per_day {
-        report(day, &mut started)?;
-        day += 1;
-    }
+    })
+    .await?;
     Ok(())
 }

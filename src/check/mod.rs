@@ -143,6 +143,13 @@ pub(crate) fn parsed_duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -
     parse_duration(text).map_err(|e| r.at(path, e, None)).ok()
 }
 
+/// A size as written at `path`, in bytes; none (reported) when it does not parse.
+pub(crate) fn parsed_size(r: &mut Reporter<'_>, path: &[&str], text: &str) -> Option<usize> {
+    crate::size::parse_size(text)
+        .map_err(|e| r.at(path, e, None))
+        .ok()
+}
+
 /// As [`parsed_duration`], 0 when it does not parse: for a check that gives no plan once it
 /// has reported anything.
 pub(crate) fn duration(r: &mut Reporter<'_>, path: &[&str], text: &str) -> i64 {

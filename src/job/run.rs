@@ -429,25 +429,31 @@ pub async fn run_pipeline(
             () = &mut shutdown => true,
             () = tokio::task::yield_now() => false,
         };
-        let mut pending = 0;
+        let (mut pending, mut pending_bytes) = (0, 0);
         let reading = Instant::now();
         for s in sources.iter_mut() {
-            // A replayed cycle reads to its recorded end, whatever `max_rows` is now.
-            let room = match s.replay_to {
-                Some(_) => usize::MAX,
-                None => pipeline.max_rows.saturating_sub(s.pending_events),
+            // A replayed cycle reads to its recorded end, whatever the limits are now.
+            let (rows, bytes) = match s.replay_to {
+                Some(_) => (usize::MAX, usize::MAX),
+                None => (
+                    pipeline.max_rows.saturating_sub(s.pending_events),
+                    pipeline.max_bytes,
+                ),
             };
-            let polled = poll_source(pipeline, s, &metrics, room)?;
+            let polled = poll_source(pipeline, s, &metrics, rows, bytes)?;
             summary.events += polled.events;
             summary.invalid += polled.invalid;
             pending += s.pending_events;
+            pending_bytes += s.pending_bytes;
         }
         summary.spent(&metrics, &pipeline.name, "read", reading);
         brokers_reachable(&sources, &retry, &mut kafka_down)?;
         let caught_up = sources.iter().all(caught_up);
-        // A cycle closes after exactly `max_rows` events (valid or not) while data flows, so
-        // cycle boundaries — and with them watermarks and lateness — follow the offsets.
+        // A cycle closes after exactly `max_rows` events (valid or not), or after the event
+        // that brings its payloads to `max_bytes`, while data flows, so cycle boundaries — and
+        // with them watermarks and lateness — follow the offsets.
         let due = pending >= pipeline.max_rows
+            || pending_bytes >= pipeline.max_bytes
             || last_flush.elapsed().as_micros() as i64 >= pipeline.max_interval;
         // A backfill flushes as soon as it has read everything; a stream keeps to the limits,
         // so a trickle of events does not become a stream of tiny commits.
@@ -969,6 +975,7 @@ async fn flush(
             commit_to_group(s, CommitMode::Async);
         }
         s.pending_events = 0;
+        s.pending_bytes = 0;
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }

@@ -256,6 +256,10 @@ pub struct CommitConfig {
     pub max_rows: usize,
     #[serde(default = "default_flush_interval")]
     pub max_interval: String,
+    /// Input bytes (event payloads) per cycle: with `max_rows`, what bounds the memory a
+    /// cycle's rows take while events wait (a backlog at start).
+    #[serde(default = "default_flush_bytes")]
+    pub max_bytes: String,
     /// Write a Delta checkpoint every this many commits of a table.
     #[serde(default = "default_checkpoint")]
     pub checkpoint_every: u64,
@@ -271,6 +275,9 @@ fn default_flush_rows() -> usize {
 fn default_flush_interval() -> String {
     "1s".into()
 }
+fn default_flush_bytes() -> String {
+    "64MiB".into()
+}
 fn default_checkpoint() -> u64 {
     10
 }
@@ -283,6 +290,7 @@ impl Default for CommitConfig {
         CommitConfig {
             max_rows: default_flush_rows(),
             max_interval: default_flush_interval(),
+            max_bytes: default_flush_bytes(),
             checkpoint_every: default_checkpoint(),
             compact_after_files: default_compact_after(),
         }

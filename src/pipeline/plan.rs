@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::config::{KafkaConfig, PipelineConfig, Scalar, SinkConfig, SourceConfig};
 use super::kinds::StagePlan;
 use crate::check::diagnostics::{Diagnostic, Diagnostics, Reporter};
-use crate::check::{Checking, Relation, parsed_duration};
+use crate::check::{Checking, Relation, parsed_duration, parsed_size};
 use crate::kafka::{KafkaProperties, check_property};
 use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
@@ -71,6 +71,8 @@ pub struct Pipeline {
     pub stages: Vec<StagePlan>,
     pub sinks: Vec<SinkPlan>,
     pub max_rows: usize,
+    /// Input bytes per cycle.
+    pub max_bytes: usize,
     /// µs.
     pub max_interval: i64,
     pub checkpoint_every: u64,
@@ -350,6 +352,7 @@ impl Pipeline {
             &["commit", "max_interval"],
             &config.commit.max_interval,
         );
+        let max_bytes = parsed_size(&mut r, &["commit", "max_bytes"], &config.commit.max_bytes);
         if config.commit.max_rows == 0 {
             r.at(&["commit", "max_rows"], "max_rows must be at least 1", None);
         }
@@ -361,6 +364,7 @@ impl Pipeline {
                 stages,
                 sinks,
                 max_rows: config.commit.max_rows,
+                max_bytes: max_bytes.unwrap_or(usize::MAX),
                 max_interval: max_interval.unwrap_or(1_000_000),
                 checkpoint_every: config.commit.checkpoint_every,
                 compact_after_files: config.commit.compact_after_files,

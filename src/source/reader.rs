@@ -117,6 +117,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) pending: HashMap<i32, i64>,
     /// Events consumed since the last flush.
     pub(crate) pending_events: usize,
+    /// Their payloads' bytes.
+    pub(crate) pending_bytes: usize,
     /// While replaying a cycle: per partition, the offset the cycle ended at.
     pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
@@ -272,6 +274,7 @@ pub(crate) async fn open_source(
         topic,
         pending: HashMap::new(),
         pending_events: 0,
+        pending_bytes: 0,
         replay_to: None,
         position,
         moved: false,
@@ -514,6 +517,7 @@ impl SourceRuntime {
         }
         self.pending.insert(partition, offset + 1);
         self.pending_events += 1;
+        self.pending_bytes += payload.len();
         Ok(())
     }
 }
@@ -537,12 +541,14 @@ fn is_outage(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// Reads what is available (up to one poll interval, at most `max_rows` events).
+/// Reads what is available (up to one poll interval, at most `max_rows` events, stopping once
+/// the source holds `max_bytes` of them since its last flush).
 pub(crate) fn poll_source(
     pipeline: &Pipeline,
     s: &mut SourceRuntime,
     metrics: &PipelineMetrics,
     max_rows: usize,
+    max_bytes: usize,
 ) -> Result<Polled, SourceError> {
     let source_name = s.plan.name.clone();
     let labels = [pipeline.name.as_str(), source_name.as_str()];
@@ -558,6 +564,9 @@ pub(crate) fn poll_source(
                 consumer, topic, ..
             } => {
                 for _ in 0..max_rows {
+                    if s.pending_bytes >= max_bytes {
+                        break;
+                    }
                     let m = match consumer.poll(POLL) {
                         None => break,
                         // A broker gone or a connection lost: librdkafka reconnects, and the
@@ -619,6 +628,9 @@ pub(crate) fn poll_source(
                     None => max_rows,
                 };
                 for _ in 0..limit {
+                    if s.pending_bytes >= max_bytes {
+                        break;
+                    }
                     buf.clear();
                     let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
                         .map_err(|e| SourceError::Read(s.plan.name.clone(), e.to_string()))?;

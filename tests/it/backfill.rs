@@ -215,3 +215,61 @@ async fn a_backfill_never_shares_a_live_pipelines_checkpoints() {
     assert_eq!(delta_rows(&raw).await, events.len());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `commit.max_bytes`: a cycle closes after the event that brings its payloads to the limit,
+/// however many rows it allows; every event is committed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_closes_at_its_byte_limit() {
+    let dir = std::env::temp_dir().join(unique("it-max-bytes"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 300 events of one length each: 10 to a cycle.
+    let base = chrono::Utc::now().timestamp() - 3_600;
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            let ts = chrono::DateTime::from_timestamp(base + i, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            format!(
+                r#"{{"ts":"{ts}","account_id":"123456789012","region":"us-east-1","az":"us-east-1a","resource_id":"i-{:04}","service":"EC2","namespace":"AWS/EC2","metric":"CPUUtilization","value":{:.2},"unit":"Percent"}}"#,
+                i % 7,
+                (10 + i % 50) as f64 + 0.25
+            )
+        })
+        .collect();
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()));
+    std::fs::write(dir.join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let file = dir.join("bytes.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: bytes\n\
+             sources:\n  metrics:\n    file: {{path: events.jsonl}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\n\
+             sinks:\n  raw: {{from: metrics, delta: {{table: raw}}}}\n\
+             commit: {{max_rows: 100000, max_bytes: {}, max_interval: 1h}}\n",
+            10 * lines[0].len()
+        ),
+    )
+    .unwrap();
+    let pipeline = stratus::pipeline::Pipeline::load(&file).await.unwrap();
+    let tables = dir.join("tables").display().to_string();
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let config = stratus::job::run::RunConfig::backfill(&brokers, &tables, Default::default());
+    let summary = stratus::job::run::run_to_end(&pipeline, &config)
+        .await
+        .unwrap();
+    assert_eq!((summary.events, summary.invalid), (300, 0));
+    assert_eq!(delta_rows(&format!("{tables}/raw")).await, 300);
+    // One Delta commit per cycle: 30 of 10 events.
+    let writes = std::fs::read_dir(format!("{tables}/raw/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains(r#""operation":"WRITE""#)
+        })
+        .count();
+    assert_eq!(writes, 30, "{summary:?}");
+}
