@@ -7,7 +7,7 @@
 //! deviation).
 //!
 //! [`summary`] keeps a long baseline in bounded memory: compressed slices of it, whose median
-//! and MAD [`median_and_mad_mixed`] gives, mixed with exact values, within a stated rank error.
+//! and MAD [`weighted_median_and_mad`] gives within a stated rank error.
 
 pub mod summary;
 
@@ -56,132 +56,57 @@ pub fn median_and_mad_sorted(sorted: &[f64]) -> Option<(f64, f64)> {
     Some((median, middle(n, kth)))
 }
 
-/// Values ascending, each weighing what its tag's entry in `weights` says: summarised values,
-/// a tag per summary (see [`summary`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Tagged<'a> {
-    pub values: &'a [f64],
-    pub tags: &'a [u8],
-    pub weights: &'a [f64; 256],
-}
-
-/// The median and the median absolute deviation of `exact` values (ascending, each weighing 1)
-/// together with `tagged` ones: the value where the weights below and above balance (between
-/// two values, their mean, when they balance exactly there), then the same of the weighted
-/// distances from it. With no tagged values these are [`median_and_mad_sorted`]'s figures.
-/// Both are walks of merged runs, nothing copied. None when there are no values.
-pub fn median_and_mad_mixed(exact: &[f64], tagged: Tagged<'_>) -> Option<(f64, f64)> {
-    let total = exact.len() as f64
-        + tagged
-            .tags
-            .iter()
-            .map(|&t| tagged.weights[usize::from(t)])
-            .sum::<f64>();
-    fn up<'a>(values: &'a [f64], tags: Option<&'a [u8]>, from: usize, origin: f64) -> Cursor<'a> {
-        Cursor {
-            values,
-            tags,
-            at: from,
-            down: false,
-            origin,
+/// The median and the median absolute deviation of values with weights (`(value, weight)`,
+/// ascending by value, every weight > 0): the value where the weights below and above balance
+/// (between two values, their mean, when they balance exactly there), then the same of the
+/// weighted deviations from it. With every weight 1 these are [`median_and_mad_sorted`]'s
+/// figures. `scratch` is reused for the deviations. None when `sorted` is empty.
+pub fn weighted_median_and_mad(
+    sorted: &[(f64, f64)],
+    scratch: &mut Vec<(f64, f64)>,
+) -> Option<(f64, f64)> {
+    let median = weighted_median(sorted)?;
+    // Deviations ascending: a merge of the values below the median, walking down from it, and
+    // the rest, walking up.
+    let split = sorted.partition_point(|(v, _)| *v < median);
+    let (mut below, mut above) = (split, split);
+    scratch.clear();
+    while below > 0 || above < sorted.len() {
+        let down = below.checked_sub(1).map(|i| median - sorted[i].0);
+        let up = sorted.get(above).map(|&(v, _)| v - median);
+        match (down, up) {
+            (Some(d), Some(u)) if d <= u => {
+                below -= 1;
+                scratch.push((d, sorted[below].1));
+            }
+            (Some(d), None) => {
+                below -= 1;
+                scratch.push((d, sorted[below].1));
+            }
+            (_, Some(u)) => {
+                scratch.push((u, sorted[above].1));
+                above += 1;
+            }
+            (None, None) => break,
         }
     }
-    let median = weighted_middle(
-        &mut [
-            up(exact, None, 0, 0.0),
-            up(tagged.values, Some(tagged.tags), 0, 0.0),
-        ],
-        tagged.weights,
-        total / 2.0,
-    )?;
-    let (e, t) = (
-        exact.partition_point(|v| *v < median),
-        tagged.values.partition_point(|v| *v < median),
-    );
-    let down = |values, tags, from| Cursor {
-        values,
-        tags,
-        at: from,
-        down: true,
-        origin: median,
-    };
-    let mad = weighted_middle(
-        &mut [
-            down(exact, None, e),
-            up(exact, None, e, median),
-            down(tagged.values, Some(tagged.tags), t),
-            up(tagged.values, Some(tagged.tags), t, median),
-        ],
-        tagged.weights,
-        total / 2.0,
-    )?;
-    Some((median, mad))
+    Some((median, weighted_median(scratch)?))
 }
 
-/// A walk along one ascending run of a merge: values from `at` upwards less `origin`, or from
-/// `at` downwards subtracted from `origin` (distances below a median, nearest first).
-struct Cursor<'a> {
-    values: &'a [f64],
-    tags: Option<&'a [u8]>,
-    at: usize,
-    down: bool,
-    origin: f64,
-}
-
-impl Cursor<'_> {
-    fn index(&self) -> Option<usize> {
-        if self.down {
-            self.at.checked_sub(1)
-        } else {
-            (self.at < self.values.len()).then_some(self.at)
-        }
-    }
-
-    fn peek(&self) -> Option<f64> {
-        let v = self.values[self.index()?];
-        Some(if self.down {
-            self.origin - v
-        } else {
-            v - self.origin
-        })
-    }
-
-    /// Takes the current value: its weight.
-    fn take(&mut self, weights: &[f64; 256]) -> f64 {
-        let weight = match (self.index(), self.tags) {
-            (Some(i), Some(tags)) => weights[usize::from(tags[i])],
-            _ => 1.0,
-        };
-        if self.down {
-            self.at -= 1;
-        } else {
-            self.at += 1;
-        }
-        weight
-    }
-}
-
-/// The weighted median of the merge of `runs`, whose weights sum to `2 × half`.
-fn weighted_middle(runs: &mut [Cursor<'_>], weights: &[f64; 256], half: f64) -> Option<f64> {
-    let smallest = |runs: &[Cursor<'_>]| {
-        runs.iter()
-            .enumerate()
-            .filter_map(|(k, r)| r.peek().map(|v| (k, v)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-    };
+/// The weighted median of `(value, weight)` pairs ascending by value.
+fn weighted_median(sorted: &[(f64, f64)]) -> Option<f64> {
+    let half = sorted.iter().map(|(_, w)| w).sum::<f64>() / 2.0;
     let mut below = 0.0;
-    let mut last = None;
-    while let Some((k, v)) = smallest(runs) {
-        below += runs[k].take(weights);
+    for (i, &(v, w)) in sorted.iter().enumerate() {
+        below += w;
         if below > half {
             return Some(v);
         }
         if below == half {
-            return Some(smallest(runs).map_or(v, |(_, next)| (v + next) / 2.0));
+            return Some(sorted.get(i + 1).map_or(v, |next| (v + next.0) / 2.0));
         }
-        last = Some(v);
     }
-    last
+    sorted.last().map(|(v, _)| *v)
 }
 
 /// The median of `n` ascending values, given the k-th.
@@ -242,58 +167,34 @@ mod tests {
     }
 
     #[test]
-    fn exact_values_alone_give_the_plain_median_and_mad() {
+    fn weights_of_one_give_the_plain_median_and_mad() {
         let mut state = 7_u64;
-        let none = Tagged {
-            values: &[],
-            tags: &[],
-            weights: &[0.0; 256],
-        };
+        let mut scratch = Vec::new();
         for n in 1..80 {
             // Few distinct values: ties, and MADs of zero.
-            let mut sorted: Vec<f64> = (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    ((state >> 33) % 23) as f64 / 4.0
-                })
-                .collect();
-            sorted.sort_by(f64::total_cmp);
-            assert_eq!(
-                median_and_mad_mixed(&sorted, none),
-                median_and_mad_sorted(&sorted),
-                "{sorted:?}"
-            );
-            // The same values split between the exact run and a tagged run of weight 1.
-            let tagged: Vec<f64> = sorted.iter().copied().step_by(3).collect();
-            let exact: Vec<f64> = sorted
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % 3 != 0)
-                .map(|(_, v)| *v)
-                .collect();
-            let mut weights = [0.0; 256];
-            weights[9] = 1.0;
-            let tags = vec![9; tagged.len()];
-            let mixed = Tagged {
-                values: &tagged,
-                tags: &tags,
-                weights: &weights,
+            let sorted: Vec<f64> = {
+                let mut v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        ((state >> 33) % 23) as f64 / 4.0
+                    })
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v
             };
+            let weighted: Vec<(f64, f64)> = sorted.iter().map(|&v| (v, 1.0)).collect();
             assert_eq!(
-                median_and_mad_mixed(&exact, mixed),
+                weighted_median_and_mad(&weighted, &mut scratch),
                 median_and_mad_sorted(&sorted),
                 "{sorted:?}"
             );
         }
-        assert_eq!(median_and_mad_mixed(&[], none), None);
+        assert_eq!(weighted_median_and_mad(&[], &mut scratch), None);
         // A weight of 3 counts as three equal values: 1, 5, 5, 5, 9 → median 5, MAD 0.
-        let mut weights = [0.0; 256];
-        weights[1] = 3.0;
-        let three = Tagged {
-            values: &[5.0],
-            tags: &[1],
-            weights: &weights,
-        };
-        assert_eq!(median_and_mad_mixed(&[1.0, 9.0], three), Some((5.0, 0.0)));
+        let three = [(1.0, 1.0), (5.0, 3.0), (9.0, 1.0)];
+        assert_eq!(
+            weighted_median_and_mad(&three, &mut scratch),
+            Some((5.0, 0.0))
+        );
     }
 }

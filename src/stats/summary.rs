@@ -2,8 +2,8 @@
 //!
 //! In: the values of one slice of a baseline (for example one hour of a day's 1-minute
 //! windows), ascending. Out: a [`Summary`] of at most [`POINTS`] of them, each standing for an
-//! equal share of the slice, of weight [`Summary::weight`];
-//! [`median_and_mad_mixed`](super::median_and_mad_mixed) takes them mixed with exact values.
+//! equal share of the slice; [`Summary::weighted`] gives them as `(value, weight)` pairs, which
+//! [`weighted_median_and_mad`](super::weighted_median_and_mad) takes mixed with exact values.
 //!
 //! Error bound. A slice of n > [`POINTS`] values is cut into [`POINTS`] blocks of consecutive
 //! ranks, n / [`POINTS`] values each, and keeps each block's middle value. A value of the
@@ -62,29 +62,30 @@ impl Summary {
         &self.points
     }
 
-    /// What each point weighs: the values it stands for.
-    pub fn weight(&self) -> f64 {
-        f64::from(self.count) / self.points.len() as f64
+    /// Its points as `(value, weight)`, the weights summing to its count.
+    pub fn weighted(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let weight = f64::from(self.count) / self.points.len() as f64;
+        self.points.iter().map(move |&v| (v, weight))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{Tagged, median_and_mad_mixed, median_and_mad_sorted};
+    use crate::stats::{median_and_mad_sorted, weighted_median_and_mad};
 
     #[test]
     fn a_short_slice_is_kept_whole_and_a_long_one_as_its_block_middles() {
         let short = Summary::of_sorted(&[1.0, 2.0, 3.0]);
         assert_eq!(short.points(), &[1.0, 2.0, 3.0]);
-        assert_eq!(short.weight(), 1.0);
+        assert_eq!(short.weighted().collect::<Vec<_>>()[0], (1.0, 1.0));
         let values: Vec<f64> = (0..64).map(f64::from).collect();
         let long = Summary::of_sorted(&values);
         assert_eq!(long.count(), 64);
         // Blocks of 4: ranks 0-3, 4-7, …; the middle of each is rank 2, 6, ….
         assert_eq!(long.points()[..3], [2.0, 6.0, 10.0]);
         assert_eq!(long.points().len(), POINTS);
-        assert_eq!(long.weight(), 4.0);
+        assert!(long.weighted().all(|(_, w)| w == 4.0));
         assert_eq!(Summary::from_parts(64, long.points().to_vec()), Some(long));
         assert_eq!(Summary::from_parts(3, vec![3.0, 1.0, 2.0]), None);
         assert_eq!(Summary::from_parts(64, vec![1.0, 2.0]), None);
@@ -114,21 +115,12 @@ mod tests {
                 .collect();
             let mut all: Vec<f64> = slices.concat();
             all.sort_by(f64::total_cmp);
-            let mut weights = [0.0; 256];
-            let mut tagged: Vec<(f64, u8)> = Vec::new();
-            for (k, s) in slices.iter().enumerate() {
-                let summary = Summary::of_sorted(s);
-                weights[k] = summary.weight();
-                tagged.extend(summary.points().iter().map(|&v| (v, k as u8)));
-            }
-            tagged.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (values, tags): (Vec<f64>, Vec<u8>) = tagged.into_iter().unzip();
-            let summaries = Tagged {
-                values: &values,
-                tags: &tags,
-                weights: &weights,
-            };
-            let (median, mad) = median_and_mad_mixed(&[], summaries).unwrap();
+            let mut weighted: Vec<(f64, f64)> = slices
+                .iter()
+                .flat_map(|s| Summary::of_sorted(s).weighted().collect::<Vec<_>>())
+                .collect();
+            weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (median, mad) = weighted_median_and_mad(&weighted, &mut Vec::new()).unwrap();
             let n = all.len() as f64;
             let rank = |q: f64| all[((q * n) as usize).min(all.len() - 1)];
             let slack = 1.0 / (2.0 * POINTS as f64);

@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 
 use crate::stats::summary::Summary;
-use crate::stats::{self, MAD_TO_SIGMA, Tagged};
+use crate::stats::{self, MAD_TO_SIGMA};
 
 /// Slices a baseline is cut into.
 pub const SLICES: i64 = 24;
@@ -283,12 +283,20 @@ impl KeyHistory {
         if (exact.len() as f64 + count) < min.max(1) as f64 {
             return None;
         }
-        let sealed = Tagged {
-            values: &sealed.values,
-            tags: &sealed.tags,
-            weights: &scratch.weights,
-        };
-        let (median, mad) = stats::median_and_mad_mixed(exact, sealed)?;
+        scratch.merged.clear();
+        let (mut a, mut b) = (0, 0);
+        while a < exact.len() || b < sealed.values.len() {
+            if b == sealed.values.len() || (a < exact.len() && exact[a] <= sealed.values[b]) {
+                scratch.merged.push((exact[a], 1.0));
+                a += 1;
+            } else {
+                let weight = scratch.weights[usize::from(sealed.tags[b])];
+                scratch.merged.push((sealed.values[b], weight));
+                b += 1;
+            }
+        }
+        let (median, mad) =
+            stats::weighted_median_and_mad(&scratch.merged, &mut scratch.deviations)?;
         Some((
             median,
             (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
@@ -428,6 +436,8 @@ pub(super) struct Scratch {
     pub baseline: Vec<f64>,
     /// A window's numbers before they are kept.
     pub data: Vec<f64>,
+    merged: Vec<(f64, f64)>,
+    deviations: Vec<(f64, f64)>,
     /// Per slice tag, the weight of its values in the column being judged.
     weights: [f64; 256],
 }
@@ -437,6 +447,8 @@ impl Default for Scratch {
         Scratch {
             baseline: Vec::new(),
             data: Vec::new(),
+            merged: Vec::new(),
+            deviations: Vec::new(),
             weights: [0.0; 256],
         }
     }
