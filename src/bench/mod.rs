@@ -152,6 +152,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The bench pipeline over `source`: cycles of exactly `max_rows` events (its byte limit lies
+/// past them).
 fn pipeline_yaml(root: &Path, name: &str, source: &str, max_rows: usize) -> String {
     let root = root.display();
     format!(
@@ -169,7 +171,7 @@ sinks:
   features_1m: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
   features_5m: {{from: features_5m, delta: {{table: features_5m, partition_by: [date]}}}}
   features_1m_topic: {{from: features_1m, kafka: {{topic: {name}.features_1m, key: [resource_id, metric]}}}}
-commit: {{max_rows: {max_rows}, max_interval: 1s}}
+commit: {{max_rows: {max_rows}, max_bytes: 1GiB, max_interval: 1s}}
 "#
     )
 }
