@@ -57,56 +57,56 @@ pub fn median_and_mad_sorted(sorted: &[f64]) -> Option<(f64, f64)> {
 }
 
 /// The median and the median absolute deviation of values with weights (`(value, weight)`,
-/// ascending by value, every weight > 0): the value where the weights below and above balance
-/// (between two values, their mean, when they balance exactly there), then the same of the
-/// weighted deviations from it. With every weight 1 these are [`median_and_mad_sorted`]'s
-/// figures. `scratch` is reused for the deviations. None when `sorted` is empty.
-pub fn weighted_median_and_mad(
-    sorted: &[(f64, f64)],
-    scratch: &mut Vec<(f64, f64)>,
-) -> Option<(f64, f64)> {
-    let median = weighted_median(sorted)?;
-    // Deviations ascending: a merge of the values below the median, walking down from it, and
-    // the rest, walking up.
+/// ascending by value, every weight > 0, summing to `total`): the value where the weights below
+/// and above balance (between two values, their mean, when they balance exactly there), then
+/// the same of the weighted deviations from it. With every weight 1 these are
+/// [`median_and_mad_sorted`]'s figures. Each is a walk to the middle, the deviations taken
+/// nearest first from both sides of the median, nothing copied. None when `sorted` is empty.
+pub fn weighted_median_and_mad(sorted: &[(f64, f64)], total: f64) -> Option<(f64, f64)> {
+    let half = total / 2.0;
+    let median = weighted_middle(sorted.iter().copied(), half)?;
     let split = sorted.partition_point(|(v, _)| *v < median);
     let (mut below, mut above) = (split, split);
-    scratch.clear();
-    while below > 0 || above < sorted.len() {
-        let down = below.checked_sub(1).map(|i| median - sorted[i].0);
-        let up = sorted.get(above).map(|&(v, _)| v - median);
+    let deviations = std::iter::from_fn(|| {
+        let down = below
+            .checked_sub(1)
+            .map(|i| (median - sorted[i].0, sorted[i].1));
+        let up = sorted.get(above).map(|&(v, w)| (v - median, w));
         match (down, up) {
-            (Some(d), Some(u)) if d <= u => {
+            (Some(d), Some(u)) if d.0 <= u.0 => {
                 below -= 1;
-                scratch.push((d, sorted[below].1));
+                Some(d)
             }
             (Some(d), None) => {
                 below -= 1;
-                scratch.push((d, sorted[below].1));
+                Some(d)
             }
             (_, Some(u)) => {
-                scratch.push((u, sorted[above].1));
                 above += 1;
+                Some(u)
             }
-            (None, None) => break,
+            (None, None) => None,
         }
-    }
-    Some((median, weighted_median(scratch)?))
+    });
+    Some((median, weighted_middle(deviations, half)?))
 }
 
-/// The weighted median of `(value, weight)` pairs ascending by value.
-fn weighted_median(sorted: &[(f64, f64)]) -> Option<f64> {
-    let half = sorted.iter().map(|(_, w)| w).sum::<f64>() / 2.0;
+/// The weighted median of `(value, weight)` pairs ascending by value, whose weights sum to
+/// `2 × half`.
+fn weighted_middle(mut pairs: impl Iterator<Item = (f64, f64)>, half: f64) -> Option<f64> {
     let mut below = 0.0;
-    for (i, &(v, w)) in sorted.iter().enumerate() {
+    let mut last = None;
+    while let Some((v, w)) = pairs.next() {
         below += w;
         if below > half {
             return Some(v);
         }
         if below == half {
-            return Some(sorted.get(i + 1).map_or(v, |next| (v + next.0) / 2.0));
+            return Some(pairs.next().map_or(v, |(next, _)| (v + next) / 2.0));
         }
+        last = Some(v);
     }
-    sorted.last().map(|(v, _)| *v)
+    last
 }
 
 /// The median of `n` ascending values, given the k-th.
@@ -169,7 +169,6 @@ mod tests {
     #[test]
     fn weights_of_one_give_the_plain_median_and_mad() {
         let mut state = 7_u64;
-        let mut scratch = Vec::new();
         for n in 1..80 {
             // Few distinct values: ties, and MADs of zero.
             let sorted: Vec<f64> = {
@@ -184,17 +183,14 @@ mod tests {
             };
             let weighted: Vec<(f64, f64)> = sorted.iter().map(|&v| (v, 1.0)).collect();
             assert_eq!(
-                weighted_median_and_mad(&weighted, &mut scratch),
+                weighted_median_and_mad(&weighted, n as f64),
                 median_and_mad_sorted(&sorted),
                 "{sorted:?}"
             );
         }
-        assert_eq!(weighted_median_and_mad(&[], &mut scratch), None);
+        assert_eq!(weighted_median_and_mad(&[], 0.0), None);
         // A weight of 3 counts as three equal values: 1, 5, 5, 5, 9 → median 5, MAD 0.
         let three = [(1.0, 1.0), (5.0, 3.0), (9.0, 1.0)];
-        assert_eq!(
-            weighted_median_and_mad(&three, &mut scratch),
-            Some((5.0, 0.0))
-        );
+        assert_eq!(weighted_median_and_mad(&three, 5.0), Some((5.0, 0.0)));
     }
 }

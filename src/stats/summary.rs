@@ -120,7 +120,8 @@ mod tests {
                 .flat_map(|s| Summary::of_sorted(s).weighted().collect::<Vec<_>>())
                 .collect();
             weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (median, mad) = weighted_median_and_mad(&weighted, &mut Vec::new()).unwrap();
+            let total = weighted.iter().map(|(_, w)| w).sum();
+            let (median, mad) = weighted_median_and_mad(&weighted, total).unwrap();
             let n = all.len() as f64;
             let rank = |q: f64| all[((q * n) as usize).min(all.len() - 1)];
             let slack = 1.0 / (2.0 * POINTS as f64);

@@ -280,7 +280,8 @@ impl KeyHistory {
                 count += f64::from(stands_for);
             }
         }
-        if (exact.len() as f64 + count) < min.max(1) as f64 {
+        let total = exact.len() as f64 + count;
+        if total < min.max(1) as f64 {
             return None;
         }
         scratch.merged.clear();
@@ -295,8 +296,7 @@ impl KeyHistory {
                 b += 1;
             }
         }
-        let (median, mad) =
-            stats::weighted_median_and_mad(&scratch.merged, &mut scratch.deviations)?;
+        let (median, mad) = stats::weighted_median_and_mad(&scratch.merged, total)?;
         Some((
             median,
             (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
@@ -437,7 +437,6 @@ pub(super) struct Scratch {
     /// A window's numbers before they are kept.
     pub data: Vec<f64>,
     merged: Vec<(f64, f64)>,
-    deviations: Vec<(f64, f64)>,
     /// Per slice tag, the weight of its values in the column being judged.
     weights: [f64; 256],
 }
@@ -448,7 +447,6 @@ impl Default for Scratch {
             baseline: Vec::new(),
             data: Vec::new(),
             merged: Vec::new(),
-            deviations: Vec::new(),
             weights: [0.0; 256],
         }
     }
