@@ -15,7 +15,8 @@
 //!
 //! Memory: per exact window 8 bytes and 16 per column (its start; value and EWMA), plus 8 per
 //! column in the sorted copy; per sealed value 9 bytes (the value and its slice's tag, kept in
-//! one ascending run per column, so a median walks one merge of two runs). A day of 1-minute
+//! one ascending run per column: a row's baseline is the merge of that run and the exact
+//! values, walked to its middle). A day of 1-minute
 //! windows with two columns: 64 to 120 exact windows and 23 slices of 16 values per column,
 //! 12 to 15 KB per key instead of about 130 KB for 1,440 exact windows.
 
@@ -297,10 +298,7 @@ impl KeyHistory {
             }
         }
         let (median, mad) = stats::weighted_median_and_mad(&scratch.merged, total)?;
-        Some((
-            median,
-            (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
-        ))
+        judged(x, median, mad)
     }
 
     /// Calls `f` with each sealed slice's kept values of each column (ascending), column by
@@ -459,6 +457,12 @@ pub(super) fn robust_z(x: f64, sorted: &[f64], min: usize) -> Judged {
         return None;
     }
     let (median, mad) = stats::median_and_mad_sorted(sorted)?;
+    judged(x, median, mad)
+}
+
+/// `x` against a baseline's median and MAD: the median and `(x − median) / (1.4826 × MAD)`,
+/// no z-score when the MAD is zero.
+fn judged(x: f64, median: f64, mad: f64) -> Judged {
     Some((
         median,
         (mad > 0.0).then(|| (x - median) / (MAD_TO_SIGMA * mad)),
