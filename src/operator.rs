@@ -10,11 +10,13 @@
 //! each non-empty batch of a side input (few stages read one),
 //! [`process_batch`](Operator::process_batch) for each non-empty input batch, [`handle_watermark`](Operator::handle_watermark), then
 //! [`on_cycle_end`](Operator::on_cycle_end); after the cycle's commits,
-//! [`snapshot`](Operator::snapshot). Only `process_batch` must be written; the rest default to
-//! an operator that keeps no state and passes its input's watermark on. The one place that
+//! [`checkpoint`](Operator::checkpoint), which gives the whole state
+//! ([`snapshot`](Operator::snapshot)) or, in an incremental checkpoint, what changed since the
+//! last. Only `process_batch` must be written; the rest default to an operator that keeps no
+//! state and passes its input's watermark on. The one place that
 //! turns a stage's plan into its operator is `job::build`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
@@ -83,20 +85,37 @@ impl Collector {
 
 /// An operator's state for a checkpoint: small values as JSON in the manifest, and named parts
 /// of Arrow batches, each written as its own file (`<stage>.<part>.arrow`).
+///
+/// A part named in `appended` holds only the rows added since the operator's last checkpoint
+/// (see [`Snapshot::Changes`]): restored, it is the batches of every checkpoint since the last
+/// whole one, oldest first, and the operator makes its state of them (a later row replacing an
+/// earlier one, what has expired since dropped).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OperatorState {
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub meta: serde_json::Value,
     #[serde(skip)]
     pub parts: BTreeMap<String, Vec<RecordBatch>>,
+    #[serde(skip)]
+    pub appended: BTreeSet<String>,
+}
+
+/// What a checkpoint asks of an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snapshot {
+    /// All of its state.
+    Whole,
+    /// What changed since its last checkpoint, in the parts it can give so (named in
+    /// [`OperatorState::appended`]); the other parts whole.
+    Changes,
 }
 
 impl OperatorState {
     /// A state of one part.
     pub fn part(name: &str, batches: Vec<RecordBatch>) -> Self {
         OperatorState {
-            meta: serde_json::Value::Null,
             parts: BTreeMap::from([(name.to_string(), batches)]),
+            ..OperatorState::default()
         }
     }
 
@@ -200,9 +219,17 @@ pub trait Operator: Send {
     /// After the cycle's batches and watermark.
     fn on_cycle_end(&mut self, _ctx: &Context<'_>) {}
 
-    /// The state to checkpoint.
+    /// The whole state to checkpoint.
     fn snapshot(&self) -> Result<OperatorState> {
         Ok(OperatorState::default())
+    }
+
+    /// The state to checkpoint: whole, or what changed since the last checkpoint. By default
+    /// the whole [`snapshot`](Self::snapshot) either way; an operator whose state grows by
+    /// additions (a window's rows, a carried history) gives only those in
+    /// [`Snapshot::Changes`], and counts what it gave as checkpointed.
+    fn checkpoint(&mut self, _kind: Snapshot) -> Result<OperatorState> {
+        self.snapshot()
     }
 
     /// Takes back what [`snapshot`](Self::snapshot) gave.
@@ -284,20 +311,11 @@ impl<A: Operator, B: Operator> Operator for Chain<A, B> {
     }
 
     fn snapshot(&self) -> Result<OperatorState> {
-        let (first, then) = (self.first.snapshot()?, self.then.snapshot()?);
-        let mut parts = first.parts;
-        for (name, batches) in then.parts {
-            if parts.insert(name.clone(), batches).is_some() {
-                return Err(OperatorError::State {
-                    part: name,
-                    message: "both operators of a chain keep a part of this name".into(),
-                });
-            }
-        }
-        Ok(OperatorState {
-            meta: serde_json::json!({ FIRST: first.meta, THEN: then.meta }),
-            parts,
-        })
+        merged(self.first.snapshot()?, self.then.snapshot()?)
+    }
+
+    fn checkpoint(&mut self, kind: Snapshot) -> Result<OperatorState> {
+        merged(self.first.checkpoint(kind)?, self.then.checkpoint(kind)?)
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
@@ -305,13 +323,33 @@ impl<A: Operator, B: Operator> Operator for Chain<A, B> {
         let (first, then) = (meta(FIRST), meta(THEN));
         self.first.restore(OperatorState {
             meta: first,
-            parts: state.parts.clone(),
+            ..state.clone()
         })?;
         self.then.restore(OperatorState {
             meta: then,
-            parts: state.parts,
+            ..state
         })
     }
+}
+
+/// The states of a chain's two operators as one.
+fn merged(first: OperatorState, then: OperatorState) -> Result<OperatorState> {
+    let mut parts = first.parts;
+    for (name, batches) in then.parts {
+        if parts.insert(name.clone(), batches).is_some() {
+            return Err(OperatorError::State {
+                part: name,
+                message: "both operators of a chain keep a part of this name".into(),
+            });
+        }
+    }
+    let mut appended = first.appended;
+    appended.extend(then.appended);
+    Ok(OperatorState {
+        meta: serde_json::json!({ FIRST: first.meta, THEN: then.meta }),
+        parts,
+        appended,
+    })
 }
 
 #[cfg(test)]

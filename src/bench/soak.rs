@@ -37,6 +37,8 @@ pub struct SoakConfig {
     pub work_dir: PathBuf,
 }
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// One simulated day, as the pipeline process saw it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DayReport {
@@ -47,8 +49,10 @@ pub struct DayReport {
     pub seconds: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
-    /// Bytes of the newest checkpoint when the day ended.
+    /// Bytes the newest checkpoint wrote when the day ended, and the bytes of the state it
+    /// stands for (every file it lists).
     pub checkpoint_bytes: i64,
+    pub checkpoint_state_bytes: i64,
 }
 
 /// Runs the soak and prints a row per day.
@@ -91,21 +95,24 @@ pub async fn soak(config: &SoakConfig) -> Result<()> {
         return Err(BenchError::Start(std::io::Error::other("no stdout")));
     };
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    println!("| day | events | events/s | RSS (MiB) | peak RSS (MiB) | checkpoint (MiB) |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| day | events | events/s | RSS (MiB) | peak RSS (MiB) | checkpoint written (MiB) | state checkpointed (MiB) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     while let Some(line) = lines.next_line().await? {
         let day: DayReport = serde_json::from_str(&line).map_err(|source| BenchError::Report {
             line: line.clone(),
             source,
         })?;
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
             day.day,
             day.events,
             (keys * DAY_MINUTES) as f64 / day.seconds,
             day.rss_mib,
             day.peak_rss_mib,
-            day.checkpoint_bytes as f64 / (1024.0 * 1024.0)
+            day.checkpoint_bytes as f64 / MIB,
+            day.checkpoint_state_bytes as f64 / MIB,
         );
     }
     let status = child.wait().await?;
@@ -157,6 +164,10 @@ pub async fn soak_pipeline_file(brokers: &str, file: &Path, keys: usize) -> Resu
             peak_rss_mib: status_mib("VmHWM:"),
             checkpoint_bytes: metrics
                 .checkpoint_bytes
+                .with_label_values(&[pipeline.name.as_str()])
+                .get(),
+            checkpoint_state_bytes: metrics
+                .checkpoint_state_bytes
                 .with_label_values(&[pipeline.name.as_str()])
                 .get(),
         };

@@ -7,13 +7,20 @@
 //! each stage's state as Arrow IPC in `cycle-<N>/<stage>.<part>.arrow` (a window stage's rows
 //! in `<stage>.window.arrow`, its carried-feature history in `<stage>.carry.arrow`, a score
 //! stage's detectors in `<stage>.detectors.arrow`, …), then the manifest `cycle-<N>.json`,
-//! which lists them and holds the rest. A checkpoint exists once its manifest does: that is one
-//! PUT, atomic on S3 and on a local disk. The two newest are kept.
+//! which lists the files of each part and holds the rest. A checkpoint exists once its manifest
+//! does: that is one PUT, atomic on S3 and on a local disk.
+//!
+//! Checkpoints are incremental: a part its operator gives as what was added since its last
+//! checkpoint (window rows, carried windows) is written as one more file of that part, and the
+//! manifest lists the part's files since its last whole one, oldest first. Every so often
+//! ([`CheckpointStore::next_snapshot`]) the operators are asked for their whole state instead,
+//! which starts the parts' files afresh. The two newest checkpoints are kept, with every file
+//! they list; the rest go.
 //!
 //! How restart uses it is in [`run`](super::run).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
@@ -24,7 +31,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::operator::OperatorState;
+use crate::operator::{OperatorState, Snapshot};
 pub use crate::source::SourceState;
 
 /// Why a checkpoint could not be read or written.
@@ -60,27 +67,84 @@ pub struct Checkpoint {
     pub stages: BTreeMap<String, StageState>,
 }
 
-/// A manifest as stored: the checkpoint and, per stage, the parts of its state written with
-/// it. A listed part that cannot be found makes the checkpoint corrupt.
+/// One file of a part: the cycle whose directory holds it, and its size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PartFile {
+    cycle: i64,
+    bytes: u64,
+}
+
+/// Per stage and part, the files that make it up, oldest first: a whole one, then those of the
+/// checkpoints since that added to it.
+type Files = BTreeMap<String, BTreeMap<String, Vec<PartFile>>>;
+
+/// A manifest as stored: the checkpoint and the files of its stages' parts. A listed file that
+/// cannot be found makes the checkpoint corrupt.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     checkpoint: Checkpoint,
+    /// As written before checkpoints were incremental: per stage its parts, each a file of this
+    /// cycle. Read into `files`.
+    #[serde(default, skip_serializing)]
     parts: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    files: Files,
+}
+
+/// A manifest to write.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    checkpoint: &'a Checkpoint,
+    files: &'a Files,
 }
 
 impl Stored {
-    fn parse(bytes: &[u8]) -> Result<Stored, serde_json::Error> {
-        serde_json::from_slice::<Stored>(bytes)
+    fn parse(bytes: &[u8], cycle: i64) -> Result<Stored, serde_json::Error> {
+        let mut stored = serde_json::from_slice::<Stored>(bytes)?;
+        for (stage, parts) in std::mem::take(&mut stored.parts) {
+            let files = stored.files.entry(stage).or_default();
+            for part in parts {
+                files.insert(part, vec![PartFile { cycle, bytes: 0 }]);
+            }
+        }
+        Ok(stored)
     }
+}
 
-    /// The state files it lists.
-    fn files(&self) -> impl Iterator<Item = String> + '_ {
-        self.parts.iter().flat_map(|(stage, parts)| {
-            parts
+/// The state files `files` lists, as `(cycle, file name)`.
+fn listed(files: &Files) -> impl Iterator<Item = (i64, String)> + '_ {
+    files.iter().flat_map(|(stage, parts)| {
+        parts.iter().flat_map(move |(part, chain)| {
+            chain
                 .iter()
-                .map(move |part| CheckpointStore::state_file(stage, part))
+                .map(move |f| (f.cycle, CheckpointStore::state_file(stage, part)))
         })
-    }
+    })
+}
+
+/// The cycles of the manifests among `paths`, oldest first.
+fn cycles_of(paths: &[Path]) -> Vec<i64> {
+    let mut cycles: Vec<i64> = paths
+        .iter()
+        .filter_map(|p| p.filename())
+        .filter_map(|f| {
+            f.strip_prefix("cycle-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    cycles.sort_unstable();
+    cycles
+}
+
+/// What a checkpoint wrote, and what a restore from it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Bytes written: its manifest and the state files of its cycle.
+    pub written: u64,
+    /// Bytes of every state file it lists, and its manifest: the state's size as stored.
+    pub state: u64,
 }
 
 /// The checkpoints of one pipeline.
@@ -90,9 +154,15 @@ pub struct CheckpointStore {
     prefix: Path,
     /// For messages: where the checkpoints live.
     location: String,
+    /// The files of the newest checkpoint read or written: what an incremental one adds to.
+    last: Arc<Mutex<Option<Files>>>,
 }
 
+/// Checkpoints kept (with the files they list).
 const KEEP: usize = 2;
+
+/// Most files a part is made of: an incremental checkpoint past it is taken whole.
+const LONGEST_CHAIN: usize = 64;
 
 impl CheckpointStore {
     /// The checkpoints of `pipeline` under `table_root` (a directory or an `s3://` URL).
@@ -117,12 +187,36 @@ impl CheckpointStore {
             store,
             prefix,
             location,
+            last: Arc::default(),
         })
     }
 
     /// Where the checkpoints live, for messages.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// What the next checkpoint should ask of the operators: their changes, while the files
+    /// added since the last whole checkpoint are fewer than [`LONGEST_CHAIN`] per part and
+    /// smaller than that whole state (so a restore reads at most about twice the state);
+    /// otherwise, and when there is no checkpoint to add to, the whole state.
+    pub fn next_snapshot(&self) -> Snapshot {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = last.as_ref() else {
+            return Snapshot::Whole;
+        };
+        let chains = files.values().flat_map(BTreeMap::values);
+        let (mut whole, mut added, mut longest) = (0, 0, 0);
+        for chain in chains {
+            whole += chain.first().map_or(0, |f| f.bytes);
+            added += chain.iter().skip(1).map(|f| f.bytes).sum::<u64>();
+            longest = longest.max(chain.len());
+        }
+        if longest >= LONGEST_CHAIN || added >= whole {
+            Snapshot::Whole
+        } else {
+            Snapshot::Changes
+        }
     }
 
     fn store_err(&self, source: object_store::Error) -> CheckpointError {
@@ -167,26 +261,20 @@ impl CheckpointStore {
         Ok(Some(batch))
     }
 
-    /// Cycles with a manifest, oldest first.
-    async fn cycles(&self) -> Result<Vec<i64>, CheckpointError> {
+    /// Everything under the prefix.
+    async fn list(&self) -> Result<Vec<Path>, CheckpointError> {
         let listed: Vec<_> = self
             .store
             .list(Some(&self.prefix))
             .try_collect()
             .await
             .map_err(|e| self.store_err(e))?;
-        let mut cycles: Vec<i64> = listed
-            .iter()
-            .filter_map(|m| m.location.filename())
-            .filter_map(|f| {
-                f.strip_prefix("cycle-")?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        cycles.sort_unstable();
-        Ok(cycles)
+        Ok(listed.into_iter().map(|m| m.location).collect())
+    }
+
+    /// Cycles with a manifest, oldest first.
+    async fn cycles(&self) -> Result<Vec<i64>, CheckpointError> {
+        Ok(cycles_of(&self.list().await?))
     }
 
     /// The newest checkpoint that can be read, if any. A damaged one (a file truncated or
@@ -199,7 +287,7 @@ impl CheckpointStore {
         let mut damaged = Vec::new();
         for &cycle in cycles.iter().rev() {
             match self.load(cycle).await {
-                Ok(checkpoint) => {
+                Ok((checkpoint, files)) => {
                     if !damaged.is_empty() {
                         tracing::warn!(
                             "checkpoints at {}: starting from cycle {cycle}, the newest that \
@@ -208,6 +296,7 @@ impl CheckpointStore {
                             damaged.join("; ")
                         );
                     }
+                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
                     return Ok(Some(checkpoint));
                 }
                 Err(e @ CheckpointError::Corrupt { .. }) => damaged.push(e.to_string()),
@@ -227,8 +316,8 @@ impl CheckpointStore {
         })
     }
 
-    /// The checkpoint of `cycle`.
-    async fn load(&self, cycle: i64) -> Result<Checkpoint, CheckpointError> {
+    /// The manifest of `cycle`.
+    async fn manifest(&self, cycle: i64) -> Result<Stored, CheckpointError> {
         let corrupt = |message: String| CheckpointError::Corrupt {
             location: format!("{}/cycle-{cycle:020}", self.location),
             message,
@@ -241,89 +330,145 @@ impl CheckpointStore {
             }
             Err(e) => return Err(self.store_err(e)),
         };
-        let stored = Stored::parse(&bytes).map_err(|e| {
+        Stored::parse(&bytes, cycle).map_err(|e| {
             corrupt(format!(
                 "{e}: its manifest is damaged, or not a checkpoint this version of Stratus reads \
                  (those of versions before stages were operators are not)"
             ))
-        })?;
+        })
+    }
+
+    /// The checkpoint of `cycle`, and the files it lists.
+    async fn load(&self, cycle: i64) -> Result<(Checkpoint, Files), CheckpointError> {
+        let corrupt = |message: String| CheckpointError::Corrupt {
+            location: format!("{}/cycle-{cycle:020}", self.location),
+            message,
+        };
+        let stored = self.manifest(cycle).await?;
         let mut checkpoint = stored.checkpoint;
-        for (stage, parts) in &stored.parts {
+        for (stage, parts) in &stored.files {
             let Some(state) = checkpoint.stages.get_mut(stage) else {
                 return Err(corrupt(format!(
                     "parts listed for `{stage}`, not a stage of it"
                 )));
             };
-            for part in parts {
+            for (part, chain) in parts {
                 let file = Self::state_file(stage, part);
-                let Some(batch) = self.read_state(cycle, &file).await? else {
-                    return Err(corrupt(format!(
-                        "{file} is listed in the manifest but missing"
-                    )));
-                };
-                state.state.parts.insert(part.clone(), vec![batch]);
+                let mut batches = Vec::with_capacity(chain.len());
+                for f in chain {
+                    let Some(batch) = self.read_state(f.cycle, &file).await? else {
+                        return Err(corrupt(format!(
+                            "cycle-{:020}/{file} is listed in the manifest but missing",
+                            f.cycle
+                        )));
+                    };
+                    batches.push(batch);
+                }
+                if chain.len() > 1 {
+                    state.state.appended.insert(part.clone());
+                }
+                state.state.parts.insert(part.clone(), batches);
             }
         }
-        Ok(checkpoint)
+        Ok((checkpoint, stored.files))
     }
 
-    /// Writes `checkpoint` and removes all but the newest few. Returns the bytes written.
-    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<u64, CheckpointError> {
+    /// Writes `checkpoint`: each part whole, or — a part its operator gave as
+    /// [`appended`](crate::operator::OperatorState::appended) — as a file added to that part's
+    /// files in the checkpoint before (none at all when nothing was added). Then removes the
+    /// checkpoints before the newest few, and the files none of those lists.
+    pub async fn save(&self, checkpoint: &Checkpoint) -> Result<Saved, CheckpointError> {
         let cycle = checkpoint.cycle;
-        let mut written = BTreeMap::new();
-        let mut size = 0;
+        let before = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut files = Files::new();
+        let mut written = 0;
         for (stage, state) in &checkpoint.stages {
-            let mut parts = Vec::new();
+            let parts = files.entry(stage.clone()).or_default();
             for (part, batches) in &state.state.parts {
-                let file = Self::state_file(stage, part);
-                let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
-                    location: format!("{}/cycle-{cycle:020}/{file}", self.location),
-                    message: e.to_string(),
-                })?;
-                size += bytes.len() as u64;
-                self.store
-                    .put(&self.state_path(cycle, &file), PutPayload::from(bytes))
-                    .await
-                    .map_err(|e| self.store_err(e))?;
-                parts.push(part.clone());
+                let earlier = before
+                    .as_ref()
+                    .and_then(|b| b.get(stage)?.get(part))
+                    .filter(|_| state.state.appended.contains(part));
+                let mut chain = earlier.cloned().unwrap_or_default();
+                let added = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+                if earlier.is_none() || added > 0 {
+                    let file = Self::state_file(stage, part);
+                    let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
+                        location: format!("{}/cycle-{cycle:020}/{file}", self.location),
+                        message: e.to_string(),
+                    })?;
+                    let size = bytes.len() as u64;
+                    written += size;
+                    self.store
+                        .put(&self.state_path(cycle, &file), PutPayload::from(bytes))
+                        .await
+                        .map_err(|e| self.store_err(e))?;
+                    chain.push(PartFile { cycle, bytes: size });
+                }
+                parts.insert(part.clone(), chain);
             }
-            written.insert(stage.clone(), parts);
         }
-        let stored = Stored {
-            checkpoint: checkpoint.clone(),
-            parts: written,
-        };
-        let manifest =
-            serde_json::to_vec_pretty(&stored).map_err(|e| CheckpointError::Corrupt {
-                location: self.location.clone(),
-                message: e.to_string(),
-            })?;
-        size += manifest.len() as u64;
+        let manifest = serde_json::to_vec_pretty(&StoredRef {
+            checkpoint,
+            files: &files,
+        })
+        .map_err(|e| CheckpointError::Corrupt {
+            location: self.location.clone(),
+            message: e.to_string(),
+        })?;
+        let manifest_bytes = manifest.len() as u64;
+        written += manifest_bytes;
         self.store
             .put(&self.manifest_path(cycle), PutPayload::from(manifest))
             .await
             .map_err(|e| self.store_err(e))?;
-        let cycles = self.cycles().await?;
-        for &old in cycles.iter().rev().skip(KEEP) {
-            // The files the old manifest lists (its stages may differ from today's), then the
-            // manifest; a manifest that cannot be read leaves only today's names to try.
-            let listed: Option<Vec<String>> = match self.store.get(&self.manifest_path(old)).await {
-                Ok(got) => got
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|b| Stored::parse(&b).ok())
-                    .map(|s| s.files().collect()),
-                Err(_) => None,
-            };
-            let files = listed.unwrap_or_else(|| stored.files().collect());
-            // The manifest first: a checkpoint without it does not exist.
-            self.delete(&self.manifest_path(old)).await?;
-            for file in files {
-                self.delete(&self.state_path(old, &file)).await?;
+        let state = manifest_bytes
+            + files
+                .values()
+                .flat_map(BTreeMap::values)
+                .flatten()
+                .map(|f| f.bytes)
+                .sum::<u64>();
+        self.remove_old(cycle, &files).await?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+        Ok(Saved { written, state })
+    }
+
+    /// Removes the checkpoints before the newest [`KEEP`] (the newest, of `cycle`, lists
+    /// `files`), then the state files of earlier cycles that none of those lists.
+    async fn remove_old(&self, cycle: i64, files: &Files) -> Result<(), CheckpointError> {
+        let paths = self.list().await?;
+        let cycles = cycles_of(&paths);
+        let mut kept: BTreeSet<(i64, String)> = listed(files).collect();
+        let mut kept_cycles = vec![cycle];
+        for &other in cycles.iter().rev().filter(|&&c| c != cycle).take(KEEP - 1) {
+            kept_cycles.push(other);
+            // A manifest that cannot be read is no checkpoint to keep files for.
+            if let Ok(stored) = self.manifest(other).await {
+                kept.extend(listed(&stored.files));
             }
         }
-        Ok(size)
+        // The manifests first: a checkpoint without one does not exist.
+        for &old in cycles.iter().filter(|c| !kept_cycles.contains(c)) {
+            self.delete(&self.manifest_path(old)).await?;
+        }
+        for path in paths {
+            let mut parts = path.parts().skip(self.prefix.parts().count());
+            let (Some(dir), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(dir_cycle) = dir
+                .as_ref()
+                .strip_prefix("cycle-")
+                .and_then(|c| c.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if dir_cycle < cycle && !kept.contains(&(dir_cycle, file.as_ref().to_string())) {
+                self.delete(&path).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete(&self, path: &Path) -> Result<(), CheckpointError> {
@@ -385,6 +530,7 @@ mod tests {
                     ("carry".into(), vec![rows(vec![4])]),
                     ("detectors".into(), vec![rows(vec![5, 6])]),
                 ]),
+                ..OperatorState::default()
             },
         };
         let plain = StageState {
@@ -439,6 +585,77 @@ mod tests {
         assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
         let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.window.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `checkpoint(cycle)` with stage `w`'s window part given as rows added (`window`) and its
+    /// detectors as added but with none.
+    fn incremental(cycle: i64, window: Vec<i64>) -> Checkpoint {
+        let mut c = checkpoint(cycle);
+        if let Some(w) = c.stages.get_mut("w") {
+            w.state.parts.insert("window".into(), vec![rows(window)]);
+            w.state.parts.insert("detectors".into(), vec![rows(vec![])]);
+            w.state.appended = ["window", "detectors"].map(String::from).into();
+        }
+        c
+    }
+
+    #[tokio::test]
+    async fn incremental_checkpoints_read_back_whole_and_keep_the_files_they_list() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-incr-{}", std::process::id()));
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        let file = |cycle: i64, name: &str| {
+            dir.join(format!(
+                "_stratus/pipe/checkpoints/cycle-{cycle:020}/{name}"
+            ))
+        };
+        assert_eq!(store.next_snapshot(), Snapshot::Whole, "nothing to add to");
+        let first = store.save(&checkpoint(1)).await.unwrap();
+        assert_eq!(store.next_snapshot(), Snapshot::Changes);
+        let second = store.save(&incremental(2, vec![20])).await.unwrap();
+        let third = store.save(&incremental(3, vec![30, 31])).await.unwrap();
+        assert!(second.written < first.written, "{second:?} vs {first:?}");
+        assert!(third.state > third.written, "{third:?}");
+        // Restored: the whole part, then each addition, oldest first; a part with nothing
+        // added is its whole file alone.
+        let got = store.latest().await.unwrap().unwrap();
+        let w = &got.stages["w"].state;
+        assert_eq!(
+            w.parts["window"],
+            vec![rows(vec![1, 2, 3]), rows(vec![20]), rows(vec![30, 31])]
+        );
+        assert_eq!(w.parts["detectors"], vec![rows(vec![5, 6])]);
+        assert_eq!(w.parts["carry"], vec![rows(vec![4])]);
+        assert!(w.appended.contains("window") && !w.appended.contains("detectors"));
+        assert!(
+            !file(2, "w.detectors.arrow").exists(),
+            "nothing added, no file"
+        );
+        // Cycle 1's manifest goes (two are kept), its window file stays: cycle 3 lists it.
+        assert_eq!(store.cycles().await.unwrap(), vec![2, 3]);
+        assert!(file(1, "w.window.arrow").exists());
+        assert!(
+            !file(1, "w.carry.arrow").exists(),
+            "replaced by a later whole one"
+        );
+        // Once the additions outweigh the whole state, the next checkpoint is whole; the files
+        // of the chain before go once no kept checkpoint lists them.
+        store
+            .save(&incremental(4, (0..5_000).collect()))
+            .await
+            .unwrap();
+        assert_eq!(store.next_snapshot(), Snapshot::Whole);
+        store.save(&checkpoint(5)).await.unwrap();
+        assert!(file(1, "w.window.arrow").exists(), "cycle 4 lists it still");
+        store.save(&incremental(6, vec![60])).await.unwrap();
+        assert!(!file(1, "w.window.arrow").exists());
+        assert!(!file(4, "w.window.arrow").exists());
+        let got = store.latest().await.unwrap().unwrap();
+        assert_eq!(
+            got.stages["w"].state.parts["window"],
+            vec![rows(vec![5, 2, 3]), rows(vec![60])]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -54,7 +54,7 @@ use super::retry::{GaveUp, Retry};
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::{Health, problem};
-use crate::operator::{Collector, Context, Operator, OperatorError};
+use crate::operator::{Collector, Context, Operator, OperatorError, Snapshot};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
@@ -485,11 +485,12 @@ pub async fn run_pipeline(
                 cycle += 1;
                 let started = Instant::now();
                 saving.wait().await?;
-                let checkpoint = checkpoint_of(cycle, pipeline.backfill, &sources, &stages)?;
-                let bytes = metrics
-                    .checkpoint_bytes
-                    .with_label_values(&[pipeline.name.as_str()]);
-                saving.start(&checkpoints, checkpoint, &retry, bytes);
+                let kind = checkpoints.next_snapshot();
+                let checkpoint =
+                    checkpoint_of(cycle, pipeline.backfill, &sources, &mut stages, kind)?;
+                let sizes = [&metrics.checkpoint_bytes, &metrics.checkpoint_state_bytes]
+                    .map(|m| m.with_label_values(&[pipeline.name.as_str()]));
+                saving.start(&checkpoints, checkpoint, &retry, sizes);
                 summary.spent(&metrics, &pipeline.name, "checkpoint", started);
             }
             for s in sources.iter_mut() {
@@ -618,14 +619,14 @@ async fn open_stage(
 struct Saving(Option<tokio::task::JoinHandle<Result<(), RunError>>>);
 
 impl Saving {
-    /// Writes `checkpoint` in the background, retrying while the store fails; `bytes` is set
-    /// to what it wrote.
+    /// Writes `checkpoint` in the background, retrying while the store fails; `sizes` are set
+    /// to the bytes it wrote and the bytes of the state it stands for.
     fn start(
         &mut self,
         store: &CheckpointStore,
         checkpoint: Checkpoint,
         retry: &Retry,
-        bytes: prometheus::IntGauge,
+        sizes: [prometheus::IntGauge; 2],
     ) {
         let store = store.clone();
         let retry = retry.clone();
@@ -633,8 +634,10 @@ impl Saving {
             let mut attempts = retry.attempts(problem::CHECKPOINT, "checkpoint");
             loop {
                 match store.save(&checkpoint).await {
-                    Ok(size) => {
-                        bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
+                    Ok(saved) => {
+                        for (gauge, bytes) in sizes.iter().zip([saved.written, saved.state]) {
+                            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                        }
                         break;
                     }
                     Err(e @ CheckpointError::Store { .. }) => attempts.failed(e).await?,
@@ -660,12 +663,13 @@ impl Saving {
     }
 }
 
-/// The state after `cycle`, in memory.
+/// The state after `cycle`, in memory: each stage's whole, or its changes (`kind`).
 fn checkpoint_of(
     cycle: i64,
     backfill: bool,
     sources: &[SourceRuntime],
-    stages: &[StageRuntime],
+    stages: &mut [StageRuntime],
+    kind: Snapshot,
 ) -> Result<Checkpoint, RunError> {
     let mut checkpoint = Checkpoint {
         cycle,
@@ -682,7 +686,7 @@ fn checkpoint_of(
         checkpoint.sources.insert(s.plan.name.clone(), state);
     }
     for st in stages {
-        let state = st.op.snapshot().map_err(|source| RunError::Stage {
+        let state = st.op.checkpoint(kind).map_err(|source| RunError::Stage {
             stage: st.name.clone(),
             source,
         })?;

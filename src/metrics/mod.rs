@@ -75,8 +75,11 @@ pub struct PipelineMetrics {
     /// 1 while a problem `/readyz` reports lasts (`sink <name>`, `checkpoint`, `kafka`,
     /// `kafka delivery`, `source <name> watermark`), else 0.
     pub failing: IntGaugeVec,
-    /// Bytes the newest checkpoint wrote: its manifest and state files.
+    /// Bytes the newest checkpoint wrote: its manifest and state files (the whole state, or
+    /// what changed since the checkpoint before).
     pub checkpoint_bytes: IntGaugeVec,
+    /// Bytes of every file the newest checkpoint lists: the state a restart reads.
+    pub checkpoint_state_bytes: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -311,7 +314,7 @@ impl PipelineMetrics {
         let checkpoint_bytes = IntGaugeVec::new(
             Opts::new(
                 "checkpoint_bytes",
-                "Bytes the newest checkpoint wrote (its manifest and state files; every checkpoint holds the whole state).",
+                "Bytes the newest checkpoint wrote (its manifest and state files: the whole state, or what changed since the checkpoint before).",
             ),
             &["pipeline"],
         )
@@ -319,9 +322,21 @@ impl PipelineMetrics {
         registry
             .register(Box::new(checkpoint_bytes.clone()))
             .unwrap_or_else(|e| panic!("metric checkpoint_bytes registered twice: {e}"));
+        let checkpoint_state_bytes = IntGaugeVec::new(
+            Opts::new(
+                "checkpoint_state_bytes",
+                "Bytes of the state the newest checkpoint stands for: every file it lists (its last whole state and what was added since), what a restart reads.",
+            ),
+            &["pipeline"],
+        )
+        .unwrap_or_else(|e| panic!("metric checkpoint_state_bytes is malformed: {e}"));
+        registry
+            .register(Box::new(checkpoint_state_bytes.clone()))
+            .unwrap_or_else(|e| panic!("metric checkpoint_state_bytes registered twice: {e}"));
         PipelineMetrics {
             registry,
             checkpoint_bytes,
+            checkpoint_state_bytes,
             forecasts_resolved,
             forecast_abs_error,
             forecast_pct_error,

@@ -391,6 +391,10 @@ impl Operator for Following {
         self.op.snapshot()
     }
 
+    fn checkpoint(&mut self, kind: operator::Snapshot) -> operator::Result<OperatorState> {
+        self.op.checkpoint(kind)
+    }
+
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
         self.op.restore(state)
     }

@@ -32,7 +32,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use super::spec::{WindowSpec, WindowedQuery};
-use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState};
+use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState, Snapshot};
 use crate::sql::compiled::CompiledQuery;
 
 /// Why the operator failed.
@@ -48,6 +48,8 @@ pub enum WindowError {
 
 struct TumbleState {
     rows: Vec<RecordBatch>,
+    /// How many of `rows` the last checkpoint holds (an incremental one adds the rest).
+    saved: usize,
     /// The revision of the last result emitted, if any.
     emitted: Option<i32>,
     /// Keys touched by rows that arrived after the window first fired.
@@ -279,6 +281,51 @@ impl WindowOperator {
     /// no window holds unfired updates. The batches share the buffered rows' memory (only the
     /// two tag columns are new), so a snapshot costs no copy of the state; at least one batch.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>, WindowError> {
+        self.state_rows(false)
+    }
+
+    /// For an incremental checkpoint: the rows buffered since the last one, as
+    /// [`snapshot`](Self::snapshot) gives them, with sessions whole (their rows merge and
+    /// split). From now on the checkpoint holds every buffered row.
+    pub fn changes(&mut self) -> Result<Vec<RecordBatch>, WindowError> {
+        let rows = self.state_rows(true)?;
+        self.saved();
+        Ok(rows)
+    }
+
+    /// Counts every buffered row as checkpointed.
+    pub fn saved(&mut self) {
+        for w in self.windows.values_mut() {
+            w.saved = w.rows.len();
+        }
+    }
+
+    /// Every tumbling or hopping window not yet closed, with the revision last emitted for it
+    /// (-1 for none): what an incremental checkpoint's rows are restored against.
+    pub fn open_windows(&self) -> Vec<(i64, i32)> {
+        self.windows
+            .iter()
+            .map(|(&start, w)| (start, w.emitted.unwrap_or(-1)))
+            .collect()
+    }
+
+    /// After [`restore`](Self::restore) from the rows of incremental checkpoints: keeps the
+    /// windows of `open` (the others closed since those rows were buffered), each with its
+    /// revision there.
+    pub fn restore_open(&mut self, open: &[(i64, i32)]) {
+        let open: HashMap<i64, i32> = open.iter().copied().collect();
+        self.windows.retain(|start, w| match open.get(start) {
+            Some(&revision) => {
+                w.emitted = (revision >= 0).then_some(revision);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The buffered rows tagged for a checkpoint: all, or (`only_new`) those of tumbling and
+    /// hopping windows not yet in one, and every session's.
+    fn state_rows(&self, only_new: bool) -> Result<Vec<RecordBatch>, WindowError> {
         let schema = state_schema(&self.input_schema);
         let mut parts = Vec::new();
         let tag = |b: &RecordBatch, window: i64, revisions: ArrayRef| {
@@ -289,7 +336,8 @@ impl WindowOperator {
         };
         for (&start, w) in &self.windows {
             let revision = w.emitted.unwrap_or(-1);
-            for b in &w.rows {
+            let from = if only_new { w.saved } else { 0 };
+            for b in w.rows.iter().skip(from) {
                 parts.push(tag(
                     b,
                     start,
@@ -396,6 +444,7 @@ impl WindowOperator {
                 start,
                 TumbleState {
                     rows: vec![take_record_batch(&rows, &UInt32Array::from(indices))?],
+                    saved: 1,
                     emitted: (revision >= 0).then_some(revision),
                     dirty: HashSet::new(),
                     dirty_all: false,
@@ -498,6 +547,7 @@ impl WindowOperator {
                     };
                     let window = self.windows.entry(start).or_insert_with(|| TumbleState {
                         rows: Vec::new(),
+                        saved: 0,
                         emitted: None,
                         dirty: HashSet::new(),
                         dirty_all: false,
@@ -813,6 +863,8 @@ impl From<WindowError> for crate::operator::OperatorError {
 
 /// The checkpoint part of a window stage's buffered rows.
 const STATE_PART: &str = "window";
+/// The key of the open windows in the `meta` of an incremental checkpoint.
+const OPEN: &str = "open";
 
 #[async_trait::async_trait]
 impl Operator for WindowOperator {
@@ -848,19 +900,42 @@ impl Operator for WindowOperator {
         Ok(state)
     }
 
+    /// Incremental for tumbling and hopping windows: the rows buffered since the last
+    /// checkpoint, and in `meta` every open window with its revision (rows of windows closed
+    /// since are not restored).
+    fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
+        if kind == Snapshot::Whole || matches!(self.spec, WindowSpec::Session { .. }) {
+            self.saved();
+            return Operator::snapshot(self);
+        }
+        let mut state = OperatorState::part(STATE_PART, self.changes()?);
+        state.appended.insert(STATE_PART.into());
+        state.meta = serde_json::json!({
+            "watermark": self.watermark,
+            OPEN: self.open_windows(),
+        });
+        Ok(state)
+    }
+
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
         let Some(rows) = state.parts.get(STATE_PART) else {
             return Ok(());
+        };
+        let bad = |message: &str| OperatorError::State {
+            part: STATE_PART.into(),
+            message: message.into(),
         };
         let watermark = state
             .meta
             .get("watermark")
             .and_then(serde_json::Value::as_i64)
-            .ok_or_else(|| OperatorError::State {
-                part: STATE_PART.into(),
-                message: "no watermark recorded with the rows".into(),
-            })?;
+            .ok_or_else(|| bad("no watermark recorded with the rows"))?;
         WindowOperator::restore(self, rows, watermark)?;
+        if let Some(open) = state.meta.get(OPEN) {
+            let open: Vec<(i64, i32)> = serde_json::from_value(open.clone())
+                .map_err(|_| bad("its open windows are not a list of [start, revision]"))?;
+            self.restore_open(&open);
+        }
         Ok(())
     }
 }

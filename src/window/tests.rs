@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{WatermarkTracker, WindowOperator, WindowSpec, parse_stage_sql};
+use crate::operator::{Operator, OperatorState, Snapshot};
 
 const S: i64 = 1_000_000;
 
@@ -93,8 +94,40 @@ async fn run(spec_sql: &str, events: &[Event], lateness: i64, chunk: usize) -> R
     run_restarting(spec_sql, events, lateness, chunk, &[]).await
 }
 
-/// [`run`], with the operator replaced before each chunk in `restarts` by a new one restored
-/// from the old one's snapshot.
+/// The checkpoints a run loop takes of one operator, each whole or of what changed since the
+/// one before, as the checkpoint store gives them back: per part the batches since its last
+/// whole file, and the newest `meta`.
+#[derive(Default)]
+struct Checkpoints {
+    parts: BTreeMap<String, Vec<RecordBatch>>,
+    meta: serde_json::Value,
+}
+
+impl Checkpoints {
+    fn take(&mut self, op: &mut dyn Operator, kind: Snapshot) {
+        let state = op.checkpoint(kind).unwrap();
+        for (part, batches) in state.parts {
+            let files = self.parts.entry(part.clone()).or_default();
+            if !state.appended.contains(&part) {
+                files.clear();
+            }
+            files.extend(batches);
+        }
+        self.meta = state.meta;
+    }
+
+    fn state(&self) -> OperatorState {
+        OperatorState {
+            meta: self.meta.clone(),
+            parts: self.parts.clone(),
+            ..OperatorState::default()
+        }
+    }
+}
+
+/// [`run`], with the operator checkpointed after each chunk (whole every tenth, its changes
+/// otherwise) and replaced before each chunk in `restarts` by a new one restored from those
+/// checkpoints.
 async fn run_restarting(
     spec_sql: &str,
     events: &[Event],
@@ -118,6 +151,7 @@ async fn run_restarting(
     let mut wm = WatermarkTracker::new(5 * S, 60 * S);
     let mut out = Vec::new();
     let mut late = Vec::new();
+    let mut checkpoints = Checkpoints::default();
     for (n, part) in events.chunks(chunk).enumerate() {
         if restarts.contains(&n) {
             let state = op.snapshot().unwrap();
@@ -126,8 +160,9 @@ async fn run_restarting(
                 op.buffered_rows()
             );
             let mut restored = new_op();
-            restored.restore(&state, op.watermark()).unwrap();
+            Operator::restore(&mut restored, checkpoints.state()).unwrap();
             assert_eq!(restored.buffered_rows(), op.buffered_rows());
+            assert_eq!(restored.open_windows(), op.open_windows());
             op = restored;
         }
         if let Some(l) = op.process(&batch(part)).unwrap() {
@@ -136,6 +171,12 @@ async fn run_restarting(
         }
         wm.observe(0, part.iter().map(|e| e.ts).max().unwrap(), n as i64);
         out.extend(op.advance(wm.watermark(n as i64)).await.unwrap());
+        let kind = if n % 10 == 0 {
+            Snapshot::Whole
+        } else {
+            Snapshot::Changes
+        };
+        checkpoints.take(&mut op, kind);
     }
     out.extend(op.advance(i64::MAX).await.unwrap());
     assert_eq!(

@@ -108,6 +108,17 @@ async fn damaged_state_falls_back_exactly_or_fails_saying_how_to_recover() {
     // cycle since (committed to every table already) and goes on.
     let kept = checkpoints(&tables, &name);
     assert_eq!(kept.len(), 2, "{kept:?}");
+    // Incremental: the newest lists files of earlier cycles it adds to.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kept[1].with_extension("json")).unwrap()).unwrap();
+    let longest = manifest["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|parts| parts.as_object().unwrap().values())
+        .map(|files| files.as_array().unwrap().len())
+        .max();
+    assert!(longest > Some(1), "{manifest}");
     truncate(&kept[1]);
     produce(&topic, &events[1_500..]).await;
     run_to_end(&p, &config).await.unwrap();
@@ -134,9 +145,14 @@ async fn damaged_state_falls_back_exactly_or_fails_saying_how_to_recover() {
         .collect();
     assert_eq!(distinct.len(), events.len(), "every event once");
 
-    // Every checkpoint damaged: an error that says so and how to recover.
-    for c in checkpoints(&tables, &name) {
-        truncate(&c);
+    // Every checkpoint damaged (each lists files of earlier cycles too, an incremental one
+    // adding to a whole one): an error that says so and how to recover.
+    let dir_of_checkpoints = tables.join("_stratus").join(&name).join("checkpoints");
+    for c in std::fs::read_dir(dir_of_checkpoints).unwrap() {
+        let c = c.unwrap().path();
+        if c.is_dir() && std::fs::read_dir(&c).unwrap().next().is_some() {
+            truncate(&c);
+        }
     }
     let err = run_to_end(&p, &config).await.unwrap_err().to_string();
     assert!(

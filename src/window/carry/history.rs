@@ -76,7 +76,7 @@ struct Sealed {
 
 /// One key's windows: exact ones oldest first, with per column their non-null values in
 /// ascending order (so a median and MAD cost a walk, not a sort), and sealed slices.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct KeyHistory {
     starts: Vec<i64>,
     /// `2 × width` numbers per exact window (see [`Point`]).
@@ -84,6 +84,24 @@ pub(super) struct KeyHistory {
     sorted: Vec<Vec<f64>>,
     slices: VecDeque<Slice>,
     sealed: Vec<Sealed>,
+    /// Since the last checkpoint: the oldest start of an exact window added or revised
+    /// (`i64::MAX`: none), and how many slices were sealed.
+    unsaved_from: i64,
+    unsaved_slices: usize,
+}
+
+impl Default for KeyHistory {
+    fn default() -> Self {
+        KeyHistory {
+            starts: Vec::new(),
+            data: Vec::new(),
+            sorted: Vec::new(),
+            slices: VecDeque::new(),
+            sealed: Vec::new(),
+            unsaved_from: i64::MAX,
+            unsaved_slices: 0,
+        }
+    }
 }
 
 /// A window's median and z-score against a baseline: none below the baseline's fewest values,
@@ -116,6 +134,29 @@ impl KeyHistory {
 
     pub fn points(&self) -> impl Iterator<Item = Point<'_>> {
         (0..self.len()).map(|i| self.point(i))
+    }
+
+    /// The exact windows a checkpoint does not hold yet (`only_new`), or all of them. Those
+    /// added or revised since the last are among them; so may be a few later ones it holds, to
+    /// be replaced by these on restore.
+    pub fn points_to_save(&self, only_new: bool) -> impl Iterator<Item = Point<'_>> {
+        let from = if only_new {
+            self.position(self.unsaved_from)
+        } else {
+            0
+        };
+        (from..self.len()).map(|i| self.point(i))
+    }
+
+    /// Whether anything changed since the last checkpoint.
+    pub fn is_unsaved(&self) -> bool {
+        self.unsaved_from != i64::MAX || self.unsaved_slices > 0
+    }
+
+    /// Counts everything as checkpointed.
+    pub fn saved(&mut self) {
+        self.unsaved_from = i64::MAX;
+        self.unsaved_slices = 0;
     }
 
     /// The number of exact windows that start before `start`.
@@ -172,6 +213,7 @@ impl KeyHistory {
         }
         self.starts.push(start);
         self.data.extend_from_slice(data);
+        self.unsaved_from = self.unsaved_from.min(start);
         self.seal(width, span);
     }
 
@@ -180,6 +222,7 @@ impl KeyHistory {
     pub fn revise(&mut self, start: i64, data: &[f64], width: usize, baseline: i64) {
         let stride = 2 * width;
         let pos = self.position(start);
+        self.unsaved_from = self.unsaved_from.min(start);
         if self.starts.get(pos) == Some(&start) {
             self.data[pos * stride..(pos + 1) * stride].copy_from_slice(data);
         } else {
@@ -236,6 +279,7 @@ impl KeyHistory {
             self.starts.drain(..end);
             self.data.drain(..end * 2 * width);
             self.slices.push_back(slice);
+            self.unsaved_slices += 1;
         }
     }
 
@@ -302,8 +346,14 @@ impl KeyHistory {
     }
 
     /// Calls `f` with each sealed slice's kept values of each column (ascending), column by
-    /// column, oldest slice first: for a checkpoint.
-    pub fn for_each_sealed(&self, mut f: impl FnMut(SealedPart<'_>)) {
+    /// column, oldest slice first: for a checkpoint, all of them or (`only_new`) those sealed
+    /// since the last.
+    pub fn for_each_sealed(&self, only_new: bool, mut f: impl FnMut(SealedPart<'_>)) {
+        let skip = if only_new {
+            self.slices.len().saturating_sub(self.unsaved_slices)
+        } else {
+            0
+        };
         let mut age = [usize::MAX; 256];
         for (k, s) in self.slices.iter().enumerate() {
             age[usize::from(s.tag())] = k;
@@ -326,7 +376,7 @@ impl KeyHistory {
                 let n = rest.partition_point(|&(a, _)| a == k);
                 let (run, after) = rest.split_at(n);
                 rest = after;
-                if run.is_empty() {
+                if run.is_empty() || k < skip {
                     continue;
                 }
                 values.clear();
@@ -376,21 +426,39 @@ impl KeyHistory {
         true
     }
 
-    /// Restoring: orders what was added, and seals what a checkpoint of every window (as they
-    /// were written before slices) holds beyond the exact windows.
-    pub fn restored(&mut self, width: usize, span: i64) {
+    /// Restoring: orders what was added — of windows added twice (by successive incremental
+    /// checkpoints) the later, of exact windows those after every sealed slice — drops what
+    /// lies more than `baseline` before the newest window, as it was dropped when that window
+    /// came, and seals what a checkpoint of every window (as they were written before slices)
+    /// holds beyond the exact windows. What it holds then counts as checkpointed.
+    pub fn restored(&mut self, width: usize, span: i64, baseline: i64) {
         let stride = 2 * width;
-        let mut order: Vec<usize> = (0..self.len()).collect();
+        self.slices.make_contiguous().sort_by_key(|s| s.number);
+        let after = self.slices.back().map_or(i64::MIN, |s| s.number);
+        let mut order: Vec<usize> = (0..self.len())
+            .filter(|&i| self.starts[i].div_euclid(span) > after)
+            .collect();
+        // Stable: of equal starts, the one added last ends its run.
         order.sort_by_key(|&i| self.starts[i]);
+        order.dedup_by(|later, earlier| {
+            let same = self.starts[*later] == self.starts[*earlier];
+            if same {
+                *earlier = *later;
+            }
+            same
+        });
         self.starts = order.iter().map(|&i| self.starts[i]).collect();
         self.data = order
             .iter()
             .flat_map(|&i| self.data[i * stride..(i + 1) * stride].iter().copied())
             .collect();
-        self.slices.make_contiguous().sort_by_key(|s| s.number);
         self.sealed.resize_with(width, Sealed::default);
         self.resort(width);
+        if let Some(newest) = self.newest() {
+            self.expire(newest, baseline, width);
+        }
         self.seal(width, span);
+        self.saved();
     }
 
     /// Values held per column, exact and summarised: what memory the key costs.

@@ -38,7 +38,7 @@ mod history;
 
 use self::history::{KeyHistory, SLICES, Scratch, SealedPart};
 use super::WindowError;
-use crate::operator::{self, Collector, Context, Operator, OperatorState};
+use crate::operator::{self, Collector, Context, Operator, OperatorState, Snapshot};
 
 /// What to carry, checked by the pipeline planner.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,6 +265,27 @@ impl CarryOperator {
     /// `key`, `slice` (its number), `first` (its oldest window's start), `column`, `count`
     /// (values it stands for) and `values` (those it kept, ascending).
     pub fn snapshot(&self) -> Result<(RecordBatch, RecordBatch), WindowError> {
+        self.state_batches(false)
+    }
+
+    /// For an incremental checkpoint: as [`snapshot`](Self::snapshot), of what changed since
+    /// the last checkpoint — per key its exact windows from the oldest added or revised since,
+    /// and the slices sealed since. What expired since is not said: a restore drops it again.
+    /// From now on the checkpoint holds everything.
+    pub fn changes(&mut self) -> Result<(RecordBatch, RecordBatch), WindowError> {
+        let batches = self.state_batches(true)?;
+        self.saved();
+        Ok(batches)
+    }
+
+    /// Counts the whole history as checkpointed.
+    pub fn saved(&mut self) {
+        for history in self.history.values_mut() {
+            history.saved();
+        }
+    }
+
+    fn state_batches(&self, only_new: bool) -> Result<(RecordBatch, RecordBatch), WindowError> {
         let width = self.columns.len();
         let mut keys = Keys::default();
         let mut starts = Vec::new();
@@ -278,8 +299,11 @@ impl CarryOperator {
             false,
         )));
         for (key, history) in &self.history {
+            if only_new && !history.is_unsaved() {
+                continue;
+            }
             keys.next(key)?;
-            for p in history.points() {
+            for p in history.points_to_save(only_new) {
                 keys.push();
                 starts.push(p.start);
                 for j in 0..width {
@@ -288,7 +312,7 @@ impl CarryOperator {
                 }
             }
             sealed.next(key)?;
-            history.for_each_sealed(|part| {
+            history.for_each_sealed(only_new, |part| {
                 sealed.push();
                 slice.push(part.number);
                 first.push(part.first);
@@ -318,46 +342,49 @@ impl CarryOperator {
         Ok((points, slices))
     }
 
-    /// Restores what [`snapshot`](Self::snapshot) took: its exact windows (or, from checkpoints
-    /// written before keys were dictionary-encoded, a plain binary key per window; from those
-    /// written before slices were sealed, every window of the baseline, which are sealed now)
-    /// and its slices, if any.
+    /// Restores what [`snapshot`](Self::snapshot) took — or a whole snapshot and the
+    /// [`changes`](Self::changes) after it, oldest first: its exact windows (or, from
+    /// checkpoints written before keys were dictionary-encoded, a plain binary key per window;
+    /// from those written before slices were sealed, every window of the baseline, which are
+    /// sealed now) and its slices, if any.
     pub fn restore(
         &mut self,
-        state: &RecordBatch,
-        slices: Option<&RecordBatch>,
+        points: &[RecordBatch],
+        slices: &[RecordBatch],
     ) -> Result<(), WindowError> {
         let width = self.columns.len();
         let expected = snapshot_schema(width);
-        if state.schema().fields().get(1..) != expected.fields().get(1..) {
-            return Err(wrong_state(
-                "has other columns: the carry settings changed since",
-            ));
-        }
-        let column = |i: usize| state.column(i).as_any();
-        let keys = key_column(state)?;
-        let Some(starts) = column(1).downcast_ref::<Int64Array>() else {
-            return Err(wrong_state("has the wrong types"));
-        };
-        let floats: Vec<&Float64Array> = (2..2 + 2 * width)
-            .filter_map(|i| column(i).downcast_ref::<Float64Array>())
-            .collect();
         let mut restored: HashMap<Box<[u8]>, KeyHistory> = HashMap::new();
         let mut data = Vec::with_capacity(2 * width);
-        for i in 0..state.num_rows() {
-            data.clear();
-            data.extend((0..width).map(|j| floats[2 * j].value(i)));
-            data.extend((0..width).map(|j| floats[2 * j + 1].value(i)));
-            restored
-                .entry(Box::from(keys(i)))
-                .or_default()
-                .restore_point(starts.value(i), &data);
+        for state in points {
+            if state.schema().fields().get(1..) != expected.fields().get(1..) {
+                return Err(wrong_state(
+                    "has other columns: the carry settings changed since",
+                ));
+            }
+            let column = |i: usize| state.column(i).as_any();
+            let keys = key_column(state)?;
+            let Some(starts) = column(1).downcast_ref::<Int64Array>() else {
+                return Err(wrong_state("has the wrong types"));
+            };
+            let floats: Vec<&Float64Array> = (2..2 + 2 * width)
+                .filter_map(|i| column(i).downcast_ref::<Float64Array>())
+                .collect();
+            for i in 0..state.num_rows() {
+                data.clear();
+                data.extend((0..width).map(|j| floats[2 * j].value(i)));
+                data.extend((0..width).map(|j| floats[2 * j + 1].value(i)));
+                restored
+                    .entry(Box::from(keys(i)))
+                    .or_default()
+                    .restore_point(starts.value(i), &data);
+            }
         }
-        if let Some(batch) = slices.filter(|b| b.num_rows() > 0) {
+        for batch in slices.iter().filter(|b| b.num_rows() > 0) {
             restore_slices(batch, width, &mut restored)?;
         }
         for history in restored.values_mut() {
-            history.restored(width, self.slice);
+            history.restored(width, self.slice, self.spec.baseline);
         }
         self.history = restored;
         Ok(())
@@ -517,18 +544,35 @@ impl Operator for CarryOperator {
 
     fn snapshot(&self) -> operator::Result<OperatorState> {
         let (points, slices) = CarryOperator::snapshot(self)?;
-        let mut state = OperatorState::part(STATE_PART, vec![points]);
-        state.parts.insert(SLICES_PART.into(), vec![slices]);
+        Ok(state_of(points, slices))
+    }
+
+    /// Incremental: the windows and slices added since the last checkpoint.
+    fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
+        if kind == Snapshot::Whole {
+            self.saved();
+            return Operator::snapshot(self);
+        }
+        let (points, slices) = self.changes()?;
+        let mut state = state_of(points, slices);
+        state.appended = [STATE_PART, SLICES_PART].map(String::from).into();
         Ok(state)
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
-        if let Some(b) = state.parts.get(STATE_PART).and_then(|p| p.first()) {
-            let slices = state.parts.get(SLICES_PART).and_then(|p| p.first());
-            CarryOperator::restore(self, b, slices)?;
+        if let Some(points) = state.parts.get(STATE_PART) {
+            let slices = state.parts.get(SLICES_PART).map_or(&[][..], Vec::as_slice);
+            CarryOperator::restore(self, points, slices)?;
         }
         Ok(())
     }
+}
+
+/// The two parts of a checkpoint of the history.
+fn state_of(points: RecordBatch, slices: RecordBatch) -> OperatorState {
+    let mut state = OperatorState::part(STATE_PART, vec![points]);
+    state.parts.insert(SLICES_PART.into(), vec![slices]);
+    state
 }
 
 #[cfg(test)]
@@ -679,6 +723,35 @@ mod tests {
         out
     }
 
+    /// A carry stage's checkpoints as the run loop takes them: whole, or the changes since the
+    /// one before, each added to what a restore reads.
+    #[derive(Default)]
+    struct Checkpoints {
+        points: Vec<RecordBatch>,
+        slices: Vec<RecordBatch>,
+    }
+
+    impl Checkpoints {
+        fn take(&mut self, op: &mut CarryOperator, whole: bool) {
+            let (points, slices) = if whole {
+                self.points.clear();
+                self.slices.clear();
+                op.saved();
+                op.snapshot().unwrap()
+            } else {
+                op.changes().unwrap()
+            };
+            self.points.push(points);
+            self.slices.push(slices);
+        }
+
+        fn restore(&self, spec: &CarrySpec) -> CarryOperator {
+            let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
+            op.restore(&self.points, &self.slices).unwrap();
+            op
+        }
+    }
+
     #[test]
     fn random_series_match_the_reference_through_a_restore() {
         let mut rng = StdRng::seed_from_u64(9);
@@ -698,14 +771,14 @@ mod tests {
         }
         let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
         let mut got: HashMap<&str, Vec<[Option<f64>; 5]>> = HashMap::new();
+        let mut checkpoints = Checkpoints::default();
         for (n, chunk) in rows.chunks(7).enumerate() {
+            // Restored from a whole checkpoint and up to 8 incremental ones after it.
             if n % 5 == 4 {
-                let (state, slices) = op.snapshot().unwrap();
-                let mut restored = CarryOperator::new(spec.clone(), &schema()).unwrap();
-                restored.restore(&state, Some(&slices)).unwrap();
-                op = restored;
+                op = checkpoints.restore(&spec);
             }
             let out = op.apply(&batch(chunk)).unwrap();
+            checkpoints.take(&mut op, n % 9 == 0);
             let cols: Vec<Vec<Option<f64>>> = CARRY_SUFFIXES
                 .iter()
                 .map(|s| column(&out, &format!("mean_{s}")))
@@ -760,7 +833,7 @@ mod tests {
         let want = op.apply(&next).unwrap();
         for state in [&state, &legacy] {
             let mut restored = CarryOperator::new(spec(2), &schema()).unwrap();
-            restored.restore(state, None).unwrap();
+            restored.restore(std::slice::from_ref(state), &[]).unwrap();
             assert_eq!(restored.apply(&next).unwrap(), want);
         }
     }
@@ -795,31 +868,44 @@ mod tests {
 
     #[test]
     fn a_late_window_between_earlier_ones_keeps_the_baseline_exact() {
-        // Minutes 0..10 except 5, then 5 arrives late, then 10 and 11: every z-score equals the
-        // reference over the complete series.
+        // Minutes 0..10 except 5, then 5 arrives late with a revision of 8, then 10 and 11:
+        // every z-score equals the reference over the complete series, also when the stage was
+        // restored in between from a whole checkpoint and one of the late windows (which
+        // rewrites the windows after 5: the revised 8 must replace the 8 before).
         let spec = spec(3);
-        let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
-        let value = |m: i64| ((m * 37) % 11) as f64;
+        let value = |m: i64| if m == 8 { 20.0 } else { ((m * 37) % 11) as f64 };
         let early: Vec<_> = (0..10)
             .filter(|&m| m != 5)
-            .map(|m| ("a", m * MINUTE, Some(value(m))))
+            .map(|m| ("a", m * MINUTE, Some(((m * 37) % 11) as f64)))
             .collect();
+        let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
+        let mut checkpoints = Checkpoints::default();
         op.apply(&batch(&early)).unwrap();
-        op.apply(&batch(&[("a", 5 * MINUTE, Some(value(5)))]))
-            .unwrap();
-        let out = op
-            .apply(&batch(&[
-                ("a", 10 * MINUTE, Some(value(10))),
-                ("a", 11 * MINUTE, Some(value(11))),
-            ]))
-            .unwrap();
-        let series: Vec<(i64, f64)> = (0..12).map(|m| (m * MINUTE, value(m))).collect();
-        let want = reference(&series, &spec);
-        assert_eq!(
-            column(&out, "mean_robust_z"),
-            vec![want[10][3], want[11][3]]
-        );
-        assert_eq!(column(&out, "mean_excess"), vec![want[10][4], want[11][4]]);
+        checkpoints.take(&mut op, true);
+        op.apply(&batch(&[
+            ("a", 5 * MINUTE, Some(value(5))),
+            ("a", 8 * MINUTE, Some(value(8))),
+        ]))
+        .unwrap();
+        checkpoints.take(&mut op, false);
+        assert_eq!(checkpoints.points[1].num_rows(), 5, "minutes 5 to 9");
+        let restored = checkpoints.restore(&spec);
+        assert_eq!(restored.most_values_held(), op.most_values_held());
+        for mut op in [op, restored] {
+            let out = op
+                .apply(&batch(&[
+                    ("a", 10 * MINUTE, Some(value(10))),
+                    ("a", 11 * MINUTE, Some(value(11))),
+                ]))
+                .unwrap();
+            let series: Vec<(i64, f64)> = (0..12).map(|m| (m * MINUTE, value(m))).collect();
+            let want = reference(&series, &spec);
+            assert_eq!(
+                column(&out, "mean_robust_z"),
+                vec![want[10][3], want[11][3]]
+            );
+            assert_eq!(column(&out, "mean_excess"), vec![want[10][4], want[11][4]]);
+        }
     }
 
     #[test]
@@ -847,16 +933,33 @@ mod tests {
         let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
         let mut uninterrupted = CarryOperator::new(spec.clone(), &schema()).unwrap();
         let mut got = Vec::new();
+        let mut checkpoints = Checkpoints::default();
         for (n, chunk) in series.chunks(30).enumerate() {
+            // A whole checkpoint, then an incremental one per half hour for a day and a half
+            // (slices sealed and expired meanwhile), restored from all of them.
             if n == 100 {
-                let (state, slices) = op.snapshot().unwrap();
-                assert!(slices.num_rows() > 0, "sealed slices are checkpointed");
-                op = CarryOperator::new(spec.clone(), &schema()).unwrap();
-                op.restore(&state, Some(&slices)).unwrap();
+                assert!(checkpoints.points.len() > 70);
+                assert!(
+                    checkpoints
+                        .slices
+                        .iter()
+                        .filter(|s| s.num_rows() > 0)
+                        .count()
+                        > 30,
+                    "slices sealed since the whole checkpoint are added"
+                );
+                assert!(
+                    checkpoints.points[1..].iter().all(|p| p.num_rows() <= 31),
+                    "an incremental checkpoint holds the new windows only"
+                );
+                let held = op.most_values_held();
+                op = checkpoints.restore(&spec);
+                assert_eq!(op.most_values_held(), held, "what had expired stays gone");
             }
             let rows: Vec<_> = chunk.iter().map(|&(s, v)| ("a", s, Some(v))).collect();
             let out = op.apply(&batch(&rows)).unwrap();
             assert_eq!(out, uninterrupted.apply(&batch(&rows)).unwrap());
+            checkpoints.take(&mut op, n == 25);
             let cols: Vec<Vec<Option<f64>>> = CARRY_SUFFIXES
                 .iter()
                 .map(|s| column(&out, &format!("mean_{s}")))
@@ -942,7 +1045,7 @@ mod tests {
         )
         .unwrap();
         let mut restored = CarryOperator::new(spec.clone(), &schema()).unwrap();
-        restored.restore(&legacy, None).unwrap();
+        restored.restore(&[legacy], &[]).unwrap();
         let held = restored.most_values_held();
         assert!((64..=120 + 23 * 16).contains(&held), "{held} values held");
     }
