@@ -13,8 +13,8 @@
 //! Checkpoints are incremental: a part its operator gives as what was added since its last
 //! checkpoint (window rows, carried windows) is written as one more file of that part, and the
 //! manifest lists the part's files since its last whole one, oldest first. Every so often
-//! ([`CheckpointStore::next_snapshot`]) the operators are asked for their whole state instead,
-//! which starts the parts' files afresh. The two newest checkpoints are kept, with every file
+//! ([`CheckpointStore::next_snapshot`], per stage) an operator is asked for its whole state
+//! instead, which starts its parts' files afresh. The two newest checkpoints are kept, with every file
 //! they list; the rest go.
 //!
 //! How restart uses it is in [`run`](super::run).
@@ -196,23 +196,23 @@ impl CheckpointStore {
         &self.location
     }
 
-    /// What the next checkpoint should ask of the operators: their changes, while the files
-    /// added since the last whole checkpoint are fewer than [`LONGEST_CHAIN`] per part and
-    /// smaller than that whole state (so a restore reads at most about twice the state);
-    /// otherwise, and when there is no checkpoint to add to, the whole state.
-    pub fn next_snapshot(&self) -> Snapshot {
+    /// What the next checkpoint should ask of `stage`'s operator: its changes, while the files
+    /// added to its parts since their last whole ones are fewer than [`LONGEST_CHAIN`] per part
+    /// and smaller than those whole ones together (so a restore reads at most about twice the
+    /// stage's state); otherwise, and when there is no checkpoint of it to add to, its whole
+    /// state.
+    pub fn next_snapshot(&self, stage: &str) -> Snapshot {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(files) = last.as_ref() else {
+        let Some(parts) = last.as_ref().and_then(|files| files.get(stage)) else {
             return Snapshot::Whole;
         };
-        let chains = files.values().flat_map(BTreeMap::values);
         let (mut whole, mut added, mut longest) = (0, 0, 0);
-        for chain in chains {
+        for chain in parts.values() {
             whole += chain.first().map_or(0, |f| f.bytes);
             added += chain.iter().skip(1).map(|f| f.bytes).sum::<u64>();
             longest = longest.max(chain.len());
         }
-        if longest >= LONGEST_CHAIN || added >= whole {
+        if parts.is_empty() || longest >= LONGEST_CHAIN || added >= whole {
             Snapshot::Whole
         } else {
             Snapshot::Changes
@@ -610,9 +610,18 @@ mod tests {
                 "_stratus/pipe/checkpoints/cycle-{cycle:020}/{name}"
             ))
         };
-        assert_eq!(store.next_snapshot(), Snapshot::Whole, "nothing to add to");
+        assert_eq!(
+            store.next_snapshot("w"),
+            Snapshot::Whole,
+            "nothing to add to"
+        );
         let first = store.save(&checkpoint(1)).await.unwrap();
-        assert_eq!(store.next_snapshot(), Snapshot::Changes);
+        assert_eq!(store.next_snapshot("w"), Snapshot::Changes);
+        assert_eq!(
+            store.next_snapshot("p"),
+            Snapshot::Whole,
+            "a stage of no parts"
+        );
         let second = store.save(&incremental(2, vec![20])).await.unwrap();
         let third = store.save(&incremental(3, vec![30, 31])).await.unwrap();
         assert!(second.written < first.written, "{second:?} vs {first:?}");
@@ -645,7 +654,7 @@ mod tests {
             .save(&incremental(4, (0..5_000).collect()))
             .await
             .unwrap();
-        assert_eq!(store.next_snapshot(), Snapshot::Whole);
+        assert_eq!(store.next_snapshot("w"), Snapshot::Whole);
         store.save(&checkpoint(5)).await.unwrap();
         assert!(file(1, "w.window.arrow").exists(), "cycle 4 lists it still");
         store.save(&incremental(6, vec![60])).await.unwrap();

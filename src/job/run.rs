@@ -54,7 +54,7 @@ use super::retry::{GaveUp, Retry};
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::{Health, problem};
-use crate::operator::{Collector, Context, Operator, OperatorError, Snapshot};
+use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
 use crate::sink::delta::with_event_date;
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
@@ -485,9 +485,13 @@ pub async fn run_pipeline(
                 cycle += 1;
                 let started = Instant::now();
                 saving.wait().await?;
-                let kind = checkpoints.next_snapshot();
-                let checkpoint =
-                    checkpoint_of(cycle, pipeline.backfill, &sources, &mut stages, kind)?;
+                let checkpoint = checkpoint_of(
+                    cycle,
+                    pipeline.backfill,
+                    &sources,
+                    &mut stages,
+                    &checkpoints,
+                )?;
                 let sizes = [&metrics.checkpoint_bytes, &metrics.checkpoint_state_bytes]
                     .map(|m| m.with_label_values(&[pipeline.name.as_str()]));
                 saving.start(&checkpoints, checkpoint, &retry, sizes);
@@ -500,6 +504,11 @@ pub async fn run_pipeline(
         }
         if stopping || (drained && replay.is_none()) {
             saving.wait().await?;
+            for slot in sinks.iter_mut() {
+                if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
+                    sink.finish_compaction(true).await;
+                }
+            }
             // The last positions reach the group for sure (an async commit may still be queued).
             for s in sources.iter().filter(|s| s.moved && !pipeline.backfill) {
                 commit_to_group(s, CommitMode::Sync);
@@ -663,13 +672,14 @@ impl Saving {
     }
 }
 
-/// The state after `cycle`, in memory: each stage's whole, or its changes (`kind`).
+/// The state after `cycle`, in memory: each stage's whole, or its changes since the checkpoint
+/// before (as `store` asks).
 fn checkpoint_of(
     cycle: i64,
     backfill: bool,
     sources: &[SourceRuntime],
     stages: &mut [StageRuntime],
-    kind: Snapshot,
+    store: &CheckpointStore,
 ) -> Result<Checkpoint, RunError> {
     let mut checkpoint = Checkpoint {
         cycle,
@@ -686,6 +696,7 @@ fn checkpoint_of(
         checkpoint.sources.insert(s.plan.name.clone(), state);
     }
     for st in stages {
+        let kind = store.next_snapshot(&st.name);
         let state = st.op.checkpoint(kind).map_err(|source| RunError::Stage {
             stage: st.name.clone(),
             source,

@@ -126,6 +126,8 @@ pub struct DeltaSink {
     table: DeltaTable,
     commits_since_checkpoint: u64,
     files_since_compaction: usize,
+    /// A compaction running beside the appends, if any: the partitions it compacted.
+    compacting: Option<tokio::task::JoinHandle<Result<u64, DeltaTableError>>>,
 }
 
 /// Compacted files are written up to this size: 128 MiB.
@@ -188,6 +190,7 @@ impl DeltaSink {
             table,
             commits_since_checkpoint: 0,
             files_since_compaction: 0,
+            compacting: None,
         })
     }
 
@@ -195,6 +198,26 @@ impl DeltaSink {
         SinkError::Delta {
             table: self.config.location.clone(),
             source: Box::new(source),
+        }
+    }
+
+    /// Takes the outcome of the compaction running beside the appends, once it has ended —
+    /// or (`wait`) waiting for it to end.
+    pub async fn finish_compaction(&mut self, wait: bool) {
+        let Some(handle) = self.compacting.take_if(|h| wait || h.is_finished()) else {
+            return;
+        };
+        match handle.await {
+            Ok(Ok(partitions)) => tracing::info!(
+                "{}: compacted {partitions} partitions",
+                self.config.location
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                "{}: compaction failed, the files stay as they are (`stratus maintain` compacts \
+                 them, or the next compaction): {e}",
+                self.config.location
+            ),
+            Err(e) => tracing::warn!("{}: compaction stopped: {e}", self.config.location),
         }
     }
 
@@ -291,6 +314,8 @@ impl DeltaSink {
         if widened.is_empty() {
             return Ok(());
         }
+        // The rewrite removes every file: a compaction removing some of them must not race it.
+        self.finish_compaction(true).await;
         let ctx = datafusion::prelude::SessionContext::new();
         self.table
             .update_datafusion_session(&ctx.state())
@@ -378,28 +403,22 @@ impl DeltaSink {
         self.table = table;
         let files = self.file_count().saturating_sub(files_before);
         self.files_since_compaction += files;
+        self.finish_compaction(false).await;
         let limit = self.config.compact_after_files;
-        if limit > 0 && self.files_since_compaction >= limit {
-            // Inline, after the append: the stream waits for it once every `limit` files, and
-            // a crash loses nothing (it is one atomic commit, or none). A compaction that fails
-            // only leaves the files as they are: it is tried again after `limit` more.
+        if limit > 0 && self.files_since_compaction >= limit && self.compacting.is_none() {
+            // Beside the stream, not in its way: appends read nothing, so they and the
+            // compaction's one commit never conflict (each that loses the race to the log is
+            // retried by delta-rs on top of the other), and a crash loses nothing (the
+            // compaction commits once, or not at all). A compaction that fails only leaves the
+            // files as they are: it is tried again after `limit` more.
             let target =
                 std::num::NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(std::num::NonZeroU64::MIN);
-            match compact(self.table.clone(), target).await {
-                Ok((table, partitions)) => {
-                    tracing::info!(
-                        "{}: compacted {partitions} partitions after {} new files",
-                        self.config.location,
-                        self.files_since_compaction
-                    );
-                    self.table = table;
-                }
-                Err(e) => tracing::warn!(
-                    "{}: compaction failed, the files stay as they are (`stratus maintain` \
-                     compacts them, or the next compaction): {e}",
-                    self.config.location
-                ),
-            }
+            let table = self.table.clone();
+            self.compacting = Some(tokio::spawn(async move {
+                compact(table, target)
+                    .await
+                    .map(|(_, partitions)| partitions)
+            }));
             self.files_since_compaction = 0;
         }
         self.commits_since_checkpoint += 1;
@@ -496,6 +515,8 @@ mod tests {
         sink.commit(vec![second], &Marks::from([("cycle".to_string(), 2)]))
             .await
             .unwrap();
+        sink.finish_compaction(true).await;
+        sink.table.update_state().await.unwrap();
         assert_eq!(
             sink.file_count(),
             1,
