@@ -124,6 +124,14 @@ enum Command {
         /// Days of event time for --soak.
         #[arg(long, default_value_t = 7)]
         days: usize,
+        /// Instead: produce this many events/s for --seconds while the pipeline reads them
+        /// live (1- and 5-second windows), and print p50/p99 from each window's close to its
+        /// results on the topic and in Delta.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Seconds to produce at --rate.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
         /// The pipeline's `commit.max_rows`: events per cycle (fewer: lower latency and memory,
         /// more per-cycle work).
         #[arg(long, default_value_t = 200_000)]
@@ -137,6 +145,10 @@ enum Command {
         /// Internal: run the soak pipeline file and report each day (the soak's child process).
         #[arg(long, hide = true)]
         soak_pipeline: Option<PathBuf>,
+        /// Internal: run a bench pipeline file live until it has read --events, and report
+        /// (the child process of --rate).
+        #[arg(long, hide = true)]
+        live_pipeline: Option<PathBuf>,
     },
     /// Run the embedded default job: an in-process Kafka, generated cloud metrics,
     /// validation with a dead-letter topic, and a local Delta table, then a summary.
@@ -724,12 +736,17 @@ fn command(functions: Functions) -> Result<()> {
             soak,
             days,
             soak_pipeline,
+            rate,
+            seconds,
+            live_pipeline,
         } => {
             let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
-            if let Some(file) = run_pipeline {
-                return Ok(
-                    runtime.block_on(crate::bench::run_pipeline_file(&brokers, &file, events))?
-                );
+            for (file, live) in [(run_pipeline, false), (live_pipeline, true)] {
+                if let Some(file) = file {
+                    return Ok(runtime.block_on(crate::bench::run_pipeline_file(
+                        &brokers, &file, events, live,
+                    ))?);
+                }
             }
             if let Some(file) = soak_pipeline {
                 return Ok(runtime.block_on(crate::bench::soak::soak_pipeline_file(
@@ -738,6 +755,19 @@ fn command(functions: Functions) -> Result<()> {
             }
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
+            }
+            if let Some(rate) = rate {
+                let config = crate::bench::rate::RateConfig {
+                    brokers,
+                    rate,
+                    seconds,
+                    keys,
+                    partitions,
+                    max_rows,
+                    root: std::env::current_dir()?,
+                    work_dir: std::path::absolute(&dir)?,
+                };
+                return Ok(runtime.block_on(crate::bench::rate::rate(&config))?);
             }
             if soak {
                 let config = crate::bench::soak::SoakConfig {

@@ -21,6 +21,7 @@
 //! [`soak`] runs the same pipeline over days of event time instead: what a day costs, day
 //! after day.
 
+pub mod rate;
 pub mod soak;
 
 use std::io::Write;
@@ -144,6 +145,23 @@ fn reset_peak_rss() -> f64 {
     status_mib("VmRSS:")
 }
 
+/// Creates `topic` with `partitions`.
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(topic, source)| BenchError::CreateTopic { topic, source })?;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -153,9 +171,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// The bench pipeline over `source`: cycles of exactly `max_rows` events (its byte limit lies
-/// past them).
-fn pipeline_yaml(root: &Path, name: &str, source: &str, max_rows: usize) -> String {
-    let root = root.display();
+/// past them), its window stages' SQL from `sql` (the repository's `sql/`, or shorter windows).
+fn pipeline_yaml(root: &Path, sql: &Path, name: &str, source: &str, max_rows: usize) -> String {
+    let (root, sql) = (root.display(), sql.display());
     format!(
         r#"name: {name}
 sources:
@@ -164,8 +182,8 @@ sources:
     schema: {root}/schemas/cloud.metrics.json
     event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 30s}}
 stages:
-  features_1m: {{sql: {root}/sql/cloud_metrics_1m.sql, carry: {{columns: [mean, p95], baseline: 24h}}}}
-  features_5m: {{sql: {root}/sql/cloud_metrics_5m.sql, carry: {{columns: [mean, max], baseline: 24h}}}}
+  features_1m: {{sql: {sql}/cloud_metrics_1m.sql, carry: {{columns: [mean, p95], baseline: 24h}}}}
+  features_5m: {{sql: {sql}/cloud_metrics_5m.sql, carry: {{columns: [mean, max], baseline: 24h}}}}
 sinks:
   raw: {{from: metrics, delta: {{table: raw_metrics, partition_by: [date]}}}}
   features_1m: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
@@ -187,22 +205,46 @@ pub struct RunReport {
     pub peak_rss_mib: Option<f64>,
     #[serde(default)]
     pub tenths: Vec<f64>,
+    /// Window firings while the first tenth of the events was read (a live run's start).
+    #[serde(default)]
+    pub warmup_firings: usize,
 }
 
 /// The child's side of a measurement: runs the pipeline file to the end (a backfill of
-/// `events`), into tables beside it (the file's path without `.yaml`), and prints a
-/// [`RunReport`] as one JSON line on stdout.
-pub async fn run_pipeline_file(brokers: &str, file: &Path, events: usize) -> Result<()> {
+/// `events`) — or, `live`, as `stratus run` runs it, until it has read `events` — into tables
+/// beside it (the file's path without `.yaml`), and prints a [`RunReport`] as one JSON line on
+/// stdout.
+pub async fn run_pipeline_file(
+    brokers: &str,
+    file: &Path,
+    events: usize,
+    live: bool,
+) -> Result<()> {
     let pipeline = Pipeline::load(file).await?;
     let tables = file.with_extension("").display().to_string();
-    let run = RunConfig::backfill(brokers, &tables, Default::default());
+    let mut run = RunConfig::backfill(brokers, &tables, Default::default());
+    run.until_caught_up = !live;
     let started = Instant::now();
     let mut tenths = Vec::new();
     let mut last = Instant::now();
     let tenth = (events as u64 / 10).max(1);
-    let summary = run_marking(&pipeline, &run, tenth, |_, _| {
+    let mut warmup_firings = 0;
+    let stop_after = live.then_some(events as u64);
+    let summary = run_marking(&pipeline, &run, tenth, stop_after, |n, metrics| {
         tenths.push(tenth as f64 / last.elapsed().as_secs_f64());
         last = Instant::now();
+        if n == 1 {
+            warmup_firings = pipeline
+                .stages
+                .iter()
+                .map(|s| {
+                    metrics
+                        .window_flush_seconds
+                        .with_label_values(&[pipeline.name.as_str(), s.name.as_str()])
+                        .get_sample_count() as usize
+                })
+                .sum();
+        }
         Ok(())
     })
     .await?;
@@ -211,18 +253,20 @@ pub async fn run_pipeline_file(brokers: &str, file: &Path, events: usize) -> Res
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: Some(peak_rss_mib()).filter(|m| m.is_finite()),
         tenths,
+        warmup_firings,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
-/// Runs `pipeline` to the end with metrics of its own and calls `mark(n, metrics)` each time
-/// the events read pass another multiple `n` of `every` (seen every 20 ms: as a cycle's reading
-/// ends).
+/// Runs `pipeline` to the end (or until it has read `stop_after` events) with metrics of its
+/// own and calls `mark(n, metrics)` each time the events read pass another multiple `n` of
+/// `every` (seen every 20 ms: as a cycle's reading ends).
 async fn run_marking(
     pipeline: &Pipeline,
     config: &RunConfig,
     every: u64,
+    stop_after: Option<u64>,
     mut mark: impl FnMut(u64, &PipelineMetrics) -> Result<()>,
 ) -> Result<RunSummary> {
     let metrics = PipelineMetrics::new();
@@ -238,12 +282,13 @@ async fn run_marking(
             })
             .sum()
     };
+    let stop = tokio::sync::Notify::new();
     let run = run_pipeline(
         pipeline,
         config,
         metrics.clone(),
         Health::new(),
-        std::future::pending(),
+        stop.notified(),
     );
     tokio::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -255,6 +300,9 @@ async fn run_marking(
                 while read() >= next * every {
                     mark(next, &metrics)?;
                     next += 1;
+                }
+                if stop_after.is_some_and(|n| read() >= n) {
+                    stop.notify_one();
                 }
             }
         }
@@ -271,7 +319,13 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
     let file = config.work_dir.join(format!("{name}.yaml"));
     std::fs::write(
         &file,
-        pipeline_yaml(&config.root, name, source, config.max_rows),
+        pipeline_yaml(
+            &config.root,
+            &config.root.join("sql"),
+            name,
+            source,
+            config.max_rows,
+        ),
     )?;
     let out = tokio::process::Command::new(std::env::current_exe()?)
         .args(["bench", "--brokers", &config.brokers, "--events"])
@@ -312,22 +366,7 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
 
     // Load: the topic and the file hold the same events; one minute of event time per
     // `keys` events, generated a minute at a time so that loading stays small in memory.
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                config.partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(topic, source)| BenchError::CreateTopic { topic, source })?;
-    }
+    create_topic(&config.brokers, &topic, config.partitions).await?;
     let file = config.work_dir.join("events.jsonl");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&file).map_err(|source| {
         BenchError::Create {

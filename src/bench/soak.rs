@@ -5,8 +5,8 @@
 //! the bench pipeline (raw rows, 1- and 5-minute features with 24-hour carried baselines, to
 //! Delta and a topic), which runs as a process of its own, as `stratus run` would. Out: one row
 //! per simulated day, reported by that process as the day's last event is read: its resident
-//! set size and peak, the bytes of its newest checkpoint (every checkpoint holds the whole
-//! state, so this is the state's size too) and events/s over the day. Flat rows from day 2 on
+//! set size and peak, the bytes its newest checkpoint wrote beside the bytes of the state that
+//! checkpoint stands for, and events/s over the day. Flat rows from day 2 on
 //! (day 1 fills the 24-hour baselines) say the state is bounded.
 
 use std::io::Write;
@@ -78,7 +78,13 @@ pub async fn soak(config: &SoakConfig) -> Result<()> {
     let source = format!("file: {{path: {}}}", pipe.display());
     std::fs::write(
         &file,
-        pipeline_yaml(&config.root, &name, &source, config.max_rows),
+        pipeline_yaml(
+            &config.root,
+            &config.root.join("sql"),
+            &name,
+            &source,
+            config.max_rows,
+        ),
     )?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["bench", "--brokers", &config.brokers, "--keys"])
@@ -155,7 +161,7 @@ pub async fn soak_pipeline_file(brokers: &str, file: &Path, keys: usize) -> Resu
     let config = RunConfig::backfill(brokers, &tables, Default::default());
     let per_day = (keys.max(1) * DAY_MINUTES) as u64;
     let mut started = Instant::now();
-    run_marking(&pipeline, &config, per_day, |day, metrics| {
+    run_marking(&pipeline, &config, per_day, None, |day, metrics| {
         let line = DayReport {
             day: day as usize,
             events: day * per_day,

@@ -40,30 +40,7 @@ pub fn metric_events(
             let r = i % resources;
             let step = (i / resources) as i64;
             let ts_ms = end_ms - (steps - step) * 60_000;
-            let (metric, unit) = METRICS[r % METRICS.len()];
-            let resource_id = format!("i-{:017x}", 0xabc000 + r);
-            let base = 20.0 + (r % 7) as f64 * 8.0;
-            let value = match unit {
-                "Percent" => (base + rng.random_range(-5.0..5.0_f64)).clamp(0.0, 100.0),
-                "Bytes" => (base * 1e5 * rng.random_range(0.5..1.5_f64)).round(),
-                _ => f64::from(rng.random_bool(0.01)),
-            };
-            let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_default();
-            let mut event = json!({
-                "ts": ts,
-                "account_id": format!("1234567890{:02}", r % 4),
-                "region": "us-east-1",
-                "az": ZONES[r % ZONES.len()],
-                "resource_id": resource_id,
-                "service": "EC2",
-                "namespace": "AWS/EC2",
-                "metric": metric,
-                "value": value,
-                "unit": unit,
-                "dimensions": {"InstanceId": resource_id, "AutoScalingGroupName": format!("asg-{}", r % 5)}
-            });
+            let (mut event, key) = metric_event(r, ts_ms, &mut rng);
             let valid = rng.random_range(0..1000) >= invalid_per_mille;
             let payload = if valid {
                 event.to_string().into_bytes()
@@ -71,12 +48,42 @@ pub fn metric_events(
                 corrupt(&mut event, &mut rng)
             };
             GeneratedEvent {
-                key: resource_id,
+                key,
                 payload,
                 valid,
             }
         })
         .collect()
+}
+
+/// The data point of EC2 instance number `resource` at `ts_ms`, and its key (the instance id).
+pub fn metric_event(resource: usize, ts_ms: i64, rng: &mut StdRng) -> (serde_json::Value, String) {
+    let r = resource;
+    let (metric, unit) = METRICS[r % METRICS.len()];
+    let resource_id = format!("i-{:017x}", 0xabc000 + r);
+    let base = 20.0 + (r % 7) as f64 * 8.0;
+    let value = match unit {
+        "Percent" => (base + rng.random_range(-5.0..5.0_f64)).clamp(0.0, 100.0),
+        "Bytes" => (base * 1e5 * rng.random_range(0.5..1.5_f64)).round(),
+        _ => f64::from(rng.random_bool(0.01)),
+    };
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let event = json!({
+        "ts": ts,
+        "account_id": format!("1234567890{:02}", r % 4),
+        "region": "us-east-1",
+        "az": ZONES[r % ZONES.len()],
+        "resource_id": resource_id,
+        "service": "EC2",
+        "namespace": "AWS/EC2",
+        "metric": metric,
+        "value": value,
+        "unit": unit,
+        "dimensions": {"InstanceId": resource_id, "AutoScalingGroupName": format!("asg-{}", r % 5)}
+    });
+    (event, resource_id)
 }
 
 /// Makes a valid `cloud.metrics` event invalid in one of five ways the validator must catch.

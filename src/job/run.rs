@@ -64,10 +64,11 @@ use crate::sink::{
 };
 use crate::source::SourceError;
 use crate::source::reader::{
-    DeadLetters, ReadConfig, SideOutputs, SourceRuntime, caught_up, commit_to_group, now_us,
+    DeadLetters, ReadConfig, SideOutputs, SourceRuntime, Until, caught_up, commit_to_group, now_us,
     open_source, poll_source, report_consumer_lag,
 };
 use crate::validate::TimeBounds;
+use crate::window::WindowSpec;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,9 @@ pub struct RunSummary {
     /// For each firing of a window stage: seconds from the watermark passing the windows' end
     /// (the start of the flush that fired them) to their results being committed to every sink.
     pub window_latencies: Vec<f64>,
+    /// The same firings: seconds to their results being delivered by every Kafka sink.
+    #[serde(default)]
+    pub window_topic_latencies: Vec<f64>,
     /// Seconds spent per phase of the loop (as `stratus_cycle_seconds_total`).
     pub phase_seconds: std::collections::BTreeMap<String, f64>,
 }
@@ -422,6 +426,8 @@ pub async fn run_pipeline(
     let mut summary = RunSummary::default();
     let mut last_flush = Instant::now();
     let mut saving = Saving::default();
+    // The windows of the pipeline's stages: where a live read stops (see `Until`).
+    let windows: Vec<WindowSpec> = pipeline.stages.iter().filter_map(|s| s.window()).collect();
     tokio::pin!(shutdown);
     loop {
         let stopping = tokio::select! {
@@ -429,20 +435,26 @@ pub async fn run_pipeline(
             () = &mut shutdown => true,
             () = tokio::task::yield_now() => false,
         };
-        let (mut pending, mut pending_bytes) = (0, 0);
+        let (mut pending, mut pending_bytes, mut until_reached) = (0, 0, false);
         let reading = Instant::now();
         for s in sources.iter_mut() {
             // A replayed cycle reads to its recorded end, whatever the limits are now.
-            let (rows, bytes) = match s.replay_to {
-                Some(_) => (usize::MAX, usize::MAX),
+            let (rows, bytes, until) = match s.replay_to {
+                Some(_) => (usize::MAX, usize::MAX, None),
                 None => (
                     pipeline.max_rows.saturating_sub(s.pending_events),
                     pipeline.max_bytes,
+                    Some(Until {
+                        deadline: last_flush
+                            + Duration::from_micros(pipeline.max_interval.max(0) as u64),
+                        closes_at: next_close(&windows, s.watermark.current()),
+                    }),
                 ),
             };
-            let polled = poll_source(pipeline, s, &metrics, rows, bytes)?;
+            let polled = poll_source(pipeline, s, &metrics, rows, bytes, until)?;
             summary.events += polled.events;
             summary.invalid += polled.invalid;
+            until_reached |= polled.until_reached;
             pending += s.pending_events;
             pending_bytes += s.pending_bytes;
         }
@@ -452,8 +464,10 @@ pub async fn run_pipeline(
         // A cycle closes after exactly `max_rows` events (valid or not), or after the event
         // that brings its payloads to `max_bytes`, while data flows, so cycle boundaries — and
         // with them watermarks and lateness — follow the offsets.
+        // A live stream's cycle also closes as soon as its watermark closes a window.
         let due = pending >= pipeline.max_rows
             || pending_bytes >= pipeline.max_bytes
+            || until_reached
             || last_flush.elapsed().as_micros() as i64 >= pipeline.max_interval;
         // A backfill flushes as soon as it has read everything; a stream keeps to the limits,
         // so a trickle of events does not become a stream of tiny commits.
@@ -515,6 +529,21 @@ pub async fn run_pipeline(
             }
             return Ok(summary);
         }
+    }
+}
+
+/// The source watermark at which the next window of `windows` closes after `flushed`, the
+/// watermark the stages last saw: before there is one, any watermark (the first flush gives the
+/// stages one); without windows, none.
+fn next_close(windows: &[WindowSpec], flushed: i64) -> i64 {
+    match flushed {
+        _ if windows.is_empty() => i64::MAX,
+        i64::MIN => i64::MIN + 1,
+        w => windows
+            .iter()
+            .filter_map(|spec| spec.next_close(w))
+            .min()
+            .unwrap_or(i64::MAX),
     }
 }
 
@@ -905,6 +934,10 @@ async fn flush(
         }
     }
     summary.spent(metrics, &pipeline.name, "kafka sinks", publishing);
+    let published = fired_at.elapsed().as_secs_f64();
+    summary
+        .window_topic_latencies
+        .extend(fired.iter().map(|_| published));
     // The cycle before must be checkpointed before this one commits anywhere.
     let waited = Instant::now();
     cycle.previous.wait().await?;

@@ -85,7 +85,23 @@ pub(crate) enum DeadLetters {
 pub(crate) struct Polled {
     pub events: u64,
     pub invalid: u64,
+    /// The read stopped at its [`Until`]: the cycle is to end now.
+    pub until_reached: bool,
 }
+
+/// Where a read of a live stream stops before its row and byte limits: at `deadline` (the
+/// cycle's time limit), or after the event that brings the source's watermark to `closes_at`,
+/// where windows close — so their results go out at once, not after a cycle's worth of later
+/// events. Live: the message was appended to Kafka within [`LIVE`] of being read. A backlog
+/// (and a file) reads on to the limits, so catching up keeps its large cycles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Until {
+    pub deadline: Instant,
+    pub closes_at: i64,
+}
+
+/// A message appended this recently (ms) is read live.
+const LIVE: i64 = 5_000;
 
 pub(crate) enum Reader {
     Kafka {
@@ -549,6 +565,7 @@ pub(crate) fn poll_source(
     metrics: &PipelineMetrics,
     max_rows: usize,
     max_bytes: usize,
+    until: Option<Until>,
 ) -> Result<Polled, SourceError> {
     let source_name = s.plan.name.clone();
     let labels = [pipeline.name.as_str(), source_name.as_str()];
@@ -604,6 +621,17 @@ pub(crate) fn poll_source(
                         payload,
                         now,
                     )?;
+                    if let Some(until) = until {
+                        let appended = m.timestamp().to_millis().unwrap_or(i64::MIN);
+                        let live = now_us() / 1_000 - appended < LIVE;
+                        if live
+                            && (Instant::now() >= until.deadline
+                                || s.watermark.peek(now_us()) >= until.closes_at)
+                        {
+                            polled.until_reached = true;
+                            break;
+                        }
+                    }
                 }
                 // A message read, or with nothing arriving the brokers answering, says the
                 // outage is over.

@@ -34,6 +34,21 @@ pub enum WindowSpec {
 }
 
 impl WindowSpec {
+    /// The first watermark after `watermark` at which a window closes (tumbling and hopping
+    /// windows end on a grid); none for sessions, nor before there is a watermark.
+    pub fn next_close(&self, watermark: i64) -> Option<i64> {
+        let (step, offset) = match *self {
+            WindowSpec::Tumble { size } => (size, 0),
+            WindowSpec::Hop { slide, size } => (slide, size.rem_euclid(slide.max(1))),
+            WindowSpec::Session { .. } => return None,
+        };
+        if step <= 0 || watermark == i64::MIN {
+            return None;
+        }
+        let k = (watermark - offset).div_euclid(step).checked_add(1)?;
+        k.checked_mul(step)?.checked_add(offset)
+    }
+
     /// How long after its last possible event a window can close: its size (or the gap).
     pub fn span(&self) -> i64 {
         match *self {
@@ -335,6 +350,28 @@ pub fn micros_to_duration(us: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_close_is_the_next_window_end_after_the_watermark() {
+        const M: i64 = 60_000_000;
+        let tumble = WindowSpec::Tumble { size: M };
+        assert_eq!(tumble.next_close(5 * M + 3), Some(6 * M));
+        assert_eq!(
+            tumble.next_close(5 * M),
+            Some(6 * M),
+            "5m has closed already"
+        );
+        assert_eq!(tumble.next_close(-1), Some(0));
+        assert_eq!(tumble.next_close(i64::MIN), None);
+        let hop = WindowSpec::Hop {
+            slide: 2 * M,
+            size: 5 * M,
+        };
+        // Windows start at even minutes and end at odd ones.
+        assert_eq!(hop.next_close(4 * M), Some(5 * M));
+        assert_eq!(hop.next_close(5 * M), Some(7 * M));
+        assert_eq!(WindowSpec::Session { gap: M }.next_close(0), None);
+    }
 
     #[test]
     fn tumble_is_rewritten_to_window_columns() {

@@ -105,6 +105,12 @@ impl WatermarkTracker {
 
     /// The watermark at processing time `now`.
     pub fn watermark(&mut self, now: i64) -> i64 {
+        self.current = self.peek(now);
+        self.current
+    }
+
+    /// What [`watermark`](Self::watermark) would give at `now`, without moving it.
+    pub fn peek(&self, now: i64) -> i64 {
         let active = self
             .partitions
             .values()
@@ -112,12 +118,12 @@ impl WatermarkTracker {
             .map(|c| c.max_event_time)
             .min();
         let candidate = active.or_else(|| self.partitions.values().map(|c| c.max_event_time).max());
-        if let Some(t) = candidate {
-            self.current = self
+        match candidate {
+            Some(t) => self
                 .current
-                .max(t.saturating_sub(self.max_out_of_orderness));
+                .max(t.saturating_sub(self.max_out_of_orderness)),
+            None => self.current,
         }
-        self.current
     }
 }
 

@@ -18,6 +18,7 @@ mod forecast_stage;
 mod functions;
 mod ingest;
 mod kafka;
+mod latency;
 mod maintain;
 mod onnx;
 mod outage;

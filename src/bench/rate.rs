@@ -1,0 +1,179 @@
+//! `stratus bench --rate R`: how soon a window's results are out once the watermark closes it,
+//! on a live stream.
+//!
+//! In: a rate (events/s), seconds and keys. The bench produces `cloud.metrics` events at that
+//! steady rate into a fresh topic, each stamped with the time it is produced (the keys in turn,
+//! each every `keys / rate` seconds), while the bench pipeline reads the topic live, as a
+//! process of its own run as `stratus run` runs it (not a backfill): its cycles end at
+//! `max_rows`, `max_bytes` or `max_interval`, and as soon as the watermark closes a window. Its
+//! window stages are the bench pipeline's with 1- and 5-second windows instead of 1 and 5
+//! minutes, so that a minute gives a hundred firings to take percentiles of. Out: for the
+//! firings after the first tenth of the events (the pipeline's start), seconds from the close
+//! (the flush the closing event starts) to the results delivered to the output topic and
+//! committed to every Delta table: p50, p99 and max; the rate produced and read; peak RSS.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::{BenchError, Result, RunReport, create_topic, percentile, pipeline_yaml};
+use crate::demo::events::metric_event;
+use crate::kafka::producer_config;
+use crate::say;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct RateConfig {
+    pub brokers: String,
+    /// Events per second produced.
+    pub rate: u64,
+    pub seconds: u64,
+    pub keys: usize,
+    pub partitions: i32,
+    /// The pipeline's `commit.max_rows`.
+    pub max_rows: usize,
+    /// The repository root (for the schema and SQL files).
+    pub root: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+/// Produces at the rate while the pipeline reads live, and prints the latencies.
+pub async fn rate(config: &RateConfig) -> Result<()> {
+    std::fs::create_dir_all(&config.work_dir)?;
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let name = format!("bench-rate-{stamp}");
+    let topic = format!("stratus-bench-rate-{stamp}");
+    let events = config.rate * config.seconds;
+    say!(
+        "stratus bench --rate: {} events/s for {} s ({events} events), {} keys, {} partitions, cycles of at most {} events or 1 s, 2 cores",
+        config.rate,
+        config.seconds,
+        config.keys,
+        config.partitions,
+        config.max_rows
+    );
+    create_topic(&config.brokers, &topic, config.partitions).await?;
+    // The bench pipeline's SQL with windows of seconds.
+    let sql = config.work_dir.join("sql");
+    std::fs::create_dir_all(&sql)?;
+    for (file, from, to) in [
+        ("cloud_metrics_1m.sql", "'1 minute'", "'1 second'"),
+        ("cloud_metrics_5m.sql", "'5 minutes'", "'5 seconds'"),
+    ] {
+        let text = std::fs::read_to_string(config.root.join("sql").join(file))?;
+        std::fs::write(sql.join(file), text.replace(from, to))?;
+    }
+    let file = config.work_dir.join(format!("{name}.yaml"));
+    let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}");
+    std::fs::write(
+        &file,
+        pipeline_yaml(&config.root, &sql, &name, &source, config.max_rows),
+    )?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "--brokers", &config.brokers, "--events"])
+        .arg(events.to_string())
+        .arg("--live-pipeline")
+        .arg(&file)
+        .stderr(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(BenchError::Start)?;
+    let produced = produce(config, &topic).await?;
+    say!("produced {events} events at {produced:.0} events/s; the pipeline reads on to the last");
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(BenchError::RunFailed {
+            file,
+            status: out.status,
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: RunReport = serde_json::from_str(line).map_err(|source| BenchError::Report {
+        line: line.to_string(),
+        source,
+    })?;
+    let summary = &report.summary;
+    let measured = |all: &[f64]| {
+        let mut v = all
+            .get(report.warmup_firings..)
+            .unwrap_or_default()
+            .to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (topic_s, delta_s) = (
+        measured(&summary.window_topic_latencies),
+        measured(&summary.window_latencies),
+    );
+    say!("");
+    say!("| window close → | firings | p50 (ms) | p99 (ms) | max (ms) |");
+    say!("| --- | ---: | ---: | ---: | ---: |");
+    for (what, v) in [
+        ("delivered to the topic", &topic_s),
+        ("committed to Delta", &delta_s),
+    ] {
+        say!(
+            "| {what} | {} | {:.0} | {:.0} | {:.0} |",
+            v.len(),
+            1000.0 * percentile(v, 50.0),
+            1000.0 * percentile(v, 99.0),
+            1000.0 * v.last().copied().unwrap_or(f64::NAN)
+        );
+    }
+    say!("");
+    let phases = summary
+        .phase_seconds
+        .iter()
+        .map(|(phase, secs)| format!("{phase} {secs:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    say!(
+        "read {} events in {:.1} s; peak RSS {} MiB; seconds per phase: {phases}",
+        summary.events,
+        report.seconds,
+        report
+            .peak_rss_mib
+            .map_or("n/a".to_string(), |m| format!("{m:.0}"))
+    );
+    Ok(())
+}
+
+/// Produces `rate × seconds` events at a steady rate, each stamped when it is produced; returns
+/// the rate reached.
+async fn produce(config: &RateConfig, topic: &str) -> Result<f64> {
+    let producer: FutureProducer = producer_config(&config.brokers)
+        .set("linger.ms", "5")
+        .create()?;
+    let total = config.rate * config.seconds;
+    let keys = config.keys.max(1);
+    let mut rng = StdRng::seed_from_u64(7);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * config.rate as f64) as u64).min(total);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        while sent < due {
+            let (event, key) = metric_event(sent as usize % keys, now_ms, &mut rng);
+            let payload = event.to_string();
+            let record = FutureRecord::to(topic).key(&key).payload(&payload);
+            match producer.send_result(record) {
+                // Delivery is not awaited one by one: the queue is flushed at the end.
+                Ok(_) => sent += 1,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(BenchError::Load(e)),
+            }
+        }
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    tokio::task::block_in_place(|| rdkafka::producer::Producer::flush(&producer, None))?;
+    Ok(rate)
+}
