@@ -444,7 +444,8 @@ pub async fn run_pipeline(
                 None => (
                     pipeline.max_rows.saturating_sub(s.pending_events),
                     pipeline.max_bytes,
-                    Some(Until {
+                    // A run to the end of what is there reads as a backlog does.
+                    (!config.until_caught_up).then(|| Until {
                         deadline: last_flush
                             + Duration::from_micros(pipeline.max_interval.max(0) as u64),
                         closes_at: next_close(&windows, s.watermark.current()),

@@ -93,7 +93,8 @@ pub(crate) struct Polled {
 /// cycle's time limit), or after the event that brings the source's watermark to `closes_at`,
 /// where windows close — so their results go out at once, not after a cycle's worth of later
 /// events. Live: the message was appended to Kafka within [`LIVE`] of being read. A backlog
-/// (and a file) reads on to the limits, so catching up keeps its large cycles.
+/// (and a file, and a run to the end of what is there) reads on to the limits, so catching up
+/// keeps its large cycles.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Until {
     pub deadline: Instant,

@@ -345,6 +345,11 @@ impl KeyHistory {
         judged(x, median, mad)
     }
 
+    /// Whether [`for_each_sealed`](Self::for_each_sealed) has slices to give.
+    pub fn has_sealed(&self, only_new: bool) -> bool {
+        !self.slices.is_empty() && (!only_new || self.unsaved_slices > 0)
+    }
+
     /// Calls `f` with each sealed slice's kept values of each column (ascending), column by
     /// column, oldest slice first: for a checkpoint, all of them or (`only_new`) those sealed
     /// since the last.

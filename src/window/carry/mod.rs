@@ -311,6 +311,9 @@ impl CarryOperator {
                     columns[2 * j + 1].push(p.ewma(j));
                 }
             }
+            if !history.has_sealed(only_new) {
+                continue;
+            }
             sealed.next(key)?;
             history.for_each_sealed(only_new, |part| {
                 sealed.push();
