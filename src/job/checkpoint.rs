@@ -111,13 +111,16 @@ impl Stored {
     }
 }
 
-/// The state files `files` lists, as `(cycle, file name)`.
+/// The state files `files` lists, as `(cycle, file name)`, each name as the store lists it
+/// (percent-encoded where a stage's name needs it).
 fn listed(files: &Files) -> impl Iterator<Item = (i64, String)> + '_ {
     files.iter().flat_map(|(stage, parts)| {
         parts.iter().flat_map(move |(part, chain)| {
-            chain
-                .iter()
-                .map(move |f| (f.cycle, CheckpointStore::state_file(stage, part)))
+            let file = CheckpointStore::state_file(stage, part);
+            let name = object_store::path::PathPart::from(file.as_str())
+                .as_ref()
+                .to_string();
+            chain.iter().map(move |f| (f.cycle, name.clone()))
         })
     })
 }
@@ -664,6 +667,37 @@ mod tests {
         assert_eq!(
             got.stages["w"].state.parts["window"],
             vec![rows(vec![5, 2, 3]), rows(vec![60])]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn files_of_a_stage_whose_name_the_store_encodes_are_kept_while_listed() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-encoded-{}", std::process::id()));
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        let renamed = |c: Checkpoint| {
+            let mut c = c;
+            let w = c.stages.remove("w").unwrap();
+            c.stages.insert("w#1%".into(), w);
+            c
+        };
+        store.save(&renamed(checkpoint(1))).await.unwrap();
+        for cycle in 2..=4 {
+            store
+                .save(&renamed(incremental(cycle, vec![cycle])))
+                .await
+                .unwrap();
+        }
+        let got = store.latest().await.unwrap().unwrap();
+        assert_eq!(
+            got.stages["w#1%"].state.parts["window"],
+            vec![
+                rows(vec![1, 2, 3]),
+                rows(vec![2]),
+                rows(vec![3]),
+                rows(vec![4])
+            ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -314,8 +314,13 @@ impl DeltaSink {
         if widened.is_empty() {
             return Ok(());
         }
-        // The rewrite removes every file: a compaction removing some of them must not race it.
+        // The rewrite removes every file: a compaction removing some of them must not race it,
+        // and one that has committed must be seen (its files replaced those the table held).
         self.finish_compaction(true).await;
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| self.delta_error(e))?;
         let ctx = datafusion::prelude::SessionContext::new();
         self.table
             .update_datafusion_session(&ctx.state())
@@ -486,6 +491,59 @@ mod tests {
             .unwrap();
         assert_eq!(d.values().to_vec(), vec![0, 0, -1, 20240]);
         assert!(with_event_date(&batch, "nope").is_err());
+    }
+
+    /// The rows of `table`, counted through DataFusion.
+    async fn count_rows(table: &DeltaTable) -> usize {
+        let ctx = datafusion::prelude::SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        let df = ctx
+            .read_table(table.table_provider().await.unwrap())
+            .unwrap();
+        df.count().await.unwrap()
+    }
+
+    /// Two commits of an integer column start a compaction beside the stream; a third with the
+    /// column as a number widens the table: the rewrite sees the compaction's file, so every row
+    /// is there once.
+    #[tokio::test]
+    async fn a_widening_after_a_compaction_keeps_every_row_once() {
+        use arrow::array::{Float64Array, Int64Array};
+        let dir = std::env::temp_dir().join(format!("stratus-widen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = DeltaSink::open(DeltaSinkConfig {
+            location: dir.display().to_string(),
+            partition_columns: Vec::new(),
+            pipeline: "p".into(),
+            checkpoint_interval: 0,
+            compact_after_files: 2,
+            storage_options: HashMap::new(),
+        })
+        .await
+        .unwrap();
+        let ints = |v: i64| {
+            let a: ArrayRef = Arc::new(Int64Array::from(vec![v]));
+            RecordBatch::try_from_iter([("v", a)]).unwrap()
+        };
+        for cycle in 1..=2 {
+            sink.commit(
+                vec![ints(cycle)],
+                &Marks::from([("cycle".to_string(), cycle)]),
+            )
+            .await
+            .unwrap();
+        }
+        let number: ArrayRef = Arc::new(Float64Array::from(vec![3.5]));
+        let widened = RecordBatch::try_from_iter([("v", number)]).unwrap();
+        sink.commit(vec![widened], &Marks::from([("cycle".to_string(), 3)]))
+            .await
+            .unwrap();
+        sink.finish_compaction(true).await;
+        let table = open_table(&dir.display().to_string(), &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(count_rows(&table).await, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Two commits of one row, the second with a column more; compacted after two files.

@@ -623,8 +623,10 @@ pub(crate) fn poll_source(
                         now,
                     )?;
                     if let Some(until) = until {
-                        let appended = m.timestamp().to_millis().unwrap_or(i64::MIN);
-                        let live = now_us() / 1_000 - appended < LIVE;
+                        // A message without a timestamp is not taken for a live one.
+                        let live = m.timestamp().to_millis().is_some_and(|appended| {
+                            (now_us() / 1_000).saturating_sub(appended) < LIVE
+                        });
                         if live
                             && (Instant::now() >= until.deadline
                                 || s.watermark.peek(now_us()) >= until.closes_at)

@@ -45,7 +45,10 @@ impl WindowSpec {
         if step <= 0 || watermark == i64::MIN {
             return None;
         }
-        let k = (watermark - offset).div_euclid(step).checked_add(1)?;
+        let k = watermark
+            .checked_sub(offset)?
+            .div_euclid(step)
+            .checked_add(1)?;
         k.checked_mul(step)?.checked_add(offset)
     }
 

@@ -193,13 +193,17 @@ impl KeyHistory {
         self.data.drain(..keep_from * 2 * width);
         while self.slices.front().is_some_and(|s| s.first < from) {
             if let Some(gone) = self.slices.pop_front() {
-                let tag = gone.tag();
-                for sealed in &mut self.sealed {
-                    let mut keep = sealed.tags.iter().map(|&t| t != tag);
-                    sealed.values.retain(|_| keep.next().unwrap_or(true));
-                    sealed.tags.retain(|&t| t != tag);
-                }
+                self.drop_values_of(gone.tag());
             }
+        }
+    }
+
+    /// Removes the sealed values of the slice tagged `tag`.
+    fn drop_values_of(&mut self, tag: u8) {
+        for sealed in &mut self.sealed {
+            let mut keep = sealed.tags.iter().map(|&t| t != tag);
+            sealed.values.retain(|_| keep.next().unwrap_or(true));
+            sealed.tags.retain(|&t| t != tag);
         }
     }
 
@@ -413,6 +417,21 @@ impl KeyHistory {
             return false;
         }
         self.sealed.resize_with(width, Sealed::default);
+        // A slice of the same tag, 256 slices older or newer: a whole checkpoint and the
+        // additions after it can hold both (a key silent for that long, then back), a baseline
+        // never. The older has expired.
+        let tag = part.number.rem_euclid(256) as u8;
+        if let Some(at) = self
+            .slices
+            .iter()
+            .position(|s| s.tag() == tag && s.number != part.number)
+        {
+            if self.slices[at].number > part.number {
+                return true;
+            }
+            self.slices.remove(at);
+            self.drop_values_of(tag);
+        }
         let at = match self.slices.iter().position(|s| s.number == part.number) {
             Some(at) => at,
             None => {
@@ -462,8 +481,10 @@ impl KeyHistory {
         if let Some(newest) = self.newest() {
             self.expire(newest, baseline, width);
         }
-        self.seal(width, span);
+        // What the checkpoint holds is saved; slices sealed now (of a checkpoint written
+        // before slices) are not yet.
         self.saved();
+        self.seal(width, span);
     }
 
     /// Values held per column, exact and summarised: what memory the key costs.

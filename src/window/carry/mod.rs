@@ -1051,5 +1051,37 @@ mod tests {
         restored.restore(&[legacy], &[]).unwrap();
         let held = restored.most_values_held();
         assert!((64..=120 + 23 * 16).contains(&held), "{held} values held");
+        // The slices sealed on restore are in no checkpoint yet: the next one adds them.
+        let (_, sealed_now) = restored.changes().unwrap();
+        assert!(sealed_now.num_rows() > 0);
+    }
+
+    #[test]
+    fn a_key_back_after_256_slices_restores_from_a_whole_checkpoint_and_additions() {
+        // Windows every 5 s against a 24-minute baseline (slices of a minute): an hour, a whole
+        // checkpoint, silence until minute 256, then windows again with a checkpoint of the
+        // additions every 10 minutes. The slices of the baseline at minute 316 share their
+        // tags (number mod 256) with those the whole checkpoint holds, which had expired.
+        let mut spec = spec(60);
+        spec.baseline = 24 * MINUTE;
+        let second = MINUTE / 60;
+        let value = |t: i64| ((t / second * 7919) % 101) as f64;
+        let rows = |from: i64, to: i64| -> Vec<(&str, i64, Option<f64>)> {
+            (from * 12..to * 12)
+                .map(|k| ("a", k * 5 * second, Some(value(k * 5 * second))))
+                .collect()
+        };
+        let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
+        let mut checkpoints = Checkpoints::default();
+        op.apply(&batch(&rows(0, 60))).unwrap();
+        checkpoints.take(&mut op, true);
+        for from in (256..316).step_by(10) {
+            op.apply(&batch(&rows(from, from + 10))).unwrap();
+            checkpoints.take(&mut op, false);
+        }
+        let mut restored = checkpoints.restore(&spec);
+        assert_eq!(restored.most_values_held(), op.most_values_held());
+        let next = batch(&rows(316, 326));
+        assert_eq!(restored.apply(&next).unwrap(), op.apply(&next).unwrap());
     }
 }
