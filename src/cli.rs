@@ -85,6 +85,12 @@ enum Command {
         /// Run only the stages up to and including STAGE, and the sinks they feed.
         #[arg(long, value_name = "STAGE")]
         until_stage: Option<String>,
+        /// Run as one worker of the pipeline's consumer group (its first source's `group`):
+        /// each process started so takes a share of the partitions, with state per partition
+        /// that moves with it when workers join or leave. The pipeline's topics need as many
+        /// partitions each, and producers must key events by the stages' keys.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Keep Delta tables healthy: compact each partition's small files, write a log
     /// checkpoint and remove expired log files, and vacuum data files no version within the
@@ -524,6 +530,7 @@ async fn run(
     config: crate::job::run::RunConfig,
     metrics_addr: std::net::SocketAddr,
     overrides: crate::pipeline::Overrides,
+    cluster: bool,
 ) -> Result<()> {
     use crate::metrics::server::{ServerState, serve};
 
@@ -568,8 +575,12 @@ async fn run(
         }
         eprintln!("stratus: stopping: flushing and committing");
     };
-    let summary =
-        crate::job::run::run_pipeline(&pipeline, &config, metrics, health, shutdown).await?;
+    let summary = match cluster {
+        true => crate::cluster::run_member(&pipeline, &config, metrics, health, shutdown).await?,
+        false => {
+            crate::job::run::run_pipeline(&pipeline, &config, metrics, health, shutdown).await?
+        }
+    };
     eprintln!(
         "stratus: stopped: {} events ({} invalid, {} too late) in {} cycles",
         summary.events, summary.invalid, summary.late, summary.cycles
@@ -603,13 +614,18 @@ fn explained(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The log filter unless `RUST_LOG` says otherwise.
+pub const QUIET: &str =
+    "warn,buoyant_kernel::snapshot::builder=off,deltalake_core::kernel::transaction=error";
+
 fn command(functions: Functions) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 // delta-kernel logs an ERROR when probing a table that does not exist yet,
-                // which is how every new table starts.
-                tracing_subscriber::EnvFilter::new("warn,buoyant_kernel::snapshot::builder=off")
+                // which is how every new table starts; delta-rs a WARN each time a commit lost
+                // the race to another writer's and is made on top of it, routine with workers.
+                tracing_subscriber::EnvFilter::new(QUIET)
             }),
         )
         .with_writer(std::io::stderr)
@@ -618,7 +634,19 @@ fn command(functions: Functions) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
+    let outcome = dispatch(cli.command, functions, &runtime);
+    // What a failed run left in flight (a table read on a blocking thread) is not waited for:
+    // cancelled by a waiting shutdown, delta-kernel's reads panic instead of ending.
+    runtime.shutdown_background();
+    outcome
+}
+
+fn dispatch(
+    command: Command,
+    functions: Functions,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<()> {
+    match command {
         Command::Validate { file } => {
             let overrides = crate::pipeline::Overrides {
                 functions,
@@ -666,6 +694,7 @@ fn command(functions: Functions) -> Result<()> {
             replay,
             name,
             until_stage,
+            cluster,
         } => {
             let replay = replay
                 .iter()
@@ -694,8 +723,9 @@ fn command(functions: Functions) -> Result<()> {
                 max_future: std::time::Duration::from_secs(300),
                 give_up_after: duration("give-up-after", &give_up_after)?,
                 watermark_stuck_after: duration("watermark-stuck-after", &watermark_stuck_after)?,
+                shard: None,
             };
-            runtime.block_on(run(file, config, metrics_addr, overrides))?
+            runtime.block_on(run(file, config, metrics_addr, overrides, cluster))?
         }
         Command::Maintain {
             tables,
@@ -805,7 +835,7 @@ fn command(functions: Functions) -> Result<()> {
             };
             runtime.block_on(crate::demo::run(&config))?;
         }
-        Command::Evaluate(command) => evaluate(command, &runtime)?,
+        Command::Evaluate(command) => evaluate(command, runtime)?,
         Command::Models(command) => runtime.block_on(models(command))?,
         Command::Generate(args) => generate(args)?,
     }

@@ -23,6 +23,7 @@
 //! - [`check`]: what checking each kind of stage reads and gives, below every kind;
 //! - [`pipeline`]: pipeline files, checked before anything runs;
 //! - [`job`]: stages wired into runnable jobs;
+//! - [`cluster`]: many workers running one pipeline, a shard per partition;
 //! - [`demo`]: the embedded default job behind `stratus demo`;
 //! - [`cli`]: the `stratus` command line, callable with a program's own SQL functions;
 //! - [`evaluate`]: `stratus evaluate`, detectors and forecasts measured on labelled data;
@@ -31,6 +32,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod columns;
 pub mod console;
 pub mod decide;

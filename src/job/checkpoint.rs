@@ -184,7 +184,16 @@ impl CheckpointStore {
             crate::sink::open_store(table_root, storage_options).map_err(store_err)?;
         let prefix = root
             .parts()
-            .chain(Path::from_iter(["_stratus", pipeline, "checkpoints"]).parts())
+            // A shard's name (`<pipeline>/partition-<n>`) is a folder in its pipeline's.
+            .chain(
+                Path::from_iter(
+                    ["_stratus"]
+                        .into_iter()
+                        .chain(pipeline.split('/'))
+                        .chain(["checkpoints"]),
+                )
+                .parts(),
+            )
             .collect();
         Ok(CheckpointStore {
             store,

@@ -51,12 +51,13 @@ use rdkafka::error::KafkaError;
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
 use super::retry::{GaveUp, Retry};
+use crate::cluster::Shard;
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::{Health, problem};
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
-use crate::sink::delta::with_event_date;
+use crate::sink::delta::{CYCLE_MARK, with_event_date};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::side_files::{Side, SideFileError, SideFiles};
 use crate::sink::{
@@ -98,6 +99,13 @@ pub enum RunError {
     Backfill(String),
     #[error(transparent)]
     GaveUp(#[from] GaveUp),
+    #[error("consumer group: {0}")]
+    Cluster(String),
+    #[error("partition {partition}: {source}")]
+    Shard {
+        partition: i32,
+        source: Box<RunError>,
+    },
 }
 
 impl From<KafkaSinkError> for RunError {
@@ -126,6 +134,9 @@ pub struct RunConfig {
     /// How long a source's watermark may stand still while its events arrive before the run
     /// is not ready (windows do not close meanwhile).
     pub watermark_stuck_after: Duration,
+    /// Run one partition of the sources, as a worker of the pipeline's consumer group does:
+    /// under its own checkpoints and Delta marks, claiming the tables' marks for it.
+    pub shard: Option<Shard>,
 }
 
 /// [`RunConfig::give_up_after`] unless set: librdkafka's own default for a delivery.
@@ -151,6 +162,7 @@ impl RunConfig {
             max_future: Duration::from_secs(300),
             give_up_after: GIVE_UP_AFTER,
             watermark_stuck_after: WATERMARK_STUCK_AFTER,
+            shard: None,
         }
     }
 }
@@ -240,8 +252,6 @@ struct Replay {
     watermarks: HashMap<String, i64>,
 }
 
-const CYCLE_MARK: &str = "cycle";
-
 /// How long the brokers have to answer one ask at start; unanswered, it is asked again (see
 /// [`wait_for_brokers`]).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -279,8 +289,13 @@ pub async fn run_pipeline(
         tracing::info!("pipeline {}: Kafka at {kafka:?}", pipeline.name);
     }
 
+    // A shard keeps its own checkpoints and marks: its state moves with its partition.
+    let instance = match &config.shard {
+        Some(shard) => shard.instance(&pipeline.name),
+        None => pipeline.name.clone(),
+    };
     let checkpoints =
-        CheckpointStore::open(&config.table_root, &pipeline.name, &config.storage_options)?;
+        CheckpointStore::open(&config.table_root, &instance, &config.storage_options)?;
     let restored = checkpoints.latest().await?.unwrap_or_default();
     if restored.cycle > 0 && restored.backfill != pipeline.backfill {
         return Err(RunError::Restart(if pipeline.backfill {
@@ -318,7 +333,7 @@ pub async fn run_pipeline(
                 sink: DeltaSink::open(DeltaSinkConfig {
                     location: resolve_location(&config.table_root, table),
                     partition_columns: partition_by.clone(),
-                    pipeline: pipeline.name.clone(),
+                    pipeline: instance.clone(),
                     checkpoint_interval: pipeline.checkpoint_every,
                     compact_after_files: pipeline.compact_after_files,
                     storage_options: config.storage_options.clone(),
@@ -351,12 +366,37 @@ pub async fn run_pipeline(
         });
     }
 
+    if restored.cycle == 0 {
+        refuse_other_layout(pipeline, config, &sinks).await?;
+    }
+    if config.shard.is_some() {
+        for slot in sinks.iter_mut() {
+            if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
+                // Retried as a commit is: other workers' commits race it to the log.
+                let mut attempts = retry.attempts(problem::sink(&slot.name), "delta_commit");
+                let epoch = loop {
+                    match sink.claim().await {
+                        Ok(epoch) => break epoch,
+                        Err(e) if e.is_transient() => attempts.failed(e).await?,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                attempts.succeeded();
+                tracing::info!(
+                    "sink {}: {instance} claimed (owner epoch {epoch})",
+                    slot.name
+                );
+            }
+        }
+    }
+
     let mut sources = Vec::new();
     let read = ReadConfig {
         kafka: &kafka,
         max_future: config.max_future,
         until_caught_up: config.until_caught_up,
         side: &side,
+        shard: config.shard.as_ref(),
     };
     for plan in &pipeline.sources {
         let start = restored.sources.get(&plan.name);
@@ -546,6 +586,38 @@ fn next_close(windows: &[WindowSpec], flushed: i64) -> i64 {
             .min()
             .unwrap_or(i64::MAX),
     }
+}
+
+/// Before a first cycle: a pipeline's tables hold the cycles of a run as one process, or of
+/// its workers' shards, never both (their state and marks are kept apart, and neither could
+/// continue the other's): a start that finds the other kind refuses, saying what to do.
+async fn refuse_other_layout(
+    pipeline: &Pipeline,
+    config: &RunConfig,
+    sinks: &[SinkSlot],
+) -> Result<(), RunError> {
+    let (other, what) = match &config.shard {
+        Some(_) => (
+            pipeline.name.clone(),
+            "a run of it as one process (`stratus run`); its workers keep state per partition",
+        ),
+        None => (
+            Shard::instance_of(&pipeline.name, 0),
+            "its workers (`stratus run --cluster`), which keep state per partition; one process",
+        ),
+    };
+    for slot in sinks {
+        if let SinkRuntime::Delta { sink, .. } = &slot.runtime
+            && let Some(cycle) = sink.app_mark(&format!("{other}/{CYCLE_MARK}")).await?
+        {
+            return Err(RunError::Restart(format!(
+                "the Delta table of sink `{}` holds cycle {cycle} of `{}` from {what} cannot \
+                 continue them: run as before, or under another name (--name) with new tables",
+                slot.name, pipeline.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the Delta tables' cycle marks against the restored checkpoint: when some tables

@@ -8,6 +8,11 @@
 //! advanced); a crash after it duplicates nothing (on restart the pipeline reads the marks back
 //! with [`DeltaSink::mark`]). `deltalake` does not check that versions only grow.
 //!
+//! Several processes may append to one table, each under its own marks (a worker's partition
+//! of a pipeline, see `cluster`): delta-rs retries an append that lost the race to the log on
+//! top of the other. A partition that moves to another worker is fenced: see
+//! [`DeltaSink::claim`].
+//!
 //! Works on local paths and on `s3://` (conditional put: no lock service is needed).
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +39,15 @@ pub enum SinkError {
     Location { location: String, message: String },
     #[error("cannot derive the `date` partition: {0}")]
     Arrow(#[from] ArrowError),
+    #[error(
+        "Delta table {table}: {app} was taken over by another process ({why}); this one \
+         commits nothing more for it"
+    )]
+    Fenced {
+        table: String,
+        app: String,
+        why: String,
+    },
 }
 
 impl SinkError {
@@ -43,18 +57,31 @@ impl SinkError {
         let SinkError::Delta { source, .. } = self else {
             return false;
         };
-        use deltalake::kernel::transaction::TransactionError;
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
         match source.as_ref() {
             DeltaTableError::ObjectStore { .. }
             | DeltaTableError::Io { .. }
             | DeltaTableError::VersionAlreadyExists(_) => true,
-            // A conflict delta-rs could not resolve is another writer committing the same
-            // marks (a second process of the pipeline): never retried, or rows would repeat.
+            // delta-kernel keeps an object store's failure as a variant of its own, with no
+            // `source()` to follow: only its text tells.
+            DeltaTableError::KernelError(e)
+                if e.to_string()
+                    .starts_with("Error interacting with object store") =>
+            {
+                true
+            }
+            // Another writer created the table first, or changed its schema: read it again
+            // and append on top. Any other conflict delta-rs could not resolve is another
+            // writer committing the same marks: never retried, or rows would repeat.
             DeltaTableError::Transaction { source } => matches!(
                 source,
                 TransactionError::ObjectStore { .. }
                     | TransactionError::VersionAlreadyExists(_)
                     | TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::CommitConflict(
+                        CommitConflictError::MetadataChanged
+                            | CommitConflictError::ProtocolChanged(_)
+                    )
             ),
             other => caused_by_io(other),
         }
@@ -72,6 +99,12 @@ fn caused_by_io(e: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+/// The mark of the pipeline's cycle a commit completes.
+pub const CYCLE_MARK: &str = "cycle";
+
+/// The mark of the owner epoch (see [`DeltaSink::claim`]).
+pub const OWNER_MARK: &str = "owner";
 
 /// Offsets a commit covers: for each `(topic, partition)`, the next offset to read.
 pub type SourceOffsets = HashMap<(String, i32), i64>;
@@ -128,6 +161,8 @@ pub struct DeltaSink {
     files_since_compaction: usize,
     /// A compaction running beside the appends, if any: the partitions it compacted.
     compacting: Option<tokio::task::JoinHandle<Result<u64, DeltaTableError>>>,
+    /// The owner epoch this process claimed, if it claimed the marks (see [`Self::claim`]).
+    owner: Option<i64>,
 }
 
 /// Compacted files are written up to this size: 128 MiB.
@@ -191,7 +226,100 @@ impl DeltaSink {
             commits_since_checkpoint: 0,
             files_since_compaction: 0,
             compacting: None,
+            owner: None,
         })
+    }
+
+    /// Claims the table's marks for this process, fencing out any earlier one: records an owner
+    /// epoch one above the table's in a commit of its own (on a table not yet created, the first
+    /// append records epoch 1). From then on every commit carries the epoch in a `txn` action
+    /// of the same app id, so it fails if the table shows a later owner, or if, since the
+    /// table state it was prepared against, any commit recorded that app id (delta-rs's
+    /// conflict check) — a worker that lost its partition while paused or cut off commits
+    /// nothing once the new owner has claimed it. A commit also fails if the table already
+    /// holds its cycle (another process committed it first).
+    pub async fn claim(&mut self) -> Result<i64, SinkError> {
+        use deltalake::kernel::transaction::CommitBuilder;
+        use deltalake::protocol::{DeltaOperation, OutputMode};
+        if !self.read_again().await? {
+            self.owner = Some(1);
+            return Ok(1);
+        }
+        let epoch = self.mark(OWNER_MARK).await?.unwrap_or(0) + 1;
+        let app_id = self.app_id(OWNER_MARK);
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_error(e))?;
+        let commit = CommitBuilder::default()
+            .with_actions(vec![deltalake::kernel::Action::Txn(Transaction::new(
+                app_id.clone(),
+                epoch,
+            ))])
+            .build(
+                Some(snapshot),
+                self.table.log_store(),
+                DeltaOperation::StreamingUpdate {
+                    output_mode: OutputMode::Append,
+                    query_id: app_id,
+                    epoch_id: epoch,
+                },
+            )
+            .await
+            .map_err(|e| self.commit_error(e))?;
+        self.table.state = Some(commit.snapshot());
+        self.owner = Some(epoch);
+        Ok(epoch)
+    }
+
+    /// Reads the table's log again, to its newest commit; false while the table has none.
+    async fn read_again(&mut self) -> Result<bool, SinkError> {
+        let loaded = match self.table.version() {
+            Some(_) => self.table.update_state().await,
+            None => self.table.load().await,
+        };
+        match loaded {
+            Ok(()) => Ok(true),
+            Err(DeltaTableError::NotATable(_)) => Ok(false),
+            Err(e) => Err(self.delta_error(e)),
+        }
+    }
+
+    /// Before a commit of a claimed table: whether it is still this process's to commit.
+    async fn check_owner(&self, owner: i64, marks: &Marks) -> Result<(), SinkError> {
+        let fenced = |why: String| SinkError::Fenced {
+            table: self.config.location.clone(),
+            app: self.config.pipeline.clone(),
+            why,
+        };
+        if let Some(recorded) = self.mark(OWNER_MARK).await?
+            && recorded > owner
+        {
+            return Err(fenced(format!(
+                "its owner epoch is {recorded}, this process claimed {owner}"
+            )));
+        }
+        if let (Some(&cycle), Some(recorded)) =
+            (marks.get(CYCLE_MARK), self.mark(CYCLE_MARK).await?)
+            && recorded >= cycle
+        {
+            return Err(fenced(format!(
+                "the table holds its cycle {recorded}, this commit would be cycle {cycle}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A failed commit's error: a conflict over this process's marks is a fence.
+    fn commit_error(&self, source: DeltaTableError) -> SinkError {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+        match &source {
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+            } => SinkError::Fenced {
+                table: self.config.location.clone(),
+                app: self.config.pipeline.clone(),
+                why: "another process committed its marks meanwhile".into(),
+            },
+            _ => self.delta_error(source),
+        }
     }
 
     fn delta_error(&self, source: DeltaTableError) -> SinkError {
@@ -238,12 +366,17 @@ impl DeltaSink {
 
     /// The value of `mark` as of the last commit that recorded it (none: never recorded).
     pub async fn mark(&self, mark: &str) -> Result<Option<i64>, SinkError> {
+        self.app_mark(&self.app_id(mark)).await
+    }
+
+    /// The version of the `txn` app id `app_id`, whoever recorded it.
+    pub async fn app_mark(&self, app_id: &str) -> Result<Option<i64>, SinkError> {
         if self.table.version().is_none() {
             return Ok(None);
         }
         let state = self.table.snapshot().map_err(|e| self.delta_error(e))?;
         state
-            .transaction_version(self.table.log_store().as_ref(), self.app_id(mark))
+            .transaction_version(self.table.log_store().as_ref(), app_id)
             .await
             .map_err(|e| self.delta_error(e))
     }
@@ -268,15 +401,8 @@ impl DeltaSink {
     /// went through. (All marks go in one commit; checking each also catches another writer
     /// that committed the same cycle with other offsets.)
     pub async fn recorded(&mut self, marks: &Marks) -> Result<bool, SinkError> {
-        let loaded = match self.table.version() {
-            Some(_) => self.table.update_state().await,
-            None => self.table.load().await,
-        };
-        match loaded {
-            Ok(()) => {}
-            // A table still without its first commit.
-            Err(DeltaTableError::NotATable(_)) => return Ok(false),
-            Err(e) => return Err(self.delta_error(e)),
+        if !self.read_again().await? {
+            return Ok(false);
         }
         for (mark, value) in marks {
             if self.mark(mark).await? != Some(*value) {
@@ -390,10 +516,14 @@ impl DeltaSink {
             });
         }
         self.widen_for(&batches[0].schema()).await?;
-        let txns: Vec<Transaction> = marks
+        let mut txns: Vec<Transaction> = marks
             .iter()
             .map(|(mark, value)| Transaction::new(self.app_id(mark), *value))
             .collect();
+        if let Some(owner) = self.owner {
+            self.check_owner(owner, marks).await?;
+            txns.push(Transaction::new(self.app_id(OWNER_MARK), owner));
+        }
         let files_before = self.file_count();
         let table = self.table.clone();
         let table = table
@@ -404,7 +534,7 @@ impl DeltaSink {
             .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
             .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
             .await
-            .map_err(|e| self.delta_error(e))?;
+            .map_err(|e| self.commit_error(e))?;
         self.table = table;
         let files = self.file_count().saturating_sub(files_before);
         self.files_since_compaction += files;
@@ -501,6 +631,66 @@ mod tests {
             .read_table(table.table_provider().await.unwrap())
             .unwrap();
         df.count().await.unwrap()
+    }
+
+    /// Partition 0 of pipeline `p` is claimed by A, then by B, then by C, while partition 1
+    /// appends to the same table: A (its table state older than B's claim) and B (its state
+    /// read again after C's claim) commit nothing more; C, and partition 1 on top of C's
+    /// appends, commit; a cycle the table holds is not committed twice.
+    #[tokio::test]
+    async fn a_partition_claimed_again_fences_its_earlier_owners() {
+        use arrow::array::Int64Array;
+        let dir = std::env::temp_dir().join(format!("stratus-fence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = |shard: &str| {
+            DeltaSink::open(DeltaSinkConfig {
+                location: dir.display().to_string(),
+                partition_columns: Vec::new(),
+                pipeline: format!("p/{shard}"),
+                checkpoint_interval: 0,
+                compact_after_files: 0,
+                storage_options: HashMap::new(),
+            })
+        };
+        let rows = |v: i64| {
+            let a: ArrayRef = Arc::new(Int64Array::from(vec![v]));
+            vec![RecordBatch::try_from_iter([("v", a)]).unwrap()]
+        };
+        let cycle = |c: i64| Marks::from([(CYCLE_MARK.to_string(), c)]);
+        let fenced = |r: Result<CommitStats, SinkError>| match r {
+            Err(SinkError::Fenced { why, .. }) => why,
+            other => panic!("not fenced: {other:?}"),
+        };
+
+        let mut a = open("partition-0").await.unwrap();
+        assert_eq!(a.claim().await.unwrap(), 1, "a table not yet created");
+        a.commit(rows(1), &cycle(1)).await.unwrap();
+        let mut b = open("partition-0").await.unwrap();
+        assert_eq!(b.claim().await.unwrap(), 2);
+        let why = fenced(a.commit(rows(2), &cycle(2)).await);
+        assert!(why.contains("another process committed"), "{why}");
+
+        let mut c = open("partition-0").await.unwrap();
+        assert_eq!(c.claim().await.unwrap(), 3);
+        assert!(!b.recorded(&cycle(2)).await.unwrap());
+        let why = fenced(b.commit(rows(2), &cycle(2)).await);
+        assert!(why.contains("owner epoch is 3"), "{why}");
+        let why = fenced(c.commit(rows(1), &cycle(1)).await);
+        assert!(why.contains("holds its cycle 1"), "{why}");
+
+        let mut other = open("partition-1").await.unwrap();
+        assert_eq!(other.claim().await.unwrap(), 1);
+        other.commit(rows(10), &cycle(1)).await.unwrap();
+        c.commit(rows(2), &cycle(2)).await.unwrap();
+        other.commit(rows(11), &cycle(2)).await.unwrap();
+
+        let table = open_table(&dir.display().to_string(), &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(count_rows(&table).await, 4, "1, 2, 10 and 11");
+        assert_eq!(c.mark(CYCLE_MARK).await.unwrap(), Some(2));
+        assert_eq!(c.mark(OWNER_MARK).await.unwrap(), Some(3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Two commits of an integer column start a compaction beside the stream; a third with the

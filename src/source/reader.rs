@@ -1,7 +1,8 @@
 //! The source side of the run loop: Kafka consumers and file replays, read from the offsets
 //! of the last checkpoint, decoded and validated into Arrow, invalid events sent to the
 //! dead-letter topic (a backfill's to its dead-letter files), event times fed to the
-//! watermark; after each cycle's commits, the offsets go to the consumer group for lag tools. While a cycle is replayed after a
+//! watermark; after each cycle's commits, the offsets go to the consumer group for lag tools
+//! (a worker's shard reads one partition of each topic, and hands its offsets to the worker). While a cycle is replayed after a
 //! restart, each partition is read exactly up to the offset that cycle ended at, and the dead
 //! letters (already delivered the first time) are not sent again.
 
@@ -18,6 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
+use crate::cluster::{GroupOffsets, Shard};
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, SourceInput, SourcePlan};
@@ -58,6 +60,9 @@ pub(crate) struct ReadConfig<'a> {
     pub until_caught_up: bool,
     /// Where invalid events go.
     pub side: &'a SideOutputs,
+    /// Read only this partition of each topic (a worker's shard), its offsets committed to
+    /// the group by the worker's group member.
+    pub shard: Option<&'a Shard>,
 }
 
 /// Where a run's invalid events, and its stages' late rows, go: topics, through the run's
@@ -154,6 +159,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) watermark_moved: Instant,
     /// When a cycle last had events of this source.
     pub(crate) events_seen: Instant,
+    /// A shard's: where its positions go for the worker's group member to commit.
+    pub(crate) group_offsets: Option<GroupOffsets>,
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -185,7 +192,7 @@ pub(crate) async fn open_source(
                 consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
             })
             .map_err(kafka_err)?;
-            let partitions: Vec<i32> = metadata
+            let mut partitions: Vec<i32> = metadata
                 .topics()
                 .iter()
                 .flat_map(|t| t.partitions().iter().map(|p| p.id()))
@@ -195,6 +202,21 @@ pub(crate) async fn open_source(
                     plan.name.clone(),
                     format!("topic {topic} does not exist or has no partitions; create it first"),
                 ));
+            }
+            if let Some(shard) = config.shard {
+                if !partitions.contains(&shard.partition) {
+                    return Err(SourceError::Read(
+                        plan.name.clone(),
+                        format!(
+                            "topic {topic} has {} partitions, none numbered {}: a pipeline run \
+                             by workers reads partition N of each of its topics together, so \
+                             they need as many partitions each",
+                            partitions.len(),
+                            shard.partition
+                        ),
+                    ));
+                }
+                partitions = vec![shard.partition];
             }
             (topic.clone(), partitions)
         }
@@ -287,6 +309,7 @@ pub(crate) async fn open_source(
         events_seen: Instant::now(),
         watermark,
         plan: plan.clone(),
+        group_offsets: config.shard.map(|s| s.offsets.clone()),
         reader,
         topic,
         pending: HashMap::new(),
@@ -423,6 +446,10 @@ pub(crate) fn report_consumer_lag(
 /// or is lost only delays what the group shows; a commit librdkafka refuses at once is logged,
 /// never raised (an asynchronous one that fails later is not reported).
 pub(crate) fn commit_to_group(s: &SourceRuntime, mode: CommitMode) {
+    if let (Some(offsets), Reader::Kafka { topic, .. }) = (&s.group_offsets, &s.reader) {
+        offsets.record(topic, &s.position);
+        return;
+    }
     let Reader::Kafka {
         consumer, topic, ..
     } = &s.reader

@@ -32,15 +32,15 @@ fn kills() -> usize {
 }
 const PARTITIONS: i32 = 3;
 
-struct Event {
-    resource: String,
-    ts: i64,
-    value: f64,
-    valid: bool,
+pub(crate) struct Event {
+    pub resource: String,
+    pub ts: i64,
+    pub value: f64,
+    pub valid: bool,
 }
 
 impl Event {
-    fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let ts = chrono::DateTime::from_timestamp_micros(self.ts)
             .unwrap()
             .to_rfc3339();
@@ -52,13 +52,14 @@ impl Event {
     }
 }
 
-/// 40 minutes of data points every 4 s per resource, each up to 3 s out of order (within the
-/// 10 s bound: nothing is late, so the result does not depend on where cycles end); 2 % invalid.
-fn events(base: i64) -> Vec<Event> {
+/// `steps` data points every 4 s per resource (`steps` 600: 40 minutes), each up to 3 s out of
+/// order (within the 10 s bound: nothing is late, so the result does not depend on where cycles
+/// end); 2 % invalid.
+pub(crate) fn events(base: i64, resources: usize, steps: i64) -> Vec<Event> {
     let mut rng = StdRng::seed_from_u64(77);
     let mut out = Vec::new();
-    for step in 0..600 {
-        for r in 0..RESOURCES {
+    for step in 0..steps {
+        for r in 0..resources {
             out.push(Event {
                 resource: format!("i-crash{r:02}"),
                 ts: base + step * 4 * S + rng.random_range(0..3 * S),
@@ -129,13 +130,13 @@ fn start(
     (child, log)
 }
 
-fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::ArrayRef {
+pub(crate) fn column<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::ArrayRef {
     b.column_by_name(name)
         .unwrap_or_else(|| panic!("no column {name}"))
 }
 
 /// A string column as `Utf8` (Delta reads strings back as views).
-fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
+pub(crate) fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
     let c = arrow::compute::cast(column(b, name), &arrow::datatypes::DataType::Utf8).unwrap();
     c.as_string::<i32>()
         .iter()
@@ -144,7 +145,7 @@ fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
 }
 
 /// Per resource, the 1-minute windows in order as (window_start, mean, mean_delta).
-fn carried(batches: &[RecordBatch]) -> BTreeMap<String, Vec<(i64, f64, Option<f64>)>> {
+pub(crate) fn carried(batches: &[RecordBatch]) -> BTreeMap<String, Vec<(i64, f64, Option<f64>)>> {
     let mut out: BTreeMap<String, Vec<(i64, f64, Option<f64>)>> = BTreeMap::new();
     for b in batches {
         let starts = column(b, "window_start").as_primitive::<TimestampMicrosecondType>();
@@ -164,7 +165,7 @@ fn carried(batches: &[RecordBatch]) -> BTreeMap<String, Vec<(i64, f64, Option<f6
 
 /// (resource, window_start) → (revision, samples, sum of values) of the latest revision in a
 /// feature table; panics on a repeated (resource, window_start, revision).
-fn feature_rows(batches: &[RecordBatch]) -> BTreeMap<(String, i64), (i32, i64, f64)> {
+pub(crate) fn feature_rows(batches: &[RecordBatch]) -> BTreeMap<(String, i64), (i32, i64, f64)> {
     let mut seen = HashSet::new();
     let mut latest: BTreeMap<(String, i64), (i32, i64, f64)> = BTreeMap::new();
     for b in batches {
@@ -195,7 +196,11 @@ fn feature_rows(batches: &[RecordBatch]) -> BTreeMap<(String, i64), (i32, i64, f
 
 /// The reference: (resource, window_start) → (samples, sum) over windows of `size`, for the
 /// windows that end at or before `watermark`.
-fn reference(events: &[Event], size: i64, watermark: i64) -> BTreeMap<(String, i64), (i64, f64)> {
+pub(crate) fn reference(
+    events: &[Event],
+    size: i64,
+    watermark: i64,
+) -> BTreeMap<(String, i64), (i64, f64)> {
     let mut out: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
     for e in events.iter().filter(|e| e.valid) {
         let start = e.ts - e.ts.rem_euclid(size);
@@ -208,7 +213,7 @@ fn reference(events: &[Event], size: i64, watermark: i64) -> BTreeMap<(String, i
     out
 }
 
-fn assert_windows(
+pub(crate) fn assert_windows(
     name: &str,
     got: &BTreeMap<(String, i64), (i32, i64, f64)>,
     want: &BTreeMap<(String, i64), (i64, f64)>,
@@ -240,7 +245,7 @@ async fn sigkill_at_random_moments_loses_and_repeats_nothing() {
     create_topic(&topic, PARTITIONS).await;
     create_topic(&format!("{topic}.dlq"), 1).await;
     let base = (chrono::Utc::now().timestamp_micros() - 3 * 3600 * S) / MINUTE * MINUTE;
-    let events = events(base);
+    let events = events(base, RESOURCES, 600);
     let producer: FutureProducer = producer_config(&brokers).create().unwrap();
     let payloads: Vec<String> = events.iter().map(Event::json).collect();
     let sends = events.iter().zip(&payloads).map(|(e, payload)| {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod backfill;
+mod cluster;
 mod crash;
 mod damaged;
 mod decide;

@@ -104,12 +104,22 @@ impl Running {
 
     /// Sends SIGTERM and waits for it to exit; its exit status and whole log.
     pub fn terminate(self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    /// Sends the signal `name` (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(status.success());
-        self.wait()
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Waits for it to exit; its exit status and whole log.

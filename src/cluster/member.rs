@@ -1,0 +1,332 @@
+//! A worker's membership in its pipeline's consumer group.
+//!
+//! In: a pipeline, the run's settings and a shutdown signal. The member subscribes to the
+//! pipeline's first topic with cooperative-sticky assignment (so a rebalance moves only the
+//! partitions that change hands) and reads nothing itself: its partitions stay paused. Out: a
+//! shard per assigned partition (see [`super`]), started when the partition comes; when it is
+//! revoked, the shard flushes, commits to Delta and checkpoints before the partition is
+//! released. The shards' Delta positions are committed to the group after their commits, so
+//! lag tools see true lag. A partition lost without a revoke (this member was cut off) is
+//! stopped the same way, but whatever its new owner has claimed, it commits nothing to. A shard
+//! that fails takes the member down with it, and its partitions move to the other workers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{GroupOffsets, Shard};
+use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
+use crate::kafka::KafkaConnection;
+use crate::metrics::PipelineMetrics;
+use crate::metrics::health::Health;
+use crate::pipeline::{Pipeline, SourceInput};
+
+/// How often the member serves the group (heartbeats go on in librdkafka's own thread) and
+/// commits the shards' positions.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs `pipeline` as a member of its consumer group until `shutdown` completes (then every
+/// shard flushes and commits, and the member leaves the group) or a shard fails.
+pub async fn run_member(
+    pipeline: &Pipeline,
+    config: &RunConfig,
+    metrics: PipelineMetrics,
+    health: Health,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, RunError> {
+    if pipeline.backfill || config.until_caught_up {
+        return Err(RunError::Cluster(format!(
+            "`{}`: a backfill or a run to the end of what is there runs as one process, not \
+             in a consumer group",
+            pipeline.name
+        )));
+    }
+    let Some((topic, group)) = pipeline.sources.iter().find_map(|s| match &s.input {
+        SourceInput::Kafka { topic, group } => Some((topic.clone(), group.clone())),
+        SourceInput::File { .. } => None,
+    }) else {
+        return Err(RunError::Cluster(format!(
+            "`{}` reads no Kafka topic: there are no partitions to share",
+            pipeline.name
+        )));
+    };
+    let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
+    let (failed, mut failures) = mpsc::unbounded_channel();
+    let shards = Arc::new(Shards {
+        runtime: tokio::runtime::Handle::current(),
+        pipeline: Arc::new(pipeline.clone()),
+        config: config.clone(),
+        metrics,
+        health: health.clone(),
+        offsets: GroupOffsets::default(),
+        running: Mutex::default(),
+        failed,
+        summary: Mutex::default(),
+    });
+    let kafka_err = |e: rdkafka::error::KafkaError| {
+        RunError::Cluster(format!("group {group} on topic {topic}: {e}"))
+    };
+    let consumer: BaseConsumer<Member> = kafka
+        .consumer(&group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create_with_context(Member {
+            shards: shards.clone(),
+            topic: topic.clone(),
+        })
+        .map_err(kafka_err)?;
+    consumer.subscribe(&[&topic]).map_err(kafka_err)?;
+    tracing::info!(
+        "pipeline {}: joining consumer group {group} on topic {topic}",
+        pipeline.name
+    );
+    let leave = Arc::new(AtomicBool::new(false));
+    let member = std::thread::Builder::new()
+        .name(format!("group-{group}"))
+        .spawn({
+            let leave = leave.clone();
+            move || serve(consumer, &leave)
+        })
+        .map_err(|e| RunError::Cluster(format!("cannot start the group member: {e}")))?;
+    health.set_started();
+    tokio::pin!(shutdown);
+    let failure = tokio::select! {
+        () = &mut shutdown => None,
+        Some(e) = failures.recv() => Some(e),
+    };
+    leave.store(true, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || member.join())
+        .await
+        .map_err(|e| RunError::Cluster(format!("the group member stopped: {e}")))?
+        .map_err(|_| RunError::Cluster("the group member panicked".into()))?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(std::mem::take(
+            &mut *shards.summary.lock().unwrap_or_else(|e| e.into_inner()),
+        )),
+    }
+}
+
+/// Serves the group until `leave`; then every shard flushes and commits, their last positions
+/// go to the group, and the member leaves it (on drop).
+fn serve(consumer: BaseConsumer<Member>, leave: &AtomicBool) {
+    while !leave.load(Ordering::Relaxed) {
+        // Paused partitions deliver nothing: a poll serves rebalances (and errors).
+        if let Some(Err(e)) = consumer.poll(POLL) {
+            tracing::warn!("consumer group: {e}");
+        }
+        commit_positions(&consumer);
+    }
+    consumer.context().shards.stop_all();
+    commit_positions(&consumer);
+}
+
+/// Commits the shards' positions the group does not have yet; those it refuses (during a
+/// rebalance) stay pending for the next try.
+fn commit_positions(consumer: &BaseConsumer<Member>) {
+    let offsets = &consumer.context().shards.offsets;
+    let pending = offsets.pending();
+    if pending.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, p), next) in &pending {
+        if let Err(e) = list.add_partition_offset(topic, *p, Offset::Offset(*next)) {
+            tracing::warn!("consumer group: offset {next} of {topic}/{p}: {e}");
+        }
+    }
+    match consumer.commit(&list, CommitMode::Sync) {
+        Ok(()) => offsets.committed(&pending),
+        Err(e) => tracing::debug!(
+            "consumer group: offsets not committed yet (lag tools lag behind; the Delta tables \
+             hold the offsets): {e}"
+        ),
+    }
+}
+
+/// The member's context: it hears of rebalances.
+struct Member {
+    shards: Arc<Shards>,
+    /// The topic whose partitions the group assigns.
+    topic: String,
+}
+
+impl ClientContext for Member {}
+
+impl ConsumerContext for Member {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let lost = consumer.assignment_lost();
+        let partitions = partitions_of(list, &self.topic);
+        tracing::info!(
+            "pipeline {}: partitions {partitions:?} {}",
+            self.shards.pipeline.name,
+            if lost {
+                "lost: their shards stop (their new owners fence them out of the tables)"
+            } else {
+                "revoked: their shards flush, commit and checkpoint first"
+            }
+        );
+        self.shards.stop(&partitions);
+        if !lost {
+            commit_positions(consumer);
+        }
+        self.shards.offsets.forget(&partitions);
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        if let Err(e) = consumer.pause(list) {
+            tracing::warn!("consumer group: cannot pause the assigned partitions: {e}");
+        }
+        let partitions = partitions_of(list, &self.topic);
+        tracing::info!(
+            "pipeline {}: partitions {partitions:?} assigned: their shards start",
+            self.shards.pipeline.name
+        );
+        for p in partitions {
+            self.shards.start(p);
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    list.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// The shards this worker runs.
+struct Shards {
+    runtime: tokio::runtime::Handle,
+    pipeline: Arc<Pipeline>,
+    config: RunConfig,
+    metrics: PipelineMetrics,
+    health: Health,
+    offsets: GroupOffsets,
+    running: Mutex<BTreeMap<i32, Running>>,
+    /// Where a shard's failure goes: it ends the member.
+    failed: mpsc::UnboundedSender<RunError>,
+    /// What the stopped shards did.
+    summary: Mutex<RunSummary>,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    /// Set before the shard is told to stop: how it ends then is no failure of the worker's.
+    stopping: Arc<AtomicBool>,
+    /// The shard's run: its summary, none if it failed.
+    task: tokio::task::JoinHandle<Option<RunSummary>>,
+}
+
+impl Shards {
+    fn start(&self, partition: i32) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.contains_key(&partition) {
+            return;
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let pipeline = self.pipeline.clone();
+        let mut config = self.config.clone();
+        config.shard = Some(Shard {
+            partition,
+            offsets: self.offsets.clone(),
+        });
+        let (metrics, health, failed, stopped_by_us) = (
+            self.metrics.clone(),
+            self.health.clone(),
+            self.failed.clone(),
+            stopping.clone(),
+        );
+        let task = self.runtime.spawn(async move {
+            let shutdown = async {
+                // A dropped sender stops the shard as well.
+                let _ = stopped.await;
+            };
+            match run_pipeline(&pipeline, &config, metrics, health, shutdown).await {
+                Ok(summary) => Some(summary),
+                // A shard that fails on its way out (fenced out by a lost partition's new
+                // owner): the partition is gone, and its new owner resumes from the tables.
+                Err(e) if stopped_by_us.load(Ordering::Relaxed) => {
+                    tracing::warn!("pipeline {}: partition {partition}: {e}", pipeline.name);
+                    None
+                }
+                Err(e) => {
+                    tracing::error!("pipeline {}: partition {partition}: {e}", pipeline.name);
+                    let _ = failed.send(RunError::Shard {
+                        partition,
+                        source: Box::new(e),
+                    });
+                    None
+                }
+            }
+        });
+        running.insert(
+            partition,
+            Running {
+                stop,
+                stopping,
+                task,
+            },
+        );
+    }
+
+    /// Stops the shards of `partitions` and waits for them: each flushes, commits and
+    /// checkpoints. A lost partition's shard does the same: its commits go through if its new
+    /// owner has not claimed the tables yet (and then the new owner replays from them), and
+    /// are fenced out if it has.
+    fn stop(&self, partitions: &[i32]) {
+        let stopping: Vec<(i32, Running)> = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            partitions
+                .iter()
+                .filter_map(|p| running.remove(p).map(|r| (*p, r)))
+                .collect()
+        };
+        let mut tasks = Vec::new();
+        for (p, r) in stopping {
+            r.stopping.store(true, Ordering::Relaxed);
+            let _ = r.stop.send(());
+            tasks.push((p, r.task));
+        }
+        for (p, task) in tasks {
+            if let Ok(Some(done)) = self.runtime.block_on(task) {
+                let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
+                summary.events += done.events;
+                summary.invalid += done.invalid;
+                summary.late += done.late;
+                summary.cycles += done.cycles;
+            }
+            // Its lag is its new owner's to report.
+            for source in &self.pipeline.sources {
+                let _ = self.metrics.consumer_lag.remove_label_values(&[
+                    self.pipeline.name.as_str(),
+                    source.name.as_str(),
+                    &p.to_string(),
+                ]);
+            }
+        }
+    }
+
+    fn stop_all(&self) {
+        let partitions: Vec<i32> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        self.stop(&partitions);
+    }
+}

@@ -1,0 +1,381 @@
+//! Workers of one pipeline in its consumer group (`stratus run --cluster`), on the real broker
+//! and S3 server: three worker processes share a 12-partition topic while it is produced to
+//! steadily; in turn, at random moments, a worker leaves with SIGTERM, one dies with SIGKILL,
+//! and one is paused with SIGSTOP until the others have taken its partitions over, then
+//! resumed. Each is replaced by a new worker. Afterwards the group's committed offsets reach
+//! the end of every partition, the raw table holds every valid event exactly once, the feature
+//! tables hold each window once with the counts and sums of a reference computed here (per
+//! partition, as each partition's watermark closes them), the carried features run on across
+//! every move, and no table has a commit of a partition's owner after a later owner claimed it:
+//! the paused worker committed nothing once resumed.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::TimestampMicrosecondType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use stratus::kafka::{consumer_config, producer_config};
+
+use crate::crash::{
+    Event, assert_windows, carried, column, events, feature_rows, reference, strings,
+};
+use crate::process::Running;
+use crate::{create_topic, read_delta, setting, unique};
+
+const S: i64 = 1_000_000;
+const MINUTE: i64 = 60 * S;
+const PARTITIONS: i32 = 12;
+const RESOURCES: usize = 36;
+/// Data points per resource: 45 minutes of event time.
+const STEPS: i64 = 675;
+
+/// Resource `i-crashNN` goes to partition NN mod 12: three resources per partition.
+fn partition_of(resource: &str) -> i32 {
+    resource[7..].parse::<i32>().unwrap() % PARTITIONS
+}
+
+fn pipeline_yaml(topic: &str, group: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    format!(
+        r#"name: cluster
+sources:
+  metrics:
+    kafka: {{topic: {topic}, group: {group}}}
+    schema: {root}/schemas/cloud.metrics.json
+    event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 10m}}
+    dead_letter_topic: {topic}.dlq
+stages:
+  features_1m:
+    sql: {root}/sql/cloud_metrics_1m.sql
+    carry: {{columns: [mean], baseline: 10m, min_baseline: 3}}
+  features_5m:
+    sql: {root}/sql/cloud_metrics_5m.sql
+sinks:
+  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}
+  f1: {{from: features_1m, delta: {{table: f1}}}}
+  f5: {{from: features_5m, delta: {{table: f5}}}}
+commit: {{max_rows: 2000, max_interval: 1s, checkpoint_every: 5}}
+kafka:
+  properties:
+    # A paused worker is out of the group after 6 s (the broker's least), not 45.
+    session.timeout.ms: "6000"
+    heartbeat.interval.ms: "1000"
+"#
+    )
+}
+
+fn worker(pipeline: &std::path::Path, tables: &str) -> Running {
+    Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_stratus"))
+            .args(["run", pipeline.to_str().unwrap(), "--cluster"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--tables", tables])
+            .env("RUST_LOG", format!("{},stratus=info", stratus::cli::QUIET)),
+    )
+}
+
+/// The partitions a worker holds, from its log of assignments and revocations.
+fn held(log: &str) -> BTreeSet<i32> {
+    let mut held = BTreeSet::new();
+    for line in log.lines() {
+        let Some(list) = line
+            .split("partitions [")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+        else {
+            continue;
+        };
+        let partitions = list.split(", ").filter_map(|p| p.parse::<i32>().ok());
+        if line.contains("] assigned") {
+            held.extend(partitions);
+        } else if line.contains("] revoked") || line.contains("] lost") {
+            for p in partitions {
+                held.remove(&p);
+            }
+        }
+    }
+    held
+}
+
+/// Per partition, the group's committed offset and the partition's end.
+fn group_positions(brokers: &str, group: &str, topic: &str) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = consumer_config(brokers, group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (_, end) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            (at, end)
+        })
+        .collect()
+}
+
+/// For each owner mark (`<pipeline>/partition-<n>/owner`) of the table at `location`, the
+/// epochs its commits carry in log order, with the versions.
+async fn owner_epochs(location: &str) -> BTreeMap<String, Vec<(u64, i64)>> {
+    let url = url::Url::parse(location).unwrap();
+    let table =
+        deltalake::open_table_with_storage_options(url, stratus::sink::storage_options_from_env())
+            .await
+            .unwrap();
+    let newest = table.version().unwrap() as u64;
+    let mut out: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for version in 0..=newest {
+        let Some(bytes) = table.log_store().read_commit_entry(version).await.unwrap() else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(txn) = action.get("txn")
+                && let Some(app) = txn["appId"].as_str()
+                && app.ends_with("/owner")
+            {
+                let epoch = txn["version"].as_i64().unwrap();
+                out.entry(app.to_string())
+                    .or_default()
+                    .push((version, epoch));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-cluster");
+    create_topic(&topic, PARTITIONS).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let group = unique("cluster-group");
+    let base = (chrono::Utc::now().timestamp_micros() - 3 * 3600 * S) / MINUTE * MINUTE;
+    let events = events(base, RESOURCES, STEPS);
+
+    let dir = std::env::temp_dir().join(unique("it-cluster"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("cluster.yaml");
+    std::fs::write(&pipeline, pipeline_yaml(&topic, &group)).unwrap();
+    let tables = format!(
+        "s3://{}/{}",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-cluster")
+    );
+
+    // Continuous load: a step of every resource each 30 ms, 20 s in all.
+    let producing = {
+        let payloads: Vec<(String, i32, String)> = events
+            .iter()
+            .map(|e| (e.resource.clone(), partition_of(&e.resource), e.json()))
+            .collect();
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        tokio::spawn(async move {
+            let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+            for step in payloads.chunks(RESOURCES) {
+                let sends = step.iter().map(|(key, partition, payload)| {
+                    producer.send(
+                        FutureRecord::to(&topic)
+                            .key(key)
+                            .partition(*partition)
+                            .payload(payload),
+                        Duration::from_secs(30),
+                    )
+                });
+                for d in futures::future::join_all(sends).await {
+                    d.map_err(|(e, _)| e).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+
+    let mut workers: Vec<Running> = (0..3).map(|_| worker(&pipeline, &tables)).collect();
+    let mut rng = StdRng::seed_from_u64(31);
+    let mut logs = Vec::new();
+    for action in ["TERM", "KILL", "STOP", "TERM", "KILL"] {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+        for (j, w) in workers.iter_mut().enumerate() {
+            assert!(w.exited().is_none(), "worker {j} exited:\n{}", w.log());
+        }
+        // The worker to pause holds partitions (one just started may hold none yet).
+        let holding: Vec<usize> = (0..workers.len())
+            .filter(|&j| action != "STOP" || !held(&workers[j].log()).is_empty())
+            .collect();
+        assert!(!holding.is_empty(), "no worker holds partitions");
+        let i = holding[rng.random_range(0..holding.len())];
+        let w = workers.swap_remove(i);
+        match action {
+            "TERM" => {
+                let (status, log) = w.terminate();
+                assert!(status.success(), "SIGTERM: {status}\n{log}");
+                logs.push(log);
+            }
+            "KILL" => {
+                w.signal("KILL");
+                logs.push(w.wait().1);
+            }
+            _ => {
+                let partitions = held(&w.log());
+                let since: Vec<usize> = workers.iter().map(|o| o.log().len()).collect();
+                w.signal("STOP");
+                // Until the others hold its partitions, each claimed in every table.
+                let deadline = Instant::now() + Duration::from_secs(90);
+                loop {
+                    let claimed: BTreeSet<i32> = partitions
+                        .iter()
+                        .copied()
+                        .filter(|p| {
+                            workers.iter().zip(&since).any(|(o, &from)| {
+                                let log = o.log();
+                                ["raw", "f1", "f5"].iter().all(|sink| {
+                                    log[from..].contains(&format!(
+                                        "sink {sink}: cluster/partition-{p} claimed"
+                                    ))
+                                })
+                            })
+                        })
+                        .collect();
+                    if claimed == partitions {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "partitions {partitions:?} of the paused worker not taken over \
+                         ({claimed:?} were)"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let paused = w.log().len();
+                w.signal("CONT");
+                // Resumed, it finds its shards fenced out of the tables (and stops), or hears
+                // first that it lost its partitions (and joins the group again as a new member).
+                let mut w = w;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if w.exited().is_some() {
+                        let (status, log) = w.wait();
+                        assert!(!status.success(), "the resumed worker: {status}\n{log}");
+                        assert!(log.contains("was taken over by another process"), "{log}");
+                        println!("the resumed worker was fenced out of the tables and stopped");
+                        logs.push(log);
+                        break;
+                    }
+                    if w.log()[paused..].contains("] lost") {
+                        println!("the resumed worker lost its partitions and joined again");
+                        workers.push(w);
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "resumed:\n{}", w.log());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if workers.len() == 3 {
+                    continue;
+                }
+            }
+        }
+        workers.push(worker(&pipeline, &tables));
+    }
+    producing.await.unwrap();
+
+    // Every partition's committed offset reaches its end.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let positions = group_positions(&brokers, &group, &topic);
+        if positions.iter().all(|(at, end)| at == end) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group lag stays: {positions:?}; logs:\n{}",
+            workers
+                .iter()
+                .map(Running::log)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for w in workers {
+        let (status, log) = w.terminate();
+        assert!(status.success(), "final SIGTERM: {status}\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        logs.push(log);
+    }
+    for log in &logs {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+
+    let valid: Vec<&Event> = events.iter().filter(|e| e.valid).collect();
+    let raw = read_delta(&format!("{tables}/raw")).await;
+    let mut ids = HashSet::new();
+    for b in &raw {
+        let ts = column(b, "ts").as_primitive::<TimestampMicrosecondType>();
+        for (i, resource) in strings(b, "resource_id").into_iter().enumerate() {
+            let id = (resource, ts.value(i));
+            assert!(ids.insert(id.clone()), "raw row {id:?} written twice");
+        }
+    }
+    assert_eq!(ids.len(), valid.len(), "raw rows");
+
+    // Each partition's watermark: its newest event time less the 10 s bound.
+    let f1_batches = read_delta(&format!("{tables}/f1")).await;
+    for (resource, rows) in carried(&f1_batches) {
+        assert_eq!(rows[0].2, None, "{resource}: first window");
+        for pair in rows.windows(2) {
+            let delta = pair[1]
+                .2
+                .unwrap_or_else(|| panic!("{resource}: no delta at {pair:?}"));
+            assert!(
+                (delta - (pair[1].1 - pair[0].1)).abs() < 1e-9,
+                "{resource}: {pair:?}"
+            );
+        }
+    }
+    let f1 = feature_rows(&f1_batches);
+    let f5 = feature_rows(&read_delta(&format!("{tables}/f5")).await);
+    let (mut want_f1, mut want_f5) = (BTreeMap::new(), BTreeMap::new());
+    for p in 0..PARTITIONS {
+        let mine: Vec<Event> = events
+            .iter()
+            .filter(|e| partition_of(&e.resource) == p)
+            .map(|e| Event {
+                resource: e.resource.clone(),
+                ..*e
+            })
+            .collect();
+        let newest = mine.iter().filter(|e| e.valid).map(|e| e.ts).max().unwrap();
+        let watermark = newest - 10 * S;
+        want_f1.extend(reference(&mine, MINUTE, watermark));
+        want_f5.extend(reference(&mine, 5 * MINUTE, watermark - MINUTE));
+    }
+    assert_windows("f1", &f1, &want_f1);
+    assert_windows("f5", &f5, &want_f5);
+
+    // Epochs only grow in each table's log: no owner committed after a later one claimed.
+    for table in ["raw", "f1", "f5"] {
+        let epochs = owner_epochs(&format!("{tables}/{table}")).await;
+        assert_eq!(epochs.len(), PARTITIONS as usize, "{table}: owners");
+        for (app, seen) in &epochs {
+            assert!(
+                seen.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{table} {app}: epochs by version {seen:?}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
