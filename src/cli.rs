@@ -92,6 +92,49 @@ enum Command {
         #[arg(long)]
         cluster: bool,
     },
+    /// Check a pipeline file and submit it, with every file it names by a relative path, to
+    /// the cluster's control topic: the workers run it within seconds (a newer submit of the
+    /// same name replaces it). Nothing is submitted if the file has errors.
+    Submit {
+        /// The pipeline file, e.g. pipelines/cloud-metrics.yaml.
+        file: PathBuf,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// The pipelines submitted to the cluster: list, describe, stop, resume.
+    Pipelines {
+        #[command(subcommand)]
+        command: PipelinesCommand,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Run every pipeline submitted to the cluster, each in its consumer group with the other
+    /// workers, picking up new, changed and stopped ones as they are submitted; report each
+    /// one's state on the status topic. Stops on SIGTERM or Ctrl-C after flushing them all.
+    Worker {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// This worker's name on the status topic (default: host name and process id).
+        #[arg(long, env = "STRATUS_WORKER_ID")]
+        worker_id: Option<String>,
+        /// Where relative Delta table names live: a directory or s3://bucket/prefix.
+        #[arg(long, env = "STRATUS_TABLES", default_value = "tables")]
+        tables: String,
+        /// Where the submitted pipelines' files are laid out.
+        #[arg(long, env = "STRATUS_WORKDIR")]
+        workdir: Option<PathBuf>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "STRATUS_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+        metrics_addr: std::net::SocketAddr,
+        /// As for `stratus run`.
+        #[arg(
+            long,
+            env = "STRATUS_GIVE_UP_AFTER",
+            default_value = "5m",
+            value_name = "DURATION"
+        )]
+        give_up_after: String,
+    },
     /// Keep Delta tables healthy: compact each partition's small files, write a log
     /// checkpoint and remove expired log files, and vacuum data files no version within the
     /// retention refers to. Safe beside a running pipeline: rows and `txn` marks are kept.
@@ -224,6 +267,52 @@ struct GenerateArgs {
     anomaly_share: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+/// How to reach a cluster's control plane.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATUS_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    brokers: String,
+    /// A librdkafka properties file (security, tuning), as for `stratus run`.
+    #[arg(long, global = true, env = "STRATUS_KAFKA_CONFIG", value_name = "FILE")]
+    kafka_config: Option<PathBuf>,
+    /// The compacted topic submitted pipelines live in.
+    #[arg(long, global = true, env = "STRATUS_CONTROL_TOPIC", default_value = crate::cluster::control::CONTROL_TOPIC)]
+    control_topic: String,
+    /// The compacted topic workers report each pipeline's state on.
+    #[arg(long, global = true, env = "STRATUS_STATUS_TOPIC", default_value = crate::cluster::control::STATUS_TOPIC)]
+    status_topic: String,
+}
+
+impl ClusterArgs {
+    fn plane(&self) -> Result<crate::cluster::control::ControlPlane> {
+        let properties = kafka_properties(self.kafka_config.clone())?;
+        let kafka = crate::kafka::KafkaConnection::new(&self.brokers, &properties)?;
+        Ok(crate::cluster::control::ControlPlane::new(
+            kafka,
+            &self.control_topic,
+            &self.status_topic,
+        ))
+    }
+}
+
+#[derive(Subcommand)]
+enum PipelinesCommand {
+    /// Each submitted pipeline: whether it is to run, its version, and each worker's state.
+    List,
+    /// A submitted pipeline's file, the files it names, and each worker's state.
+    Describe { name: String },
+    /// Stop a pipeline on every worker (each flushes and commits first).
+    Stop { name: String },
+    /// Run a stopped pipeline again.
+    Resume { name: String },
 }
 
 #[derive(Subcommand)]
@@ -525,6 +614,165 @@ fn kafka_properties(file: Option<PathBuf>) -> Result<KafkaProperties> {
     })
 }
 
+/// Checks `file` and writes it, with the files it names, to the control topic.
+async fn submit(file: &std::path::Path, cluster: &ClusterArgs, functions: Functions) -> Result<()> {
+    let overrides = crate::pipeline::Overrides {
+        functions,
+        ..Default::default()
+    };
+    let pipeline = match crate::pipeline::Pipeline::load_with(file, &overrides).await {
+        Ok(p) => p,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Err(format!(
+                "{}: {} error(s); nothing was submitted",
+                file.display(),
+                diagnostics.0.len()
+            )
+            .into());
+        }
+    };
+    let definition = crate::cluster::control::bundle(file, &pipeline.name)?;
+    let plane = cluster.plane()?;
+    plane.ensure_topics().await?;
+    plane.publish_definition(&definition).await?;
+    println!(
+        "submitted `{}` (version {}, {} files) to {}",
+        definition.name,
+        definition.version,
+        definition.files.len() + 1,
+        plane.control
+    );
+    Ok(())
+}
+
+/// `stratus pipelines …`.
+async fn pipelines(command: PipelinesCommand, cluster: &ClusterArgs) -> Result<()> {
+    use crate::cluster::control::Wanted;
+    let plane = cluster.plane()?;
+    plane.ensure_topics().await?;
+    let workers = |name: &str, version: i64| -> Result<String> {
+        let mut out = Vec::new();
+        for s in plane.statuses()?.into_iter().filter(|s| s.pipeline == name) {
+            let earlier = if s.version == version {
+                ""
+            } else {
+                " (an earlier version)"
+            };
+            let error = s.error.map(|e| format!(": {e}")).unwrap_or_default();
+            out.push(format!("{}: {}{earlier}{error}", s.worker, s.state));
+        }
+        Ok(out.join("; "))
+    };
+    match command {
+        PipelinesCommand::List => {
+            println!(
+                "{:<24} {:<8} {:<14} WORKERS",
+                "PIPELINE", "WANTED", "VERSION"
+            );
+            for d in plane.definitions()?.values() {
+                let wanted = match d.state {
+                    Wanted::Running => "running",
+                    Wanted::Stopped => "stopped",
+                };
+                println!(
+                    "{:<24} {:<8} {:<14} {}",
+                    d.name,
+                    wanted,
+                    d.version,
+                    workers(&d.name, d.version)?
+                );
+            }
+        }
+        PipelinesCommand::Describe { name } => {
+            let d = plane.definition(&name)?;
+            println!(
+                "pipeline: {}
+wanted: {:?}
+version: {}",
+                d.name, d.state, d.version
+            );
+            println!("workers: {}", workers(&d.name, d.version)?);
+            println!(
+                "--- {}
+{}",
+                d.file, d.text
+            );
+            for (path, text) in &d.files {
+                println!(
+                    "--- {path}
+{text}"
+                );
+            }
+        }
+        PipelinesCommand::Stop { ref name } | PipelinesCommand::Resume { ref name } => {
+            let mut d = plane.definition(name)?;
+            d.state = match command {
+                PipelinesCommand::Stop { .. } => Wanted::Stopped,
+                _ => Wanted::Running,
+            };
+            d.version = chrono::Utc::now().timestamp_millis();
+            plane.publish_definition(&d).await?;
+            println!("`{name}`: {:?} (version {})", d.state, d.version);
+        }
+    }
+    Ok(())
+}
+
+/// `stratus worker`, with its metrics server.
+async fn worker(
+    config: crate::cluster::worker::WorkerConfig,
+    metrics_addr: std::net::SocketAddr,
+) -> Result<()> {
+    let (metrics, health, bound, _server) = serve_metrics(metrics_addr).await?;
+    eprintln!(
+        "stratus: worker {} starting; metrics on http://{bound}/metrics",
+        config.id
+    );
+    crate::cluster::worker::run_worker(config, metrics, health, shutdown_signal()).await?;
+    eprintln!("stratus: worker stopped");
+    Ok(())
+}
+
+/// A metrics server with fresh metrics and health, on `addr`.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> Result<(
+    crate::metrics::PipelineMetrics,
+    crate::metrics::health::Health,
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+)> {
+    use crate::metrics::server::{ServerState, serve};
+    let metrics = crate::metrics::PipelineMetrics::new();
+    let health = crate::metrics::health::Health::new();
+    let (bound, server) = serve(
+        addr,
+        ServerState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        },
+    )
+    .await?;
+    Ok((metrics, health, bound, server))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("stratus: stopping: flushing and committing");
+}
+
 async fn run(
     file: PathBuf,
     config: crate::job::run::RunConfig,
@@ -532,8 +780,6 @@ async fn run(
     overrides: crate::pipeline::Overrides,
     cluster: bool,
 ) -> Result<()> {
-    use crate::metrics::server::{ServerState, serve};
-
     let pipeline = match crate::pipeline::Pipeline::load_with(&file, &overrides).await {
         Ok(p) => p,
         Err(diagnostics) => {
@@ -546,35 +792,12 @@ async fn run(
             .into());
         }
     };
-    let metrics = crate::metrics::PipelineMetrics::new();
-    let health = crate::metrics::health::Health::new();
-    let (bound, _server) = serve(
-        metrics_addr,
-        ServerState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        },
-    )
-    .await?;
+    let (metrics, health, bound, _server) = serve_metrics(metrics_addr).await?;
     eprintln!(
         "stratus: pipeline `{}` starting; metrics on http://{bound}/metrics",
         pipeline.name
     );
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGTERM: {e}");
-                    return std::future::pending().await;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        eprintln!("stratus: stopping: flushing and committing");
-    };
+    let shutdown = shutdown_signal();
     let summary = match cluster {
         true => crate::cluster::run_member(&pipeline, &config, metrics, health, shutdown).await?,
         false => {
@@ -601,7 +824,7 @@ pub fn main(functions: Functions) -> std::process::ExitCode {
 }
 
 /// `e` and each cause under it that its message does not already say, joined by `: `.
-fn explained(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn explained(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -834,6 +1057,52 @@ fn dispatch(
                 out_dir: out,
             };
             runtime.block_on(crate::demo::run(&config))?;
+        }
+        Command::Submit { file, cluster } => {
+            runtime.block_on(submit(&file, &cluster, functions))?
+        }
+        Command::Pipelines { command, cluster } => {
+            runtime.block_on(pipelines(command, &cluster))?
+        }
+        Command::Worker {
+            cluster,
+            worker_id,
+            tables,
+            workdir,
+            metrics_addr,
+            give_up_after,
+        } => {
+            let id = worker_id.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "worker".into());
+                format!("{host}-{}", std::process::id())
+            });
+            let give_up_after = crate::duration::parse_duration(&give_up_after)
+                .map(|us| std::time::Duration::from_micros(us.max(0) as u64))
+                .map_err(|e| Error::from(format!("--give-up-after: {e}")))?;
+            let run = crate::job::run::RunConfig {
+                give_up_after,
+                kafka: kafka_properties(cluster.kafka_config.clone())?,
+                until_caught_up: false,
+                ..crate::job::run::RunConfig::backfill(
+                    &cluster.brokers,
+                    &tables,
+                    crate::sink::storage_options_from_env(),
+                )
+            };
+            let config = crate::cluster::worker::WorkerConfig {
+                run,
+                plane: cluster.plane()?,
+                workdir: workdir
+                    .unwrap_or_else(|| std::env::temp_dir().join(format!("stratus-worker-{id}"))),
+                id,
+                overrides: crate::pipeline::Overrides {
+                    functions,
+                    ..Default::default()
+                },
+            };
+            runtime.block_on(worker(config, metrics_addr))?
         }
         Command::Evaluate(command) => evaluate(command, runtime)?,
         Command::Models(command) => runtime.block_on(models(command))?,

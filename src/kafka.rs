@@ -382,6 +382,13 @@ impl KafkaConnection {
         }
     }
 
+    /// Settings for an admin client (creating topics).
+    pub fn admin(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        self.apply(&mut c);
+        c
+    }
+
     /// Settings for a consumer in `group`.
     ///
     /// Prefetch: librdkafka fetches again while fewer than `queued.min.messages` (20,000, of

@@ -14,9 +14,13 @@
 //! partitioning (the producers key events by the stage's `GROUP BY` or `key` columns, or a
 //! prefix of them), as with Kafka Streams without a repartition.
 //!
-//! - [`member`]: the group member that starts and stops the shards as partitions come and go.
+//! - [`member`]: the group member that starts and stops the shards as partitions come and go;
+//! - [`control`]: submitted pipelines and workers' statuses on compacted Kafka topics;
+//! - [`worker`]: `stratus worker`, which runs every submitted pipeline.
 
+pub mod control;
 pub mod member;
+pub mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -6,6 +6,7 @@
 
 mod backfill;
 mod cluster;
+mod control;
 mod crash;
 mod damaged;
 mod decide;
