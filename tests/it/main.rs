@@ -12,6 +12,7 @@ mod damaged;
 mod decide;
 mod delta_s3;
 mod demo;
+mod deploy;
 mod evaluate;
 mod evolution;
 mod exported;
