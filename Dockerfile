@@ -17,6 +17,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# Compiled in (include_str!): the embedded demo's pipelines, their SQL and schemas, the catalogue.
+COPY catalogue ./catalogue
+COPY pipelines ./pipelines
+COPY schemas ./schemas
+COPY sql ./sql
 RUN cargo build --release --locked --bin stratus
 
 FROM python:3.11-slim-bookworm AS onnxruntime

@@ -181,6 +181,11 @@ enum Command {
         /// Seconds to produce at --rate.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// With --rate: run the pipeline as this many worker processes (`stratus run
+        /// --cluster`), each count in turn, e.g. 1,2,3: backlog events/s, live latency, and
+        /// with the most workers, the delay a worker leaving and one joining cause.
+        #[arg(long, value_delimiter = ',', value_name = "COUNTS")]
+        workers: Vec<usize>,
         /// The pipeline's `commit.max_rows`: events per cycle (fewer: lower latency and memory,
         /// more per-cycle work).
         #[arg(long, default_value_t = 200_000)]
@@ -607,6 +612,13 @@ fn evaluate(command: Evaluate, runtime: &tokio::runtime::Runtime) -> Result<()> 
 }
 
 /// The properties in `file`, if one is given.
+/// The duration a flag gives.
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration> {
+    crate::duration::parse_duration(text)
+        .map(|us| std::time::Duration::from_micros(us.max(0) as u64))
+        .map_err(|e| Error::from(format!("--{flag}: {e}")))
+}
+
 fn kafka_properties(file: Option<PathBuf>) -> Result<KafkaProperties> {
     Ok(match file {
         Some(path) => KafkaProperties::from_file(&path)?,
@@ -932,11 +944,6 @@ fn dispatch(
                 until_stage,
                 functions,
             };
-            let duration = |flag: &str, text: &str| {
-                crate::duration::parse_duration(text)
-                    .map(|us| std::time::Duration::from_micros(us.max(0) as u64))
-                    .map_err(|e| Error::from(format!("--{flag}: {e}")))
-            };
             let config = crate::job::run::RunConfig {
                 brokers,
                 kafka: kafka_properties(kafka_config)?,
@@ -991,6 +998,7 @@ fn dispatch(
             soak_pipeline,
             rate,
             seconds,
+            workers,
             live_pipeline,
         } => {
             let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
@@ -1020,6 +1028,9 @@ fn dispatch(
                     root: std::env::current_dir()?,
                     work_dir: std::path::absolute(&dir)?,
                 };
+                if !workers.is_empty() {
+                    return Ok(runtime.block_on(crate::bench::cluster::cluster(&config, &workers))?);
+                }
                 return Ok(runtime.block_on(crate::bench::rate::rate(&config))?);
             }
             if soak {
@@ -1078,11 +1089,8 @@ fn dispatch(
                     .unwrap_or_else(|_| "worker".into());
                 format!("{host}-{}", std::process::id())
             });
-            let give_up_after = crate::duration::parse_duration(&give_up_after)
-                .map(|us| std::time::Duration::from_micros(us.max(0) as u64))
-                .map_err(|e| Error::from(format!("--give-up-after: {e}")))?;
             let run = crate::job::run::RunConfig {
-                give_up_after,
+                give_up_after: duration("give-up-after", &give_up_after)?,
                 kafka: kafka_properties(cluster.kafka_config.clone())?,
                 until_caught_up: false,
                 ..crate::job::run::RunConfig::backfill(

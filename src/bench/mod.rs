@@ -19,8 +19,10 @@
 //! windows. Tables go to a temporary local directory; output to stdout as a table.
 //!
 //! [`soak`] runs the same pipeline over days of event time instead: what a day costs, day
-//! after day.
+//! after day; [`rate`] reads it live at a steady rate: from a window's close to its results;
+//! [`cluster`] runs it as 1, 2, 3… worker processes.
 
+pub mod cluster;
 pub mod rate;
 pub mod soak;
 

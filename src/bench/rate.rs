@@ -57,22 +57,7 @@ pub async fn rate(config: &RateConfig) -> Result<()> {
         config.max_rows
     );
     create_topic(&config.brokers, &topic, config.partitions).await?;
-    // The bench pipeline's SQL with windows of seconds.
-    let sql = config.work_dir.join("sql");
-    std::fs::create_dir_all(&sql)?;
-    for (file, from, to) in [
-        ("cloud_metrics_1m.sql", "'1 minute'", "'1 second'"),
-        ("cloud_metrics_5m.sql", "'5 minutes'", "'5 seconds'"),
-    ] {
-        let text = std::fs::read_to_string(config.root.join("sql").join(file))?;
-        std::fs::write(sql.join(file), text.replace(from, to))?;
-    }
-    let file = config.work_dir.join(format!("{name}.yaml"));
-    let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}");
-    std::fs::write(
-        &file,
-        pipeline_yaml(&config.root, &sql, &name, &source, config.max_rows),
-    )?;
+    let file = seconds_pipeline(config, &name, &topic)?;
     let child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["bench", "--brokers", &config.brokers, "--events"])
         .arg(events.to_string())
@@ -143,9 +128,30 @@ pub async fn rate(config: &RateConfig) -> Result<()> {
     Ok(())
 }
 
+/// Writes the bench pipeline `name` over `topic` (group `<topic>-pipeline`) with its window
+/// stages' SQL at 1- and 5-second windows; returns its file.
+pub(super) fn seconds_pipeline(config: &RateConfig, name: &str, topic: &str) -> Result<PathBuf> {
+    let sql = config.work_dir.join("sql");
+    std::fs::create_dir_all(&sql)?;
+    for (file, from, to) in [
+        ("cloud_metrics_1m.sql", "'1 minute'", "'1 second'"),
+        ("cloud_metrics_5m.sql", "'5 minutes'", "'5 seconds'"),
+    ] {
+        let text = std::fs::read_to_string(config.root.join("sql").join(file))?;
+        std::fs::write(sql.join(file), text.replace(from, to))?;
+    }
+    let file = config.work_dir.join(format!("{name}.yaml"));
+    let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}");
+    std::fs::write(
+        &file,
+        pipeline_yaml(&config.root, &sql, name, &source, config.max_rows),
+    )?;
+    Ok(file)
+}
+
 /// Produces `rate × seconds` events at a steady rate, each stamped when it is produced; returns
 /// the rate reached.
-async fn produce(config: &RateConfig, topic: &str) -> Result<f64> {
+pub(super) async fn produce(config: &RateConfig, topic: &str) -> Result<f64> {
     let producer: FutureProducer = producer_config(&config.brokers)
         .set("linger.ms", "5")
         .create()?;

@@ -111,8 +111,16 @@ pub fn bundle(file: &Path, name: &str) -> Result<Definition, ControlError> {
     let yaml: serde_norway::Value = serde_norway::from_str(&text)
         .map_err(|e| ControlError::File(format!("{}: {e}", file.display())))?;
     let mut files = BTreeMap::new();
+    // Files the pipeline names, never its Kafka client's (keys and certificates stay on the
+    // workers).
     let mut strings = Vec::new();
-    collect_strings(&yaml, &mut strings);
+    if let serde_norway::Value::Mapping(m) = &yaml {
+        for (key, value) in m {
+            if key.as_str() != Some("kafka") {
+                collect_strings(value, &mut strings);
+            }
+        }
+    }
     for s in strings {
         let path = Path::new(&s);
         if s.contains("://") || path.is_absolute() || files.contains_key(&s) {
@@ -147,6 +155,27 @@ fn collect_strings(v: &serde_norway::Value, out: &mut Vec<String>) {
 
 /// Writes `d`'s files under `dir` as they lay beside the pipeline file; returns its path.
 pub fn materialise(d: &Definition, dir: &Path) -> Result<PathBuf, ControlError> {
+    // Whatever the record says, nothing is written outside `dir`.
+    let plain = |name: &str| {
+        let mut c = Path::new(name).components();
+        matches!((c.next(), c.next()), (Some(Component::Normal(_)), None))
+    };
+    if !plain(&d.name) || !plain(&d.file) {
+        return Err(ControlError::File(format!(
+            "definition {:?}: its name and file name ({:?}) must be plain names",
+            d.name, d.file
+        )));
+    }
+    if let Some(bad) = d.files.keys().find(|f| {
+        Path::new(f)
+            .components()
+            .any(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
+    }) {
+        return Err(ControlError::File(format!(
+            "definition {:?}: file {bad:?} is not a relative path",
+            d.name
+        )));
+    }
     // The pipeline file sits as many folders deep as its files reach up (`../sql/…`).
     let depth = d
         .files
@@ -154,9 +183,7 @@ pub fn materialise(d: &Definition, dir: &Path) -> Result<PathBuf, ControlError> 
         .map(|f| reach_up(Path::new(f)))
         .max()
         .unwrap_or(0);
-    let mut base = dir
-        .join(d.name.replace('/', "_"))
-        .join(d.version.to_string());
+    let mut base = dir.join(&d.name).join(d.version.to_string());
     for _ in 0..depth {
         base.push("_");
     }
@@ -286,10 +313,16 @@ impl ControlPlane {
     pub fn definitions(&self) -> Result<BTreeMap<String, Definition>, ControlError> {
         let mut out = BTreeMap::new();
         for (key, value) in self.read_to_end(&self.control)? {
-            match value.and_then(|v| parse::<Definition>(&self.control, &v)) {
-                Some(d) => out.insert(key, d),
-                None => out.remove(&key),
-            };
+            match value {
+                Some(v) => {
+                    if let Some(d) = parse::<Definition>(&self.control, &v) {
+                        out.insert(key, d);
+                    }
+                }
+                None => {
+                    out.remove(&key);
+                }
+            }
         }
         Ok(out)
     }
@@ -298,10 +331,16 @@ impl ControlPlane {
     pub fn statuses(&self) -> Result<Vec<Status>, ControlError> {
         let mut out = BTreeMap::new();
         for (key, value) in self.read_to_end(&self.status)? {
-            match value.and_then(|v| parse::<Status>(&self.status, &v)) {
-                Some(s) => out.insert(key, s),
-                None => out.remove(&key),
-            };
+            match value {
+                Some(v) => {
+                    if let Some(s) = parse::<Status>(&self.status, &v) {
+                        out.insert(key, s);
+                    }
+                }
+                None => {
+                    out.remove(&key);
+                }
+            }
         }
         Ok(out.into_values().collect())
     }
@@ -381,7 +420,7 @@ pub struct Follow {
 }
 
 impl Follow {
-    /// The definitions written since the last call (none: the pipeline was deleted), waiting
+    /// The definitions written since the last call (none: a tombstone, the pipeline deleted), waiting
     /// up to `wait` for the first.
     pub fn changes(&self, wait: Duration) -> Vec<(String, Option<Definition>)> {
         let mut out = Vec::new();
@@ -391,8 +430,16 @@ impl Follow {
             match polled {
                 Ok(m) => {
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                    let d = m.payload().and_then(|v| parse(&self.topic, v));
-                    out.push((key, d));
+                    // A tombstone deletes the pipeline; a record that is not a definition is
+                    // skipped (and stops nothing).
+                    match m.payload() {
+                        None => out.push((key, None)),
+                        Some(v) => {
+                            if let Some(d) = parse(&self.topic, v) {
+                                out.push((key, Some(d)));
+                            }
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!("control topic {}: {e}", self.topic),
             }
@@ -423,8 +470,10 @@ mod tests {
         std::fs::create_dir_all(dir.join("sql")).unwrap();
         std::fs::write(dir.join("sql/a.sql"), "SELECT 1").unwrap();
         std::fs::write(dir.join("pipelines/schema.json"), "{}").unwrap();
+        std::fs::write(dir.join("pipelines/client.key"), "secret").unwrap();
         let yaml = "name: p\nsources:\n  s:\n    schema: schema.json\nstages:\n  a: {sql: \
-                    ../sql/a.sql, note: not a file}\nmodels: {registry: s3://b/m}\n";
+                    ../sql/a.sql, note: not a file}\nmodels: {registry: s3://b/m}\nkafka:\n  \
+                    properties: {ssl.key.location: client.key}\n";
         std::fs::write(dir.join("pipelines/p.yaml"), yaml).unwrap();
         let d = bundle(&dir.join("pipelines/p.yaml"), "p").unwrap();
         assert_eq!(
@@ -445,6 +494,13 @@ mod tests {
             "{}"
         );
         assert_eq!(std::fs::read_to_string(&file).unwrap(), yaml);
+        // Nothing of a record is written outside the folder.
+        for (name, key) in [("..", "a.sql"), ("p", "/etc/a.sql")] {
+            let mut bad = d.clone();
+            bad.name = name.to_string();
+            bad.files = BTreeMap::from([(key.to_string(), "x".to_string())]);
+            assert!(materialise(&bad, &out).is_err(), "{name} {key}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

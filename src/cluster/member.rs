@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -56,7 +57,19 @@ pub async fn run_member(
             pipeline.name
         )));
     };
+    if let Some(file) = pipeline
+        .sources
+        .iter()
+        .find(|s| matches!(s.input, SourceInput::File { .. }))
+    {
+        return Err(RunError::Cluster(format!(
+            "`{}`: source `{}` reads a file, which every shard would read whole: a pipeline in \
+             a consumer group reads Kafka topics only",
+            pipeline.name, file.name
+        )));
+    }
     let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
+    same_partition_counts(pipeline, &kafka)?;
     let (failed, mut failures) = mpsc::unbounded_channel();
     let shards = Arc::new(Shards {
         runtime: tokio::runtime::Handle::current(),
@@ -110,6 +123,37 @@ pub async fn run_member(
             &mut *shards.summary.lock().unwrap_or_else(|e| e.into_inner()),
         )),
     }
+}
+
+/// Shard N reads partition N of each topic: every topic of the pipeline needs as many.
+fn same_partition_counts(pipeline: &Pipeline, kafka: &KafkaConnection) -> Result<(), RunError> {
+    let consumer: BaseConsumer = kafka
+        .consumer("stratus-metadata")
+        .create()
+        .map_err(|e| RunError::Cluster(e.to_string()))?;
+    let mut counts = Vec::new();
+    for s in &pipeline.sources {
+        if let SourceInput::Kafka { topic, .. } = &s.input {
+            let metadata = tokio::task::block_in_place(|| {
+                consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+            })
+            .map_err(|e| RunError::Cluster(format!("topic {topic}: {e}")))?;
+            let n = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len());
+            counts.push(format!("{topic}: {n}"));
+            if counts.len() > 1 && !counts[0].ends_with(&format!(": {n}")) {
+                return Err(RunError::Cluster(format!(
+                    "`{}`: its topics have different partition counts ({}): shard N reads \
+                     partition N of each, so give them as many each (co-partitioned)",
+                    pipeline.name,
+                    counts.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Serves the group until `leave`; then every shard flushes and commits, their last positions
@@ -254,10 +298,28 @@ impl Shards {
                 // A dropped sender stops the shard as well.
                 let _ = stopped.await;
             };
-            match run_pipeline(&pipeline, &config, metrics, health, shutdown).await {
+            let run = run_pipeline(&pipeline, &config, metrics, health, shutdown);
+            // A panic fails the worker as an error does, rather than leaving its partition
+            // assigned and unread.
+            let outcome = std::panic::AssertUnwindSafe(run)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    Err(RunError::Cluster(format!("the shard panicked: {what}")))
+                });
+            match outcome {
                 Ok(summary) => Some(summary),
                 // A shard that fails on its way out (fenced out by a lost partition's new
                 // owner): the partition is gone, and its new owner resumes from the tables.
+                // Fenced while its partition is still assigned here, it fails the worker: a
+                // new owner is taking over (this member will hear it lost the partition), or
+                // the partition's tables are ahead of this shard, and a new start replays
+                // from them.
                 Err(e) if stopped_by_us.load(Ordering::Relaxed) => {
                     tracing::warn!("pipeline {}: partition {partition}: {e}", pipeline.name);
                     None

@@ -136,9 +136,8 @@ pub async fn run_worker(
             }
         }
     }
-    for (_, job) in std::mem::take(&mut jobs) {
-        stop(&config, job).await;
-    }
+    // All at once: each flushes and commits in the grace period, not one after another.
+    futures::future::join_all(jobs.into_values().map(|job| stop(&config, job))).await;
     Ok(())
 }
 

@@ -296,24 +296,6 @@ pub async fn run_pipeline(
     };
     let checkpoints =
         CheckpointStore::open(&config.table_root, &instance, &config.storage_options)?;
-    let restored = checkpoints.latest().await?.unwrap_or_default();
-    if restored.cycle > 0 && restored.backfill != pipeline.backfill {
-        return Err(RunError::Restart(if pipeline.backfill {
-            format!(
-                "the checkpoints of `{}` under {} are a live pipeline's: a backfill (--replay) \
-                 never continues them; give the backfill a name of its own with --name",
-                pipeline.name,
-                checkpoints.location()
-            )
-        } else {
-            format!(
-                "the checkpoints of `{}` under {} are a backfill's: a live run does not \
-                 continue them; run it under its own name",
-                pipeline.name,
-                checkpoints.location()
-            )
-        }));
-    }
     // A backfill reaches no broker for its side outputs: they go to files beside the tables.
     let side = match pipeline.backfill {
         true => SideOutputs::Files(SideFiles::open(
@@ -366,9 +348,9 @@ pub async fn run_pipeline(
         });
     }
 
-    if restored.cycle == 0 {
-        refuse_other_layout(pipeline, config, &sinks).await?;
-    }
+    refuse_other_layout(pipeline, config, &sinks).await?;
+    // A shard claims the tables before it reads its checkpoint: the worker that had the
+    // partition commits nothing after that, so what it read is what the tables hold.
     if config.shard.is_some() {
         for slot in sinks.iter_mut() {
             if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
@@ -388,6 +370,24 @@ pub async fn run_pipeline(
                 );
             }
         }
+    }
+    let restored = checkpoints.latest().await?.unwrap_or_default();
+    if restored.cycle > 0 && restored.backfill != pipeline.backfill {
+        return Err(RunError::Restart(if pipeline.backfill {
+            format!(
+                "the checkpoints of `{}` under {} are a live pipeline's: a backfill (--replay) \
+                 never continues them; give the backfill a name of its own with --name",
+                pipeline.name,
+                checkpoints.location()
+            )
+        } else {
+            format!(
+                "the checkpoints of `{}` under {} are a backfill's: a live run does not \
+                 continue them; run it under its own name",
+                pipeline.name,
+                checkpoints.location()
+            )
+        }));
     }
 
     let mut sources = Vec::new();
@@ -588,9 +588,10 @@ fn next_close(windows: &[WindowSpec], flushed: i64) -> i64 {
     }
 }
 
-/// Before a first cycle: a pipeline's tables hold the cycles of a run as one process, or of
-/// its workers' shards, never both (their state and marks are kept apart, and neither could
-/// continue the other's): a start that finds the other kind refuses, saying what to do.
+/// At start: a pipeline's tables hold the cycles of a run as one process, or of its workers'
+/// shards, never both (their state and marks are kept apart, and neither could continue the
+/// other's). A shard refuses tables a single process committed to; a single process refuses
+/// tables the shard of partition 0 committed to; each says what to do.
 async fn refuse_other_layout(
     pipeline: &Pipeline,
     config: &RunConfig,

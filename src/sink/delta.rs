@@ -238,7 +238,22 @@ impl DeltaSink {
     /// conflict check) — a worker that lost its partition while paused or cut off commits
     /// nothing once the new owner has claimed it. A commit also fails if the table already
     /// holds its cycle (another process committed it first).
+    ///
+    /// Not fenced: a table no owner has created yet. Until the new owner's first commit creates
+    /// it, the worker that lost the partition may still create it with a cycle of its own.
     pub async fn claim(&mut self) -> Result<i64, SinkError> {
+        // A claim racing another owner's commit reads the table again and claims above it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.claim_once().await {
+                Err(SinkError::Fenced { .. }) if attempts < 5 => continue,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn claim_once(&mut self) -> Result<i64, SinkError> {
         use deltalake::kernel::transaction::CommitBuilder;
         use deltalake::protocol::{DeltaOperation, OutputMode};
         if !self.read_again().await? {

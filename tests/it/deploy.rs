@@ -194,6 +194,51 @@ print(json.dumps([[i["instruction"], i["value"]] for i in d.structure]))
         "ORT_DYLIB_PATH is not {library}"
     );
 
+    // The build stage copies every folder the source compiles in (include_str!) before it
+    // builds.
+    let build = &steps[froms[0]..froms[1]];
+    let cargo = build
+        .iter()
+        .position(|(i, v)| i == "RUN" && v.contains("cargo build"))
+        .expect("the build stage runs cargo build");
+    let copied: Vec<&str> = build[..cargo]
+        .iter()
+        .filter(|(i, _)| i == "COPY")
+        .flat_map(|(_, v)| v.split_whitespace().next())
+        .collect();
+    let mut included = std::collections::BTreeSet::new();
+    let mut dirs = vec![root().join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for rest in text.split("include_str!(\"").skip(1) {
+                let target = rest.split('"').next().unwrap();
+                let full = path.parent().unwrap().join(target);
+                let relative = std::path::absolute(&full).unwrap();
+                let relative = normalise(&relative);
+                let top = relative
+                    .strip_prefix(root())
+                    .unwrap()
+                    .components()
+                    .next()
+                    .unwrap();
+                included.insert(top.as_os_str().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(!included.is_empty());
+    for dir in &included {
+        assert!(
+            copied.contains(&dir.as_str()),
+            "the build stage does not copy {dir}, which the source compiles in: {copied:?}"
+        );
+    }
+
     // Every path it copies from the repository exists.
     for (i, value) in &steps {
         if i != "COPY" || value.starts_with("--from") {
@@ -207,4 +252,19 @@ print(json.dumps([[i["instruction"], i["value"]] for i in d.structure]))
             );
         }
     }
+}
+
+/// `path` with its `..` resolved, without the file system.
+fn normalise(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
