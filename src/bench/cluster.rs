@@ -7,6 +7,8 @@
 //! from their start to the group's committed offsets reaching the end of every partition); then
 //! the same number produced live at the rate while N workers read it, with, for the largest
 //! count, one worker leaving with SIGTERM at 40 % of the run and a new one joining at 70 %.
+//! The baseline, measured first the same way: the pipeline as one `stratus run` process,
+//! outside any group, reading every partition in one loop.
 //! Measured from outside, as a consumer of the results would: for each 1-second window on the
 //! features topic, from the moment its close was due (its end plus the source's 10 s
 //! out-of-orderness bound, event times being production times) to the record's timestamp
@@ -38,18 +40,23 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(file: &Path, tables: &Path, brokers: &str, log: &Path) -> Result<Worker> {
+    /// `stratus run FILE`, with `--cluster` unless it is the baseline (one process reading
+    /// every partition in one loop, outside any group).
+    fn start(
+        file: &Path,
+        tables: &Path,
+        brokers: &str,
+        log: &Path,
+        cluster: bool,
+    ) -> Result<Worker> {
         let log = std::fs::File::create(log)?;
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .arg("run")
-            .arg(file)
-            .args([
-                "--cluster",
-                "--brokers",
-                brokers,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.arg("run").arg(file);
+        if cluster {
+            command.arg("--cluster");
+        }
+        let child = command
+            .args(["--brokers", brokers, "--metrics-addr", "127.0.0.1:0"])
             .arg("--tables")
             .arg(tables)
             .stderr(log)
@@ -198,7 +205,10 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
     );
     let mut rows = Vec::new();
     let mut rebalances = Vec::new();
-    for &n in workers {
+    // The baseline first: `stratus run` as one process (0 here), then each count of workers.
+    for n in std::iter::once(0).chain(workers.iter().copied()) {
+        let cluster = n > 0;
+        let processes = n.max(1);
         let stamp = chrono::Utc::now().timestamp_millis();
         // The backlog: written first, then read by n workers from their start.
         let name = format!("bench-backlog-{n}-{stamp}");
@@ -214,10 +224,10 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
         produce(&fast, &topic).await?;
         let tables = config.work_dir.join(&name);
         let started = Instant::now();
-        let mut running = (0..n)
+        let mut running = (0..processes)
             .map(|i| {
                 let log = config.work_dir.join(format!("{name}-{i}.log"));
-                Worker::start(&file, &tables, &config.brokers, &log)
+                Worker::start(&file, &tables, &config.brokers, &log, cluster)
             })
             .collect::<Result<Vec<_>>>()?;
         wait_caught_up(config, &format!("{topic}-pipeline"), &topic).await?;
@@ -235,10 +245,13 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
         let tables = config.work_dir.join(&name);
         let group = format!("{topic}-pipeline");
         let log = |i: usize| config.work_dir.join(format!("{name}-{i}.log"));
-        running = (0..n)
-            .map(|i| Worker::start(&file, &tables, &config.brokers, &log(i)))
+        running = (0..processes)
+            .map(|i| Worker::start(&file, &tables, &config.brokers, &log(i), cluster))
             .collect::<Result<Vec<_>>>()?;
-        wait_stable(config, &group, n).await?;
+        if cluster {
+            wait_stable(config, &group, n).await?;
+        }
+        let began = chrono::Utc::now().timestamp_millis();
         let producing = {
             let (config, topic) = (config.clone(), topic.clone());
             tokio::spawn(async move { produce(&config, &topic).await })
@@ -251,7 +264,13 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
             running.pop().map(Worker::stop).transpose()?;
             tokio::time::sleep(run.mul_f64(0.3)).await;
             joined = Some(chrono::Utc::now().timestamp_millis());
-            running.push(Worker::start(&file, &tables, &config.brokers, &log(n))?);
+            running.push(Worker::start(
+                &file,
+                &tables,
+                &config.brokers,
+                &log(n),
+                true,
+            )?);
         }
         let produced = producing
             .await
@@ -262,19 +281,27 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
         }
         let delays =
             tokio::task::block_in_place(|| window_delays(config, &format!("{name}.features_1m")))?;
+        // The first tenth of the run is the processes' start (the baseline's, outside a
+        // group, is not awaited).
+        let warm = began + (config.seconds * 100) as i64;
         let steady: Vec<i64> = delays
             .iter()
             .filter(|(due, _)| {
-                [left, joined]
-                    .iter()
-                    .flatten()
-                    .all(|&at| *due < at || *due > at + AFTER_REBALANCE_MS)
+                *due > warm
+                    && [left, joined]
+                        .iter()
+                        .flatten()
+                        .all(|&at| *due < at || *due > at + AFTER_REBALANCE_MS)
             })
             .map(|&(_, d)| d)
             .collect();
         let (p50, p99, max) = spread(&steady);
+        let label = match n {
+            0 => "1 process (`stratus run`)".to_string(),
+            n => format!("{n} workers (`--cluster`)"),
+        };
         rows.push(format!(
-            "| {n} | {backlog_rate:.0} | {peak:.0} | {produced:.0} | {} | {p50:.0} | {p99:.0} | {max:.0} |",
+            "| {label} | {backlog_rate:.0} | {peak:.0} | {produced:.0} | {} | {p50:.0} | {p99:.0} | {max:.0} |",
             steady.len()
         ));
         for (what, at) in [
@@ -296,9 +323,9 @@ pub async fn cluster(config: &RateConfig, workers: &[usize]) -> Result<()> {
     }
     say!("");
     say!(
-        "| workers | backlog events/s | peak RSS, all workers (MiB) | live events/s | windows | close → topic p50 (ms) | p99 (ms) | max (ms) |"
+        "| run as | backlog events/s | peak RSS, all workers (MiB) | live events/s | windows | close → topic p50 (ms) | p99 (ms) | max (ms) |"
     );
-    say!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    say!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &rows {
         say!("{r}");
     }
