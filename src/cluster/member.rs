@@ -22,6 +22,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{GroupOffsets, Shard};
+use crate::job::retry::Retry;
 use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
@@ -298,7 +299,14 @@ impl Shards {
                 // A dropped sender stops the shard as well.
                 let _ = stopped.await;
             };
-            let run = run_pipeline(&pipeline, &config, metrics, health, shutdown);
+            let scope = Shard::instance_of(&pipeline.name, partition);
+            let run = run_pipeline(
+                &pipeline,
+                &config,
+                metrics.clone(),
+                health.clone(),
+                shutdown,
+            );
             // A panic fails the worker as an error does, rather than leaving its partition
             // assigned and unread.
             let outcome = std::panic::AssertUnwindSafe(run)
@@ -312,6 +320,8 @@ impl Shards {
                         .unwrap_or("a panic");
                     Err(RunError::Cluster(format!("the shard panicked: {what}")))
                 });
+            // Its problems end with it: its partition is another shard's now.
+            Retry::clear_scope(&health, &metrics, &pipeline.name, &scope);
             match outcome {
                 Ok(summary) => Some(summary),
                 // A shard that fails on its way out (fenced out by a lost partition's new

@@ -25,6 +25,9 @@ const LONGEST_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Retry {
     pub pipeline: String,
+    /// A worker's shard (`<pipeline>/partition-<n>`): its problems are named after it, apart
+    /// from its worker's other shards and pipelines.
+    pub scope: Option<String>,
     pub health: Health,
     pub metrics: PipelineMetrics,
     /// How long an operation may keep failing before the run fails.
@@ -67,20 +70,51 @@ impl Retry {
     /// `what` is wrong, for `reason`: on `/readyz` and in `stratus_failing`. Returns whether
     /// it is new.
     pub fn raise(&self, what: &str, reason: &str) -> bool {
-        self.metrics
-            .failing
-            .with_label_values(&[self.pipeline.as_str(), what])
-            .set(1);
-        self.health.raise(what, reason)
+        let new = self.health.raise(&self.named(what), reason);
+        self.export(what);
+        new
     }
 
     /// `what` is fine (again); returns how long it was wrong, if it was.
     pub fn clear(&self, what: &str) -> Option<Duration> {
-        self.metrics
+        let lasted = self.health.clear(&self.named(what));
+        self.export(what);
+        lasted
+    }
+
+    /// `what` as `/readyz` names it: with the shard, if any.
+    fn named(&self, what: &str) -> String {
+        match &self.scope {
+            Some(scope) => format!("{what} ({scope})"),
+            None => what.to_string(),
+        }
+    }
+
+    /// Sets `stratus_failing{pipeline, problem=what}`: 1 while `what` is wrong in any of the
+    /// pipeline's shards here (its label names the problem, not the shard, as the rules
+    /// match it).
+    fn export(&self, what: &str) {
+        Self::export_problem(&self.health, &self.metrics, &self.pipeline, what);
+    }
+
+    fn export_problem(health: &Health, metrics: &PipelineMetrics, pipeline: &str, what: &str) {
+        let shard = format!("{what} ({pipeline}/");
+        let wrong = health.any(|k| k == what || (k.starts_with(&shard) && k.ends_with(')')));
+        metrics
             .failing
-            .with_label_values(&[self.pipeline.as_str(), what])
-            .set(0);
-        self.health.clear(what)
+            .with_label_values(&[pipeline, what])
+            .set(i64::from(wrong));
+    }
+
+    /// Clears every problem of the shard `scope` of `pipeline`: it ended, and its partition
+    /// is another's.
+    pub fn clear_scope(health: &Health, metrics: &PipelineMetrics, pipeline: &str, scope: &str) {
+        let suffix = format!(" ({scope})");
+        for key in health.clear_where(|what| what.ends_with(&suffix)) {
+            if let Some(what) = key.strip_suffix(&suffix) {
+                Self::export_problem(health, metrics, pipeline, what);
+            }
+        }
     }
 
     /// Awaits `work`; if it takes longer than `patience`, `what` is a problem on `/readyz`
@@ -175,10 +209,48 @@ mod tests {
         health.set_started();
         Retry {
             pipeline: "p".into(),
+            scope: None,
             health,
             metrics: PipelineMetrics::new(),
             give_up_after,
         }
+    }
+
+    /// Two shards of one worker fail on the same sink: each problem is its own, and the end of
+    /// one shard clears its problems (on /readyz and in stratus_failing), not the other's.
+    #[test]
+    fn a_shards_problems_are_its_own_and_end_with_it() {
+        let shared = retry(Duration::from_secs(60));
+        let shard = |n: i32| Retry {
+            scope: Some(format!("p/partition-{n}")),
+            ..shared.clone()
+        };
+        let (a, b) = (shard(0), shard(1));
+        a.raise("sink raw", "down");
+        b.raise("sink raw", "down");
+        b.clear("sink raw");
+        let report = shared.health.report().unwrap_err();
+        assert!(
+            report.starts_with("sink raw (p/partition-0): down"),
+            "{report}"
+        );
+        assert_eq!(report.lines().count(), 1, "{report}");
+        let failing = |r: &Retry| {
+            let text = r.metrics.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("stratus_failing{") && l.contains(r#"problem="sink raw""#))
+                .map(str::to_string);
+            line.and_then(|l| l.rsplit(' ').next().map(str::to_string))
+        };
+        assert_eq!(
+            failing(&shared).as_deref(),
+            Some("1"),
+            "partition 0's sink still fails"
+        );
+        Retry::clear_scope(&shared.health, &shared.metrics, "p", "p/partition-0");
+        assert_eq!(shared.health.report(), Ok(()));
+        assert_eq!(failing(&shared).as_deref(), Some("0"));
     }
 
     #[tokio::test(start_paused = true)]

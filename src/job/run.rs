@@ -274,6 +274,10 @@ pub async fn run_pipeline(
 ) -> Result<RunSummary, RunError> {
     let retry = Retry {
         pipeline: pipeline.name.clone(),
+        scope: config
+            .shard
+            .as_ref()
+            .map(|shard| shard.instance(&pipeline.name)),
         health: health.clone(),
         metrics: metrics.clone(),
         give_up_after: config.give_up_after,

@@ -78,6 +78,24 @@ impl Health {
             .map(|(_, since)| since.elapsed())
     }
 
+    /// Clears every problem whose name `matches`; returns their names.
+    pub fn clear_where(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut cleared = Vec::new();
+        self.problems().retain(|what, _| {
+            let hit = matches(what);
+            if hit {
+                cleared.push(what.clone());
+            }
+            !hit
+        });
+        cleared
+    }
+
+    /// Whether a problem whose name `matches` is wrong now.
+    pub fn any(&self, matches: impl Fn(&str) -> bool) -> bool {
+        self.problems().keys().any(|what| matches(what))
+    }
+
     /// Whether `what` is a problem now.
     pub fn has(&self, what: &str) -> bool {
         self.problems().contains_key(what)
