@@ -644,6 +644,18 @@ async fn submit(file: &std::path::Path, cluster: &ClusterArgs, functions: Functi
             .into());
         }
     };
+    if !pipeline.group_problems.is_empty() {
+        eprintln!(
+            "{}",
+            crate::pipeline::Diagnostics(pipeline.group_problems.clone())
+        );
+        return Err(format!(
+            "{}: cannot run in a consumer group, as a cluster's workers run it; nothing was \
+             submitted",
+            file.display()
+        )
+        .into());
+    }
     let definition = crate::cluster::control::bundle(file, &pipeline.name)?;
     let plane = cluster.plane()?;
     plane.ensure_topics().await?;
@@ -908,6 +920,15 @@ fn dispatch(
                             .map(|f| f.name().as_str())
                             .collect();
                         crate::say!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
+                    }
+                    if p.group_problems.is_empty() {
+                        crate::say!("  in a consumer group: each partition can run apart");
+                    } else {
+                        crate::say!(
+                            "  not in a consumer group (stratus run --cluster, submit, worker), \
+                             only as one process:\n{}",
+                            crate::pipeline::Diagnostics(p.group_problems.clone())
+                        );
                     }
                 }
                 Err(diagnostics) => {

@@ -141,7 +141,7 @@ pub(super) fn seconds_pipeline(config: &RateConfig, name: &str, topic: &str) -> 
         std::fs::write(sql.join(file), text.replace(from, to))?;
     }
     let file = config.work_dir.join(format!("{name}.yaml"));
-    let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}");
+    let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline, key: [resource_id]}}");
     std::fs::write(
         &file,
         pipeline_yaml(&config.root, &sql, name, &source, config.max_rows),

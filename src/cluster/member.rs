@@ -7,14 +7,20 @@
 //! revoked, the shard flushes, commits to Delta and checkpoints before the partition is
 //! released. The shards' Delta positions are committed to the group after their commits, so
 //! lag tools see true lag. A partition lost without a revoke (this member was cut off) is
-//! stopped the same way, but whatever its new owner has claimed, it commits nothing to. A shard
-//! that fails takes the member down with it, and its partitions move to the other workers.
+//! stopped the same way, but whatever its new owner has claimed, it commits nothing to.
+//!
+//! A shard fenced out of its tables while its partition is still assigned here ends, as Kafka
+//! Streams closes a migrated task: either this member was cut off and will hear at its next
+//! heartbeat that it lost the partition, or another process claimed the tables; if the
+//! partition is still this member's [`FENCED_WAIT`] later, its shard starts again and claims
+//! them back. A shard that fails otherwise takes the member down with it, and its partitions
+//! move to the other workers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -32,6 +38,11 @@ use crate::pipeline::{Pipeline, SourceInput};
 /// How often the member serves the group (heartbeats go on in librdkafka's own thread) and
 /// commits the shards' positions.
 const POLL: Duration = Duration::from_millis(200);
+
+/// How long a fenced shard's partition waits before its shard starts again, if it is still this
+/// member's: over three of librdkafka's heartbeats (every 3 s by default), the first of which
+/// tells a member cut off from its group that it lost its partitions.
+pub const FENCED_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `pipeline` as a member of its consumer group until `shutdown` completes (then every
 /// shard flushes and commits, and the member leaves the group) or a shard fails.
@@ -69,6 +80,13 @@ pub async fn run_member(
             pipeline.name, file.name
         )));
     }
+    if !pipeline.group_problems.is_empty() {
+        return Err(RunError::Cluster(format!(
+            "`{}` cannot run in a consumer group:\n{}",
+            pipeline.name,
+            crate::pipeline::Diagnostics(pipeline.group_problems.clone())
+        )));
+    }
     let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
     same_partition_counts(pipeline, &kafka)?;
     let (failed, mut failures) = mpsc::unbounded_channel();
@@ -80,6 +98,7 @@ pub async fn run_member(
         health: health.clone(),
         offsets: GroupOffsets::default(),
         running: Mutex::default(),
+        fenced: Arc::default(),
         failed,
         summary: Mutex::default(),
     });
@@ -166,6 +185,7 @@ fn serve(consumer: BaseConsumer<Member>, leave: &AtomicBool) {
             tracing::warn!("consumer group: {e}");
         }
         commit_positions(&consumer);
+        restart_fenced(&consumer);
     }
     consumer.context().shards.stop_all();
     commit_positions(&consumer);
@@ -191,6 +211,43 @@ fn commit_positions(consumer: &BaseConsumer<Member>) {
             "consumer group: offsets not committed yet (lag tools lag behind; the Delta tables \
              hold the offsets): {e}"
         ),
+    }
+}
+
+/// Starts again the shards fenced [`FENCED_WAIT`] ago whose partitions are still this member's.
+fn restart_fenced(consumer: &BaseConsumer<Member>) {
+    let shards = &consumer.context().shards;
+    let due: Vec<i32> = {
+        let mut fenced = shards.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        let due = fenced
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= FENCED_WAIT)
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>();
+        fenced.retain(|p, _| !due.contains(p));
+        due
+    };
+    if due.is_empty() {
+        return;
+    }
+    let held = match consumer.assignment() {
+        Ok(list) if !consumer.assignment_lost() => partitions_of(&list, &consumer.context().topic),
+        _ => Vec::new(),
+    };
+    for p in due {
+        // Its shard has ended: make way for the new one.
+        shards
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        if held.contains(&p) {
+            tracing::info!(
+                "pipeline {}: partition {p} is still this worker's: its shard starts again",
+                shards.pipeline.name
+            );
+            shards.start(p);
+        }
     }
 }
 
@@ -224,6 +281,8 @@ impl ConsumerContext for Member {
             commit_positions(consumer);
         }
         self.shards.offsets.forget(&partitions);
+        let mut fenced = self.shards.fenced.lock().unwrap_or_else(|e| e.into_inner());
+        fenced.retain(|p, _| !partitions.contains(p));
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -260,6 +319,8 @@ struct Shards {
     health: Health,
     offsets: GroupOffsets,
     running: Mutex<BTreeMap<i32, Running>>,
+    /// Partitions whose shards were fenced out of their tables while assigned here, and when.
+    fenced: Arc<Mutex<BTreeMap<i32, Instant>>>,
     /// Where a shard's failure goes: it ends the member.
     failed: mpsc::UnboundedSender<RunError>,
     /// What the stopped shards did.
@@ -288,10 +349,11 @@ impl Shards {
             partition,
             offsets: self.offsets.clone(),
         });
-        let (metrics, health, failed, stopped_by_us) = (
+        let (metrics, health, failed, fenced, stopped_by_us) = (
             self.metrics.clone(),
             self.health.clone(),
             self.failed.clone(),
+            self.fenced.clone(),
             stopping.clone(),
         );
         let task = self.runtime.spawn(async move {
@@ -326,12 +388,22 @@ impl Shards {
                 Ok(summary) => Some(summary),
                 // A shard that fails on its way out (fenced out by a lost partition's new
                 // owner): the partition is gone, and its new owner resumes from the tables.
-                // Fenced while its partition is still assigned here, it fails the worker: a
-                // new owner is taking over (this member will hear it lost the partition), or
-                // the partition's tables are ahead of this shard, and a new start replays
-                // from them.
                 Err(e) if stopped_by_us.load(Ordering::Relaxed) => {
                     tracing::warn!("pipeline {}: partition {partition}: {e}", pipeline.name);
+                    None
+                }
+                // Fenced while its partition is still assigned here: see the module's doc.
+                Err(e) if e.is_fenced() => {
+                    tracing::warn!(
+                        "pipeline {}: partition {partition}: {e}; its shard starts again in \
+                         {} s if the partition is still this worker's",
+                        pipeline.name,
+                        FENCED_WAIT.as_secs()
+                    );
+                    fenced
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(partition, Instant::now());
                     None
                 }
                 Err(e) => {

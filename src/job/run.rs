@@ -108,6 +108,18 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// Whether a table's marks were taken over by another process (see
+    /// [`DeltaSink::claim`]): this run commits nothing more to them.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            RunError::Delta(SinkError::Fenced { .. }) => true,
+            RunError::Shard { source, .. } => source.is_fenced(),
+            _ => false,
+        }
+    }
+}
+
 impl From<KafkaSinkError> for RunError {
     fn from(e: KafkaSinkError) -> Self {
         RunError::KafkaSink(Box::new(e))

@@ -178,6 +178,12 @@ pub struct KafkaSourceConfig {
     /// Consumer group; default `stratus-<pipeline name>`.
     #[serde(default)]
     pub group: Option<String>,
+    /// The event fields the producers key the topic's records by (the partitioner hashes the
+    /// key, so every event with the same values is in one partition). In a consumer group each
+    /// worker runs its partitions alone: every stage that keeps state per key must key by
+    /// these fields too (see `pipeline::partitioning`).
+    #[serde(default)]
+    pub key: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

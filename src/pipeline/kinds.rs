@@ -170,6 +170,18 @@ pub enum StageKind {
     Rightsizing(RightsizeSpec),
 }
 
+/// What a stage keeps its state by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateKeys {
+    /// Nothing: each batch on its own.
+    Stateless,
+    /// State per key, for each of these key column lists (all of them its input's columns or
+    /// its output's, by name).
+    By(Vec<Vec<String>>),
+    /// One state over every row (a recommendation over every pool).
+    Whole,
+}
+
 /// A checked stage of a pipeline.
 pub type StagePlan = Planned<StageKind>;
 
@@ -180,6 +192,23 @@ impl StagePlan {
             StageKind::Sql(s) => Some(s),
             StageKind::Window(w) => Some(&w.sql),
             _ => None,
+        }
+    }
+
+    /// What the stage keeps its state by (see [`super::partitioning`]).
+    pub fn state_keys(&self) -> StateKeys {
+        match &self.kind {
+            StageKind::Sql(_) => StateKeys::Stateless,
+            StageKind::Window(w) => StateKeys::By(
+                std::iter::once(w.sql.query.keys.clone())
+                    .chain(w.carry.as_ref().map(|c| c.by.clone()))
+                    .collect(),
+            ),
+            StageKind::Score(s) => StateKeys::By(vec![s.key.clone()]),
+            StageKind::Forecast(f) => StateKeys::By(vec![f.key.clone()]),
+            StageKind::Alert(a) => StateKeys::By(vec![a.input.key.clone()]),
+            StageKind::Rightsizing(r) => StateKeys::By(vec![vec![r.resource.clone()]]),
+            StageKind::Spot(_) => StateKeys::Whole,
         }
     }
 

@@ -8,6 +8,7 @@
 //!   `score::config`, `forecast::config`, `decide::config`), and checked
 //!   ([`StagePlan`]);
 //! - [`models`]: the model registry and the models the SQL calls;
+//! - [`partitioning`]: whether the pipeline's partitions can run apart, in a consumer group;
 //!
 //! What every check shares and gives, and the diagnostics (file, line and hint, all reported
 //! at once), are in `crate::check`, below the stage kinds.
@@ -15,12 +16,13 @@
 pub mod config;
 pub mod kinds;
 pub mod models;
+pub mod partitioning;
 pub mod plan;
 
 pub use crate::check::Planned;
 pub use crate::check::diagnostics::{Diagnostic, Diagnostics};
 pub use crate::window::config::{SqlStage, WindowStage};
-pub use kinds::{StageConfig, StageFields, StageKind, StagePlan};
+pub use kinds::{StageConfig, StageFields, StageKind, StagePlan, StateKeys};
 pub use plan::{Overrides, Pipeline, SinkPlan, SinkTarget, SourceInput, SourcePlan};
 
 #[cfg(test)]

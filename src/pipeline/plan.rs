@@ -35,6 +35,8 @@ pub struct SourcePlan {
     pub allowed_lateness: i64,
     pub idle_timeout: i64,
     pub dead_letter_topic: String,
+    /// The fields the topic's records are keyed by, as declared (none for a file).
+    pub key: Vec<String>,
 }
 
 /// Where a sink writes.
@@ -88,6 +90,9 @@ pub struct Pipeline {
     /// A backfill (some source replayed from a file, under a name of its own): it writes its
     /// Delta tables only, and its dead letters and late rows to files beside them.
     pub backfill: bool,
+    /// What keeps the pipeline from running in a consumer group, where each partition of its
+    /// topics runs apart (see [`super::partitioning`]): none if nothing does.
+    pub group_problems: Vec<Diagnostic>,
 }
 
 impl Pipeline {
@@ -357,6 +362,7 @@ impl Pipeline {
             r.at(&["commit", "max_rows"], "max_rows must be at least 1", None);
         }
         if r.found.is_empty() {
+            let group_problems = super::partitioning::problems(file, text, &sources, &stages);
             Ok(Pipeline {
                 name: config.name,
                 file: file.to_path_buf(),
@@ -372,6 +378,7 @@ impl Pipeline {
                 models,
                 kafka,
                 backfill: overrides.is_some_and(|o| !o.replay.is_empty()),
+                group_problems,
             })
         } else {
             Err(Diagnostics(r.found))
@@ -507,6 +514,23 @@ fn check_source(
             None,
         );
     }
+    let key = source
+        .kafka
+        .as_ref()
+        .map(|k| k.key.clone())
+        .unwrap_or_default();
+    if let Some(s) = &schema {
+        for field in key
+            .iter()
+            .filter(|k| !s.fields().iter().any(|f| &f.name == *k))
+        {
+            r.at(
+                &["sources", name, "kafka", "key"],
+                format!("key field `{field}` is not in {}", schema_file.display()),
+                Some("name the event fields the producers key the topic's records by"),
+            );
+        }
+    }
     let dead_letter_topic = source
         .dead_letter_topic
         .clone()
@@ -523,6 +547,7 @@ fn check_source(
         allowed_lateness: lateness?,
         idle_timeout: idle?,
         dead_letter_topic,
+        key,
     })
 }
 

@@ -169,3 +169,90 @@ async fn a_secret_written_in_a_pipeline_is_refused_and_never_shown() {
         "the secret is shown:\n{err}"
     );
 }
+
+/// Whether each shipped pipeline can run in a consumer group, and what is said where not.
+#[tokio::test]
+async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of_a_group() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |name: &str| {
+        let file = root.join("pipelines").join(name);
+        async move { Pipeline::load(&file).await.unwrap() }
+    };
+    let line_of = |name: &str, wanted: &str| {
+        let text = std::fs::read_to_string(root.join("pipelines").join(name)).unwrap();
+        text.lines().position(|l| l.trim_start() == wanted).unwrap() + 1
+    };
+
+    // Keyed by resource, and every stage keeps its state per resource (and more).
+    let metrics = load("cloud-metrics.yaml").await;
+    assert_eq!(metrics.group_problems, vec![]);
+
+    // Keyed by pool; the recommendation weighs every pool at once.
+    let spot = load("spot-prices.yaml").await;
+    let [problem] = spot.group_problems.as_slice() else {
+        panic!("{:?}", spot.group_problems)
+    };
+    assert_eq!(
+        problem.line,
+        Some(line_of("spot-prices.yaml", "recommend:"))
+    );
+    assert!(
+        problem
+            .message
+            .starts_with("stage `recommend` keeps one state over every row"),
+        "{problem}"
+    );
+
+    // No key declared, and the hourly totals and their scores keep state per account.
+    let billing = load("billing.yaml").await;
+    let [problem] = billing.group_problems.as_slice() else {
+        panic!("{:?}", billing.group_problems)
+    };
+    assert_eq!(problem.line, Some(line_of("billing.yaml", "kafka:")));
+    assert!(
+        problem
+            .message
+            .contains("declares no `key`, and stage(s) cost_1h, cost_anomaly"),
+        "{problem}"
+    );
+
+    // Keyed by account: the per-resource stages would see a resource's rows on many workers.
+    let file = root.join("pipelines/cloud-metrics.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("key: [resource_id]  ", "key: [account_id]   ");
+    let by_account = Pipeline::from_yaml(&file, &text).await.unwrap();
+    let stages: Vec<(String, Option<usize>)> = by_account
+        .group_problems
+        .iter()
+        .map(|p| (p.message.split('`').nth(1).unwrap().to_string(), p.line))
+        .collect();
+    assert!(stages.len() >= 4, "{stages:?}");
+    assert!(
+        by_account.group_problems.iter().all(|p| p
+            .message
+            .contains("without (account_id) that source `metrics`")),
+        "{:?}",
+        by_account.group_problems
+    );
+    let lines: Vec<(&str, usize)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(n, l)| Some((l.strip_suffix(':')?.strip_prefix("  ")?, n + 1)))
+        .filter(|(name, _)| !name.starts_with(' '))
+        .collect();
+    for (stage, line) in &stages {
+        let want = lines.iter().find(|(n, _)| n == stage).map(|(_, l)| *l);
+        assert_eq!(*line, want, "{stage}");
+    }
+
+    // A key field not in the schema is an error of its own.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("key: [resource_id]  ", "key: [resource]     ");
+    let err = Pipeline::from_yaml(&file, &text)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("key field `resource` is not in"), "{err}");
+}

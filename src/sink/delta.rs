@@ -242,25 +242,47 @@ impl DeltaSink {
     /// Not fenced: a table no owner has created yet. Until the new owner's first commit creates
     /// it, the worker that lost the partition may still create it with a cycle of its own.
     pub async fn claim(&mut self) -> Result<i64, SinkError> {
-        // A claim racing another owner's commit reads the table again and claims above it.
+        self.claim_above(None).await
+    }
+
+    /// [`Self::claim`], from the owner epoch first read (`seen`). A claim racing the earlier
+    /// owner's last commits reads the table again and claims above them; one that raced another
+    /// claim is fenced out, never claiming above it: that claim is newer than the epoch this
+    /// process read, and a worker paused mid-claim must not take a partition back from its new
+    /// owner.
+    async fn claim_above(&mut self, mut seen: Option<i64>) -> Result<i64, SinkError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.claim_once().await {
+            if !self.read_again().await? {
+                self.owner = Some(1);
+                return Ok(1);
+            }
+            let recorded = self.mark(OWNER_MARK).await?.unwrap_or(0);
+            if let Some(seen) = seen
+                && seen != recorded
+            {
+                return Err(SinkError::Fenced {
+                    table: self.config.location.clone(),
+                    app: self.config.pipeline.clone(),
+                    why: format!(
+                        "another process claimed it meanwhile (owner epoch {recorded}, this \
+                         process read {seen})"
+                    ),
+                });
+            }
+            seen = Some(recorded);
+            match self.commit_claim(recorded + 1).await {
                 Err(SinkError::Fenced { .. }) if attempts < 5 => continue,
                 outcome => return outcome,
             }
         }
     }
 
-    async fn claim_once(&mut self) -> Result<i64, SinkError> {
+    /// Commits owner `epoch` alone, against the table state last read.
+    async fn commit_claim(&mut self, epoch: i64) -> Result<i64, SinkError> {
         use deltalake::kernel::transaction::CommitBuilder;
         use deltalake::protocol::{DeltaOperation, OutputMode};
-        if !self.read_again().await? {
-            self.owner = Some(1);
-            return Ok(1);
-        }
-        let epoch = self.mark(OWNER_MARK).await?.unwrap_or(0) + 1;
         let app_id = self.app_id(OWNER_MARK);
         let snapshot = self.table.snapshot().map_err(|e| self.delta_error(e))?;
         let commit = CommitBuilder::default()
@@ -687,6 +709,14 @@ mod tests {
 
         let mut c = open("partition-0").await.unwrap();
         assert_eq!(c.claim().await.unwrap(), 3);
+        // A claim that read epoch 2 before c claimed 3 is fenced, not claimed above c's.
+        let mut late = open("partition-0").await.unwrap();
+        match late.claim_above(Some(2)).await {
+            Err(SinkError::Fenced { why, .. }) => {
+                assert!(why.contains("claimed it meanwhile (owner epoch 3"), "{why}")
+            }
+            other => panic!("not fenced: {other:?}"),
+        }
         assert!(!b.recorded(&cycle(2)).await.unwrap());
         let why = fenced(b.commit(rows(2), &cycle(2)).await);
         assert!(why.contains("owner epoch is 3"), "{why}");

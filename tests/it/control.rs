@@ -78,7 +78,7 @@ fn pipeline_yaml(topic: &str, group: &str, with_features: bool) -> String {
         ""
     };
     format!(
-        "name: submitted\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {group}}}\n    \
+        "name: submitted\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {group}, key: [resource_id]}}\n    \
          schema: schema.json\n    event_time: {{field: ts, max_out_of_orderness: 10s, \
          idle_timeout: 10m}}\n    dead_letter_topic: {topic}.dlq\n{features}sinks:\n  raw: \
          {{from: metrics, delta: {{table: raw}}}}\n{f1}commit: {{max_rows: 500, max_interval: \

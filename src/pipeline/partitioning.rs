@@ -1,0 +1,102 @@
+//! Whether a pipeline's partitions can run apart, as the workers of a consumer group run them.
+//!
+//! In: a checked pipeline's sources and stages, and its file. Out: what keeps it from running
+//! in a consumer group, each at its file and line (none if nothing does). A worker runs each
+//! partition of the pipeline's topics alone (see `crate::cluster`), so a stage that keeps
+//! state per key sees every row of a key only if the topic's records are keyed by some of its
+//! key columns: the fields its source declares as `key`, which must be among each of the
+//! stage's key columns (followed by name: a stage that renames a key column is reported). A
+//! stage with one state over every row needs every partition in one place. Rows re-keyed
+//! through a repartition topic (as Kafka Streams does) are not built: such a pipeline runs as
+//! one process, or its topic has one partition.
+
+use std::path::Path;
+
+use super::kinds::{StagePlan, StateKeys};
+use super::plan::{SourceInput, SourcePlan};
+use crate::check::diagnostics::{Diagnostic, Reporter};
+
+/// What keeps the pipeline of `sources` and `stages` (checked, from `file` holding `text`)
+/// from running in a consumer group.
+pub fn problems(
+    file: &Path,
+    text: &str,
+    sources: &[SourcePlan],
+    stages: &[StagePlan],
+) -> Vec<Diagnostic> {
+    let mut r = Reporter::new(file, text);
+    for source in sources {
+        if !matches!(source.input, SourceInput::Kafka { .. }) {
+            continue;
+        }
+        let mut unkeyed = Vec::new();
+        for stage in stages.iter().filter(|s| descends(s, &source.name, stages)) {
+            match stage.state_keys() {
+                StateKeys::Stateless => {}
+                StateKeys::Whole => r.at(
+                    &["stages", &stage.name],
+                    format!(
+                        "stage `{}` keeps one state over every row: in a consumer group each \
+                         worker sees only its own partitions of source `{}`",
+                        stage.name, source.name
+                    ),
+                    Some("run the pipeline as one process (stratus run without --cluster)"),
+                ),
+                StateKeys::By(_) if source.key.is_empty() => unkeyed.push(stage.name.as_str()),
+                StateKeys::By(lists) => {
+                    for keys in lists
+                        .iter()
+                        .filter(|k| !source.key.iter().all(|f| k.contains(f)))
+                    {
+                        r.at(
+                            &["stages", &stage.name],
+                            format!(
+                                "stage `{}` keeps its state per ({}), without ({}) that source \
+                                 `{}`'s records are keyed by: in a consumer group one key's \
+                                 rows would be spread over the workers",
+                                stage.name,
+                                keys.join(", "),
+                                source.key.join(", "),
+                                source.name
+                            ),
+                            Some(
+                                "have the producers key the records by some of the stage's key \
+                                 columns and declare them as the source's `key`, or run the \
+                                 pipeline as one process",
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if !unkeyed.is_empty() {
+            r.at(
+                &["sources", &source.name, "kafka"],
+                format!(
+                    "source `{}` declares no `key`, and stage(s) {} keep state per key: in a \
+                     consumer group each key's rows must all be in one partition",
+                    source.name,
+                    unkeyed.join(", ")
+                ),
+                Some(
+                    "declare `key: [...]`, the event fields the producers key the topic's \
+                     records by (among every such stage's key columns)",
+                ),
+            );
+        }
+    }
+    r.found
+}
+
+/// Whether `stage` reads `source`, directly or through earlier stages.
+fn descends(stage: &StagePlan, source: &str, stages: &[StagePlan]) -> bool {
+    std::iter::once(&stage.input)
+        .chain(&stage.side_inputs)
+        .any(|input| {
+            input == source
+                || stages
+                    .iter()
+                    .find(|s| &s.name == input)
+                    .is_some_and(|s| descends(s, source, stages))
+        })
+}
