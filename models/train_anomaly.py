@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.ensemble import IsolationForest
 
-from publish import publish
+from publish import input_distribution, publish
 
 PARITY_TOLERANCE = 1e-4
 
@@ -135,6 +135,7 @@ def main() -> None:
             "held_back_mean_score": float(np.mean(want)),
             "held_back_share_above_0_6": float(np.mean(want > 0.6)),
         },
+        "input_distribution": input_distribution(train, features),
         "details": {
             "algorithm": "IsolationForest",
             "n_estimators": a.trees,

@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.ensemble import GradientBoostingRegressor
 
-from publish import publish
+from publish import input_distribution, publish
 
 QUANTILES = [("q025", 0.025), ("q10", 0.1), ("q50", 0.5), ("q90", 0.9), ("q975", 0.975)]
 PARITY_TOLERANCE = 1e-4
@@ -187,6 +187,7 @@ def main():
             "calibration_coverage_80": cover(want["q10"], want["q90"]),
             "calibration_coverage_95": cover(want["q025"], want["q975"]),
         },
+        "input_distribution": input_distribution(x[:cut], features),
         "details": {
             "algorithm": "GradientBoostingRegressor(loss=quantile), conformalised (CQR)",
             "n_estimators": a.trees,

@@ -920,6 +920,15 @@ fn dispatch(
                             .map(|f| f.name().as_str())
                             .collect();
                         crate::say!("  stage {} ({window}) → {}", stage.name, columns.join(", "));
+                        if let crate::pipeline::StageKind::Score(score) = &stage.kind {
+                            for model in &score.unwatched {
+                                crate::say!(
+                                    "    {model}: its manifest records no training \
+                                     distribution, so its input drift is not watched \
+                                     (retrain it with scripts/train to record one)"
+                                );
+                            }
+                        }
                     }
                     if p.group_problems.is_empty() {
                         crate::say!("  in a consumer group: each partition can run apart");

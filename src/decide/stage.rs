@@ -898,10 +898,9 @@ impl Operator for SpotOperator {
     }
 
     async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
-        if let Some(model) = self.model.as_mut()
-            && let Some(change) = model.refresh().await
-        {
-            crate::score::report_refresh(ctx, change);
+        if let Some(model) = self.model.as_mut() {
+            model.report_drift(ctx);
+            model.on_cycle_start(ctx).await;
         }
     }
 

@@ -14,6 +14,7 @@ use crate::check::diagnostics::Reporter;
 use crate::check::{
     Checking, Planned, decision_plan, duration, input, is_timestamp, need_columns, parsed_duration,
 };
+use crate::score::drift::DriftSpec;
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
@@ -38,6 +39,10 @@ pub struct ForecastStageConfig {
     /// History a series needs before it is forecast.
     #[serde(default = "default_min_history")]
     pub min_history: String,
+    /// How the model's inputs are watched for drift (default: the last 1,000 rows, PSI 0.2,
+    /// KL 0.1).
+    #[serde(default)]
+    pub drift: DriftSpec,
 }
 
 fn default_forecast_time() -> String {
@@ -146,8 +151,16 @@ pub(crate) async fn check(
             );
             None
         }
-        Some(location) => forecast_model(r, &at("model"), &c.model, location, poll).await,
+        Some(location) => forecast_model(r, &at("model"), &c.model, location, poll)
+            .await
+            .map(|m| ForecastRef {
+                drift: c.drift.clone(),
+                ..m
+            }),
     };
+    if let Some(problem) = c.drift.problem() {
+        r.at(&at("drift"), problem, None);
+    }
     if r.found.len() > before {
         return None;
     }
@@ -226,5 +239,7 @@ pub(crate) async fn forecast_model(
         onnx: Arc::clone(&loaded.onnx),
         registry: location.to_string(),
         poll,
+        distribution: loaded.manifest.input_distribution.clone(),
+        drift: DriftSpec::default(),
     })
 }

@@ -37,6 +37,7 @@ use super::accuracy;
 use super::blend::{self, Blend, Issued, MODEL};
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
+use crate::score::drift::{self, Binned, DriftSpec, InputDrift};
 use crate::score::registry::{Follower, ModelRef, Refresh, RefreshError, Registry, Swap};
 
 const HOUR: i64 = 3_600_000_000;
@@ -54,6 +55,10 @@ pub struct ForecastRef {
     /// The registry's location.
     pub registry: String,
     pub poll: Duration,
+    /// Its manifest's training distribution of each input, if it records one.
+    pub distribution: Option<Vec<Binned>>,
+    /// How its inputs are watched for drift.
+    pub drift: DriftSpec,
 }
 
 impl ForecastRef {
@@ -62,12 +67,28 @@ impl ForecastRef {
     }
 }
 
+/// The drift of `label`'s inputs, watched when its manifest records their training
+/// distribution (said in the log when it does not).
+fn watch(label: &str, distribution: Option<Vec<Binned>>, spec: &DriftSpec) -> Option<InputDrift> {
+    if distribution.is_none() {
+        tracing::warn!(
+            model = %label,
+            "its manifest records no training distribution, so its input drift is not watched; \
+             retrain it (scripts/train) to record one"
+        );
+    }
+    distribution.map(|b| InputDrift::new(b, spec.rows))
+}
+
 /// A loaded forecast model that swaps in newer registered versions of an unpinned reference
 /// (see [`Follower`]).
 pub struct FollowedForecast {
     model: ForecastModel,
     registry: Registry,
     follow: Follower,
+    /// Its inputs against their training distributions, when its manifest records them.
+    drift: Option<InputDrift>,
+    drift_spec: DriftSpec,
 }
 
 impl FollowedForecast {
@@ -80,7 +101,41 @@ impl FollowedForecast {
             model: ForecastModel::new(&from.label(), &from.onnx)?,
             registry: Registry::open(&from.registry, storage_options)?,
             follow: Follower::new(from.reference.clone(), from.version, from.poll),
+            drift: watch(&from.label(), from.distribution.clone(), &from.drift),
+            drift_spec: from.drift.clone(),
         })
+    }
+
+    /// Between cycles: swaps in a newer version ([`refresh`](Self::refresh)), logs it, and
+    /// keeps the drift gauges to the version in use.
+    pub async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        let before = self.watched();
+        if let Some(change) = self.refresh().await {
+            crate::score::report_refresh(ctx, change);
+        }
+        let now = self.watched();
+        if let Some((label, inputs)) = before.filter(|b| Some(b) != now.as_ref()) {
+            drift::forget(ctx, &label, &inputs);
+        }
+        if let Some((label, _)) = now {
+            drift::export_thresholds(ctx, &label, &self.drift_spec);
+        }
+    }
+
+    /// Sets the drift gauges of the inputs watched, once their window is full.
+    pub fn report_drift(&self, ctx: &Context<'_>) {
+        if let Some(d) = &self.drift {
+            drift::report(ctx, self.label(), d);
+        }
+    }
+
+    /// The version in use and its inputs, when they are watched.
+    fn watched(&self) -> Option<(String, Vec<String>)> {
+        let d = self.drift.as_ref()?;
+        Some((
+            self.label().to_string(),
+            d.inputs().map(str::to_string).collect(),
+        ))
     }
 
     /// `name@version` of the model in use.
@@ -89,6 +144,9 @@ impl FollowedForecast {
     }
 
     pub fn predict(&mut self, rows: &[f32]) -> Result<Vec<[f64; 5]>, ForecastError> {
+        if let Some(d) = self.drift.as_mut() {
+            d.observe(rows);
+        }
         self.model.predict(rows)
     }
 
@@ -105,6 +163,7 @@ impl FollowedForecast {
             }
         };
         let name = self.follow.reference().name.clone();
+        let distribution = next.manifest.input_distribution.clone();
         let features: Vec<&str> = next.manifest.feature_names().collect();
         let loaded = if features != FEATURES {
             Err(RefreshError::NotForecast {
@@ -129,6 +188,7 @@ impl FollowedForecast {
                     from: self.model.label.clone(),
                     to: model.label.clone(),
                 };
+                self.drift = watch(&model.label, distribution, &self.drift_spec);
                 self.model = model;
                 self.follow.accept(version);
                 Some(Ok(change))
@@ -578,6 +638,7 @@ impl Operator for ForecastOperator {
         }
         let outcomes = std::mem::take(&mut self.outcomes);
         accuracy::report(&outcomes, &self.spec.horizons, self.model.label(), ctx);
+        self.model.report_drift(ctx);
         Ok(watermark)
     }
 
@@ -585,9 +646,7 @@ impl Operator for ForecastOperator {
         if !std::mem::replace(&mut self.exported, true) {
             accuracy::export(&self.spec.horizons, self.model.label(), ctx);
         }
-        if let Some(change) = self.model.refresh().await {
-            crate::score::report_refresh(ctx, change);
-        }
+        self.model.on_cycle_start(ctx).await;
     }
 
     fn snapshot(&self) -> operator::Result<OperatorState> {

@@ -42,6 +42,14 @@ pub struct PipelineMetrics {
     pub rows_scored: IntCounterVec,
     /// The version a score stage serves, and the one it shadows.
     pub model_version: IntGaugeVec,
+    /// Per model version and input: the population stability index of the input's last
+    /// rows against its training distribution (`score::drift`).
+    pub model_input_psi: GaugeVec,
+    /// The same as a KL divergence (recent against training).
+    pub model_input_kl: GaugeVec,
+    /// The pipeline's drift thresholds per model version (`measure`: `psi` or `kl`), which the
+    /// shipped rule compares the two gauges above with.
+    pub model_drift_threshold: GaugeVec,
     /// Alert messages, by severity and status.
     pub alerts: IntCounterVec,
     /// Windows the alert policy held back since the process started, by reason.
@@ -109,6 +117,15 @@ fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
         .register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
     c
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -209,6 +226,24 @@ impl PipelineMetrics {
         registry
             .register(Box::new(model_version.clone()))
             .unwrap_or_else(|e| panic!("metric model_version registered twice: {e}"));
+        let model_input_psi = float_gauge(
+            &registry,
+            "model_input_psi",
+            "Population stability index of a model input's last rows against its training.",
+            &["pipeline", "stage", "model", "input"],
+        );
+        let model_input_kl = float_gauge(
+            &registry,
+            "model_input_kl",
+            "KL divergence of a model input's last rows from its training distribution.",
+            &["pipeline", "stage", "model", "input"],
+        );
+        let model_drift_threshold = float_gauge(
+            &registry,
+            "model_drift_threshold",
+            "The pipeline's input drift threshold for a model (measure: psi or kl).",
+            &["pipeline", "stage", "model", "measure"],
+        );
         let alerts = counter(
             &registry,
             "alerts_total",
@@ -361,6 +396,9 @@ impl PipelineMetrics {
             inference_seconds,
             rows_scored,
             model_version,
+            model_input_psi,
+            model_input_kl,
+            model_drift_threshold,
             stage_rows,
             cycle_seconds,
         }

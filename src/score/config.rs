@@ -7,6 +7,7 @@ use arrow::datatypes::DataType;
 use serde::Deserialize;
 
 use super::detect::{DetectError, DetectorSpec, Ensemble};
+use super::drift::DriftSpec;
 use super::registry::{ModelRef, Registry};
 use super::stage::{ScoreSpec, feature_columns, is_numeric};
 use crate::check::diagnostics::Reporter;
@@ -41,6 +42,10 @@ pub struct ScoreStageConfig {
     /// alarm at 6σ, rest of 100 values).
     #[serde(default)]
     pub calibration: Option<super::detect::CalibrationSpec>,
+    /// How the models' inputs are watched for drift against their training distributions
+    /// (default: the last 1,000 rows, PSI 0.2, KL 0.1).
+    #[serde(default)]
+    pub drift: DriftSpec,
 }
 
 fn default_score_time() -> String {
@@ -165,7 +170,11 @@ pub(crate) async fn check(
         r.at(&at("detectors"), "a `model` detector needs a `model`", None);
     }
 
+    if let Some(problem) = score.drift.problem() {
+        r.at(&at("drift"), problem, None);
+    }
     let needs_registry = model.is_some() || shadow.is_some();
+    let mut unwatched = Vec::new();
     if needs_registry {
         match registry {
             None => r.at(
@@ -174,7 +183,7 @@ pub(crate) async fn check(
                 Some("add `models: {registry: ../models/registry}` (or set STRATUS_MODELS)"),
             ),
             Some(location) => {
-                check_models(
+                unwatched = check_models(
                     r,
                     name,
                     location,
@@ -196,6 +205,8 @@ pub(crate) async fn check(
         value: score.value.clone(),
         detectors,
         calibration,
+        drift: score.drift.clone(),
+        unwatched,
         registry: registry.map(str::to_string),
         poll,
     };
@@ -212,19 +223,21 @@ pub(crate) async fn check(
     })
 }
 
-/// Resolves each model and checks its manifest's features against the input.
+/// Resolves each model and checks its manifest's features against the input. Returns the
+/// versions whose manifests record no training distribution (their drift is not watched).
 async fn check_models(
     r: &mut Reporter<'_>,
     stage: &str,
     location: &str,
     models: &[(&'static str, &Option<ModelRef>)],
     input: &arrow::datatypes::Schema,
-) {
+) -> Vec<String> {
+    let mut unwatched = Vec::new();
     let registry = match Registry::open(location, &crate::sink::storage_options_from_env()) {
         Ok(reg) => reg,
         Err(e) => {
             r.at(&["models", "registry"], e.to_string(), None);
-            return;
+            return unwatched;
         }
     };
     for (field, model) in models {
@@ -243,6 +256,9 @@ async fn check_models(
         };
         match registry.manifest(&model.name, version).await {
             Ok(manifest) => {
+                if manifest.input_distribution.is_none() {
+                    unwatched.push(format!("{}@{version}", model.name));
+                }
                 let features: Vec<&str> = manifest.feature_names().collect();
                 if let Err(e) = feature_columns(&features, input) {
                     r.at(
@@ -255,4 +271,5 @@ async fn check_models(
             Err(e) => r.at(&at, e.to_string(), None),
         }
     }
+    unwatched
 }

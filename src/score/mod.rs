@@ -7,11 +7,13 @@
 //! - [`stage`]: a pipeline's score stage — model, shadow, detectors, hot reload.
 //! - [`function`]: registered models callable from SQL, `score('model', inputs…)`.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
+//! - [`drift`]: each model input's recent distribution against its training one (PSI, KL).
 //!
 //! Forecast models, run the same way, are in [`crate::forecast`].
 
 pub mod config;
 pub mod detect;
+pub mod drift;
 pub mod function;
 pub mod onnx;
 pub mod registry;

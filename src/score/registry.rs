@@ -161,6 +161,10 @@ pub struct Manifest {
     /// Anything else the trainer records (algorithm, parameters, library versions).
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Each input's binned distribution over the training rows, in input order, against which
+    /// a score stage watches the input drift (`score::drift`). Older manifests have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_distribution: Option<Vec<super::drift::Binned>>,
 }
 
 impl Manifest {
@@ -181,6 +185,17 @@ impl Manifest {
                 "input {:?} has type {:?}; Stratus feeds float32",
                 f.name, f.kind
             )));
+        }
+        if let Some(bins) = &self.input_distribution {
+            let names: Vec<&str> = bins.iter().map(|b| b.name.as_str()).collect();
+            if !names.iter().copied().eq(self.feature_names()) {
+                return Err(invalid(format!(
+                    "`input_distribution` is of {names:?}; it must follow `inputs` in order"
+                )));
+            }
+            if let Some(problem) = bins.iter().find_map(super::drift::Binned::problem) {
+                return Err(invalid(format!("`input_distribution`: {problem}")));
+            }
         }
         if !self.outputs.iter().any(|o| o.name == self.score_output) {
             return Err(invalid(format!(
@@ -550,6 +565,7 @@ mod tests {
             },
             metrics: HashMap::new(),
             details: serde_json::Map::new(),
+            input_distribution: None,
         }
     }
 
@@ -710,5 +726,25 @@ mod tests {
                 .to_string()
                 .contains("not among the outputs")
         );
+    }
+
+    #[test]
+    fn a_manifests_input_distribution_must_follow_its_inputs() {
+        let bins = |name: &str| super::super::drift::Binned {
+            name: name.into(),
+            edges: vec![0.0],
+            shares: vec![0.4, 0.6],
+        };
+        let mut m = manifest("m");
+        m.input_distribution = Some(vec![bins("mean")]);
+        m.check("x").unwrap();
+        m.input_distribution = Some(vec![bins("max")]);
+        let e = m.check("x").unwrap_err().to_string();
+        assert!(e.contains("must follow `inputs`"), "{e}");
+        let mut b = bins("mean");
+        b.shares = vec![0.4, 0.4];
+        m.input_distribution = Some(vec![b]);
+        let e = m.check("x").unwrap_err().to_string();
+        assert!(e.contains("sum to 1"), "{e}");
     }
 }

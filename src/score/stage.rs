@@ -26,6 +26,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::detect::{CalibrationSpec, DetectError, DetectorSpec, Ensemble};
+use super::drift::{self, DriftSpec, InputDrift};
 use super::onnx::{OnnxModel, ScoreError};
 use super::registry::{
     Follower, ModelRef, ModelRefError, ModelVersion, Refresh, RefreshError, Registry,
@@ -69,6 +70,10 @@ pub struct ScoreSpec {
     pub value: Option<String>,
     pub detectors: Vec<DetectorSpec>,
     pub calibration: CalibrationSpec,
+    /// How the models' inputs are watched for drift.
+    pub drift: DriftSpec,
+    /// The model versions, as checked, whose manifests record no training distribution.
+    pub unwatched: Vec<String>,
     /// The registry's location, when a model is set.
     pub registry: Option<String>,
     pub poll: Duration,
@@ -131,6 +136,8 @@ struct Loaded {
     output: String,
     /// Input column index of each model feature, in the manifest's order.
     columns: Vec<usize>,
+    /// Its inputs against their training distributions, when its manifest records them.
+    drift: Option<InputDrift>,
 }
 
 /// A key's detectors and the newest time they learnt.
@@ -162,10 +169,16 @@ async fn load(
     reference: &ModelRef,
     input: &Schema,
     poll: Duration,
+    drift: &DriftSpec,
 ) -> Result<Loaded, StageError> {
     let version = registry.resolve(reference).await?;
     let v = registry.load(&reference.name, version).await?;
-    prepare(Follower::new(reference.clone(), version, poll), v, input)
+    prepare(
+        Follower::new(reference.clone(), version, poll),
+        v,
+        input,
+        drift,
+    )
 }
 
 /// The ONNX session of a registered version, checked to give the output its manifest scores by.
@@ -181,18 +194,35 @@ pub(super) fn scorer(label: &str, v: &ModelVersion) -> Result<OnnxModel, StageEr
     Ok(model)
 }
 
-/// A registered version ready to score `input`'s rows.
-fn prepare(follow: Follower, v: ModelVersion, input: &Schema) -> Result<Loaded, StageError> {
+/// A registered version ready to score `input`'s rows, its inputs watched as `drift` says.
+fn prepare(
+    follow: Follower,
+    v: ModelVersion,
+    input: &Schema,
+    drift: &DriftSpec,
+) -> Result<Loaded, StageError> {
     let label = follow.label();
     let columns = feature_columns(&v.manifest.feature_names().collect::<Vec<_>>(), input)
         .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
     let model = scorer(&label, &v)?;
+    let drift = match v.manifest.input_distribution {
+        Some(bins) => Some(InputDrift::new(bins, drift.rows)),
+        None => {
+            tracing::warn!(
+                model = %label,
+                "its manifest records no training distribution, so its input drift is not \
+                 watched; retrain it (scripts/train) to record one"
+            );
+            None
+        }
+    };
     Ok(Loaded {
         follow,
         label,
         model,
         output: v.manifest.score_output,
         columns,
+        drift,
     })
 }
 
@@ -250,10 +280,10 @@ impl ScoreOperator {
         let mut shadow = None;
         if let Some(r) = &registry {
             if let Some(m) = &spec.model {
-                model = Some(load(r, m, &input, spec.poll).await?);
+                model = Some(load(r, m, &input, spec.poll, &spec.drift).await?);
             }
             if let Some(m) = &spec.shadow {
-                shadow = Some(load(r, m, &input, spec.poll).await?);
+                shadow = Some(load(r, m, &input, spec.poll, &spec.drift).await?);
             }
         }
         Ok(ScoreOperator {
@@ -304,7 +334,7 @@ impl ScoreOperator {
             };
             let mut follow = current.follow.clone();
             follow.accept(version);
-            match prepare(follow, registered, &self.input) {
+            match prepare(follow, registered, &self.input, &self.spec.drift) {
                 Ok(next) => {
                     changes.push(Ok(Swap {
                         from: current.label.clone(),
@@ -404,6 +434,30 @@ impl ScoreOperator {
             columns.push(Arc::new(Float64Array::from(scores)));
         }
         Ok((RecordBatch::try_new(self.output.clone(), columns)?, stats))
+    }
+
+    /// Each loaded version whose inputs are watched for drift, with those inputs.
+    fn watched(&self) -> Vec<(String, Vec<String>)> {
+        [&self.model, &self.shadow]
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let drift = m.drift.as_ref()?;
+                Some((
+                    m.label.clone(),
+                    drift.inputs().map(str::to_string).collect(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets each watched input's PSI and KL gauges, once its window is full.
+    fn report_drift(&self, ctx: &Context<'_>) {
+        for m in [&self.model, &self.shadow].into_iter().flatten() {
+            if let Some(d) = &m.drift {
+                drift::report(ctx, &m.label, d);
+            }
+        }
     }
 
     /// The detector settings the state was learnt under, as JSON.
@@ -542,6 +596,9 @@ fn score_model(m: &mut Loaded, batch: &RecordBatch) -> Result<(Vec<Option<f64>>,
     if complete.is_empty() {
         return Ok((out, 0.0));
     }
+    if let Some(drift) = m.drift.as_mut() {
+        drift.observe(&values);
+    }
     let started = Instant::now();
     let scores = m.model.score(&values, &m.output)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -577,6 +634,7 @@ impl Operator for ScoreOperator {
         out: &mut Collector,
     ) -> operator::Result<()> {
         let (scored, stats) = self.apply(batch)?;
+        self.report_drift(ctx);
         for (model, rows, seconds) in stats {
             let labels = [ctx.pipeline, ctx.stage, model.as_str()];
             ctx.metrics
@@ -595,8 +653,17 @@ impl Operator for ScoreOperator {
     /// Swaps in newer registered versions; a version that cannot be used is logged and the
     /// current one kept. Sets the `model_version` gauges.
     async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
+        let watched = self.watched();
         for change in self.refresh().await {
             super::report_refresh(ctx, change);
+        }
+        // A version swapped out no longer drifts: its gauges go with it.
+        let current = self.watched();
+        for (label, inputs) in watched.iter().filter(|w| !current.contains(w)) {
+            drift::forget(ctx, label, inputs);
+        }
+        for (label, _) in &current {
+            drift::export_thresholds(ctx, label, &self.spec.drift);
         }
         let (serving, shadow) = self.versions();
         for (role, label) in [("serving", serving), ("shadow", shadow)] {
@@ -651,6 +718,8 @@ mod tests {
                 learn: "100m".into(),
                 ..Default::default()
             },
+            drift: DriftSpec::default(),
+            unwatched: Vec::new(),
             registry: None,
             poll: Duration::from_secs(10),
         }

@@ -103,6 +103,8 @@ fn spec(registry: &str, version: u32) -> ForecastSpec {
             onnx: Arc::new(onnx),
             registry: registry.to_string(),
             poll: Duration::ZERO,
+            distribution: None,
+            drift: Default::default(),
         },
     }
 }

@@ -2,7 +2,8 @@
 //! `models/train_anomaly.py` on a Delta table a pipeline wrote, registered in an `s3://`
 //! registry, scores a running pipeline's windows; a second version registered mid-stream is
 //! swapped in without losing or double-scoring a window; a pinned shadow version is scored
-//! beside it and never acted on.
+//! beside it and never acted on; each version's input drift against the training distribution
+//! its manifest records is exported once its window of rows is full.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
@@ -28,6 +29,8 @@ const S: i64 = 1_000_000;
 const MINUTE: i64 = 60 * S;
 const RESOURCES: usize = 6;
 const FEATURES: [&str; 4] = ["mean", "min", "max", "p95"];
+/// The windows the scoring pipeline closes: minutes 0 to 58 of each resource.
+const SCORED: usize = RESOURCES * 59;
 
 /// Every 10 s for `minutes` minutes from `base`, per resource: a noisy level, one spike.
 fn events(base: i64, from_minute: i64, to_minute: i64) -> Vec<(String, String)> {
@@ -181,6 +184,7 @@ async fn a_new_version_is_swapped_in_mid_stream_and_every_window_is_scored_once(
       key: [resource_id, metric]
       detectors: [{{kind: model}}]
       calibration: {{learn: 12m}}
+      drift: {{rows: {SCORED}, psi: 0.25, kl: 0.15}}
 models: {{registry: "{registry}", poll: 50ms}}
 sinks:
   scores: {{from: anomaly, delta: {{table: scores}}}}
@@ -229,6 +233,7 @@ commit: {{max_rows: 120, max_interval: 200ms}}
         models.insert(format!("m@{v}"), model);
     }
     let mut rows: BTreeMap<(String, i64), (String, f64, f64, f64)> = BTreeMap::new();
+    let mut inputs: Vec<Vec<f32>> = Vec::new();
     for b in read_delta(&scores).await {
         let text =
             |n: &str| arrow::compute::cast(b.column_by_name(n).unwrap(), &DataType::Utf8).unwrap();
@@ -267,6 +272,7 @@ commit: {{max_rows: 120, max_interval: 200ms}}
         for i in 0..b.num_rows() {
             let v = version.value(i).to_string();
             let x: Vec<f32> = feature_cols.iter().map(|c| c.value(i) as f32).collect();
+            inputs.push(x.clone());
             // Scored by the version it names, and shadowed by m@1.
             let want = models
                 .get_mut(&v)
@@ -329,5 +335,50 @@ commit: {{max_rows: 120, max_interval: 200ms}}
     assert!(
         saw_v2,
         "no window was scored by the version registered mid-stream"
+    );
+
+    // 5. Drift: the shadow m@1 scored every window, exactly the window of rows it watches,
+    // so its PSI and KL per input are those of every scored row against the training shares
+    // its manifest records. m@2 has seen fewer rows: no figure yet.
+    assert_eq!(inputs.len(), SCORED);
+    let scraped = metrics.render();
+    let gauge = |name: &str, model: &str, input: &str| {
+        let matching = [("model", model), ("input", input)];
+        scraped
+            .lines()
+            .any(|l| l.starts_with(name) && l.contains(&format!("model=\"{model}\"")))
+            .then(|| crate::exported::sum(&scraped, name, &matching))
+    };
+    let trained = reg.load("m", 1).await.unwrap().manifest;
+    let bins = trained.input_distribution.expect("the trainer records it");
+    assert_eq!(bins.len(), FEATURES.len());
+    for (j, b) in bins.iter().enumerate() {
+        assert_eq!(b.name, FEATURES[j]);
+        let mut counts = vec![0u64; b.shares.len()];
+        for x in &inputs {
+            let v = f64::from(x[j]);
+            counts[b.edges.iter().filter(|&&e| e < v).count()] += 1;
+        }
+        let want = stratus::score::drift::divergence(&counts, &b.shares);
+        let psi = gauge("stratus_model_input_psi", "m@1", &b.name).expect("m@1's PSI");
+        let kl = gauge("stratus_model_input_kl", "m@1", &b.name).expect("m@1's KL");
+        assert!(
+            (psi - want.psi).abs() < 1e-9,
+            "{}: {psi} != {want:?}",
+            b.name
+        );
+        assert!((kl - want.kl).abs() < 1e-9, "{}: {kl} != {want:?}", b.name);
+        assert_eq!(gauge("stratus_model_input_psi", "m@2", &b.name), None);
+    }
+    let threshold = |model: &str, measure: &str| {
+        crate::exported::sum(
+            &scraped,
+            "stratus_model_drift_threshold",
+            &[("model", model), ("measure", measure)],
+        )
+    };
+    assert_eq!(
+        (threshold("m@2", "psi"), threshold("m@2", "kl")),
+        (0.25, 0.15)
     );
 }
