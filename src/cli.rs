@@ -925,7 +925,8 @@ fn dispatch(
                                 crate::say!(
                                     "    {model}: its manifest records no training \
                                      distribution, so its input drift is not watched \
-                                     (retrain it with scripts/train to record one)"
+                                     (retrain it with scripts/train, or record one with \
+                                     models/record_distribution.py)"
                                 );
                             }
                         }

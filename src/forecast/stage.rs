@@ -74,7 +74,7 @@ fn watch(label: &str, distribution: Option<Vec<Binned>>, spec: &DriftSpec) -> Op
         tracing::warn!(
             model = %label,
             "its manifest records no training distribution, so its input drift is not watched; \
-             retrain it (scripts/train) to record one"
+             retrain it (scripts/train) or record one (models/record_distribution.py)"
         );
     }
     distribution.map(|b| InputDrift::new(b, spec.rows))

@@ -211,7 +211,7 @@ fn prepare(
             tracing::warn!(
                 model = %label,
                 "its manifest records no training distribution, so its input drift is not \
-                 watched; retrain it (scripts/train) to record one"
+                 watched; retrain it (scripts/train) or record one (models/record_distribution.py)"
             );
             None
         }
