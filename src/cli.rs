@@ -748,12 +748,13 @@ async fn worker(
     config: crate::cluster::worker::WorkerConfig,
     metrics_addr: std::net::SocketAddr,
 ) -> Result<()> {
+    let shutdown = shutdown_signal();
     let (metrics, health, bound, _server) = serve_metrics(metrics_addr).await?;
     eprintln!(
         "stratus: worker {} starting; metrics on http://{bound}/metrics",
         config.id
     );
-    crate::cluster::worker::run_worker(config, metrics, health, shutdown_signal()).await?;
+    crate::cluster::worker::run_worker(config, metrics, health, shutdown).await?;
     eprintln!("stratus: worker stopped");
     Ok(())
 }
@@ -781,20 +782,29 @@ async fn serve_metrics(
     Ok((metrics, health, bound, server))
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
+/// Completes on SIGTERM or Ctrl-C. The handlers are in place when this returns, before the
+/// future is first polled: a SIGTERM that comes while the run is still starting (Kubernetes
+/// stops a pod whenever it likes) stops it as cleanly as a later one, rather than killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = signal(SignalKind::terminate()).and_then(|term| {
+        let interrupt = signal(SignalKind::interrupt())?;
+        Ok((term, interrupt))
+    });
+    async move {
+        let (mut term, mut interrupt) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM and SIGINT: {e}");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        eprintln!("stratus: stopping: flushing and committing");
     }
-    eprintln!("stratus: stopping: flushing and committing");
 }
 
 async fn run(
@@ -816,12 +826,12 @@ async fn run(
             .into());
         }
     };
+    let shutdown = shutdown_signal();
     let (metrics, health, bound, _server) = serve_metrics(metrics_addr).await?;
     eprintln!(
         "stratus: pipeline `{}` starting; metrics on http://{bound}/metrics",
         pipeline.name
     );
-    let shutdown = shutdown_signal();
     let summary = match cluster {
         true => crate::cluster::run_member(&pipeline, &config, metrics, health, shutdown).await?,
         false => {

@@ -31,6 +31,18 @@ pub fn metric(text: &str, prefix: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The last `lines` lines of `log`: enough to say why a process failed, short enough that the
+/// failure's first line stays in view of a CI log that keeps only part of the output.
+pub fn tail(log: &str, lines: usize) -> &str {
+    let start = log
+        .char_indices()
+        .rev()
+        .filter(|&(_, c)| c == '\n')
+        .nth(lines)
+        .map_or(0, |(i, _)| i + 1);
+    &log[start..]
+}
+
 /// A running `stratus run`; killed if the test fails before it stops.
 pub struct Running {
     child: Child,

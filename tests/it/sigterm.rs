@@ -1,5 +1,6 @@
 //! The `stratus run` binary as an operator meets it: it serves /healthz, /readyz and /metrics,
-//! and on SIGTERM flushes, commits and exits 0 with every consumed event in Delta.
+//! and on SIGTERM flushes, commits and exits 0 with every consumed event in Delta; a SIGTERM
+//! that comes while it is still starting (as Kubernetes may send one) stops it as cleanly.
 
 use std::process::Command;
 use std::time::Duration;
@@ -61,5 +62,40 @@ async fn sigterm_flushes_commits_and_exits_zero() {
 
     let n = delta_rows(&tables.join("raw").display().to_string()).await;
     assert_eq!(n, events.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_while_starting_stops_it_cleanly_alone_and_in_a_group() {
+    let topic = unique("it-sigterm-start");
+    create_topic(&topic, 2).await;
+    let dir = std::env::temp_dir().join(unique("it-sigterm-start"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pipeline = dir.join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: sigterm_start\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}, key: [resource_id]}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw}}}}\n"
+        ),
+    )
+    .unwrap();
+    for cluster in [false, true] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stratus"));
+        command
+            .args(["run", pipeline.to_str().unwrap()])
+            .args(["--metrics-addr", "127.0.0.1:0", "--tables"])
+            .arg(dir.join("tables"));
+        if cluster {
+            command.arg("--cluster");
+        }
+        // At once after the line that names its metrics address, before its source is up.
+        let (exit, log) = Running::spawn(&mut command).terminate();
+        assert!(
+            exit.success(),
+            "--cluster {cluster}: exit {exit:?}; stderr:\n{log}"
+        );
+        assert!(log.contains("stopping: flushing and committing"), "{log}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
