@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use rdkafka::consumer::CommitMode;
 use rdkafka::error::KafkaError;
 
@@ -56,7 +56,7 @@ use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::{Health, problem};
 use crate::operator::{Collector, Context, Operator, OperatorError};
-use crate::pipeline::{Pipeline, SinkTarget, StagePlan};
+use crate::pipeline::{Pipeline, SinkTarget, StageKind, StagePlan};
 use crate::sink::delta::{CYCLE_MARK, with_event_date};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::side_files::{Side, SideFileError, SideFiles};
@@ -229,6 +229,8 @@ struct StageRuntime {
     input: String,
     /// Earlier stages it reads beside it.
     side_inputs: Vec<String>,
+    /// An alert stage: the delivery of the alerts it opens is timed (detection latency).
+    alerts: bool,
     op: Box<dyn Operator>,
     /// Watermark of this stage's output (µs).
     watermark: i64,
@@ -433,7 +435,14 @@ pub async fn run_pipeline(
     }
     let mut stages = Vec::new();
     for plan in &pipeline.stages {
-        stages.push(open_stage(pipeline, plan, config, &restored, &side).await?);
+        let stage = open_stage(pipeline, plan, config, &restored, &side).await?;
+        if stage.alerts {
+            // Exported before the first alert, for the rule that reads it.
+            let _ = metrics
+                .detection_latency_seconds
+                .with_label_values(&[pipeline.name.as_str(), plan.name.as_str()]);
+        }
+        stages.push(stage);
     }
 
     // Every problem the run may report, and every retried operation, is exported from the
@@ -731,6 +740,7 @@ async fn open_stage(
         name: plan.name.clone(),
         input: plan.input.clone(),
         side_inputs: plan.side_inputs.clone(),
+        alerts: matches!(plan.kind, StageKind::Alert(_)),
         op,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
         late,
@@ -1021,6 +1031,18 @@ async fn flush(
                 .rows_out
                 .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
                 .inc_by(n as u64);
+            if let (Some(st), Some(oldest)) = (
+                stages.iter().find(|st| st.alerts && st.name == slot.from),
+                sources.iter().filter_map(|s| s.oldest_append_ms).min(),
+            ) {
+                let seconds = (now_us() / 1_000 - oldest).max(0) as f64 / 1e3;
+                let latency = metrics
+                    .detection_latency_seconds
+                    .with_label_values(&[pipeline.name.as_str(), st.name.as_str()]);
+                for _ in 0..opened(batches) {
+                    latency.observe(seconds);
+                }
+            }
         }
     }
     summary.spent(metrics, &pipeline.name, "kafka sinks", publishing);
@@ -1114,10 +1136,21 @@ async fn flush(
         }
         s.pending_events = 0;
         s.pending_bytes = 0;
+        s.oldest_append_ms = None;
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }
     Ok(changed)
+}
+
+/// How many of an alert stage's `batches` open an alert (`status` `firing`).
+fn opened(batches: &[RecordBatch]) -> usize {
+    let statuses = batches
+        .iter()
+        .filter_map(|b| b.column_by_name("status")?.as_string_opt::<i32>());
+    statuses
+        .map(|status| status.iter().filter(|s| *s == Some("firing")).count())
+        .sum()
 }
 
 /// Commits `batches` with `marks` to `sink`, retrying while the store fails. After a failed

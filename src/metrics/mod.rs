@@ -52,6 +52,10 @@ pub struct PipelineMetrics {
     pub model_drift_threshold: GaugeVec,
     /// Alert messages, by severity and status.
     pub alerts: IntCounterVec,
+    /// Seconds from the oldest event a cycle read being appended to Kafka to the delivery of
+    /// each alert the cycle opened (`firing`): an upper bound of each alert's detection
+    /// latency, since the event that closed its window is at or after that one.
+    pub detection_latency_seconds: HistogramVec,
     /// Windows the alert policy held back since the process started, by reason.
     pub alerts_suppressed: IntGaugeVec,
     /// Recommendations issued, by kind.
@@ -201,6 +205,16 @@ impl PipelineMetrics {
             "window_flush_seconds",
             "Seconds from a window's close to its results being committed to every sink.",
             &["pipeline", "stage"],
+        );
+        let detection_latency_seconds = histogram_with(
+            &registry,
+            "detection_latency_seconds",
+            "Seconds from the oldest event its cycle read being appended to Kafka to a new alert's delivery.",
+            &["pipeline", "stage"],
+            // 30 s, the seed's target for the p99, is a bucket boundary.
+            vec![
+                0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+            ],
         );
         let inference_seconds = histogram_with(
             &registry,
@@ -393,6 +407,7 @@ impl PipelineMetrics {
             watermark_lag_seconds,
             consumer_lag,
             window_flush_seconds,
+            detection_latency_seconds,
             inference_seconds,
             rows_scored,
             model_version,

@@ -141,6 +141,9 @@ pub(crate) struct SourceRuntime {
     pub(crate) pending_events: usize,
     /// Their payloads' bytes.
     pub(crate) pending_bytes: usize,
+    /// When the oldest of them was appended to Kafka (ms), where the broker says: what the
+    /// detection latency of the cycle's alerts is measured from.
+    pub(crate) oldest_append_ms: Option<i64>,
     /// While replaying a cycle: per partition, the offset the cycle ended at.
     pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
@@ -315,6 +318,7 @@ pub(crate) async fn open_source(
         pending: HashMap::new(),
         pending_events: 0,
         pending_bytes: 0,
+        oldest_append_ms: None,
         replay_to: None,
         position,
         moved: false,
@@ -649,9 +653,13 @@ pub(crate) fn poll_source(
                         payload,
                         now,
                     )?;
+                    let appended = m.timestamp().to_millis();
+                    if let Some(t) = appended {
+                        s.oldest_append_ms = Some(s.oldest_append_ms.map_or(t, |o| o.min(t)));
+                    }
                     if let Some(until) = until {
                         // A message without a timestamp is not taken for a live one.
-                        let live = m.timestamp().to_millis().is_some_and(|appended| {
+                        let live = appended.is_some_and(|appended| {
                             (now_us() / 1_000).saturating_sub(appended) < LIVE
                         });
                         if live

@@ -133,15 +133,35 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
         },
     )
     .unwrap();
+    let producing = std::time::Instant::now();
     produce(&format!("{tag}.cloud.metrics"), &events).await;
     let tables = s3_tables(&tag);
-    run(&pipeline, &tables).await;
+    let metrics = run(&pipeline, &tables).await;
+    let since_produced = producing.elapsed().as_secs_f64();
 
     let alerts = messages(&format!("{tag}.alerts"), "alert.json");
     assert!(
         !alerts.is_empty(),
         "no alert from {} injected anomalies",
         labels.anomalies.len()
+    );
+    // Each alert opened is timed once, from events appended while the test produced them.
+    let latency = metrics
+        .detection_latency_seconds
+        .with_label_values(&[pipeline.name.as_str(), "alerts"]);
+    let opened = alerts
+        .iter()
+        .filter(|(a, _)| a["status"] == "firing")
+        .count();
+    assert_eq!(
+        latency.get_sample_count(),
+        opened as u64,
+        "detection latencies"
+    );
+    let mean = latency.get_sample_sum() / opened as f64;
+    assert!(
+        mean > 0.0 && mean <= since_produced,
+        "mean detection latency {mean} s, {since_produced} s since the events were produced"
     );
     // Per alert: revisions 0, 1, 2, … in order; it starts firing; after `resolved` only a
     // re-opening `firing` follows.

@@ -13,8 +13,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use stratus::job::run::{RunConfig, run_to_end};
+use stratus::job::run::{RunConfig, run_pipeline};
 use stratus::kafka::producer_config;
+use stratus::metrics::PipelineMetrics;
+use stratus::metrics::health::Health;
 use stratus::pipeline::Pipeline;
 use stratus::sink::storage_options_from_env;
 
@@ -52,13 +54,25 @@ pub(crate) async fn produce(topic: &str, records: &[(String, String)]) {
     }
 }
 
-pub(crate) async fn run(pipeline: &Pipeline, tables: &str) {
+/// Runs `pipeline` to the end of its topics; its metrics.
+pub(crate) async fn run(pipeline: &Pipeline, tables: &str) -> PipelineMetrics {
     let config = RunConfig::backfill(
         &setting("STRATUS_KAFKA_BROKERS"),
         tables,
         storage_options_from_env(),
     );
-    run_to_end(pipeline, &config).await.unwrap();
+    let metrics = PipelineMetrics::new();
+    let health = Health::new();
+    run_pipeline(
+        pipeline,
+        &config,
+        metrics.clone(),
+        health,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    metrics
 }
 
 fn strings(b: &RecordBatch, name: &str) -> Vec<String> {
