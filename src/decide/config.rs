@@ -6,10 +6,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::datatypes::DataType;
 use serde::Deserialize;
 
 use super::alert::{Maintenance, MaintenanceTime, Policy};
 use super::catalogue::{Catalogue, region_of};
+use super::feedback::FeedbackSpec;
 use super::mix::check_requirement;
 use super::rows::{AlertInput, alert_schema, recommendation_schema};
 use super::spot::Workload;
@@ -54,6 +56,30 @@ pub struct AlertStageConfig {
     pub maintenance: Vec<MaintenanceConfig>,
     #[serde(default)]
     pub correlate: Option<CorrelateConfig>,
+    /// Verdicts on the stage's alerts (see [`super::feedback`]).
+    #[serde(default)]
+    pub feedback: Option<FeedbackConfig>,
+}
+
+/// Where an alert stage hears whether its alerts were real: a source (or earlier stage) of
+/// rows with `alert_id`, `verdict` (`true` or `noise`) and `ts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackConfig {
+    pub from: String,
+    /// How long an alert takes verdicts.
+    #[serde(default = "default_feedback_window")]
+    pub window: String,
+    /// Above this false-positive rate the shipped rule alerts (the seed's 5 %).
+    #[serde(default = "default_false_positive_rate")]
+    pub max_false_positive_rate: f64,
+}
+
+fn default_feedback_window() -> String {
+    "30d".into()
+}
+fn default_false_positive_rate() -> f64 {
+    0.05
 }
 
 fn default_alert_score() -> String {
@@ -356,6 +382,10 @@ pub(crate) fn check_alert(
         }
         (sets, duration(r, &at("correlate"), &c.window))
     });
+    let feedback = a
+        .feedback
+        .as_ref()
+        .and_then(|f| check_feedback(r, name, f, cx.relations));
     let contributions: Vec<(String, String)> = schema
         .fields()
         .iter()
@@ -391,16 +421,62 @@ pub(crate) fn check_alert(
             labels: labels.clone(),
         },
         schema: alert_schema(&detectors, &labels),
+        feedback,
     };
     let output = Arc::clone(&spec.schema);
-    Some(decision_plan(
-        name,
-        &a.from,
-        schema,
-        output,
-        rel.lateness,
-        spec,
-    ))
+    let mut plan = decision_plan(name, &a.from, schema, output, rel.lateness, spec);
+    plan.side_inputs
+        .extend(a.feedback.as_ref().map(|f| f.from.clone()));
+    Some(plan)
+}
+
+fn is_text(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// Checks an alert stage's feedback: its input's columns, its window and its threshold.
+fn check_feedback(
+    r: &mut Reporter<'_>,
+    name: &str,
+    f: &FeedbackConfig,
+    relations: &[(String, Relation)],
+) -> Option<FeedbackSpec> {
+    let path = ["stages", name, "alert", "feedback"];
+    let rel = input(r, &path, &f.from, relations)?;
+    let before = r.found.len();
+    let columns = ["alert_id", "verdict"];
+    need_columns(
+        r,
+        &path,
+        &rel.schema,
+        &f.from,
+        &columns,
+        Some(is_text),
+        "a string",
+    );
+    need_columns(
+        r,
+        &path,
+        &rel.schema,
+        &f.from,
+        &["ts"],
+        Some(is_timestamp),
+        "a timestamp",
+    );
+    let window = duration(r, &path, &f.window);
+    let rate = f.max_false_positive_rate;
+    if !(0.0 < rate && rate < 1.0) {
+        r.at(
+            &path,
+            format!("max_false_positive_rate {rate} is not within (0, 1)"),
+            Some("a share of the alerts given a verdict: the seed's is 0.05"),
+        );
+    }
+    (r.found.len() == before).then(|| FeedbackSpec {
+        from: f.from.clone(),
+        window,
+        max_false_positive_rate: rate,
+    })
 }
 
 fn maintenance(

@@ -7,6 +7,7 @@
 //! their JSON form is `schemas/alert.json` and `schemas/recommendation.json`.
 //!
 //! - [`alert`]: severity, dedup, suppression, correlation, lifecycle;
+//! - [`feedback`]: verdicts on alerts, for their false-positive rate;
 //! - [`spot`]: spot or on demand per workload, by Monte Carlo over the price forecast;
 //! - [`mix`]: the instance mix, as a mixed-integer program, and its Pareto front;
 //! - [`rightsize`]: the cheapest type that holds the observed load;
@@ -17,6 +18,7 @@
 pub mod alert;
 pub mod catalogue;
 pub mod config;
+pub mod feedback;
 pub mod mix;
 pub mod recommend;
 pub mod rightsize;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::alert::{AlertMessage, AlertPolicy, Policy, Severity, Status, Suppressed};
 use super::catalogue::{Catalogue, region_of};
+use super::feedback::{Feedback, FeedbackSpec, Verdict};
 use super::mix::{self, Choice, Purchase, Requirement, Weights};
 use super::recommend::{Issued, Kind, Line, MONTH_HOURS, ParetoPoint, Recommendation};
 use super::rightsize::{self, Headroom};
@@ -33,6 +34,8 @@ pub struct AlertSpec {
     pub policy: Policy,
     pub input: AlertInput,
     pub schema: SchemaRef,
+    /// Where verdicts on its alerts come from, if anywhere.
+    pub feedback: Option<FeedbackSpec>,
 }
 
 /// Spot / on-demand and instance mix per declared workload, from hourly spot prices.
@@ -101,6 +104,9 @@ const FRESH_FORECAST: i64 = 3 * HOUR;
 pub struct AlertOperator {
     spec: AlertSpec,
     policy: AlertPolicy,
+    /// Its alerts of the feedback window and the verdicts on them (kept only with a feedback
+    /// input).
+    feedback: Feedback,
     /// Whether its `stratus_alerts_total` series are exported yet.
     exported: bool,
 }
@@ -110,6 +116,7 @@ impl AlertOperator {
         AlertOperator {
             policy: AlertPolicy::new(spec.policy.clone()),
             spec,
+            feedback: Feedback::default(),
             exported: false,
         }
     }
@@ -127,14 +134,19 @@ impl AlertOperator {
             .collect())
     }
 
-    /// Counts `messages` by severity and status, and emits them.
+    /// Counts `messages` by severity and status, notes the alerts they open for their
+    /// verdicts, and emits them.
     fn emit(
-        &self,
+        &mut self,
         messages: &[AlertMessage],
         ctx: &Context<'_>,
         out: &mut Collector,
     ) -> operator::Result<()> {
         for m in messages {
+            if self.spec.feedback.is_some() && m.status == Status::Firing {
+                let waited = self.feedback.opened(&m.alert_id, m.started_at);
+                count_verdict(waited, ctx);
+            }
             ctx.metrics
                 .alerts
                 .with_label_values(&[
@@ -152,8 +164,20 @@ impl AlertOperator {
     }
 }
 
+/// Counts `verdict`, if any, as its stage's.
+fn count_verdict(verdict: Option<Verdict>, ctx: &Context<'_>) {
+    if let Some(v) = verdict {
+        ctx.metrics
+            .alert_feedback
+            .with_label_values(&[ctx.pipeline, ctx.stage, v.as_str()])
+            .inc();
+    }
+}
+
 /// The checkpoint part of a decision stage's state (JSON).
 const STATE_PART: &str = "decisions";
+/// Where an alert stage's feedback state goes in its checkpoint's manifest.
+const FEEDBACK: &str = "feedback";
 
 fn state_error(message: String) -> OperatorError {
     OperatorError::State {
@@ -183,6 +207,49 @@ impl Operator for AlertOperator {
                     .inc_by(0);
             }
         }
+        if let Some(f) = &self.spec.feedback {
+            for v in Verdict::ALL {
+                ctx.metrics
+                    .alert_feedback
+                    .with_label_values(&[ctx.pipeline, ctx.stage, v.as_str()])
+                    .inc_by(0);
+            }
+            ctx.metrics
+                .alert_false_positive_threshold
+                .with_label_values(&ctx.labels())
+                .set(f.max_false_positive_rate);
+        }
+    }
+
+    /// Takes verdicts on the stage's alerts.
+    async fn process_side(
+        &mut self,
+        _input: &str,
+        batch: &RecordBatch,
+        ctx: &Context<'_>,
+    ) -> operator::Result<()> {
+        let (ids, verdicts, ts) = (
+            utf8(batch, "alert_id")?,
+            utf8(batch, "verdict")?,
+            micros(batch, "ts")?,
+        );
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) || verdicts.is_null(i) || ts.is_null(i) {
+                continue;
+            }
+            let Some(verdict) = Verdict::parse(verdicts.value(i)) else {
+                tracing::debug!(
+                    "stage {}: verdict {:?} on alert {} is neither `true` nor `noise`",
+                    ctx.stage,
+                    verdicts.value(i),
+                    ids.value(i)
+                );
+                continue;
+            };
+            let counted = self.feedback.verdict(ids.value(i), verdict, ts.value(i));
+            count_verdict(counted, ctx);
+        }
+        Ok(())
     }
 
     async fn process_batch(
@@ -205,6 +272,9 @@ impl Operator for AlertOperator {
         if watermark != i64::MIN {
             let messages = self.policy.advance(watermark);
             self.emit(&messages, ctx, out)?;
+            if let Some(f) = &self.spec.feedback {
+                self.feedback.expire(watermark, f.window);
+            }
         }
         Ok(watermark)
     }
@@ -229,7 +299,14 @@ impl Operator for AlertOperator {
             .policy
             .snapshot()
             .map_err(|e| state_error(e.to_string()))?;
-        OperatorState::text(STATE_PART, json)
+        let mut state = OperatorState::text(STATE_PART, json)?;
+        if self.spec.feedback.is_some() {
+            state.meta = serde_json::json!({
+                FEEDBACK: serde_json::to_value(&self.feedback)
+                    .map_err(|e| state_error(e.to_string()))?
+            });
+        }
+        Ok(state)
     }
 
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
@@ -237,6 +314,10 @@ impl Operator for AlertOperator {
             self.policy
                 .restore(json)
                 .map_err(|e| state_error(format!("alert state: {e}")))?;
+        }
+        if let Some(feedback) = state.meta.get(FEEDBACK) {
+            self.feedback = serde_json::from_value(feedback.clone())
+                .map_err(|e| state_error(format!("alert feedback state: {e}")))?;
         }
         Ok(())
     }

@@ -87,6 +87,7 @@ fn alert_rows_match_the_alert_schema() {
             labels: labels.clone(),
         },
         schema: alert_schema(&detectors, &labels),
+        feedback: None,
     };
     let schema = Arc::new(Schema::new(vec![
         Field::new("resource_id", DataType::Utf8, false),

@@ -117,7 +117,7 @@ pub struct DemoConfig {
 }
 
 /// The shipped pipelines and the files they name, compiled in: (path under the output, text).
-const EMBEDDED: [(&str, &str); 13] = [
+const EMBEDDED: [(&str, &str); 14] = [
     (
         "catalogue/aws-ec2.csv",
         include_str!("../../catalogue/aws-ec2.csv"),
@@ -149,6 +149,10 @@ const EMBEDDED: [(&str, &str); 13] = [
     (
         "schemas/cloud.billing.json",
         include_str!("../../schemas/cloud.billing.json"),
+    ),
+    (
+        "schemas/alert.feedback.json",
+        include_str!("../../schemas/alert.feedback.json"),
     ),
     (
         "sql/cloud_metrics_1m.sql",
@@ -250,6 +254,14 @@ pub async fn run(config: &DemoConfig) -> Result<DemoReport> {
     cluster.create_topic(METRICS_TOPIC, placement.partitions, 1)?;
     cluster.create_topic(SPOT_TOPIC, 1, 1)?;
     cluster.create_topic(BILLING_TOPIC, 1, 1)?;
+    // Topics read but not produced to here (verdicts on alerts).
+    for source in pipelines.iter().flat_map(|p| &p.sources) {
+        if let crate::pipeline::SourceInput::Kafka { topic, .. } = &source.input
+            && ![METRICS_TOPIC, SPOT_TOPIC, BILLING_TOPIC].contains(&topic.as_str())
+        {
+            cluster.create_topic(topic, 1, 1)?;
+        }
+    }
     let brokers = cluster.bootstrap_servers();
     crate::say!("embedded Kafka (librdkafka mock cluster) at {brokers}");
 

@@ -56,6 +56,11 @@ pub struct PipelineMetrics {
     /// each alert the cycle opened (`firing`): an upper bound of each alert's detection
     /// latency, since the event that closed its window is at or after that one.
     pub detection_latency_seconds: HistogramVec,
+    /// Alerts given a verdict (`true` or `noise`) by their readers, once each
+    /// (`decide::feedback`): the false-positive rate is the share of `noise`.
+    pub alert_feedback: IntCounterVec,
+    /// The pipeline's false-positive rate threshold for an alert stage.
+    pub alert_false_positive_threshold: GaugeVec,
     /// Windows the alert policy held back since the process started, by reason.
     pub alerts_suppressed: IntGaugeVec,
     /// Recommendations issued, by kind.
@@ -264,6 +269,18 @@ impl PipelineMetrics {
             "Alert messages sent, by severity and status (firing, updated, resolved).",
             &["pipeline", "stage", "severity", "status"],
         );
+        let alert_feedback = counter(
+            &registry,
+            "alert_feedback_total",
+            "Alerts given a verdict by their readers (true or noise), once each.",
+            &["pipeline", "stage", "verdict"],
+        );
+        let alert_false_positive_threshold = float_gauge(
+            &registry,
+            "alert_false_positive_threshold",
+            "The pipeline's false-positive rate threshold for an alert stage.",
+            &["pipeline", "stage"],
+        );
         let recommendations = counter(
             &registry,
             "recommendations_total",
@@ -396,6 +413,8 @@ impl PipelineMetrics {
             failing,
             delta_last_commit,
             alerts,
+            alert_feedback,
+            alert_false_positive_threshold,
             alerts_suppressed,
             recommendations,
             events_in,

@@ -212,6 +212,18 @@ impl StagePlan {
         }
     }
 
+    /// An alert stage's feedback input and the column naming each alert's resource: verdicts
+    /// are matched to the stage's own alerts by id, not kept per key.
+    pub fn feedback(&self) -> Option<(&str, &str)> {
+        match &self.kind {
+            StageKind::Alert(a) => {
+                let f = a.feedback.as_ref()?;
+                Some((f.from.as_str(), a.input.resource.as_str()))
+            }
+            _ => None,
+        }
+    }
+
     /// The stage's window, if it has one.
     pub fn window(&self) -> Option<crate::window::WindowSpec> {
         match &self.kind {

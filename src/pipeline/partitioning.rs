@@ -85,13 +85,63 @@ pub fn problems(
             );
         }
     }
+    feedback_problems(&mut r, sources, stages);
     r.found
 }
 
-/// Whether `stage` reads `source`, directly or through earlier stages.
+/// An alert stage's verdicts are matched to the alerts its worker opened, so each must be in
+/// the partition of its alert's resource: keyed by `resource` in a topic read beside a source
+/// keyed by the alert's resource column alone (a worker reads partition N of each topic).
+fn feedback_problems(r: &mut Reporter<'_>, sources: &[SourcePlan], stages: &[StagePlan]) {
+    let kafka = |s: &&SourcePlan| matches!(s.input, SourceInput::Kafka { .. });
+    for stage in stages {
+        let Some((from, resource)) = stage.feedback() else {
+            continue;
+        };
+        let Some(feedback) = sources.iter().filter(kafka).find(|s| s.name == from) else {
+            continue;
+        };
+        let alerts_from: Vec<&SourcePlan> = sources
+            .iter()
+            .filter(kafka)
+            .filter(|s| descends(stage, &s.name, stages))
+            .collect();
+        if feedback.key == ["resource"] && alerts_from.iter().all(|s| s.key == [resource]) {
+            continue;
+        }
+        r.at(
+            &["stages", &stage.name, "alert", "feedback"],
+            format!(
+                "stage `{}` matches verdicts to the alerts its worker opened: in a consumer \
+                 group source `{from}` must be keyed by the alert's `resource`, and the \
+                 stage's source ({}) by `{resource}` alone",
+                stage.name,
+                alerts_from
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(
+                "produce each verdict keyed by its alert's `resource`, to a topic with as many \
+                 partitions as the source's, and declare `key: [resource]`; or run the \
+                 pipeline as one process",
+            ),
+        );
+    }
+}
+
+/// Whether `stage` reads `source`, directly or through earlier stages (not counting an alert
+/// stage's feedback, which [`feedback_problems`] checks).
 fn descends(stage: &StagePlan, source: &str, stages: &[StagePlan]) -> bool {
+    let feedback = stage.feedback().map(|(from, _)| from);
     std::iter::once(&stage.input)
-        .chain(&stage.side_inputs)
+        .chain(
+            stage
+                .side_inputs
+                .iter()
+                .filter(|s| Some(s.as_str()) != feedback),
+        )
         .any(|input| {
             input == source
                 || stages

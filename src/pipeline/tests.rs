@@ -178,6 +178,7 @@ async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of
         let file = root.join("pipelines").join(name);
         async move { Pipeline::load(&file).await.unwrap() }
     };
+    const FEEDBACK: &str = "feedback: {from: feedback, window: 30d, max_false_positive_rate: 0.05}";
     let line_of = |name: &str, wanted: &str| {
         let text = std::fs::read_to_string(root.join("pipelines").join(name)).unwrap();
         text.lines().position(|l| l.trim_start() == wanted).unwrap() + 1
@@ -222,18 +223,25 @@ async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of
         .unwrap()
         .replace("key: [resource_id]  ", "key: [account_id]   ");
     let by_account = Pipeline::from_yaml(&file, &text).await.unwrap();
-    let stages: Vec<(String, Option<usize>)> = by_account
+    // The verdicts on alerts, keyed by resource, would no longer reach the alert's worker.
+    let (feedback, keyed): (Vec<_>, Vec<_>) = by_account
         .group_problems
+        .iter()
+        .partition(|p| p.message.contains("matches verdicts"));
+    let [feedback] = feedback.as_slice() else {
+        panic!("{feedback:?}")
+    };
+    assert_eq!(feedback.line, Some(line_of("cloud-metrics.yaml", FEEDBACK)));
+    let stages: Vec<(String, Option<usize>)> = keyed
         .iter()
         .map(|p| (p.message.split('`').nth(1).unwrap().to_string(), p.line))
         .collect();
     assert!(stages.len() >= 4, "{stages:?}");
     assert!(
-        by_account.group_problems.iter().all(|p| p
+        keyed.iter().all(|p| p
             .message
             .contains("without (account_id) that source `metrics`")),
-        "{:?}",
-        by_account.group_problems
+        "{keyed:?}"
     );
     let lines: Vec<(&str, usize)> = text
         .lines()
@@ -245,6 +253,23 @@ async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of
         let want = lines.iter().find(|(n, _)| n == stage).map(|(_, l)| *l);
         assert_eq!(*line, want, "{stage}");
     }
+
+    // Verdicts keyed by something other than the alert's resource: only the feedback fails.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("key: [resource]", "key: [alert_id]");
+    let by_id = Pipeline::from_yaml(&file, &text).await.unwrap();
+    let [problem] = by_id.group_problems.as_slice() else {
+        panic!("{:?}", by_id.group_problems)
+    };
+    assert_eq!(problem.line, Some(line_of("cloud-metrics.yaml", FEEDBACK)));
+    assert!(
+        problem.message.starts_with(
+            "stage `alerts` matches verdicts to the alerts its worker opened: in a consumer \
+             group source `feedback` must be keyed by the alert's `resource`"
+        ),
+        "{problem}"
+    );
 
     // A key field not in the schema is an error of its own.
     let text = std::fs::read_to_string(&file)

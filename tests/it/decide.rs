@@ -106,6 +106,7 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     for t in [
         "cloud.metrics",
         "alerts",
+        "alerts.feedback",
         "recommendations",
         "cloud.metrics.cpu_demand_forecasts",
     ] {
@@ -263,6 +264,50 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
                 .starts_with("forecast p95 CPU")
         })
         .count();
+
+    // Readers' verdicts on those alerts, one each (alternately real and noise), then a changed
+    // verdict on the first and one on an alert no stage opened: the run after counts the
+    // first verdict on each of its own alerts, and lands every verdict in its table.
+    let opened: BTreeMap<&str, (&str, &str)> = alerts
+        .iter()
+        .filter(|(a, _)| a["status"] == "firing")
+        .map(|(a, _)| {
+            let field = |f: &str| a[f].as_str().unwrap();
+            (field("alert_id"), (field("resource"), field("ts")))
+        })
+        .collect();
+    let verdict = |id: &str, resource: &str, ts: &str, verdict: &str| {
+        let payload =
+            serde_json::json!({"alert_id": id, "resource": resource, "verdict": verdict, "ts": ts});
+        (resource.to_string(), payload.to_string())
+    };
+    let mut verdicts: Vec<(String, String)> = opened
+        .iter()
+        .enumerate()
+        .map(|(i, (id, (resource, ts)))| {
+            verdict(id, resource, ts, if i % 2 == 0 { "true" } else { "noise" })
+        })
+        .collect();
+    let (first, (resource, ts)) = opened.iter().next().unwrap();
+    verdicts.push(verdict(first, resource, ts, "noise"));
+    verdicts.push(verdict("0123456789abcdef", resource, ts, "noise"));
+    produce(&format!("{tag}.alerts.feedback"), &verdicts).await;
+    let metrics = run(&pipeline, &tables).await;
+    let counted = |v: &str| {
+        metrics
+            .alert_feedback
+            .with_label_values(&[pipeline.name.as_str(), "alerts", v])
+            .get()
+    };
+    let n = opened.len() as u64;
+    assert_eq!((counted("true"), counted("noise")), (n.div_ceil(2), n / 2));
+    let landed: usize = read_delta(&format!("{tables}/alert_feedback"))
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(landed, verdicts.len(), "verdicts in alert_feedback");
+
     eprintln!(
         "{} alert messages for {} alerts; {} rightsizing recommendations, {by_forecast} sized by \
          the demand forecast; {} forecast origins",
