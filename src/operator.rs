@@ -65,6 +65,9 @@ pub struct Collector {
     pub rows: Vec<RecordBatch>,
     /// Input rows too late for every window they belong to.
     pub late: Vec<RecordBatch>,
+    /// Rows of the stage's side outputs, by the operator's name for each (its plan's
+    /// `side_outputs`).
+    pub side: Vec<(&'static str, RecordBatch)>,
 }
 
 impl Collector {
@@ -72,6 +75,13 @@ impl Collector {
     pub fn collect(&mut self, batch: RecordBatch) {
         if batch.num_rows() > 0 {
             self.rows.push(batch);
+        }
+    }
+
+    /// Emits `batch` (an empty one is dropped) to the side output the operator calls `output`.
+    pub fn side(&mut self, output: &'static str, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.side.push((output, batch));
         }
     }
 

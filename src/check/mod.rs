@@ -41,6 +41,9 @@ pub struct Planned<K> {
     /// Earlier stages it reads beside its input, whose rows update its state (a rightsizing
     /// stage's demand forecasts); see `Operator::process_side`.
     pub side_inputs: Vec<String>,
+    /// Relations it writes beside its rows (a forecast stage's accuracy rows), which later
+    /// stages and sinks read by name.
+    pub side_outputs: Vec<SideOutput>,
     pub output_schema: SchemaRef,
     /// The output's event-time column, if it has one: what a later window stage windows by.
     pub output_time: Option<String>,
@@ -57,12 +60,24 @@ impl<K> Planned<K> {
             input: self.input,
             input_schema: self.input_schema,
             side_inputs: self.side_inputs,
+            side_outputs: self.side_outputs,
             output_schema: self.output_schema,
             output_time: self.output_time,
             allowed_lateness: self.allowed_lateness,
             kind: f(self.kind),
         }
     }
+}
+
+/// A relation a stage writes beside its rows: `output` is the operator's name for it (see
+/// `Collector::side`), `name` the pipeline's.
+#[derive(Debug, Clone)]
+pub struct SideOutput {
+    pub name: String,
+    pub output: &'static str,
+    pub schema: SchemaRef,
+    /// Its event-time column.
+    pub time: Option<String>,
 }
 
 /// A relation SQL can read: a source or an earlier stage.
@@ -174,6 +189,7 @@ pub(crate) fn decision_plan<K>(
         input: from.to_string(),
         input_schema: input,
         side_inputs: Vec::new(),
+        side_outputs: Vec::new(),
         output_time: output.field_with_name("ts").ok().map(|f| f.name().clone()),
         output_schema: output,
         allowed_lateness: lateness,

@@ -108,8 +108,11 @@ pub struct Issued {
 }
 
 /// An issued forecast met by its actual value: what accuracy is measured from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Outcome {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<K = String> {
+    pub key: K,
+    /// The time forecast (µs).
+    pub target: i64,
     /// Index into the stage's horizons.
     pub horizon: usize,
     pub actual: f64,
@@ -117,7 +120,7 @@ pub struct Outcome {
     pub issued: [f64; 5],
 }
 
-impl Outcome {
+impl<K> Outcome<K> {
     /// |actual − median|.
     pub fn abs_error(&self) -> f64 {
         (self.actual - self.issued[2]).abs()
@@ -228,7 +231,11 @@ impl<K: Ord + Clone> Blend<K> {
     /// Learns from every pending forecast whose target is at or before `now`; `actual` gives a
     /// key's value at a time (none: the forecast is dropped unlearnt). Returns what each
     /// learnt forecast was against its actual.
-    pub fn resolve(&mut self, now: i64, actual: impl Fn(&K, i64) -> Option<f64>) -> Vec<Outcome> {
+    pub fn resolve(
+        &mut self,
+        now: i64,
+        actual: impl Fn(&K, i64) -> Option<f64>,
+    ) -> Vec<Outcome<K>> {
         let mut outcomes = Vec::new();
         let keep = 0.5f64.powf(1.0 / HALF_LIFE);
         // Every key's forecasts move the pooled factors, each by its share.
@@ -257,6 +264,8 @@ impl<K: Ord + Clone> Blend<K> {
                 }
                 let q = p.issued;
                 outcomes.push(Outcome {
+                    key: p.key,
+                    target,
                     horizon: p.horizon,
                     actual: y,
                     issued: q,

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::accuracy;
 use super::model::FEATURES;
 use super::stage::{ForecastRef, ForecastSpec};
 use crate::check::diagnostics::Reporter;
 use crate::check::{
-    Checking, Planned, decision_plan, duration, input, is_timestamp, need_columns, parsed_duration,
+    Checking, Planned, SideOutput, decision_plan, duration, input, is_timestamp, need_columns,
+    parsed_duration,
 };
 use crate::score::drift::DriftSpec;
 use crate::score::registry::{ModelRef, Registry};
@@ -43,6 +45,10 @@ pub struct ForecastStageConfig {
     /// KL 0.1).
     #[serde(default)]
     pub drift: DriftSpec,
+    /// The name of the relation of its accuracy rows (`forecast::accuracy`), which sinks and
+    /// later stages read; none: the rows are not kept (the metrics are).
+    #[serde(default)]
+    pub accuracy: Option<String>,
 }
 
 fn default_forecast_time() -> String {
@@ -171,16 +177,18 @@ pub(crate) async fn check(
         horizons,
         min_history,
         model: model?,
+        accuracy: c.accuracy.is_some(),
     };
     let output = spec.output_schema();
-    Some(decision_plan(
-        name,
-        &c.from,
-        schema,
-        output,
-        rel.lateness,
-        spec,
-    ))
+    let mut plan = decision_plan(name, &c.from, schema, output, rel.lateness, spec);
+    plan.side_outputs
+        .extend(c.accuracy.iter().map(|relation| SideOutput {
+            name: relation.clone(),
+            output: accuracy::OUTPUT,
+            schema: accuracy::schema(&c.key),
+            time: Some("ts".into()),
+        }));
+    Some(plan)
 }
 
 /// Resolves and loads a forecast model ([`FEATURES`] in) from the registry, with how often a

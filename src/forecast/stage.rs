@@ -33,7 +33,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
-use super::accuracy;
+use super::accuracy::{self, Residuals};
 use super::blend::{self, Blend, Issued, MODEL};
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
@@ -296,6 +296,8 @@ pub struct ForecastSpec {
     pub horizons: Vec<i64>,
     pub min_history: i64,
     pub model: ForecastRef,
+    /// Whether it writes its accuracy rows to its side output.
+    pub accuracy: bool,
 }
 
 impl ForecastSpec {
@@ -364,6 +366,10 @@ pub struct ForecastOperator {
     state: ForecastState,
     /// Forecasts met by their actuals since they were last counted.
     outcomes: Vec<blend::Outcome>,
+    /// Each key's recent errors, for the Ljung–Box gauge.
+    residuals: Residuals,
+    /// The schema of its accuracy rows, if it writes them.
+    accuracy: Option<SchemaRef>,
     /// Whether its accuracy series are exported yet.
     exported: bool,
 }
@@ -377,9 +383,11 @@ impl ForecastOperator {
         Ok(ForecastOperator {
             model: FollowedForecast::open(&spec.model, storage_options)?,
             output: spec.output_schema(),
+            accuracy: spec.accuracy.then(|| accuracy::schema(&spec.key)),
             spec,
             state: ForecastState::default(),
             outcomes: Vec::new(),
+            residuals: Residuals::default(),
             exported: false,
         })
     }
@@ -559,6 +567,7 @@ impl ForecastOperator {
             .map(|(key, _)| key.clone())
             .collect();
         for key in finished {
+            self.residuals.forget(&key);
             state.blend.forget(&key);
             state.series.remove(&key);
             state.forecast_to.remove(&key);
@@ -637,7 +646,16 @@ impl Operator for ForecastOperator {
             out.collect(rows);
         }
         let outcomes = std::mem::take(&mut self.outcomes);
-        accuracy::report(&outcomes, &self.spec.horizons, self.model.label(), ctx);
+        let (horizons, model) = (&self.spec.horizons, self.model.label());
+        accuracy::report(&outcomes, horizons, model, ctx);
+        self.residuals.observe(&outcomes);
+        self.residuals.report(horizons, model, ctx);
+        if let Some(schema) = self.accuracy.as_ref().filter(|_| !outcomes.is_empty()) {
+            out.side(
+                accuracy::OUTPUT,
+                accuracy::rows(&outcomes, horizons, model, schema)?,
+            );
+        }
         self.model.report_drift(ctx);
         Ok(watermark)
     }

@@ -229,6 +229,8 @@ struct StageRuntime {
     input: String,
     /// Earlier stages it reads beside it.
     side_inputs: Vec<String>,
+    /// Its side outputs: the operator's name for each, and the pipeline's.
+    side_outputs: Vec<(&'static str, String)>,
     /// An alert stage: the delivery of the alerts it opens is timed (detection latency).
     alerts: bool,
     op: Box<dyn Operator>,
@@ -740,6 +742,11 @@ async fn open_stage(
         name: plan.name.clone(),
         input: plan.input.clone(),
         side_inputs: plan.side_inputs.clone(),
+        side_outputs: plan
+            .side_outputs
+            .iter()
+            .map(|o| (o.output, o.name.clone()))
+            .collect(),
         alerts: matches!(plan.kind, StageKind::Alert(_)),
         op,
         watermark: saved.map_or(i64::MIN, |s| s.watermark),
@@ -1010,6 +1017,17 @@ async fn flush(
             .inc_by(rows as u64);
         watermarks.insert(st.name.clone(), st.watermark);
         outputs.insert(st.name.clone(), out.rows);
+        for (output, name) in &st.side_outputs {
+            let batches: Vec<RecordBatch> = out
+                .side
+                .iter()
+                .filter(|(o, _)| o == output)
+                .map(|(_, b)| b.clone())
+                .collect();
+            changed |= !batches.is_empty();
+            watermarks.insert(name.clone(), st.watermark);
+            outputs.insert(name.clone(), batches);
+        }
         summary.spent(
             metrics,
             &pipeline.name,

@@ -89,6 +89,9 @@ pub struct PipelineMetrics {
     pub forecast_sym_pct_error: CounterVec,
     /// Resolved forecasts whose actual fell inside the 80 % or 95 % interval (`level`).
     pub forecast_covered: IntCounterVec,
+    /// The median over keys of the Ljung–Box p-value of their recent errors at the stage's
+    /// shortest horizon (`forecast::accuracy`); NaN until a key has enough.
+    pub forecast_residual_ljung_box_p: GaugeVec,
     /// 1 while a problem `/readyz` reports lasts (`sink <name>`, `checkpoint`, `kafka`,
     /// `kafka delivery`, `source <name> watermark`), else 0.
     pub failing: IntGaugeVec,
@@ -336,6 +339,12 @@ impl PipelineMetrics {
             "Resolved forecasts whose actual fell inside the interval of `level` (80 or 95 %).",
             &["pipeline", "stage", "model", "horizon", "level"],
         );
+        let forecast_residual_ljung_box_p = float_gauge(
+            &registry,
+            "forecast_residual_ljung_box_p",
+            "Median over keys of the Ljung-Box p-value of their last 72 errors at the shortest horizon (10 lags).",
+            &["pipeline", "stage", "model", "horizon"],
+        );
         let alerts_suppressed = IntGaugeVec::new(
             Opts::new(
                 "alerts_suppressed",
@@ -409,6 +418,7 @@ impl PipelineMetrics {
             forecast_pct_resolved,
             forecast_sym_pct_error,
             forecast_covered,
+            forecast_residual_ljung_box_p,
             retries,
             failing,
             delta_last_commit,

@@ -146,7 +146,7 @@ fn descends(stage: &StagePlan, source: &str, stages: &[StagePlan]) -> bool {
             input == source
                 || stages
                     .iter()
-                    .find(|s| &s.name == input)
+                    .find(|s| &s.name == input || s.side_outputs.iter().any(|o| &o.name == input))
                     .is_some_and(|s| descends(s, source, stages))
         })
 }

@@ -328,6 +328,28 @@ impl Pipeline {
                             lateness: plan.allowed_lateness,
                         },
                     ));
+                    for side in &plan.side_outputs {
+                        if relations.iter().any(|(n, _)| *n == side.name) {
+                            r.at(
+                                &["stages", name],
+                                format!(
+                                    "its {} output `{}` is already the name of a source or \
+                                     stage",
+                                    side.output, side.name
+                                ),
+                                None,
+                            );
+                            continue;
+                        }
+                        relations.push((
+                            side.name.clone(),
+                            Relation {
+                                schema: side.schema.clone(),
+                                event_time: side.time.clone(),
+                                lateness: plan.allowed_lateness,
+                            },
+                        ));
+                    }
                     stages.push(plan);
                 }
                 None => failed.push(name),

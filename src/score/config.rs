@@ -216,6 +216,7 @@ pub(crate) async fn check(
         input: score.from.clone(),
         input_schema: schema,
         side_inputs: Vec::new(),
+        side_outputs: Vec::new(),
         output_time: input.event_time.clone(),
         output_schema,
         allowed_lateness: input.lateness,

@@ -236,6 +236,7 @@ async fn check_query(
         input: input_name,
         input_schema: input.schema.clone(),
         side_inputs: Vec::new(),
+        side_outputs: Vec::new(),
         output_schema,
         output_time,
         allowed_lateness: input.lateness,

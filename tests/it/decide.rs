@@ -139,6 +139,15 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     let tables = s3_tables(&tag);
     let metrics = run(&pipeline, &tables).await;
     let since_produced = producing.elapsed().as_secs_f64();
+    // Each demand forecast met by its actual is a row of the accuracy table.
+    let resolved = metrics.total("forecasts_resolved_total", &[("stage", "cpu_demand")]);
+    assert!(resolved > 0);
+    let accuracy: usize = read_delta(&format!("{tables}/cpu_demand_forecast_accuracy"))
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(accuracy as u64, resolved, "rows in cpu_demand_forecast_accuracy");
 
     let alerts = messages(&format!("{tag}.alerts"), "alert.json");
     assert!(

@@ -2,7 +2,8 @@
 //! the watermark closes once a pool has its history — hours without a price change included —
 //! one row per horizon with ordered quantiles; a forecast uses only the series up to its origin
 //! (the same rows whether hours arrive one at a time or all at once); a version registered
-//! mid-stream is swapped in between batches, and no hour is forecast twice or skipped.
+//! mid-stream is swapped in between batches, and no hour is forecast twice or skipped. Each
+//! forecast whose target comes is an accuracy row with the price then in force.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use stratus::forecast::stage::{ForecastOperator, ForecastRef, ForecastSpec};
+use stratus::metrics::PipelineMetrics;
+use stratus::operator::{Collector, Context, Operator};
 use stratus::score::registry::{ModelRef, Registry, Swap};
 use stratus::sink::storage_options_from_env;
 
@@ -106,6 +109,7 @@ fn spec(registry: &str, version: u32) -> ForecastSpec {
             distribution: None,
             drift: Default::default(),
         },
+        accuracy: true,
     }
 }
 
@@ -277,4 +281,73 @@ async fn forecasts_every_hour_without_look_ahead_and_swap_in_a_new_version() {
     assert!(!state.contains("m5.large"), "{state}");
     assert!(state.contains("c5.xlarge"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_forecast_met_by_its_actual_is_an_accuracy_row() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/registry");
+    let registry = repo.display().to_string();
+    let metrics = PipelineMetrics::new();
+    let ctx = Context {
+        pipeline: "p",
+        stage: "forecast",
+        metrics: &metrics,
+    };
+    let data = hours(96);
+    let mut op = ForecastOperator::open(spec(&registry, 1), &Default::default()).unwrap();
+    let (mut forecasts, mut accuracy) = (Rows::new(), Vec::new());
+    for h in 0..96 {
+        let hour: Vec<_> = data.iter().filter(|r| r.1 == h * HOUR).cloned().collect();
+        let mut out = Collector::default();
+        op.on_cycle_start(&ctx).await;
+        if !hour.is_empty() {
+            op.process_batch(&batch(&hour), &ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        op.handle_watermark(h * HOUR, &ctx, &mut out).await.unwrap();
+        for b in &out.rows {
+            collect(&mut forecasts, b);
+        }
+        for (output, b) in out.side {
+            assert_eq!(output, "accuracy");
+            accuracy.push(b);
+        }
+    }
+    // The price in force at `t`: the last change at or before it.
+    let price = |pool: &str, t: i64| data.iter().rfind(|r| r.0 == pool && r.1 <= t).unwrap().2;
+    let mut met = 0;
+    for b in &accuracy {
+        let col = |n: &str| b.column_by_name(n).unwrap();
+        let pool = col("instance_type").as_string::<i32>();
+        let ts = col("ts").as_primitive::<TimestampMicrosecondType>();
+        let origin = col("origin_ts").as_primitive::<TimestampMicrosecondType>();
+        let h = col("horizon_hours").as_primitive::<Int64Type>();
+        let f = |n: &str| col(n).as_primitive::<Float64Type>().clone();
+        let (actual, p50, abs) = (f("actual"), f("p50"), f("abs_error"));
+        let (p10, p90) = (f("p10"), f("p90"));
+        let covered = col("covered_80").as_boolean();
+        for i in 0..b.num_rows() {
+            met += 1;
+            let key = (pool.value(i).to_string(), origin.value(i), h.value(i));
+            assert_eq!(ts.value(i) - origin.value(i), h.value(i) * HOUR, "{key:?}");
+            // What was issued from that origin, met by the price at its target.
+            let (q, _, _) = &forecasts[&key];
+            assert_eq!(
+                (p10.value(i), p50.value(i), p90.value(i)),
+                (q[1], q[2], q[3])
+            );
+            assert_eq!(actual.value(i), price(&key.0, ts.value(i)), "{key:?}");
+            assert!((abs.value(i) - (actual.value(i) - q[2]).abs()).abs() < 1e-15);
+            let inside = q[1] <= actual.value(i) && actual.value(i) <= q[3];
+            assert_eq!(covered.value(i), inside, "{key:?}");
+        }
+    }
+    // Every forecast whose target the last watermark reached, once.
+    let due = forecasts
+        .keys()
+        .filter(|(_, origin, h)| origin + h * HOUR <= 95 * HOUR)
+        .count();
+    assert!(due > 0);
+    assert_eq!(met, due);
 }
