@@ -339,6 +339,7 @@ pub async fn run_pipeline(
                     checkpoint_interval: pipeline.checkpoint_every,
                     compact_after_files: pipeline.compact_after_files,
                     storage_options: config.storage_options.clone(),
+                    vacuum: pipeline.vacuum.clone(),
                 })
                 .await?,
                 partition_by: partition_by.clone(),

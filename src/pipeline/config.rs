@@ -273,6 +273,13 @@ pub struct CommitConfig {
     /// once this many data files were written to it since its last compaction (0: never).
     #[serde(default = "default_compact_after")]
     pub compact_after_files: usize,
+    /// Vacuum each table and remove its expired log files, as `stratus maintain` does, at most
+    /// once per this span of the running pipeline (`0s`: never, leave it to `stratus maintain`).
+    #[serde(default = "default_vacuum_every")]
+    pub vacuum_every: String,
+    /// What vacuum keeps: data files no version has referred to for less than this.
+    #[serde(default = "default_vacuum_retention")]
+    pub vacuum_retention: String,
 }
 
 fn default_flush_rows() -> usize {
@@ -290,6 +297,12 @@ fn default_checkpoint() -> u64 {
 fn default_compact_after() -> usize {
     64
 }
+fn default_vacuum_every() -> String {
+    "1h".into()
+}
+fn default_vacuum_retention() -> String {
+    "7d".into()
+}
 
 impl Default for CommitConfig {
     fn default() -> Self {
@@ -299,6 +312,8 @@ impl Default for CommitConfig {
             max_bytes: default_flush_bytes(),
             checkpoint_every: default_checkpoint(),
             compact_after_files: default_compact_after(),
+            vacuum_every: default_vacuum_every(),
+            vacuum_retention: default_vacuum_retention(),
         }
     }
 }

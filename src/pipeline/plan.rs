@@ -13,6 +13,7 @@ use super::kinds::StagePlan;
 use crate::check::diagnostics::{Diagnostic, Diagnostics, Reporter};
 use crate::check::{Checking, Relation, parsed_duration, parsed_size};
 use crate::kafka::{KafkaProperties, check_property};
+use crate::sink::delta::Vacuum;
 use crate::sql::Functions;
 use crate::validate::{EventSchema, FieldKind};
 
@@ -80,6 +81,8 @@ pub struct Pipeline {
     pub checkpoint_every: u64,
     /// Compact a table once this many files were written to it since (0: never).
     pub compact_after_files: usize,
+    /// Vacuum and log cleanup of its tables from the running pipeline, if at all.
+    pub vacuum: Option<Vacuum>,
     /// The functions its SQL may call beyond Stratus's own (see [`Overrides::functions`]),
     /// `score` among them when it calls registered models.
     pub functions: Functions,
@@ -380,6 +383,16 @@ impl Pipeline {
             &config.commit.max_interval,
         );
         let max_bytes = parsed_size(&mut r, &["commit", "max_bytes"], &config.commit.max_bytes);
+        let vacuum_every = parsed_duration(
+            &mut r,
+            &["commit", "vacuum_every"],
+            &config.commit.vacuum_every,
+        );
+        let vacuum_retention = parsed_duration(
+            &mut r,
+            &["commit", "vacuum_retention"],
+            &config.commit.vacuum_retention,
+        );
         if config.commit.max_rows == 0 {
             r.at(&["commit", "max_rows"], "max_rows must be at least 1", None);
         }
@@ -396,6 +409,13 @@ impl Pipeline {
                 max_interval: max_interval.unwrap_or(1_000_000),
                 checkpoint_every: config.commit.checkpoint_every,
                 compact_after_files: config.commit.compact_after_files,
+                vacuum: match (vacuum_every, vacuum_retention) {
+                    (Some(every), Some(retention)) if every > 0 => Some(Vacuum {
+                        every: std::time::Duration::from_micros(every.unsigned_abs()),
+                        retention: chrono::Duration::microseconds(retention),
+                    }),
+                    _ => None,
+                },
                 functions,
                 models,
                 kafka,

@@ -151,6 +151,20 @@ pub struct DeltaSinkConfig {
     pub compact_after_files: usize,
     /// Extra `object_store` / `deltalake` options, e.g. `AWS_ENDPOINT_URL`.
     pub storage_options: HashMap<String, String>,
+    /// Vacuum and log cleanup between commits, if at all.
+    pub vacuum: Option<Vacuum>,
+}
+
+/// Vacuum and expired-log cleanup from the running pipeline (what `stratus maintain` does
+/// besides compaction), at most once per `every`, between two of this process's commits and
+/// never while its compaction runs. Vacuum is delta-rs's lite mode: it deletes only data files
+/// the log records as removed (by a compaction) more than `retention` ago, never a file a
+/// writer has yet to commit; what `retention` guards is readers of older versions (time
+/// travel, a long query), which need their files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vacuum {
+    pub every: std::time::Duration,
+    pub retention: chrono::Duration,
 }
 
 /// An open Delta table that this process appends to.
@@ -163,6 +177,8 @@ pub struct DeltaSink {
     compacting: Option<tokio::task::JoinHandle<Result<u64, DeltaTableError>>>,
     /// The owner epoch this process claimed, if it claimed the marks (see [`Self::claim`]).
     owner: Option<i64>,
+    /// When it last vacuumed (or opened the table).
+    vacuumed_at: Instant,
 }
 
 /// Compacted files are written up to this size: 128 MiB.
@@ -227,6 +243,7 @@ impl DeltaSink {
             files_since_compaction: 0,
             compacting: None,
             owner: None,
+            vacuumed_at: Instant::now(),
         })
     }
 
@@ -602,12 +619,56 @@ impl DeltaSink {
                 .map_err(|e| self.delta_error(e))?;
             self.commits_since_checkpoint = 0;
         }
+        self.vacuum_if_due().await?;
         Ok(CommitStats {
             version: self.table.version().map_or(-1, |v| v as i64),
             rows,
             files,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+impl DeltaSink {
+    /// Vacuums the table and removes its expired log files if [`Vacuum::every`] has passed
+    /// since it last did and no compaction is running. Log files go only up to the newest Delta
+    /// checkpoint (one is written first if there is none since the last commit), so the `txn`
+    /// marks stay readable.
+    async fn vacuum_if_due(&mut self) -> Result<(), SinkError> {
+        let Some(v) = self.config.vacuum.clone() else {
+            return Ok(());
+        };
+        if self.vacuumed_at.elapsed() < v.every || self.compacting.is_some() {
+            return Ok(());
+        }
+        self.vacuumed_at = Instant::now();
+        // Its compactions' commits too.
+        self.read_again().await?;
+        if self.commits_since_checkpoint > 0 {
+            deltalake::checkpoints::create_checkpoint(&self.table, None)
+                .await
+                .map_err(|e| self.delta_error(e))?;
+            self.commits_since_checkpoint = 0;
+        }
+        let logs = deltalake::checkpoints::cleanup_metadata(&self.table, None)
+            .await
+            .map_err(|e| self.delta_error(e))?;
+        let (table, vacuumed) = self
+            .table
+            .clone()
+            .vacuum()
+            .with_retention_period(v.retention)
+            // The pipeline file's retention is the operator's explicit choice.
+            .with_enforce_retention_duration(false)
+            .await
+            .map_err(|e| self.delta_error(e))?;
+        self.table = table;
+        tracing::info!(
+            "Delta table {}: vacuumed {} unreferenced files, removed {logs} expired log files",
+            self.config.location,
+            vacuumed.files_deleted.len()
+        );
+        Ok(())
     }
 }
 
@@ -687,6 +748,7 @@ mod tests {
                 checkpoint_interval: 0,
                 compact_after_files: 0,
                 storage_options: HashMap::new(),
+                vacuum: None,
             })
         };
         let rows = |v: i64| {
@@ -753,6 +815,7 @@ mod tests {
             checkpoint_interval: 0,
             compact_after_files: 2,
             storage_options: HashMap::new(),
+            vacuum: None,
         })
         .await
         .unwrap();
@@ -794,6 +857,7 @@ mod tests {
             checkpoint_interval: 0,
             compact_after_files: 2,
             storage_options: HashMap::new(),
+            vacuum: None,
         })
         .await
         .unwrap();

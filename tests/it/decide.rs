@@ -147,7 +147,10 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
         .iter()
         .map(|b| b.num_rows())
         .sum();
-    assert_eq!(accuracy as u64, resolved, "rows in cpu_demand_forecast_accuracy");
+    assert_eq!(
+        accuracy as u64, resolved,
+        "rows in cpu_demand_forecast_accuracy"
+    );
 
     let alerts = messages(&format!("{tag}.alerts"), "alert.json");
     assert!(

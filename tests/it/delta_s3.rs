@@ -60,6 +60,7 @@ async fn partitioned_table_on_s3_reads_back_exactly() {
         checkpoint_interval: 2,
         compact_after_files: 0,
         storage_options: storage_options_from_env(),
+        vacuum: None,
     };
     let mut sink = DeltaSink::open(config.clone()).await.unwrap();
     assert!(

@@ -21,10 +21,11 @@ async fn ingest_with(
     tables: &Path,
     cycle: usize,
     compact_after: usize,
+    vacuum_every: &str,
 ) -> u64 {
     let root = env!("CARGO_MANIFEST_DIR");
     let yaml = format!(
-        "name: it-maintain\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}\ncommit: {{max_rows: {cycle}, max_interval: 1h, checkpoint_every: 0, compact_after_files: {compact_after}}}\n"
+        "name: it-maintain\nsources:\n  metrics:\n    kafka: {{topic: {topic}, group: {topic}}}\n    schema: {root}/schemas/cloud.metrics.json\n    event_time: {{field: ts}}\nsinks:\n  raw: {{from: metrics, delta: {{table: raw, partition_by: [date]}}}}\ncommit: {{max_rows: {cycle}, max_interval: 1h, checkpoint_every: 0, compact_after_files: {compact_after}, vacuum_every: {vacuum_every}, vacuum_retention: 0s}}\n"
     );
     let pipeline = Pipeline::from_yaml(Path::new("it-maintain.yaml"), &yaml)
         .await
@@ -33,9 +34,9 @@ async fn ingest_with(
     run_to_end(&pipeline, &config).await.unwrap().events
 }
 
-/// [`ingest_with`] 100 events a commit, never compacted by the pipeline.
+/// [`ingest_with`] 100 events a commit, never compacted or vacuumed by the pipeline.
 async fn ingest(brokers: &str, topic: &str, tables: &Path) -> u64 {
-    ingest_with(brokers, topic, tables, 100, 0).await
+    ingest_with(brokers, topic, tables, 100, 0, "0s").await
 }
 
 /// The table's `txn` marks of the pipeline: its cycle and each partition's offset.
@@ -47,6 +48,7 @@ async fn marks(table: &Path, topic: &str) -> Vec<Option<i64>> {
         checkpoint_interval: 0,
         compact_after_files: 0,
         storage_options: Default::default(),
+        vacuum: None,
     })
     .await
     .unwrap();
@@ -175,8 +177,12 @@ async fn the_running_pipeline_keeps_its_files_few() {
     let table = dir.join("raw");
     let now = chrono::Utc::now().timestamp_millis();
     produce(&topic, &metric_events(43, 3_000, 30, now, 0)).await;
-    // 300 cycles of 10 events, each a commit of one or two files; compacted after 20.
-    assert_eq!(ingest_with(&brokers, &topic, &dir, 10, 20).await, 3_000);
+    // 300 cycles of 10 events, each a commit of one or two files; compacted after 20, and
+    // vacuumed (nothing retained) every second.
+    assert_eq!(
+        ingest_with(&brokers, &topic, &dir, 10, 20, "1s").await,
+        3_000
+    );
     let location = table.display().to_string();
     assert_eq!(delta_rows(&location).await, 3_000);
     assert_eq!(other_readers_rows(&table), [3_000; 3]);
@@ -191,6 +197,19 @@ async fn the_running_pipeline_keeps_its_files_few() {
     assert!(
         files <= bound,
         "{files} files in the table's version, over {bound}"
+    );
+    // What compaction replaced is deleted as the stream goes: on disk, besides the version's
+    // files, at most those removed since the last vacuum (one compaction's worth and the
+    // files written meanwhile), not the hundreds written.
+    let log = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(log.contains("VACUUM END"), "no vacuum in the log");
+    let on_disk = parquet_files(&table);
+    assert!(
+        on_disk <= files + 2 * bound,
+        "{on_disk} data files on disk for {files} in the table's version"
     );
     assert!(marks(&table, &topic).await.iter().all(Option::is_some));
     std::fs::remove_dir_all(&dir).unwrap();
