@@ -47,6 +47,9 @@ pub type Result<T, E = OperatorError> = std::result::Result<T, E>;
 /// Where an operator runs: for its metrics and log lines.
 pub struct Context<'a> {
     pub pipeline: &'a str,
+    /// Where it runs: the pipeline's name, or under workers its shard's
+    /// (`pipeline/partition-N`), whose partitions' rows are all it sees.
+    pub scope: &'a str,
     pub stage: &'a str,
     pub metrics: &'a PipelineMetrics,
 }

@@ -78,6 +78,10 @@ pub struct SideOutput {
     pub schema: SchemaRef,
     /// Its event-time column.
     pub time: Option<String>,
+    /// Rows about the stream a worker sees (its models' health), not about the keys in it: under
+    /// workers, each shard's own, told apart by a `scope` column; what reads them keeps its
+    /// state per shard, whatever the source's key.
+    pub per_worker: bool,
 }
 
 /// A relation SQL can read: a source or an earlier stage.

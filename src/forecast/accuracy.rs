@@ -267,6 +267,7 @@ mod tests {
         let metrics = PipelineMetrics::new();
         let ctx = Context {
             pipeline: "p",
+            scope: "p",
             stage: "f",
             metrics: &metrics,
         };

@@ -17,6 +17,7 @@ use crate::check::{
     parsed_duration,
 };
 use crate::score::drift::DriftSpec;
+use crate::score::health::HealthConfig;
 use crate::score::registry::{ModelRef, Registry};
 use crate::score::stage::is_numeric;
 
@@ -49,6 +50,32 @@ pub struct ForecastStageConfig {
     /// later stages read; none: the rows are not kept (the metrics are).
     #[serde(default)]
     pub accuracy: Option<String>,
+    /// Where its model's accuracy goes as health rows for alert stages (`score::health`).
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// The errors past which its model counts as degraded.
+    #[serde(default)]
+    pub degraded: DegradedSpec,
+}
+
+/// When a forecast model counts as degraded: over its last `outcomes` forecasts met by their
+/// actuals at a horizon, a MAPE over `mape` or an sMAPE over `smape` (the seed's 15 % and 20 %).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradedSpec {
+    pub mape: f64,
+    pub smape: f64,
+    pub outcomes: usize,
+}
+
+impl Default for DegradedSpec {
+    fn default() -> Self {
+        DegradedSpec {
+            mape: 0.15,
+            smape: 0.2,
+            outcomes: 168,
+        }
+    }
 }
 
 fn default_forecast_time() -> String {
@@ -167,6 +194,20 @@ pub(crate) async fn check(
     if let Some(problem) = c.drift.problem() {
         r.at(&at("drift"), problem, None);
     }
+    let d = &c.degraded;
+    if !(d.mape > 0.0 && d.smape > 0.0 && d.mape.is_finite() && d.smape.is_finite())
+        || d.outcomes == 0
+    {
+        r.at(
+            &at("degraded"),
+            "mape and smape must be positive numbers, outcomes at least 1",
+            Some("the defaults: {mape: 0.15, smape: 0.2, outcomes: 168}"),
+        );
+    }
+    let health = c
+        .health
+        .as_ref()
+        .and_then(|h| crate::score::health::check(r, &at("health"), h, "accuracy"));
     if r.found.len() > before {
         return None;
     }
@@ -178,6 +219,8 @@ pub(crate) async fn check(
         min_history,
         model: model?,
         accuracy: c.accuracy.is_some(),
+        health_sustain: health.as_ref().map(|(_, sustain)| *sustain),
+        degraded: c.degraded.clone(),
     };
     let output = spec.output_schema();
     let mut plan = decision_plan(name, &c.from, schema, output, rel.lateness, spec);
@@ -187,7 +230,9 @@ pub(crate) async fn check(
             output: accuracy::OUTPUT,
             schema: accuracy::schema(&c.key),
             time: Some("ts".into()),
+            per_worker: false,
         }));
+    plan.side_outputs.extend(health.map(|(output, _)| output));
     Some(plan)
 }
 

@@ -35,9 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use super::accuracy::{self, Residuals};
 use super::blend::{self, Blend, Issued, MODEL};
+use super::config::DegradedSpec;
 use super::model::{FEATURES, ForecastError, ForecastModel, QUANTILES, Steps, features, offset};
 use crate::operator::{self, Collector, Context, Operator, OperatorState};
 use crate::score::drift::{self, Binned, DriftSpec, InputDrift};
+use crate::score::health::{self, Figure, Health};
 use crate::score::registry::{Follower, ModelRef, Refresh, RefreshError, Registry, Swap};
 
 const HOUR: i64 = 3_600_000_000;
@@ -298,6 +300,9 @@ pub struct ForecastSpec {
     pub model: ForecastRef,
     /// Whether it writes its accuracy rows to its side output.
     pub accuracy: bool,
+    /// With health rows (`score::health`): how long a degraded model must stay so, µs.
+    pub health_sustain: Option<i64>,
+    pub degraded: DegradedSpec,
 }
 
 impl ForecastSpec {
@@ -370,6 +375,9 @@ pub struct ForecastOperator {
     residuals: Residuals,
     /// The schema of its accuracy rows, if it writes them.
     accuracy: Option<SchemaRef>,
+    /// Its model's accuracy over event time, if it writes health rows, and per horizon the
+    /// percentage and symmetric percentage errors of the last forecasts met.
+    health: Option<(Health, Vec<RecentErrors>)>,
     /// Whether its accuracy series are exported yet.
     exported: bool,
 }
@@ -384,6 +392,12 @@ impl ForecastOperator {
             model: FollowedForecast::open(&spec.model, storage_options)?,
             output: spec.output_schema(),
             accuracy: spec.accuracy.then(|| accuracy::schema(&spec.key)),
+            health: spec.health_sustain.map(|s| {
+                (
+                    Health::new("accuracy", s),
+                    vec![VecDeque::new(); spec.horizons.len()],
+                )
+            }),
             spec,
             state: ForecastState::default(),
             outcomes: Vec::new(),
@@ -613,6 +627,48 @@ impl ForecastOperator {
     }
 }
 
+/// A horizon's percentage (none when the actual was 0) and symmetric percentage errors of its
+/// last forecasts met, oldest first.
+type RecentErrors = VecDeque<(Option<f64>, f64)>;
+
+/// Keeps the errors of `outcomes` in `errors` (per horizon, the last `spec.outcomes`), and gives
+/// each horizon's degradation once it holds that many: its MAPE and sMAPE over the thresholds
+/// of `spec`, the larger of the two.
+fn degradation(
+    errors: &mut [RecentErrors],
+    outcomes: &[blend::Outcome],
+    horizons: &[i64],
+    model: &str,
+    spec: &DegradedSpec,
+) -> Vec<Figure> {
+    for o in outcomes {
+        if let Some(kept) = errors.get_mut(o.horizon) {
+            if kept.len() == spec.outcomes {
+                kept.pop_front();
+            }
+            kept.push_back((o.pct_error(), o.sym_pct_error()));
+        }
+    }
+    errors
+        .iter()
+        .zip(horizons)
+        .filter(|(kept, _)| kept.len() == spec.outcomes)
+        .map(|(kept, h)| {
+            let smape = kept.iter().map(|e| e.1).sum::<f64>() / kept.len() as f64;
+            let pct: Vec<f64> = kept.iter().filter_map(|e| e.0).collect();
+            let mape = match pct.is_empty() {
+                true => 0.0,
+                false => pct.iter().sum::<f64>() / pct.len() as f64,
+            };
+            Figure {
+                model: model.to_string(),
+                subject: format!("{}h", h / HOUR),
+                ratio: (mape / spec.mape).max(smape / spec.smape),
+            }
+        })
+        .collect()
+}
+
 /// The checkpoint part of a forecast stage's state.
 const STATE_PART: &str = "forecasts";
 
@@ -655,6 +711,12 @@ impl Operator for ForecastOperator {
                 accuracy::OUTPUT,
                 accuracy::rows(&outcomes, horizons, model, schema)?,
             );
+        }
+        if let Some((health, errors)) = self.health.as_mut() {
+            let figures = degradation(errors, &outcomes, horizons, model, &self.spec.degraded);
+            if let Some(rows) = health.advance(watermark, ctx.scope, &figures)? {
+                out.side(health::OUTPUT, rows);
+            }
         }
         self.model.report_drift(ctx);
         Ok(watermark)

@@ -946,6 +946,7 @@ async fn flush(
         let started = Instant::now();
         let ctx = Context {
             pipeline: &pipeline.name,
+            scope: retry.scope.as_deref().unwrap_or(&pipeline.name),
             stage: &st.name,
             metrics,
         };

@@ -132,7 +132,8 @@ fn feedback_problems(r: &mut Reporter<'_>, sources: &[SourcePlan], stages: &[Sta
 }
 
 /// Whether `stage` reads `source`, directly or through earlier stages (not counting an alert
-/// stage's feedback, which [`feedback_problems`] checks).
+/// stage's feedback, which [`feedback_problems`] checks, nor rows a worker writes about its
+/// own stream, which are kept apart per shard).
 fn descends(stage: &StagePlan, source: &str, stages: &[StagePlan]) -> bool {
     let feedback = stage.feedback().map(|(from, _)| from);
     std::iter::once(&stage.input)
@@ -143,10 +144,15 @@ fn descends(stage: &StagePlan, source: &str, stages: &[StagePlan]) -> bool {
                 .filter(|s| Some(s.as_str()) != feedback),
         )
         .any(|input| {
+            let per_worker = |s: &StagePlan| {
+                s.side_outputs
+                    .iter()
+                    .any(|o| &o.name == input && o.per_worker)
+            };
             input == source
                 || stages
                     .iter()
                     .find(|s| &s.name == input || s.side_outputs.iter().any(|o| &o.name == input))
-                    .is_some_and(|s| descends(s, source, stages))
+                    .is_some_and(|s| !per_worker(s) && descends(s, source, stages))
         })
 }

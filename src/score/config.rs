@@ -46,6 +46,9 @@ pub struct ScoreStageConfig {
     /// (default: the last 1,000 rows, PSI 0.2, KL 0.1).
     #[serde(default)]
     pub drift: DriftSpec,
+    /// Where its models' drift goes as health rows for alert stages (`score::health`).
+    #[serde(default)]
+    pub health: Option<super::health::HealthConfig>,
 }
 
 fn default_score_time() -> String {
@@ -173,6 +176,10 @@ pub(crate) async fn check(
     if let Some(problem) = score.drift.problem() {
         r.at(&at("drift"), problem, None);
     }
+    let health = score
+        .health
+        .as_ref()
+        .and_then(|h| super::health::check(r, &at("health"), h, "drift"));
     let needs_registry = model.is_some() || shadow.is_some();
     let mut unwatched = Vec::new();
     if needs_registry {
@@ -206,6 +213,7 @@ pub(crate) async fn check(
         detectors,
         calibration,
         drift: score.drift.clone(),
+        health_sustain: health.as_ref().map(|(_, sustain)| *sustain),
         unwatched,
         registry: registry.map(str::to_string),
         poll,
@@ -216,7 +224,7 @@ pub(crate) async fn check(
         input: score.from.clone(),
         input_schema: schema,
         side_inputs: Vec::new(),
-        side_outputs: Vec::new(),
+        side_outputs: health.map(|(output, _)| output).into_iter().collect(),
         output_time: input.event_time.clone(),
         output_schema,
         allowed_lateness: input.lateness,

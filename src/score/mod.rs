@@ -8,6 +8,7 @@
 //! - [`function`]: registered models callable from SQL, `score('model', inputs…)`.
 //! - [`detect`]: streaming detectors (robust z, seasonal, CUSUM) and their weighted ensemble.
 //! - [`drift`]: each model input's recent distribution against its training one (PSI, KL).
+//! - [`health`]: a model's drift and accuracy against thresholds, as rows for alert stages.
 //!
 //! Forecast models, run the same way, are in [`crate::forecast`].
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod detect;
 pub mod drift;
 pub mod function;
+pub mod health;
 pub mod onnx;
 pub mod registry;
 pub mod runtime;

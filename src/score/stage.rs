@@ -27,6 +27,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::detect::{CalibrationSpec, DetectError, DetectorSpec, Ensemble};
 use super::drift::{self, DriftSpec, InputDrift};
+use super::health::{self, Figure, Health};
 use super::onnx::{OnnxModel, ScoreError};
 use super::registry::{
     Follower, ModelRef, ModelRefError, ModelVersion, Refresh, RefreshError, Registry,
@@ -72,6 +73,8 @@ pub struct ScoreSpec {
     pub calibration: CalibrationSpec,
     /// How the models' inputs are watched for drift.
     pub drift: DriftSpec,
+    /// With health rows (`score::health`): how long a drift threshold must hold, µs.
+    pub health_sustain: Option<i64>,
     /// The model versions, as checked, whose manifests record no training distribution.
     pub unwatched: Vec<String>,
     /// The registry's location, when a model is set.
@@ -161,6 +164,8 @@ pub struct ScoreOperator {
     key_columns: Vec<usize>,
     time_column: usize,
     value_column: Option<usize>,
+    /// Its models' drift over event time, if it writes health rows.
+    health: Option<Health>,
 }
 
 /// Loads `reference` (resolved now) and maps its features onto `input`.
@@ -288,6 +293,7 @@ impl ScoreOperator {
         }
         Ok(ScoreOperator {
             output: spec.output_schema(&input),
+            health: spec.health_sustain.map(|s| Health::new("drift", s)),
             spec,
             input,
             registry,
@@ -298,6 +304,24 @@ impl ScoreOperator {
             time_column,
             value_column,
         })
+    }
+
+    /// Each watched input of the served and shadow versions, its drift over the pipeline's
+    /// threshold (the larger of PSI's and KL's ratios), once its window is full.
+    fn drift_figures(&self) -> Vec<Figure> {
+        let (psi, kl) = (self.spec.drift.psi, self.spec.drift.kl);
+        [&self.model, &self.shadow]
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m, m.drift.as_ref()?.measure()?)))
+            .flat_map(|(m, measured)| {
+                measured.into_iter().map(|(input, d)| Figure {
+                    model: m.label.clone(),
+                    subject: input.to_string(),
+                    ratio: (d.psi / psi).max(d.kl / kl),
+                })
+            })
+            .collect()
     }
 
     pub fn output_schema(&self) -> SchemaRef {
@@ -650,6 +674,25 @@ impl Operator for ScoreOperator {
         Ok(())
     }
 
+    /// Writes its models' health rows, if it keeps them, as the watermark passes their
+    /// boundaries.
+    async fn handle_watermark(
+        &mut self,
+        watermark: i64,
+        ctx: &Context<'_>,
+        out: &mut Collector,
+    ) -> operator::Result<i64> {
+        if self.health.is_some() {
+            let figures = self.drift_figures();
+            if let Some(h) = self.health.as_mut()
+                && let Some(rows) = h.advance(watermark, ctx.scope, &figures)?
+            {
+                out.side(health::OUTPUT, rows);
+            }
+        }
+        Ok(watermark)
+    }
+
     /// Swaps in newer registered versions; a version that cannot be used is logged and the
     /// current one kept. Sets the `model_version` gauges.
     async fn on_cycle_start(&mut self, ctx: &Context<'_>) {
@@ -719,6 +762,7 @@ mod tests {
                 ..Default::default()
             },
             drift: DriftSpec::default(),
+            health_sustain: None,
             unwatched: Vec::new(),
             registry: None,
             poll: Duration::from_secs(10),

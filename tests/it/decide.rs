@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use arrow::array::AsArray;
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -152,7 +152,17 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
         "rows in cpu_demand_forecast_accuracy"
     );
 
-    let alerts = messages(&format!("{tag}.alerts"), "alert.json");
+    // The topic also carries the models' own alerts (their drift and accuracy): every one
+    // valid, each of a kind the pipeline raises; the rest is the metric anomalies'.
+    let (alerts, of_models): (Vec<_>, Vec<_>) = messages(&format!("{tag}.alerts"), "alert.json")
+        .into_iter()
+        .partition(|(a, _)| a["kind"] == "metric_anomaly");
+    assert!(
+        of_models
+            .iter()
+            .all(|(a, _)| a["kind"] == "model_drift" || a["kind"] == "model_degraded"),
+        "{of_models:?}"
+    );
     assert!(
         !alerts.is_empty(),
         "no alert from {} injected anomalies",
@@ -330,17 +340,8 @@ async fn cloud_metrics_alerts_follow_their_lifecycle_and_match_the_schema() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_material_change() {
-    let tag = unique("it-recs");
-    for t in [
-        "cloud.spot_prices",
-        "recommendations",
-        "cloud.spot_prices.forecasts",
-    ] {
-        create_topic(&format!("{tag}.{t}"), 1).await;
-    }
-    let pipeline = shipped("spot-prices.yaml", &tag).await;
+/// 96 hours of five pools' spot prices, ending 4 hours ago, in time order: (key, JSON).
+fn spot_prices() -> Vec<(String, String)> {
     let base = (chrono::Utc::now().timestamp_micros() - 100 * HOUR) / HOUR * HOUR;
     let mut rng = StdRng::seed_from_u64(21);
     let mut records = Vec::new();
@@ -366,6 +367,147 @@ async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_materi
         }
     }
     records.sort_by(|a, b| a.1[7..31].cmp(&b.1[7..31]));
+    records
+}
+
+/// A forecast model whose errors stay past the pipeline's thresholds for the sustained span
+/// raises `model_degraded` alerts through the alert policy, from its health rows: one alert
+/// per horizon whose row reached the alarm level, none for the others, each as severe as its
+/// score; with thresholds far above its errors, the same health rows raise none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_degraded_forecast_model_raises_alerts_through_the_alert_policy() {
+    let tag = unique("it-health");
+    for t in ["spot", "spot.dlq", "alerts"] {
+        create_topic(&format!("{tag}.{t}"), 1).await;
+    }
+    produce(&format!("{tag}.spot"), &spot_prices()).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (run_as, threshold) in [("degraded", 1e-6), ("healthy", 1e6)] {
+        let name = format!("{tag}-{run_as}");
+        let yaml = format!(
+            r#"name: {name}
+sources:
+  spot:
+    kafka: {{topic: {tag}.spot, group: {name}}}
+    schema: {root}/schemas/cloud.spot_prices.json
+    event_time: {{field: ts, max_out_of_orderness: 1m, allowed_lateness: 1h, idle_timeout: 5m}}
+stages:
+  spot_1h: {{sql: {root}/sql/spot_prices_1h.sql}}
+  forecast:
+    forecast:
+      from: spot_1h
+      model: spot_price
+      key: [instance_type, az]
+      value: mean_price
+      degraded: {{mape: {threshold}, smape: {threshold}, outcomes: 20}}
+      health: {{output: health, sustain: 2h}}
+  degraded:
+    alert:
+      from: health
+      kind: model_degraded
+      key: [scope, model, subject]
+      resource: model
+      labels: [check]
+      severity: {{info: 0.5, warning: 0.7, critical: 0.9}}
+      resolve_after: 6h
+models: {{registry: {root}/models/registry}}
+sinks:
+  health: {{from: health, delta: {{table: health}}}}
+  alerts: {{from: degraded, delta: {{table: alerts}}}}
+  alerts_topic: {{from: degraded, kafka: {{topic: {tag}.alerts, key: [dedup_key]}}}}
+# Small cycles: the watermark moves an hour or two at a time, as on a live stream.
+commit: {{max_rows: 5}}
+"#
+        );
+        let pipeline = Pipeline::from_yaml(Path::new("health.yaml"), &yaml)
+            .await
+            .unwrap();
+        let tables = s3_tables(&name);
+        run(&pipeline, &tables).await;
+
+        let mut alarmed: BTreeMap<String, f64> = BTreeMap::new();
+        let mut judged = 0;
+        for b in read_delta(&format!("{tables}/health")).await {
+            let text = |n: &str| {
+                let c = arrow::compute::cast(b.column_by_name(n).unwrap(), &DataType::Utf8);
+                c.unwrap().as_string::<i32>().clone()
+            };
+            let num = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_primitive::<Float64Type>()
+                    .clone()
+            };
+            let (scope, subject, check) = (text("scope"), text("subject"), text("check"));
+            let (ratio, score, c) = (num("ratio"), num("anomaly_score"), num("c_accuracy"));
+            for i in 0..b.num_rows() {
+                assert_eq!(
+                    (scope.value(i), check.value(i)),
+                    (name.as_str(), "accuracy")
+                );
+                assert!(["1h", "6h", "24h"].contains(&subject.value(i)));
+                assert_eq!(score.value(i), (ratio.value(i) / 2.0).min(1.0));
+                assert_eq!(c.value(i), score.value(i));
+                judged += usize::from(ratio.value(i) > 0.0);
+                if score.value(i) >= 0.5 {
+                    let peak = alarmed.entry(subject.value(i).to_string()).or_default();
+                    *peak = peak.max(score.value(i));
+                }
+            }
+        }
+        assert!(judged > 0, "{run_as}: no horizon was judged");
+        // One alert per horizon that reached the alarm level, opened at its severity.
+        let topic = messages(&format!("{tag}.alerts"), "alert.json");
+        let mine: Vec<&Value> = topic
+            .iter()
+            .map(|(a, _)| a)
+            .filter(|a| a["labels"]["scope"] == name.as_str())
+            .collect();
+        let mut opened: BTreeMap<String, &Value> = BTreeMap::new();
+        for a in mine.iter().filter(|a| a["status"] == "firing") {
+            assert_eq!(
+                (&a["kind"], &a["resource"]),
+                (&"model_degraded".into(), &a["labels"]["model"])
+            );
+            let subject = a["labels"]["subject"].as_str().unwrap().to_string();
+            let first = opened.entry(subject).or_insert(a);
+            assert_eq!(first["alert_id"], a["alert_id"], "one alert per horizon");
+        }
+        assert_eq!(
+            opened.keys().collect::<Vec<_>>(),
+            alarmed.keys().collect::<Vec<_>>(),
+            "{run_as}"
+        );
+        for (subject, a) in &opened {
+            assert!(a["peak_score"].as_f64().unwrap() <= alarmed[subject]);
+        }
+        if run_as == "healthy" {
+            assert!(mine.is_empty(), "{mine:?}");
+            continue;
+        }
+        assert_eq!(alarmed.len(), 3, "every horizon degraded");
+        assert!(opened.values().all(|a| a["severity"] == "critical"));
+        let table: Vec<_> = topic
+            .iter()
+            .filter(|(a, _)| a["labels"]["scope"] == name.as_str())
+            .cloned()
+            .collect();
+        assert_alerts_in_delta(&format!("{tables}/alerts"), &table).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spot_prices_recommendations_meet_constraints_and_reissue_only_on_material_change() {
+    let tag = unique("it-recs");
+    for t in [
+        "cloud.spot_prices",
+        "recommendations",
+        "cloud.spot_prices.forecasts",
+    ] {
+        create_topic(&format!("{tag}.{t}"), 1).await;
+    }
+    let pipeline = shipped("spot-prices.yaml", &tag).await;
+    let records = spot_prices();
     produce(&format!("{tag}.cloud.spot_prices"), &records).await;
     let tables = s3_tables(&tag);
     run(&pipeline, &tables).await;

@@ -110,6 +110,8 @@ fn spec(registry: &str, version: u32) -> ForecastSpec {
             drift: Default::default(),
         },
         accuracy: true,
+        health_sustain: None,
+        degraded: Default::default(),
     }
 }
 
@@ -290,6 +292,7 @@ async fn each_forecast_met_by_its_actual_is_an_accuracy_row() {
     let metrics = PipelineMetrics::new();
     let ctx = Context {
         pipeline: "p",
+        scope: "p",
         stage: "forecast",
         metrics: &metrics,
     };
