@@ -298,6 +298,18 @@ pub(crate) async fn open_source(
             }
         }
     }
+    if let (Some(shard), Reader::Kafka { .. }) = (config.shard, &reader) {
+        // Where the tables say each partition resumes reaches the group at once, not only
+        // after a cycle of new events: its last owner may have died before committing it, and
+        // with nothing more to read the group would never hear of it (lag tools would show it
+        // unread).
+        let resumed: HashMap<i32, i64> = position
+            .iter()
+            .filter(|&(_, &next)| next > 0)
+            .map(|(&p, &next)| (p, next))
+            .collect();
+        shard.offsets.record(&topic, &resumed);
+    }
     Ok(SourceRuntime {
         decoder: BatchDecoder::new(
             plan.schema.clone(),
