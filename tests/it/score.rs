@@ -3,9 +3,11 @@
 //! registry, scores a running pipeline's windows; a second version registered mid-stream is
 //! swapped in without losing or double-scoring a window; a pinned shadow version is scored
 //! beside it and never acted on; each version's input drift against the training distribution
-//! its manifest records is exported once its window of rows is full.
+//! its manifest records is exported once its window of rows is full, and drift past the
+//! pipeline's thresholds for the sustained span raises `model_drift` alerts through the alert
+//! policy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -185,9 +187,37 @@ async fn a_new_version_is_swapped_in_mid_stream_and_every_window_is_scored_once(
       detectors: [{{kind: model}}]
       calibration: {{learn: 12m}}
       drift: {{rows: {SCORED}, psi: 0.25, kl: 0.15}}
+  drifting:
+    # The same versions judged over their last 60 rows against thresholds below any drift,
+    # and far above it: health rows every 5 minutes, past the threshold once held 5 minutes.
+    score:
+      from: features_1m
+      model: m
+      shadow: m@1
+      key: [resource_id, metric]
+      detectors: [{{kind: model}}]
+      drift: {{rows: 60, psi: 0.000000001, kl: 0.000000001}}
+      health: {{output: drifting_health, sustain: 5m}}
+  steady:
+    score:
+      from: features_1m
+      model: m
+      shadow: m@1
+      key: [resource_id, metric]
+      detectors: [{{kind: model}}]
+      drift: {{rows: 60, psi: 1000000000.0, kl: 1000000000.0}}
+      health: {{output: steady_health, sustain: 5m}}
+  drifting_alerts:
+    alert: {{from: drifting_health, kind: model_drift, key: [scope, model, subject], resource: model, labels: [check], resolve_after: 1h}}
+  steady_alerts:
+    alert: {{from: steady_health, kind: model_drift, key: [scope, model, subject], resource: model, labels: [check], resolve_after: 1h}}
 models: {{registry: "{registry}", poll: 50ms}}
 sinks:
   scores: {{from: anomaly, delta: {{table: scores}}}}
+  drifting_health: {{from: drifting_health, delta: {{table: drifting_health}}}}
+  drifting_alerts: {{from: drifting_alerts, delta: {{table: drifting_alerts}}}}
+  steady_health: {{from: steady_health, delta: {{table: steady_health}}}}
+  steady_alerts: {{from: steady_alerts, delta: {{table: steady_alerts}}}}
 commit: {{max_rows: 120, max_interval: 200ms}}
 "#
     );
@@ -342,11 +372,16 @@ commit: {{max_rows: 120, max_interval: 200ms}}
     // its manifest records. m@2 has seen fewer rows: no figure yet.
     assert_eq!(inputs.len(), SCORED);
     let scraped = metrics.render();
+    // The `anomaly` stage's (the others watch the same versions over fewer rows).
     let gauge = |name: &str, model: &str, input: &str| {
-        let matching = [("model", model), ("input", input)];
+        let matching = [("stage", "anomaly"), ("model", model), ("input", input)];
         scraped
             .lines()
-            .any(|l| l.starts_with(name) && l.contains(&format!("model=\"{model}\"")))
+            .any(|l| {
+                l.starts_with(name)
+                    && l.contains("stage=\"anomaly\"")
+                    && l.contains(&format!("model=\"{model}\""))
+            })
             .then(|| crate::exported::sum(&scraped, name, &matching))
     };
     let trained = reg.load("m", 1).await.unwrap().manifest;
@@ -374,11 +409,97 @@ commit: {{max_rows: 120, max_interval: 200ms}}
         crate::exported::sum(
             &scraped,
             "stratus_model_drift_threshold",
-            &[("model", model), ("measure", measure)],
+            &[("stage", "anomaly"), ("model", model), ("measure", measure)],
         )
     };
     assert_eq!(
         (threshold("m@2", "psi"), threshold("m@2", "kl")),
         (0.25, 0.15)
     );
+
+    // 6. Drift alerts through the alert policy, from the health rows: with thresholds below
+    // any drift, one critical `model_drift` alert per version and input whose row reached the
+    // alarm level (every input of the shadow m@1, scored throughout); far above, none.
+    let health = |table: &'static str| {
+        let (prefix, name) = (prefix.clone(), name.clone());
+        async move {
+            let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
+            for b in read_delta(&format!("{prefix}/{table}")).await {
+                let text = |n: &str| {
+                    let c = arrow::compute::cast(b.column_by_name(n).unwrap(), &DataType::Utf8);
+                    c.unwrap().as_string::<i32>().clone()
+                };
+                let num = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_primitive::<Float64Type>()
+                        .clone()
+                };
+                let (scope, model, subject, check) =
+                    (text("scope"), text("model"), text("subject"), text("check"));
+                let (ratio, score) = (num("ratio"), num("anomaly_score"));
+                for i in 0..b.num_rows() {
+                    assert_eq!((scope.value(i), check.value(i)), (name.as_str(), "drift"));
+                    assert!(FEATURES.contains(&subject.value(i)), "{}", subject.value(i));
+                    assert_eq!(score.value(i), (ratio.value(i) / 2.0).min(1.0));
+                    rows.push((
+                        model.value(i).to_string(),
+                        subject.value(i).to_string(),
+                        ratio.value(i),
+                        score.value(i),
+                    ));
+                }
+            }
+            rows
+        }
+    };
+    let alarmed: BTreeSet<(String, String)> = health("drifting_health")
+        .await
+        .into_iter()
+        .filter(|r| r.3 >= 0.5)
+        .map(|r| (r.0, r.1))
+        .collect();
+    for input in FEATURES {
+        assert!(
+            alarmed.contains(&("m@1".to_string(), input.to_string())),
+            "{alarmed:?}"
+        );
+    }
+    let mut opened: BTreeMap<(String, String), String> = BTreeMap::new();
+    for b in read_delta(&format!("{prefix}/drifting_alerts")).await {
+        let text = |c: &dyn arrow::array::Array| {
+            let c = arrow::compute::cast(c, &DataType::Utf8).unwrap();
+            c.as_string::<i32>().clone()
+        };
+        let labels = b.column_by_name("labels").unwrap().as_struct();
+        let model = text(labels.column_by_name("model").unwrap());
+        let subject = text(labels.column_by_name("subject").unwrap());
+        let (id, status, severity, kind) = (
+            text(b.column_by_name("alert_id").unwrap()),
+            text(b.column_by_name("status").unwrap()),
+            text(b.column_by_name("severity").unwrap()),
+            text(b.column_by_name("kind").unwrap()),
+        );
+        for i in 0..b.num_rows() {
+            assert_eq!(kind.value(i), "model_drift");
+            if status.value(i) != "firing" {
+                continue;
+            }
+            assert_eq!(severity.value(i), "critical");
+            let key = (model.value(i).to_string(), subject.value(i).to_string());
+            let first = opened.entry(key).or_insert_with(|| id.value(i).to_string());
+            assert_eq!(first, id.value(i), "one alert per version and input");
+        }
+    }
+    assert_eq!(opened.keys().cloned().collect::<BTreeSet<_>>(), alarmed);
+    let steady = health("steady_health").await;
+    assert!(steady.iter().any(|r| r.2 > 0.0), "no steady row was judged");
+    assert!(steady.iter().all(|r| r.3 < 0.5));
+    let steady_alerts = stratus::sink::delta::open_table(
+        &format!("{prefix}/steady_alerts"),
+        &storage_options_from_env(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(steady_alerts.version(), None, "no alert, no table");
 }
