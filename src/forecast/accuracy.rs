@@ -32,7 +32,7 @@ pub const OUTPUT: &str = "accuracy";
 const HOUR: i64 = 3_600_000_000;
 
 /// `horizon` (µs) as its label: `6h`.
-fn horizon_label(horizon: i64) -> String {
+pub fn horizon_label(horizon: i64) -> String {
     format!("{}h", horizon / HOUR)
 }
 

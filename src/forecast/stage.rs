@@ -662,7 +662,7 @@ fn degradation(
             };
             Figure {
                 model: model.to_string(),
-                subject: format!("{}h", h / HOUR),
+                subject: accuracy::horizon_label(*h),
                 ratio: (mape / spec.mape).max(smape / spec.smape),
             }
         })
