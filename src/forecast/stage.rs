@@ -79,7 +79,7 @@ fn watch(label: &str, distribution: Option<Vec<Binned>>, spec: &DriftSpec) -> Op
              retrain it (scripts/train) or record one (models/record_distribution.py)"
         );
     }
-    distribution.map(|b| InputDrift::new(b, spec.rows))
+    distribution.map(|b| InputDrift::new(b, spec.rows).ignoring(&spec.ignore))
 }
 
 /// A loaded forecast model that swaps in newer registered versions of an unpinned reference

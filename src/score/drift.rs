@@ -32,6 +32,10 @@ pub struct DriftSpec {
     pub rows: usize,
     pub psi: f64,
     pub kl: f64,
+    /// Inputs not watched: calendar features (hour of day, day of week), uniform over the
+    /// training rows, are concentrated in any window shorter than their cycle, so their
+    /// "drift" says only that the window is short.
+    pub ignore: Vec<String>,
 }
 
 impl Default for DriftSpec {
@@ -41,6 +45,7 @@ impl Default for DriftSpec {
             rows: 1_000,
             psi: 0.2,
             kl: 0.1,
+            ignore: Vec::new(),
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct InputDrift {
     total_rows: usize,
     rows: usize,
     offsets: Vec<usize>,
+    /// Per input, whether it is watched (measured and reported).
+    watched: Vec<bool>,
 }
 
 impl InputDrift {
@@ -148,6 +155,7 @@ impl InputDrift {
             width += b.shares.len();
         }
         InputDrift {
+            watched: vec![true; training.len()],
             training,
             chunks: VecDeque::new(),
             total: vec![0; width],
@@ -155,6 +163,14 @@ impl InputDrift {
             rows: rows.max(10),
             offsets,
         }
+    }
+
+    /// The same, not watching the inputs named in `ignore`.
+    pub fn ignoring(mut self, ignore: &[String]) -> Self {
+        for (watched, b) in self.watched.iter_mut().zip(&self.training) {
+            *watched = !ignore.contains(&b.name);
+        }
+        self
     }
 
     /// Counts `values`, rows of the inputs in order (row-major). A value that is not finite
@@ -207,7 +223,9 @@ impl InputDrift {
             self.training
                 .iter()
                 .zip(&self.offsets)
-                .map(|(b, &offset)| {
+                .zip(&self.watched)
+                .filter(|(_, watched)| **watched)
+                .map(|((b, &offset), _)| {
                     let counts = &self.total[offset..offset + b.shares.len()];
                     (b.name.as_str(), divergence(counts, &b.shares))
                 })
@@ -217,7 +235,11 @@ impl InputDrift {
 
     /// The inputs watched, in order.
     pub fn inputs(&self) -> impl Iterator<Item = &str> {
-        self.training.iter().map(|b| b.name.as_str())
+        self.training
+            .iter()
+            .zip(&self.watched)
+            .filter(|(_, watched)| **watched)
+            .map(|(b, _)| b.name.as_str())
     }
 }
 
@@ -366,6 +388,23 @@ mod tests {
         let mut drift = InputDrift::new(vec![normal_deciles("x"), normal_deciles("y")], 100);
         drift.observe(&[f32::NAN, 1.0]);
         assert_eq!(drift.total.iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn an_ignored_input_is_neither_measured_nor_listed_and_the_others_are_unchanged() {
+        let training = vec![
+            normal_deciles("x"),
+            normal_deciles("y"),
+            normal_deciles("z"),
+        ];
+        let mut all = InputDrift::new(training.clone(), 10);
+        let mut some = InputDrift::new(training, 10).ignoring(&["y".to_string()]);
+        let rows: Vec<f32> = (0..30).map(|i| (i % 7) as f32 - 3.0).collect();
+        all.observe(&rows);
+        some.observe(&rows);
+        assert_eq!(some.inputs().collect::<Vec<_>>(), ["x", "z"]);
+        let (all, some) = (all.measure().unwrap(), some.measure().unwrap());
+        assert_eq!(some, vec![all[0], all[2]]);
     }
 
     #[test]

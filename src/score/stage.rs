@@ -211,7 +211,7 @@ fn prepare(
         .map_err(|e| StageError::Invalid(format!("model {label}: {e}")))?;
     let model = scorer(&label, &v)?;
     let drift = match v.manifest.input_distribution {
-        Some(bins) => Some(InputDrift::new(bins, drift.rows)),
+        Some(bins) => Some(InputDrift::new(bins, drift.rows).ignoring(&drift.ignore)),
         None => {
             tracing::warn!(
                 model = %label,
