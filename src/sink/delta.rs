@@ -63,13 +63,10 @@ impl SinkError {
             | DeltaTableError::Io { .. }
             | DeltaTableError::VersionAlreadyExists(_) => true,
             // delta-kernel keeps an object store's failure as a variant of its own, with no
-            // `source()` to follow: only its text tells.
-            DeltaTableError::KernelError(e)
-                if e.to_string()
-                    .starts_with("Error interacting with object store") =>
-            {
-                true
-            }
+            // `source()` to follow, and reading a table's log again hands it on as text
+            // (`Generic`): only the text tells.
+            DeltaTableError::KernelError(e) => names_object_store(&e.to_string()),
+            DeltaTableError::Generic(text) => names_object_store(text),
             // Another writer created the table first, or changed its schema: read it again
             // and append on top. Any other conflict delta-rs could not resolve is another
             // writer committing the same marks: never retried, or rows would repeat.
@@ -86,6 +83,11 @@ impl SinkError {
             other => caused_by_io(other),
         }
     }
+}
+
+/// Whether an error's text is delta-kernel's for a failed object store request.
+fn names_object_store(text: &str) -> bool {
+    text.starts_with("Error interacting with object store")
 }
 
 /// Whether an object store or I/O error is among `e`'s causes.
@@ -703,6 +705,31 @@ pub fn with_event_date(batch: &RecordBatch, ts_column: &str) -> Result<RecordBat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request to the object store that failed while the process was paused (SIGSTOP) or
+    /// the store was down comes back from reading the log again as delta-rs's `Generic` text:
+    /// tried again, as any object store failure; a schema or data error never is.
+    #[test]
+    fn object_store_failures_are_transient_in_every_form_delta_rs_gives_them() {
+        let sink_error = |source| SinkError::Delta {
+            table: "s3://bucket/t".into(),
+            source: Box::new(source),
+        };
+        let store = "Error interacting with object store: Generic S3 error: Error performing \
+                     list request: HTTP error: error sending request";
+        assert!(sink_error(DeltaTableError::Generic(store.into())).is_transient());
+        assert!(
+            sink_error(DeltaTableError::ObjectStore {
+                source: object_store::Error::Generic {
+                    store: "S3",
+                    source: "connection reset".into(),
+                }
+            })
+            .is_transient()
+        );
+        assert!(!sink_error(DeltaTableError::Generic("Schema mismatch".into())).is_transient());
+        assert!(!sink_error(DeltaTableError::NotATable("t".into())).is_transient());
+    }
 
     #[test]
     fn event_date_is_the_utc_day() {
