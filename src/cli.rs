@@ -68,6 +68,17 @@ enum Command {
             value_name = "DURATION"
         )]
         give_up_after: String,
+        /// The resident memory the process is to stay below: each cycle reads no more input
+        /// than the room under it allows (down to 256 KiB, so the pipeline always moves on). A
+        /// size (2GiB), a share of the container's memory limit or, without one, of the
+        /// machine's memory (80%), or none (only each pipeline's commit.max_bytes bounds a cycle).
+        #[arg(
+            long,
+            env = "STRATUS_MEMORY_LIMIT",
+            default_value = crate::job::memory::DEFAULT_LIMIT,
+            value_name = "SIZE"
+        )]
+        memory_limit: String,
         /// How long a source's watermark may stand still while its events arrive before
         /// /readyz says so (its windows do not close meanwhile).
         #[arg(long, default_value = "15m", value_name = "DURATION")]
@@ -134,6 +145,14 @@ enum Command {
             value_name = "DURATION"
         )]
         give_up_after: String,
+        /// As for `stratus run`.
+        #[arg(
+            long,
+            env = "STRATUS_MEMORY_LIMIT",
+            default_value = crate::job::memory::DEFAULT_LIMIT,
+            value_name = "SIZE"
+        )]
+        memory_limit: String,
     },
     /// Keep Delta tables healthy: compact each partition's small files, write a log
     /// checkpoint and remove expired log files, and vacuum data files no version within the
@@ -193,6 +212,10 @@ enum Command {
         /// Scratch directory for the event file and the Delta tables (replaced).
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
+        /// Each pipeline run's memory limit, as `stratus run --memory-limit` takes it; by
+        /// default none, so the figures are those of cycles sized by `--max-rows` alone.
+        #[arg(long, default_value = "none", value_name = "SIZE")]
+        memory_limit: String,
         /// Internal: run one bench pipeline file and report (the bench's child process).
         #[arg(long, hide = true)]
         run_pipeline: Option<PathBuf>,
@@ -619,6 +642,15 @@ fn duration(flag: &str, text: &str) -> Result<std::time::Duration> {
         .map_err(|e| Error::from(format!("--{flag}: {e}")))
 }
 
+/// The process's memory limit as `--memory-limit` gives it.
+fn memory_limit_of(text: &str) -> Result<std::sync::Arc<crate::job::memory::MemoryLimit>> {
+    let limit = crate::job::memory::parse_limit(text)
+        .map_err(|e| Error::from(format!("--memory-limit (STRATUS_MEMORY_LIMIT): {e}")))?;
+    Ok(std::sync::Arc::new(crate::job::memory::MemoryLimit::new(
+        limit,
+    )))
+}
+
 fn kafka_properties(file: Option<PathBuf>) -> Result<KafkaProperties> {
     Ok(match file {
         Some(path) => KafkaProperties::from_file(&path)?,
@@ -842,6 +874,15 @@ async fn run(
         "stratus: stopped: {} events ({} invalid, {} too late) in {} cycles",
         summary.events, summary.invalid, summary.late, summary.cycles
     );
+    if let Some(peak) = config.memory.peak() {
+        let limit = config
+            .memory
+            .limit()
+            .map_or("no memory limit".to_string(), |l| {
+                format!("memory limit {} MiB", l >> 20)
+            });
+        eprintln!("stratus: peak resident set {} MiB, {limit}", peak >> 20);
+    }
     Ok(())
 }
 
@@ -966,6 +1007,7 @@ fn dispatch(
             metrics_addr,
             until_caught_up,
             give_up_after,
+            memory_limit,
             watermark_stuck_after,
             replay,
             name,
@@ -995,6 +1037,7 @@ fn dispatch(
                 give_up_after: duration("give-up-after", &give_up_after)?,
                 watermark_stuck_after: duration("watermark-stuck-after", &watermark_stuck_after)?,
                 shard: None,
+                memory: memory_limit_of(&memory_limit)?,
             };
             runtime.block_on(run(file, config, metrics_addr, overrides, cluster))?
         }
@@ -1033,6 +1076,7 @@ fn dispatch(
             partitions,
             max_rows,
             dir,
+            memory_limit,
             run_pipeline,
             soak,
             days,
@@ -1045,8 +1089,9 @@ fn dispatch(
             let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
             for (file, live) in [(run_pipeline, false), (live_pipeline, true)] {
                 if let Some(file) = file {
+                    let memory = memory_limit_of(&memory_limit)?;
                     return Ok(runtime.block_on(crate::bench::run_pipeline_file(
-                        &brokers, &file, events, live,
+                        &brokers, &file, events, live, memory,
                     ))?);
                 }
             }
@@ -1091,6 +1136,7 @@ fn dispatch(
                 keys,
                 partitions,
                 max_rows,
+                memory_limit,
                 root: std::env::current_dir()?,
                 work_dir: std::path::absolute(&dir)?,
             };
@@ -1123,6 +1169,7 @@ fn dispatch(
             workdir,
             metrics_addr,
             give_up_after,
+            memory_limit,
         } => {
             let id = worker_id.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -1132,6 +1179,7 @@ fn dispatch(
             });
             let run = crate::job::run::RunConfig {
                 give_up_after: duration("give-up-after", &give_up_after)?,
+                memory: memory_limit_of(&memory_limit)?,
                 kafka: kafka_properties(cluster.kafka_config.clone())?,
                 until_caught_up: false,
                 ..crate::job::run::RunConfig::backfill(

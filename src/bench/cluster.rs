@@ -26,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::rate::{RateConfig, produce, seconds_pipeline};
 use super::{BenchError, Result, create_topic, percentile};
+use crate::job::memory::Resident;
 use crate::kafka::consumer_config;
 use crate::say;
 
@@ -67,14 +68,7 @@ impl Worker {
 
     /// Its peak RSS so far (MiB).
     fn peak_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(f64::NAN, |kb| kb / 1024.0)
+        Resident::of(Some(self.child.id())).map_or(f64::NAN, |r| r.peak as f64 / (1 << 20) as f64)
     }
 
     /// SIGTERM, then waits for it to flush and exit.

@@ -41,6 +41,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::demo::events::metric_events;
+use crate::job::memory::{Resident, restart_peak};
 use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::kafka::{consumer_config, producer_config};
 use crate::metrics::PipelineMetrics;
@@ -114,37 +115,32 @@ pub struct BenchConfig {
     pub partitions: i32,
     /// Events per cycle (`commit.max_rows`).
     pub max_rows: usize,
+    /// Each pipeline run's `--memory-limit`.
+    pub memory_limit: String,
     /// The repository root (for the schema and SQL files).
     pub root: PathBuf,
     pub work_dir: PathBuf,
 }
 
-/// A field of `/proc/self/status` in MiB (`VmHWM`: the peak resident set size since start or
-/// since [`reset_peak_rss`]; `VmRSS`: the resident set size now).
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+/// This process's resident set in MiB: now, and its peak since start or since
+/// [`reset_peak_rss`]; NaN where `/proc` cannot tell.
+fn rss_mib() -> (f64, f64) {
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    Resident::of(None).map_or((f64::NAN, f64::NAN), |r| (mib(r.now), mib(r.peak)))
 }
 
 /// The peak resident set size of this process so far, in MiB.
 fn peak_rss_mib() -> f64 {
-    status_mib("VmHWM:")
+    rss_mib().1
 }
 
-/// Starts a new peak: `VmHWM` becomes the resident set size now (Linux `clear_refs`, value 5),
-/// so that each measurement reports its own peak. Returns that starting size in MiB.
+/// Starts a new peak, so that each measurement reports its own. Returns the resident set size
+/// it starts from, in MiB.
 fn reset_peak_rss() -> f64 {
-    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
-        say!("cannot reset the peak RSS (/proc/self/clear_refs: {e}); peaks are cumulative");
+    if !restart_peak() {
+        say!("cannot reset the peak RSS (/proc/self/clear_refs); peaks are cumulative");
     }
-    status_mib("VmRSS:")
+    rss_mib().0
 }
 
 /// Creates `topic` with `partitions`.
@@ -221,11 +217,13 @@ pub async fn run_pipeline_file(
     file: &Path,
     events: usize,
     live: bool,
+    memory: std::sync::Arc<crate::job::memory::MemoryLimit>,
 ) -> Result<()> {
     let pipeline = Pipeline::load(file).await?;
     let tables = file.with_extension("").display().to_string();
     let mut run = RunConfig::backfill(brokers, &tables, Default::default());
     run.until_caught_up = !live;
+    run.memory = memory;
     let started = Instant::now();
     let mut tenths = Vec::new();
     let mut last = Instant::now();
@@ -253,7 +251,8 @@ pub async fn run_pipeline_file(
     let report = RunReport {
         summary,
         seconds: started.elapsed().as_secs_f64(),
-        peak_rss_mib: Some(peak_rss_mib()).filter(|m| m.is_finite()),
+        // The limit starts a new peak each cycle it measures: it keeps the highest.
+        peak_rss_mib: run.memory.peak().map(|b| b as f64 / (1 << 20) as f64),
         tenths,
         warmup_firings,
     };
@@ -334,6 +333,7 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
         .arg(config.events.to_string())
         .arg("--run-pipeline")
         .arg(&file)
+        .args(["--memory-limit", &config.memory_limit])
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
@@ -358,11 +358,13 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
     let stamp = chrono::Utc::now().timestamp_millis();
     let topic = format!("stratus-bench-{stamp}");
     say!(
-        "stratus bench: {} events, {} keys, {} partitions, {} events per cycle, {} cores",
+        "stratus bench: {} events, {} keys, {} partitions, {} events per cycle, memory limit {}, \
+         {} cores",
         config.events,
         config.keys,
         config.partitions,
         config.max_rows,
+        config.memory_limit,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 

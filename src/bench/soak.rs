@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncBufReadExt;
 
-use super::{BenchError, Result, pipeline_yaml, run_marking, status_mib};
+use super::{BenchError, Result, pipeline_yaml, rss_mib, run_marking};
 use crate::demo::events::metric_events;
 use crate::job::run::RunConfig;
 use crate::pipeline::Pipeline;
@@ -166,8 +166,8 @@ pub async fn soak_pipeline_file(brokers: &str, file: &Path, keys: usize) -> Resu
             day: day as usize,
             events: day * per_day,
             seconds: started.elapsed().as_secs_f64(),
-            rss_mib: status_mib("VmRSS:"),
-            peak_rss_mib: status_mib("VmHWM:"),
+            rss_mib: rss_mib().0,
+            peak_rss_mib: rss_mib().1,
             checkpoint_bytes: metrics
                 .checkpoint_bytes
                 .with_label_values(&[pipeline.name.as_str()])

@@ -42,6 +42,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -50,6 +51,7 @@ use rdkafka::error::KafkaError;
 
 use super::build::build;
 use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, SourceState, StageState};
+use super::memory::{self, MemoryLimit};
 use super::retry::{GaveUp, Retry};
 use crate::cluster::Shard;
 use crate::kafka::{KafkaConfigError, KafkaConnection, KafkaProperties};
@@ -149,6 +151,8 @@ pub struct RunConfig {
     /// Run one partition of the sources, as a worker of the pipeline's consumer group does:
     /// under its own checkpoints and Delta marks, claiming the tables' marks for it.
     pub shard: Option<Shard>,
+    /// The process's memory limit, shared by its run loops: what sizes each cycle's input.
+    pub memory: Arc<MemoryLimit>,
 }
 
 /// [`RunConfig::give_up_after`] unless set: librdkafka's own default for a delivery.
@@ -175,6 +179,9 @@ impl RunConfig {
             give_up_after: GIVE_UP_AFTER,
             watermark_stuck_after: WATERMARK_STUCK_AFTER,
             shard: None,
+            memory: Arc::new(MemoryLimit::new(
+                memory::parse_limit(memory::DEFAULT_LIMIT).unwrap_or(None),
+            )),
         }
     }
 }
@@ -468,6 +475,23 @@ pub async fn run_pipeline(
         retry.clear(p);
     }
     let started_s = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
+    // This loop's share of the process's memory limit, and its first cycle's input.
+    let _memory_share = config.memory.join();
+    if let Some(resident) = memory::Resident::of(None) {
+        tracing::info!(
+            "pipeline {}: resident set at start {} MiB, {}",
+            pipeline.name,
+            resident.now >> 20,
+            config
+                .memory
+                .limit()
+                .map_or("no memory limit".into(), |l| format!(
+                    "memory limit {} MiB",
+                    l >> 20
+                ))
+        );
+    }
+    let mut cycle_bytes = cycle_budget(pipeline, config, &metrics);
     for slot in &sinks {
         if let SinkRuntime::Delta { .. } = slot.runtime {
             metrics
@@ -511,7 +535,7 @@ pub async fn run_pipeline(
                 Some(_) => (usize::MAX, usize::MAX, None),
                 None => (
                     pipeline.max_rows.saturating_sub(s.pending_events),
-                    pipeline.max_bytes,
+                    cycle_bytes,
                     // A run to the end of what is there reads as a backlog does.
                     (!config.until_caught_up).then(|| Until {
                         deadline: last_flush
@@ -535,7 +559,7 @@ pub async fn run_pipeline(
         // with them watermarks and lateness — follow the offsets.
         // A live stream's cycle also closes as soon as its watermark closes a window.
         let due = pending >= pipeline.max_rows
-            || pending_bytes >= pipeline.max_bytes
+            || pending_bytes >= cycle_bytes
             || until_reached
             || last_flush.elapsed().as_micros() as i64 >= pipeline.max_interval;
         // A backfill flushes as soon as it has read everything; a stream keeps to the limits,
@@ -583,6 +607,8 @@ pub async fn run_pipeline(
             for s in sources.iter_mut() {
                 s.end_replay()?;
             }
+            config.memory.cycle_done(pending_bytes);
+            cycle_bytes = cycle_budget(pipeline, config, &metrics);
             last_flush = Instant::now();
         }
         if stopping || (drained && replay.is_none()) {
@@ -599,6 +625,29 @@ pub async fn run_pipeline(
             return Ok(summary);
         }
     }
+}
+
+/// The input bytes the next cycle of `pipeline` may read under the process's memory limit,
+/// exported with the limit and the resident set.
+fn cycle_budget(pipeline: &Pipeline, config: &RunConfig, metrics: &PipelineMetrics) -> usize {
+    let budget = config.memory.budget(&pipeline.name, pipeline.max_bytes);
+    metrics
+        .cycle_budget_bytes
+        .with_label_values(&[pipeline.name.as_str()])
+        .set(budget as i64);
+    if let Some(limit) = config.memory.limit() {
+        metrics
+            .memory_limit_bytes
+            .with_label_values(&[] as &[&str])
+            .set(limit as i64);
+    }
+    if let Some(resident) = memory::Resident::of(None) {
+        metrics
+            .resident_memory_bytes
+            .with_label_values(&[] as &[&str])
+            .set(resident.now as i64);
+    }
+    budget
 }
 
 /// The source watermark at which the next window of `windows` closes after `flushed`, the

@@ -100,6 +100,13 @@ pub struct PipelineMetrics {
     pub checkpoint_bytes: IntGaugeVec,
     /// Bytes of every file the newest checkpoint lists: the state a restart reads.
     pub checkpoint_state_bytes: IntGaugeVec,
+    /// The process's memory limit (`--memory-limit`); absent when there is none.
+    pub memory_limit_bytes: IntGaugeVec,
+    /// The process's resident set, sampled before each cycle.
+    pub resident_memory_bytes: IntGaugeVec,
+    /// The input bytes a pipeline's next cycle may read: `commit.max_bytes`, or less when the
+    /// memory limit is near.
+    pub cycle_budget_bytes: IntGaugeVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -133,6 +140,15 @@ fn float_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 
 fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    g
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
     registry
         .register(Box::new(g.clone()))
@@ -408,10 +424,31 @@ impl PipelineMetrics {
         registry
             .register(Box::new(checkpoint_state_bytes.clone()))
             .unwrap_or_else(|e| panic!("metric checkpoint_state_bytes registered twice: {e}"));
+        let memory_limit_bytes = int_gauge(
+            &registry,
+            "memory_limit_bytes",
+            "The resident memory the process is to stay below (--memory-limit): each cycle reads no more input than the room under it allows.",
+            &[],
+        );
+        let resident_memory_bytes = int_gauge(
+            &registry,
+            "resident_memory_bytes",
+            "The process's resident set, sampled before each cycle.",
+            &[],
+        );
+        let cycle_budget_bytes = int_gauge(
+            &registry,
+            "cycle_budget_bytes",
+            "The input bytes a pipeline's next cycle may read: commit.max_bytes, or less when the memory limit is near.",
+            &["pipeline"],
+        );
         PipelineMetrics {
             registry,
             checkpoint_bytes,
             checkpoint_state_bytes,
+            memory_limit_bytes,
+            resident_memory_bytes,
+            cycle_budget_bytes,
             forecasts_resolved,
             forecast_abs_error,
             forecast_pct_error,

@@ -23,6 +23,7 @@ mod ingest;
 mod kafka;
 mod latency;
 mod maintain;
+mod memory;
 mod onnx;
 mod outage;
 mod poison;
