@@ -334,10 +334,14 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
         .arg("--run-pipeline")
         .arg(&file)
         .args(["--memory-limit", &config.memory_limit])
+        // Its report on stdout; its log and errors on this process's stderr (tokio's
+        // `output()` would capture both).
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .map_err(BenchError::Start)?;
+        .spawn()
+        .map_err(BenchError::Start)?
+        .wait_with_output()
+        .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(BenchError::RunFailed {
