@@ -58,6 +58,8 @@ impl Worker {
         }
         let child = command
             .args(["--brokers", brokers, "--metrics-addr", "127.0.0.1:0"])
+            // No limit: a limit restarts the peak (`VmHWM`) this bench reads as it measures.
+            .args(["--memory-limit", "none"])
             .arg("--tables")
             .arg(tables)
             .stderr(log)

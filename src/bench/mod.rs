@@ -226,13 +226,11 @@ pub async fn run_pipeline_file(
     run.memory = memory;
     let started = Instant::now();
     let mut tenths = Vec::new();
-    let mut last = Instant::now();
     let tenth = (events as u64 / 10).max(1);
     let mut warmup_firings = 0;
     let stop_after = live.then_some(events as u64);
-    let summary = run_marking(&pipeline, &run, tenth, stop_after, |n, metrics| {
-        tenths.push(tenth as f64 / last.elapsed().as_secs_f64());
-        last = Instant::now();
+    let summary = run_marking(&pipeline, &run, tenth, stop_after, |n, took, metrics| {
+        tenths.push(tenth as f64 / took.as_secs_f64());
         if n == 1 {
             warmup_firings = pipeline
                 .stages
@@ -261,14 +259,15 @@ pub async fn run_pipeline_file(
 }
 
 /// Runs `pipeline` to the end (or until it has read `stop_after` events) with metrics of its
-/// own and calls `mark(n, metrics)` each time the events read pass another multiple `n` of
-/// `every` (seen every 20 ms: as a cycle's reading ends).
+/// own and calls `mark(n, took, metrics)` each time the events read pass another multiple `n`
+/// of `every` (seen every 20 ms: as a cycle's reading ends), `took` the time since the mark
+/// before — shared evenly among the marks one look passes at once (a cycle read many of them).
 async fn run_marking(
     pipeline: &Pipeline,
     config: &RunConfig,
     every: u64,
     stop_after: Option<u64>,
-    mut mark: impl FnMut(u64, &PipelineMetrics) -> Result<()>,
+    mut mark: impl FnMut(u64, Duration, &PipelineMetrics) -> Result<()>,
 ) -> Result<RunSummary> {
     let metrics = PipelineMetrics::new();
     let read = || -> u64 {
@@ -294,24 +293,32 @@ async fn run_marking(
     tokio::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut next = 1;
+    let mut last = Instant::now();
+    let mut look = |next: &mut u64| -> Result<()> {
+        let passed = (read() / every + 1).saturating_sub(*next);
+        if passed == 0 {
+            return Ok(());
+        }
+        let took = last.elapsed() / passed as u32;
+        last = Instant::now();
+        for _ in 0..passed {
+            mark(*next, took, &metrics)?;
+            *next += 1;
+        }
+        Ok(())
+    };
     let summary = loop {
         tokio::select! {
             done = &mut run => break done?,
             _ = tick.tick() => {
-                while read() >= next * every {
-                    mark(next, &metrics)?;
-                    next += 1;
-                }
+                look(&mut next)?;
                 if stop_after.is_some_and(|n| read() >= n) {
                     stop.notify_one();
                 }
             }
         }
     };
-    while read() >= next * every {
-        mark(next, &metrics)?;
-        next += 1;
-    }
+    look(&mut next)?;
     Ok(summary)
 }
 
