@@ -25,11 +25,17 @@ pub fn reaches_outside(text: &str) -> bool {
         .any(|s| text.contains(s))
 }
 
-/// Every diagnostic says something, and one about `file` points inside `text`.
+/// Every diagnostic says something, and one about `file` points inside `text` — counting its
+/// lines as YAML does, ended by `\r\n`, `\r` or `\n`.
 #[allow(dead_code)]
 pub fn assert_located(diagnostics: &Diagnostics, file: &Path, text: &str) {
     assert!(!diagnostics.0.is_empty(), "refused with no diagnostic");
-    let lines = text.lines().count().max(1);
+    let lines = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .lines()
+        .count()
+        .max(1);
     for d in &diagnostics.0 {
         assert!(!d.message.is_empty(), "an empty diagnostic: {d:?}");
         if d.file == file
