@@ -102,7 +102,7 @@ pub fn yaml_line(text: &str, path: &[&str]) -> Option<usize> {
     let mut parent_indent: Option<usize> = None;
     // The indentation of the mapping searched, set by its first line.
     let mut level: Option<usize> = None;
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in yaml_lines(text).enumerate() {
         if depth == path.len() {
             break;
         }
@@ -135,9 +135,53 @@ pub fn yaml_line(text: &str, path: &[&str]) -> Option<usize> {
     best
 }
 
+/// The lines of `text` as YAML counts them, each ended by `\r\n`, `\r` or `\n`, so that a
+/// key's line agrees with the parser's own errors in a file of old Mac line ends.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        let line = &rest[..end];
+        let ending = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            usize::from(end < rest.len())
+        };
+        rest = &rest[end + ending..];
+        Some(line)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_on_the_line_yaml_counts_whatever_ends_lines() {
+        for end in ["\n", "\r\n", "\r"] {
+            let text = [
+                "name: p",
+                "sources:",
+                "  metrics:",
+                "",
+                "    schema: a.json",
+                "",
+            ]
+            .join(end);
+            assert_eq!(
+                yaml_line(&text, &["sources", "metrics", "schema"]),
+                Some(5),
+                "{end:?}"
+            );
+            let parsed: Result<serde_json::Value, _> =
+                serde_norway::from_str(&format!("{text}  bad: [\n"));
+            let line = parsed.unwrap_err().location().map(|l| l.line());
+            assert!(line >= Some(6), "{end:?}: the parser counts {line:?}");
+        }
+    }
 
     #[test]
     fn finds_nested_keys_and_falls_back_to_the_parent() {
