@@ -3,7 +3,8 @@
 //! steadily; in turn, at random moments, a worker leaves with SIGTERM, one dies with SIGKILL,
 //! and one is paused with SIGSTOP until the others have taken its partitions over, then
 //! resumed: it must stay up, hear that it lost them and join again. Each worker that left is
-//! replaced by a new one. Afterwards the group's committed offsets reach
+//! replaced by a new one. The faults begin once every table exists: a table no shard has created
+//! yet is not fenced (README, "Not fenced yet"). Afterwards the group's committed offsets reach
 //! the end of every partition, the raw table holds every valid event exactly once, the feature
 //! tables hold each window once with the counts and sums of a reference computed here (per
 //! partition, as each partition's watermark closes them), the carried features run on across
@@ -128,6 +129,14 @@ fn group_positions(brokers: &str, group: &str, topic: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// Whether the Delta table at `location` has a first commit.
+async fn table_exists(location: &str) -> bool {
+    let url = url::Url::parse(location).unwrap();
+    deltalake::open_table_with_storage_options(url, stratus::sink::storage_options_from_env())
+        .await
+        .is_ok()
+}
+
 /// For each owner mark (`<pipeline>/partition-<n>/owner`) of the table at `location`, the
 /// epochs its commits carry in log order, with the versions.
 async fn owner_epochs(location: &str) -> BTreeMap<String, Vec<(u64, i64)>> {
@@ -206,6 +215,23 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
     };
 
     let mut workers: Vec<Running> = (0..3).map(|_| worker(&pipeline, &tables)).collect();
+    // Faults start once every table exists: a table no shard has created yet is not fenced
+    // (README, "Not fenced yet"), so a worker paused before then may still commit to it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for table in ["raw", "f1", "f5"] {
+        while !table_exists(&format!("{tables}/{table}")).await {
+            assert!(
+                Instant::now() < deadline,
+                "table {table} not created; logs:\n{}",
+                workers
+                    .iter()
+                    .map(|w| tail(&w.log(), 20).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut rng = StdRng::seed_from_u64(31);
     let mut logs = Vec::new();
     for action in ["TERM", "KILL", "STOP", "TERM", "KILL"] {
