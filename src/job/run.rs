@@ -380,12 +380,12 @@ pub async fn run_pipeline(
     // A shard claims the tables before it reads its checkpoint: the worker that had the
     // partition commits nothing after that, so what it read is what the tables hold.
     if config.shard.is_some() {
-        for slot in sinks.iter_mut() {
+        for (slot, plan) in sinks.iter_mut().zip(&pipeline.sinks) {
             if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
                 // Retried as a commit is: other workers' commits race it to the log.
                 let mut attempts = retry.attempts(problem::sink(&slot.name), "delta_commit");
                 let epoch = loop {
-                    match sink.claim().await {
+                    match sink.claim(&plan.schema).await {
                         Ok(epoch) => break epoch,
                         Err(e) if e.is_transient() => attempts.failed(e).await?,
                         Err(e) => return Err(e.into()),

@@ -63,6 +63,9 @@ pub struct SinkPlan {
     pub target: SinkTarget,
     /// The column a derived `date` partition comes from.
     pub event_time: Option<String>,
+    /// The rows it receives, as planned: its input's schema, with the derived `date` column a
+    /// table partitioned by it adds.
+    pub schema: arrow::datatypes::SchemaRef,
 }
 
 /// A pipeline that passed every check.
@@ -617,8 +620,15 @@ fn check_sink(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let mut schema = from.schema.clone();
     let target = match (&sink.delta, &sink.kafka) {
         (Some(d), None) => {
+            if let Some(ts) = &from.event_time
+                && d.partition_by.iter().any(|p| p == "date")
+                && !has("date")
+            {
+                schema = crate::sink::delta::with_date_field(&schema, ts);
+            }
             for p in &d.partition_by {
                 let derived_date = p == "date" && from.event_time.is_some();
                 if !(has(p) || derived_date) {
@@ -673,5 +683,6 @@ fn check_sink(
         from: sink.from.clone(),
         target,
         event_time: from.event_time.clone(),
+        schema,
     })
 }

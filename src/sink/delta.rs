@@ -20,7 +20,7 @@ use std::sync::{Arc, Once};
 use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -258,10 +258,12 @@ impl DeltaSink {
     /// nothing once the new owner has claimed it. A commit also fails if the table already
     /// holds its cycle (another process committed it first).
     ///
-    /// Not fenced: a table no owner has created yet. Until the new owner's first commit creates
-    /// it, the worker that lost the partition may still create it with a cycle of its own.
-    pub async fn claim(&mut self) -> Result<i64, SinkError> {
-        self.claim_above(None).await
+    /// A table not created yet is created by the claim, empty, with `rows` (the schema of the
+    /// rows it will receive, every column nullable) and owner epoch 1 in its first commit: a
+    /// table's first version is the one commit two processes can both make, so an earlier
+    /// owner that would create it later is fenced like any other.
+    pub async fn claim(&mut self, rows: &Schema) -> Result<i64, SinkError> {
+        self.claim_above(rows, None).await
     }
 
     /// [`Self::claim`], from the owner epoch first read (`seen`). A claim racing the earlier
@@ -269,13 +271,21 @@ impl DeltaSink {
     /// claim is fenced out, never claiming above it: that claim is newer than the epoch this
     /// process read, and a worker paused mid-claim must not take a partition back from its new
     /// owner.
-    async fn claim_above(&mut self, mut seen: Option<i64>) -> Result<i64, SinkError> {
+    async fn claim_above(
+        &mut self,
+        rows: &Schema,
+        mut seen: Option<i64>,
+    ) -> Result<i64, SinkError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
             if !self.read_again().await? {
-                self.owner = Some(1);
-                return Ok(1);
+                match self.create_claimed(rows).await {
+                    Ok(epoch) => return Ok(epoch),
+                    // Another process created it first: as read, this one's epoch was none.
+                    Err(_) if self.read_again().await? => seen = Some(0),
+                    Err(e) => return Err(e),
+                }
             }
             let recorded = self.mark(OWNER_MARK).await?.unwrap_or(0);
             if let Some(seen) = seen
@@ -296,6 +306,35 @@ impl DeltaSink {
                 outcome => return outcome,
             }
         }
+    }
+
+    /// Creates the table, empty, with `rows` (every column nullable) and owner epoch 1.
+    async fn create_claimed(&mut self, rows: &Schema) -> Result<i64, SinkError> {
+        let fields: Vec<Field> = rows
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+        let epoch = 1;
+        let owner = Transaction::new(self.app_id(OWNER_MARK), epoch);
+        let table = self
+            .table
+            .clone()
+            .write(vec![empty])
+            .with_partition_columns(self.config.partition_columns.clone())
+            // Never on top of a table another process created meanwhile (delta-rs would
+            // retry the creation as an append there, unchecked): the claim reads it instead.
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transactions(vec![owner])
+                    .with_max_retries(0),
+            )
+            .await
+            .map_err(|e| self.commit_error(e))?;
+        self.table = table;
+        self.owner = Some(epoch);
+        Ok(epoch)
     }
 
     /// Commits owner `epoch` alone, against the table state last read.
@@ -676,6 +715,21 @@ impl DeltaSink {
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// The derived `date` partition column.
+fn date_field(nullable: bool) -> Field {
+    Field::new("date", DataType::Date32, nullable)
+}
+
+/// `schema` with the `date` column [`with_event_date`] adds from `ts_column`.
+pub fn with_date_field(schema: &Schema, ts_column: &str) -> SchemaRef {
+    let nullable = schema
+        .field_with_name(ts_column)
+        .map_or(true, |f| f.is_nullable());
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(date_field(nullable)));
+    Arc::new(Schema::new(fields))
+}
+
 /// Adds a `date` column (the UTC day of the timestamp column `ts_column`), the raw tables'
 /// partition column.
 pub fn with_event_date(batch: &RecordBatch, ts_column: &str) -> Result<RecordBatch, SinkError> {
@@ -689,11 +743,7 @@ pub fn with_event_date(batch: &RecordBatch, ts_column: &str) -> Result<RecordBat
         })?;
     let days: Date32Array = ts.unary_opt(|us| i32::try_from(us.div_euclid(MICROS_PER_DAY)).ok());
     let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
-    fields.push(Arc::new(Field::new(
-        "date",
-        DataType::Date32,
-        ts.null_count() > 0,
-    )));
+    fields.push(Arc::new(date_field(ts.null_count() > 0)));
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     columns.push(Arc::new(days));
     Ok(RecordBatch::try_new(
@@ -788,19 +838,24 @@ mod tests {
             other => panic!("not fenced: {other:?}"),
         };
 
+        let schema = rows(0)[0].schema();
         let mut a = open("partition-0").await.unwrap();
-        assert_eq!(a.claim().await.unwrap(), 1, "a table not yet created");
+        assert_eq!(
+            a.claim(&schema).await.unwrap(),
+            1,
+            "a table not yet created"
+        );
         a.commit(rows(1), &cycle(1)).await.unwrap();
         let mut b = open("partition-0").await.unwrap();
-        assert_eq!(b.claim().await.unwrap(), 2);
+        assert_eq!(b.claim(&schema).await.unwrap(), 2);
         let why = fenced(a.commit(rows(2), &cycle(2)).await);
         assert!(why.contains("another process committed"), "{why}");
 
         let mut c = open("partition-0").await.unwrap();
-        assert_eq!(c.claim().await.unwrap(), 3);
+        assert_eq!(c.claim(&schema).await.unwrap(), 3);
         // A claim that read epoch 2 before c claimed 3 is fenced, not claimed above c's.
         let mut late = open("partition-0").await.unwrap();
-        match late.claim_above(Some(2)).await {
+        match late.claim_above(&schema, Some(2)).await {
             Err(SinkError::Fenced { why, .. }) => {
                 assert!(why.contains("claimed it meanwhile (owner epoch 3"), "{why}")
             }
@@ -813,7 +868,7 @@ mod tests {
         assert!(why.contains("holds its cycle 1"), "{why}");
 
         let mut other = open("partition-1").await.unwrap();
-        assert_eq!(other.claim().await.unwrap(), 1);
+        assert_eq!(other.claim(&schema).await.unwrap(), 1);
         other.commit(rows(10), &cycle(1)).await.unwrap();
         c.commit(rows(2), &cycle(2)).await.unwrap();
         other.commit(rows(11), &cycle(2)).await.unwrap();
@@ -824,6 +879,73 @@ mod tests {
         assert_eq!(count_rows(&table).await, 4, "1, 2, 10 and 11");
         assert_eq!(c.mark(CYCLE_MARK).await.unwrap(), Some(2));
         assert_eq!(c.mark(OWNER_MARK).await.unwrap(), Some(3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A and B, both the owner of partition 0 in turn, open a table no one has created: A's
+    /// claim creates it, empty, with the rows' columns; once B has claimed, A's first commit is
+    /// fenced (it would otherwise have created the table with a cycle of its own). A process
+    /// that read the table before A created it cannot create it again, and the rows' first
+    /// commit changes nothing in the created schema.
+    #[tokio::test]
+    async fn a_table_not_created_yet_is_created_by_the_claim_and_fenced_like_any() {
+        use arrow::array::{Int64Array, StringArray};
+        let dir = std::env::temp_dir().join(format!("stratus-create-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = |shard: &str| {
+            DeltaSink::open(DeltaSinkConfig {
+                location: dir.display().to_string(),
+                partition_columns: vec!["k".into()],
+                pipeline: format!("p/{shard}"),
+                checkpoint_interval: 0,
+                compact_after_files: 0,
+                storage_options: HashMap::new(),
+                vacuum: None,
+            })
+        };
+        let rows = |v: i64| {
+            let v: ArrayRef = Arc::new(Int64Array::from(vec![v]));
+            let k: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+            let schema = Schema::new(vec![
+                Field::new("v", DataType::Int64, false),
+                Field::new("k", DataType::Utf8, false),
+            ]);
+            vec![RecordBatch::try_new(Arc::new(schema), vec![v, k]).unwrap()]
+        };
+        let cycle = |c: i64| Marks::from([(CYCLE_MARK.to_string(), c)]);
+        let schema = rows(0)[0].schema();
+
+        let mut a = open("partition-0").await.unwrap();
+        let mut b = open("partition-0").await.unwrap();
+        let mut stale = open("partition-1").await.unwrap();
+        assert_eq!(a.claim(&schema).await.unwrap(), 1);
+        assert_eq!(a.table().version(), Some(0), "created by the claim");
+        assert!(
+            stale.create_claimed(&schema).await.is_err(),
+            "a table's first version is made once"
+        );
+        assert_eq!(stale.claim(&schema).await.unwrap(), 1, "its own epoch 1");
+        assert_eq!(b.claim(&schema).await.unwrap(), 2);
+        match a.commit(rows(1), &cycle(1)).await {
+            Err(SinkError::Fenced { .. }) => {}
+            other => panic!("not fenced: {other:?}"),
+        }
+        let created = b.table().snapshot().unwrap().schema().clone();
+        b.commit(rows(2), &cycle(1)).await.unwrap();
+        assert_eq!(b.table().snapshot().unwrap().schema(), created);
+        let names: Vec<_> = created
+            .fields()
+            .map(|f| (f.name().clone(), f.is_nullable()))
+            .collect();
+        assert_eq!(names, [("v".to_string(), true), ("k".to_string(), true)]);
+        assert_eq!(
+            b.table().snapshot().unwrap().metadata().partition_columns(),
+            &["k".to_string()]
+        );
+        let table = open_table(&dir.display().to_string(), &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(count_rows(&table).await, 1, "B's row alone");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,13 +3,13 @@
 //! steadily; in turn, at random moments, a worker leaves with SIGTERM, one dies with SIGKILL,
 //! and one is paused with SIGSTOP until the others have taken its partitions over, then
 //! resumed: it must stay up, hear that it lost them and join again. Each worker that left is
-//! replaced by a new one. The faults begin once every table exists: a table no shard has created
-//! yet is not fenced (README, "Not fenced yet"). Afterwards the group's committed offsets reach
+//! replaced by a new one. Afterwards the group's committed offsets reach
 //! the end of every partition, the raw table holds every valid event exactly once, the feature
 //! tables hold each window once with the counts and sums of a reference computed here (per
 //! partition, as each partition's watermark closes them), the carried features run on across
 //! every move, and no table has a commit of a partition's owner after a later owner claimed it:
-//! the paused worker committed nothing once resumed.
+//! the paused worker committed nothing once resumed. Each table was created once, by the first
+//! shard's claim, with the schema its rows have.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Command;
@@ -129,42 +129,47 @@ fn group_positions(brokers: &str, group: &str, topic: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Whether the Delta table at `location` has a first commit.
-async fn table_exists(location: &str) -> bool {
-    let url = url::Url::parse(location).unwrap();
-    deltalake::open_table_with_storage_options(url, stratus::sink::storage_options_from_env())
-        .await
-        .is_ok()
+/// What a table's log says of its owners and its schema.
+#[derive(Default)]
+struct Log {
+    /// For each owner mark (`<pipeline>/partition-<n>/owner`), the epochs its commits carry in
+    /// log order, with the versions.
+    owners: BTreeMap<String, Vec<(u64, i64)>>,
+    /// The versions that set the table's metadata (its schema).
+    metadata: Vec<u64>,
 }
 
-/// For each owner mark (`<pipeline>/partition-<n>/owner`) of the table at `location`, the
-/// epochs its commits carry in log order, with the versions.
-async fn owner_epochs(location: &str) -> BTreeMap<String, Vec<(u64, i64)>> {
+/// Reads the log of the table at `location`.
+async fn read_log(location: &str) -> Log {
     let url = url::Url::parse(location).unwrap();
     let table =
         deltalake::open_table_with_storage_options(url, stratus::sink::storage_options_from_env())
             .await
             .unwrap();
     let newest = table.version().unwrap() as u64;
-    let mut out: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    let mut log = Log::default();
     for version in 0..=newest {
         let Some(bytes) = table.log_store().read_commit_entry(version).await.unwrap() else {
             continue;
         };
         for line in String::from_utf8_lossy(&bytes).lines() {
             let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if action.get("metaData").is_some() {
+                log.metadata.push(version);
+            }
             if let Some(txn) = action.get("txn")
                 && let Some(app) = txn["appId"].as_str()
                 && app.ends_with("/owner")
             {
                 let epoch = txn["version"].as_i64().unwrap();
-                out.entry(app.to_string())
+                log.owners
+                    .entry(app.to_string())
                     .or_default()
                     .push((version, epoch));
             }
         }
     }
-    out
+    log
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,23 +220,6 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
     };
 
     let mut workers: Vec<Running> = (0..3).map(|_| worker(&pipeline, &tables)).collect();
-    // Faults start once every table exists: a table no shard has created yet is not fenced
-    // (README, "Not fenced yet"), so a worker paused before then may still commit to it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for table in ["raw", "f1", "f5"] {
-        while !table_exists(&format!("{tables}/{table}")).await {
-            assert!(
-                Instant::now() < deadline,
-                "table {table} not created; logs:\n{}",
-                workers
-                    .iter()
-                    .map(|w| tail(&w.log(), 20).to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
     let mut rng = StdRng::seed_from_u64(31);
     let mut logs = Vec::new();
     for action in ["TERM", "KILL", "STOP", "TERM", "KILL"] {
@@ -399,10 +387,17 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
     assert_windows("f5", &f5, &want_f5);
 
     // Epochs only grow in each table's log: no owner committed after a later one claimed.
+    // Each table was created once, by a claim, with the schema its rows have: no commit after
+    // the first changed it.
     for table in ["raw", "f1", "f5"] {
-        let epochs = owner_epochs(&format!("{tables}/{table}")).await;
-        assert_eq!(epochs.len(), PARTITIONS as usize, "{table}: owners");
-        for (app, seen) in &epochs {
+        let log = read_log(&format!("{tables}/{table}")).await;
+        assert_eq!(
+            log.metadata,
+            [0],
+            "{table}: the versions that set its schema"
+        );
+        assert_eq!(log.owners.len(), PARTITIONS as usize, "{table}: owners");
+        for (app, seen) in &log.owners {
             assert!(
                 seen.windows(2).all(|w| w[0].1 <= w[1].1),
                 "{table} {app}: epochs by version {seen:?}"
