@@ -360,17 +360,12 @@ impl ControlPlane {
             .consumer("stratus-control")
             .create()
             .map_err(&err)?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), TIMEOUT)
-            .map_err(&err)?;
         let mut ends = Vec::new();
         let mut list = TopicPartitionList::new();
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p.id(), TIMEOUT)
-                .map_err(&err)?;
-            ends.push((p.id(), high));
-            list.add_partition_offset(topic, p.id(), Offset::Beginning)
+        for p in partitions(&consumer, topic).map_err(&err)? {
+            let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(&err)?;
+            ends.push((p, high));
+            list.add_partition_offset(topic, p, Offset::Beginning)
                 .map_err(&err)?;
         }
         consumer.assign(&list).map_err(&err)?;
@@ -410,6 +405,30 @@ impl ControlPlane {
             consumer,
             topic: self.control.clone(),
         })
+    }
+}
+
+/// The partitions of `topic`, once the broker shows each with a leader. A topic just created
+/// (as [`ControlPlane::ensure_topics`] does) may show none for a moment: a reader assigned
+/// none of them would follow nothing, so this waits for them, up to [`TIMEOUT`].
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let found = metadata.topics().iter().find(|t| t.name() == topic);
+        if let Some(t) = found
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+            && t.partitions().iter().all(|p| p.leader() >= 0)
+        {
+            return Ok(t.partitions().iter().map(|p| p.id()).collect());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -253,17 +253,15 @@ enum LateRows {
 }
 
 enum SinkRuntime {
-    Delta {
-        sink: DeltaSink,
-        partition_by: Vec<String>,
-    },
+    Delta(DeltaSink),
     Kafka(KafkaSink),
 }
 
 struct SinkSlot {
     name: String,
     from: String,
-    event_time: Option<String>,
+    /// The column its rows' `date` partition is derived from, if they lack one.
+    date_from: Option<String>,
     runtime: SinkRuntime,
 }
 
@@ -338,8 +336,8 @@ pub async fn run_pipeline(
             SinkTarget::Delta {
                 table,
                 partition_by,
-            } => SinkRuntime::Delta {
-                sink: DeltaSink::open(DeltaSinkConfig {
+            } => SinkRuntime::Delta(
+                DeltaSink::open(DeltaSinkConfig {
                     location: resolve_location(&config.table_root, table),
                     partition_columns: partition_by.clone(),
                     pipeline: instance.clone(),
@@ -349,8 +347,7 @@ pub async fn run_pipeline(
                     vacuum: pipeline.vacuum.clone(),
                 })
                 .await?,
-                partition_by: partition_by.clone(),
-            },
+            ),
             SinkTarget::Kafka {
                 topic,
                 key,
@@ -371,7 +368,7 @@ pub async fn run_pipeline(
         sinks.push(SinkSlot {
             name: s.name.clone(),
             from: s.from.clone(),
-            event_time: s.event_time.clone(),
+            date_from: s.date_from.clone(),
             runtime,
         });
     }
@@ -381,7 +378,7 @@ pub async fn run_pipeline(
     // partition commits nothing after that, so what it read is what the tables hold.
     if config.shard.is_some() {
         for (slot, plan) in sinks.iter_mut().zip(&pipeline.sinks) {
-            if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
+            if let SinkRuntime::Delta(sink) = &mut slot.runtime {
                 // Retried as a commit is: other workers' commits race it to the log.
                 let mut attempts = retry.attempts(problem::sink(&slot.name), "delta_commit");
                 let epoch = loop {
@@ -468,7 +465,7 @@ pub async fn run_pipeline(
     problems.extend(
         sinks
             .iter()
-            .filter(|s| matches!(s.runtime, SinkRuntime::Delta { .. }))
+            .filter(|s| matches!(s.runtime, SinkRuntime::Delta(_)))
             .map(|s| problem::sink(&s.name)),
     );
     for p in &problems {
@@ -493,7 +490,7 @@ pub async fn run_pipeline(
     }
     let mut cycle_bytes = cycle_budget(pipeline, config, &metrics);
     for slot in &sinks {
-        if let SinkRuntime::Delta { .. } = slot.runtime {
+        if let SinkRuntime::Delta(_) = slot.runtime {
             metrics
                 .delta_last_commit
                 .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
@@ -614,7 +611,7 @@ pub async fn run_pipeline(
         if stopping || (drained && replay.is_none()) {
             saving.wait().await?;
             for slot in sinks.iter_mut() {
-                if let SinkRuntime::Delta { sink, .. } = &mut slot.runtime {
+                if let SinkRuntime::Delta(sink) = &mut slot.runtime {
                     sink.finish_compaction(true).await;
                 }
             }
@@ -685,7 +682,7 @@ async fn refuse_other_layout(
         ),
     };
     for slot in sinks {
-        if let SinkRuntime::Delta { sink, .. } = &slot.runtime
+        if let SinkRuntime::Delta(sink) = &slot.runtime
             && let Some(cycle) = sink.app_mark(&format!("{other}/{CYCLE_MARK}")).await?
         {
             return Err(RunError::Restart(format!(
@@ -709,7 +706,7 @@ async fn plan_replay(
     let mut done = Vec::new();
     let mut ahead: Option<&DeltaSink> = None;
     for slot in sinks {
-        let SinkRuntime::Delta { sink, .. } = &slot.runtime else {
+        let SinkRuntime::Delta(sink) = &slot.runtime else {
             continue;
         };
         match sink.mark(CYCLE_MARK).await? {
@@ -1128,7 +1125,7 @@ async fn flush(
     // replays the cycle for the tables a crash left without it.
     let mut commits = Vec::new();
     for slot in sinks.iter_mut() {
-        let SinkRuntime::Delta { sink, partition_by } = &mut slot.runtime else {
+        let SinkRuntime::Delta(sink) = &mut slot.runtime else {
             continue;
         };
         if replay.is_some_and(|r| r.done.contains(&slot.name)) {
@@ -1139,11 +1136,9 @@ async fn flush(
             if b.num_rows() == 0 {
                 continue;
             }
-            let needs_date = partition_by.iter().any(|p| p == "date")
-                && b.schema().field_with_name("date").is_err();
-            batches.push(match (&slot.event_time, needs_date) {
-                (Some(ts), true) => with_event_date(b, ts)?,
-                _ => b.clone(),
+            batches.push(match &slot.date_from {
+                Some(ts) => with_event_date(b, ts)?,
+                None => b.clone(),
             });
         }
         if batches.is_empty() {
@@ -1176,7 +1171,7 @@ async fn flush(
     // sparse table (hourly forecasts) is not taken for a stuck one.
     let now_s = chrono::Utc::now().timestamp_millis() as f64 / 1e3;
     for slot in sinks.iter() {
-        if let SinkRuntime::Delta { .. } = slot.runtime {
+        if let SinkRuntime::Delta(_) = slot.runtime {
             metrics
                 .delta_last_commit
                 .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])

@@ -61,8 +61,9 @@ pub struct SinkPlan {
     pub name: String,
     pub from: String,
     pub target: SinkTarget,
-    /// The column a derived `date` partition comes from.
-    pub event_time: Option<String>,
+    /// The column the `date` partition column is derived from, when a Delta table is
+    /// partitioned by a `date` its input lacks.
+    pub date_from: Option<String>,
     /// The rows it receives, as planned: its input's schema, with the derived `date` column a
     /// table partitioned by it adds.
     pub schema: arrow::datatypes::SchemaRef,
@@ -621,13 +622,15 @@ fn check_sink(
             .join(", ")
     };
     let mut schema = from.schema.clone();
+    let mut date_from = None;
     let target = match (&sink.delta, &sink.kafka) {
         (Some(d), None) => {
             if let Some(ts) = &from.event_time
                 && d.partition_by.iter().any(|p| p == "date")
                 && !has("date")
             {
-                schema = crate::sink::delta::with_date_field(&schema, ts);
+                schema = crate::sink::delta::with_date_field(&schema);
+                date_from = Some(ts.clone());
             }
             for p in &d.partition_by {
                 let derived_date = p == "date" && from.event_time.is_some();
@@ -682,7 +685,7 @@ fn check_sink(
         name: name.to_string(),
         from: sink.from.clone(),
         target,
-        event_time: from.event_time.clone(),
+        date_from,
         schema,
     })
 }

@@ -179,6 +179,8 @@ pub struct DeltaSink {
     compacting: Option<tokio::task::JoinHandle<Result<u64, DeltaTableError>>>,
     /// The owner epoch this process claimed, if it claimed the marks (see [`Self::claim`]).
     owner: Option<i64>,
+    /// The owner epoch its claim first read (0: none, or no table).
+    claim_read: Option<i64>,
     /// When it last vacuumed (or opened the table).
     vacuumed_at: Instant,
 }
@@ -245,50 +247,36 @@ impl DeltaSink {
             files_since_compaction: 0,
             compacting: None,
             owner: None,
+            claim_read: None,
             vacuumed_at: Instant::now(),
         })
     }
 
     /// Claims the table's marks for this process, fencing out any earlier one: records an owner
-    /// epoch one above the table's in a commit of its own (on a table not yet created, the first
-    /// append records epoch 1). From then on every commit carries the epoch in a `txn` action
-    /// of the same app id, so it fails if the table shows a later owner, or if, since the
-    /// table state it was prepared against, any commit recorded that app id (delta-rs's
-    /// conflict check) — a worker that lost its partition while paused or cut off commits
-    /// nothing once the new owner has claimed it. A commit also fails if the table already
-    /// holds its cycle (another process committed it first).
+    /// epoch one above the table's in a commit of its own. From then on every commit carries
+    /// the epoch in a `txn` action of the same app id, so it fails if the table shows a later
+    /// owner, or if, since the table state it was prepared against, any commit recorded that
+    /// app id (delta-rs's conflict check) — a worker that lost its partition while paused or
+    /// cut off commits nothing once the new owner has claimed it. A commit also fails if the
+    /// table already holds its cycle (another process committed it first).
     ///
     /// A table not created yet is created by the claim, empty, with `rows` (the schema of the
     /// rows it will receive, every column nullable) and owner epoch 1 in its first commit: a
     /// table's first version is the one commit two processes can both make, so an earlier
     /// owner that would create it later is fenced like any other.
     pub async fn claim(&mut self, rows: &Schema) -> Result<i64, SinkError> {
-        self.claim_above(rows, None).await
-    }
-
-    /// [`Self::claim`], from the owner epoch first read (`seen`). A claim racing the earlier
-    /// owner's last commits reads the table again and claims above them; one that raced another
-    /// claim is fenced out, never claiming above it: that claim is newer than the epoch this
-    /// process read, and a worker paused mid-claim must not take a partition back from its new
-    /// owner.
-    async fn claim_above(
-        &mut self,
-        rows: &Schema,
-        mut seen: Option<i64>,
-    ) -> Result<i64, SinkError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            if !self.read_again().await? {
-                match self.create_claimed(rows).await {
-                    Ok(epoch) => return Ok(epoch),
-                    // Another process created it first: as read, this one's epoch was none.
-                    Err(_) if self.read_again().await? => seen = Some(0),
-                    Err(e) => return Err(e),
-                }
-            }
-            let recorded = self.mark(OWNER_MARK).await?.unwrap_or(0);
-            if let Some(seen) = seen
+            let exists = self.read_again().await?;
+            let recorded = match exists {
+                true => self.mark(OWNER_MARK).await?.unwrap_or(0),
+                false => 0,
+            };
+            // A claim never goes above an epoch newer than the one it first read: that claim
+            // came after this one read the table, and a worker paused mid-claim must not take
+            // a partition back from its new owner. Kept across retries of a failed claim.
+            if let Some(seen) = self.claim_read
                 && seen != recorded
             {
                 return Err(SinkError::Fenced {
@@ -300,7 +288,21 @@ impl DeltaSink {
                     ),
                 });
             }
-            seen = Some(recorded);
+            self.claim_read = Some(recorded);
+            if !exists {
+                match self.create_claimed(rows).await {
+                    Ok(epoch) => return Ok(epoch),
+                    Err(e) => {
+                        // Another process created it first: read it.
+                        if attempts < 5 && self.read_again().await? {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            // One that raced the earlier owner's last commits reads the table again and claims
+            // above them.
             match self.commit_claim(recorded + 1).await {
                 Err(SinkError::Fenced { .. }) if attempts < 5 => continue,
                 outcome => return outcome,
@@ -720,13 +722,10 @@ fn date_field(nullable: bool) -> Field {
     Field::new("date", DataType::Date32, nullable)
 }
 
-/// `schema` with the `date` column [`with_event_date`] adds from `ts_column`.
-pub fn with_date_field(schema: &Schema, ts_column: &str) -> SchemaRef {
-    let nullable = schema
-        .field_with_name(ts_column)
-        .map_or(true, |f| f.is_nullable());
+/// `schema` with the `date` column [`with_event_date`] adds.
+pub fn with_date_field(schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
-    fields.push(Arc::new(date_field(nullable)));
+    fields.push(Arc::new(date_field(true)));
     Arc::new(Schema::new(fields))
 }
 
@@ -855,7 +854,8 @@ mod tests {
         assert_eq!(c.claim(&schema).await.unwrap(), 3);
         // A claim that read epoch 2 before c claimed 3 is fenced, not claimed above c's.
         let mut late = open("partition-0").await.unwrap();
-        match late.claim_above(&schema, Some(2)).await {
+        late.claim_read = Some(2);
+        match late.claim(&schema).await {
             Err(SinkError::Fenced { why, .. }) => {
                 assert!(why.contains("claimed it meanwhile (owner epoch 3"), "{why}")
             }

@@ -251,3 +251,39 @@ async fn submitted_pipelines_run_change_stop_and_resume_on_a_worker() {
     assert_eq!(ids.len(), valid(&all));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A worker follows its control topic from the moment it creates it: under load the broker may
+/// show a topic just created without partitions for a while, and a follower assigned none of
+/// them would never see a definition. Each round creates the topics, follows at once, and
+/// must see the definition published after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_topic_is_followed_from_the_moment_it_is_created() {
+    use stratus::cluster::control::{ControlPlane, bundle};
+    let kafka = stratus::kafka::KafkaConnection::plaintext(&setting("STRATUS_KAFKA_BROKERS"));
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/billing.yaml");
+    let definition = bundle(&file, "billing").unwrap();
+    for round in 0..5 {
+        let plane = ControlPlane::new(
+            kafka.clone(),
+            &unique("it-follow-pipelines"),
+            &unique("it-follow-status"),
+        );
+        plane.ensure_topics().await.unwrap();
+        let follow = plane.follow().unwrap();
+        plane.publish_definition(&definition).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let seen = loop {
+            let changes =
+                tokio::task::block_in_place(|| follow.changes(Duration::from_millis(500)));
+            if let Some((name, _)) = changes.into_iter().next() {
+                break name;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the definition published to {} never reached its follower",
+                plane.control
+            );
+        };
+        assert_eq!(seen, "billing", "round {round}");
+    }
+}
