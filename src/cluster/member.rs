@@ -13,8 +13,10 @@
 //! Streams closes a migrated task: either this member was cut off and will hear at its next
 //! heartbeat that it lost the partition, or another process claimed the tables; if the
 //! partition is still this member's [`FENCED_WAIT`] later, its shard starts again and claims
-//! them back. A shard that fails otherwise takes the member down with it, and its partitions
-//! move to the other workers.
+//! them back. A shard that failed on an object store or broker request that was not retried
+//! where it was made (one in flight while the worker was paused fails when it resumes) starts
+//! again the same way. A shard that fails otherwise takes the member down with it, and its
+//! partitions move to the other workers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -319,7 +321,8 @@ struct Shards {
     health: Health,
     offsets: GroupOffsets,
     running: Mutex<BTreeMap<i32, Running>>,
-    /// Partitions whose shards were fenced out of their tables while assigned here, and when.
+    /// Partitions whose shards were fenced out of their tables, or failed transiently, while
+    /// assigned here, and when.
     fenced: Arc<Mutex<BTreeMap<i32, Instant>>>,
     /// Where a shard's failure goes: it ends the member.
     failed: mpsc::UnboundedSender<RunError>,
@@ -392,8 +395,9 @@ impl Shards {
                     tracing::warn!("pipeline {}: partition {partition}: {e}", pipeline.name);
                     None
                 }
-                // Fenced while its partition is still assigned here: see the module's doc.
-                Err(e) if e.is_fenced() => {
+                // Fenced while its partition is still assigned here, or failed on a request
+                // the store or brokers did not answer: see the module's doc.
+                Err(e) if e.is_fenced() || e.is_transient() => {
                     tracing::warn!(
                         "pipeline {}: partition {partition}: {e}; its shard starts again in \
                          {} s if the partition is still this worker's",

@@ -120,6 +120,18 @@ impl RunError {
             _ => false,
         }
     }
+
+    /// Whether it is an object store or broker failure that was not retried where it happened
+    /// (a request in flight when the process was paused fails once it resumes): trying again
+    /// may succeed. One that was retried until the run gave up is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Delta(e) => e.is_transient(),
+            RunError::Source(e) => e.is_outage(),
+            RunError::Shard { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 impl From<KafkaSinkError> for RunError {
@@ -425,7 +437,17 @@ pub async fn run_pipeline(
     };
     for plan in &pipeline.sources {
         let start = restored.sources.get(&plan.name);
-        sources.push(open_source(pipeline, plan, &read, start).await?);
+        // Waited out as brokers at start are (see `wait_for_brokers`).
+        let mut attempts = retry.attempts(problem::KAFKA, "connect");
+        let source = loop {
+            match open_source(pipeline, plan, &read, start).await {
+                Ok(source) => break source,
+                Err(e) if e.is_outage() => attempts.failed(e).await?,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        attempts.succeeded();
+        sources.push(source);
     }
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
     if let SideOutputs::Files(files) = &side {

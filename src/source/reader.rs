@@ -41,6 +41,19 @@ pub enum SourceError {
     DeadLetter { topic: String, message: String },
 }
 
+impl SourceError {
+    /// Whether the brokers could not be reached, or did not answer in time, for now: as after
+    /// an outage, or in a worker resumed after a pause whose requests timed out meanwhile.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            SourceError::Kafka { source, .. } => source
+                .rdkafka_error_code()
+                .is_some_and(|c| is_outage(c) || c == RDKafkaErrorCode::OperationTimedOut),
+            _ => false,
+        }
+    }
+}
+
 /// Where a source stood at the end of a cycle: its part of a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceState {
@@ -736,4 +749,23 @@ pub(crate) fn poll_source(
         .with_label_values(&labels)
         .inc_by(polled.events);
     result.map(|()| polled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata request that timed out (a worker resumed after a pause) or found no broker
+    /// is waited out; a topic that does not exist is not.
+    #[test]
+    fn timeouts_and_unreachable_brokers_are_outages_a_missing_topic_is_not() {
+        let kafka = |code| SourceError::Kafka {
+            source_name: "metrics".into(),
+            source: KafkaError::MetadataFetch(code),
+        };
+        assert!(kafka(RDKafkaErrorCode::OperationTimedOut).is_outage());
+        assert!(kafka(RDKafkaErrorCode::AllBrokersDown).is_outage());
+        assert!(!kafka(RDKafkaErrorCode::UnknownTopicOrPartition).is_outage());
+        assert!(!SourceError::Read("metrics".into(), "topic t does not exist".into()).is_outage());
+    }
 }
