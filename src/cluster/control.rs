@@ -414,19 +414,30 @@ impl ControlPlane {
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic);
-        if let Some(t) = found
-            && t.error().is_none()
-            && !t.partitions().is_empty()
-            && t.partitions().iter().all(|p| p.leader() >= 0)
-        {
-            return Ok(t.partitions().iter().map(|p| p.id()).collect());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(KafkaError::MetadataFetch(
-                RDKafkaErrorCode::UnknownTopicOrPartition,
-            ));
+        // Until then a topic just created may also fail the request (not leader for it yet).
+        let shown = consumer
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .filter(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
+            });
+        match shown {
+            Ok(Some(partitions)) => return Ok(partitions),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
+            Ok(None) if std::time::Instant::now() > deadline => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(100));
     }
