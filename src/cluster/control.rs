@@ -360,11 +360,9 @@ impl ControlPlane {
             .consumer("stratus-control")
             .create()
             .map_err(&err)?;
-        let mut ends = Vec::new();
+        let ends = partition_ends(&consumer, topic).map_err(&err)?;
         let mut list = TopicPartitionList::new();
-        for p in partitions(&consumer, topic).map_err(&err)? {
-            let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(&err)?;
-            ends.push((p, high));
+        for &(p, _) in &ends {
             list.add_partition_offset(topic, p, Offset::Beginning)
                 .map_err(&err)?;
         }
@@ -408,10 +406,11 @@ impl ControlPlane {
     }
 }
 
-/// The partitions of `topic`, once the broker shows each with a leader. A topic just created
-/// (as [`ControlPlane::ensure_topics`] does) may show none for a moment: a reader assigned
-/// none of them would follow nothing, so this waits for them, up to [`TIMEOUT`].
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+/// The partitions of `topic` with their end offsets, once the broker shows each with a leader
+/// that answers. A topic just created (as [`ControlPlane::ensure_topics`] does) may show none
+/// for a moment, or fail the requests: a reader assigned none of them would follow nothing,
+/// and a worker would fail at start, so this waits for them, up to [`TIMEOUT`].
+fn partition_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, KafkaError> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         // Until then a topic just created may also fail the request (not leader for it yet).
@@ -429,8 +428,17 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaErr
                     })
                     .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
             });
-        match shown {
-            Ok(Some(partitions)) => return Ok(partitions),
+        let ends = shown.and_then(|partitions| {
+            partitions
+                .map(|ps| {
+                    ps.into_iter()
+                        .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, TIMEOUT)?.1)))
+                        .collect::<Result<Vec<_>, KafkaError>>()
+                })
+                .transpose()
+        });
+        match ends {
+            Ok(Some(ends)) => return Ok(ends),
             Err(e) if std::time::Instant::now() > deadline => return Err(e),
             Ok(None) if std::time::Instant::now() > deadline => {
                 return Err(KafkaError::MetadataFetch(

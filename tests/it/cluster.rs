@@ -350,7 +350,44 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
             assert!(ids.insert(id.clone()), "raw row {id:?} written twice");
         }
     }
-    assert_eq!(ids.len(), valid.len(), "raw rows");
+    if ids.len() != valid.len() {
+        // Which events are missing, by resource, and what the workers said about their
+        // partitions: enough to tell a replay cut short from a cycle lost.
+        let mut missing: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for e in &valid {
+            if !ids.contains(&(e.resource.clone(), e.ts)) {
+                missing.entry(&e.resource).or_default().push(e.ts);
+            }
+        }
+        let by_resource: Vec<String> = missing
+            .iter()
+            .map(|(r, ts)| format!("{r}: {} from {} to {}", ts.len(), ts[0], ts[ts.len() - 1]))
+            .collect();
+        let notable: Vec<&str> = logs
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter(|l| {
+                [
+                    "replay",
+                    "taken over",
+                    "starts again",
+                    "ERROR",
+                    "failing",
+                    "claimed",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .take(200)
+            .collect();
+        panic!(
+            "raw rows: {} of {} valid events; missing:\n{}\nworker log lines:\n{}",
+            ids.len(),
+            valid.len(),
+            by_resource.join("\n"),
+            notable.join("\n")
+        );
+    }
 
     // Each partition's watermark: its newest event time less the 10 s bound.
     let f1_batches = read_delta(&format!("{tables}/f1")).await;
