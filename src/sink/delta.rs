@@ -27,6 +27,8 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
+use super::compact::{compact, lost_to_another};
+
 /// Why a table could not be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -187,18 +189,6 @@ pub struct DeltaSink {
 
 /// Compacted files are written up to this size: 128 MiB.
 pub const TARGET_FILE_SIZE: u64 = 128 << 20;
-
-/// Compacts `table`: in each partition, its small files are rewritten into files of up to
-/// `target_size` bytes (delta-rs's bin-packing `optimize`), in one commit that changes which
-/// files hold the rows, never the rows or the `txn` marks. A partition with one small file
-/// is left as it is.
-pub async fn compact(
-    table: DeltaTable,
-    target_size: std::num::NonZeroU64,
-) -> Result<(DeltaTable, u64), DeltaTableError> {
-    let (table, metrics) = table.optimize().with_target_size(target_size).await?;
-    Ok((table, metrics.partitions_optimized))
-}
 
 /// Resolves a user's table location to a URL (creating a local directory if needed).
 pub fn table_url(location: &str) -> Result<Url, SinkError> {
@@ -435,6 +425,10 @@ impl DeltaSink {
         match handle.await {
             Ok(Ok(partitions)) => tracing::info!(
                 "{}: compacted {partitions} partitions",
+                self.config.location
+            ),
+            Ok(Err(e)) if lost_to_another(&e) => tracing::info!(
+                "{}: another process compacted it meanwhile; this compaction committed nothing",
                 self.config.location
             ),
             Ok(Err(e)) => tracing::warn!(

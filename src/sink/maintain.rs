@@ -1,8 +1,8 @@
 //! Delta tables kept healthy: `stratus maintain TABLE…`.
 //!
 //! In: a table's location and what to keep. Out: the table compacted and cleaned, and what was
-//! done ([`Maintained`]). Each step is one of delta-rs's own, in this order:
-//! - compaction (`optimize`, bin-packing): in each partition, the small files a cycle leaves
+//! done ([`Maintained`]). In this order:
+//! - compaction (see [`super::compact`]): in each partition, the small files a cycle leaves
 //!   are rewritten into files of up to the target size, in one commit;
 //! - a Delta log checkpoint, then the removal of log files past the table's
 //!   `logRetentionDuration` (30 days by default);
@@ -12,15 +12,17 @@
 //! or the `txn` marks that record each pipeline's cycle and offsets, and every step is one
 //! atomic commit or only deletes files no version within the retention refers to, so a crash
 //! during maintenance loses and repeats nothing. A running pipeline's appends do not conflict
-//! with compaction (an append reads nothing); a compaction that meets a concurrent change to
-//! the files it rewrites fails with delta-rs's conflict error and can simply be run again.
+//! with compaction (an append reads nothing); a compaction that meets another compaction (a
+//! pipeline's own, beside its stream) or a schema change committed meanwhile fails with
+//! delta-rs's conflict error, commits nothing, and can simply be run again.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 
 use deltalake::DeltaTable;
 
-use super::delta::{SinkError, TARGET_FILE_SIZE, compact, open_table};
+use super::compact::compact;
+use super::delta::{SinkError, TARGET_FILE_SIZE, open_table};
 
 /// What to keep.
 #[derive(Debug, Clone)]

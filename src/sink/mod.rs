@@ -1,10 +1,12 @@
 //! Sinks: where results leave the dataflow.
 //!
 //! - [`delta`]: Delta Lake tables (local or `s3://`), exactly once via `txn` actions;
+//! - [`compact`]: a table's small files rewritten into large ones, one compaction at a time;
 //! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer;
 //! - [`side_files`]: a backfill's dead letters and late rows, as JSON-lines files;
 //! - [`maintain`]: Delta tables kept healthy — compaction, log checkpoints and cleanup, vacuum.
 
+pub mod compact;
 pub mod delta;
 pub mod kafka;
 pub mod maintain;
