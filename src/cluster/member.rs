@@ -15,8 +15,10 @@
 //! partition is still this member's [`FENCED_WAIT`] later, its shard starts again and claims
 //! them back. A shard that failed on an object store or broker request that was not retried
 //! where it was made (one in flight while the worker was paused fails when it resumes) starts
-//! again the same way. A shard that fails otherwise takes the member down with it, and its
-//! partitions move to the other workers.
+//! again the same way, unless its partition's shards have failed so on every start for the
+//! run's `give_up_after` (the store or brokers are gone, not blinking): then, as any other
+//! failure of a shard, it takes the member down with it, and its partitions move to the other
+//! workers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,7 +32,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{GroupOffsets, Shard};
-use crate::job::retry::Retry;
+use crate::job::retry::{GaveUp, Retry};
 use crate::job::run::{RunConfig, RunError, RunSummary, run_pipeline};
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
@@ -101,6 +103,7 @@ pub async fn run_member(
         offsets: GroupOffsets::default(),
         running: Mutex::default(),
         fenced: Arc::default(),
+        failing: Arc::default(),
         failed,
         summary: Mutex::default(),
     });
@@ -283,8 +286,10 @@ impl ConsumerContext for Member {
             commit_positions(consumer);
         }
         self.shards.offsets.forget(&partitions);
-        let mut fenced = self.shards.fenced.lock().unwrap_or_else(|e| e.into_inner());
-        fenced.retain(|p, _| !partitions.contains(p));
+        for waiting in [&self.shards.fenced, &self.shards.failing] {
+            let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.retain(|p, _| !partitions.contains(p));
+        }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -303,6 +308,26 @@ impl ConsumerContext for Member {
             self.shards.start(p);
         }
     }
+}
+
+/// A shard that ran this long before it failed had been working: its partition's count of
+/// failing starts begins again.
+const WORKING_RUN: Duration = Duration::from_secs(60);
+
+/// For how long the shards of `partition` have failed transiently on every start: since the
+/// first of those failures, the one of the shard `started` then having just happened.
+fn failing_for(
+    failing: &Mutex<BTreeMap<i32, Instant>>,
+    partition: i32,
+    started: Instant,
+) -> Duration {
+    let now = Instant::now();
+    let mut failing = failing.lock().unwrap_or_else(|e| e.into_inner());
+    let since = failing.entry(partition).or_insert(now);
+    if now.duration_since(started) >= WORKING_RUN {
+        *since = now;
+    }
+    now.duration_since(*since)
 }
 
 fn partitions_of(list: &TopicPartitionList, topic: &str) -> Vec<i32> {
@@ -324,6 +349,8 @@ struct Shards {
     /// Partitions whose shards were fenced out of their tables, or failed transiently, while
     /// assigned here, and when.
     fenced: Arc<Mutex<BTreeMap<i32, Instant>>>,
+    /// Partitions whose shards have failed transiently on every start since then.
+    failing: Arc<Mutex<BTreeMap<i32, Instant>>>,
     /// Where a shard's failure goes: it ends the member.
     failed: mpsc::UnboundedSender<RunError>,
     /// What the stopped shards did.
@@ -352,14 +379,17 @@ impl Shards {
             partition,
             offsets: self.offsets.clone(),
         });
-        let (metrics, health, failed, fenced, stopped_by_us) = (
+        let (metrics, health, failed, fenced, failing, stopped_by_us) = (
             self.metrics.clone(),
             self.health.clone(),
             self.failed.clone(),
             self.fenced.clone(),
+            self.failing.clone(),
             stopping.clone(),
         );
+        let give_up_after = self.config.give_up_after;
         let task = self.runtime.spawn(async move {
+            let started = Instant::now();
             let shutdown = async {
                 // A dropped sender stops the shard as well.
                 let _ = stopped.await;
@@ -398,6 +428,27 @@ impl Shards {
                 // Fenced while its partition is still assigned here, or failed on a request
                 // the store or brokers did not answer: see the module's doc.
                 Err(e) if e.is_fenced() || e.is_transient() => {
+                    let failing_for = match e.is_transient() {
+                        true => failing_for(&failing, partition, started),
+                        false => Duration::ZERO,
+                    };
+                    if failing_for >= give_up_after {
+                        tracing::error!(
+                            "pipeline {}: partition {partition}: {e}; its shards have failed \
+                             so on every start for {} s: giving up",
+                            pipeline.name,
+                            failing_for.as_secs()
+                        );
+                        let _ = failed.send(RunError::Shard {
+                            partition,
+                            source: Box::new(RunError::GaveUp(GaveUp {
+                                what: format!("partition {partition}'s shard"),
+                                for_: failing_for,
+                                source: Box::new(e),
+                            })),
+                        });
+                        return None;
+                    }
                     tracing::warn!(
                         "pipeline {}: partition {partition}: {e}; its shard starts again in \
                          {} s if the partition is still this worker's",
@@ -476,5 +527,27 @@ impl Shards {
             .copied()
             .collect();
         self.stop(&partitions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition whose shards fail on every start fails for as long as since the first of
+    /// those failures; a shard that had run for a minute before it failed starts the count
+    /// again; each partition counts for itself.
+    #[test]
+    fn a_partition_fails_for_as_long_as_its_shards_fail_on_every_start() {
+        let failing = Mutex::default();
+        let ago = |s: u64| Instant::now().checked_sub(Duration::from_secs(s)).unwrap();
+        assert!(failing_for(&failing, 3, ago(2)) < Duration::from_secs(1));
+        failing.lock().unwrap().insert(3, ago(200));
+        let chain = failing_for(&failing, 3, ago(2));
+        assert!(chain >= Duration::from_secs(200), "{chain:?}");
+        assert!(failing_for(&failing, 4, ago(2)) < Duration::from_secs(1));
+        let anew = failing_for(&failing, 3, ago(WORKING_RUN.as_secs() + 1));
+        assert!(anew < Duration::from_secs(1), "{anew:?}");
+        assert!(failing_for(&failing, 3, ago(2)) < Duration::from_secs(1));
     }
 }

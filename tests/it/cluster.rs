@@ -137,6 +137,9 @@ struct Log {
     owners: BTreeMap<String, Vec<(u64, i64)>>,
     /// The versions that set the table's metadata (its schema).
     metadata: Vec<u64>,
+    /// For each shard (`<pipeline>/partition-<n>`), its commits that recorded an offset: the
+    /// version, the next offset recorded and the rows the commit added.
+    offsets: BTreeMap<String, Vec<(u64, i64, i64)>>,
 }
 
 /// Reads the log of the table at `location`.
@@ -152,10 +155,23 @@ async fn read_log(location: &str) -> Log {
         let Some(bytes) = table.log_store().read_commit_entry(version).await.unwrap() else {
             continue;
         };
+        let (mut rows, mut next) = (0, None);
         for line in String::from_utf8_lossy(&bytes).lines() {
             let action: serde_json::Value = serde_json::from_str(line).unwrap();
             if action.get("metaData").is_some() {
                 log.metadata.push(version);
+            }
+            if let Some(stats) = action["add"]["stats"].as_str() {
+                let stats: serde_json::Value = serde_json::from_str(stats).unwrap();
+                rows += stats["numRecords"].as_i64().unwrap_or(0);
+            }
+            if let Some(app) = action["txn"]["appId"].as_str()
+                && let Some((shard, _)) = app.split_once("/it-cluster")
+            {
+                next = Some((
+                    shard.to_string(),
+                    action["txn"]["version"].as_i64().unwrap(),
+                ));
             }
             if let Some(txn) = action.get("txn")
                 && let Some(app) = txn["appId"].as_str()
@@ -167,6 +183,12 @@ async fn read_log(location: &str) -> Log {
                     .or_default()
                     .push((version, epoch));
             }
+        }
+        if let Some((shard, next)) = next {
+            log.offsets
+                .entry(shard)
+                .or_default()
+                .push((version, next, rows));
         }
     }
     log
@@ -380,11 +402,27 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
             })
             .take(200)
             .collect();
+        // The raw table's commits of the partitions missing rows: a jump in the offsets
+        // without rows, or a commit missing from the chain, says where they went.
+        let log = read_log(&format!("{tables}/raw")).await;
+        let partitions: BTreeSet<i32> = missing.keys().map(|r| partition_of(r)).collect();
+        let chains: Vec<String> = partitions
+            .iter()
+            .map(|p| {
+                let shard = format!("cluster/partition-{p}");
+                format!(
+                    "{shard}: (version, next offset, rows) {:?}",
+                    log.offsets.get(&shard)
+                )
+            })
+            .collect();
         panic!(
-            "raw rows: {} of {} valid events; missing:\n{}\nworker log lines:\n{}",
+            "raw rows: {} of {} valid events; missing:\n{}\nraw commits:\n{}\nworker log \
+             lines:\n{}",
             ids.len(),
             valid.len(),
             by_resource.join("\n"),
+            chains.join("\n"),
             notable.join("\n")
         );
     }
