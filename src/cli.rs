@@ -927,6 +927,12 @@ fn command(functions: Functions) -> Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log collected from a pipe or a file (Kubernetes, a
+        // service manager) is plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

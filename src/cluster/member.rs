@@ -417,6 +417,15 @@ impl Shards {
                 });
             // Its problems end with it: its partition is another shard's now.
             Retry::clear_scope(&health, &metrics, &pipeline.name, &scope);
+            // One that worked for a while and ended otherwise ends its partition's run of
+            // failing starts.
+            let transient = matches!(&outcome, Err(e) if e.is_transient());
+            if !transient && started.elapsed() >= WORKING_RUN {
+                failing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&partition);
+            }
             match outcome {
                 Ok(summary) => Some(summary),
                 // A shard that fails on its way out (fenced out by a lost partition's new

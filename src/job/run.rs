@@ -354,7 +354,14 @@ pub async fn run_pipeline(
                     partition_columns: partition_by.clone(),
                     pipeline: instance.clone(),
                     checkpoint_interval: pipeline.checkpoint_every,
-                    compact_after_files: pipeline.compact_after_files,
+                    // Every shard sees every shard's files: the shard of partition 0 alone
+                    // compacts, rather than all at once and all but one in vain (a cycle
+                    // without rows compacts nothing: while partition 0 gets no events, the
+                    // tables wait for `stratus maintain`).
+                    compact_after_files: match &config.shard {
+                        Some(shard) if shard.partition != 0 => 0,
+                        _ => pipeline.compact_after_files,
+                    },
                     storage_options: config.storage_options.clone(),
                     vacuum: pipeline.vacuum.clone(),
                 })

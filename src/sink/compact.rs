@@ -1,6 +1,6 @@
 //! Compaction of a Delta table: in each partition, the small files the appends leave are
 //! rewritten into files of up to a target size, in one commit that changes which files hold
-//! the rows, never the rows or the `txn` marks.
+//! the rows, never the rows or the appends' `txn` marks (it adds one of its own, below).
 //!
 //! In: a table as last read, and the target size. Out: the table after the compaction's
 //! commit, and how many partitions it compacted; or, when another compaction committed since
@@ -14,15 +14,16 @@
 //! again. Every compaction here records the `txn` mark [`COMPACTION_MARK`] in its commit, and
 //! delta-rs fails a commit when a commit since the state it read recorded an app id it
 //! records: of two compactions that overlap in time, the second fails. (Appends record other
-//! app ids and remove nothing, so neither fails the other.) The files a failed compaction wrote
-//! are referenced by no version.
+//! app ids and remove nothing, so neither fails the other.) A compaction that fails deletes the
+//! files it wrote, unless its commit landed. Only Stratus's compactions carry the mark: an
+//! `OPTIMIZE` by another tool beside them is not fenced.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
-use arrow::compute::cast;
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, TransactionError};
 use deltalake::kernel::{Action, Transaction};
@@ -44,19 +45,20 @@ struct DataFile {
 }
 
 /// Compacts `table` as last read: in each partition, its files smaller than `target_size` are
-/// packed into groups of up to that size, and each group of two or more is rewritten as one
-/// file; a partition with a single small file is left as it is.
+/// packed into groups of up to that size, and each group of two or more is rewritten into
+/// files of up to that size; a partition with a single small file is left as it is.
 pub async fn compact(
     table: DeltaTable,
     target_size: NonZeroU64,
 ) -> Result<(DeltaTable, u64), DeltaTableError> {
     let snapshot = table.snapshot()?.clone();
-    let read_version = snapshot.version();
-    // Partition values → its small files, in log order.
+    // Partition values → its small files.
     let mut partitions: BTreeMap<Vec<(String, Option<String>)>, Vec<DataFile>> = BTreeMap::new();
     for file in snapshot.log_data().iter() {
         let size = file.size().max(0) as u64;
-        if size >= target_size.get() {
+        // A file with deleted rows (a deletion vector: no Stratus table has one) is left as
+        // it is, rather than read whole.
+        if size >= target_size.get() || file.deletion_vector_descriptor().is_some() {
             continue;
         }
         let mut values: Vec<(String, Option<String>)> =
@@ -69,12 +71,84 @@ pub async fn compact(
         });
     }
     let store = table.object_store();
-    let mut writer = RecordBatchWriter::for_table(&table)?.with_target_file_size(target_size.get());
+    let (mut written, mut compacted) = (Vec::new(), 0);
+    let outcome = async {
+        let mut actions;
+        (actions, compacted) =
+            rewrite(&table, &partitions, target_size.get(), &mut written).await?;
+        if actions.is_empty() {
+            return Ok(None);
+        }
+        actions.push(Action::Txn(Transaction::new(
+            COMPACTION_MARK,
+            snapshot.version() as i64 + 1,
+        )));
+        let commit = CommitBuilder::default()
+            .with_actions(actions)
+            .build(
+                Some(&snapshot),
+                table.log_store(),
+                DeltaOperation::Optimize {
+                    predicate: None,
+                    target_size: target_size.get() as i64,
+                },
+            )
+            .await?;
+        Ok(Some(commit.snapshot()))
+    }
+    .await;
+    let mut table = table;
+    match outcome {
+        Ok(Some(state)) => {
+            table.state = Some(state);
+            Ok((table, compacted))
+        }
+        Ok(None) => Ok((table, 0)),
+        Err(e) => {
+            // The files it wrote are no version's unless its commit landed although its answer
+            // was lost (a store error answered, then retried, finds its own commit there):
+            // read the table again to tell. Those of no version are deleted, or they would
+            // stay (vacuum deletes only files the log removed).
+            let landed = match table.update_state().await {
+                Ok(()) => {
+                    let live: std::collections::HashSet<String> = table
+                        .snapshot()?
+                        .log_data()
+                        .iter()
+                        .map(|f| f.object_store_path().to_string())
+                        .collect();
+                    written.iter().any(|p| live.contains(&p.to_string()))
+                }
+                // Cannot tell: the files stay.
+                Err(_) => return Err(e),
+            };
+            if landed {
+                return Ok((table, compacted));
+            }
+            for path in &written {
+                let _ = store.delete(path).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Rewrites the files of each partition that [`pack`] groups, one partition at a time in
+/// memory; the files written go to `written` as they are. Returns the commit's actions
+/// (removes, then adds, neither a change of data) and the partitions compacted.
+async fn rewrite(
+    table: &DeltaTable,
+    partitions: &BTreeMap<Vec<(String, Option<String>)>, Vec<DataFile>>,
+    target: u64,
+    written: &mut Vec<deltalake::Path>,
+) -> Result<(Vec<Action>, u64), DeltaTableError> {
+    let store = table.object_store();
+    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
     let schema = writer.arrow_schema();
     let mut actions = Vec::new();
     let mut compacted = 0;
-    for (values, files) in &partitions {
-        let groups = pack(files, target_size.get());
+    for (values, files) in partitions {
+        let groups = pack(files, target);
         if groups.is_empty() {
             continue;
         }
@@ -87,33 +161,16 @@ pub async fn compact(
             }
             actions.push(Action::Remove(file.remove.clone()));
         }
-        // One partition's files at a time in memory.
         for mut add in writer.flush().await? {
+            written.push(
+                deltalake::Path::parse(&add.path)
+                    .unwrap_or_else(|_| deltalake::Path::from(add.path.as_str())),
+            );
             add.data_change = false;
             actions.push(Action::Add(add));
         }
     }
-    if actions.is_empty() {
-        return Ok((table, 0));
-    }
-    actions.push(Action::Txn(Transaction::new(
-        COMPACTION_MARK,
-        read_version as i64 + 1,
-    )));
-    let commit = CommitBuilder::default()
-        .with_actions(actions)
-        .build(
-            Some(&snapshot),
-            table.log_store(),
-            DeltaOperation::Optimize {
-                predicate: None,
-                target_size: target_size.get() as i64,
-            },
-        )
-        .await?;
-    let mut table = table;
-    table.state = Some(commit.snapshot());
-    Ok((table, compacted))
+    Ok((actions, compacted))
 }
 
 /// Whether `e` is a compaction that failed because another compaction committed first.
@@ -145,6 +202,12 @@ fn pack(files: &[DataFile], target: u64) -> Vec<Vec<&DataFile>> {
     groups
 }
 
+/// A value that does not convert fails the compaction rather than becoming null.
+const EXACT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: arrow::util::display::FormatOptions::new(),
+};
+
 /// A batch read from one data file, as a batch of the table's `schema`: columns by name, cast
 /// to the table's type where an append widened it since, null where the file predates the
 /// column; the partition columns (which data files do not hold) from the file's partition
@@ -160,11 +223,11 @@ fn conform(
         let column = match values.iter().find(|(name, _)| name == field.name()) {
             Some((_, value)) => {
                 let text: ArrayRef = Arc::new(StringArray::from(vec![value.clone(); rows]));
-                cast(&text, field.data_type())?
+                cast_with_options(&text, field.data_type(), &EXACT)?
             }
             None => match batch.column_by_name(field.name()) {
                 Some(c) if c.data_type() == field.data_type() => c.clone(),
-                Some(c) => cast(c, field.data_type())?,
+                Some(c) => cast_with_options(c, field.data_type(), &EXACT)?,
                 None => new_null_array(field.data_type(), rows),
             },
         };
@@ -178,6 +241,7 @@ mod tests {
     use std::collections::HashMap;
 
     use arrow::array::{Int64Array, StringArray};
+    use arrow::compute::cast;
 
     use super::*;
     use crate::sink::delta::{DeltaSink, DeltaSinkConfig, Marks, open_table};
@@ -209,10 +273,9 @@ mod tests {
     }
 
     /// Two processes read a table of 8 small files in two partitions, then both compact it, as
-    /// two workers of one pipeline (each sees every worker's files) or `stratus maintain`
-    /// beside a pipeline do: the first commits, the second fails over the compaction mark and
-    /// commits nothing; every row is there once, with the partition it was written to, and the
-    /// appends' marks are unchanged. A compaction of the table as read again (one file per
+    /// `stratus maintain` beside a pipeline may: the first commits, the second fails over the
+    /// compaction mark, commits nothing and deletes the files it wrote; every row is there
+    /// once, with the partition it was written to, and the appends' marks are unchanged. A compaction of the table as read again (one file per
     /// partition) leaves it as it is.
     #[tokio::test]
     async fn two_compactions_at_once_commit_once_and_keep_every_row_once() {
@@ -249,10 +312,21 @@ mod tests {
         let (compacted, partitions) = compact(first, target).await.unwrap();
         assert_eq!(partitions, 2);
         assert_eq!(compacted.snapshot().unwrap().log_data().num_files(), 2);
+        let on_disk = || {
+            let mut n = 0;
+            for day in ["day=a", "day=b"] {
+                for f in std::fs::read_dir(dir.join(day)).unwrap() {
+                    n += usize::from(f.unwrap().path().extension() == Some("parquet".as_ref()));
+                }
+            }
+            n
+        };
+        assert_eq!(on_disk(), 10, "8 small files, 2 compacted");
         match compact(second, target).await {
             Err(e) => assert!(lost_to_another(&e), "{e}"),
             Ok((_, n)) => panic!("the second compaction committed too ({n} partitions)"),
         }
+        assert_eq!(on_disk(), 10, "the failed compaction's files are deleted");
 
         let table = open_table(&location, &HashMap::new()).await.unwrap();
         assert_eq!(table.snapshot().unwrap().log_data().num_files(), 2);

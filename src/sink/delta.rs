@@ -27,7 +27,7 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
-use super::compact::{compact, lost_to_another};
+use super::compact::{COMPACTION_MARK, compact, lost_to_another};
 
 /// Why a table could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -533,58 +533,75 @@ impl DeltaSink {
         }
         // The rewrite removes every file: a compaction removing some of them must not race it,
         // and one that has committed must be seen (its files replaced those the table held).
+        // This process's own is waited for; another's (a worker's, `stratus maintain`) fails
+        // the rewrite over the compaction mark it records too, and the rewrite reads again.
         self.finish_compaction(true).await;
-        self.table
-            .update_state()
-            .await
-            .map_err(|e| self.delta_error(e))?;
-        let ctx = datafusion::prelude::SessionContext::new();
-        self.table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| self.delta_error(e))?;
-        let provider = self
-            .table
-            .table_provider()
-            .await
-            .map_err(|e| self.delta_error(e.into()))?;
-        let df = ctx
-            .read_table(provider)
-            .map_err(|e| self.delta_error(e.into()))?;
-        // Every column as the rows to append have it (the widened ones, and those Delta
-        // stores under other field names, such as a map's entries), the rest as they are.
-        let columns: Vec<datafusion::prelude::Expr> = df
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = datafusion::prelude::col(format!("\"{}\"", f.name()));
-                match rows.field_with_name(f.name()) {
-                    Ok(r) if r.data_type() != f.data_type() => {
-                        datafusion::prelude::cast(c, r.data_type().clone()).alias(f.name())
+        let mut attempts = 0;
+        let table = loop {
+            attempts += 1;
+            self.table
+                .update_state()
+                .await
+                .map_err(|e| self.delta_error(e))?;
+            let ctx = datafusion::prelude::SessionContext::new();
+            self.table
+                .update_datafusion_session(&ctx.state())
+                .map_err(|e| self.delta_error(e))?;
+            let provider = self
+                .table
+                .table_provider()
+                .await
+                .map_err(|e| self.delta_error(e.into()))?;
+            let df = ctx
+                .read_table(provider)
+                .map_err(|e| self.delta_error(e.into()))?;
+            // Every column as the rows to append have it (the widened ones, and those Delta
+            // stores under other field names, such as a map's entries), the rest as they are.
+            let columns: Vec<datafusion::prelude::Expr> = df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = datafusion::prelude::col(format!("\"{}\"", f.name()));
+                    match rows.field_with_name(f.name()) {
+                        Ok(r) if r.data_type() != f.data_type() => {
+                            datafusion::prelude::cast(c, r.data_type().clone()).alias(f.name())
+                        }
+                        _ => c,
                     }
-                    _ => c,
-                }
-            })
-            .collect();
-        let plan = df
-            .select(columns)
-            .map_err(|e| self.delta_error(e.into()))?
-            .into_unoptimized_plan();
-        tracing::warn!(
-            "{}: {} widened from integer to number: rewriting the table once",
-            self.config.location,
-            widened.join(", ")
-        );
-        let table = self
-            .table
-            .clone()
-            .write(Vec::new())
-            .with_input_plan(plan)
-            .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
-            .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
-            .with_partition_columns(self.config.partition_columns.clone())
-            .await
-            .map_err(|e| self.delta_error(e))?;
+                })
+                .collect();
+            let plan = df
+                .select(columns)
+                .map_err(|e| self.delta_error(e.into()))?
+                .into_unoptimized_plan();
+            tracing::warn!(
+                "{}: {} widened from integer to number: rewriting the table once",
+                self.config.location,
+                widened.join(", ")
+            );
+            let fence = Transaction::new(
+                COMPACTION_MARK,
+                self.table.version().map_or(0, |v| v as i64 + 1),
+            );
+            let written = self
+                .table
+                .clone()
+                .write(Vec::new())
+                .with_input_plan(plan)
+                .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .with_partition_columns(self.config.partition_columns.clone())
+                .with_commit_properties(
+                    CommitProperties::default().with_application_transactions(vec![fence]),
+                )
+                .await;
+            match written {
+                Ok(table) => break table,
+                Err(e) if lost_to_another(&e) && attempts < 5 => continue,
+                Err(e) => return Err(self.delta_error(e)),
+            }
+        };
         self.table = table;
         Ok(())
     }

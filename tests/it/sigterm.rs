@@ -59,6 +59,10 @@ async fn sigterm_flushes_commits_and_exits_zero() {
     let (exit, log) = child.terminate();
     assert!(exit.success(), "exit {exit:?}; stderr:\n{log}");
     assert!(log.contains("stopping: flushing and committing"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "a log read from a pipe is plain text, without terminal colours:\n{log}"
+    );
 
     let n = delta_rows(&tables.join("raw").display().to_string()).await;
     assert_eq!(n, events.len());
@@ -96,6 +100,10 @@ async fn a_sigterm_while_starting_stops_it_cleanly_alone_and_in_a_group() {
             "--cluster {cluster}: exit {exit:?}; stderr:\n{log}"
         );
         assert!(log.contains("stopping: flushing and committing"), "{log}");
+        assert!(
+            !log.contains('\x1b'),
+            "a log read from a pipe is plain text, without terminal colours:\n{log}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
