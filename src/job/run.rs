@@ -355,9 +355,8 @@ pub async fn run_pipeline(
                     pipeline: instance.clone(),
                     checkpoint_interval: pipeline.checkpoint_every,
                     // Every shard sees every shard's files: the shard of partition 0 alone
-                    // compacts, rather than all at once and all but one in vain (a cycle
-                    // without rows compacts nothing: while partition 0 gets no events, the
-                    // tables wait for `stratus maintain`).
+                    // compacts, rather than all at once and all but one in vain (while its
+                    // partition gets no events, it reads the tables now and then to).
                     compact_after_files: match &config.shard {
                         Some(shard) if shard.partition != 0 => 0,
                         _ => pipeline.compact_after_files,
@@ -1171,6 +1170,8 @@ async fn flush(
             });
         }
         if batches.is_empty() {
+            // Others' files pile up meanwhile, if other processes write to it.
+            sink.look_while_idle().await;
             continue;
         }
         let name = slot.name.as_str();

@@ -185,7 +185,12 @@ pub struct DeltaSink {
     claim_read: Option<i64>,
     /// When it last vacuumed (or opened the table).
     vacuumed_at: Instant,
+    /// When it last read the table, by a commit or [`Self::look_while_idle`].
+    looked_at: Option<Instant>,
 }
+
+/// How often a process that compacts a table it has no rows for reads the table again.
+pub const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Compacted files are written up to this size: 128 MiB.
 pub const TARGET_FILE_SIZE: u64 = 128 << 20;
@@ -239,6 +244,7 @@ impl DeltaSink {
             owner: None,
             claim_read: None,
             vacuumed_at: Instant::now(),
+            looked_at: None,
         })
     }
 
@@ -647,23 +653,8 @@ impl DeltaSink {
         let files = self.file_count().saturating_sub(files_before);
         self.files_since_compaction += files;
         self.finish_compaction(false).await;
-        let limit = self.config.compact_after_files;
-        if limit > 0 && self.files_since_compaction >= limit && self.compacting.is_none() {
-            // Beside the stream, not in its way: appends read nothing, so they and the
-            // compaction's one commit never conflict (each that loses the race to the log is
-            // retried by delta-rs on top of the other), and a crash loses nothing (the
-            // compaction commits once, or not at all). A compaction that fails only leaves the
-            // files as they are: it is tried again after `limit` more.
-            let target =
-                std::num::NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(std::num::NonZeroU64::MIN);
-            let table = self.table.clone();
-            self.compacting = Some(tokio::spawn(async move {
-                compact(table, target)
-                    .await
-                    .map(|(_, partitions)| partitions)
-            }));
-            self.files_since_compaction = 0;
-        }
+        self.compact_if_due();
+        self.looked_at = Some(Instant::now());
         self.commits_since_checkpoint += 1;
         if self.config.checkpoint_interval > 0
             && self.commits_since_checkpoint >= self.config.checkpoint_interval
@@ -684,6 +675,54 @@ impl DeltaSink {
 }
 
 impl DeltaSink {
+    /// Starts a compaction beside the appends once `compact_after_files` data files were
+    /// written to the table (by any process) since this one last compacted it.
+    fn compact_if_due(&mut self) {
+        let limit = self.config.compact_after_files;
+        if limit == 0 || self.files_since_compaction < limit || self.compacting.is_some() {
+            return;
+        }
+        // Beside the stream, not in its way: appends read nothing, so they and the
+        // compaction's one commit never conflict (each that loses the race to the log is
+        // retried by delta-rs on top of the other), and a crash loses nothing (the compaction
+        // commits once, or not at all). A compaction that fails only leaves the files as they
+        // are: it is tried again after `limit` more.
+        let target =
+            std::num::NonZeroU64::new(TARGET_FILE_SIZE).unwrap_or(std::num::NonZeroU64::MIN);
+        let table = self.table.clone();
+        self.compacting = Some(tokio::spawn(async move {
+            compact(table, target)
+                .await
+                .map(|(_, partitions)| partitions)
+        }));
+        self.files_since_compaction = 0;
+    }
+
+    /// For a worker's shard that compacts the table but has no rows for it (its partition gets
+    /// no events, while the other shards' files pile up): reads the table again at most once
+    /// per [`IDLE_LOOK`] and compacts it if due. A failed read is only logged. A process that
+    /// has not claimed the table (a single one, whose files are all its own) does nothing.
+    pub async fn look_while_idle(&mut self) {
+        if self.owner.is_none()
+            || self.config.compact_after_files == 0
+            || self.looked_at.is_some_and(|t| t.elapsed() < IDLE_LOOK)
+        {
+            return;
+        }
+        self.looked_at = Some(Instant::now());
+        self.finish_compaction(false).await;
+        let before = self.file_count();
+        if let Err(e) = self.read_again().await {
+            tracing::warn!(
+                "{}: cannot read the table to compact it: {e}",
+                self.config.location
+            );
+            return;
+        }
+        self.files_since_compaction += self.file_count().saturating_sub(before);
+        self.compact_if_due();
+    }
+
     /// Vacuums the table and removes its expired log files if [`Vacuum::every`] has passed
     /// since it last did and no compaction is running. Log files go only up to the newest Delta
     /// checkpoint (one is written first if there is none since the last commit), so the `txn`
@@ -957,6 +996,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count_rows(&table).await, 1, "B's row alone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A shard that compacts a table but gets no rows for it (partition 0 idle) still compacts
+    /// the files another shard writes, when it looks while idle.
+    #[tokio::test]
+    async fn an_idle_shard_compacts_the_files_the_others_write() {
+        use arrow::array::Int64Array;
+        let dir = std::env::temp_dir().join(format!("stratus-idle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = |shard: &str, compact_after_files: usize| {
+            DeltaSink::open(DeltaSinkConfig {
+                location: dir.display().to_string(),
+                partition_columns: Vec::new(),
+                pipeline: format!("p/{shard}"),
+                checkpoint_interval: 0,
+                compact_after_files,
+                storage_options: HashMap::new(),
+                vacuum: None,
+            })
+        };
+        let schema = Schema::new(vec![Field::new("v", DataType::Int64, true)]);
+        let mut idle = open("partition-0", 3).await.unwrap();
+        idle.claim(&schema).await.unwrap();
+        let mut busy = open("partition-1", 0).await.unwrap();
+        busy.claim(&schema).await.unwrap();
+        for cycle in 1..=4_i64 {
+            let v: ArrayRef = Arc::new(Int64Array::from(vec![cycle]));
+            let batch = RecordBatch::try_from_iter([("v", v)]).unwrap();
+            busy.commit(vec![batch], &Marks::from([("cycle".to_string(), cycle)]))
+                .await
+                .unwrap();
+        }
+        idle.look_while_idle().await;
+        idle.finish_compaction(true).await;
+        let table = open_table(&dir.display().to_string(), &HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(table.snapshot().unwrap().log_data().num_files(), 1);
+        assert_eq!(count_rows(&table).await, 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
