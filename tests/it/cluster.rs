@@ -251,11 +251,27 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
                 panic!("worker {j} exited: {status}\n{}", tail(&w.log(), 40));
             }
         }
-        // The worker to pause holds partitions (one just started may hold none yet).
-        let holding: Vec<usize> = (0..workers.len())
-            .filter(|&j| action != "STOP" || !held(&workers[j].log()).is_empty())
-            .collect();
-        assert!(!holding.is_empty(), "no worker holds partitions");
+        // The worker to pause holds partitions (one just started may hold none yet, and in a
+        // rebalance none may for a moment: wait for one that does).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let holding: Vec<usize> = loop {
+            let holding: Vec<usize> = (0..workers.len())
+                .filter(|&j| action != "STOP" || !held(&workers[j].log()).is_empty())
+                .collect();
+            if !holding.is_empty() {
+                break holding;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker holds partitions:\n{}",
+                workers
+                    .iter()
+                    .map(|w| tail(&w.log(), 20).to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let i = holding[rng.random_range(0..holding.len())];
         let w = workers.swap_remove(i);
         match action {
