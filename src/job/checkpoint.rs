@@ -8,7 +8,9 @@
 //! in `<stage>.window.arrow`, its carried-feature history in `<stage>.carry.arrow`, a score
 //! stage's detectors in `<stage>.detectors.arrow`, …), then the manifest `cycle-<N>.json`,
 //! which lists the files of each part and holds the rest. A checkpoint exists once its manifest
-//! does: that is one PUT, atomic on S3 and on a local disk.
+//! does: that is one PUT, atomic on S3 and on a local disk. A worker's shard names them
+//! `cycle-<N>-<epoch>` after its owner epoch (see `Stamp`): a paused earlier owner of the
+//! partition that writes one late neither overwrites the new owner's nor outranks it.
 //!
 //! Checkpoints are incremental: a part its operator gives as what was added since its last
 //! checkpoint (window rows, carried windows) is written as one more file of that part, and the
@@ -67,11 +69,57 @@ pub struct Checkpoint {
     pub stages: BTreeMap<String, StageState>,
 }
 
-/// One file of a part: the cycle whose directory holds it, and its size.
+/// One file of a part: the checkpoint whose directory holds it, and its size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PartFile {
     cycle: i64,
+    /// The owner epoch of the checkpoint (0, and absent, for a process that claims nothing).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    epoch: i64,
     bytes: u64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl PartFile {
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            cycle: self.cycle,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Which checkpoint: its cycle, and the owner epoch of the worker's shard that wrote it (0 for
+/// a single process). Two owners of a partition may each write a checkpoint of one cycle (one
+/// paused in the middle of it, the other having taken the partition over meanwhile): the later
+/// owner's, of the higher epoch, is the newer, and neither overwrites the other's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp {
+    cycle: i64,
+    epoch: i64,
+}
+
+impl Stamp {
+    /// `cycle-<N>`, or `cycle-<N>-<epoch>`: the name of its directory, and of its manifest
+    /// with `.json`.
+    fn name(&self) -> String {
+        match self.epoch {
+            0 => format!("cycle-{:020}", self.cycle),
+            e => format!("cycle-{:020}-{e:020}", self.cycle),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Stamp> {
+        let rest = name.strip_prefix("cycle-")?;
+        let (cycle, epoch) = match rest.split_once('-') {
+            Some((cycle, epoch)) => (cycle.parse().ok()?, epoch.parse().ok()?),
+            None => (rest.parse().ok()?, 0),
+        };
+        Some(Stamp { cycle, epoch })
+    }
 }
 
 /// Per stage and part, the files that make it up, oldest first: a whole one, then those of the
@@ -104,41 +152,43 @@ impl Stored {
         for (stage, parts) in std::mem::take(&mut stored.parts) {
             let files = stored.files.entry(stage).or_default();
             for part in parts {
-                files.insert(part, vec![PartFile { cycle, bytes: 0 }]);
+                files.insert(
+                    part,
+                    vec![PartFile {
+                        cycle,
+                        epoch: 0,
+                        bytes: 0,
+                    }],
+                );
             }
         }
         Ok(stored)
     }
 }
 
-/// The state files `files` lists, as `(cycle, file name)`, each name as the store lists it
-/// (percent-encoded where a stage's name needs it).
-fn listed(files: &Files) -> impl Iterator<Item = (i64, String)> + '_ {
+/// The state files `files` lists, as `(checkpoint, file name)`, each name as the store lists
+/// it (percent-encoded where a stage's name needs it).
+fn listed(files: &Files) -> impl Iterator<Item = (Stamp, String)> + '_ {
     files.iter().flat_map(|(stage, parts)| {
         parts.iter().flat_map(move |(part, chain)| {
             let file = CheckpointStore::state_file(stage, part);
             let name = object_store::path::PathPart::from(file.as_str())
                 .as_ref()
                 .to_string();
-            chain.iter().map(move |f| (f.cycle, name.clone()))
+            chain.iter().map(move |f| (f.stamp(), name.clone()))
         })
     })
 }
 
-/// The cycles of the manifests among `paths`, oldest first.
-fn cycles_of(paths: &[Path]) -> Vec<i64> {
-    let mut cycles: Vec<i64> = paths
+/// The checkpoints whose manifests are among `paths`, oldest first.
+fn stamps_of(paths: &[Path]) -> Vec<Stamp> {
+    let mut stamps: Vec<Stamp> = paths
         .iter()
         .filter_map(|p| p.filename())
-        .filter_map(|f| {
-            f.strip_prefix("cycle-")?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|f| Stamp::parse(f.strip_suffix(".json")?))
         .collect();
-    cycles.sort_unstable();
-    cycles
+    stamps.sort_unstable();
+    stamps
 }
 
 /// What a checkpoint wrote, and what a restore from it reads.
@@ -159,6 +209,8 @@ pub struct CheckpointStore {
     location: String,
     /// The files of the newest checkpoint read or written: what an incremental one adds to.
     last: Arc<Mutex<Option<Files>>>,
+    /// The owner epoch the checkpoints it writes carry (see [`Stamp`]).
+    epoch: i64,
 }
 
 /// Checkpoints kept (with the files they list).
@@ -200,7 +252,15 @@ impl CheckpointStore {
             prefix,
             location,
             last: Arc::default(),
+            epoch: 0,
         })
+    }
+
+    /// The checkpoints this store writes from now on are those of the owner `epoch` (a worker's
+    /// shard, the highest epoch its claims of the tables took): they outrank any an earlier
+    /// owner of the partition writes late, and share no file with them.
+    pub fn set_epoch(&mut self, epoch: i64) {
+        self.epoch = epoch;
     }
 
     /// Where the checkpoints live, for messages.
@@ -238,17 +298,14 @@ impl CheckpointStore {
         }
     }
 
-    fn manifest_path(&self, cycle: i64) -> Path {
+    fn manifest_path(&self, stamp: Stamp) -> Path {
         self.prefix
             .clone()
-            .join(format!("cycle-{cycle:020}.json").as_str())
+            .join(format!("{}.json", stamp.name()).as_str())
     }
 
-    fn state_path(&self, cycle: i64, file: &str) -> Path {
-        self.prefix
-            .clone()
-            .join(format!("cycle-{cycle:020}").as_str())
-            .join(file)
+    fn state_path(&self, stamp: Stamp, file: &str) -> Path {
+        self.prefix.clone().join(stamp.name().as_str()).join(file)
     }
 
     /// The file of one part of a stage's state.
@@ -258,16 +315,16 @@ impl CheckpointStore {
 
     async fn read_state(
         &self,
-        cycle: i64,
+        stamp: Stamp,
         file: &str,
     ) -> Result<Option<RecordBatch>, CheckpointError> {
-        let bytes = match self.store.get(&self.state_path(cycle, file)).await {
+        let bytes = match self.store.get(&self.state_path(stamp, file)).await {
             Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.store_err(e)),
         };
         let batch = read_ipc(bytes).map_err(|e| CheckpointError::Corrupt {
-            location: format!("{}/cycle-{cycle:020}/{file}", self.location),
+            location: format!("{}/{}/{file}", self.location, stamp.name()),
             message: e.to_string(),
         })?;
         Ok(Some(batch))
@@ -284,9 +341,9 @@ impl CheckpointStore {
         Ok(listed.into_iter().map(|m| m.location).collect())
     }
 
-    /// Cycles with a manifest, oldest first.
-    async fn cycles(&self) -> Result<Vec<i64>, CheckpointError> {
-        Ok(cycles_of(&self.list().await?))
+    /// Checkpoints with a manifest, oldest first.
+    async fn stamps(&self) -> Result<Vec<Stamp>, CheckpointError> {
+        Ok(stamps_of(&self.list().await?))
     }
 
     /// The newest checkpoint that can be read, if any. A damaged one (a file truncated or
@@ -295,10 +352,11 @@ impl CheckpointStore {
     /// all of them: when
     /// checkpoints exist and none can be read, that is an error, not a start from zero.
     pub async fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        let cycles = self.cycles().await?;
+        let stamps = self.stamps().await?;
         let mut damaged = Vec::new();
-        for &cycle in cycles.iter().rev() {
-            match self.load(cycle).await {
+        for &stamp in stamps.iter().rev() {
+            let cycle = stamp.cycle;
+            match self.load(stamp).await {
                 Ok((checkpoint, files)) => {
                     if !damaged.is_empty() {
                         tracing::warn!(
@@ -328,13 +386,13 @@ impl CheckpointStore {
         })
     }
 
-    /// The manifest of `cycle`.
-    async fn manifest(&self, cycle: i64) -> Result<Stored, CheckpointError> {
+    /// The manifest of `stamp`.
+    async fn manifest(&self, stamp: Stamp) -> Result<Stored, CheckpointError> {
         let corrupt = |message: String| CheckpointError::Corrupt {
-            location: format!("{}/cycle-{cycle:020}", self.location),
+            location: format!("{}/{}", self.location, stamp.name()),
             message,
         };
-        let bytes = match self.store.get(&self.manifest_path(cycle)).await {
+        let bytes = match self.store.get(&self.manifest_path(stamp)).await {
             Ok(got) => got.bytes().await.map_err(|e| self.store_err(e))?,
             // Listed, then gone: removed meanwhile.
             Err(object_store::Error::NotFound { .. }) => {
@@ -342,7 +400,7 @@ impl CheckpointStore {
             }
             Err(e) => return Err(self.store_err(e)),
         };
-        Stored::parse(&bytes, cycle).map_err(|e| {
+        Stored::parse(&bytes, stamp.cycle).map_err(|e| {
             corrupt(format!(
                 "{e}: its manifest is damaged, or not a checkpoint this version of Stratus reads \
                  (those of versions before stages were operators are not)"
@@ -350,13 +408,13 @@ impl CheckpointStore {
         })
     }
 
-    /// The checkpoint of `cycle`, and the files it lists.
-    async fn load(&self, cycle: i64) -> Result<(Checkpoint, Files), CheckpointError> {
+    /// The checkpoint `stamp`, and the files it lists.
+    async fn load(&self, stamp: Stamp) -> Result<(Checkpoint, Files), CheckpointError> {
         let corrupt = |message: String| CheckpointError::Corrupt {
-            location: format!("{}/cycle-{cycle:020}", self.location),
+            location: format!("{}/{}", self.location, stamp.name()),
             message,
         };
-        let stored = self.manifest(cycle).await?;
+        let stored = self.manifest(stamp).await?;
         let mut checkpoint = stored.checkpoint;
         for (stage, parts) in &stored.files {
             let Some(state) = checkpoint.stages.get_mut(stage) else {
@@ -368,10 +426,10 @@ impl CheckpointStore {
                 let file = Self::state_file(stage, part);
                 let mut batches = Vec::with_capacity(chain.len());
                 for f in chain {
-                    let Some(batch) = self.read_state(f.cycle, &file).await? else {
+                    let Some(batch) = self.read_state(f.stamp(), &file).await? else {
                         return Err(corrupt(format!(
-                            "cycle-{:020}/{file} is listed in the manifest but missing",
-                            f.cycle
+                            "{}/{file} is listed in the manifest but missing",
+                            f.stamp().name()
                         )));
                     };
                     batches.push(batch);
@@ -391,6 +449,10 @@ impl CheckpointStore {
     /// checkpoints before the newest few, and the files none of those lists.
     pub async fn save(&self, checkpoint: &Checkpoint) -> Result<Saved, CheckpointError> {
         let cycle = checkpoint.cycle;
+        let stamp = Stamp {
+            cycle,
+            epoch: self.epoch,
+        };
         let before = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut files = Files::new();
         let mut written = 0;
@@ -406,16 +468,20 @@ impl CheckpointStore {
                 if earlier.is_none() || added > 0 {
                     let file = Self::state_file(stage, part);
                     let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
-                        location: format!("{}/cycle-{cycle:020}/{file}", self.location),
+                        location: format!("{}/{}/{file}", self.location, stamp.name()),
                         message: e.to_string(),
                     })?;
                     let size = bytes.len() as u64;
                     written += size;
                     self.store
-                        .put(&self.state_path(cycle, &file), PutPayload::from(bytes))
+                        .put(&self.state_path(stamp, &file), PutPayload::from(bytes))
                         .await
                         .map_err(|e| self.store_err(e))?;
-                    chain.push(PartFile { cycle, bytes: size });
+                    chain.push(PartFile {
+                        cycle,
+                        epoch: self.epoch,
+                        bytes: size,
+                    });
                 }
                 parts.insert(part.clone(), chain);
             }
@@ -431,7 +497,7 @@ impl CheckpointStore {
         let manifest_bytes = manifest.len() as u64;
         written += manifest_bytes;
         self.store
-            .put(&self.manifest_path(cycle), PutPayload::from(manifest))
+            .put(&self.manifest_path(stamp), PutPayload::from(manifest))
             .await
             .map_err(|e| self.store_err(e))?;
         let state = manifest_bytes
@@ -441,27 +507,27 @@ impl CheckpointStore {
                 .flatten()
                 .map(|f| f.bytes)
                 .sum::<u64>();
-        self.remove_old(cycle, &files).await?;
+        self.remove_old(stamp, &files).await?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
         Ok(Saved { written, state })
     }
 
-    /// Removes the checkpoints before the newest [`KEEP`] (the newest, of `cycle`, lists
-    /// `files`), then the state files of earlier cycles that none of those lists.
-    async fn remove_old(&self, cycle: i64, files: &Files) -> Result<(), CheckpointError> {
+    /// Removes the checkpoints before the newest [`KEEP`] (the one just written, `stamp`,
+    /// lists `files`), then the state files of earlier checkpoints that none of those lists.
+    async fn remove_old(&self, stamp: Stamp, files: &Files) -> Result<(), CheckpointError> {
         let paths = self.list().await?;
-        let cycles = cycles_of(&paths);
-        let mut kept: BTreeSet<(i64, String)> = listed(files).collect();
-        let mut kept_cycles = vec![cycle];
-        for &other in cycles.iter().rev().filter(|&&c| c != cycle).take(KEEP - 1) {
-            kept_cycles.push(other);
+        let stamps = stamps_of(&paths);
+        let mut kept: BTreeSet<(Stamp, String)> = listed(files).collect();
+        let mut kept_stamps = vec![stamp];
+        for &other in stamps.iter().rev().filter(|&&c| c != stamp).take(KEEP - 1) {
+            kept_stamps.push(other);
             // A manifest that cannot be read is no checkpoint to keep files for.
             if let Ok(stored) = self.manifest(other).await {
                 kept.extend(listed(&stored.files));
             }
         }
         // The manifests first: a checkpoint without one does not exist.
-        for &old in cycles.iter().filter(|c| !kept_cycles.contains(c)) {
+        for &old in stamps.iter().filter(|c| !kept_stamps.contains(c)) {
             self.delete(&self.manifest_path(old)).await?;
         }
         for path in paths {
@@ -469,14 +535,10 @@ impl CheckpointStore {
             let (Some(dir), Some(file), None) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
-            let Some(dir_cycle) = dir
-                .as_ref()
-                .strip_prefix("cycle-")
-                .and_then(|c| c.parse::<i64>().ok())
-            else {
+            let Some(dir_stamp) = Stamp::parse(dir.as_ref()) else {
                 continue;
             };
-            if dir_cycle < cycle && !kept.contains(&(dir_cycle, file.as_ref().to_string())) {
+            if dir_stamp < stamp && !kept.contains(&(dir_stamp, file.as_ref().to_string())) {
                 self.delete(&path).await?;
             }
         }
@@ -525,6 +587,16 @@ mod tests {
     fn rows(values: Vec<i64>) -> RecordBatch {
         let schema = Schema::new(vec![Field::new("v", DataType::Int64, false)]);
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    async fn cycles(store: &CheckpointStore) -> Vec<i64> {
+        store
+            .stamps()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.cycle)
+            .collect()
     }
 
     fn checkpoint(cycle: i64) -> Checkpoint {
@@ -577,6 +649,53 @@ mod tests {
         );
     }
 
+    /// A worker's shard (owner epoch 1) checkpoints cycle 3; a new owner (epoch 2) restores it
+    /// and checkpoints its own cycles 4 and 5; the old owner, paused in the middle of its
+    /// checkpoint of cycle 4, writes it late, with other offsets and rows. The new owner's
+    /// newest checkpoint stays the newest, whole, and the old owner's files are its own; the
+    /// new owner's next checkpoint removes the late one.
+    #[tokio::test]
+    async fn a_late_checkpoint_of_an_earlier_owner_never_outranks_the_new_owners() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-owners-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.display().to_string();
+        let open = |epoch: i64| {
+            let mut store =
+                CheckpointStore::open(&root, "pipe/partition-3", &HashMap::new()).unwrap();
+            store.set_epoch(epoch);
+            store
+        };
+        let old = open(1);
+        old.save(&checkpoint(3)).await.unwrap();
+        let new = open(2);
+        assert_eq!(new.latest().await.unwrap().map(|c| c.cycle), Some(3));
+        new.save(&checkpoint(4)).await.unwrap();
+        let mut late = checkpoint(4);
+        if let Some(s) = late.sources.get_mut("metrics") {
+            s.next.insert(0, 35);
+        }
+        if let Some(w) = late.stages.get_mut("w") {
+            w.state.parts.insert("window".into(), vec![rows(vec![99])]);
+        }
+        old.save(&late).await.unwrap();
+
+        let read = open(3).latest().await.unwrap().unwrap();
+        assert_eq!(
+            read.sources["metrics"].next[&0], 40,
+            "the new owner's offsets"
+        );
+        let window = &read.stages["w"].state.parts["window"];
+        assert_eq!(window.len(), 1);
+        assert_eq!(window[0], rows(vec![4, 2, 3]), "the new owner's rows");
+
+        new.save(&checkpoint(5)).await.unwrap();
+        assert_eq!(cycles(&new).await, vec![4, 5]);
+        let read = open(3).latest().await.unwrap().unwrap();
+        assert_eq!(read.cycle, 5);
+        assert_eq!(read.sources["metrics"].next[&0], 50);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn the_newest_checkpoint_reads_back_whole_and_old_ones_go() {
         let dir = std::env::temp_dir().join(format!("stratus-cp-{}", std::process::id()));
@@ -594,7 +713,7 @@ mod tests {
                 .insert("window".into(), vec![rows(vec![4, 2, 3])]);
         }
         assert_eq!(store.latest().await.unwrap(), Some(want));
-        assert_eq!(store.cycles().await.unwrap(), vec![3, 4]);
+        assert_eq!(cycles(&store).await, vec![3, 4]);
         let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.window.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -654,7 +773,7 @@ mod tests {
             "nothing added, no file"
         );
         // Cycle 1's manifest goes (two are kept), its window file stays: cycle 3 lists it.
-        assert_eq!(store.cycles().await.unwrap(), vec![2, 3]);
+        assert_eq!(cycles(&store).await, vec![2, 3]);
         assert!(file(1, "w.window.arrow").exists());
         assert!(
             !file(1, "w.carry.arrow").exists(),

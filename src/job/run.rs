@@ -331,7 +331,7 @@ pub async fn run_pipeline(
         Some(shard) => shard.instance(&pipeline.name),
         None => pipeline.name.clone(),
     };
-    let checkpoints =
+    let mut checkpoints =
         CheckpointStore::open(&config.table_root, &instance, &config.storage_options)?;
     // A backfill reaches no broker for its side outputs: they go to files beside the tables.
     let side = match pipeline.backfill {
@@ -395,6 +395,7 @@ pub async fn run_pipeline(
     // A shard claims the tables before it reads its checkpoint: the worker that had the
     // partition commits nothing after that, so what it read is what the tables hold.
     if config.shard.is_some() {
+        let mut owner = 0;
         for (slot, plan) in sinks.iter_mut().zip(&pipeline.sinks) {
             if let SinkRuntime::Delta(sink) = &mut slot.runtime {
                 // Retried as a commit is: other workers' commits race it to the log.
@@ -411,8 +412,12 @@ pub async fn run_pipeline(
                     "sink {}: {instance} claimed (owner epoch {epoch})",
                     slot.name
                 );
+                owner = owner.max(epoch);
             }
         }
+        // Above every earlier owner's: a checkpoint one of them writes late never outranks
+        // this shard's, nor overwrites its files.
+        checkpoints.set_epoch(owner);
     }
     let restored = checkpoints.latest().await?.unwrap_or_default();
     if restored.cycle > 0 && restored.backfill != pipeline.backfill {
