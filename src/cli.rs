@@ -168,7 +168,9 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         target_size_mib: u64,
         /// Vacuum deletes data files unreferenced for longer than this; readers of, and time
-        /// travel to, an older version need its files.
+        /// travel to, an older version need its files. From 1 day up to the table's
+        /// `deletedFileRetentionDuration` (7 days by default), files no commit ever added (a
+        /// crashed writer's) older than this go too.
         #[arg(long, default_value = "7d")]
         retention: String,
     },

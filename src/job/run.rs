@@ -226,15 +226,53 @@ pub struct RunSummary {
     /// The same firings: seconds to their results being delivered by every Kafka sink.
     #[serde(default)]
     pub window_topic_latencies: Vec<f64>,
+    /// The same firings: seconds from the Kafka timestamp of the newest event read (on a live
+    /// stream, the one that closed the windows) to the results delivered by every Kafka sink,
+    /// and to them committed to every sink; none where no event with a timestamp was read, and
+    /// in a replayed cycle or a backfill. Unlike the two above, these count the wait behind
+    /// the cycle before. The four are kept for the first [`LATENCIES_KEPT`] firings.
+    #[serde(default)]
+    pub window_event_topic_latencies: Vec<Option<f64>>,
+    #[serde(default)]
+    pub window_event_latencies: Vec<Option<f64>>,
     /// Seconds spent per phase of the loop (as `stratus_cycle_seconds_total`).
     pub phase_seconds: std::collections::BTreeMap<String, f64>,
+    /// The cycles whose firings took longest from the flush to every sink, slowest first (at
+    /// most [`SLOWEST_KEPT`]): where their time went.
+    #[serde(default)]
+    pub slowest_firings: Vec<SlowCycle>,
+    /// The phases of the cycle under way: the checkpoint started after the cycle before, its
+    /// read, its flush.
+    #[serde(skip)]
+    cycle_phases: Vec<(String, f64)>,
 }
+
+/// A cycle that fired windows, by phase (see [`RunSummary::slowest_firings`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SlowCycle {
+    /// The number of firings before the cycle's (what [`RunSummary::window_latencies`] held).
+    pub after_firings: usize,
+    /// From the flush to every sink.
+    pub seconds: f64,
+    pub phases: Vec<(String, f64)>,
+}
+
+/// How many of the slowest firing cycles a summary keeps.
+pub const SLOWEST_KEPT: usize = 20;
+
+/// How many firings' latencies a summary keeps (a day of one a second): a run that goes on
+/// for months keeps its memory.
+pub const LATENCIES_KEPT: usize = 100_000;
 
 impl RunSummary {
     /// Counts `since`'s elapsed time to `phase`, here and in the metrics.
     fn spent(&mut self, metrics: &PipelineMetrics, pipeline: &str, phase: &str, since: Instant) {
         let seconds = since.elapsed().as_secs_f64();
         *self.phase_seconds.entry(phase.to_string()).or_default() += seconds;
+        match self.cycle_phases.last_mut() {
+            Some((last, spent)) if last == phase => *spent += seconds,
+            _ => self.cycle_phases.push((phase.to_string(), seconds)),
+        }
         metrics
             .cycle_seconds
             .with_label_values(&[pipeline, phase])
@@ -645,7 +683,7 @@ pub async fn run_pipeline(
             saving.wait().await?;
             for slot in sinks.iter_mut() {
                 if let SinkRuntime::Delta(sink) = &mut slot.runtime {
-                    sink.finish_compaction(true).await;
+                    sink.finish_background().await;
                 }
             }
             // The last positions reach the group for sure (an async commit may still be queued).
@@ -1020,6 +1058,12 @@ async fn flush(
     }
 
     let fired_at = Instant::now();
+    let closed_by = sources
+        .iter()
+        .filter(|_| replay.is_none() && !pipeline.backfill)
+        .filter_map(|s| s.newest_append_ms)
+        .max();
+    let since_close = || closed_by.map(|t| (now_us() / 1_000 - t).max(0) as f64 / 1e3);
     let mut fired: Vec<String> = Vec::new();
     for st in stages.iter_mut() {
         let started = Instant::now();
@@ -1146,9 +1190,16 @@ async fn flush(
     }
     summary.spent(metrics, &pipeline.name, "kafka sinks", publishing);
     let published = fired_at.elapsed().as_secs_f64();
-    summary
-        .window_topic_latencies
-        .extend(fired.iter().map(|_| published));
+    let recording = summary.window_latencies.len() < LATENCIES_KEPT;
+    if recording {
+        summary
+            .window_topic_latencies
+            .extend(fired.iter().map(|_| published));
+        let seconds = since_close();
+        summary
+            .window_event_topic_latencies
+            .extend(fired.iter().map(|_| seconds));
+    }
     // The cycle before must be checkpointed before this one commits anywhere.
     let waited = Instant::now();
     cycle.previous.wait().await?;
@@ -1214,9 +1265,31 @@ async fn flush(
         }
     }
     summary.spent(metrics, &pipeline.name, "delta sinks", committing);
+    if recording {
+        let seconds = since_close();
+        summary
+            .window_event_latencies
+            .extend(fired.iter().map(|_| seconds));
+    }
+    let phases = std::mem::take(&mut summary.cycle_phases);
+    if !fired.is_empty() {
+        let seconds = fired_at.elapsed().as_secs_f64();
+        let slowest = &mut summary.slowest_firings;
+        if slowest.len() < SLOWEST_KEPT || slowest.last().is_some_and(|s| s.seconds < seconds) {
+            slowest.push(SlowCycle {
+                after_firings: summary.window_latencies.len(),
+                seconds,
+                phases,
+            });
+            slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            slowest.truncate(SLOWEST_KEPT);
+        }
+    }
     for stage in fired {
         let seconds = fired_at.elapsed().as_secs_f64();
-        summary.window_latencies.push(seconds);
+        if recording {
+            summary.window_latencies.push(seconds);
+        }
         metrics
             .window_flush_seconds
             .with_label_values(&[pipeline.name.as_str(), stage.as_str()])
@@ -1236,6 +1309,7 @@ async fn flush(
         s.pending_events = 0;
         s.pending_bytes = 0;
         s.oldest_append_ms = None;
+        s.newest_append_ms = None;
         s.decoder
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }

@@ -179,6 +179,8 @@ pub struct DeltaSink {
     files_since_compaction: usize,
     /// A compaction running beside the appends, if any: the partitions it compacted.
     compacting: Option<tokio::task::JoinHandle<Result<u64, DeltaTableError>>>,
+    /// A Delta checkpoint of the log being written beside the appends, if any.
+    checkpointing: Option<tokio::task::JoinHandle<Result<(), DeltaTableError>>>,
     /// The owner epoch this process claimed, if it claimed the marks (see [`Self::claim`]).
     owner: Option<i64>,
     /// The owner epoch its claim first read (0: none, or no table).
@@ -194,6 +196,18 @@ pub const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Compacted files are written up to this size: 128 MiB.
 pub const TARGET_FILE_SIZE: u64 = 128 << 20;
+
+/// The properties of this sink's writes: `txns` recorded, and neither a Delta checkpoint nor a
+/// cleanup of expired log files inside the commit. delta-rs's defaults would list the whole
+/// `_delta_log` on every commit to clean it (a cost that grows with the log, in the latency of
+/// every result) and write a checkpoint every 100th version in the commit's way; the sink
+/// writes its checkpoints beside its appends and cleans the log when it vacuums.
+fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false))
+}
 
 /// Resolves a user's table location to a URL (creating a local directory if needed).
 pub fn table_url(location: &str) -> Result<Url, SinkError> {
@@ -241,6 +255,7 @@ impl DeltaSink {
             commits_since_checkpoint: 0,
             files_since_compaction: 0,
             compacting: None,
+            checkpointing: None,
             owner: None,
             claim_read: None,
             vacuumed_at: Instant::now(),
@@ -323,11 +338,7 @@ impl DeltaSink {
             .with_partition_columns(self.config.partition_columns.clone())
             // Never on top of a table another process created meanwhile (delta-rs would
             // retry the creation as an append there, unchecked): the claim reads it instead.
-            .with_commit_properties(
-                CommitProperties::default()
-                    .with_application_transactions(vec![owner])
-                    .with_max_retries(0),
-            )
+            .with_commit_properties(commit_properties(vec![owner]).with_max_retries(0))
             .await
             .map_err(|e| self.commit_error(e))?;
         self.table = table;
@@ -424,7 +435,7 @@ impl DeltaSink {
 
     /// Takes the outcome of the compaction running beside the appends, once it has ended —
     /// or (`wait`) waiting for it to end.
-    pub async fn finish_compaction(&mut self, wait: bool) {
+    async fn finish_compaction(&mut self, wait: bool) {
         let Some(handle) = self.compacting.take_if(|h| wait || h.is_finished()) else {
             return;
         };
@@ -598,9 +609,7 @@ impl DeltaSink {
                 .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
                 .with_partition_columns(self.config.partition_columns.clone())
-                .with_commit_properties(
-                    CommitProperties::default().with_application_transactions(vec![fence]),
-                )
+                .with_commit_properties(commit_properties(vec![fence]))
                 .await;
             match written {
                 Ok(table) => break table,
@@ -646,7 +655,7 @@ impl DeltaSink {
             // A stage that gains a column (a new carried feature, a column added to its SQL)
             // adds it to the table; earlier rows read it as null.
             .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
-            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+            .with_commit_properties(commit_properties(txns))
             .await
             .map_err(|e| self.commit_error(e))?;
         self.table = table;
@@ -656,14 +665,7 @@ impl DeltaSink {
         self.compact_if_due();
         self.looked_at = Some(Instant::now());
         self.commits_since_checkpoint += 1;
-        if self.config.checkpoint_interval > 0
-            && self.commits_since_checkpoint >= self.config.checkpoint_interval
-        {
-            deltalake::checkpoints::create_checkpoint(&self.table, None)
-                .await
-                .map_err(|e| self.delta_error(e))?;
-            self.commits_since_checkpoint = 0;
-        }
+        self.checkpoint_log_if_due().await;
         self.vacuum_if_due().await?;
         Ok(CommitStats {
             version: self.table.version().map_or(-1, |v| v as i64),
@@ -696,6 +698,50 @@ impl DeltaSink {
                 .map(|(_, partitions)| partitions)
         }));
         self.files_since_compaction = 0;
+    }
+
+    /// Starts writing a Delta checkpoint of the log beside the appends once
+    /// `checkpoint_interval` commits were made since the last one, unless one is still being
+    /// written (the next commit tries again). A checkpoint only spares readers the replay of
+    /// the log's JSON commits, so a commit's answer need not wait for it: its cost, which grows
+    /// with the table's files, stays out of the latency of the results. One that fails is
+    /// logged; the next one covers the same versions.
+    async fn checkpoint_log_if_due(&mut self) {
+        self.finish_log_checkpoint(false).await;
+        let every = self.config.checkpoint_interval;
+        if every == 0 || self.commits_since_checkpoint < every || self.checkpointing.is_some() {
+            return;
+        }
+        let table = self.table.clone();
+        self.checkpointing = Some(tokio::spawn(async move {
+            deltalake::checkpoints::create_checkpoint(&table, None).await
+        }));
+        self.commits_since_checkpoint = 0;
+    }
+
+    /// Takes the outcome of the checkpoint of the log being written, once it has ended — or
+    /// (`wait`) waiting for it to end.
+    async fn finish_log_checkpoint(&mut self, wait: bool) {
+        let Some(handle) = self.checkpointing.take_if(|h| wait || h.is_finished()) else {
+            return;
+        };
+        let failed = match handle.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            "{}: writing a Delta checkpoint of the log failed (readers replay the log's commits \
+             instead; the next one is tried after {} more commits): {failed}",
+            self.config.location,
+            self.config.checkpoint_interval
+        );
+    }
+
+    /// Waits for what runs beside the appends: a compaction, a checkpoint of the log.
+    pub async fn finish_background(&mut self) {
+        self.finish_compaction(true).await;
+        self.finish_log_checkpoint(true).await;
     }
 
     /// For a worker's shard that compacts the table but has no rows for it (its partition gets
@@ -735,6 +781,9 @@ impl DeltaSink {
             return Ok(());
         }
         self.vacuumed_at = Instant::now();
+        // The log cleanup below goes up to the newest checkpoint, so one being written is
+        // waited for.
+        self.finish_log_checkpoint(true).await;
         // Its compactions' commits too.
         self.read_again().await?;
         if self.commits_since_checkpoint > 0 {
@@ -1036,6 +1085,61 @@ mod tests {
             .unwrap();
         assert_eq!(table.snapshot().unwrap().log_data().num_files(), 1);
         assert_eq!(count_rows(&table).await, 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a checkpoint due every second commit, the first, of version 1, is written beside
+    /// the appends and on disk once the sink's background work is done (a later one is started
+    /// only once it has ended), and a reader that starts from the log sees every row and the
+    /// newest marks.
+    #[tokio::test]
+    async fn the_log_is_checkpointed_beside_the_appends() {
+        use arrow::array::Int64Array;
+        let dir = std::env::temp_dir().join(format!("stratus-log-cp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let location = dir.display().to_string();
+        let mut sink = DeltaSink::open(DeltaSinkConfig {
+            location: location.clone(),
+            partition_columns: Vec::new(),
+            pipeline: "p".into(),
+            checkpoint_interval: 2,
+            compact_after_files: 0,
+            storage_options: HashMap::new(),
+            vacuum: None,
+        })
+        .await
+        .unwrap();
+        for cycle in 1..=5_i64 {
+            let v: ArrayRef = Arc::new(Int64Array::from(vec![cycle]));
+            let batch = RecordBatch::try_from_iter([("v", v)]).unwrap();
+            sink.commit(vec![batch], &Marks::from([("cycle".to_string(), cycle)]))
+                .await
+                .unwrap();
+        }
+        sink.finish_background().await;
+        let log = dir.join("_delta_log");
+        assert!(
+            log.join("00000000000000000001.checkpoint.parquet").exists(),
+            "no checkpoint of version 1 in {}",
+            log.display()
+        );
+        let last: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+        assert!(last["version"].as_i64().is_some_and(|v| v >= 1), "{last}");
+        let table = open_table(&location, &HashMap::new()).await.unwrap();
+        assert_eq!(count_rows(&table).await, 5);
+        let reopened = DeltaSink::open(DeltaSinkConfig {
+            location: location.clone(),
+            partition_columns: Vec::new(),
+            pipeline: "p".into(),
+            checkpoint_interval: 0,
+            compact_after_files: 0,
+            storage_options: HashMap::new(),
+            vacuum: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(reopened.mark("cycle").await.unwrap(), Some(5));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -157,6 +157,9 @@ pub(crate) struct SourceRuntime {
     /// When the oldest of them was appended to Kafka (ms), where the broker says: what the
     /// detection latency of the cycle's alerts is measured from.
     pub(crate) oldest_append_ms: Option<i64>,
+    /// When the newest of them was: on a live stream, the event whose watermark closed the
+    /// cycle's windows, what a result's latency from its window's close is measured from.
+    pub(crate) newest_append_ms: Option<i64>,
     /// While replaying a cycle: per partition, the offset the cycle ended at.
     pub(crate) replay_to: Option<HashMap<i32, i64>>,
     /// Next offset per partition, as of the last commit or start.
@@ -344,6 +347,7 @@ pub(crate) async fn open_source(
         pending_events: 0,
         pending_bytes: 0,
         oldest_append_ms: None,
+        newest_append_ms: None,
         replay_to: None,
         position,
         moved: false,
@@ -681,6 +685,7 @@ pub(crate) fn poll_source(
                     let appended = m.timestamp().to_millis();
                     if let Some(t) = appended {
                         s.oldest_append_ms = Some(s.oldest_append_ms.map_or(t, |o| o.min(t)));
+                        s.newest_append_ms = Some(s.newest_append_ms.map_or(t, |o| o.max(t)));
                     }
                     if let Some(until) = until {
                         // A message without a timestamp is not taken for a live one.
