@@ -211,6 +211,11 @@ enum Command {
         /// more per-cycle work).
         #[arg(long, default_value_t = 200_000)]
         max_rows: usize,
+        /// Instead: time one-row Delta appends on a fresh table under this root (an s3:// URL,
+        /// with the AWS_* settings of the environment, or a directory) as its log grows:
+        /// delta-rs's default commit beside Stratus's.
+        #[arg(long, value_name = "ROOT")]
+        delta_commits: Option<String>,
         /// Scratch directory for the event file and the Delta tables (replaced).
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
@@ -1093,7 +1098,11 @@ fn dispatch(
             seconds,
             workers,
             live_pipeline,
+            delta_commits,
         } => {
+            if let Some(root) = delta_commits {
+                return Ok(runtime.block_on(crate::bench::commit::delta_commits(&root))?);
+            }
             let keys = keys.unwrap_or(if soak { 10_000 } else { 100_000 });
             for (file, live) in [(run_pipeline, false), (live_pipeline, true)] {
                 if let Some(file) = file {

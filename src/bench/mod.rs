@@ -20,9 +20,11 @@
 //!
 //! [`soak`] runs the same pipeline over days of event time instead: what a day costs, day
 //! after day; [`rate`] reads it live at a steady rate: from a window's close to its results;
-//! [`cluster`] runs it as 1, 2, 3… worker processes.
+//! [`cluster`] runs it as 1, 2, 3… worker processes. [`commit`] times one Delta append as the
+//! table's log grows.
 
 pub mod cluster;
+pub mod commit;
 pub mod rate;
 pub mod soak;
 
@@ -77,6 +79,13 @@ pub enum BenchError {
     Pipeline(#[from] Diagnostics),
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        source: Box<deltalake::DeltaTableError>,
+    },
+    #[error(transparent)]
+    Sink(#[from] crate::sink::delta::SinkError),
     #[error("starting the pipeline run")]
     Start(#[source] std::io::Error),
     #[error("the pipeline run of {} failed ({status}); its errors are above", file.display())]

@@ -202,7 +202,7 @@ pub const TARGET_FILE_SIZE: u64 = 128 << 20;
 /// `_delta_log` on every commit to clean it (a cost that grows with the log, in the latency of
 /// every result) and write a checkpoint every 100th version in the commit's way; the sink
 /// writes its checkpoints beside its appends and cleans the log when it vacuums.
-fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
+pub fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
     CommitProperties::default()
         .with_application_transactions(txns)
         .with_create_checkpoint(false)
