@@ -997,6 +997,15 @@ fn dispatch(
                     }
                     if p.group_problems.is_empty() {
                         crate::say!("  in a consumer group: each partition can run apart");
+                        for s in p.sources.iter().filter(|s| !s.repartition_by.is_empty()) {
+                            crate::say!(
+                                "    source {} re-keyed by ({}) through topic {}: its stages \
+                                 keep their state by keys its `key` does not follow",
+                                s.name,
+                                s.repartition_by.join(", "),
+                                s.repartition_topic(&p.name)
+                            );
+                        }
                     } else {
                         crate::say!(
                             "  not in a consumer group (stratus run --cluster, submit, worker), \

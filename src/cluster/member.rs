@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +40,7 @@ use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::Health;
 use crate::pipeline::{Pipeline, SourceInput};
+use crate::source::repartition;
 
 /// How often the member serves the group (heartbeats go on in librdkafka's own thread) and
 /// commits the shards' positions.
@@ -92,7 +95,20 @@ pub async fn run_member(
         )));
     }
     let kafka = KafkaConnection::new(&config.brokers, &config.kafka.merged(&pipeline.kafka))?;
+    repartition::create_topics(pipeline, &kafka)
+        .await
+        .map_err(|e| RunError::Cluster(format!("`{}`: {e}", pipeline.name)))?;
     same_partition_counts(pipeline, &kafka)?;
+    let repartitioned: Vec<String> = pipeline
+        .sources
+        .iter()
+        .filter(|s| !s.repartition_by.is_empty())
+        .map(|s| s.repartition_topic(&pipeline.name))
+        .collect();
+    let admin = kafka
+        .admin()
+        .create()
+        .map_err(|e| RunError::Cluster(e.to_string()))?;
     let (failed, mut failures) = mpsc::unbounded_channel();
     let shards = Arc::new(Shards {
         runtime: tokio::runtime::Handle::current(),
@@ -106,6 +122,8 @@ pub async fn run_member(
         failing: Arc::default(),
         failed,
         summary: Mutex::default(),
+        admin,
+        repartitioned,
     });
     let kafka_err = |e: rdkafka::error::KafkaError| {
         RunError::Cluster(format!("group {group} on topic {topic}: {e}"))
@@ -157,25 +175,32 @@ fn same_partition_counts(pipeline: &Pipeline, kafka: &KafkaConnection) -> Result
         .create()
         .map_err(|e| RunError::Cluster(e.to_string()))?;
     let mut counts = Vec::new();
+    let mut topics = Vec::new();
     for s in &pipeline.sources {
         if let SourceInput::Kafka { topic, .. } = &s.input {
-            let metadata = tokio::task::block_in_place(|| {
-                consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-            })
-            .map_err(|e| RunError::Cluster(format!("topic {topic}: {e}")))?;
-            let n = metadata
-                .topics()
-                .first()
-                .map_or(0, |t| t.partitions().len());
-            counts.push(format!("{topic}: {n}"));
-            if counts.len() > 1 && !counts[0].ends_with(&format!(": {n}")) {
-                return Err(RunError::Cluster(format!(
-                    "`{}`: its topics have different partition counts ({}): shard N reads \
-                     partition N of each, so give them as many each (co-partitioned)",
-                    pipeline.name,
-                    counts.join(", ")
-                )));
+            topics.push(topic.clone());
+            if !s.repartition_by.is_empty() {
+                topics.push(s.repartition_topic(&pipeline.name));
             }
+        }
+    }
+    for topic in &topics {
+        let metadata = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+        })
+        .map_err(|e| RunError::Cluster(format!("topic {topic}: {e}")))?;
+        let n = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        counts.push(format!("{topic}: {n}"));
+        if counts.len() > 1 && !counts[0].ends_with(&format!(": {n}")) {
+            return Err(RunError::Cluster(format!(
+                "`{}`: its topics have different partition counts ({}): shard N reads \
+                 partition N of each, so give them as many each (co-partitioned)",
+                pipeline.name,
+                counts.join(", ")
+            )));
         }
     }
     Ok(())
@@ -211,11 +236,33 @@ fn commit_positions(consumer: &BaseConsumer<Member>) {
         }
     }
     match consumer.commit(&list, CommitMode::Sync) {
-        Ok(()) => offsets.committed(&pending),
+        Ok(()) => {
+            offsets.committed(&pending);
+            purge_repartitioned(&consumer.context().shards, &pending);
+        }
         Err(e) => tracing::debug!(
             "consumer group: offsets not committed yet (lag tools lag behind; the Delta tables \
              hold the offsets): {e}"
         ),
+    }
+}
+
+/// Deletes what the tables hold of the repartition topics: no shard reads it again. One that
+/// fails is left for the next commit's.
+fn purge_repartitioned(shards: &Shards, committed: &BTreeMap<(String, i32), i64>) {
+    let read: Vec<(&str, i32, i64)> = committed
+        .iter()
+        .filter(|((topic, _), _)| shards.repartitioned.contains(topic))
+        .map(|((topic, p), next)| (topic.as_str(), *p, *next))
+        .collect();
+    if read.is_empty() {
+        return;
+    }
+    if let Err(e) = shards
+        .runtime
+        .block_on(repartition::purge(&shards.admin, &read))
+    {
+        tracing::debug!("repartition topics: read records not deleted yet: {e}");
     }
 }
 
@@ -355,6 +402,9 @@ struct Shards {
     failed: mpsc::UnboundedSender<RunError>,
     /// What the stopped shards did.
     summary: Mutex<RunSummary>,
+    admin: AdminClient<DefaultClientContext>,
+    /// The pipeline's repartition topics, whose records are deleted once the tables hold them.
+    repartitioned: Vec<String>,
 }
 
 struct Running {

@@ -11,8 +11,9 @@
 //! had the partition before (see [`crate::sink::DeltaSink::claim`]).
 //!
 //! Windows and per-key state are per partition: a stage's keys must follow the topics'
-//! partitioning (the producers key events by the stage's `GROUP BY` or `key` columns, or a
-//! prefix of them), as with Kafka Streams without a repartition.
+//! partitioning — the producers key events by some of the stage's `GROUP BY` or `key`
+//! columns, or the shards re-key the source through a repartition topic (see
+//! [`crate::source::repartition`]), as Kafka Streams does.
 //!
 //! - [`member`]: the group member that starts and stops the shards as partitions come and go;
 //! - [`control`]: submitted pipelines and workers' statuses on compacted Kafka topics;

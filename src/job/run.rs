@@ -116,6 +116,7 @@ impl RunError {
     pub fn is_fenced(&self) -> bool {
         match self {
             RunError::Delta(SinkError::Fenced { .. }) => true,
+            RunError::Source(e) => e.is_fenced(),
             RunError::Shard { source, .. } => source.is_fenced(),
             _ => false,
         }

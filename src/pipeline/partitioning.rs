@@ -1,35 +1,37 @@
 //! Whether a pipeline's partitions can run apart, as the workers of a consumer group run them.
 //!
 //! In: a checked pipeline's sources and stages, and its file. Out: what keeps it from running
-//! in a consumer group, each at its file and line (none if nothing does). A worker runs each
-//! partition of the pipeline's topics alone (see `crate::cluster`), so a stage that keeps
-//! state per key sees every row of a key only if the topic's records are keyed by some of its
-//! key columns: the fields its source declares as `key`, which must be among each of the
-//! stage's key columns (followed by name: a stage that renames a key column is reported). A
-//! stage with one state over every row needs every partition in one place. Rows re-keyed
-//! through a repartition topic (as Kafka Streams does) are not built: such a pipeline runs as
-//! one process, or its topic has one partition.
-
+//! in a consumer group, each at its file and line (none if nothing does), and for each source
+//! the fields its records are re-keyed by, if they must be. A worker runs each partition of the
+//! pipeline's topics alone (see `crate::cluster`), so a stage that keeps state per key sees
+//! every row of a key only if the records are keyed by some of its key columns: the fields its
+//! source declares as `key`, which must be among each of the stage's key columns (followed by
+//! name: a stage that renames a key column is reported). When they are not (or none are
+//! declared), the source is re-keyed, as Kafka Streams does, through a repartition topic keyed
+//! by the event fields that are among every such stage's key columns (see
+//! `crate::source::repartition`); with no such field, the pipeline cannot run in a group. A
+//! stage with one state over every row needs every partition in one place.
 use std::path::Path;
 
 use super::kinds::{StagePlan, StateKeys};
 use super::plan::{SourceInput, SourcePlan};
 use crate::check::diagnostics::{Diagnostic, Reporter};
+use crate::validate::FieldKind;
 
 /// What keeps the pipeline of `sources` and `stages` (checked, from `file` holding `text`)
-/// from running in a consumer group.
+/// from running in a consumer group. Sets each Kafka source's `repartition_by`.
 pub fn problems(
     file: &Path,
     text: &str,
-    sources: &[SourcePlan],
+    sources: &mut [SourcePlan],
     stages: &[StagePlan],
 ) -> Vec<Diagnostic> {
     let mut r = Reporter::new(file, text);
-    for source in sources {
+    for source in sources.iter_mut() {
         if !matches!(source.input, SourceInput::Kafka { .. }) {
             continue;
         }
-        let mut unkeyed = Vec::new();
+        let mut keyed: Vec<(&str, Vec<String>)> = Vec::new();
         for stage in stages.iter().filter(|s| descends(s, &source.name, stages)) {
             match stage.state_keys() {
                 StateKeys::Stateless => {}
@@ -42,48 +44,47 @@ pub fn problems(
                     ),
                     Some("run the pipeline as one process (stratus run without --cluster)"),
                 ),
-                StateKeys::By(_) if source.key.is_empty() => unkeyed.push(stage.name.as_str()),
                 StateKeys::By(lists) => {
-                    for keys in lists
-                        .iter()
-                        .filter(|k| !source.key.iter().all(|f| k.contains(f)))
-                    {
-                        r.at(
-                            &["stages", &stage.name],
-                            format!(
-                                "stage `{}` keeps its state per ({}), without ({}) that source \
-                                 `{}`'s records are keyed by: in a consumer group one key's \
-                                 rows would be spread over the workers",
-                                stage.name,
-                                keys.join(", "),
-                                source.key.join(", "),
-                                source.name
-                            ),
-                            Some(
-                                "have the producers key the records by some of the stage's key \
-                                 columns and declare them as the source's `key`, or run the \
-                                 pipeline as one process",
-                            ),
-                        );
-                    }
+                    keyed.extend(lists.into_iter().map(|k| (stage.name.as_str(), k)));
                 }
             }
         }
-        if !unkeyed.is_empty() {
-            r.at(
-                &["sources", &source.name, "kafka"],
-                format!(
-                    "source `{}` declares no `key`, and stage(s) {} keep state per key: in a \
-                     consumer group each key's rows must all be in one partition",
-                    source.name,
-                    unkeyed.join(", ")
-                ),
-                Some(
-                    "declare `key: [...]`, the event fields the producers key the topic's \
-                     records by (among every such stage's key columns)",
-                ),
-            );
+        let follows = |key: &[String]| {
+            !key.is_empty() && keyed.iter().all(|(_, k)| key.iter().all(|f| k.contains(f)))
+        };
+        if keyed.is_empty() || follows(&source.key) {
+            continue;
         }
+        // The event fields every keyed stage keeps its state by: records keyed by them bring
+        // each key's rows to one partition.
+        let by: Vec<String> = source
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.kind, FieldKind::String | FieldKind::Integer))
+            .map(|f| f.name.clone())
+            .filter(|f| keyed.iter().all(|(_, k)| k.contains(f)))
+            .collect();
+        if follows(&by) {
+            source.repartition_by = by;
+            continue;
+        }
+        let mut stages: Vec<&str> = keyed.iter().map(|(s, _)| *s).collect();
+        stages.dedup();
+        r.at(
+            &["sources", &source.name, "kafka"],
+            format!(
+                "source `{}`'s stage(s) {} keep state per key, and no field of its events (a \
+                 string or integer) is among the key columns of them all: its records cannot \
+                 be re-keyed so that each key's rows are in one partition of a consumer group",
+                source.name,
+                stages.join(", ")
+            ),
+            Some(
+                "give those stages a common key column taken from an event field as it is, or \
+                 run the pipeline as one process",
+            ),
+        );
     }
     feedback_problems(&mut r, sources, stages);
     r.found
@@ -106,7 +107,9 @@ fn feedback_problems(r: &mut Reporter<'_>, sources: &[SourcePlan], stages: &[Sta
             .filter(kafka)
             .filter(|s| descends(stage, &s.name, stages))
             .collect();
-        if feedback.key == ["resource"] && alerts_from.iter().all(|s| s.key == [resource]) {
+        if feedback.group_key() == ["resource"]
+            && alerts_from.iter().all(|s| s.group_key() == [resource])
+        {
             continue;
         }
         r.at(

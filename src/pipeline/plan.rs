@@ -38,6 +38,28 @@ pub struct SourcePlan {
     pub dead_letter_topic: String,
     /// The fields the topic's records are keyed by, as declared (none for a file).
     pub key: Vec<String>,
+    /// In a consumer group, the fields its records are re-keyed by, through the pipeline's
+    /// repartition topic for it, when its stages keep their state by keys its own `key` does
+    /// not follow (see [`super::partitioning`]); none when they follow it.
+    pub repartition_by: Vec<String>,
+}
+
+impl SourcePlan {
+    /// The fields its records are keyed by where its stages read them: re-keyed in a consumer
+    /// group, as declared otherwise.
+    pub fn group_key(&self) -> &[String] {
+        if self.repartition_by.is_empty() {
+            &self.key
+        } else {
+            &self.repartition_by
+        }
+    }
+
+    /// The repartition topic of `pipeline`'s source of this name: written and read by Stratus
+    /// alone, with as many partitions as the source's topic.
+    pub fn repartition_topic(&self, pipeline: &str) -> String {
+        format!("{pipeline}.repartition.{}", self.name)
+    }
 }
 
 /// Where a sink writes.
@@ -401,7 +423,8 @@ impl Pipeline {
             r.at(&["commit", "max_rows"], "max_rows must be at least 1", None);
         }
         if r.found.is_empty() {
-            let group_problems = super::partitioning::problems(file, text, &sources, &stages);
+            let mut sources = sources;
+            let group_problems = super::partitioning::problems(file, text, &mut sources, &stages);
             Ok(Pipeline {
                 name: config.name,
                 file: file.to_path_buf(),
@@ -594,6 +617,7 @@ fn check_source(
         idle_timeout: idle?,
         dead_letter_topic,
         key,
+        repartition_by: Vec::new(),
     })
 }
 

@@ -170,9 +170,10 @@ async fn a_secret_written_in_a_pipeline_is_refused_and_never_shown() {
     );
 }
 
-/// Whether each shipped pipeline can run in a consumer group, and what is said where not.
+/// Whether each shipped pipeline can run in a consumer group, re-keyed where its stages keep
+/// state by keys its source's `key` does not follow, and what is said where it cannot.
 #[tokio::test]
-async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of_a_group() {
+async fn a_source_keyed_otherwise_than_its_stages_is_re_keyed_or_keeps_a_pipeline_out_of_a_group() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = |name: &str| {
         let file = root.join("pipelines").join(name);
@@ -187,6 +188,11 @@ async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of
     // Keyed by resource, and every stage keeps its state per resource (and more).
     let metrics = load("cloud-metrics.yaml").await;
     assert_eq!(metrics.group_problems, vec![]);
+    assert!(
+        metrics.sources.iter().all(|s| s.repartition_by.is_empty()),
+        "{:?}",
+        metrics.sources
+    );
 
     // Keyed by pool; the recommendation weighs every pool at once.
     let spot = load("spot-prices.yaml").await;
@@ -204,55 +210,59 @@ async fn a_stage_whose_keys_do_not_follow_the_source_key_keeps_a_pipeline_out_of
         "{problem}"
     );
 
-    // No key declared, and the hourly totals and their scores keep state per account.
+    // No key declared, and the hourly totals and their scores keep state per account and
+    // service: re-keyed by both, which every one of them keeps its state by.
     let billing = load("billing.yaml").await;
-    let [problem] = billing.group_problems.as_slice() else {
-        panic!("{:?}", billing.group_problems)
-    };
-    assert_eq!(problem.line, Some(line_of("billing.yaml", "kafka:")));
-    assert!(
-        problem
-            .message
-            .contains("declares no `key`, and stage(s) cost_1h, cost_anomaly"),
-        "{problem}"
+    assert_eq!(billing.group_problems, vec![]);
+    assert_eq!(billing.sources[0].repartition_by, ["account_id", "service"]);
+    assert_eq!(
+        billing.sources[0].repartition_topic(&billing.name),
+        "billing.repartition.billing"
     );
 
-    // Keyed by account: the per-resource stages would see a resource's rows on many workers.
+    // Keyed by account: the per-resource stages would see a resource's rows on many workers,
+    // so the source is re-keyed by the one event field every stage keeps its state by; the
+    // verdicts on alerts, keyed by resource, then meet their alert's worker.
     let file = root.join("pipelines/cloud-metrics.yaml");
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("key: [resource_id]  ", "key: [account_id]   ");
     let by_account = Pipeline::from_yaml(&file, &text).await.unwrap();
-    // The verdicts on alerts, keyed by resource, would no longer reach the alert's worker.
-    let (feedback, keyed): (Vec<_>, Vec<_>) = by_account
+    assert_eq!(by_account.group_problems, vec![]);
+    let source = |p: &Pipeline, name: &str| {
+        p.sources
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .repartition_by
+            .clone()
+    };
+    assert_eq!(source(&by_account, "metrics"), ["resource_id"]);
+    assert_eq!(source(&by_account, "feedback"), Vec::<String>::new());
+
+    // A scorer keyed by metric alone, beside hourly CPU per resource: no event field is among
+    // every stage's keys, so no re-keying can bring each key's rows together.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("key: [resource_id, metric]", "key: [metric]");
+    let by_metric = Pipeline::from_yaml(&file, &text).await.unwrap();
+    let (feedback, keyed): (Vec<_>, Vec<_>) = by_metric
         .group_problems
         .iter()
         .partition(|p| p.message.contains("matches verdicts"));
-    let [feedback] = feedback.as_slice() else {
-        panic!("{feedback:?}")
+    let [problem] = keyed.as_slice() else {
+        panic!("{keyed:?}")
     };
-    assert_eq!(feedback.line, Some(line_of("cloud-metrics.yaml", FEEDBACK)));
-    let stages: Vec<(String, Option<usize>)> = keyed
-        .iter()
-        .map(|p| (p.message.split('`').nth(1).unwrap().to_string(), p.line))
-        .collect();
-    assert!(stages.len() >= 4, "{stages:?}");
+    assert_eq!(problem.line, Some(line_of("cloud-metrics.yaml", "kafka:")));
     assert!(
-        keyed.iter().all(|p| p
-            .message
-            .contains("without (account_id) that source `metrics`")),
-        "{keyed:?}"
+        problem.message.starts_with(
+            "source `metrics`'s stage(s) features_1m, features_5m, anomaly_5m, alerts, cpu_1h"
+        ) && problem.message.contains("no field of its events"),
+        "{problem}"
     );
-    let lines: Vec<(&str, usize)> = text
-        .lines()
-        .enumerate()
-        .filter_map(|(n, l)| Some((l.strip_suffix(':')?.strip_prefix("  ")?, n + 1)))
-        .filter(|(name, _)| !name.starts_with(' '))
-        .collect();
-    for (stage, line) in &stages {
-        let want = lines.iter().find(|(n, _)| n == stage).map(|(_, l)| *l);
-        assert_eq!(*line, want, "{stage}");
-    }
+    // The alerts' resource is now the metric: verdicts keyed by resource cannot meet them.
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert!(source(&by_metric, "metrics").is_empty());
 
     // Verdicts keyed by something other than the alert's resource: only the feedback fails.
     let text = std::fs::read_to_string(&file)

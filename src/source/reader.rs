@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
+use super::repartition::{Forwarder, Route, upstream_of};
 use crate::cluster::{GroupOffsets, Shard};
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
@@ -39,13 +40,29 @@ pub enum SourceError {
     Read(String, String),
     #[error("dead-letter topic {topic}: {message}")]
     DeadLetter { topic: String, message: String },
+    /// Forwarding to the source's repartition topic stopped (see [`super::repartition`]).
+    #[error("source {source_name}: repartition: {message}")]
+    Repartition {
+        source_name: String,
+        message: String,
+        /// A newer owner of the partition fenced its producer out.
+        fenced: bool,
+    },
 }
 
 impl SourceError {
+    /// Whether a newer owner of the partition fenced this one out.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SourceError::Repartition { fenced: true, .. })
+    }
+
     /// Whether the brokers could not be reached, or did not answer in time, for now: as after
     /// an outage, or in a worker resumed after a pause whose requests timed out meanwhile.
     pub fn is_outage(&self) -> bool {
         match self {
+            // A forwarder stops on what an abort and a new transaction could not mend: a new
+            // producer may.
+            SourceError::Repartition { fenced, .. } => !fenced,
             SourceError::Kafka { source, .. } => source
                 .rdkafka_error_code()
                 .is_some_and(|c| is_outage(c) || c == RDKafkaErrorCode::OperationTimedOut),
@@ -128,6 +145,9 @@ pub(crate) enum Reader {
         topic: String,
         /// Offsets to reach before the source counts as caught up.
         targets: HashMap<i32, i64>,
+        /// A repartition topic: each record's [`UPSTREAM`](super::repartition::UPSTREAM) header names the source partition
+        /// whose clock its event time moves.
+        upstream: bool,
     },
     File {
         path: String,
@@ -180,6 +200,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) events_seen: Instant,
     /// A shard's: where its positions go for the worker's group member to commit.
     pub(crate) group_offsets: Option<GroupOffsets>,
+    /// A shard's of a re-keyed source: what fills the repartition topic it reads.
+    pub(crate) forwarder: Option<Forwarder>,
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -203,25 +225,44 @@ pub(crate) async fn open_source(
         source_name: plan.name.clone(),
         source,
     };
+    // A shard of a source re-keyed for the group reads the repartition topic, which its
+    // forwarder fills from the source's partition.
+    let repartition = match (&plan.input, config.shard) {
+        (SourceInput::Kafka { .. }, Some(_)) if !plan.repartition_by.is_empty() => {
+            Some(plan.repartition_topic(&pipeline.name))
+        }
+        _ => None,
+    };
+    let mut forwarder = None;
+    // The partitions whose event times the watermark follows: those read, or for a re-keyed
+    // source, the source's partitions its records come from.
+    let mut clocks = None;
     let (topic, partitions) = match &plan.input {
         SourceInput::Kafka { topic, group } => {
             let consumer: BaseConsumer =
                 config.kafka.consumer(group).create().map_err(kafka_err)?;
-            let metadata = tokio::task::block_in_place(|| {
-                consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            })
-            .map_err(kafka_err)?;
-            let mut partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(SourceError::Read(
-                    plan.name.clone(),
-                    format!("topic {topic} does not exist or has no partitions; create it first"),
-                ));
-            }
+            let partitions_of = |topic: &str| -> Result<Vec<i32>, SourceError> {
+                let metadata = tokio::task::block_in_place(|| {
+                    consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                })
+                .map_err(kafka_err)?;
+                let partitions: Vec<i32> = metadata
+                    .topics()
+                    .iter()
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if partitions.is_empty() {
+                    return Err(SourceError::Read(
+                        plan.name.clone(),
+                        format!(
+                            "topic {topic} does not exist or has no partitions; create it first"
+                        ),
+                    ));
+                }
+                Ok(partitions)
+            };
+            let mut partitions = partitions_of(topic)?;
+            let mut read = topic.clone();
             if let Some(shard) = config.shard {
                 if !partitions.contains(&shard.partition) {
                     return Err(SourceError::Read(
@@ -235,9 +276,23 @@ pub(crate) async fn open_source(
                         ),
                     ));
                 }
+                if let Some(to) = &repartition {
+                    let route = Route {
+                        source: &plan.name,
+                        topic,
+                        group,
+                        partition: shard.partition,
+                        to,
+                        by: &plan.repartition_by,
+                    };
+                    forwarder = Some(Forwarder::start(config.kafka, &route)?);
+                    clocks = Some(partitions);
+                    partitions_of(to)?;
+                    read = to.clone();
+                }
                 partitions = vec![shard.partition];
             }
-            (topic.clone(), partitions)
+            (read, partitions)
         }
         SourceInput::File { path } => (path.display().to_string(), vec![0]),
     };
@@ -247,8 +302,14 @@ pub(crate) async fn open_source(
         .collect();
     let reader = match &plan.input {
         SourceInput::Kafka { group, .. } => {
-            let consumer: BaseConsumer =
-                config.kafka.consumer(group).create().map_err(kafka_err)?;
+            // Of a repartition topic, only what a forwarder's transaction committed (what an
+            // aborted one wrote is forwarded again).
+            let consumer: BaseConsumer = config
+                .kafka
+                .consumer(group)
+                .set("isolation.level", "read_committed")
+                .create()
+                .map_err(kafka_err)?;
             let mut targets = HashMap::new();
             for &p in &partitions {
                 let (_, high) = tokio::task::block_in_place(|| {
@@ -263,6 +324,7 @@ pub(crate) async fn open_source(
                 consumer,
                 topic: topic.clone(),
                 targets,
+                upstream: repartition.is_some(),
             }
         }
         SourceInput::File { path } => {
@@ -302,7 +364,7 @@ pub(crate) async fn open_source(
     if let Some(s) = start {
         watermark.restore(s.watermark, &s.newest, now_us());
     }
-    watermark.assign(&partitions, now_us());
+    watermark.assign(clocks.as_ref().unwrap_or(&partitions), now_us());
     if config.until_caught_up
         && let Reader::Kafka { targets, .. } = &reader
     {
@@ -341,6 +403,7 @@ pub(crate) async fn open_source(
         watermark,
         plan: plan.clone(),
         group_offsets: config.shard.map(|s| s.offsets.clone()),
+        forwarder,
         reader,
         topic,
         pending: HashMap::new(),
@@ -387,6 +450,31 @@ impl SourceRuntime {
         let mut next: BTreeMap<i32, i64> = self.position.iter().map(|(&p, &o)| (p, o)).collect();
         next.extend(self.pending.iter().map(|(&p, &o)| (p, o)));
         next
+    }
+
+    /// The next offset per partition the tables hold, for the group and lag tools. Read to
+    /// where the tables hold it, a repartition topic's partition ends with the marker of the
+    /// transaction that wrote its last records, which the consumer has passed but no offset
+    /// of a record covers: past it, so that lag shows none.
+    pub(crate) fn held(&self) -> HashMap<i32, i64> {
+        let mut held = self.position.clone();
+        if let Reader::Kafka {
+            consumer,
+            upstream: true,
+            ..
+        } = &self.reader
+            && self.pending.is_empty()
+            && self.replay_to.is_none()
+            && let Ok(list) = consumer.position()
+        {
+            for e in list.elements() {
+                if let (Offset::Offset(at), Some(next)) = (e.offset(), held.get_mut(&e.partition()))
+                {
+                    *next = (*next).max(at);
+                }
+            }
+        }
+        held
     }
 
     /// Whether a replayed cycle has read every partition up to where the cycle ended.
@@ -438,6 +526,7 @@ pub(crate) fn report_consumer_lag(
         consumer,
         topic,
         targets,
+        ..
     } = &s.reader
     else {
         return;
@@ -447,12 +536,10 @@ pub(crate) fn report_consumer_lag(
             tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT));
         match high {
             Ok((_, high)) => {
-                let next = s
-                    .pending
-                    .get(&p)
-                    .or(s.position.get(&p))
-                    .copied()
-                    .unwrap_or(0);
+                let next = match s.pending.get(&p) {
+                    Some(&next) => next,
+                    None => s.held().get(&p).copied().unwrap_or(0),
+                };
                 metrics
                     .consumer_lag
                     .with_label_values(&[
@@ -480,7 +567,7 @@ pub(crate) fn report_consumer_lag(
 /// never raised (an asynchronous one that fails later is not reported).
 pub(crate) fn commit_to_group(s: &SourceRuntime, mode: CommitMode) {
     if let (Some(offsets), Reader::Kafka { topic, .. }) = (&s.group_offsets, &s.reader) {
-        offsets.record(topic, &s.position);
+        offsets.record(topic, &s.held());
         return;
     }
     let Reader::Kafka {
@@ -526,7 +613,8 @@ pub(crate) fn caught_up(s: &SourceRuntime) -> bool {
 
 impl SourceRuntime {
     /// Decodes one event; an invalid one goes to the dead letters. Records the offset and,
-    /// for a valid event, its event time for the watermark.
+    /// for a valid event, its event time for the watermark of partition `clock` (its own,
+    /// or the source partition a repartition topic's record came from).
     #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
@@ -534,6 +622,7 @@ impl SourceRuntime {
         invalid: &prometheus::IntCounter,
         topic: &str,
         partition: i32,
+        clock: i32,
         offset: i64,
         key: Option<&[u8]>,
         payload: &[u8],
@@ -543,7 +632,7 @@ impl SourceRuntime {
         match self.decoder.decode(payload) {
             Ok(()) => {
                 if let Some(t) = self.decoder.last_event_time() {
-                    self.watermark.observe(partition, t, now);
+                    self.watermark.observe(clock, t, now);
                 }
             }
             Err(_) if self.replay_to.is_some() => {
@@ -639,8 +728,14 @@ pub(crate) fn poll_source(
     let result = tokio::task::block_in_place(|| {
         match &mut reader {
             Reader::Kafka {
-                consumer, topic, ..
+                consumer,
+                topic,
+                upstream,
+                ..
             } => {
+                if let Some(f) = &s.forwarder {
+                    f.check()?;
+                }
                 for _ in 0..max_rows {
                     if s.pending_bytes >= max_bytes {
                         break;
@@ -672,11 +767,16 @@ pub(crate) fn poll_source(
                         continue;
                     }
                     let payload = m.payload().unwrap_or_default();
+                    let clock = match upstream {
+                        true => upstream_of(m.headers()).unwrap_or(m.partition()),
+                        false => m.partition(),
+                    };
                     s.accept(
                         &mut polled,
                         &invalid,
                         topic,
                         m.partition(),
+                        clock,
                         m.offset(),
                         m.key(),
                         payload,
@@ -739,7 +839,7 @@ pub(crate) fn poll_source(
                         // Not an event; only its offset is recorded.
                         s.pending.insert(0, *next + 1);
                     } else {
-                        s.accept(&mut polled, &invalid, path, 0, *next, None, line, now)?;
+                        s.accept(&mut polled, &invalid, path, 0, 0, *next, None, line, now)?;
                     }
                     *next += 1;
                 }

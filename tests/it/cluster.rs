@@ -497,3 +497,211 @@ async fn workers_join_leave_die_and_pause_and_every_event_lands_once() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Per partition of `topic`, the offset `group` committed (-1: none) and the partition's end.
+fn committed_and_end(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = consumer_config(brokers, group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (_, end) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => (o, end),
+                _ => (-1, end),
+            }
+        })
+        .collect()
+}
+
+/// A source whose records are not keyed by what its stages keep state by (here produced round
+/// robin, every resource's points spread over every partition) is re-keyed through its
+/// repartition topic: two workers, one killed mid-stream with SIGKILL and replaced, and the raw
+/// table still holds every valid event once, each 1- and 5-minute window per resource once
+/// with the count and sum of all its points (so each resource's rows met in one shard, and
+/// the watermark kept per upstream partition made none late), and the forwarders' group has
+/// committed the end of every source partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_keyed_otherwise_than_its_stages_is_re_keyed_through_a_repartition_topic() {
+    const PARTS: i32 = 4;
+    const RESOURCES: usize = 12;
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-rekey");
+    create_topic(&topic, PARTS).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let group = unique("rekey-group");
+    let base = (chrono::Utc::now().timestamp_micros() - 3 * 3600 * S) / MINUTE * MINUTE;
+    let events = events(base, RESOURCES, 450);
+
+    let dir = std::env::temp_dir().join(unique("it-rekey"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("rekey.yaml");
+    let yaml = pipeline_yaml(&topic, &group)
+        .replace("name: cluster", "name: rekey")
+        .replace(", key: [resource_id]", "");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let tables = format!(
+        "s3://{}/{}",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-rekey")
+    );
+
+    // Round robin over the partitions, whatever the resource: a step of every resource each
+    // 30 ms.
+    let producing = {
+        let payloads: Vec<String> = events.iter().map(Event::json).collect();
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        tokio::spawn(async move {
+            let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+            for (step, chunk) in payloads.chunks(RESOURCES).enumerate() {
+                let sends = chunk.iter().enumerate().map(|(i, payload)| {
+                    producer.send(
+                        FutureRecord::<(), _>::to(&topic)
+                            .partition(((step + i) % PARTS as usize) as i32)
+                            .payload(payload),
+                        Duration::from_secs(30),
+                    )
+                });
+                for d in futures::future::join_all(sends).await {
+                    d.map_err(|(e, _)| e).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+
+    let mut workers: Vec<Running> = (0..2).map(|_| worker(&pipeline, &tables)).collect();
+    // Once both forward, one dies mid-stream (its forwarders' open transactions are aborted
+    // when their partitions' new owner fences them) and a new one joins.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !workers.iter().all(|w| w.log().contains("forwarded to")) {
+        assert!(
+            Instant::now() < deadline,
+            "workers do not forward:\n{}",
+            workers
+                .iter()
+                .map(|w| tail(&w.log(), 20).to_string())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = workers.remove(0);
+    killed.signal("KILL");
+    let mut logs = vec![killed.wait().1];
+    workers.push(worker(&pipeline, &tables));
+    producing.await.unwrap();
+
+    // The forwarders' group reaches the end of every source partition, and the raw table
+    // every valid event.
+    let valid = events.iter().filter(|e| e.valid).count();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let forwarders = format!("{group}.repartition");
+    loop {
+        let forwarded = committed_and_end(&brokers, &forwarders, &topic, PARTS);
+        let rows: usize = read_delta(&format!("{tables}/raw"))
+            .await
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        if forwarded.iter().all(|(at, end)| at == end) && rows >= valid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forwarded {forwarded:?}, raw rows {rows} of {valid}; logs:\n{}",
+            workers
+                .iter()
+                .map(|w| tail(&w.log(), 20).to_string())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for w in workers {
+        let (status, log) = w.terminate();
+        assert!(status.success(), "SIGTERM: {status}\n{}", tail(&log, 40));
+        logs.push(log);
+    }
+    for log in &logs {
+        assert!(!log.contains("panicked"), "{}", tail(log, 40));
+    }
+    // The group's offsets on the repartition topic: what the shards committed to Delta, its
+    // end (past the last transaction's marker): lag tools show none.
+    let rekeyed = "rekey.repartition.metrics";
+    let positions = committed_and_end(&brokers, &group, rekeyed, PARTS);
+    assert!(
+        positions.iter().all(|(at, end)| at == end && *at > 0),
+        "group offsets on {rekeyed}: {positions:?}"
+    );
+    // What the tables hold is deleted from it: it keeps records by no age, only until read.
+    let consumer: BaseConsumer = consumer_config(&brokers, &group).create().unwrap();
+    let kept: Vec<(i64, i64)> = (0..PARTS)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(rekeyed, p, Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        kept.iter()
+            .zip(&positions)
+            .all(|((low, _), (at, _))| low >= at),
+        "{rekeyed} keeps {kept:?}, read to {positions:?}"
+    );
+
+    let raw = read_delta(&format!("{tables}/raw")).await;
+    let mut ids = HashSet::new();
+    for b in &raw {
+        let ts = column(b, "ts").as_primitive::<TimestampMicrosecondType>();
+        for (i, resource) in strings(b, "resource_id").into_iter().enumerate() {
+            let id = (resource, ts.value(i));
+            assert!(ids.insert(id.clone()), "raw row {id:?} written twice");
+        }
+    }
+    assert_eq!(ids.len(), valid, "raw rows");
+
+    // Every window that closed holds all of its resource's points: none was split over two
+    // shards, none came too late. Those that closed: the watermark of each repartition
+    // partition trails its slowest upstream partition by 10 s; all windows up to 20 s before
+    // the newest event must have closed.
+    let newest = events
+        .iter()
+        .filter(|e| e.valid)
+        .map(|e| e.ts)
+        .max()
+        .unwrap();
+    for (table, size) in [("f1", MINUTE), ("f5", 5 * MINUTE)] {
+        let got = feature_rows(&read_delta(&format!("{tables}/{table}")).await);
+        let all = reference(&events, size, i64::MAX);
+        let closed = reference(
+            &events,
+            size,
+            newest - 20 * S - (size / MINUTE - 1) * MINUTE,
+        );
+        assert!(
+            closed.len() > RESOURCES * 4,
+            "{table}: {} windows",
+            closed.len()
+        );
+        let missing: Vec<_> = closed.keys().filter(|k| !got.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "{table}: windows missing: {missing:?}");
+        for (id, (_, samples, sum)) in &got {
+            let (want_samples, want_sum) = all[id];
+            assert_eq!(*samples, want_samples, "{table} {id:?}: samples");
+            assert!(
+                (sum - want_sum).abs() < 1e-6 * want_sum.abs().max(1.0),
+                "{table} {id:?}: sum {sum} vs {want_sum}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
