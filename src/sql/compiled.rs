@@ -21,9 +21,18 @@ use datafusion::prelude::SessionContext;
 
 /// The rows of the current run, read when the plan executes.
 #[derive(Debug)]
-struct Input {
+pub(crate) struct Input {
     schema: SchemaRef,
     rows: Mutex<Vec<RecordBatch>>,
+}
+
+impl Input {
+    pub(crate) fn new(schema: SchemaRef) -> Arc<Self> {
+        Arc::new(Input {
+            schema,
+            rows: Mutex::new(Vec::new()),
+        })
+    }
 }
 
 impl PartitionStream for Input {
@@ -61,10 +70,7 @@ impl CompiledQuery {
         schema: SchemaRef,
         sql: &str,
     ) -> Result<Self> {
-        let input = Arc::new(Input {
-            schema: schema.clone(),
-            rows: Mutex::new(Vec::new()),
-        });
+        let input = Input::new(schema.clone());
         let provider = StreamingTable::try_new(schema, vec![input.clone()])?;
         ctx.deregister_table(table)?;
         ctx.register_table(table, Arc::new(provider))?;
@@ -79,6 +85,29 @@ impl CompiledQuery {
             input,
             task: ctx.task_ctx(),
         })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.plan
+    }
+
+    /// Another plan over the same input (its leaf reads the rows a run is given).
+    pub(crate) fn with_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Self {
+        CompiledQuery {
+            plan,
+            input: self.input.clone(),
+            task: self.task.clone(),
+        }
+    }
+
+    /// `plan`, whose leaf reads `input`, run in the session of `like`.
+    pub(crate) fn over(plan: Arc<dyn ExecutionPlan>, input: Arc<Input>, like: &Self) -> Self {
+        CompiledQuery {
+            plan,
+            input,
+            task: like.task.clone(),
+        }
     }
 
     /// The query's rows over `rows` (of the columns it was planned with), as one partition in

@@ -7,11 +7,13 @@
 //!
 //! A program adds its own Rust functions with [`Functions`].
 //!
-//! [`compiled`] plans a stage's query once and runs it on each new input; [`stage`] runs a
-//! pipeline's SQL stages that have no window.
+//! [`compiled`] plans a stage's query once and runs it on each new input; [`split`] splits an
+//! aggregating one into partial, reduce and final phases; [`stage`] runs a pipeline's SQL
+//! stages that have no window.
 
 pub mod calendar;
 pub mod compiled;
+pub mod split;
 pub mod stage;
 
 use std::sync::Arc;

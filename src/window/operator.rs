@@ -12,10 +12,14 @@
 //! and the window fires again, as an update, for the keys that row touched. A row whose every
 //! window is past `end + allowed_lateness` goes to the late output.
 //!
-//! State is the raw rows of the open windows (`size + lateness` of event time, per window for
-//! hop), so exact percentiles and medians are possible; memory grows with that span. Only the
-//! input columns the SQL reads ([`WindowedQuery::reads`]), the event time and the keys are
-//! kept; the late output carries whole events.
+//! State, for a tumbling or hopping window whose query is one aggregation over its rows (see
+//! [`SplitQuery`]): per group, the aggregates' partial state — a count and a sum for `avg`, the
+//! values alone for an exact percentile or median — merged as rows arrive, and finished when
+//! the window fires; so memory grows with the keys, not the events. Otherwise (sessions, a
+//! `replace_by`, an upstream window stage's revisions, or a query of another shape): the raw
+//! rows of the open windows (`size + lateness` of event time, per window for hop), of the input
+//! columns the SQL reads ([`WindowedQuery::reads`]), the event time and the keys. The late
+//! output carries whole events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +38,7 @@ use datafusion::prelude::SessionContext;
 use super::spec::{WindowSpec, WindowedQuery};
 use crate::operator::{self, Collector, Context, Operator, OperatorError, OperatorState, Snapshot};
 use crate::sql::compiled::CompiledQuery;
+use crate::sql::split::SplitQuery;
 
 /// Why the operator failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +52,16 @@ pub enum WindowError {
 }
 
 struct TumbleState {
+    /// Raw rows: those of a stage that keeps them, or (until the next firing or batch turns
+    /// them into states) those restored from a checkpoint taken when it did.
     rows: Vec<RecordBatch>,
     /// How many of `rows` the last checkpoint holds (an incremental one adds the rest).
     saved: usize,
+    /// Per group, the aggregates' partial state of the rows added (see [`SplitQuery`]), in
+    /// batches that [`COMPACT_AT`] of them merge into one.
+    states: Vec<RecordBatch>,
+    /// How many of `states` the last checkpoint holds.
+    states_saved: usize,
     /// The revision of the last result emitted, if any.
     emitted: Option<i32>,
     /// Keys touched by rows that arrived after the window first fired.
@@ -59,9 +71,31 @@ struct TumbleState {
 }
 
 impl TumbleState {
+    fn new(emitted: Option<i32>) -> Self {
+        TumbleState {
+            rows: Vec::new(),
+            saved: 0,
+            states: Vec::new(),
+            states_saved: 0,
+            emitted,
+            dirty: HashSet::new(),
+            dirty_all: false,
+        }
+    }
+
     fn is_dirty(&self) -> bool {
         self.dirty_all || !self.dirty.is_empty()
     }
+}
+
+/// A window's state batches are merged into one once there are this many.
+const COMPACT_AT: usize = 8;
+
+/// The stage's query in phases, for windows that keep partial aggregates.
+struct Split {
+    query: SplitQuery,
+    /// Over the state rows' group columns: a late row's groups, to update only those.
+    groups: RowConverter,
 }
 
 /// One aggregating SQL stage over event-time windows.
@@ -96,6 +130,10 @@ pub struct WindowOperator {
     sessions: Vec<(RecordBatch, Int32Array)>,
     /// The SQL, planned over the windowed schema (see [`compile`](Self::compile)).
     plan: Option<CompiledQuery>,
+    /// Set when the plan was made, for a stage whose windows keep partial aggregates.
+    split: Option<Split>,
+    /// State batches a checkpoint held were merged or replaced since: the next one is whole.
+    rewritten: bool,
 }
 
 fn ts_type() -> DataType {
@@ -225,6 +263,8 @@ impl WindowOperator {
             windows: BTreeMap::new(),
             sessions: Vec::new(),
             plan: None,
+            split: None,
+            rewritten: false,
             query,
         })
     }
@@ -260,12 +300,12 @@ impl WindowOperator {
         self.watermark
     }
 
-    /// Rows held in open windows.
+    /// Rows held in open windows: raw rows, or per group the aggregates' states.
     pub fn buffered_rows(&self) -> usize {
         let tumbling: usize = self
             .windows
             .values()
-            .flat_map(|w| w.rows.iter().map(RecordBatch::num_rows))
+            .flat_map(|w| w.rows.iter().chain(&w.states).map(RecordBatch::num_rows))
             .sum();
         tumbling
             + self
@@ -275,20 +315,27 @@ impl WindowOperator {
                 .sum::<usize>()
     }
 
-    /// The operator's state as batches, for a checkpoint: every buffered row (input columns)
-    /// with [`STATE_WINDOW`] (the window start; 0 for sessions) and [`STATE_REVISION`] (the
+    /// The operator's state as batches, for a checkpoint: every buffered row (input columns),
+    /// or for a stage whose windows keep partial aggregates every state row, with
+    /// [`STATE_WINDOW`] (the window start; 0 for sessions) and [`STATE_REVISION`] (the
     /// revision last emitted for it, -1 for none). Taken after [`advance`](Self::advance), when
     /// no window holds unfired updates. The batches share the buffered rows' memory (only the
     /// two tag columns are new), so a snapshot costs no copy of the state; at least one batch.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>, WindowError> {
-        self.state_rows(false)
+        match &self.split {
+            Some(split) => self.tagged(Kept::States(split), false),
+            None => self.tagged(Kept::Rows, false),
+        }
     }
 
-    /// For an incremental checkpoint: the rows buffered since the last one, as
+    /// For an incremental checkpoint: the rows (or state rows) buffered since the last one, as
     /// [`snapshot`](Self::snapshot) gives them, with sessions whole (their rows merge and
     /// split). From now on the checkpoint holds every buffered row.
     pub fn changes(&mut self) -> Result<Vec<RecordBatch>, WindowError> {
-        let rows = self.state_rows(true)?;
+        let rows = match &self.split {
+            Some(split) => self.tagged(Kept::States(split), true)?,
+            None => self.tagged(Kept::Rows, true)?,
+        };
         self.saved();
         Ok(rows)
     }
@@ -297,7 +344,9 @@ impl WindowOperator {
     pub fn saved(&mut self) {
         for w in self.windows.values_mut() {
             w.saved = w.rows.len();
+            w.states_saved = w.states.len();
         }
+        self.rewritten = false;
     }
 
     /// Every tumbling or hopping window not yet closed, with the revision last emitted for it
@@ -323,10 +372,13 @@ impl WindowOperator {
         });
     }
 
-    /// The buffered rows tagged for a checkpoint: all, or (`only_new`) those of tumbling and
-    /// hopping windows not yet in one, and every session's.
-    fn state_rows(&self, only_new: bool) -> Result<Vec<RecordBatch>, WindowError> {
-        let schema = state_schema(&self.input_schema);
+    /// The buffered rows or state rows tagged for a checkpoint: all, or (`only_new`) those of
+    /// tumbling and hopping windows not yet in one, and every session's.
+    fn tagged(&self, kept: Kept<'_>, only_new: bool) -> Result<Vec<RecordBatch>, WindowError> {
+        let schema = match kept {
+            Kept::Rows => state_schema(&self.input_schema),
+            Kept::States(split) => states_schema(split.query.state_schema()),
+        };
         let mut parts = Vec::new();
         let tag = |b: &RecordBatch, window: i64, revisions: ArrayRef| {
             let mut columns = b.columns().to_vec();
@@ -336,8 +388,12 @@ impl WindowOperator {
         };
         for (&start, w) in &self.windows {
             let revision = w.emitted.unwrap_or(-1);
-            let from = if only_new { w.saved } else { 0 };
-            for b in w.rows.iter().skip(from) {
+            let (batches, saved) = match kept {
+                Kept::Rows => (&w.rows, w.saved),
+                Kept::States(_) => (&w.states, w.states_saved),
+            };
+            let from = if only_new { saved } else { 0 };
+            for b in batches.iter().skip(from) {
                 parts.push(tag(
                     b,
                     start,
@@ -345,8 +401,10 @@ impl WindowOperator {
                 )?);
             }
         }
-        for (b, revisions) in &self.sessions {
-            parts.push(tag(b, 0, Arc::new(revisions.clone()))?);
+        if let Kept::Rows = kept {
+            for (b, revisions) in &self.sessions {
+                parts.push(tag(b, 0, Arc::new(revisions.clone()))?);
+            }
         }
         if parts.is_empty() {
             parts.push(RecordBatch::new_empty(schema));
@@ -354,8 +412,59 @@ impl WindowOperator {
         Ok(parts)
     }
 
-    /// Restores what [`snapshot`](Self::snapshot) took, with the watermark of that moment.
+    /// Restores what [`snapshot`](Self::snapshot) took, with the watermark of that moment:
+    /// buffered rows, or state rows (told apart by their columns; a stage that keeps states
+    /// turns restored rows into states at its next batch or firing).
     pub fn restore(&mut self, state: &[RecordBatch], watermark: i64) -> Result<(), WindowError> {
+        self.watermark = watermark;
+        self.windows.clear();
+        self.sessions.clear();
+        let is_states = |b: &RecordBatch| b.schema().metadata().contains_key(PARTIAL_AGGREGATES);
+        let (states, rows): (Vec<RecordBatch>, Vec<RecordBatch>) = state
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .partition(is_states);
+        self.restore_rows(&rows)?;
+        if states.is_empty() {
+            return Ok(());
+        }
+        if let WindowSpec::Session { .. } = self.spec {
+            return Err(self.restored_states_unusable());
+        }
+        let schema = states[0].schema();
+        let states = concat_batches(&schema, &states)?;
+        let n = schema.fields().len() - 2;
+        let rows = states.project(&(0..n).collect::<Vec<_>>())?;
+        let windows = per_window(&states, n).map_err(|message| WindowError::Input {
+            input: self.query.input.clone(),
+            message: format!("checkpointed state: {message}"),
+        })?;
+        for (start, revision, indices) in windows {
+            let w = self
+                .windows
+                .entry(start)
+                .or_insert_with(|| TumbleState::new((revision >= 0).then_some(revision)));
+            w.states
+                .push(take_record_batch(&rows, &UInt32Array::from(indices))?);
+            w.states_saved = w.states.len();
+        }
+        Ok(())
+    }
+
+    /// A restore whose state rows this stage's query cannot finish.
+    fn restored_states_unusable(&self) -> WindowError {
+        WindowError::Input {
+            input: self.query.input.clone(),
+            message: "checkpointed state: it holds partial aggregates of a query other than the \
+                      stage's SQL now; undo the SQL change until the open windows have closed \
+                      (their size plus the allowed lateness of event time), then make it again"
+                .into(),
+        }
+    }
+
+    /// Restores buffered raw rows.
+    fn restore_rows(&mut self, state: &[RecordBatch]) -> Result<(), WindowError> {
         let bad = |message: String| WindowError::Input {
             input: self.query.input.clone(),
             message: format!("checkpointed state: {message}"),
@@ -419,37 +528,21 @@ impl WindowOperator {
         }
         let state = &concat_batches(&schema, &state)?;
         let n = self.input_schema.fields().len();
-        let windows = state.column(n).as_any().downcast_ref::<Int64Array>();
-        let revisions = state.column(n + 1).as_any().downcast_ref::<Int32Array>();
-        let (Some(windows), Some(revisions)) = (windows, revisions) else {
-            return Err(bad("window or revision column has the wrong type".into()));
-        };
         let rows = state.project(&(0..n).collect::<Vec<_>>())?;
-        self.watermark = watermark;
-        self.windows.clear();
-        self.sessions.clear();
         if let WindowSpec::Session { .. } = self.spec {
+            let Some(revisions) = state.column(n + 1).as_any().downcast_ref::<Int32Array>() else {
+                return Err(bad("the revision column has the wrong type".into()));
+            };
             if rows.num_rows() > 0 {
                 self.sessions.push((rows, revisions.clone()));
             }
             return Ok(());
         }
-        let mut per_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (i, start) in windows.values().iter().enumerate() {
-            per_window.entry(*start).or_default().push(i as u32);
-        }
-        for (start, indices) in per_window {
-            let revision = revisions.value(indices[0] as usize);
-            self.windows.insert(
-                start,
-                TumbleState {
-                    rows: vec![take_record_batch(&rows, &UInt32Array::from(indices))?],
-                    saved: 1,
-                    emitted: (revision >= 0).then_some(revision),
-                    dirty: HashSet::new(),
-                    dirty_all: false,
-                },
-            );
+        for (start, revision, indices) in per_window(state, n).map_err(bad)? {
+            let mut w = TumbleState::new((revision >= 0).then_some(revision));
+            w.rows = vec![take_record_batch(&rows, &UInt32Array::from(indices))?];
+            w.saved = 1;
+            self.windows.insert(start, w);
         }
         Ok(())
     }
@@ -479,7 +572,11 @@ impl WindowOperator {
     }
 
     /// Adds a batch; returns the rows that are too late for every window they belong to.
-    pub fn process(&mut self, input: &RecordBatch) -> Result<Option<RecordBatch>, WindowError> {
+    pub async fn process(
+        &mut self,
+        input: &RecordBatch,
+    ) -> Result<Option<RecordBatch>, WindowError> {
+        self.settle().await?;
         if input.schema().fields() != &self.source_fields {
             return Err(WindowError::Input {
                 input: self.query.input.clone(),
@@ -541,17 +638,19 @@ impl WindowOperator {
                 }
                 for (start, indices) in per_window {
                     let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
+                    if self.split.is_some() {
+                        let rows = self.with_window(&rows, start, start.saturating_add(size))?;
+                        self.add_states(start, rows).await?;
+                        continue;
+                    }
                     let dirty_keys = match self.windows.get(&start) {
                         Some(w) if w.emitted.is_some() => self.key_rows(&rows)?,
                         _ => None,
                     };
-                    let window = self.windows.entry(start).or_insert_with(|| TumbleState {
-                        rows: Vec::new(),
-                        saved: 0,
-                        emitted: None,
-                        dirty: HashSet::new(),
-                        dirty_all: false,
-                    });
+                    let window = self
+                        .windows
+                        .entry(start)
+                        .or_insert_with(|| TumbleState::new(None));
                     if window.emitted.is_some() {
                         match dirty_keys {
                             Some(keys) => window.dirty.extend(keys.iter().map(|r| r.owned())),
@@ -570,9 +669,91 @@ impl WindowOperator {
         }
     }
 
+    /// Adds `rows` (of the windowed schema, all of the window at `start`) to that window's
+    /// partial aggregates; a window that fired has the groups they touch updated at its next
+    /// firing. Merges the window's state batches once there are [`COMPACT_AT`].
+    async fn add_states(&mut self, start: i64, rows: RecordBatch) -> Result<(), WindowError> {
+        let Some(split) = &self.split else {
+            return Ok(());
+        };
+        let states = split.query.partial(vec![rows]).await?;
+        let window = self
+            .windows
+            .entry(start)
+            .or_insert_with(|| TumbleState::new(None));
+        if window.emitted.is_some() {
+            for b in &states {
+                let groups = split
+                    .groups
+                    .convert_columns(&b.columns()[..split.query.groups()])?;
+                window.dirty.extend(groups.iter().map(|r| r.owned()));
+            }
+        }
+        window.states.extend(states);
+        if window.states.len() >= COMPACT_AT {
+            let states = std::mem::take(&mut window.states);
+            window.states = split.query.reduce(states).await?;
+            if window.states_saved > 0 {
+                self.rewritten = true;
+            }
+            window.states_saved = 0;
+        }
+        Ok(())
+    }
+
+    /// Turns raw rows restored from a checkpoint into partial aggregates, when the stage keeps
+    /// those now; refuses restored partial aggregates its query cannot finish.
+    async fn settle(&mut self) -> Result<(), WindowError> {
+        self.compile().await?;
+        let expected = self
+            .split
+            .as_ref()
+            .map(|s| states_schema(s.query.state_schema()));
+        let unusable = self.windows.values().any(|w| {
+            w.states.iter().any(|b| {
+                expected.as_ref().is_none_or(|e| {
+                    e.fields().len() != b.num_columns() + 2
+                        || e.fields()
+                            .iter()
+                            .zip(b.schema().fields())
+                            .any(|(a, b)| a.name() != b.name() || a.data_type() != b.data_type())
+                })
+            })
+        });
+        if unusable {
+            return Err(self.restored_states_unusable());
+        }
+        let Some(split) = &self.split else {
+            return Ok(());
+        };
+        let end_of = |start: i64| start.saturating_add(self.spec.span());
+        let restored: Vec<(i64, Vec<RecordBatch>)> = self
+            .windows
+            .iter_mut()
+            .filter(|(_, w)| !w.rows.is_empty())
+            .map(|(&start, w)| {
+                w.saved = 0;
+                (start, std::mem::take(&mut w.rows))
+            })
+            .collect();
+        for (start, rows) in restored {
+            let windowed = rows
+                .iter()
+                .map(|b| self.with_window(b, start, end_of(start)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let states = split.query.partial(windowed).await?;
+            if let Some(w) = self.windows.get_mut(&start) {
+                w.states.extend(states);
+            }
+            self.rewritten = true;
+        }
+        Ok(())
+    }
+
     /// Moves the watermark to `watermark` (never backwards) and returns the results of the
     /// windows that closed, and the updates of closed windows that received late rows.
     pub async fn advance(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, WindowError> {
+        self.settle().await?;
         self.watermark = self.watermark.max(watermark);
         // revision → rows with their window columns, to run through the SQL together.
         let mut groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
@@ -611,6 +792,28 @@ impl WindowOperator {
             let Some(window) = self.windows.get(&start) else {
                 continue;
             };
+            if let Some(split) = &self.split {
+                let revision = match window.emitted {
+                    None => 0,
+                    Some(r) if window.is_dirty() => r + 1,
+                    Some(_) => -1,
+                };
+                if revision >= 0 {
+                    let states = match window.emitted {
+                        None => window.states.clone(),
+                        Some(_) => Self::touched(split, window)?,
+                    };
+                    groups.entry(revision).or_default().extend(states);
+                    if let Some(w) = self.windows.get_mut(&start) {
+                        w.emitted = Some(revision);
+                        w.dirty.clear();
+                    }
+                }
+                if end.saturating_add(self.lateness) <= watermark {
+                    finished.push(start);
+                }
+                continue;
+            }
             let (revision, rows) = match window.emitted {
                 None => (0, window.rows.clone()),
                 Some(r) if window.dirty_all => (r + 1, window.rows.clone()),
@@ -649,6 +852,22 @@ impl WindowOperator {
             self.windows.remove(&start);
         }
         Ok(())
+    }
+
+    /// A fired window's state rows of the groups late rows touched since.
+    fn touched(split: &Split, window: &TumbleState) -> Result<Vec<RecordBatch>, WindowError> {
+        let mut touched = Vec::new();
+        for b in &window.states {
+            let groups = split
+                .groups
+                .convert_columns(&b.columns()[..split.query.groups()])?;
+            let mask: BooleanArray = groups
+                .iter()
+                .map(|g| Some(window.dirty.contains(&g.owned())))
+                .collect();
+            touched.push(filter_record_batch(b, &mask)?);
+        }
+        Ok(touched)
     }
 
     fn close_sessions(
@@ -809,32 +1028,90 @@ impl WindowOperator {
         Ok(RecordBatch::try_new(self.windowed_schema.clone(), columns)?)
     }
 
-    /// Plans the stage's SQL, once: every firing runs that plan over the closed windows' rows.
+    /// Plans the stage's SQL, once: every firing runs that plan over the closed windows' rows
+    /// or, for a tumbling or hopping window whose rows need not be kept (no `replace_by`, no
+    /// upstream revisions to replace), its final phase over their partial aggregates.
     pub async fn compile(&mut self) -> Result<(), WindowError> {
-        if self.plan.is_none() {
-            let input = self.query.input.as_str();
-            let schema = self.windowed_schema.clone();
-            let plan = CompiledQuery::new(&self.ctx, input, schema, &self.query.sql).await?;
-            self.plan = Some(plan);
+        if self.plan.is_some() {
+            return Ok(());
         }
+        let input = self.query.input.as_str();
+        let schema = self.windowed_schema.clone();
+        let plan = CompiledQuery::new(&self.ctx, input, schema, &self.query.sql).await?;
+        let keeps_rows = matches!(self.spec, WindowSpec::Session { .. })
+            || self.replace_by.is_some()
+            || self.upstream_groups.is_some();
+        if !keeps_rows && let Some(query) = SplitQuery::of(&plan)? {
+            let groups = RowConverter::new(
+                query.state_schema().fields()[..query.groups()]
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?;
+            self.split = Some(Split { query, groups });
+        }
+        self.plan = Some(plan);
         Ok(())
     }
 
+    /// Whether the windows keep per-group partial aggregates rather than raw rows.
+    pub fn keeps_partial_aggregates(&self) -> bool {
+        self.split.is_some()
+    }
+
     /// Runs the SQL over `input`, the batches as they are (one partition, in order: the same
-    /// results as over their concatenation, without that copy).
+    /// results as over their concatenation, without that copy), or its final phase over state
+    /// rows.
     async fn run_sql(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
         self.compile().await?;
-        match &self.plan {
-            Some(plan) => Ok(plan.run(input).await?),
-            None => Ok(Vec::new()),
+        match (&self.split, &self.plan) {
+            (Some(split), _) => Ok(split.query.finish(input).await?),
+            (None, Some(plan)) => Ok(plan.run(input).await?),
+            (None, None) => Ok(Vec::new()),
         }
     }
+}
+
+/// What a checkpoint of a tumbling or hopping window holds.
+#[derive(Clone, Copy)]
+enum Kept<'a> {
+    Rows,
+    States(&'a Split),
+}
+
+/// The rows of a checkpoint's `state` (whose columns `n` and `n + 1` are [`STATE_WINDOW`] and
+/// [`STATE_REVISION`]) per window: its start, its revision and the rows' indices.
+fn per_window(state: &RecordBatch, n: usize) -> Result<Vec<(i64, i32, Vec<u32>)>, String> {
+    let windows = state.column(n).as_any().downcast_ref::<Int64Array>();
+    let revisions = state.column(n + 1).as_any().downcast_ref::<Int32Array>();
+    let (Some(windows), Some(revisions)) = (windows, revisions) else {
+        return Err("window or revision column has the wrong type".into());
+    };
+    let mut per_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (i, start) in windows.values().iter().enumerate() {
+        per_window.entry(*start).or_default().push(i as u32);
+    }
+    Ok(per_window
+        .into_iter()
+        .map(|(start, indices)| (start, revisions.value(indices[0] as usize), indices))
+        .collect())
 }
 
 /// Column of a [`WindowOperator::snapshot`] holding each row's window start.
 pub const STATE_WINDOW: &str = "__stratus_window";
 /// Column of a [`WindowOperator::snapshot`] holding the revision last emitted for the row.
 pub const STATE_REVISION: &str = "__stratus_revision";
+
+/// The schema metadata key that marks a checkpoint's batches as partial aggregates.
+const PARTIAL_AGGREGATES: &str = "stratus.window.partial_aggregates";
+
+/// The schema of a checkpoint's partial aggregates: [`state_schema`], marked.
+fn states_schema(states: &Schema) -> SchemaRef {
+    let tagged = state_schema(states);
+    let mut metadata = tagged.metadata().clone();
+    metadata.insert(PARTIAL_AGGREGATES.into(), "true".into());
+    Arc::new(tagged.as_ref().clone().with_metadata(metadata))
+}
 
 fn state_schema(input: &Schema) -> SchemaRef {
     let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
@@ -863,6 +1140,9 @@ impl From<WindowError> for crate::operator::OperatorError {
 
 /// The checkpoint part of a window stage's buffered rows.
 const STATE_PART: &str = "window";
+/// The checkpoint part of restored rows a stage that keeps partial aggregates has not turned
+/// into them yet (it does at its next batch or firing).
+const RESTORED_PART: &str = "window-rows";
 /// The key of the open windows in the `meta` of an incremental checkpoint.
 const OPEN: &str = "open";
 
@@ -874,7 +1154,7 @@ impl Operator for WindowOperator {
         _ctx: &Context<'_>,
         out: &mut Collector,
     ) -> operator::Result<()> {
-        if let Some(late) = self.process(batch)? {
+        if let Some(late) = self.process(batch).await? {
             out.late(late);
         }
         Ok(())
@@ -894,8 +1174,15 @@ impl Operator for WindowOperator {
         Ok(self.watermark.saturating_sub(self.spec.span()))
     }
 
+    /// Its rows, or its partial aggregates (and any restored rows not yet turned into them,
+    /// as a part of their own).
     fn snapshot(&self) -> operator::Result<OperatorState> {
         let mut state = OperatorState::part(STATE_PART, WindowOperator::snapshot(self)?);
+        if self.split.is_some() && self.windows.values().any(|w| !w.rows.is_empty()) {
+            state
+                .parts
+                .insert(RESTORED_PART.into(), self.tagged(Kept::Rows, false)?);
+        }
         state.meta = serde_json::json!({ "watermark": self.watermark });
         Ok(state)
     }
@@ -904,7 +1191,12 @@ impl Operator for WindowOperator {
     /// checkpoint, and in `meta` every open window with its revision (rows of windows closed
     /// since are not restored).
     fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
-        if kind == Snapshot::Whole || matches!(self.spec, WindowSpec::Session { .. }) {
+        let unsettled = self.split.is_some() && self.windows.values().any(|w| !w.rows.is_empty());
+        if kind == Snapshot::Whole
+            || matches!(self.spec, WindowSpec::Session { .. })
+            || self.rewritten
+            || unsettled
+        {
             self.saved();
             return Operator::snapshot(self);
         }
@@ -921,6 +1213,15 @@ impl Operator for WindowOperator {
         let Some(rows) = state.parts.get(STATE_PART) else {
             return Ok(());
         };
+        let mut rows = rows.clone();
+        rows.extend(
+            state
+                .parts
+                .get(RESTORED_PART)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
         let bad = |message: &str| OperatorError::State {
             part: STATE_PART.into(),
             message: message.into(),
@@ -930,7 +1231,7 @@ impl Operator for WindowOperator {
             .get("watermark")
             .and_then(serde_json::Value::as_i64)
             .ok_or_else(|| bad("no watermark recorded with the rows"))?;
-        WindowOperator::restore(self, rows, watermark)?;
+        WindowOperator::restore(self, &rows, watermark)?;
         if let Some(open) = state.meta.get(OPEN) {
             let open: Vec<(i64, i32)> = serde_json::from_value(open.clone())
                 .map_err(|_| bad("its open windows are not a list of [start, revision]"))?;

@@ -165,7 +165,12 @@ async fn run_restarting(
             assert_eq!(restored.open_windows(), op.open_windows());
             op = restored;
         }
-        if let Some(l) = op.process(&batch(part)).unwrap() {
+        let late_rows = op.process(&batch(part)).await.unwrap();
+        // Tumbling and hopping windows keep partial aggregates, unless an aggregate has an
+        // order of its own (see `with_raw_rows`).
+        let partial = !spec_sql.contains("ORDER BY") && !spec_sql.contains("session(");
+        assert_eq!(op.keeps_partial_aggregates(), partial, "{spec_sql}");
+        if let Some(l) = late_rows {
             let ts = l.column(1).as_primitive::<TimestampMicrosecondType>();
             late.extend(ts.values().iter().copied());
         }
@@ -249,18 +254,33 @@ fn reference(
     (agg, late)
 }
 
+/// `sql` (`SELECT key, ...`) and the same with an aggregate that has an order of its own, so
+/// that its windows keep raw rows instead of partial aggregates: both ways must agree.
+fn with_raw_rows(sql: &str) -> [String; 2] {
+    [
+        sql.to_string(),
+        sql.replacen(
+            "SELECT key, ",
+            "SELECT key, first_value(value ORDER BY ts) AS first, ",
+            1,
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn tumbling_results_and_updates_match_the_reference() {
+    for sql in with_raw_rows(
+        "SELECT key, window_start, window_end, count(*) AS n, sum(value) AS total FROM m GROUP BY key, tumble(interval '10 seconds')",
+    ) {
+        tumbling_results_and_updates_match_the_reference_with(&sql).await;
+    }
+}
+
+async fn tumbling_results_and_updates_match_the_reference_with(sql: &str) {
     let events = stream(11);
     let size = 10 * S;
     let lateness = 30 * S;
-    let got = run(
-        "SELECT key, window_start, window_end, count(*) AS n, sum(value) AS total FROM m GROUP BY key, tumble(interval '10 seconds')",
-        &events,
-        lateness,
-        50,
-    )
-    .await;
+    let got = run(sql, &events, lateness, 50).await;
     let (want, want_late) = reference(
         &events,
         |t| {
@@ -293,14 +313,16 @@ async fn tumbling_results_and_updates_match_the_reference() {
 async fn an_operator_restored_from_its_snapshot_continues_exactly() {
     let events = stream(5);
     let restarts: Vec<usize> = (3..300).step_by(7).collect();
-    for sql in [
+    let sqls = [
         "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
          GROUP BY key, tumble(interval '10 seconds')",
         "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
          GROUP BY key, hop(interval '5 seconds', interval '15 seconds')",
         "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM s \
          GROUP BY key, session(interval '2 seconds')",
-    ] {
+    ];
+    for sql in sqls.iter().flat_map(|s| with_raw_rows(s)) {
+        let sql = sql.as_str();
         let straight = run(sql, &events, 30 * S, 10).await;
         let restarted = run_restarting(sql, &events, 30 * S, 10, &restarts).await;
         assert_eq!(restarted.last, straight.last, "{sql}");
@@ -317,29 +339,27 @@ async fn an_operator_restored_from_its_snapshot_continues_exactly() {
 async fn hopping_windows_match_the_reference() {
     let events = stream(12);
     let (slide, size, lateness) = (5 * S, 15 * S, 30 * S);
-    let got = run(
+    for sql in with_raw_rows(
         "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m GROUP BY hop(interval '5 seconds', interval '15 seconds'), key",
-        &events,
-        lateness,
-        40,
-    )
-    .await;
-    let (want, want_late) = reference(
-        &events,
-        |t| {
-            let mut out = Vec::new();
-            let mut s = t - t.rem_euclid(slide);
-            while s + size > t {
-                out.push((s, s + size));
-                s -= slide;
-            }
-            out
-        },
-        lateness,
-        40,
-    );
-    assert_eq!(got.last, want);
-    assert_eq!(got.late.len(), want_late.len());
+    ) {
+        let got = run(&sql, &events, lateness, 40).await;
+        let (want, want_late) = reference(
+            &events,
+            |t| {
+                let mut out = Vec::new();
+                let mut s = t - t.rem_euclid(slide);
+                while s + size > t {
+                    out.push((s, s + size));
+                    s -= slide;
+                }
+                out
+            },
+            lateness,
+            40,
+        );
+        assert_eq!(got.last, want);
+        assert_eq!(got.late.len(), want_late.len());
+    }
 }
 
 #[tokio::test]
@@ -389,10 +409,10 @@ async fn a_late_event_within_lateness_updates_only_its_key() {
     assert_eq!(query.window, Some(WindowSpec::Tumble { size: 10 * S }));
     let mut op =
         WindowOperator::new(query, "ts", 60 * S, schema(), SessionContext::new(), None).unwrap();
-    op.process(&batch(&[ev("a", 1), ev("b", 2)])).unwrap();
+    op.process(&batch(&[ev("a", 1), ev("b", 2)])).await.unwrap();
     let first = op.advance(t0 + 10 * S).await.unwrap();
     assert_eq!(first.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
-    op.process(&batch(&[ev("a", 3)])).unwrap();
+    op.process(&batch(&[ev("a", 3)])).await.unwrap();
     let update = op.advance(t0 + 11 * S).await.unwrap();
     let rows: usize = update.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 1, "only key a is re-emitted");
@@ -411,7 +431,7 @@ async fn a_late_event_within_lateness_updates_only_its_key() {
     assert!(b.column_by_name("is_update").unwrap().as_boolean().value(0));
     // Past the lateness the event goes to the late output.
     assert!(op.advance(t0 + 71 * S).await.unwrap().is_empty());
-    let late = op.process(&batch(&[ev("b", 4)])).unwrap().unwrap();
+    let late = op.process(&batch(&[ev("b", 4)])).await.unwrap().unwrap();
     assert_eq!(late.num_rows(), 1);
     assert_eq!(op.buffered_rows(), 0);
 }
@@ -470,8 +490,9 @@ async fn a_window_stage_over_a_window_stage_uses_each_upstream_result_once() {
     .unwrap();
     // Minute 0 first counts 3, then is updated to 4; minute 1 counts 2.
     op.process(&rows(&[("a", 0, 3, 0), ("a", 1, 2, 0)]))
+        .await
         .unwrap();
-    op.process(&rows(&[("a", 0, 4, 1)])).unwrap();
+    op.process(&rows(&[("a", 0, 4, 1)])).await.unwrap();
     let out = op.advance(t0 + 5 * MINUTE_S).await.unwrap();
     let n = out[0]
         .column_by_name("n")
@@ -498,7 +519,7 @@ async fn a_window_stage_over_a_window_stage_uses_each_upstream_result_once() {
         0
     );
     // A later update of minute 1 re-emits the 5-minute window as an update.
-    op.process(&rows(&[("a", 1, 5, 1)])).unwrap();
+    op.process(&rows(&[("a", 1, 5, 1)])).await.unwrap();
     let out = op.advance(t0 + 6 * MINUTE_S).await.unwrap();
     assert_eq!(
         out[0]
@@ -541,6 +562,7 @@ async fn a_restatement_replaces_the_row_it_restates_before_and_after_the_window_
         event("b", base + S, 1.0),
         event("a", base + 2 * S, 7.0),
     ]))
+    .await
     .unwrap();
     let totals = |out: &[RecordBatch]| -> Vec<(String, i64, f64, i32)> {
         let mut rows = Vec::new();
@@ -573,6 +595,7 @@ async fn a_restatement_replaces_the_row_it_restates_before_and_after_the_window_
         vec![("a".into(), 1, 7.0, 0), ("b".into(), 1, 1.0, 0)]
     );
     op.process(&batch(&[event("a", base + 3 * S, 9.0)]))
+        .await
         .unwrap();
     let updated = op.advance(base + 11 * S).await.unwrap();
     assert_eq!(totals(&updated), vec![("a".into(), 1, 9.0, 1)]);
@@ -600,15 +623,18 @@ async fn a_stage_buffers_only_the_columns_its_sql_reads_and_the_late_output_keep
         ts: t0 + s * S,
         value,
     };
-    let query = parse_stage_sql("SELECT key, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')").unwrap();
+    // An aggregate with an order of its own: the windows keep raw rows.
+    let query = parse_stage_sql("SELECT key, sum(value) AS total, first_value(value ORDER BY ts) AS first, window_start FROM m GROUP BY key, tumble(interval '10 seconds')").unwrap();
     let mut narrow = query.clone();
     narrow.reads = Some(vec!["key".into(), "value".into()]);
     let wide = with_note(&[]).schema();
     let open = |q| WindowOperator::new(q, "ts", 20 * S, wide.clone(), SessionContext::new(), None);
     let (mut all, mut op) = (open(query).unwrap(), open(narrow.clone()).unwrap());
+    op.compile().await.unwrap();
+    assert!(!op.keeps_partial_aggregates());
     let first = with_note(&[ev("a", 1, 2.0), ev("b", 2, 3.0), ev("a", 4, 5.0)]);
-    all.process(&first).unwrap();
-    op.process(&first).unwrap();
+    all.process(&first).await.unwrap();
+    op.process(&first).await.unwrap();
     // The state holds the event time and what the SQL reads, not `note`.
     let names = |b: &RecordBatch| -> Vec<String> {
         let schema = b.schema();
@@ -651,7 +677,11 @@ async fn a_stage_buffers_only_the_columns_its_sql_reads_and_the_late_output_keep
     assert_eq!(totals(restored.advance(t0 + 10 * S).await.unwrap()), want);
     // Too late: the late output is the whole event, `note` included.
     assert!(op.advance(t0 + 40 * S).await.unwrap().is_empty());
-    let late = op.process(&with_note(&[ev("b", 5, 1.0)])).unwrap().unwrap();
+    let late = op
+        .process(&with_note(&[ev("b", 5, 1.0)]))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(names(&late), ["key", "ts", "value", "note"]);
     assert_eq!(
         late.column(3).as_string::<i32>().value(0),
@@ -673,14 +703,16 @@ async fn a_checkpoint_from_before_the_sql_read_a_column_restores_it_as_null_if_i
         q.reads = Some(reads.iter().map(|c| c.to_string()).collect());
         WindowOperator::new(q, "ts", 20 * S, wide.clone(), SessionContext::new(), None).unwrap()
     };
-    let count = "SELECT key, count(*) AS n, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
+    // Aggregates with an order of their own: the windows keep raw rows.
+    let count = "SELECT key, count(*) AS n, first_value(key ORDER BY ts) AS first, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
     let mut before = open(count, &["key"]);
     before
         .process(&with_note(&[ev("a", 1), ev("a", 2)]))
+        .await
         .unwrap();
     let state = before.snapshot().unwrap();
     // The SQL now reads `note` (nullable here): the rows buffered before have none.
-    let notes = "SELECT key, count(note) AS notes, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
+    let notes = "SELECT key, count(note) AS notes, first_value(key ORDER BY ts) AS first, window_start FROM m GROUP BY key, tumble(interval '10 seconds')";
     let nullable = Arc::new(Schema::new(
         wide.fields()
             .iter()
@@ -700,7 +732,7 @@ async fn a_checkpoint_from_before_the_sql_read_a_column_restores_it_as_null_if_i
     assert_eq!(notes.value(0), 0, "two rows restored, neither with a note");
     // `value` cannot be null: that restore stops, naming the column and what to do.
     let mut strict = open(
-        "SELECT key, sum(value) AS total, window_start FROM m GROUP BY key, tumble(interval '10 seconds')",
+        "SELECT key, sum(value) AS total, first_value(key ORDER BY ts) AS first, window_start FROM m GROUP BY key, tumble(interval '10 seconds')",
         &["key", "value"],
     );
     let err = strict
@@ -709,4 +741,146 @@ async fn a_checkpoint_from_before_the_sql_read_a_column_restores_it_as_null_if_i
         .to_string();
     assert!(err.contains("no column `value`"), "{err}");
     assert!(err.contains("undo the SQL change"), "{err}");
+}
+
+/// A query of decomposable aggregates and exact percentiles keeps, per window, the
+/// aggregates' state per key — bounded by the keys, not by the events — and gives what the
+/// same query over raw rows gives.
+#[tokio::test]
+async fn windows_keep_per_key_partial_aggregates_not_their_rows() {
+    // On a minute: every event in one window.
+    let base = 1_750_000_020 * S;
+    let sql = "SELECT key, window_start, count(*) AS n, sum(value) AS total, avg(value) AS mean, \
+               stddev(value) AS sd, percentile_cont(value, 0.95) AS p95 FROM m \
+               GROUP BY key, tumble(interval '1 minute')";
+    let [partial, raw] = with_raw_rows(sql);
+    let open = |sql: &str| {
+        WindowOperator::new(
+            parse_stage_sql(sql).unwrap(),
+            "ts",
+            0,
+            schema(),
+            SessionContext::new(),
+            None,
+        )
+        .unwrap()
+    };
+    let (mut op, mut rows) = (open(&partial), open(&raw));
+    let mut most = 0;
+    for step in 0..50 {
+        let events: Vec<Event> = (0..10)
+            .map(|i| Event {
+                key: format!("k{}", i % 3),
+                ts: base + step * S + i,
+                value: f64::from((step * 7 + i) as i32 % 23),
+            })
+            .collect();
+        op.process(&batch(&events)).await.unwrap();
+        rows.process(&batch(&events)).await.unwrap();
+        most = most.max(op.buffered_rows());
+    }
+    assert!(op.keeps_partial_aggregates() && !rows.keeps_partial_aggregates());
+    assert_eq!(rows.buffered_rows(), 500);
+    // At most one state row per key for each of the batches not yet merged.
+    assert!(most <= 3 * 8, "{most} state rows held");
+    let sorted = |out: Vec<RecordBatch>| {
+        let b = arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+        let mut text: Vec<String> = (0..b.num_rows())
+            .map(|i| {
+                ["key", "n", "total", "mean", "sd", "p95"]
+                    .iter()
+                    .map(|c| {
+                        let col = b.column_by_name(c).unwrap();
+                        let v = arrow::util::display::array_value_to_string(col, i).unwrap();
+                        v.parse::<f64>().map_or(v, |x| format!("{x:.9e}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        text.sort();
+        text
+    };
+    let got = sorted(op.advance(base + 120 * S).await.unwrap());
+    assert_eq!(got.len(), 3);
+    assert_eq!(got, sorted(rows.advance(base + 120 * S).await.unwrap()));
+    assert_eq!(op.buffered_rows(), 0);
+}
+
+/// A checkpoint taken while a stage kept raw rows (before an upgrade, or with an aggregate
+/// that needed them) restores into one that keeps partial aggregates; its next checkpoint is
+/// whole. Partial aggregates of another query are refused, saying what to do.
+#[tokio::test]
+async fn raw_rows_restore_into_partial_aggregates_and_other_aggregates_are_refused() {
+    let base = 1_750_000_000 * S;
+    let ev = |key: &str, s: i64, value: f64| Event {
+        key: key.into(),
+        ts: base + s * S,
+        value,
+    };
+    let open = |sql: &str| {
+        WindowOperator::new(
+            parse_stage_sql(sql).unwrap(),
+            "ts",
+            30 * S,
+            schema(),
+            SessionContext::new(),
+            None,
+        )
+        .unwrap()
+    };
+    let sql = "SELECT key, window_start, sum(value) AS total FROM m \
+               GROUP BY key, tumble(interval '10 seconds')";
+    let [partial, raw] = with_raw_rows(sql);
+    let mut before = open(&raw);
+    before
+        .process(&batch(&[ev("a", 1, 2.0), ev("b", 2, 3.0), ev("a", 3, 4.0)]))
+        .await
+        .unwrap();
+    let mut after = open(&partial);
+    after.compile().await.unwrap();
+    Operator::restore(
+        &mut after,
+        OperatorState {
+            meta: serde_json::json!({ "watermark": before.watermark() }),
+            ..OperatorState::part("window", before.snapshot().unwrap())
+        },
+    )
+    .unwrap();
+    after.process(&batch(&[ev("b", 4, 5.0)])).await.unwrap();
+    let changes = Operator::checkpoint(&mut after, Snapshot::Changes).unwrap();
+    assert!(changes.appended.is_empty(), "{:?}", changes.appended);
+    let totals = |out: &[RecordBatch]| -> BTreeMap<String, f64> {
+        let mut t = BTreeMap::new();
+        for b in out {
+            let keys = b.column_by_name("key").unwrap().as_string::<i32>();
+            let sums = b
+                .column_by_name("total")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                t.insert(keys.value(i).to_string(), sums.value(i));
+            }
+        }
+        t
+    };
+    let state = after.snapshot().unwrap();
+    let out = after.advance(base + 10 * S).await.unwrap();
+    assert_eq!(
+        totals(&out),
+        BTreeMap::from([("a".into(), 6.0), ("b".into(), 8.0)])
+    );
+
+    // The same partial aggregates for a query that averages instead.
+    let mut other = open(
+        "SELECT key, window_start, avg(value) AS total FROM m \
+         GROUP BY key, tumble(interval '10 seconds')",
+    );
+    other.restore(&state, base).unwrap();
+    let err = other.advance(base + 10 * S).await.unwrap_err().to_string();
+    assert!(
+        err.contains("partial aggregates of a query other than the stage's SQL now")
+            && err.contains("undo the SQL change"),
+        "{err}"
+    );
 }
