@@ -215,10 +215,12 @@ fn serve(consumer: BaseConsumer<Member>, leave: &AtomicBool) {
             tracing::warn!("consumer group: {e}");
         }
         commit_positions(&consumer);
+        purge_repartitioned(&consumer.context().shards);
         restart_fenced(&consumer);
     }
     consumer.context().shards.stop_all();
     commit_positions(&consumer);
+    purge_repartitioned(&consumer.context().shards);
 }
 
 /// Commits the shards' positions the group does not have yet; those it refuses (during a
@@ -236,10 +238,7 @@ fn commit_positions(consumer: &BaseConsumer<Member>) {
         }
     }
     match consumer.commit(&list, CommitMode::Sync) {
-        Ok(()) => {
-            offsets.committed(&pending);
-            purge_repartitioned(&consumer.context().shards, &pending);
-        }
+        Ok(()) => offsets.committed(&pending),
         Err(e) => tracing::debug!(
             "consumer group: offsets not committed yet (lag tools lag behind; the Delta tables \
              hold the offsets): {e}"
@@ -247,10 +246,12 @@ fn commit_positions(consumer: &BaseConsumer<Member>) {
     }
 }
 
-/// Deletes what the tables hold of the repartition topics: no shard reads it again. One that
-/// fails is left for the next commit's.
-fn purge_repartitioned(shards: &Shards, committed: &BTreeMap<(String, i32), i64>) {
-    let read: Vec<(&str, i32, i64)> = committed
+/// Deletes what of the repartition topics comes before the shards' written checkpoints: no
+/// restart reads it again. One that fails is left for the next, which deletes up to a later
+/// offset.
+fn purge_repartitioned(shards: &Shards) {
+    let checkpointed = shards.offsets.take_checkpointed();
+    let read: Vec<(&str, i32, i64)> = checkpointed
         .iter()
         .filter(|((topic, _), _)| shards.repartitioned.contains(topic))
         .map(|((topic, p), next)| (topic.as_str(), *p, *next))
@@ -331,6 +332,7 @@ impl ConsumerContext for Member {
         self.shards.stop(&partitions);
         if !lost {
             commit_positions(consumer);
+            purge_repartitioned(&self.shards);
         }
         self.shards.offsets.forget(&partitions);
         for waiting in [&self.shards.fenced, &self.shards.failing] {

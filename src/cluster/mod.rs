@@ -51,8 +51,13 @@ impl Shard {
 /// Positions the shards committed to Delta, for the group: only a member of the group may
 /// commit its offsets. Each stays pending until a commit to the group succeeds (one refused
 /// during a rebalance is made again), and is forgotten when its partition leaves the worker.
+/// Beside them, the positions of repartition topics a written checkpoint holds: what comes
+/// before them no restart reads again, so the member deletes it.
 #[derive(Debug, Clone, Default)]
-pub struct GroupOffsets(Arc<Mutex<BTreeMap<(String, i32), Position>>>);
+pub struct GroupOffsets(
+    Arc<Mutex<BTreeMap<(String, i32), Position>>>,
+    Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+);
 
 #[derive(Debug, Clone, Copy)]
 struct Position {
@@ -106,5 +111,24 @@ impl GroupOffsets {
     /// Forgets the positions of `partitions` (of every topic): their new owner commits its own.
     pub(crate) fn forget(&self, partitions: &[i32]) {
         self.positions().retain(|(_, p), _| !partitions.contains(p));
+        self.read_lock().retain(|(_, p), _| !partitions.contains(p));
+    }
+
+    fn read_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), i64>> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that a written checkpoint starts `topic` (a repartition topic) at `position`.
+    pub(crate) fn record_checkpointed(&self, topic: &str, position: &HashMap<i32, i64>) {
+        let mut read = self.read_lock();
+        for (&p, &next) in position {
+            read.insert((topic.to_string(), p), next);
+        }
+    }
+
+    /// The positions recorded by [`record_checkpointed`](Self::record_checkpointed) since the
+    /// last call.
+    pub(crate) fn take_checkpointed(&self) -> BTreeMap<(String, i32), i64> {
+        std::mem::take(&mut *self.read_lock())
     }
 }

@@ -68,7 +68,7 @@ use crate::sink::{
 use crate::source::SourceError;
 use crate::source::reader::{
     DeadLetters, ReadConfig, SideOutputs, SourceRuntime, Until, caught_up, commit_to_group, now_us,
-    open_source, poll_source, report_consumer_lag,
+    open_source, poll_source, release_checkpointed, report_consumer_lag,
 };
 use crate::validate::TimeBounds;
 use crate::window::WindowSpec;
@@ -688,8 +688,13 @@ pub async fn run_pipeline(
                 }
             }
             // The last positions reach the group for sure (an async commit may still be queued).
-            for s in sources.iter().filter(|s| s.moved && !pipeline.backfill) {
+            for s in sources
+                .iter()
+                .filter(|s| (s.moved || s.held() != s.position) && !pipeline.backfill)
+            {
                 commit_to_group(s, CommitMode::Sync);
+                // The last checkpoint is written: a restart reads on from there.
+                release_checkpointed(s, &s.held());
             }
             return Ok(summary);
         }
@@ -1298,12 +1303,17 @@ async fn flush(
     }
     for s in sources.iter_mut() {
         report_consumer_lag(pipeline, s, metrics);
+        // Where the checkpoint of the cycle before, written before this cycle committed, has
+        // the source.
+        release_checkpointed(s, &s.held());
         let moved = !s.pending.is_empty();
         for (p, next) in s.pending.drain() {
             s.position.insert(p, next);
         }
-        // A backfill's positions are its own, never the live pipeline's group's.
-        if moved && !pipeline.backfill {
+        // A backfill's positions are its own, never the live pipeline's group's. A
+        // repartition topic read to its end may have moved only past the marker of the
+        // transaction that wrote its last records.
+        if (moved || s.held() != s.position) && !pipeline.backfill {
             s.moved = true;
             commit_to_group(s, CommitMode::Async);
         }

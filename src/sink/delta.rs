@@ -649,14 +649,28 @@ impl DeltaSink {
         }
         let files_before = self.file_count();
         let table = self.table.clone();
-        let table = table
+        let write = table
             .write(batches)
             .with_partition_columns(self.config.partition_columns.clone())
             // A stage that gains a column (a new carried feature, a column added to its SQL)
             // adds it to the table; earlier rows read it as null.
             .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
             .with_commit_properties(commit_properties(txns))
+            .into_future();
+        // delta-rs 1.1.3 aborts an upload that failed (the store went away, or answered a
+        // request held while the process was paused) through `BufWriter::abort`, which panics
+        // when the failure came at its completion: that write failed on the store, and nothing
+        // was committed.
+        let table = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(write))
             .await
+            .unwrap_or_else(|_| {
+                Err(DeltaTableError::ObjectStore {
+                    source: object_store::Error::Generic {
+                        store: "Delta writer",
+                        source: "an upload failed and could not be aborted".into(),
+                    },
+                })
+            })
             .map_err(|e| self.commit_error(e))?;
         self.table = table;
         let files = self.file_count().saturating_sub(files_before);

@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::DeadLetter;
-use super::repartition::{Forwarder, Route, upstream_of};
+use super::repartition::{Forwarder, Reading, Route, upstream_of};
 use crate::cluster::{GroupOffsets, Shard};
 use crate::kafka::KafkaConnection;
 use crate::metrics::PipelineMetrics;
@@ -599,6 +599,23 @@ pub(crate) fn commit_to_group(s: &SourceRuntime, mode: CommitMode) {
     }
 }
 
+/// After a cycle's Delta commits, which waited for the checkpoint of the cycle before: a
+/// shard's repartition topic is read again after a restart from no earlier than `checkpointed`
+/// (that checkpoint's positions), so what comes before may go.
+pub(crate) fn release_checkpointed(s: &SourceRuntime, checkpointed: &HashMap<i32, i64>) {
+    if let (
+        Some(offsets),
+        Reader::Kafka {
+            topic,
+            upstream: true,
+            ..
+        },
+    ) = (&s.group_offsets, &s.reader)
+    {
+        offsets.record_checkpointed(topic, checkpointed);
+    }
+}
+
 /// Whether the source has been read (not necessarily committed) up to where it ended at start.
 pub(crate) fn caught_up(s: &SourceRuntime) -> bool {
     match &s.reader {
@@ -733,8 +750,16 @@ pub(crate) fn poll_source(
                 upstream,
                 ..
             } => {
-                if let Some(f) = &s.forwarder {
+                if let Some(f) = &mut s.forwarder {
                     f.check()?;
+                    let reading = Reading {
+                        consumer,
+                        topic,
+                        partition: s.position.keys().min().copied().unwrap_or(0),
+                    };
+                    for p in f.waiting(&s.watermark.partitions(), &reading) {
+                        s.watermark.hold(p, now);
+                    }
                 }
                 for _ in 0..max_rows {
                     if s.pending_bytes >= max_bytes {

@@ -44,6 +44,9 @@ const BATCH_TIME: Duration = Duration::from_millis(100);
 /// At most this many records per transaction.
 const BATCH_RECORDS: usize = 50_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a shard looks for stalled forwarders.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a transaction that failed and was aborted waits before it is tried again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -73,16 +76,30 @@ pub(crate) struct Forwarder {
     stop: Arc<AtomicBool>,
     failed: Arc<Mutex<Option<Failure>>>,
     thread: Option<JoinHandle<()>>,
+    /// Reads the forwarders' group offsets: where each source partition's forwarder is.
+    watch: BaseConsumer,
+    topic: String,
+    /// Per source partition, the group offset seen at the last look.
+    seen: std::collections::HashMap<i32, i64>,
+    looked: Option<Instant>,
+    /// Where the shard's reader of the repartition topic was at the last look.
+    read: Option<i64>,
+}
+
+/// The shard's reader of the repartition topic: its consumer, and the partition it reads.
+pub(crate) struct Reading<'a> {
+    pub consumer: &'a BaseConsumer,
+    pub topic: &'a str,
+    pub partition: i32,
 }
 
 impl Forwarder {
     /// Starts forwarding: once its producer has fenced out any earlier one of the partition and
     /// the forwarder knows where to resume.
     pub(crate) fn start(kafka: &KafkaConnection, route: &Route<'_>) -> Result<Self, SourceError> {
-        let err = |e: KafkaError| SourceError::Repartition {
+        let err = |source: KafkaError| SourceError::Kafka {
             source_name: route.source.to_string(),
-            message: e.to_string(),
-            fenced: is_fenced(&e),
+            source,
         };
         let group = format!("{}.repartition", route.group);
         let consumer: BaseConsumer = kafka.consumer(&group).create().map_err(err)?;
@@ -153,7 +170,76 @@ impl Forwarder {
             stop,
             failed,
             thread: Some(thread),
+            watch: kafka.consumer(&group).create().map_err(err)?,
+            topic: route.topic.to_string(),
+            seen: Default::default(),
+            looked: None,
+            read: None,
         })
+    }
+
+    /// Of the source's `partitions`, those whose events the shard must wait for, looked at
+    /// every [`LOOK_EVERY`] (none between). A shard's watermark holds them back (see
+    /// [`WatermarkTracker::hold`](crate::window::WatermarkTracker::hold)) rather than count
+    /// them idle, and their records late when they come:
+    /// - a partition whose records wait to be forwarded while its forwarder made no progress
+    ///   since the last look (its worker died or lost it; its next owner will forward them);
+    /// - every partition, while the shard's `reader` cannot read on in the repartition topic
+    ///   (records there that it has not reached, and no progress since the last look): a
+    ///   transaction left open by a forwarder that died hides what follows it from a
+    ///   `read_committed` reader, whichever partition it came from, until the partition's
+    ///   next owner aborts it.
+    ///
+    /// Brokers that do not answer stall nothing.
+    pub(crate) fn waiting(&mut self, partitions: &[i32], reader: &Reading<'_>) -> Vec<i32> {
+        if self.looked.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
+            return Vec::new();
+        }
+        self.looked = Some(Instant::now());
+        let read = reader.consumer.position().ok().and_then(|list| {
+            match list
+                .find_partition(reader.topic, reader.partition)?
+                .offset()
+            {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            }
+        });
+        let end = reader
+            .consumer
+            .fetch_watermarks(reader.topic, reader.partition, LOOK_TIMEOUT)
+            .ok()
+            .map(|(_, high)| high);
+        let read_before = std::mem::replace(&mut self.read, read);
+        if let (Some(at), Some(end)) = (read, end)
+            && at < end
+            && read_before == Some(at)
+        {
+            return partitions.to_vec();
+        }
+        let mut list = TopicPartitionList::new();
+        for &p in partitions {
+            list.add_partition(&self.topic, p);
+        }
+        let Ok(committed) = self.watch.committed_offsets(list, LOOK_TIMEOUT) else {
+            return Vec::new();
+        };
+        let mut stalled = Vec::new();
+        for &p in partitions {
+            let at = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            let Ok((low, high)) = self.watch.fetch_watermarks(&self.topic, p, LOOK_TIMEOUT) else {
+                continue;
+            };
+            let waiting = high > at.max(low);
+            if waiting && self.seen.get(&p) == Some(&at) {
+                stalled.push(p);
+            }
+            self.seen.insert(p, at);
+        }
+        stalled
     }
 
     /// Whether it is still forwarding: the error it stopped on, if it did.
@@ -170,10 +256,21 @@ impl Forwarder {
 }
 
 impl Drop for Forwarder {
+    /// Stops the forwarder and waits for it (its transaction commits first): off the async
+    /// worker threads when on one, so that other tasks run meanwhile.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let join = move || {
             let _ = thread.join();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(join)
+            }
+            _ => join(),
         }
     }
 }
@@ -211,7 +308,7 @@ struct Forward {
 impl Forward {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), KafkaError> {
         while !stop.load(Ordering::Relaxed) {
-            match self.batch() {
+            match self.batch(stop) {
                 Ok(()) => {}
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => {
@@ -240,7 +337,7 @@ impl Forward {
     }
 
     /// Forwards what arrives within [`BATCH_TIME`] in one transaction, with the offsets.
-    fn batch(&mut self) -> Result<(), KafkaError> {
+    fn batch(&mut self, stop: &AtomicBool) -> Result<(), KafkaError> {
         let deadline = Instant::now() + BATCH_TIME;
         let mut next = None;
         let mut forwarded = 0;
@@ -263,14 +360,20 @@ impl Forward {
                 key: UPSTREAM,
                 value: Some(self.header.as_str()),
             });
+            // The source record's own time: a backlog forwarded late still looks as old as it is.
             let mut record = BaseRecord::to(&self.to).payload(payload).headers(headers);
+            if let Some(t) = m.timestamp().to_millis() {
+                record = record.timestamp(t);
+            }
             if let Some(key) = &key {
                 record = record.key(key.as_slice());
             }
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if !stop.load(Ordering::Relaxed) =>
+                    {
                         record = r;
                         std::thread::sleep(Duration::from_millis(5));
                     }
@@ -288,9 +391,11 @@ impl Forward {
         let group = self.consumer.group_metadata().ok_or_else(|| {
             KafkaError::ClientCreation("the forwarder's consumer has no group".into())
         })?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
-        self.producer.commit_transaction(TIMEOUT)?;
+        retrying(|| {
+            self.producer
+                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+        })?;
+        retrying(|| self.producer.commit_transaction(TIMEOUT))?;
         self.open = false;
         Ok(())
     }
@@ -386,6 +491,21 @@ pub(crate) async fn purge(
         e.error()?;
     }
     Ok(())
+}
+
+/// `call` again while it fails with an error librdkafka says to retry (a timeout: the call
+/// may still complete, and another kind of call would fail), up to 5 times.
+fn retrying(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(BACKOFF);
+            }
+            done => return done,
+        }
+    }
 }
 
 /// The key a producer keyed by `by` gives the event in `payload`: one field's text, or a JSON

@@ -93,6 +93,22 @@ impl WatermarkTracker {
         }
     }
 
+    /// The partitions it follows.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// Keeps `partition` from going idle at processing time `now`, without an event: its
+    /// events are known to be on their way (a re-keyed source's partition whose forwarder
+    /// stalled), so the watermark waits for them.
+    pub fn hold(&mut self, partition: i32, now: i64) {
+        if let Some(clock) = self.partitions.get_mut(&partition) {
+            clock.last_seen = now;
+        }
+    }
+
     /// Records that `partition` delivered events up to `max_event_time` at processing time `now`.
     pub fn observe(&mut self, partition: i32, max_event_time: i64, now: i64) {
         let clock = self.partitions.entry(partition).or_insert(PartitionClock {
@@ -215,5 +231,20 @@ mod tests {
         w.observe(0, 50 * S, 0);
         w.observe(1, 80 * S, 0);
         assert_eq!(w.watermark(100 * S), 79 * S);
+    }
+
+    /// A held partition, whose events are known to be coming, keeps holding the watermark
+    /// past its idle timeout; once no longer held, it goes idle as any other.
+    #[test]
+    fn a_held_partition_does_not_go_idle() {
+        let mut w = WatermarkTracker::new(S, 30 * S);
+        w.observe(0, 50 * S, 0);
+        w.observe(1, 80 * S, 0);
+        w.observe(1, 90 * S, 25 * S);
+        w.hold(0, 25 * S);
+        w.hold(7, 25 * S);
+        assert_eq!(w.partitions(), [0, 1]);
+        assert_eq!(w.watermark(40 * S), 49 * S);
+        assert_eq!(w.watermark(60 * S), 89 * S);
     }
 }
