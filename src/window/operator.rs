@@ -88,8 +88,11 @@ impl TumbleState {
     }
 }
 
-/// A window's state batches are merged into one once there are this many.
+/// A window's state batches not yet in a checkpoint are merged into one once there are this
+/// many (those a checkpoint holds stay as they are, so incremental checkpoints go on).
 const COMPACT_AT: usize = 8;
+/// All of a window's state batches are merged into one once there are this many.
+const MERGE_ALL_AT: usize = 16;
 
 /// The stage's query in phases, for windows that keep partial aggregates.
 struct Split {
@@ -134,6 +137,8 @@ pub struct WindowOperator {
     split: Option<Split>,
     /// State batches a checkpoint held were merged or replaced since: the next one is whole.
     rewritten: bool,
+    /// Restored state was checked against the query, and restored rows turned into states.
+    settled: bool,
 }
 
 fn ts_type() -> DataType {
@@ -265,6 +270,7 @@ impl WindowOperator {
             plan: None,
             split: None,
             rewritten: false,
+            settled: true,
             query,
         })
     }
@@ -419,6 +425,11 @@ impl WindowOperator {
         self.watermark = watermark;
         self.windows.clear();
         self.sessions.clear();
+        // Checked against the query at the next batch or firing; the first checkpoint after a
+        // restore starts a chain of its own (the restored one may hold states of another
+        // query, for windows closed since).
+        self.settled = false;
+        self.rewritten = true;
         let is_states = |b: &RecordBatch| b.schema().metadata().contains_key(PARTIAL_AGGREGATES);
         let (states, rows): (Vec<RecordBatch>, Vec<RecordBatch>) = state
             .iter()
@@ -432,11 +443,25 @@ impl WindowOperator {
         if let WindowSpec::Session { .. } = self.spec {
             return Err(self.restored_states_unusable());
         }
-        let schema = states[0].schema();
-        let states = concat_batches(&schema, &states)?;
-        let n = schema.fields().len() - 2;
+        // Of one query's aggregates, or (a chain across a change of the SQL) of several.
+        let mut by_schema: Vec<(SchemaRef, Vec<RecordBatch>)> = Vec::new();
+        for b in states {
+            match by_schema.iter_mut().find(|(s, _)| s == b.schema_ref()) {
+                Some((_, batches)) => batches.push(b),
+                None => by_schema.push((b.schema(), vec![b])),
+            }
+        }
+        for (schema, batches) in by_schema {
+            self.restore_states(&concat_batches(&schema, &batches)?)?;
+        }
+        Ok(())
+    }
+
+    /// Restores checkpointed partial aggregates (tagged with their windows) into the windows.
+    fn restore_states(&mut self, states: &RecordBatch) -> Result<(), WindowError> {
+        let n = states.num_columns() - 2;
         let rows = states.project(&(0..n).collect::<Vec<_>>())?;
-        let windows = per_window(&states, n).map_err(|message| WindowError::Input {
+        let windows = per_window(states, n).map_err(|message| WindowError::Input {
             input: self.query.input.clone(),
             message: format!("checkpointed state: {message}"),
         })?;
@@ -636,11 +661,15 @@ impl WindowOperator {
                         late.push(i as u32);
                     }
                 }
+                let mut windowed = Vec::new();
                 for (start, indices) in per_window {
                     let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
                     if self.split.is_some() {
-                        let rows = self.with_window(&rows, start, start.saturating_add(size))?;
-                        self.add_states(start, rows).await?;
+                        windowed.push(self.with_window(
+                            &rows,
+                            start,
+                            start.saturating_add(size),
+                        )?);
                         continue;
                     }
                     let dirty_keys = match self.windows.get(&start) {
@@ -659,6 +688,7 @@ impl WindowOperator {
                     }
                     window.rows.push(rows);
                 }
+                self.add_states(windowed).await?;
             }
         }
         if late.is_empty() {
@@ -669,42 +699,77 @@ impl WindowOperator {
         }
     }
 
-    /// Adds `rows` (of the windowed schema, all of the window at `start`) to that window's
-    /// partial aggregates; a window that fired has the groups they touch updated at its next
-    /// firing. Merges the window's state batches once there are [`COMPACT_AT`].
-    async fn add_states(&mut self, start: i64, rows: RecordBatch) -> Result<(), WindowError> {
+    /// Adds `rows` (of the windowed schema, each with its window's columns) to their windows'
+    /// partial aggregates, in one run of the partial phase; a window that fired has the groups
+    /// they touch updated at its next firing. Merges the batches a window gained since its last
+    /// checkpoint once there are [`COMPACT_AT`] of them, and all its batches once there are
+    /// [`MERGE_ALL_AT`] (its next checkpoint is then whole).
+    async fn add_states(&mut self, rows: Vec<RecordBatch>) -> Result<(), WindowError> {
         let Some(split) = &self.split else {
             return Ok(());
         };
-        let states = split.query.partial(vec![rows]).await?;
-        let window = self
-            .windows
-            .entry(start)
-            .or_insert_with(|| TumbleState::new(None));
-        if window.emitted.is_some() {
-            for b in &states {
-                let groups = split
-                    .groups
-                    .convert_columns(&b.columns()[..split.query.groups()])?;
-                window.dirty.extend(groups.iter().map(|r| r.owned()));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let states = split.query.partial(rows).await?;
+        let starts = split.query.state_schema().index_of("window_start")?;
+        for b in &states {
+            let column = b.column(starts);
+            let Some(at) = column.as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+                return Err(WindowError::Input {
+                    input: self.query.input.clone(),
+                    message: "the partial aggregates' `window_start` is not a timestamp".into(),
+                });
+            };
+            let mut per_window: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (i, start) in at.values().iter().enumerate() {
+                per_window.entry(*start).or_default().push(i as u32);
+            }
+            for (start, indices) in per_window {
+                let part = take_record_batch(b, &UInt32Array::from(indices))?;
+                let window = self
+                    .windows
+                    .entry(start)
+                    .or_insert_with(|| TumbleState::new(None));
+                if window.emitted.is_some() {
+                    let groups = split
+                        .groups
+                        .convert_columns(&part.columns()[..split.query.groups()])?;
+                    window.dirty.extend(groups.iter().map(|r| r.owned()));
+                }
+                window.states.push(part);
             }
         }
-        window.states.extend(states);
-        if window.states.len() >= COMPACT_AT {
-            let states = std::mem::take(&mut window.states);
-            window.states = split.query.reduce(states).await?;
-            if window.states_saved > 0 {
+        for window in self.windows.values_mut() {
+            let from = if window.states.len() >= MERGE_ALL_AT {
+                0
+            } else if window.states.len() - window.states_saved >= COMPACT_AT {
+                window.states_saved
+            } else {
+                continue;
+            };
+            let merged = split.query.reduce(window.states.split_off(from)).await?;
+            if let Some(first) = merged.first() {
+                window
+                    .states
+                    .push(concat_batches(&first.schema(), &merged)?);
+            }
+            if from < window.states_saved {
+                window.states_saved = 0;
                 self.rewritten = true;
             }
-            window.states_saved = 0;
         }
         Ok(())
     }
 
-    /// Turns raw rows restored from a checkpoint into partial aggregates, when the stage keeps
-    /// those now; refuses restored partial aggregates its query cannot finish.
+    /// Plans the query if it is not yet; then, once after a restore, turns the raw rows
+    /// restored into partial aggregates, when the stage keeps those now, and refuses restored
+    /// partial aggregates its query cannot finish.
     async fn settle(&mut self) -> Result<(), WindowError> {
         self.compile().await?;
+        if self.settled {
+            return Ok(());
+        }
         let expected = self
             .split
             .as_ref()
@@ -724,6 +789,7 @@ impl WindowOperator {
             return Err(self.restored_states_unusable());
         }
         let Some(split) = &self.split else {
+            self.settled = true;
             return Ok(());
         };
         let end_of = |start: i64| start.saturating_add(self.spec.span());
@@ -747,6 +813,7 @@ impl WindowOperator {
             }
             self.rewritten = true;
         }
+        self.settled = true;
         Ok(())
     }
 
@@ -1041,7 +1108,19 @@ impl WindowOperator {
         let keeps_rows = matches!(self.spec, WindowSpec::Session { .. })
             || self.replace_by.is_some()
             || self.upstream_groups.is_some();
-        if !keeps_rows && let Some(query) = SplitQuery::of(&plan)? {
+        let split = match keeps_rows {
+            true => None,
+            // The raw rows' way still works where the phases cannot be built (an aggregate
+            // of a program's own that gives no state to merge, say).
+            false => SplitQuery::of(&plan).unwrap_or_else(|e| {
+                tracing::warn!(
+                    input = %self.query.input,
+                    "the stage's windows keep raw rows: its aggregation cannot be split: {e}"
+                );
+                None
+            }),
+        };
+        if let Some(query) = split {
             let groups = RowConverter::new(
                 query.state_schema().fields()[..query.groups()]
                     .iter()

@@ -766,7 +766,7 @@ async fn windows_keep_per_key_partial_aggregates_not_their_rows() {
         .unwrap()
     };
     let (mut op, mut rows) = (open(&partial), open(&raw));
-    let mut most = 0;
+    let (mut most, mut incremental, mut checkpoints) = (0, 0, 0);
     for step in 0..50 {
         let events: Vec<Event> = (0..10)
             .map(|i| Event {
@@ -778,11 +778,22 @@ async fn windows_keep_per_key_partial_aggregates_not_their_rows() {
         op.process(&batch(&events)).await.unwrap();
         rows.process(&batch(&events)).await.unwrap();
         most = most.max(op.buffered_rows());
+        // Checkpointed every third batch: merging the batches gained since the last one
+        // keeps them incremental; merging all of them, every 16 batches, makes one whole.
+        if step % 3 == 2 {
+            let c = Operator::checkpoint(&mut op, Snapshot::Changes).unwrap();
+            incremental += usize::from(c.appended.contains("window"));
+            checkpoints += 1;
+        }
     }
+    assert!(
+        incremental >= checkpoints * 2 / 3 && incremental < checkpoints,
+        "{incremental} of {checkpoints} checkpoints incremental"
+    );
     assert!(op.keeps_partial_aggregates() && !rows.keeps_partial_aggregates());
     assert_eq!(rows.buffered_rows(), 500);
     // At most one state row per key for each of the batches not yet merged.
-    assert!(most <= 3 * 8, "{most} state rows held");
+    assert!(most <= 3 * 16, "{most} state rows held");
     let sorted = |out: Vec<RecordBatch>| {
         let b = arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
         let mut text: Vec<String> = (0..b.num_rows())
