@@ -96,9 +96,16 @@ pub fn session_context() -> SessionContext {
 
 /// A session as [`session_context`], with `functions` registered too.
 pub fn session_context_with(functions: &Functions) -> SessionContext {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(1)
         .with_information_schema(false);
+    // A window's partial aggregation over about as many groups as rows (100,000 keys, a point
+    // each) would pass rows on as states (`convert_to_state`), which DataFusion 55's
+    // `percentile_cont` cannot do (it panics: its argument list holds the percentile too).
+    config
+        .options_mut()
+        .execution
+        .skip_partial_aggregation_probe_ratio_threshold = 2.0;
     let ctx = SessionContext::new_with_config(config);
     for f in calendar::functions() {
         ctx.register_udf(f);

@@ -303,6 +303,41 @@ mod tests {
         assert_eq!(split.state_schema().field(0).name(), "k");
     }
 
+    /// A partial phase over about as many groups as rows, past DataFusion's probe of 100,000
+    /// rows, still aggregates (it does not pass rows on as states, which `percentile_cont`
+    /// cannot do).
+    #[tokio::test]
+    async fn a_partial_phase_over_as_many_groups_as_rows_keeps_aggregating() {
+        let ctx = crate::sql::session_context();
+        let sql = "SELECT k, window_start, window_end, count(*) AS n, \
+                   percentile_cont(v, 0.5) AS p50 FROM t GROUP BY k, window_start, window_end";
+        let query = CompiledQuery::new(&ctx, "t", schema(), sql).await.unwrap();
+        let split = SplitQuery::of(&query).unwrap().expect("the query is split");
+        let n = 120_000;
+        let at = |v: i64| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(vec![v; n]).with_timezone("UTC"))
+        };
+        let rows = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("k{i}")),
+                )),
+                Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64))),
+                at(60_000_000),
+                at(120_000_000),
+            ],
+        )
+        .unwrap();
+        // In batches, as the probe looks after each.
+        let batches = (0..n)
+            .step_by(8_000)
+            .map(|at| rows.slice(at, 8_000.min(n - at)));
+        let states = split.partial(batches.collect()).await.unwrap();
+        let finished = split.finish(states).await.unwrap();
+        assert_eq!(finished.iter().map(RecordBatch::num_rows).sum::<usize>(), n);
+    }
+
     /// Shapes whose phases are not built: an aggregate with an order of its own, a window
     /// function over the rows, none at all, a limit below the aggregation (it counts rows
     /// across runs).
