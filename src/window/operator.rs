@@ -57,8 +57,10 @@ struct TumbleState {
     rows: Vec<RecordBatch>,
     /// How many of `rows` the last checkpoint holds (an incremental one adds the rest).
     saved: usize,
-    /// Per group, the aggregates' partial state of the rows added (see [`SplitQuery`]), in
-    /// batches that [`COMPACT_AT`] of them merge into one.
+    /// The window keeps, per group, the aggregates' partial state of the rows added (see
+    /// [`SplitQuery`]) instead of the rows.
+    partial: bool,
+    /// Those states, in batches that [`COMPACT_AT`] of them merge into one.
     states: Vec<RecordBatch>,
     /// How many of `states` the last checkpoint holds.
     states_saved: usize,
@@ -71,10 +73,11 @@ struct TumbleState {
 }
 
 impl TumbleState {
-    fn new(emitted: Option<i32>) -> Self {
+    fn new(emitted: Option<i32>, partial: bool) -> Self {
         TumbleState {
             rows: Vec::new(),
             saved: 0,
+            partial,
             states: Vec::new(),
             states_saved: 0,
             emitted,
@@ -87,6 +90,12 @@ impl TumbleState {
         self.dirty_all || !self.dirty.is_empty()
     }
 }
+
+/// A window of raw rows that fired with at least this many rows per group (per result row)
+/// says the stream is dense: new windows keep partial aggregates. Below it, partial
+/// aggregation costs more than it saves (a point per key and window: measured in
+/// `BENCHMARKS.md`).
+const DENSE_ROWS_PER_GROUP: usize = 4;
 
 /// A window's state batches not yet in a checkpoint are merged into one once there are this
 /// many (those a checkpoint holds stay as they are, so incremental checkpoints go on).
@@ -133,8 +142,11 @@ pub struct WindowOperator {
     sessions: Vec<(RecordBatch, Int32Array)>,
     /// The SQL, planned over the windowed schema (see [`compile`](Self::compile)).
     plan: Option<CompiledQuery>,
-    /// Set when the plan was made, for a stage whose windows keep partial aggregates.
+    /// Set when the plan was made, for a stage whose windows can keep partial aggregates.
     split: Option<Split>,
+    /// Its windows hold many rows per group (as measured at the last first firing of a window
+    /// of raw rows): new windows keep partial aggregates.
+    dense: bool,
     /// State batches a checkpoint held were merged or replaced since: the next one is whole.
     rewritten: bool,
     /// Restored state was checked against the query, and restored rows turned into states.
@@ -269,6 +281,7 @@ impl WindowOperator {
             sessions: Vec::new(),
             plan: None,
             split: None,
+            dense: false,
             rewritten: false,
             settled: true,
             query,
@@ -328,22 +341,26 @@ impl WindowOperator {
     /// no window holds unfired updates. The batches share the buffered rows' memory (only the
     /// two tag columns are new), so a snapshot costs no copy of the state; at least one batch.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>, WindowError> {
+        self.tagged(Kept::Rows, false)
+    }
+
+    /// The windows' partial aggregates, tagged as [`snapshot`](Self::snapshot) tags rows
+    /// (all, or only those not in a checkpoint yet); none for a stage that keeps only rows.
+    pub fn state_snapshot(&self, only_new: bool) -> Result<Vec<RecordBatch>, WindowError> {
         match &self.split {
-            Some(split) => self.tagged(Kept::States(split), false),
-            None => self.tagged(Kept::Rows, false),
+            Some(split) => self.tagged(Kept::States(split), only_new),
+            None => Ok(Vec::new()),
         }
     }
 
     /// For an incremental checkpoint: the rows (or state rows) buffered since the last one, as
     /// [`snapshot`](Self::snapshot) gives them, with sessions whole (their rows merge and
     /// split). From now on the checkpoint holds every buffered row.
-    pub fn changes(&mut self) -> Result<Vec<RecordBatch>, WindowError> {
-        let rows = match &self.split {
-            Some(split) => self.tagged(Kept::States(split), true)?,
-            None => self.tagged(Kept::Rows, true)?,
-        };
+    pub fn changes(&mut self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
+        let rows = self.tagged(Kept::Rows, true)?;
+        let states = self.state_snapshot(true)?;
         self.saved();
-        Ok(rows)
+        Ok((rows, states))
     }
 
     /// Counts every buffered row as checkpointed.
@@ -469,7 +486,8 @@ impl WindowOperator {
             let w = self
                 .windows
                 .entry(start)
-                .or_insert_with(|| TumbleState::new((revision >= 0).then_some(revision)));
+                .or_insert_with(|| TumbleState::new((revision >= 0).then_some(revision), true));
+            w.partial = true;
             w.states
                 .push(take_record_batch(&rows, &UInt32Array::from(indices))?);
             w.states_saved = w.states.len();
@@ -564,7 +582,7 @@ impl WindowOperator {
             return Ok(());
         }
         for (start, revision, indices) in per_window(state, n).map_err(bad)? {
-            let mut w = TumbleState::new((revision >= 0).then_some(revision));
+            let mut w = TumbleState::new((revision >= 0).then_some(revision), false);
             w.rows = vec![take_record_batch(&rows, &UInt32Array::from(indices))?];
             w.saved = 1;
             self.windows.insert(start, w);
@@ -662,9 +680,11 @@ impl WindowOperator {
                     }
                 }
                 let mut windowed = Vec::new();
+                let partial_now = self.dense && self.split.is_some();
                 for (start, indices) in per_window {
                     let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
-                    if self.split.is_some() {
+                    let partial = self.windows.get(&start).map_or(partial_now, |w| w.partial);
+                    if partial {
                         windowed.push(self.with_window(
                             &rows,
                             start,
@@ -679,7 +699,7 @@ impl WindowOperator {
                     let window = self
                         .windows
                         .entry(start)
-                        .or_insert_with(|| TumbleState::new(None));
+                        .or_insert_with(|| TumbleState::new(None, false));
                     if window.emitted.is_some() {
                         match dirty_keys {
                             Some(keys) => window.dirty.extend(keys.iter().map(|r| r.owned())),
@@ -730,7 +750,7 @@ impl WindowOperator {
                 let window = self
                     .windows
                     .entry(start)
-                    .or_insert_with(|| TumbleState::new(None));
+                    .or_insert_with(|| TumbleState::new(None, true));
                 if window.emitted.is_some() {
                     let groups = split
                         .groups
@@ -762,9 +782,9 @@ impl WindowOperator {
         Ok(())
     }
 
-    /// Plans the query if it is not yet; then, once after a restore, turns the raw rows
-    /// restored into partial aggregates, when the stage keeps those now, and refuses restored
-    /// partial aggregates its query cannot finish.
+    /// Plans the query if it is not yet; then, once after a restore, refuses restored partial
+    /// aggregates its query cannot finish, and turns raw rows restored into a window that
+    /// keeps partial aggregates into those.
     async fn settle(&mut self) -> Result<(), WindowError> {
         self.compile().await?;
         if self.settled {
@@ -796,7 +816,7 @@ impl WindowOperator {
         let restored: Vec<(i64, Vec<RecordBatch>)> = self
             .windows
             .iter_mut()
-            .filter(|(_, w)| !w.rows.is_empty())
+            .filter(|(_, w)| w.partial && !w.rows.is_empty())
             .map(|(&start, w)| {
                 w.saved = 0;
                 (start, std::mem::take(&mut w.rows))
@@ -822,12 +842,14 @@ impl WindowOperator {
     pub async fn advance(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, WindowError> {
         self.settle().await?;
         self.watermark = self.watermark.max(watermark);
-        // revision → rows with their window columns, to run through the SQL together.
+        // revision → rows with their window columns, to run through the SQL together; and
+        // revision → partial aggregates, to finish together.
         let mut groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+        let mut state_groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
         match self.spec {
             WindowSpec::Session { gap } => self.close_sessions(gap, &mut groups)?,
             WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => {
-                self.close_windows(size, &mut groups)?
+                self.close_windows(size, &mut groups, &mut state_groups)?
             }
         }
         let mut out = Vec::new();
@@ -835,7 +857,26 @@ impl WindowOperator {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 continue;
             }
-            for result in self.run_sql(batches).await? {
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let results = self.run_sql(batches).await?;
+            if revision == 0 && self.split.is_some() {
+                // Rows per result (per group) of windows that fired for the first time:
+                // where each group has several, new windows keep partial aggregates instead.
+                let results: usize = results.iter().map(RecordBatch::num_rows).sum();
+                self.dense = rows >= DENSE_ROWS_PER_GROUP * results.max(1);
+            }
+            for result in results {
+                out.push(with_revision(result, revision)?);
+            }
+        }
+        for (revision, states) in state_groups {
+            if states.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            let Some(split) = &self.split else {
+                continue;
+            };
+            for result in split.query.finish(states).await? {
                 out.push(with_revision(result, revision)?);
             }
         }
@@ -846,6 +887,7 @@ impl WindowOperator {
         &mut self,
         size: i64,
         groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
+        state_groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
     ) -> Result<(), WindowError> {
         let watermark = self.watermark;
         let mut finished = Vec::new();
@@ -859,7 +901,7 @@ impl WindowOperator {
             let Some(window) = self.windows.get(&start) else {
                 continue;
             };
-            if let Some(split) = &self.split {
+            if let (true, Some(split)) = (window.partial, &self.split) {
                 let revision = match window.emitted {
                     None => 0,
                     Some(r) if window.is_dirty() => r + 1,
@@ -870,7 +912,7 @@ impl WindowOperator {
                         None => window.states.clone(),
                         Some(_) => Self::touched(split, window)?,
                     };
-                    groups.entry(revision).or_default().extend(states);
+                    state_groups.entry(revision).or_default().extend(states);
                     if let Some(w) = self.windows.get_mut(&start) {
                         w.emitted = Some(revision);
                         w.dirty.clear();
@@ -1133,20 +1175,24 @@ impl WindowOperator {
         Ok(())
     }
 
-    /// Whether the windows keep per-group partial aggregates rather than raw rows.
+    /// Whether the windows can keep per-group partial aggregates rather than raw rows (they do
+    /// once the stream is dense: see [`DENSE_ROWS_PER_GROUP`]).
     pub fn keeps_partial_aggregates(&self) -> bool {
         self.split.is_some()
     }
 
+    /// Whether new windows keep partial aggregates now.
+    pub fn dense(&self) -> bool {
+        self.dense
+    }
+
     /// Runs the SQL over `input`, the batches as they are (one partition, in order: the same
-    /// results as over their concatenation, without that copy), or its final phase over state
-    /// rows.
+    /// results as over their concatenation, without that copy).
     async fn run_sql(&mut self, input: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, WindowError> {
         self.compile().await?;
-        match (&self.split, &self.plan) {
-            (Some(split), _) => Ok(split.query.finish(input).await?),
-            (None, Some(plan)) => Ok(plan.run(input).await?),
-            (None, None) => Ok(Vec::new()),
+        match &self.plan {
+            Some(plan) => Ok(plan.run(input).await?),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -1219,9 +1265,8 @@ impl From<WindowError> for crate::operator::OperatorError {
 
 /// The checkpoint part of a window stage's buffered rows.
 const STATE_PART: &str = "window";
-/// The checkpoint part of restored rows a stage that keeps partial aggregates has not turned
-/// into them yet (it does at its next batch or firing).
-const RESTORED_PART: &str = "window-rows";
+/// The checkpoint part of the partial aggregates of windows that keep those.
+const STATES_PART: &str = "window-states";
 /// The key of the open windows in the `meta` of an incremental checkpoint.
 const OPEN: &str = "open";
 
@@ -1253,14 +1298,13 @@ impl Operator for WindowOperator {
         Ok(self.watermark.saturating_sub(self.spec.span()))
     }
 
-    /// Its rows, or its partial aggregates (and any restored rows not yet turned into them,
-    /// as a part of their own).
+    /// Its rows, and the partial aggregates of windows that keep those, as a part of their own.
     fn snapshot(&self) -> operator::Result<OperatorState> {
         let mut state = OperatorState::part(STATE_PART, WindowOperator::snapshot(self)?);
-        if self.split.is_some() && self.windows.values().any(|w| !w.rows.is_empty()) {
+        if self.split.is_some() {
             state
                 .parts
-                .insert(RESTORED_PART.into(), self.tagged(Kept::Rows, false)?);
+                .insert(STATES_PART.into(), self.state_snapshot(false)?);
         }
         state.meta = serde_json::json!({ "watermark": self.watermark });
         Ok(state)
@@ -1270,17 +1314,20 @@ impl Operator for WindowOperator {
     /// checkpoint, and in `meta` every open window with its revision (rows of windows closed
     /// since are not restored).
     fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
-        let unsettled = self.split.is_some() && self.windows.values().any(|w| !w.rows.is_empty());
         if kind == Snapshot::Whole
             || matches!(self.spec, WindowSpec::Session { .. })
             || self.rewritten
-            || unsettled
         {
             self.saved();
             return Operator::snapshot(self);
         }
-        let mut state = OperatorState::part(STATE_PART, self.changes()?);
+        let (rows, states) = self.changes()?;
+        let mut state = OperatorState::part(STATE_PART, rows);
         state.appended.insert(STATE_PART.into());
+        if self.split.is_some() {
+            state.parts.insert(STATES_PART.into(), states);
+            state.appended.insert(STATES_PART.into());
+        }
         state.meta = serde_json::json!({
             "watermark": self.watermark,
             OPEN: self.open_windows(),
@@ -1293,14 +1340,7 @@ impl Operator for WindowOperator {
             return Ok(());
         };
         let mut rows = rows.clone();
-        rows.extend(
-            state
-                .parts
-                .get(RESTORED_PART)
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
+        rows.extend(state.parts.get(STATES_PART).into_iter().flatten().cloned());
         let bad = |message: &str| OperatorError::State {
             part: STATE_PART.into(),
             message: message.into(),

@@ -154,7 +154,8 @@ async fn run_restarting(
     let mut checkpoints = Checkpoints::default();
     for (n, part) in events.chunks(chunk).enumerate() {
         if restarts.contains(&n) {
-            let state = op.snapshot().unwrap();
+            let mut state = op.snapshot().unwrap();
+            state.extend(op.state_snapshot(false).unwrap());
             assert_eq!(
                 state.iter().map(RecordBatch::num_rows).sum::<usize>(),
                 op.buffered_rows()
@@ -743,12 +744,49 @@ async fn a_checkpoint_from_before_the_sql_read_a_column_restores_it_as_null_if_i
     assert!(err.contains("undo the SQL change"), "{err}");
 }
 
-/// A query of decomposable aggregates and exact percentiles keeps, per window, the
+/// Per key: the count and sum of `value`, and each output row's key and those, sorted.
+fn results_text(out: &[RecordBatch], columns: &[&str]) -> Vec<String> {
+    let mut text = Vec::new();
+    for b in out {
+        for i in 0..b.num_rows() {
+            let row: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    let col = b.column_by_name(c).unwrap();
+                    let v = arrow::util::display::array_value_to_string(col, i).unwrap();
+                    v.parse::<f64>().map_or(v, |x| format!("{x:.9e}"))
+                })
+                .collect();
+            text.push(row.join(" "));
+        }
+    }
+    text.sort();
+    text
+}
+
+/// `n` events a second for `seconds` from `base`, over 3 keys.
+fn dense_events(base: i64, seconds: i64, n: i64) -> Vec<Vec<Event>> {
+    (0..seconds)
+        .map(|step| {
+            (0..n)
+                .map(|i| Event {
+                    key: format!("k{}", i % 3),
+                    ts: base + step * S + i,
+                    value: f64::from((step * 7 + i) as i32 % 23),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A query of decomposable aggregates and exact percentiles over a dense stream (many rows per
+/// key and window, as measured when the first window fired) keeps, in each window after, the
 /// aggregates' state per key — bounded by the keys, not by the events — and gives what the
-/// same query over raw rows gives.
+/// same query over raw rows gives; its checkpoints stay mostly incremental. Over a sparse
+/// stream (a row per key and window) windows keep their rows.
 #[tokio::test]
-async fn windows_keep_per_key_partial_aggregates_not_their_rows() {
-    // On a minute: every event in one window.
+async fn dense_windows_keep_per_key_partial_aggregates_not_their_rows() {
+    // On a minute.
     let base = 1_750_000_020 * S;
     let sql = "SELECT key, window_start, count(*) AS n, sum(value) AS total, avg(value) AS mean, \
                stddev(value) AS sd, percentile_cont(value, 0.95) AS p95 FROM m \
@@ -766,69 +804,65 @@ async fn windows_keep_per_key_partial_aggregates_not_their_rows() {
         .unwrap()
     };
     let (mut op, mut rows) = (open(&partial), open(&raw));
+    let columns = ["key", "window_start", "n", "total", "mean", "sd", "p95"];
+    let (mut got, mut want) = (Vec::new(), Vec::new());
     let (mut most, mut incremental, mut checkpoints) = (0, 0, 0);
-    for step in 0..50 {
-        let events: Vec<Event> = (0..10)
-            .map(|i| Event {
-                key: format!("k{}", i % 3),
-                ts: base + step * S + i,
-                value: f64::from((step * 7 + i) as i32 % 23),
-            })
-            .collect();
-        op.process(&batch(&events)).await.unwrap();
-        rows.process(&batch(&events)).await.unwrap();
-        most = most.max(op.buffered_rows());
+    for (step, events) in dense_events(base, 170, 10).iter().enumerate() {
+        op.process(&batch(events)).await.unwrap();
+        rows.process(&batch(events)).await.unwrap();
+        let watermark = events[0].ts;
+        got.extend(op.advance(watermark).await.unwrap());
+        want.extend(rows.advance(watermark).await.unwrap());
+        // The first window fired at 60 s with 200 rows per key (the second had begun, with
+        // rows): the third, from 120 s, keeps states.
+        assert_eq!(op.dense(), step >= 60);
+        if step >= 120 {
+            most = most.max(op.buffered_rows());
+        } else {
+            assert_eq!(op.buffered_rows(), rows.buffered_rows());
+        }
         // Checkpointed every third batch: merging the batches gained since the last one
         // keeps them incremental; merging all of them, every 16 batches, makes one whole.
-        if step % 3 == 2 {
+        if step >= 120 && step % 3 == 2 {
             let c = Operator::checkpoint(&mut op, Snapshot::Changes).unwrap();
-            incremental += usize::from(c.appended.contains("window"));
+            incremental += usize::from(c.appended.contains("window-states"));
             checkpoints += 1;
         }
     }
+    got.extend(op.advance(i64::MAX).await.unwrap());
+    want.extend(rows.advance(i64::MAX).await.unwrap());
+    assert!(op.keeps_partial_aggregates() && !rows.keeps_partial_aggregates());
+    // At most one state row per key for each of the batches not yet merged.
+    assert!(most <= 3 * 16, "{most} state rows held");
     assert!(
         incremental >= checkpoints * 2 / 3 && incremental < checkpoints,
         "{incremental} of {checkpoints} checkpoints incremental"
     );
-    assert!(op.keeps_partial_aggregates() && !rows.keeps_partial_aggregates());
-    assert_eq!(rows.buffered_rows(), 500);
-    // At most one state row per key for each of the batches not yet merged.
-    assert!(most <= 3 * 16, "{most} state rows held");
-    let sorted = |out: Vec<RecordBatch>| {
-        let b = arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
-        let mut text: Vec<String> = (0..b.num_rows())
-            .map(|i| {
-                ["key", "n", "total", "mean", "sd", "p95"]
-                    .iter()
-                    .map(|c| {
-                        let col = b.column_by_name(c).unwrap();
-                        let v = arrow::util::display::array_value_to_string(col, i).unwrap();
-                        v.parse::<f64>().map_or(v, |x| format!("{x:.9e}"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        text.sort();
-        text
-    };
-    let got = sorted(op.advance(base + 120 * S).await.unwrap());
-    assert_eq!(got.len(), 3);
-    assert_eq!(got, sorted(rows.advance(base + 120 * S).await.unwrap()));
+    assert_eq!(results_text(&got, &columns).len(), 9);
+    assert_eq!(results_text(&got, &columns), results_text(&want, &columns));
     assert_eq!(op.buffered_rows(), 0);
+
+    // A row per key and window: rows are kept.
+    let mut sparse = open(&partial);
+    for events in dense_events(base, 130, 3).iter().step_by(60) {
+        sparse.process(&batch(events)).await.unwrap();
+        sparse.advance(events[0].ts).await.unwrap();
+    }
+    assert!(sparse.keeps_partial_aggregates() && !sparse.dense());
+    assert!(
+        sparse
+            .state_snapshot(false)
+            .unwrap()
+            .iter()
+            .all(|b| b.num_rows() == 0)
+    );
 }
 
-/// A checkpoint taken while a stage kept raw rows (before an upgrade, or with an aggregate
-/// that needed them) restores into one that keeps partial aggregates; its next checkpoint is
-/// whole. Partial aggregates of another query are refused, saying what to do.
+/// A window's partial aggregates restore from its checkpoint and finish as before; those of
+/// another query are refused, saying what to do.
 #[tokio::test]
-async fn raw_rows_restore_into_partial_aggregates_and_other_aggregates_are_refused() {
-    let base = 1_750_000_000 * S;
-    let ev = |key: &str, s: i64, value: f64| Event {
-        key: key.into(),
-        ts: base + s * S,
-        value,
-    };
+async fn partial_aggregates_restore_and_those_of_another_query_are_refused() {
+    let base = 1_750_000_020 * S;
     let open = |sql: &str| {
         WindowOperator::new(
             parse_stage_sql(sql).unwrap(),
@@ -840,55 +874,40 @@ async fn raw_rows_restore_into_partial_aggregates_and_other_aggregates_are_refus
         )
         .unwrap()
     };
-    let sql = "SELECT key, window_start, sum(value) AS total FROM m \
-               GROUP BY key, tumble(interval '10 seconds')";
-    let [partial, raw] = with_raw_rows(sql);
-    let mut before = open(&raw);
-    before
-        .process(&batch(&[ev("a", 1, 2.0), ev("b", 2, 3.0), ev("a", 3, 4.0)]))
-        .await
-        .unwrap();
-    let mut after = open(&partial);
-    after.compile().await.unwrap();
-    Operator::restore(
-        &mut after,
-        OperatorState {
-            meta: serde_json::json!({ "watermark": before.watermark() }),
-            ..OperatorState::part("window", before.snapshot().unwrap())
-        },
-    )
-    .unwrap();
-    after.process(&batch(&[ev("b", 4, 5.0)])).await.unwrap();
-    let changes = Operator::checkpoint(&mut after, Snapshot::Changes).unwrap();
-    assert!(changes.appended.is_empty(), "{:?}", changes.appended);
-    let totals = |out: &[RecordBatch]| -> BTreeMap<String, f64> {
-        let mut t = BTreeMap::new();
-        for b in out {
-            let keys = b.column_by_name("key").unwrap().as_string::<i32>();
-            let sums = b
-                .column_by_name("total")
-                .unwrap()
-                .as_primitive::<Float64Type>();
-            for i in 0..b.num_rows() {
-                t.insert(keys.value(i).to_string(), sums.value(i));
-            }
-        }
-        t
-    };
-    let state = after.snapshot().unwrap();
-    let out = after.advance(base + 10 * S).await.unwrap();
+    let sql = "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m \
+               GROUP BY key, tumble(interval '1 minute')";
+    let mut op = open(sql);
+    let mut straight = open(sql);
+    // The third window, from 120 s, keeps partial aggregates (see above).
+    let events = dense_events(base, 150, 10);
+    for events in &events {
+        op.process(&batch(events)).await.unwrap();
+        op.advance(events[0].ts).await.unwrap();
+        straight.process(&batch(events)).await.unwrap();
+        straight.advance(events[0].ts).await.unwrap();
+    }
+    assert!(op.dense());
+    let state = Operator::checkpoint(&mut op, Snapshot::Whole).unwrap();
+    assert!(
+        state.parts["window-states"]
+            .iter()
+            .any(|b| b.num_rows() > 0)
+    );
+    let mut restored = open(sql);
+    Operator::restore(&mut restored, state.clone()).unwrap();
+    let columns = ["key", "window_start", "n", "total"];
     assert_eq!(
-        totals(&out),
-        BTreeMap::from([("a".into(), 6.0), ("b".into(), 8.0)])
+        results_text(&restored.advance(i64::MAX).await.unwrap(), &columns),
+        results_text(&straight.advance(i64::MAX).await.unwrap(), &columns)
     );
 
     // The same partial aggregates for a query that averages instead.
     let mut other = open(
-        "SELECT key, window_start, avg(value) AS total FROM m \
-         GROUP BY key, tumble(interval '10 seconds')",
+        "SELECT key, window_start, count(*) AS n, avg(value) AS total FROM m \
+         GROUP BY key, tumble(interval '1 minute')",
     );
-    other.restore(&state, base).unwrap();
-    let err = other.advance(base + 10 * S).await.unwrap_err().to_string();
+    Operator::restore(&mut other, state).unwrap();
+    let err = other.advance(i64::MAX).await.unwrap_err().to_string();
     assert!(
         err.contains("partial aggregates of a query other than the stage's SQL now")
             && err.contains("undo the SQL change"),
