@@ -21,7 +21,7 @@
 //! columns the SQL reads ([`WindowedQuery::reads`]), the event time and the keys. The late
 //! output carries whole events.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -852,33 +852,39 @@ impl WindowOperator {
                 self.close_windows(size, &mut groups, &mut state_groups)?
             }
         }
+        // One batch per revision, windows of rows and of states together: what reads the
+        // results (a carry) takes each batch's windows in order of their start.
+        let revisions: BTreeSet<i32> = groups.keys().chain(state_groups.keys()).copied().collect();
         let mut out = Vec::new();
-        for (revision, batches) in groups {
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                continue;
+        for revision in revisions {
+            let mut results = Vec::new();
+            if let Some(batches) = groups.remove(&revision)
+                && batches.iter().any(|b| b.num_rows() > 0)
+            {
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                let fired = self.run_sql(batches).await?;
+                if revision == 0 && self.split.is_some() {
+                    // Rows per result (per group) of windows that fired for the first time:
+                    // where each group has several, new windows keep partial aggregates.
+                    let n: usize = fired.iter().map(RecordBatch::num_rows).sum();
+                    self.dense = rows >= DENSE_ROWS_PER_GROUP * n.max(1);
+                }
+                results.extend(fired);
             }
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let results = self.run_sql(batches).await?;
-            if revision == 0 && self.split.is_some() {
-                // Rows per result (per group) of windows that fired for the first time:
-                // where each group has several, new windows keep partial aggregates instead.
-                let results: usize = results.iter().map(RecordBatch::num_rows).sum();
-                self.dense = rows >= DENSE_ROWS_PER_GROUP * results.max(1);
+            if let (Some(states), Some(split)) = (state_groups.remove(&revision), &self.split)
+                && states.iter().any(|b| b.num_rows() > 0)
+            {
+                results.extend(split.query.finish(states).await?);
             }
-            for result in results {
-                out.push(with_revision(result, revision)?);
-            }
-        }
-        for (revision, states) in state_groups {
-            if states.iter().all(|b| b.num_rows() == 0) {
-                continue;
-            }
-            let Some(split) = &self.split else {
+            let Some(first) = results.first() else {
                 continue;
             };
-            for result in split.query.finish(states).await? {
-                out.push(with_revision(result, revision)?);
-            }
+            let schema = first.schema();
+            let results = results
+                .into_iter()
+                .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(with_revision(concat_batches(&schema, &results)?, revision)?);
         }
         Ok(out)
     }

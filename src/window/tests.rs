@@ -914,3 +914,56 @@ async fn partial_aggregates_restore_and_those_of_another_query_are_refused() {
         "{err}"
     );
 }
+
+/// After a restart a stage holds windows of both kinds — restored ones with partial
+/// aggregates, new ones with rows until a firing shows the stream dense again — and windows of
+/// both that fire together come out as one batch per revision, so that what reads the results
+/// (a carry) takes them in order of their start.
+#[tokio::test]
+async fn windows_of_rows_and_of_states_that_fire_together_come_out_together() {
+    let base = 1_750_000_020 * S;
+    let open = || {
+        WindowOperator::new(
+            parse_stage_sql(
+                "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m \
+                 GROUP BY key, tumble(interval '1 minute')",
+            )
+            .unwrap(),
+            "ts",
+            0,
+            schema(),
+            SessionContext::new(),
+            None,
+        )
+        .unwrap()
+    };
+    let mut op = open();
+    let events = dense_events(base, 240, 10);
+    // The first window fires dense; the third keeps states.
+    for events in &events[..150] {
+        op.process(&batch(events)).await.unwrap();
+        op.advance(events[0].ts).await.unwrap();
+    }
+    let state = Operator::checkpoint(&mut op, Snapshot::Whole).unwrap();
+    let mut restored = open();
+    Operator::restore(&mut restored, state).unwrap();
+    assert!(!restored.dense());
+    // Rows of the fourth window arrive before the third closes (the watermark stays): it
+    // keeps rows.
+    for events in &events[150..] {
+        restored.process(&batch(events)).await.unwrap();
+    }
+    let out = restored.advance(base + 240 * S).await.unwrap();
+    let [fired] = out.as_slice() else {
+        panic!("{} batches", out.len())
+    };
+    let starts = fired
+        .column_by_name("window_start")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let mut starts: Vec<i64> = starts.values().to_vec();
+    starts.dedup();
+    starts.sort_unstable();
+    starts.dedup();
+    assert_eq!(starts, [base + 120 * S, base + 180 * S]);
+}
