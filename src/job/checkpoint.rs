@@ -4,7 +4,8 @@
 //! In: a [`Checkpoint`] — the cycle number; per source the next offset per partition and the
 //! watermark clock; per stage its output watermark and its operator's
 //! [`OperatorState`]. Out, under `<table root>/_stratus/<pipeline>/checkpoints/`: each part of
-//! each stage's state as Arrow IPC in `cycle-<N>/<stage>.<part>.arrow` (a window stage's rows
+//! each stage's state as an Arrow IPC stream (LZ4-compressed; `pyarrow.ipc.open_stream` reads
+//! it) in `cycle-<N>/<stage>.<part>.arrow` (a window stage's rows
 //! in `<stage>.window.arrow`, its carried-feature history in `<stage>.carry.arrow`, a score
 //! stage's detectors in `<stage>.detectors.arrow`, …), then the manifest `cycle-<N>.json`,
 //! which lists the files of each part and holds the rest. A checkpoint exists once its manifest
@@ -26,8 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow::ipc::reader::{FileReader, StreamReader};
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -215,6 +216,9 @@ pub struct CheckpointStore {
 
 /// Checkpoints kept (with the files they list).
 const KEEP: usize = 2;
+
+/// Bytes of a state file held before it goes up in parts (S3's parts are at least 5 MiB).
+const UPLOAD_PART: usize = 16 * 1024 * 1024;
 
 /// Most files a part is made of: an incremental checkpoint past it is taken whole.
 const LONGEST_CHAIN: usize = 64;
@@ -467,16 +471,8 @@ impl CheckpointStore {
                 let added = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                 if earlier.is_none() || added > 0 {
                     let file = Self::state_file(stage, part);
-                    let bytes = write_ipc(batches).map_err(|e| CheckpointError::Corrupt {
-                        location: format!("{}/{}/{file}", self.location, stamp.name()),
-                        message: e.to_string(),
-                    })?;
-                    let size = bytes.len() as u64;
+                    let size = self.put_state(stamp, &file, batches).await?;
                     written += size;
-                    self.store
-                        .put(&self.state_path(stamp, &file), PutPayload::from(bytes))
-                        .await
-                        .map_err(|e| self.store_err(e))?;
                     chain.push(PartFile {
                         cycle,
                         epoch: self.epoch,
@@ -510,6 +506,59 @@ impl CheckpointStore {
         self.remove_old(stamp, &files).await?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
         Ok(Saved { written, state })
+    }
+
+    /// Writes `batches` as the state file `file` of `stamp`, batch by batch: a large state
+    /// goes up in parts as it is encoded, never whole in memory a second time. Returns its
+    /// size.
+    async fn put_state(
+        &self,
+        stamp: Stamp,
+        file: &str,
+        batches: &[RecordBatch],
+    ) -> Result<u64, CheckpointError> {
+        let corrupt = |e: ArrowError| CheckpointError::Corrupt {
+            location: format!("{}/{}/{file}", self.location, stamp.name()),
+            message: e.to_string(),
+        };
+        let mut upload = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            self.state_path(stamp, file),
+            UPLOAD_PART,
+        );
+        let mut ipc = IpcFile::new(batches).map_err(corrupt)?;
+        let mut size = 0;
+        let written: Result<(), CheckpointError> = async {
+            for batch in batches.iter().map(Some).chain([None]) {
+                let bytes = match batch {
+                    Some(batch) => ipc.add(batch),
+                    None => ipc.finish(),
+                }
+                .map_err(corrupt)?;
+                size += bytes.len() as u64;
+                upload
+                    .put(bytes.into())
+                    .await
+                    .map_err(|e| self.store_err(e))?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // A multipart upload begun is not left behind. (Only before the shutdown below:
+            // after it, `abort` panics.)
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        tokio::io::AsyncWriteExt::shutdown(&mut upload)
+            .await
+            .map_err(|e| {
+                self.store_err(object_store::Error::Generic {
+                    store: "checkpoint",
+                    source: Box::new(e),
+                })
+            })?;
+        Ok(size)
     }
 
     /// Removes the checkpoints before the newest [`KEEP`] (the one just written, `stamp`,
@@ -555,28 +604,74 @@ impl CheckpointStore {
 
 /// Arrow IPC with LZ4-compressed buffers: window and carry state compresses several-fold, and
 /// it is written every cycle. Readers take compressed and uncompressed files alike.
-fn write_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
-    let Some(first) = batches.first() else {
-        return Err(ArrowError::InvalidArgumentError("no state batch".into()));
-    };
-    let mut out = Vec::new();
-    let options = IpcWriteOptions::default()
-        .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))?;
-    let mut writer = FileWriter::try_new_with_options(&mut out, &first.schema(), options)?;
-    for batch in batches {
-        writer.write(batch)?;
+/// A state file made a batch at a time: each call gives the bytes that follow those before.
+/// The IPC stream format, whose batches may each bring a dictionary of their own (a carried
+/// history's chunks each have their keys'); the IPC file format allows one per column, and
+/// files written before are in it.
+struct IpcFile(StreamWriter<Vec<u8>>);
+
+impl IpcFile {
+    /// A file of `batches`' schema (the first one's).
+    fn new(batches: &[RecordBatch]) -> Result<Self, ArrowError> {
+        let Some(first) = batches.first() else {
+            return Err(ArrowError::InvalidArgumentError("no state batch".into()));
+        };
+        let options = IpcWriteOptions::default()
+            .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))?;
+        Ok(IpcFile(StreamWriter::try_new_with_options(
+            Vec::new(),
+            &first.schema(),
+            options,
+        )?))
     }
-    writer.finish()?;
-    drop(writer);
+
+    /// The bytes of `batch` (and of the header, the first time).
+    fn add(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+        self.0.write(batch)?;
+        Ok(std::mem::take(self.0.get_mut()))
+    }
+
+    /// The end of the stream.
+    fn finish(&mut self) -> Result<Vec<u8>, ArrowError> {
+        self.0.finish()?;
+        Ok(std::mem::take(self.0.get_mut()))
+    }
+}
+
+#[cfg(test)]
+fn write_ipc(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut file = IpcFile::new(batches)?;
+    let mut out = Vec::new();
+    for batch in batches {
+        out.extend(file.add(batch)?);
+    }
+    out.extend(file.finish()?);
     Ok(out)
 }
 
+/// A state file as one batch: the IPC stream format, or the file format of earlier versions
+/// (which starts with its magic).
 fn read_ipc(bytes: impl AsRef<[u8]>) -> Result<RecordBatch, ArrowError> {
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let bytes = std::io::Cursor::new(bytes.as_ref());
+    let (schema, batches) = if bytes.get_ref().starts_with(b"ARROW1") {
+        let reader = FileReader::try_new(bytes, None)?;
+        (reader.schema(), reader.collect::<Result<Vec<_>, _>>()?)
+    } else {
+        // A stream cut short at a message's end reads as a shorter one: its end marker says
+        // it is whole.
+        if !bytes.get_ref().ends_with(&END_OF_STREAM) {
+            return Err(ArrowError::IpcError(
+                "the state file is cut short (no end-of-stream marker)".into(),
+            ));
+        }
+        let reader = StreamReader::try_new(bytes, None)?;
+        (reader.schema(), reader.collect::<Result<Vec<_>, _>>()?)
+    };
     arrow::compute::concat_batches(&schema, &batches)
 }
+
+/// What ends an Arrow IPC stream: a continuation marker and a message length of 0.
+const END_OF_STREAM: [u8; 8] = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
 
 #[cfg(test)]
 mod tests {
@@ -636,7 +731,7 @@ mod tests {
         assert_eq!(read_ipc(&compressed).unwrap(), batch);
         // The form earlier versions wrote.
         let mut plain = Vec::new();
-        let mut w = FileWriter::try_new(&mut plain, &batch.schema()).unwrap();
+        let mut w = arrow::ipc::writer::FileWriter::try_new(&mut plain, &batch.schema()).unwrap();
         w.write(&batch).unwrap();
         w.finish().unwrap();
         drop(w);
@@ -716,6 +811,69 @@ mod tests {
         assert_eq!(cycles(&store).await, vec![3, 4]);
         let old = dir.join("_stratus/pipe/checkpoints/cycle-00000000000000000001/w.window.arrow");
         assert!(!old.exists(), "{} was not removed", old.display());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Batches whose dictionary-encoded columns each have a dictionary of their own (a
+    /// carried history's chunks, each of its keys) read back as one batch.
+    #[test]
+    fn batches_with_dictionaries_of_their_own_read_back() {
+        use arrow::array::{DictionaryArray, StringArray};
+        use arrow::datatypes::Int32Type;
+        let chunk = |keys: &[&str]| {
+            let dict: DictionaryArray<Int32Type> = keys.iter().copied().collect();
+            RecordBatch::try_from_iter([("key", Arc::new(dict) as arrow::array::ArrayRef)]).unwrap()
+        };
+        let chunks = [chunk(&["a", "a", "b"]), chunk(&["c", "d", "d"])];
+        let written = write_ipc(&chunks).unwrap();
+        let read = read_ipc(&written).unwrap();
+        let keys = arrow::compute::cast(read.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let want: arrow::array::ArrayRef =
+            Arc::new(StringArray::from(vec!["a", "a", "b", "c", "d", "d"]));
+        assert_eq!(&keys, &want);
+        // Cut after its first batch's messages, it is refused, not read as a shorter state.
+        let first = write_ipc(&chunks[..1]).unwrap();
+        let cut = &written[..first.len() - END_OF_STREAM.len()];
+        assert!(read_ipc(cut).is_err());
+    }
+
+    /// A state larger than one upload part goes up in parts, batch by batch, and reads back
+    /// whole.
+    #[tokio::test]
+    async fn a_state_larger_than_an_upload_part_reads_back_whole() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-big-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        // Numbers that do not compress: more bytes than a part, in four batches.
+        let mut x = 7u64;
+        let rows_of = |n: usize, x: &mut u64| {
+            rows(
+                (0..n)
+                    .map(|_| {
+                        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (*x >> 1) as i64
+                    })
+                    .collect(),
+            )
+        };
+        let n = UPLOAD_PART / 8 / 3;
+        let big: Vec<RecordBatch> = (0..4).map(|_| rows_of(n, &mut x)).collect();
+        let mut c = checkpoint(1);
+        if let Some(w) = c.stages.get_mut("w") {
+            w.state.parts.insert("window".into(), big.clone());
+        }
+        let saved = store.save(&c).await.unwrap();
+        assert!(
+            saved.written > UPLOAD_PART as u64,
+            "{} bytes",
+            saved.written
+        );
+        let whole = arrow::compute::concat_batches(&big[0].schema(), &big).unwrap();
+        if let Some(w) = c.stages.get_mut("w") {
+            w.state.parts.insert("window".into(), vec![whole]);
+        }
+        assert_eq!(store.latest().await.unwrap(), Some(c));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -139,7 +139,7 @@ impl KeyHistory {
     /// The exact windows a checkpoint does not hold yet (`only_new`), or all of them. Those
     /// added or revised since the last are among them; so may be a few later ones it holds, to
     /// be replaced by these on restore.
-    pub fn points_to_save(&self, only_new: bool) -> impl Iterator<Item = Point<'_>> {
+    pub fn points_to_save(&self, only_new: bool) -> impl ExactSizeIterator<Item = Point<'_>> {
         let from = if only_new {
             self.position(self.unsaved_from)
         } else {

@@ -88,6 +88,8 @@ pub struct CarryOperator {
     /// Key (row-format bytes) → its windows.
     history: HashMap<Box<[u8]>, KeyHistory>,
     scratch: Scratch,
+    /// Exact windows per chunk of a checkpoint ([`CHUNK_ROWS`]; fewer in tests).
+    chunk_rows: usize,
 }
 
 impl CarryOperator {
@@ -125,6 +127,7 @@ impl CarryOperator {
             spec,
             history: HashMap::new(),
             scratch: Scratch::default(),
+            chunk_rows: CHUNK_ROWS,
         })
     }
 
@@ -259,12 +262,13 @@ impl CarryOperator {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// The history as two batches, for a checkpoint. The exact windows: `key` (row-format
-    /// bytes, dictionary-encoded: each key's bytes once, not once per window), `window_start`,
-    /// then per column its value and EWMA. The sealed slices, a row per slice and column:
-    /// `key`, `slice` (its number), `first` (its oldest window's start), `column`, `count`
-    /// (values it stands for) and `values` (those it kept, ascending).
-    pub fn snapshot(&self) -> Result<(RecordBatch, RecordBatch), WindowError> {
+    /// The history as batches of two kinds, for a checkpoint. The exact windows: `key`
+    /// (row-format bytes, dictionary-encoded: each key's bytes once, not once per window),
+    /// `window_start`, then per column its value and EWMA. The sealed slices, a row per slice
+    /// and column: `key`, `slice` (its number), `first` (its oldest window's start), `column`,
+    /// `count` (values it stands for) and `values` (those it kept, ascending). Each kind comes
+    /// in chunks of about [`CHUNK_ROWS`] exact windows, a key's rows in one chunk.
+    pub fn snapshot(&self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
         self.state_batches(false)
     }
 
@@ -272,7 +276,7 @@ impl CarryOperator {
     /// the last checkpoint — per key its exact windows from the oldest added or revised since,
     /// and the slices sealed since. What expired since is not said: a restore drops it again.
     /// From now on the checkpoint holds everything.
-    pub fn changes(&mut self) -> Result<(RecordBatch, RecordBatch), WindowError> {
+    pub fn changes(&mut self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
         let batches = self.state_batches(true)?;
         self.saved();
         Ok(batches)
@@ -285,63 +289,56 @@ impl CarryOperator {
         }
     }
 
-    fn state_batches(&self, only_new: bool) -> Result<(RecordBatch, RecordBatch), WindowError> {
+    /// The history in chunks: a whole snapshot of 100,000 keys of a day's windows is tens of
+    /// millions of rows, and one batch of them would grow each column by doubling to twice
+    /// its size, held until the checkpoint is written.
+    fn state_batches(
+        &self,
+        only_new: bool,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
         let width = self.columns.len();
-        let mut keys = Keys::default();
-        let mut starts = Vec::new();
-        let mut columns: Vec<Vec<f64>> = vec![Vec::new(); 2 * width];
-        let mut sealed = Keys::default();
-        let (mut slice, mut first, mut column, mut count) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut values = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new(
-            "item",
-            DataType::Float64,
-            false,
-        )));
-        for (key, history) in &self.history {
-            if only_new && !history.is_unsaved() {
-                continue;
+        let to_save = || {
+            self.history
+                .iter()
+                .filter(move |(_, h)| !only_new || h.is_unsaved())
+        };
+        // Each chunk's columns are sized once, to what it will hold.
+        let mut remaining: usize = to_save()
+            .map(|(_, h)| h.points_to_save(only_new).len())
+            .sum();
+        let capacity = |remaining: usize| remaining.min(self.chunk_rows);
+        let (mut points, mut slices) = (Vec::new(), Vec::new());
+        let mut chunk = Chunk::new(width, capacity(remaining));
+        for (key, history) in to_save() {
+            let saved = history.points_to_save(only_new);
+            if chunk.held + saved.len() > self.chunk_rows && chunk.held > 0 {
+                let full = std::mem::replace(&mut chunk, Chunk::new(width, capacity(remaining)));
+                let (p, s) = full.finish(width)?;
+                points.push(p);
+                slices.push(s);
             }
-            keys.next(key)?;
-            for p in history.points_to_save(only_new) {
-                keys.push();
-                starts.push(p.start);
+            remaining -= saved.len();
+            chunk.held += saved.len();
+            chunk.keys.next(key)?;
+            for p in saved {
+                chunk.keys.push();
+                chunk.starts.push(p.start);
                 for j in 0..width {
-                    columns[2 * j].push(p.value(j));
-                    columns[2 * j + 1].push(p.ewma(j));
+                    chunk.columns[2 * j].push(p.value(j));
+                    chunk.columns[2 * j + 1].push(p.ewma(j));
                 }
             }
             if !history.has_sealed(only_new) {
                 continue;
             }
-            sealed.next(key)?;
-            history.for_each_sealed(only_new, |part| {
-                sealed.push();
-                slice.push(part.number);
-                first.push(part.first);
-                column.push(part.column as i32);
-                count.push(i64::from(part.count));
-                values.append_value(part.values.iter().map(|&v| Some(v)));
-            });
+            chunk.sealed.next(key)?;
+            history.for_each_sealed(only_new, |part| chunk.add_sealed(part));
         }
-        let mut arrays: Vec<ArrayRef> = vec![keys.array()?, Arc::new(Int64Array::from(starts))];
-        arrays.extend(
-            columns
-                .into_iter()
-                .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef),
-        );
-        let points = RecordBatch::try_new(snapshot_schema(width), arrays)?;
-        let slices = RecordBatch::try_new(
-            slices_schema(),
-            vec![
-                sealed.array()?,
-                Arc::new(Int64Array::from(slice)),
-                Arc::new(Int64Array::from(first)),
-                Arc::new(Int32Array::from(column)),
-                Arc::new(Int64Array::from(count)),
-                Arc::new(values.finish()),
-            ],
-        )?;
+        if points.is_empty() || chunk.held > 0 || !chunk.slice.is_empty() {
+            let (p, s) = chunk.finish(width)?;
+            points.push(p);
+            slices.push(s);
+        }
         Ok((points, slices))
     }
 
@@ -377,10 +374,13 @@ impl CarryOperator {
                 data.clear();
                 data.extend((0..width).map(|j| floats[2 * j].value(i)));
                 data.extend((0..width).map(|j| floats[2 * j + 1].value(i)));
-                restored
-                    .entry(Box::from(keys(i)))
-                    .or_default()
-                    .restore_point(starts.value(i), &data);
+                let key = keys(i);
+                if !restored.contains_key(key) {
+                    restored.insert(Box::from(key), KeyHistory::default());
+                }
+                if let Some(history) = restored.get_mut(key) {
+                    history.restore_point(starts.value(i), &data);
+                }
             }
         }
         for batch in slices.iter().filter(|b| b.num_rows() > 0) {
@@ -404,6 +404,81 @@ impl CarryOperator {
     }
 }
 
+/// Exact windows and sealed values a checkpoint's chunk holds, about: a key's stay in one
+/// chunk.
+pub const CHUNK_ROWS: usize = 1 << 16;
+
+/// One chunk of a checkpoint of the history, as it is built.
+struct Chunk<'a> {
+    /// Exact windows and sealed values in it.
+    held: usize,
+    keys: Keys<'a>,
+    starts: Vec<i64>,
+    /// Per column its values, then its EWMAs.
+    columns: Vec<Vec<f64>>,
+    sealed: Keys<'a>,
+    slice: Vec<i64>,
+    first: Vec<i64>,
+    column: Vec<i32>,
+    count: Vec<i64>,
+    values: ListBuilder<Float64Builder>,
+}
+
+impl<'a> Chunk<'a> {
+    fn new(width: usize, rows: usize) -> Self {
+        Chunk {
+            held: 0,
+            keys: Keys::with_capacity(rows),
+            starts: Vec::with_capacity(rows),
+            columns: (0..2 * width).map(|_| Vec::with_capacity(rows)).collect(),
+            sealed: Keys::default(),
+            slice: Vec::new(),
+            first: Vec::new(),
+            column: Vec::new(),
+            count: Vec::new(),
+            values: ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new(
+                "item",
+                DataType::Float64,
+                false,
+            ))),
+        }
+    }
+
+    fn add_sealed(&mut self, part: SealedPart<'_>) {
+        self.held += part.values.len();
+        self.sealed.push();
+        self.slice.push(part.number);
+        self.first.push(part.first);
+        self.column.push(part.column as i32);
+        self.count.push(i64::from(part.count));
+        self.values
+            .append_value(part.values.iter().map(|&v| Some(v)));
+    }
+
+    fn finish(mut self, width: usize) -> Result<(RecordBatch, RecordBatch), WindowError> {
+        let mut arrays: Vec<ArrayRef> =
+            vec![self.keys.array()?, Arc::new(Int64Array::from(self.starts))];
+        arrays.extend(
+            self.columns
+                .into_iter()
+                .map(|c| Arc::new(Float64Array::from(c)) as ArrayRef),
+        );
+        let points = RecordBatch::try_new(snapshot_schema(width), arrays)?;
+        let slices = RecordBatch::try_new(
+            slices_schema(),
+            vec![
+                self.sealed.array()?,
+                Arc::new(Int64Array::from(self.slice)),
+                Arc::new(Int64Array::from(self.first)),
+                Arc::new(Int32Array::from(self.column)),
+                Arc::new(Int64Array::from(self.count)),
+                Arc::new(self.values.finish()),
+            ],
+        )?;
+        Ok((points, slices))
+    }
+}
+
 /// Keys of a snapshot batch, dictionary-encoded: each key's bytes once.
 #[derive(Default)]
 struct Keys<'a> {
@@ -412,6 +487,13 @@ struct Keys<'a> {
 }
 
 impl<'a> Keys<'a> {
+    fn with_capacity(rows: usize) -> Self {
+        Keys {
+            values: Vec::new(),
+            indices: Vec::with_capacity(rows),
+        }
+    }
+
     /// Starts the rows of `key`.
     fn next(&mut self, key: &'a [u8]) -> Result<(), WindowError> {
         if i32::try_from(self.values.len()).is_err() {
@@ -572,9 +654,9 @@ impl Operator for CarryOperator {
 }
 
 /// The two parts of a checkpoint of the history.
-fn state_of(points: RecordBatch, slices: RecordBatch) -> OperatorState {
-    let mut state = OperatorState::part(STATE_PART, vec![points]);
-    state.parts.insert(SLICES_PART.into(), vec![slices]);
+fn state_of(points: Vec<RecordBatch>, slices: Vec<RecordBatch>) -> OperatorState {
+    let mut state = OperatorState::part(STATE_PART, points);
+    state.parts.insert(SLICES_PART.into(), slices);
     state
 }
 
@@ -736,6 +818,8 @@ mod tests {
 
     impl Checkpoints {
         fn take(&mut self, op: &mut CarryOperator, whole: bool) {
+            // In chunks of a few windows, as a large state is written.
+            op.chunk_rows = 5;
             let (points, slices) = if whole {
                 self.points.clear();
                 self.slices.clear();
@@ -744,8 +828,8 @@ mod tests {
             } else {
                 op.changes().unwrap()
             };
-            self.points.push(points);
-            self.slices.push(slices);
+            self.points.extend(points);
+            self.slices.extend(slices);
         }
 
         fn restore(&self, spec: &CarrySpec) -> CarryOperator {
@@ -805,6 +889,8 @@ mod tests {
             }
         }
         assert!(got["a"].iter().filter(|r| r[3].is_some()).count() > 100);
+        // Each key's windows came in a chunk of their own.
+        assert_eq!(op.snapshot().unwrap().0.len(), keys.len());
     }
 
     #[test]
@@ -820,8 +906,11 @@ mod tests {
         let mut op = CarryOperator::new(spec(2), &schema()).unwrap();
         op.apply(&batch(&rows)).unwrap();
         let (state, slices) = op.snapshot().unwrap();
+        let [state] = &state[..] else {
+            panic!("{} chunks of 12 rows", state.len());
+        };
         assert_eq!(state.num_rows(), 12);
-        assert_eq!(slices.num_rows(), 0, "six windows are kept exact");
+        assert_eq!(slices[0].num_rows(), 0, "six windows are kept exact");
         let keys = state
             .column(0)
             .as_dictionary::<arrow::datatypes::Int32Type>();
@@ -834,7 +923,7 @@ mod tests {
         let legacy = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
         let next = batch(&[("a", 6 * MINUTE, Some(9.0)), ("b", 6 * MINUTE, Some(1.0))]);
         let want = op.apply(&next).unwrap();
-        for state in [&state, &legacy] {
+        for state in [state, &legacy] {
             let mut restored = CarryOperator::new(spec(2), &schema()).unwrap();
             restored.restore(std::slice::from_ref(state), &[]).unwrap();
             assert_eq!(restored.apply(&next).unwrap(), want);
@@ -1053,7 +1142,7 @@ mod tests {
         assert!((64..=120 + 23 * 16).contains(&held), "{held} values held");
         // The slices sealed on restore are in no checkpoint yet: the next one adds them.
         let (_, sealed_now) = restored.changes().unwrap();
-        assert!(sealed_now.num_rows() > 0);
+        assert!(sealed_now.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
     }
 
     #[test]
