@@ -35,6 +35,9 @@ pub enum KafkaSinkError {
 
 pub const HEADER_RECORD_ID: &str = "stratus.record_id";
 
+/// Rows encoded before they are handed to the producer.
+const ENCODED_AT_ONCE: usize = 4096;
+
 /// Publishes rows to one topic.
 pub struct KafkaSink {
     name: String,
@@ -73,7 +76,13 @@ impl KafkaSink {
     pub async fn send(&self, batches: &[RecordBatch]) -> Result<usize, KafkaSinkError> {
         let mut deliveries = VecDeque::new();
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-            self.enqueue(batch, &mut deliveries).await?;
+            // A slice at a time: a window of 100,000 keys firing is 100,000 records, and their
+            // JSON need not all be held at once (librdkafka copies each payload).
+            for offset in (0..batch.num_rows()).step_by(ENCODED_AT_ONCE) {
+                let rows = ENCODED_AT_ONCE.min(batch.num_rows() - offset);
+                self.enqueue(&batch.slice(offset, rows), &mut deliveries)
+                    .await?;
+            }
         }
         // (A full local queue made `enqueue` await some already.)
         while let Some(d) = deliveries.pop_front() {
@@ -176,10 +185,11 @@ pub fn encode_rows(batch: &RecordBatch, key_columns: &[String]) -> Result<Encode
     let options = EncoderOptions::default();
     let mut encoder = make_encoder(&field, &array, &options)?;
     let mut values = Vec::with_capacity(batch.num_rows());
+    let mut out = Vec::with_capacity(1024);
     for i in 0..batch.num_rows() {
-        let mut out = Vec::with_capacity(256);
+        out.clear();
         encoder.encode(i, &mut out);
-        values.push(out);
+        values.push(out.clone());
     }
     let keys = join_columns(batch, key_columns)?;
     Ok(EncodedRows { values, keys })
