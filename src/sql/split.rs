@@ -15,15 +15,19 @@
 //! A query of another shape (a join, a window function, an aggregate with its own `ORDER BY`,
 //! grouping sets, two aggregations) gives none: its operator keeps raw rows.
 
+use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::functions_aggregate::all_default_aggregate_functions;
+use datafusion::logical_expr::AggregateUDF;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
 
 use super::compiled::{CompiledQuery, Input};
 
@@ -48,7 +52,10 @@ impl SplitQuery {
             return Ok(None);
         };
         let simple = first.group_expr().is_single()
-            && first.aggr_expr().iter().all(|a| a.order_bys().is_empty())
+            && first
+                .aggr_expr()
+                .iter()
+                .all(|a| a.order_bys().is_empty() && is_built_in(a))
             && passes_rows_through(first.input());
         if !simple {
             return Ok(None);
@@ -111,6 +118,16 @@ impl SplitQuery {
         }))
     }
 
+    /// What the states mean, as text stable across restarts: a hash of the partial phase's
+    /// plan (its filters, expressions and aggregates). States of another plan do not merge
+    /// with these, even where their columns are alike (a changed `WHERE`).
+    pub fn fingerprint(&self) -> String {
+        let plan = displayable(self.partial.plan().as_ref())
+            .indent(true)
+            .to_string();
+        format!("{:016x}", crate::decide::stable_hash(&[&plan]))
+    }
+
     /// The state rows' schema.
     pub fn state_schema(&self) -> &SchemaRef {
         &self.state_schema
@@ -169,6 +186,19 @@ fn first_phase(top: &Arc<dyn ExecutionPlan>) -> Option<AggregateExec> {
         }
         _ => None,
     }
+}
+
+/// Whether an aggregate is one of DataFusion's own, whose states merge. One a program
+/// registers ([`Functions::with_aggregate`](crate::sql::Functions::with_aggregate)) may give
+/// no state to merge, and nothing says so until its merge is called.
+fn is_built_in(a: &AggregateFunctionExpr) -> bool {
+    let kind = |f: &AggregateUDF| -> TypeId {
+        let inner: &dyn Any = f.inner().as_ref();
+        inner.type_id()
+    };
+    all_default_aggregate_functions()
+        .iter()
+        .any(|f| kind(f) == kind(a.fun()))
 }
 
 /// Whether every node below the aggregation takes each row on its own: what it gives over
@@ -354,5 +384,33 @@ mod tests {
             let query = CompiledQuery::new(&ctx, "t", schema(), sql).await.unwrap();
             assert!(SplitQuery::of(&query).unwrap().is_none(), "{sql}");
         }
+    }
+
+    /// An aggregate a program registers is not split, even one that could be: nothing says
+    /// whether its states merge until a merge is called.
+    #[tokio::test]
+    async fn an_aggregate_of_a_programs_own_is_not_split() {
+        use datafusion::functions_aggregate::min_max::MaxAccumulator;
+        use datafusion::logical_expr::{Volatility, create_udaf};
+        let largest = create_udaf(
+            "largest",
+            vec![DataType::Float64],
+            Arc::new(DataType::Float64),
+            Volatility::Immutable,
+            Arc::new(|_| Ok(Box::new(MaxAccumulator::try_new(&DataType::Float64)?))),
+            Arc::new(vec![DataType::Float64]),
+        );
+        let ctx =
+            crate::sql::session_context_with(&crate::sql::Functions::new().with_aggregate(largest));
+        let split = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let query = CompiledQuery::new(&ctx, "t", schema(), sql).await.unwrap();
+                SplitQuery::of(&query).unwrap().is_some()
+            }
+        };
+        assert!(split("SELECT k, max(v) AS hi FROM t GROUP BY k").await);
+        assert!(!split("SELECT k, largest(v) AS hi FROM t GROUP BY k").await);
+        assert!(!split("SELECT k, max(v) AS hi, largest(v) AS hi2 FROM t GROUP BY k").await);
     }
 }

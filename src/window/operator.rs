@@ -68,6 +68,9 @@ struct TumbleState {
     emitted: Option<i32>,
     /// Keys touched by rows that arrived after the window first fired.
     dirty: HashSet<OwnedRow>,
+    /// Rows added as partial aggregates this run (not for a window restored from a
+    /// checkpoint): at its first firing, whether the stream is still dense.
+    rows_in: Option<usize>,
     /// Without key columns the window is one group: any late row dirties all of it.
     dirty_all: bool,
 }
@@ -83,6 +86,15 @@ impl TumbleState {
             emitted,
             dirty: HashSet::new(),
             dirty_all: false,
+            rows_in: Some(0),
+        }
+    }
+
+    /// A window restored from a checkpoint: the rows that made it are not known.
+    fn restored(emitted: Option<i32>, partial: bool) -> Self {
+        TumbleState {
+            rows_in: None,
+            ..TumbleState::new(emitted, partial)
         }
     }
 
@@ -106,6 +118,9 @@ const MERGE_ALL_AT: usize = 16;
 /// The stage's query in phases, for windows that keep partial aggregates.
 struct Split {
     query: SplitQuery,
+    /// The query's [`fingerprint`](SplitQuery::fingerprint) and the window's span: what the
+    /// states a checkpoint holds must have been made by.
+    made_by: String,
     /// Over the state rows' group columns: a late row's groups, to update only those.
     groups: RowConverter,
 }
@@ -400,7 +415,7 @@ impl WindowOperator {
     fn tagged(&self, kept: Kept<'_>, only_new: bool) -> Result<Vec<RecordBatch>, WindowError> {
         let schema = match kept {
             Kept::Rows => state_schema(&self.input_schema),
-            Kept::States(split) => states_schema(split.query.state_schema()),
+            Kept::States(split) => states_schema(split),
         };
         let mut parts = Vec::new();
         let tag = |b: &RecordBatch, window: i64, revisions: ArrayRef| {
@@ -483,10 +498,9 @@ impl WindowOperator {
             message: format!("checkpointed state: {message}"),
         })?;
         for (start, revision, indices) in windows {
-            let w = self
-                .windows
-                .entry(start)
-                .or_insert_with(|| TumbleState::new((revision >= 0).then_some(revision), true));
+            let w = self.windows.entry(start).or_insert_with(|| {
+                TumbleState::restored((revision >= 0).then_some(revision), true)
+            });
             w.partial = true;
             w.states
                 .push(take_record_batch(&rows, &UInt32Array::from(indices))?);
@@ -501,7 +515,9 @@ impl WindowOperator {
             input: self.query.input.clone(),
             message: "checkpointed state: it holds partial aggregates of a query other than the \
                       stage's SQL now; undo the SQL change until the open windows have closed \
-                      (their size plus the allowed lateness of event time), then make it again"
+                      (their size plus the allowed lateness of event time), then make it again \
+                      (after an upgrade of Stratus that plans it otherwise: run the version \
+                      before until then)"
                 .into(),
         }
     }
@@ -582,7 +598,7 @@ impl WindowOperator {
             return Ok(());
         }
         for (start, revision, indices) in per_window(state, n).map_err(bad)? {
-            let mut w = TumbleState::new((revision >= 0).then_some(revision), false);
+            let mut w = TumbleState::restored((revision >= 0).then_some(revision), false);
             w.rows = vec![take_record_batch(&rows, &UInt32Array::from(indices))?];
             w.saved = 1;
             self.windows.insert(start, w);
@@ -680,11 +696,13 @@ impl WindowOperator {
                     }
                 }
                 let mut windowed = Vec::new();
+                let mut counted = Vec::new();
                 let partial_now = self.dense && self.split.is_some();
                 for (start, indices) in per_window {
                     let rows = take_record_batch(batch, &UInt32Array::from(indices))?;
                     let partial = self.windows.get(&start).map_or(partial_now, |w| w.partial);
                     if partial {
+                        counted.push((start, rows.num_rows()));
                         windowed.push(self.with_window(
                             &rows,
                             start,
@@ -709,6 +727,15 @@ impl WindowOperator {
                     window.rows.push(rows);
                 }
                 self.add_states(windowed).await?;
+                for (start, n) in counted {
+                    if let Some(rows_in) = self
+                        .windows
+                        .get_mut(&start)
+                        .and_then(|w| w.rows_in.as_mut())
+                    {
+                        *rows_in += n;
+                    }
+                }
             }
         }
         if late.is_empty() {
@@ -790,14 +817,15 @@ impl WindowOperator {
         if self.settled {
             return Ok(());
         }
-        let expected = self
-            .split
-            .as_ref()
-            .map(|s| states_schema(s.query.state_schema()));
+        let expected = self.split.as_ref().map(states_schema);
         let unusable = self.windows.values().any(|w| {
             w.states.iter().any(|b| {
                 expected.as_ref().is_none_or(|e| {
-                    e.fields().len() != b.num_columns() + 2
+                    let made_by = |s: &Schema| s.metadata().get(PARTIAL_AGGREGATES).cloned();
+                    let by = made_by(b.schema_ref());
+                    // (Checkpoints of the first version say only "true".)
+                    (by.as_deref() != Some("true") && by != made_by(e))
+                        || e.fields().len() != b.num_columns() + 2
                         || e.fields()
                             .iter()
                             .zip(b.schema().fields())
@@ -846,10 +874,11 @@ impl WindowOperator {
         // revision → partial aggregates, to finish together.
         let mut groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
         let mut state_groups: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+        let mut states_rows_in = None;
         match self.spec {
             WindowSpec::Session { gap } => self.close_sessions(gap, &mut groups)?,
             WindowSpec::Tumble { size } | WindowSpec::Hop { size, .. } => {
-                self.close_windows(size, &mut groups, &mut state_groups)?
+                states_rows_in = self.close_windows(size, &mut groups, &mut state_groups)?
             }
         }
         // One batch per revision, windows of rows and of states together: what reads the
@@ -874,7 +903,14 @@ impl WindowOperator {
             if let (Some(states), Some(split)) = (state_groups.remove(&revision), &self.split)
                 && states.iter().any(|b| b.num_rows() > 0)
             {
-                results.extend(split.query.finish(states).await?);
+                let fired = split.query.finish(states).await?;
+                if let (0, Some(rows)) = (revision, states_rows_in) {
+                    // The same measure over windows of partial aggregates: a stream that
+                    // turned sparse goes back to rows.
+                    let n: usize = fired.iter().map(RecordBatch::num_rows).sum();
+                    self.dense = rows >= DENSE_ROWS_PER_GROUP * n.max(1);
+                }
+                results.extend(fired);
             }
             let Some(first) = results.first() else {
                 continue;
@@ -889,13 +925,17 @@ impl WindowOperator {
         Ok(out)
     }
 
+    /// Moves the rows and states of the windows the watermark closes (or revises) into
+    /// `groups` and `state_groups` by revision. Returns the rows that made the windows of
+    /// partial aggregates firing for the first time, where all of them were made this run.
     fn close_windows(
         &mut self,
         size: i64,
         groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
         state_groups: &mut BTreeMap<i32, Vec<RecordBatch>>,
-    ) -> Result<(), WindowError> {
+    ) -> Result<Option<usize>, WindowError> {
         let watermark = self.watermark;
+        let mut first_fired: Option<Option<usize>> = None;
         let mut finished = Vec::new();
         let starts: Vec<i64> = self
             .windows
@@ -915,7 +955,11 @@ impl WindowOperator {
                 };
                 if revision >= 0 {
                     let states = match window.emitted {
-                        None => window.states.clone(),
+                        None => {
+                            let known = first_fired.unwrap_or(Some(0));
+                            first_fired = Some(known.zip(window.rows_in).map(|(a, b)| a + b));
+                            window.states.clone()
+                        }
                         Some(_) => Self::touched(split, window)?,
                     };
                     state_groups.entry(revision).or_default().extend(states);
@@ -966,7 +1010,7 @@ impl WindowOperator {
         for start in finished {
             self.windows.remove(&start);
         }
-        Ok(())
+        Ok(first_fired.flatten())
     }
 
     /// A fired window's state rows of the groups late rows touched since.
@@ -1175,7 +1219,12 @@ impl WindowOperator {
                     .map(|f| SortField::new(f.data_type().clone()))
                     .collect(),
             )?;
-            self.split = Some(Split { query, groups });
+            let made_by = format!("{} {}", query.fingerprint(), self.spec.span());
+            self.split = Some(Split {
+                query,
+                groups,
+                made_by,
+            });
         }
         self.plan = Some(plan);
         Ok(())
@@ -1237,10 +1286,10 @@ pub const STATE_REVISION: &str = "__stratus_revision";
 const PARTIAL_AGGREGATES: &str = "stratus.window.partial_aggregates";
 
 /// The schema of a checkpoint's partial aggregates: [`state_schema`], marked.
-fn states_schema(states: &Schema) -> SchemaRef {
-    let tagged = state_schema(states);
+fn states_schema(split: &Split) -> SchemaRef {
+    let tagged = state_schema(split.query.state_schema());
     let mut metadata = tagged.metadata().clone();
-    metadata.insert(PARTIAL_AGGREGATES.into(), "true".into());
+    metadata.insert(PARTIAL_AGGREGATES.into(), split.made_by.clone());
     Arc::new(tagged.as_ref().clone().with_metadata(metadata))
 }
 

@@ -858,6 +858,61 @@ async fn dense_windows_keep_per_key_partial_aggregates_not_their_rows() {
     );
 }
 
+/// A stream that turns sparse goes back to windows of rows: the first firing of a window of
+/// partial aggregates measures the stream as a window of rows does, and the results stay
+/// those of the query over rows.
+#[tokio::test]
+async fn a_stream_that_turns_sparse_goes_back_to_windows_of_rows() {
+    let base = 1_750_000_020 * S;
+    let sql = "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m \
+               GROUP BY key, tumble(interval '1 minute')";
+    let [partial, raw] = with_raw_rows(sql);
+    let open = |sql: &str| {
+        WindowOperator::new(
+            parse_stage_sql(sql).unwrap(),
+            "ts",
+            0,
+            schema(),
+            SessionContext::new(),
+            None,
+        )
+        .unwrap()
+    };
+    let (mut op, mut rows) = (open(&partial), open(&raw));
+    // Dense for 130 s (the window from 120 s keeps states), then a row per key a minute.
+    let mut events = dense_events(base, 130, 10);
+    events.extend((3..8).map(|minute| {
+        (0..3)
+            .map(|i| Event {
+                key: format!("k{i}"),
+                ts: base + minute * 60 * S + i,
+                value: minute as f64,
+            })
+            .collect()
+    }));
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    let mut dense = Vec::new();
+    for events in &events {
+        op.process(&batch(events)).await.unwrap();
+        rows.process(&batch(events)).await.unwrap();
+        got.extend(op.advance(events[0].ts).await.unwrap());
+        want.extend(rows.advance(events[0].ts).await.unwrap());
+        dense.push(op.dense());
+    }
+    // Dense from the first firing (60 s) until the window from 180 s, which keeps states
+    // (it opened while the stream was dense) and held a row per key, fires at 240 s.
+    let turned = dense.iter().rposition(|&d| d).unwrap();
+    assert_eq!(turned, events.len() - 5, "{dense:?}");
+    assert!(dense[60..=turned].iter().all(|&d| d));
+    // The window from 300 s keeps rows: three, not state rows of a partial run.
+    assert_eq!(op.buffered_rows(), rows.buffered_rows());
+    got.extend(op.advance(i64::MAX).await.unwrap());
+    want.extend(rows.advance(i64::MAX).await.unwrap());
+    let columns = ["key", "window_start", "n", "total"];
+    assert_eq!(results_text(&got, &columns), results_text(&want, &columns));
+    assert_eq!(results_text(&got, &columns).len(), 3 * 8);
+}
+
 /// A window's partial aggregates restore from its checkpoint and finish as before; those of
 /// another query are refused, saying what to do.
 #[tokio::test]
@@ -901,18 +956,25 @@ async fn partial_aggregates_restore_and_those_of_another_query_are_refused() {
         results_text(&straight.advance(i64::MAX).await.unwrap(), &columns)
     );
 
-    // The same partial aggregates for a query that averages instead.
-    let mut other = open(
+    // The same partial aggregates for a query that averages instead; for one that filters
+    // (states of the same columns, made of other rows); for windows of another size.
+    for other in [
         "SELECT key, window_start, count(*) AS n, avg(value) AS total FROM m \
          GROUP BY key, tumble(interval '1 minute')",
-    );
-    Operator::restore(&mut other, state).unwrap();
-    let err = other.advance(i64::MAX).await.unwrap_err().to_string();
-    assert!(
-        err.contains("partial aggregates of a query other than the stage's SQL now")
-            && err.contains("undo the SQL change"),
-        "{err}"
-    );
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m WHERE value > 3 \
+         GROUP BY key, tumble(interval '1 minute')",
+        "SELECT key, window_start, count(*) AS n, sum(value) AS total FROM m \
+         GROUP BY key, tumble(interval '2 minutes')",
+    ] {
+        let mut other = open(other);
+        Operator::restore(&mut other, state.clone()).unwrap();
+        let err = other.advance(i64::MAX).await.unwrap_err().to_string();
+        assert!(
+            err.contains("partial aggregates of a query other than the stage's SQL now")
+                && err.contains("undo the SQL change"),
+            "{err}"
+        );
+    }
 }
 
 /// After a restart a stage holds windows of both kinds — restored ones with partial
