@@ -26,8 +26,9 @@
 //!
 //! The default ensemble ([`DetectorSpec::default_ensemble`]): the value (weight
 //! [`VALUE_WEIGHT`]), the mean of the last 5 values, and the value against the same time of the
-//! last 3 days, each against the key's last 2,000. `stratus evaluate detect` measures it beside a robust z-score and a rolling z-score
-//! on labelled series (`models/README.md` has the figures).
+//! last 3 days, each against the key's last 2,000. `stratus evaluate detect` measures it beside
+//! a robust z-score and a rolling z-score on labelled series (`models/README.md` has the
+//! figures).
 //!
 //! State per key: 2,000 values for each `robust_z` and for the seasonal residuals (32 kB each),
 //! `seasons × period / width` buckets for `seasonal` (28 kB for three days of 5-minute values),
