@@ -49,6 +49,13 @@ pub enum CheckpointError {
     Corrupt { location: String, message: String },
 }
 
+impl CheckpointError {
+    /// Whether trying again may succeed: the object store failed, not the checkpoint.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CheckpointError::Store { .. })
+    }
+}
+
 /// Where a stage stood at the end of a cycle.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageState {
@@ -258,6 +265,18 @@ impl CheckpointStore {
             last: Arc::default(),
             epoch: 0,
         })
+    }
+
+    /// The checkpoints in `store`, at its root.
+    #[cfg(test)]
+    pub(crate) fn over(store: Arc<dyn ObjectStore>) -> Self {
+        CheckpointStore {
+            store,
+            prefix: Path::default(),
+            location: "test".into(),
+            last: Arc::default(),
+            epoch: 0,
+        }
     }
 
     /// The checkpoints this store writes from now on are those of the owner `epoch` (a worker's

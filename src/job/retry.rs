@@ -1,8 +1,8 @@
 //! Riding out an outage: what the run loop does when the object store, a disk or the brokers
 //! fail for a while.
 //!
-//! In: the outcome of each attempt of an operation (a Delta commit, a checkpoint write, a
-//! delivery awaited). Out: a wait with exponential backoff before the next attempt — 0.5 s,
+//! In: the outcome of each attempt of an operation (a Delta commit, a checkpoint written or
+//! read back, a delivery awaited). Out: a wait with exponential backoff before the next attempt — 0.5 s,
 //! doubling, at most 10 s — while the operation is a problem on `/readyz` (with its last
 //! error) and each failed attempt counts in `stratus_retries_total`; the last error, saying
 //! for how long it was tried, once the operation has failed for the run's `give_up_after`.
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::run::RunError;
 use crate::metrics::PipelineMetrics;
 use crate::metrics::health::Health;
 
@@ -64,6 +65,32 @@ impl Retry {
             operation,
             first_failure: None,
             wait: FIRST_WAIT,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds: an error `transient` picks is retried as
+    /// [`Attempts::failed`] says, any other is returned at once.
+    pub async fn until_ok<T, E, F>(
+        &self,
+        what: impl Into<String>,
+        operation: &'static str,
+        transient: impl Fn(&E) -> bool,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, RunError>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: std::error::Error + Send + Sync + Into<RunError> + 'static,
+    {
+        let mut attempts = self.attempts(what, operation);
+        loop {
+            match attempt().await {
+                Ok(out) => {
+                    attempts.succeeded();
+                    return Ok(out);
+                }
+                Err(e) if transient(&e) => attempts.failed(e).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 

@@ -458,7 +458,7 @@ pub async fn run_pipeline(
         // this shard's, nor overwrites its files.
         checkpoints.set_epoch(owner);
     }
-    let restored = checkpoints.latest().await?.unwrap_or_default();
+    let restored = restore(&checkpoints, &retry).await?;
     if restored.cycle > 0 && restored.backfill != pipeline.backfill {
         return Err(RunError::Restart(if pipeline.backfill {
             format!(
@@ -488,15 +488,11 @@ pub async fn run_pipeline(
     for plan in &pipeline.sources {
         let start = restored.sources.get(&plan.name);
         // Waited out as brokers at start are (see `wait_for_brokers`).
-        let mut attempts = retry.attempts(problem::KAFKA, "connect");
-        let source = loop {
-            match open_source(pipeline, plan, &read, start).await {
-                Ok(source) => break source,
-                Err(e) if e.is_outage() => attempts.failed(e).await?,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        attempts.succeeded();
+        let source = retry
+            .until_ok(problem::KAFKA, "connect", SourceError::is_outage, || {
+                open_source(pipeline, plan, &read, start)
+            })
+            .await?;
         sources.push(source);
     }
     let mut replay = plan_replay(&restored, &sinks, &mut sources).await?;
@@ -900,20 +896,17 @@ impl Saving {
         let store = store.clone();
         let retry = retry.clone();
         self.0 = Some(tokio::spawn(async move {
-            let mut attempts = retry.attempts(problem::CHECKPOINT, "checkpoint");
-            loop {
-                match store.save(&checkpoint).await {
-                    Ok(saved) => {
-                        for (gauge, bytes) in sizes.iter().zip([saved.written, saved.state]) {
-                            gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                        }
-                        break;
-                    }
-                    Err(e @ CheckpointError::Store { .. }) => attempts.failed(e).await?,
-                    Err(e) => return Err(e.into()),
-                }
+            let saved = retry
+                .until_ok(
+                    problem::CHECKPOINT,
+                    "checkpoint",
+                    CheckpointError::is_transient,
+                    || store.save(&checkpoint),
+                )
+                .await?;
+            for (gauge, bytes) in sizes.iter().zip([saved.written, saved.state]) {
+                gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
-            attempts.succeeded();
             Ok(())
         }));
     }
@@ -1460,14 +1453,173 @@ fn watermark_health(s: &mut SourceRuntime, moved: bool, stuck_after: Duration, r
 /// `/readyz`, retried with backoff) up to `give_up_after`; refused credentials or TLS fail at
 /// once.
 async fn wait_for_brokers(kafka: &KafkaConnection, retry: &Retry) -> Result<(), RunError> {
-    let mut attempts = retry.attempts(problem::KAFKA, "connect");
-    loop {
-        match kafka.check(CONNECT_TIMEOUT).await {
-            Ok(()) => break,
-            Err(e @ KafkaConfigError::Unreachable { .. }) => attempts.failed(e).await?,
-            Err(e) => return Err(e.into()),
+    retry
+        .until_ok(
+            problem::KAFKA,
+            "connect",
+            |e| matches!(e, KafkaConfigError::Unreachable { .. }),
+            || kafka.check(CONNECT_TIMEOUT),
+        )
+        .await
+}
+
+/// The newest checkpoint that can be read (none: the state before the first cycle), its
+/// listing and reads retried while the store fails — a restart during an outage, or a worker
+/// resumed after a pause whose connections went stale, waits instead of failing.
+async fn restore(checkpoints: &CheckpointStore, retry: &Retry) -> Result<Checkpoint, RunError> {
+    let latest: Option<Checkpoint> = retry
+        .until_ok(
+            problem::CHECKPOINT,
+            "restore",
+            CheckpointError::is_transient,
+            || checkpoints.latest(),
+        )
+        .await?;
+    Ok(latest.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    };
+
+    use super::*;
+
+    /// An object store in memory whose next `failing` listings fail, as S3's do when it is
+    /// down or a pooled connection went stale.
+    #[derive(Debug, Default)]
+    struct FailingLists {
+        inner: InMemory,
+        failing: AtomicUsize,
+    }
+
+    impl std::fmt::Display for FailingLists {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FailingLists")
         }
     }
-    attempts.succeeded();
-    Ok(())
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FailingLists {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            let fail = self
+                .failing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            match fail {
+                true => Box::pin(futures::stream::once(async {
+                    Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: "error sending list request: connection closed".into(),
+                    })
+                })),
+                false => self.inner.list(prefix),
+            }
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn retry(give_up_after: Duration) -> Retry {
+        let health = Health::new();
+        health.set_started();
+        Retry {
+            pipeline: "p".into(),
+            scope: None,
+            health,
+            metrics: PipelineMetrics::new(),
+            give_up_after,
+        }
+    }
+
+    /// A checkpoint's listing fails once, as a worker's first after a pause did: the restore
+    /// waits and reads it, rather than ending the run; one that keeps failing is given up with
+    /// the store's error once the run's limit is reached.
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_rides_out_a_failed_listing_and_gives_up_on_an_outage() {
+        let store = Arc::new(FailingLists::default());
+        let checkpoints = CheckpointStore::over(store.clone());
+        let saved = Checkpoint {
+            cycle: 3,
+            ..Checkpoint::default()
+        };
+        checkpoints.save(&saved).await.unwrap();
+
+        let r = retry(Duration::from_secs(30));
+        store.failing.store(1, Ordering::Relaxed);
+        let restored = restore(&checkpoints, &r).await.unwrap();
+        assert_eq!(restored.cycle, 3);
+        assert_eq!(
+            r.metrics
+                .total("retries_total", &[("operation", "restore")]),
+            1
+        );
+        assert_eq!(
+            r.health.report(),
+            Ok(()),
+            "the problem ended with the retry"
+        );
+
+        store.failing.store(usize::MAX, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let error = restore(&checkpoints, &r).await.unwrap_err().to_string();
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert!(
+            error.starts_with(
+                "checkpoint: still failing after 30 s of retries (--give-up-after): \
+                 checkpoints at test: Generic S3 error: error sending list request"
+            ),
+            "{error}"
+        );
+    }
 }
