@@ -2,11 +2,11 @@
 //! fail for a while.
 //!
 //! In: the outcome of each attempt of an operation (a Delta commit, a checkpoint written or
-//! read back, a delivery awaited). Out: a wait with exponential backoff before the next attempt — 0.5 s,
-//! doubling, at most 10 s — while the operation is a problem on `/readyz` (with its last
-//! error) and each failed attempt counts in `stratus_retries_total`; the last error, saying
-//! for how long it was tried, once the operation has failed for the run's `give_up_after`.
-//! While a commit is retried nothing reads: the loop is the one waiting. While a checkpoint
+//! read back, a delivery awaited). Out: a wait with exponential backoff before the next
+//! attempt — 0.5 s, doubling, at most 10 s — while the operation is a problem on `/readyz`
+//! (with its last error) and each failed attempt counts in `stratus_retries_total`; the last
+//! error, saying for how long it was tried, once the operation has failed for the run's
+//! `give_up_after`. While a commit is retried nothing reads: the loop is the one waiting. While a checkpoint
 //! is, the next cycle reads and then waits for it before its commits. So an outage holds
 //! memory at about two cycles (backpressure) instead of filling it.
 
