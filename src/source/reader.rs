@@ -191,6 +191,9 @@ pub(crate) struct SourceRuntime {
     pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
     pub(crate) lag_checked: Option<Instant>,
+    /// Per partition that lagged then, the high watermark last measured: its events are on
+    /// their way, so it does not go idle while it is read up to there (see [`Self::held_back`]).
+    pub(crate) behind: HashMap<i32, i64>,
     /// Why the brokers cannot be reached, while they cannot: librdkafka reconnects by itself,
     /// and the source is read again once a message arrives or the brokers answer.
     pub(crate) unreachable: Option<String>,
@@ -397,6 +400,7 @@ pub(crate) async fn open_source(
         .with_event_time(&plan.event_time),
         max_future,
         lag_checked: None,
+        behind: HashMap::new(),
         unreachable: None,
         watermark_moved: Instant::now(),
         events_seen: Instant::now(),
@@ -445,6 +449,14 @@ fn assignment(
 }
 
 impl SourceRuntime {
+    /// The partitions not read up to the high watermark last measured: a partition left
+    /// waiting for its fetch (a backlog, a partition just taken over, a slow broker) has
+    /// events on their way, however long it is silent, so the watermark waits for it rather
+    /// than passing its events by and counting them late.
+    pub(crate) fn held_back(&self) -> Vec<i32> {
+        still_behind(&self.behind, &self.pending, &self.position)
+    }
+
     /// The next offset per partition: what is consumed, committed or not.
     pub(crate) fn next_offsets(&self) -> BTreeMap<i32, i64> {
         let mut next: BTreeMap<i32, i64> = self.position.iter().map(|(&p, &o)| (p, o)).collect();
@@ -531,6 +543,17 @@ pub(crate) fn report_consumer_lag(
     else {
         return;
     };
+    // Where the consumer stands: past the marker that ends a transaction, which no record's
+    // offset covers.
+    let consumed: HashMap<i32, i64> = consumer
+        .position()
+        .map(|list| {
+            list.elements_for_topic(topic)
+                .iter()
+                .filter_map(|e| Some((e.partition(), e.offset().to_raw()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     for &p in targets.keys() {
         let high =
             tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT));
@@ -539,6 +562,10 @@ pub(crate) fn report_consumer_lag(
                 let next = match s.pending.get(&p) {
                     Some(&next) => next,
                     None => s.held().get(&p).copied().unwrap_or(0),
+                };
+                match high > next.max(consumed.get(&p).copied().unwrap_or(0)) {
+                    true => s.behind.insert(p, high),
+                    false => s.behind.remove(&p),
                 };
                 metrics
                     .consumer_lag
@@ -554,6 +581,8 @@ pub(crate) fn report_consumer_lag(
                     "source {}: cannot read the watermarks of partition {p}: {e}",
                     s.plan.name
                 );
+                // Not known to lag any more: idle as its silence says.
+                s.behind.clear();
                 break;
             }
         }
@@ -761,6 +790,18 @@ pub(crate) fn poll_source(
                         s.watermark.hold(p, now);
                     }
                 }
+                let behind = s.held_back();
+                if !behind.is_empty() {
+                    // A repartition topic's partition carries records of every source
+                    // partition, each with its own clock: they all wait for it.
+                    let held = match *upstream {
+                        true => s.watermark.partitions(),
+                        false => behind,
+                    };
+                    for p in held {
+                        s.watermark.hold(p, now);
+                    }
+                }
                 for _ in 0..max_rows {
                     if s.pending_bytes >= max_bytes {
                         break;
@@ -881,9 +922,68 @@ pub(crate) fn poll_source(
     result.map(|()| polled)
 }
 
+/// The partitions of `behind` (each with the high watermark it lagged) that are not read up to
+/// it: their next offset is the one `pending` consumed to, else the committed `position`.
+fn still_behind(
+    behind: &HashMap<i32, i64>,
+    pending: &HashMap<i32, i64>,
+    position: &HashMap<i32, i64>,
+) -> Vec<i32> {
+    let mut held: Vec<i32> = behind
+        .iter()
+        .filter(|&(p, &high)| {
+            let next = pending.get(p).or_else(|| position.get(p));
+            next.is_none_or(|&next| next < high)
+        })
+        .map(|(&p, _)| p)
+        .collect();
+    held.sort_unstable();
+    held
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::watermark::WatermarkTracker;
+
+    /// Partition 1 lags its high watermark and is silent for longer than the idle timeout (its
+    /// fetch waits behind partition 0's backlog): it holds the watermark at its last event, so
+    /// its next events are not late; once read to that high watermark, its silence is idleness
+    /// again.
+    #[test]
+    fn a_partition_behind_its_high_watermark_does_not_go_idle_until_read_to_it() {
+        const S: i64 = 1_000_000;
+        let behind = HashMap::from([(0, 1_000), (1, 500)]);
+        let position = HashMap::from([(0, 0), (1, 400)]);
+        let mut watermark = WatermarkTracker::new(0, 5 * S);
+        watermark.assign(&[0, 1], 0);
+        watermark.observe(0, 100 * S, 0);
+        watermark.observe(1, 40 * S, 0);
+        let mut pending = HashMap::from([(0, 600), (1, 450)]);
+        for now in [4 * S, 8 * S, 12 * S] {
+            watermark.observe(0, 100 * S + now, now);
+            for p in still_behind(&behind, &pending, &position) {
+                watermark.hold(p, now);
+            }
+            assert_eq!(watermark.watermark(now), 40 * S, "at {now} µs");
+        }
+        pending.insert(0, 1_000);
+        pending.insert(1, 500);
+        assert_eq!(
+            still_behind(&behind, &pending, &position),
+            Vec::<i32>::new()
+        );
+        assert_eq!(
+            watermark.watermark(18 * S),
+            100 * S + 12 * S,
+            "partition 1 idles"
+        );
+        // Not consumed yet in this cycle: the committed position says where it stands.
+        assert_eq!(
+            still_behind(&behind, &HashMap::new(), &position),
+            vec![0, 1]
+        );
+    }
 
     /// A metadata request that timed out (a worker resumed after a pause) or found no broker
     /// is waited out; a topic that does not exist is not.

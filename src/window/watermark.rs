@@ -5,7 +5,9 @@
 //! expected any more — as the smallest per-partition `max event time − max out-of-orderness`
 //! over the partitions that are not idle. A partition with no event for `idle_timeout` of
 //! processing time stops holding the watermark back until it sends again; when every partition
-//! is idle, the watermark follows the most advanced one. The watermark never goes backwards.
+//! is idle, the watermark follows the most advanced one; a partition known to have events on
+//! their way is [held](WatermarkTracker::hold) from going idle. The watermark never goes
+//! backwards.
 
 use std::collections::{BTreeMap, HashMap};
 
