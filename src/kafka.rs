@@ -57,7 +57,7 @@ const OWNED: &[(&str, &str)] = &[
     ),
     (
         "enable.partition.eof",
-        "Stratus reads on past a partition's end and would stop at the event it raises",
+        "Stratus's sources take a partition's end as the sign that its silence is idleness",
     ),
     (
         "auto.offset.reset",

@@ -6,10 +6,11 @@
 //! restart, each partition is read exactly up to the offset that cycle ended at, and the dead
 //! letters (already delivered the first time) are not sent again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -139,9 +140,25 @@ pub(crate) struct Until {
 /// A message appended this recently (ms) is read live.
 const LIVE: i64 = 5_000;
 
+/// A source's consumer: rdkafka's default context, but a partition's end — which a source asks
+/// to be told of (see [`SourceRuntime::at_end`]) — is not logged as an error.
+pub(crate) struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+pub(crate) type SourceConsumer = BaseConsumer<SourceContext>;
+
 pub(crate) enum Reader {
     Kafka {
-        consumer: BaseConsumer,
+        consumer: SourceConsumer,
         topic: String,
         /// Offsets to reach before the source counts as caught up.
         targets: HashMap<i32, i64>,
@@ -191,9 +208,9 @@ pub(crate) struct SourceRuntime {
     pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
     pub(crate) lag_checked: Option<Instant>,
-    /// Per partition that lagged then, the high watermark last measured: its events are on
-    /// their way, so it does not go idle while it is read up to there (see [`Self::held_back`]).
-    pub(crate) behind: HashMap<i32, i64>,
+    /// The partitions read to their end (librdkafka's partition EOF) since their last event:
+    /// only their silence is idleness (see [`Self::held_back`]).
+    pub(crate) at_end: HashSet<i32>,
     /// Why the brokers cannot be reached, while they cannot: librdkafka reconnects by itself,
     /// and the source is read again once a message arrives or the brokers answer.
     pub(crate) unreachable: Option<String>,
@@ -306,12 +323,14 @@ pub(crate) async fn open_source(
     let reader = match &plan.input {
         SourceInput::Kafka { group, .. } => {
             // Of a repartition topic, only what a forwarder's transaction committed (what an
-            // aborted one wrote is forwarded again).
-            let consumer: BaseConsumer = config
+            // aborted one wrote is forwarded again). Each partition's end is told (see
+            // `SourceRuntime::at_end`).
+            let consumer: SourceConsumer = config
                 .kafka
                 .consumer(group)
                 .set("isolation.level", "read_committed")
-                .create()
+                .set("enable.partition.eof", "true")
+                .create_with_context(SourceContext)
                 .map_err(kafka_err)?;
             let mut targets = HashMap::new();
             for &p in &partitions {
@@ -400,7 +419,7 @@ pub(crate) async fn open_source(
         .with_event_time(&plan.event_time),
         max_future,
         lag_checked: None,
-        behind: HashMap::new(),
+        at_end: HashSet::new(),
         unreachable: None,
         watermark_moved: Instant::now(),
         events_seen: Instant::now(),
@@ -449,12 +468,19 @@ fn assignment(
 }
 
 impl SourceRuntime {
-    /// The partitions not read up to the high watermark last measured: a partition left
-    /// waiting for its fetch (a backlog, a partition just taken over, a slow broker) has
-    /// events on their way, however long it is silent, so the watermark waits for it rather
-    /// than passing its events by and counting them late.
-    pub(crate) fn held_back(&self) -> Vec<i32> {
-        still_behind(&self.behind, &self.pending, &self.position)
+    /// The partitions of the watermark that must not go idle: those whose events are on their
+    /// way, however long they are silent (a backlog, a partition just taken over, a fetch
+    /// waiting on a slow broker), so the watermark waits for them rather than pass their
+    /// events by and count them late. A partition's silence is idleness once it has been read
+    /// to its end; for a re-keyed source, every source partition waits while the repartition
+    /// partition read is not at its end, as its records may come from any of them.
+    pub(crate) fn held_back(&self, upstream: bool) -> Vec<i32> {
+        not_at_end(
+            self.watermark.partitions(),
+            self.position.keys(),
+            &self.at_end,
+            upstream,
+        )
     }
 
     /// The next offset per partition: what is consumed, committed or not.
@@ -543,17 +569,6 @@ pub(crate) fn report_consumer_lag(
     else {
         return;
     };
-    // Where the consumer stands: past the marker that ends a transaction, which no record's
-    // offset covers.
-    let consumed: HashMap<i32, i64> = consumer
-        .position()
-        .map(|list| {
-            list.elements_for_topic(topic)
-                .iter()
-                .filter_map(|e| Some((e.partition(), e.offset().to_raw()?)))
-                .collect()
-        })
-        .unwrap_or_default();
     for &p in targets.keys() {
         let high =
             tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT));
@@ -562,10 +577,6 @@ pub(crate) fn report_consumer_lag(
                 let next = match s.pending.get(&p) {
                     Some(&next) => next,
                     None => s.held().get(&p).copied().unwrap_or(0),
-                };
-                match high > next.max(consumed.get(&p).copied().unwrap_or(0)) {
-                    true => s.behind.insert(p, high),
-                    false => s.behind.remove(&p),
                 };
                 metrics
                     .consumer_lag
@@ -581,8 +592,6 @@ pub(crate) fn report_consumer_lag(
                     "source {}: cannot read the watermarks of partition {p}: {e}",
                     s.plan.name
                 );
-                // Not known to lag any more: idle as its silence says.
-                s.behind.clear();
                 break;
             }
         }
@@ -766,7 +775,7 @@ pub(crate) fn poll_source(
     let source_name = s.plan.name.clone();
     let labels = [pipeline.name.as_str(), source_name.as_str()];
     let invalid = metrics.events_invalid.with_label_values(&labels);
-    let now = now_us();
+    let mut now = now_us();
     let mut polled = Polled::default();
     // Take the reader out so that `accept` may borrow the rest of the source mutably.
     let mut reader = std::mem::replace(&mut s.reader, Reader::Empty);
@@ -787,20 +796,14 @@ pub(crate) fn poll_source(
                         partition: s.position.keys().min().copied().unwrap_or(0),
                     };
                     for p in f.waiting(&s.watermark.partitions(), &reading) {
-                        s.watermark.hold(p, now);
+                        s.watermark.hold(p, now_us());
                     }
                 }
-                let behind = s.held_back();
-                if !behind.is_empty() {
-                    // A repartition topic's partition carries records of every source
-                    // partition, each with its own clock: they all wait for it.
-                    let held = match *upstream {
-                        true => s.watermark.partitions(),
-                        false => behind,
-                    };
-                    for p in held {
-                        s.watermark.hold(p, now);
-                    }
+                // Taken after the look above, which may wait on the brokers for seconds:
+                // that wait is no partition's silence.
+                now = now_us();
+                for p in s.held_back(*upstream) {
+                    s.watermark.hold(p, now);
                 }
                 for _ in 0..max_rows {
                     if s.pending_bytes >= max_bytes {
@@ -816,6 +819,11 @@ pub(crate) fn poll_source(
                             s.unreachable = Some(code.to_string());
                             break;
                         }
+                        // Read to the partition's end: from now its silence is idleness.
+                        Some(Err(KafkaError::PartitionEOF(p))) => {
+                            s.at_end.insert(p);
+                            continue;
+                        }
                         Some(Err(source)) => {
                             return Err(SourceError::Kafka {
                                 source_name: s.plan.name.clone(),
@@ -824,6 +832,9 @@ pub(crate) fn poll_source(
                         }
                         Some(Ok(m)) => m,
                     };
+                    if !s.at_end.is_empty() {
+                        s.at_end.remove(&m.partition());
+                    }
                     let past_replay = s
                         .replay_to
                         .as_ref()
@@ -922,23 +933,23 @@ pub(crate) fn poll_source(
     result.map(|()| polled)
 }
 
-/// The partitions of `behind` (each with the high watermark it lagged) that are not read up to
-/// it: their next offset is the one `pending` consumed to, else the committed `position`.
-fn still_behind(
-    behind: &HashMap<i32, i64>,
-    pending: &HashMap<i32, i64>,
-    position: &HashMap<i32, i64>,
+/// Of the watermark's `partitions`, those whose silence is not idleness: not read to their end
+/// since their last event (`at_end` holds those that are). `upstream`: the partitions `read`
+/// are a repartition topic's, carrying records of every source partition in `partitions`.
+fn not_at_end<'a>(
+    partitions: Vec<i32>,
+    mut read: impl Iterator<Item = &'a i32>,
+    at_end: &HashSet<i32>,
+    upstream: bool,
 ) -> Vec<i32> {
-    let mut held: Vec<i32> = behind
-        .iter()
-        .filter(|&(p, &high)| {
-            let next = pending.get(p).or_else(|| position.get(p));
-            next.is_none_or(|&next| next < high)
-        })
-        .map(|(&p, _)| p)
-        .collect();
-    held.sort_unstable();
-    held
+    match upstream {
+        true if read.all(|p| at_end.contains(p)) => Vec::new(),
+        true => partitions,
+        false => partitions
+            .into_iter()
+            .filter(|p| !at_end.contains(p))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -946,42 +957,45 @@ mod tests {
     use super::*;
     use crate::window::watermark::WatermarkTracker;
 
-    /// Partition 1 lags its high watermark and is silent for longer than the idle timeout (its
-    /// fetch waits behind partition 0's backlog): it holds the watermark at its last event, so
-    /// its next events are not late; once read to that high watermark, its silence is idleness
-    /// again.
+    /// Partition 1 is silent for longer than the idle timeout, not read to its end (its fetch
+    /// waits behind partition 0's backlog): it holds the watermark at its last event, so its
+    /// next events are not late. Once read to its end, its silence is idleness again. A
+    /// re-keyed source's clocks all wait while the repartition partition is not at its end.
     #[test]
-    fn a_partition_behind_its_high_watermark_does_not_go_idle_until_read_to_it() {
+    fn a_partition_not_read_to_its_end_does_not_go_idle() {
         const S: i64 = 1_000_000;
-        let behind = HashMap::from([(0, 1_000), (1, 500)]);
-        let position = HashMap::from([(0, 0), (1, 400)]);
+        let read = [0, 1];
         let mut watermark = WatermarkTracker::new(0, 5 * S);
-        watermark.assign(&[0, 1], 0);
+        watermark.assign(&read, 0);
         watermark.observe(0, 100 * S, 0);
         watermark.observe(1, 40 * S, 0);
-        let mut pending = HashMap::from([(0, 600), (1, 450)]);
+        let mut read_to_end = HashSet::new();
         for now in [4 * S, 8 * S, 12 * S] {
             watermark.observe(0, 100 * S + now, now);
-            for p in still_behind(&behind, &pending, &position) {
+            for p in not_at_end(watermark.partitions(), read.iter(), &read_to_end, false) {
                 watermark.hold(p, now);
             }
             assert_eq!(watermark.watermark(now), 40 * S, "at {now} µs");
         }
-        pending.insert(0, 1_000);
-        pending.insert(1, 500);
+        read_to_end.insert(1);
         assert_eq!(
-            still_behind(&behind, &pending, &position),
+            not_at_end(watermark.partitions(), read.iter(), &read_to_end, false),
+            vec![0]
+        );
+        assert_eq!(watermark.watermark(18 * S), 112 * S, "partition 1 idles");
+
+        // Source partitions 0-3 through repartition partition 2.
+        let clocks = vec![0, 1, 2, 3];
+        let repartition = [2];
+        let none = HashSet::new();
+        assert_eq!(
+            not_at_end(clocks.clone(), repartition.iter(), &none, true),
+            clocks
+        );
+        let at_end = HashSet::from([2]);
+        assert_eq!(
+            not_at_end(clocks, repartition.iter(), &at_end, true),
             Vec::<i32>::new()
-        );
-        assert_eq!(
-            watermark.watermark(18 * S),
-            100 * S + 12 * S,
-            "partition 1 idles"
-        );
-        // Not consumed yet in this cycle: the committed position says where it stands.
-        assert_eq!(
-            still_behind(&behind, &HashMap::new(), &position),
-            vec![0, 1]
         );
     }
 

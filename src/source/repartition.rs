@@ -33,6 +33,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
 use super::SourceError;
+use super::reader::SourceConsumer;
 use crate::kafka::KafkaConnection;
 use crate::pipeline::{Pipeline, SourceInput};
 
@@ -88,7 +89,7 @@ pub(crate) struct Forwarder {
 
 /// The shard's reader of the repartition topic: its consumer, and the partition it reads.
 pub(crate) struct Reading<'a> {
-    pub consumer: &'a BaseConsumer,
+    pub consumer: &'a SourceConsumer,
     pub topic: &'a str,
     pub partition: i32,
 }
