@@ -50,9 +50,22 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    /// Whether trying again may succeed: the object store failed, not the checkpoint.
+    /// Whether trying again may succeed: the object store failed (an outage, a request cut
+    /// off), not the checkpoint, the credentials or the configuration.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CheckpointError::Store { .. })
+        use object_store::Error as E;
+        match self {
+            CheckpointError::Store { source, .. } => !matches!(
+                source,
+                E::PermissionDenied { .. }
+                    | E::Unauthenticated { .. }
+                    | E::UnknownConfigurationKey { .. }
+                    | E::NotSupported { .. }
+                    | E::NotImplemented { .. }
+                    | E::InvalidPath { .. }
+            ),
+            CheckpointError::Corrupt { .. } => false,
+        }
     }
 }
 

@@ -6,9 +6,9 @@
 //! attempt — 0.5 s, doubling, at most 10 s — while the operation is a problem on `/readyz`
 //! (with its last error) and each failed attempt counts in `stratus_retries_total`; the last
 //! error, saying for how long it was tried, once the operation has failed for the run's
-//! `give_up_after`. While a commit is retried nothing reads: the loop is the one waiting. While a checkpoint
-//! is, the next cycle reads and then waits for it before its commits. So an outage holds
-//! memory at about two cycles (backpressure) instead of filling it.
+//! `give_up_after`. While a commit is retried nothing reads: the loop is the one waiting.
+//! While a checkpoint is, the next cycle reads and then waits for it before its commits. So an
+//! outage holds memory at about two cycles (backpressure) instead of filling it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -172,6 +172,22 @@ impl Retry {
     }
 }
 
+#[cfg(test)]
+impl Retry {
+    /// The retries of a pipeline `p` started, with its own health and metrics.
+    pub(crate) fn for_test(give_up_after: Duration) -> Retry {
+        let health = Health::new();
+        health.set_started();
+        Retry {
+            pipeline: "p".into(),
+            scope: None,
+            health,
+            metrics: PipelineMetrics::new(),
+            give_up_after,
+        }
+    }
+}
+
 impl Attempts<'_> {
     /// After a failed attempt: waits before the next one, or gives up (returns the error)
     /// once the operation has failed for `give_up_after`.
@@ -231,23 +247,11 @@ mod tests {
     #[error("connection refused")]
     struct Refused;
 
-    fn retry(give_up_after: Duration) -> Retry {
-        let health = Health::new();
-        health.set_started();
-        Retry {
-            pipeline: "p".into(),
-            scope: None,
-            health,
-            metrics: PipelineMetrics::new(),
-            give_up_after,
-        }
-    }
-
     /// Two shards of one worker fail on the same sink: each problem is its own, and the end of
     /// one shard clears its problems (on /readyz and in stratus_failing), not the other's.
     #[test]
     fn a_shards_problems_are_its_own_and_end_with_it() {
-        let shared = retry(Duration::from_secs(60));
+        let shared = Retry::for_test(Duration::from_secs(60));
         let shard = |n: i32| Retry {
             scope: Some(format!("p/partition-{n}")),
             ..shared.clone()
@@ -282,7 +286,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_operation_is_not_ready_until_it_succeeds_and_counts_its_retries() {
-        let r = retry(Duration::from_secs(60));
+        let r = Retry::for_test(Duration::from_secs(60));
         let mut attempts = r.attempts("sink raw", "delta_commit");
         attempts.failed(Refused).await.unwrap();
         attempts.failed(Refused).await.unwrap();
@@ -302,7 +306,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_operation_failing_longer_than_the_limit_is_given_up_with_its_error() {
-        let r = retry(Duration::from_secs(30));
+        let r = Retry::for_test(Duration::from_secs(30));
         let mut attempts = r.attempts("checkpoint", "checkpoint");
         let started = Instant::now();
         let given_up = loop {
@@ -320,7 +324,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_wait_is_a_problem_only_while_it_lasts() {
-        let r = retry(Duration::from_secs(60));
+        let r = Retry::for_test(Duration::from_secs(60));
         let health = r.health.clone();
         let out = r
             .awaiting(

@@ -571,7 +571,7 @@ pub async fn run_pipeline(
             .with_label_values(&[pipeline.name.as_str(), st.name.as_str()])
             .inc_by(0);
     }
-    for operation in ["delta_commit", "checkpoint", "connect"] {
+    for operation in ["delta_commit", "checkpoint", "restore", "connect"] {
         metrics
             .retries
             .with_label_values(&[pipeline.name.as_str(), operation])
@@ -1570,18 +1570,6 @@ mod tests {
         }
     }
 
-    fn retry(give_up_after: Duration) -> Retry {
-        let health = Health::new();
-        health.set_started();
-        Retry {
-            pipeline: "p".into(),
-            scope: None,
-            health,
-            metrics: PipelineMetrics::new(),
-            give_up_after,
-        }
-    }
-
     /// A checkpoint's listing fails once, as a worker's first after a pause did: the restore
     /// waits and reads it, rather than ending the run; one that keeps failing is given up with
     /// the store's error once the run's limit is reached.
@@ -1595,7 +1583,7 @@ mod tests {
         };
         checkpoints.save(&saved).await.unwrap();
 
-        let r = retry(Duration::from_secs(30));
+        let r = Retry::for_test(Duration::from_secs(30));
         store.failing.store(1, Ordering::Relaxed);
         let restored = restore(&checkpoints, &r).await.unwrap();
         assert_eq!(restored.cycle, 3);

@@ -208,8 +208,8 @@ pub(crate) struct SourceRuntime {
     pub(crate) max_future: i64,
     /// When the consumer lag was last measured.
     pub(crate) lag_checked: Option<Instant>,
-    /// The partitions read to their end (librdkafka's partition EOF) since their last event:
-    /// only their silence is idleness (see [`Self::held_back`]).
+    /// The partitions read to their end (librdkafka's partition EOF) since their last valid
+    /// event: only their silence is idleness (see [`Self::held_back`]).
     pub(crate) at_end: HashSet<i32>,
     /// Why the brokers cannot be reached, while they cannot: librdkafka reconnects by itself,
     /// and the source is read again once a message arrives or the brokers answer.
@@ -470,17 +470,11 @@ fn assignment(
 impl SourceRuntime {
     /// The partitions of the watermark that must not go idle: those whose events are on their
     /// way, however long they are silent (a backlog, a partition just taken over, a fetch
-    /// waiting on a slow broker), so the watermark waits for them rather than pass their
-    /// events by and count them late. A partition's silence is idleness once it has been read
-    /// to its end; for a re-keyed source, every source partition waits while the repartition
-    /// partition read is not at its end, as its records may come from any of them.
-    pub(crate) fn held_back(&self, upstream: bool) -> Vec<i32> {
-        not_at_end(
-            self.watermark.partitions(),
-            self.position.keys(),
-            &self.at_end,
-            upstream,
-        )
+    /// waiting on a slow or unreachable broker), so the watermark waits for them rather than
+    /// pass their events by and count them late. A partition's silence is idleness once it
+    /// has been read to its end.
+    pub(crate) fn held_back(&self) -> Vec<i32> {
+        not_at_end(self.watermark.partitions(), &self.at_end)
     }
 
     /// The next offset per partition: what is consumed, committed or not.
@@ -540,6 +534,8 @@ impl SourceRuntime {
             };
             let list = assignment(topic, &self.position).map_err(kafka_err)?;
             consumer.assign(&list).map_err(kafka_err)?;
+            // Read back from there: at no partition's end until told again.
+            self.at_end.clear();
         }
         Ok(())
     }
@@ -688,6 +684,10 @@ impl SourceRuntime {
             Ok(()) => {
                 if let Some(t) = self.decoder.last_event_time() {
                     self.watermark.observe(clock, t, now);
+                    // A partition that sends only invalid records is idle as before.
+                    if !self.at_end.is_empty() {
+                        self.at_end.remove(&partition);
+                    }
                 }
             }
             Err(_) if self.replay_to.is_some() => {
@@ -802,8 +802,14 @@ pub(crate) fn poll_source(
                 // Taken after the look above, which may wait on the brokers for seconds:
                 // that wait is no partition's silence.
                 now = now_us();
-                for p in s.held_back(*upstream) {
-                    s.watermark.hold(p, now);
+                // A repartition partition carries every source partition's records: its end
+                // tells nothing of one source partition's, and holding them all while it is
+                // read would keep a silent source partition from ever going idle. The
+                // forwarders' progress tells that instead (`Forwarder::waiting`).
+                if !*upstream {
+                    for p in s.held_back() {
+                        s.watermark.hold(p, now);
+                    }
                 }
                 for _ in 0..max_rows {
                     if s.pending_bytes >= max_bytes {
@@ -832,9 +838,6 @@ pub(crate) fn poll_source(
                         }
                         Some(Ok(m)) => m,
                     };
-                    if !s.at_end.is_empty() {
-                        s.at_end.remove(&m.partition());
-                    }
                     let past_replay = s
                         .replay_to
                         .as_ref()
@@ -934,22 +937,12 @@ pub(crate) fn poll_source(
 }
 
 /// Of the watermark's `partitions`, those whose silence is not idleness: not read to their end
-/// since their last event (`at_end` holds those that are). `upstream`: the partitions `read`
-/// are a repartition topic's, carrying records of every source partition in `partitions`.
-fn not_at_end<'a>(
-    partitions: Vec<i32>,
-    mut read: impl Iterator<Item = &'a i32>,
-    at_end: &HashSet<i32>,
-    upstream: bool,
-) -> Vec<i32> {
-    match upstream {
-        true if read.all(|p| at_end.contains(p)) => Vec::new(),
-        true => partitions,
-        false => partitions
-            .into_iter()
-            .filter(|p| !at_end.contains(p))
-            .collect(),
-    }
+/// since their last event (`at_end` holds those that are).
+fn not_at_end(partitions: Vec<i32>, at_end: &HashSet<i32>) -> Vec<i32> {
+    partitions
+        .into_iter()
+        .filter(|p| !at_end.contains(p))
+        .collect()
 }
 
 #[cfg(test)]
@@ -959,44 +952,31 @@ mod tests {
 
     /// Partition 1 is silent for longer than the idle timeout, not read to its end (its fetch
     /// waits behind partition 0's backlog): it holds the watermark at its last event, so its
-    /// next events are not late. Once read to its end, its silence is idleness again. A
-    /// re-keyed source's clocks all wait while the repartition partition is not at its end.
+    /// next events are not late. Once read to its end, its silence is idleness again.
     #[test]
     fn a_partition_not_read_to_its_end_does_not_go_idle() {
         const S: i64 = 1_000_000;
-        let read = [0, 1];
         let mut watermark = WatermarkTracker::new(0, 5 * S);
-        watermark.assign(&read, 0);
+        watermark.assign(&[0, 1], 0);
         watermark.observe(0, 100 * S, 0);
         watermark.observe(1, 40 * S, 0);
         let mut read_to_end = HashSet::new();
-        for now in [4 * S, 8 * S, 12 * S] {
+        for now in [4 * S, 8 * S, 12 * S, 18 * S] {
+            if now == 18 * S {
+                read_to_end.insert(1);
+                assert_eq!(not_at_end(watermark.partitions(), &read_to_end), vec![0]);
+            }
             watermark.observe(0, 100 * S + now, now);
-            for p in not_at_end(watermark.partitions(), read.iter(), &read_to_end, false) {
+            for p in not_at_end(watermark.partitions(), &read_to_end) {
                 watermark.hold(p, now);
             }
-            assert_eq!(watermark.watermark(now), 40 * S, "at {now} µs");
+            let want = match now {
+                // Partition 1 idles; partition 0 sets the watermark.
+                n if n == 18 * S => 118 * S,
+                _ => 40 * S,
+            };
+            assert_eq!(watermark.watermark(now), want, "at {now} µs");
         }
-        read_to_end.insert(1);
-        assert_eq!(
-            not_at_end(watermark.partitions(), read.iter(), &read_to_end, false),
-            vec![0]
-        );
-        assert_eq!(watermark.watermark(18 * S), 112 * S, "partition 1 idles");
-
-        // Source partitions 0-3 through repartition partition 2.
-        let clocks = vec![0, 1, 2, 3];
-        let repartition = [2];
-        let none = HashSet::new();
-        assert_eq!(
-            not_at_end(clocks.clone(), repartition.iter(), &none, true),
-            clocks
-        );
-        let at_end = HashSet::from([2]);
-        assert_eq!(
-            not_at_end(clocks, repartition.iter(), &at_end, true),
-            Vec::<i32>::new()
-        );
     }
 
     /// A metadata request that timed out (a worker resumed after a pause) or found no broker
