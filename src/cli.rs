@@ -919,6 +919,18 @@ pub(crate) fn explained(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Whether a panic raised in `file` with `message` is one a dependency catches itself: not
+/// printed as a panic, since nothing fails. delta-rs aborts a multipart upload whose completion
+/// failed (an object store cut off mid-upload) inside `catch_unwind`, as object_store's
+/// `BufWriter::abort` panics for an upload already shutting down, then warns that the parts
+/// are left for the store's lifecycle rules and retries the commit.
+fn caught_upstream(file: &str, message: Option<&str>) -> bool {
+    let file = file.replace('\\', "/");
+    file.contains("/object_store-")
+        && file.ends_with("/src/buffered.rs")
+        && message == Some("Already shut down")
+}
+
 /// The log filter unless `RUST_LOG` says otherwise.
 pub const QUIET: &str =
     "warn,buoyant_kernel::snapshot::builder=off,deltalake_core::kernel::transaction=error";
@@ -941,6 +953,19 @@ fn command(functions: Functions) -> Result<()> {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+        let file = info.location().map_or("", |l| l.file());
+        match caught_upstream(file, message) {
+            true => tracing::debug!("{file}: {message:?}, caught where it was raised"),
+            false => default_hook(info),
+        }
+    }));
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1236,7 +1261,23 @@ fn dispatch(
 
 #[cfg(test)]
 mod tests {
-    use super::explained;
+    use super::{caught_upstream, explained};
+
+    /// Only object_store's "Already shut down" from its buffered writer, which delta-rs catches,
+    /// is kept from being printed as a panic; any other panic there, or that message from
+    /// elsewhere, is printed.
+    #[test]
+    fn only_the_panic_delta_rs_catches_is_not_printed() {
+        let buffered = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/\
+                        object_store-0.13.2/src/buffered.rs";
+        assert!(caught_upstream(buffered, Some("Already shut down")));
+        assert!(!caught_upstream(buffered, Some("index out of bounds")));
+        assert!(!caught_upstream(buffered, None));
+        assert!(!caught_upstream(
+            "src/job/run.rs",
+            Some("Already shut down")
+        ));
+    }
 
     #[derive(Debug, thiserror::Error)]
     enum Failure {
