@@ -47,7 +47,10 @@ const BATCH_RECORDS: usize = 50_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a shard looks for stalled forwarders.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
-const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a look waits for the brokers: it blocks the shard's read meanwhile, and a look
+/// that gets no answer holds every partition (see [`Forwarder::waiting`]), so it must end well
+/// within an idle timeout.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a transaction that failed and was aborted waits before it is tried again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -185,13 +188,15 @@ impl Forwarder {
     /// them idle, and their records late when they come:
     /// - a partition whose records wait to be forwarded while its forwarder made no progress
     ///   since the last look (its worker died or lost it; its next owner will forward them);
+    /// - every partition, while the forwarders' committed offsets cannot be read in time (a
+    ///   dead forwarder's open transaction keeps them pending; their group is rebalancing);
     /// - every partition, while the shard's `reader` cannot read on in the repartition topic
     ///   (records there that it has not reached, and no progress since the last look): a
     ///   transaction left open by a forwarder that died hides what follows it from a
     ///   `read_committed` reader, whichever partition it came from, until the partition's
     ///   next owner aborts it.
     ///
-    /// Brokers that do not answer stall nothing.
+    /// Brokers that refuse the look (an error other than a timeout) stall nothing.
     pub(crate) fn waiting(&mut self, partitions: &[i32], reader: &Reading<'_>) -> Vec<i32> {
         if self.looked.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
             return Vec::new();
@@ -222,8 +227,23 @@ impl Forwarder {
         for &p in partitions {
             list.add_partition(&self.topic, p);
         }
-        let Ok(committed) = self.watch.committed_offsets(list, LOOK_TIMEOUT) else {
-            return Vec::new();
+        let committed = match self.watch.committed_offsets(list, LOOK_TIMEOUT) {
+            Ok(committed) => committed,
+            // The forwarders' offsets cannot be read while a dead forwarder's transaction
+            // holds some pending (until its partition's next owner aborts it), nor in time
+            // while their group rebalances: the very moments records wait unforwarded.
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnstableOffsetCommit
+                            | RDKafkaErrorCode::OperationTimedOut
+                    )
+                ) =>
+            {
+                return partitions.to_vec();
+            }
+            Err(_) => return Vec::new(),
         };
         let mut stalled = Vec::new();
         for &p in partitions {
