@@ -33,6 +33,8 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStoreExt;
 
+use super::delta::writer_properties;
+
 /// The `txn` app id every compaction records: two that overlap in time conflict over it.
 pub const COMPACTION_MARK: &str = "stratus/compaction";
 
@@ -143,8 +145,9 @@ async fn rewrite(
     written: &mut Vec<deltalake::Path>,
 ) -> Result<(Vec<Action>, u64), DeltaTableError> {
     let store = table.object_store();
-    let mut writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
+    let writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
     let schema = writer.arrow_schema();
+    let mut writer = writer.with_writer_properties(writer_properties(&schema));
     let mut actions = Vec::new();
     let mut compacted = 0;
     for (values, files) in partitions {

@@ -25,6 +25,9 @@ use arrow::error::ArrowError;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::{DeltaTable, DeltaTableError};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use url::Url;
 
 use super::compact::{COMPACTION_MARK, compact, lost_to_another};
@@ -207,6 +210,29 @@ pub fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
         .with_application_transactions(txns)
         .with_create_checkpoint(false)
         .with_cleanup_expired_logs(Some(false))
+}
+
+/// How the sink writes a table's Parquet files: compressed with Snappy, as delta-rs does, and
+/// dictionary-encoded except for floating-point columns. A measurement or a derived feature is
+/// seldom the same value twice, so a dictionary of them only fills until the writer gives it up;
+/// interning each value on the way was half the cost of writing a file of 100,000 feature rows
+/// (BENCHMARKS.md, "Parquet without dictionaries for floating-point columns"). Keys, labels,
+/// counts and timestamps repeat, and keep theirs.
+pub fn writer_properties(schema: &Schema) -> WriterProperties {
+    let floats = schema.fields().iter().filter(|f| {
+        matches!(
+            f.data_type(),
+            DataType::Float16 | DataType::Float32 | DataType::Float64
+        )
+    });
+    floats
+        .fold(
+            WriterProperties::builder().set_compression(Compression::SNAPPY),
+            |props, f| {
+                props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
+            },
+        )
+        .build()
 }
 
 /// Resolves a user's table location to a URL (creating a local directory if needed).
@@ -608,6 +634,7 @@ impl DeltaSink {
                 .with_input_plan(plan)
                 .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .with_writer_properties(writer_properties(rows))
                 .with_partition_columns(self.config.partition_columns.clone())
                 .with_commit_properties(commit_properties(vec![fence]))
                 .await;
@@ -649,9 +676,11 @@ impl DeltaSink {
         }
         let files_before = self.file_count();
         let table = self.table.clone();
+        let properties = writer_properties(&batches[0].schema());
         let write = table
             .write(batches)
             .with_partition_columns(self.config.partition_columns.clone())
+            .with_writer_properties(properties)
             // A stage that gains a column (a new carried feature, a column added to its SQL)
             // adds it to the table; earlier rows read it as null.
             .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
@@ -1099,6 +1128,74 @@ mod tests {
             .unwrap();
         assert_eq!(table.snapshot().unwrap().log_data().num_files(), 1);
         assert_eq!(count_rows(&table).await, 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every Parquet file of a table, appended or compacted, dictionary-encodes its key and
+    /// count columns and writes its floating-point ones plain (no dictionary page, no
+    /// dictionary-encoded data pages).
+    #[tokio::test]
+    async fn floats_are_written_without_a_dictionary_appended_or_compacted() {
+        use arrow::array::{Float64Array, Int64Array, StringArray};
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = std::env::temp_dir().join(format!("stratus-dict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut sink = DeltaSink::open(DeltaSinkConfig {
+            location: dir.display().to_string(),
+            partition_columns: Vec::new(),
+            pipeline: "p".into(),
+            checkpoint_interval: 0,
+            compact_after_files: 2,
+            storage_options: HashMap::new(),
+            vacuum: None,
+        })
+        .await
+        .unwrap();
+        for cycle in 1..=2_i64 {
+            let n = 1_000;
+            let key: ArrayRef = Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("host-{}", i % 10)),
+            ));
+            let count: ArrayRef = Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 3)));
+            let value: ArrayRef = Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| (i as f64 + cycle as f64 / 7.0).sqrt()),
+            ));
+            let batch =
+                RecordBatch::try_from_iter([("key", key), ("count", count), ("value", value)])
+                    .unwrap();
+            sink.commit(vec![batch], &Marks::from([("cycle".to_string(), cycle)]))
+                .await
+                .unwrap();
+        }
+        sink.finish_background().await;
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        assert_eq!(
+            files.len(),
+            3,
+            "two appends and their compaction: {files:?}"
+        );
+        let dictionary = [Encoding::RLE_DICTIONARY, Encoding::PLAIN_DICTIONARY];
+        for file in &files {
+            let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+            let group = reader.metadata().row_group(0);
+            for column in group.columns() {
+                let name = column.column_path().string();
+                let encodings: Vec<Encoding> = column.encodings().collect();
+                let encoded = encodings.iter().any(|e| dictionary.contains(e));
+                assert_eq!(
+                    (encoded, column.dictionary_page_offset().is_some()),
+                    (name != "value", name != "value"),
+                    "{name} in {}: {:?}",
+                    file.display(),
+                    encodings
+                );
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
