@@ -304,8 +304,9 @@ enum LateRows {
 }
 
 enum SinkRuntime {
-    Delta(DeltaSink),
-    Kafka(KafkaSink),
+    Delta(Box<DeltaSink>),
+    /// Shared with the cycle's publishing tasks ([`Publishing`]).
+    Kafka(Arc<KafkaSink>),
 }
 
 struct SinkSlot {
@@ -387,7 +388,7 @@ pub async fn run_pipeline(
             SinkTarget::Delta {
                 table,
                 partition_by,
-            } => SinkRuntime::Delta(
+            } => SinkRuntime::Delta(Box::new(
                 DeltaSink::open(DeltaSinkConfig {
                     location: resolve_location(&config.table_root, table),
                     partition_columns: partition_by.clone(),
@@ -404,7 +405,7 @@ pub async fn run_pipeline(
                     vacuum: pipeline.vacuum.clone(),
                 })
                 .await?,
-            ),
+            )),
             SinkTarget::Kafka {
                 topic,
                 key,
@@ -416,10 +417,10 @@ pub async fn run_pipeline(
                         s.name
                     )));
                 };
-                SinkRuntime::Kafka(
+                SinkRuntime::Kafka(Arc::new(
                     KafkaSink::new(&s.name, topic, key.clone(), producer.clone())
                         .with_headers(headers.clone()),
-                )
+                ))
             }
         };
         sinks.push(SinkSlot {
@@ -992,6 +993,8 @@ async fn flush(
     let mut watermarks: HashMap<String, i64> = HashMap::new();
     let mut marks = Marks::from([(CYCLE_MARK.to_string(), cycle.number)]);
     let mut changed = false;
+    // A replayed cycle published its records the first time.
+    let mut publishing = Publishing::new(replay.is_none());
     for s in sources.iter_mut() {
         changed |= s.pending_events > 0;
         match &mut s.dead_letters {
@@ -1049,6 +1052,7 @@ async fn flush(
                 (now - w) as f64 / 1e6
             });
         watermarks.insert(s.plan.name.clone(), w);
+        publishing.start(&s.plan.name, std::slice::from_ref(&batch), sinks);
         outputs.insert(s.plan.name.clone(), vec![batch]);
         for (p, next) in s.next_offsets() {
             marks.insert(offset_mark(&s.topic, p), next);
@@ -1140,6 +1144,7 @@ async fn flush(
             .with_label_values(&ctx.labels())
             .inc_by(rows as u64);
         watermarks.insert(st.name.clone(), st.watermark);
+        publishing.start(&st.name, &out.rows, sinks);
         outputs.insert(st.name.clone(), out.rows);
         for (output, name) in &st.side_outputs {
             let batches: Vec<RecordBatch> = out
@@ -1150,6 +1155,7 @@ async fn flush(
                 .collect();
             changed |= !batches.is_empty();
             watermarks.insert(name.clone(), st.watermark);
+            publishing.start(name, &batches, sinks);
             outputs.insert(name.clone(), batches);
         }
         summary.spent(
@@ -1161,40 +1167,45 @@ async fn flush(
     }
 
     // Kafka first: a Delta commit (which advances the offsets) must not precede the records.
-    // A replayed cycle published them the first time.
-    let publishing = Instant::now();
-    for slot in sinks.iter().filter(|_| replay.is_none()) {
-        if let (SinkRuntime::Kafka(k), Some(batches)) = (&slot.runtime, outputs.get(&slot.from)) {
-            let waiting = format!("sink {}: records not yet delivered", slot.name);
-            let n = retry
-                .awaiting(problem::KAFKA_DELIVERY, &waiting, PATIENCE, k.send(batches))
-                .await?;
-            metrics
-                .rows_out
-                .with_label_values(&[pipeline.name.as_str(), slot.name.as_str()])
-                .inc_by(n as u64);
-            if let (Some(st), Some(oldest)) = (
-                stages.iter().find(|st| st.alerts && st.name == slot.from),
-                sources.iter().filter_map(|s| s.oldest_append_ms).min(),
-            ) {
-                let seconds = (now_us() / 1_000 - oldest).max(0) as f64 / 1e3;
-                let latency = metrics
-                    .detection_latency_seconds
-                    .with_label_values(&[pipeline.name.as_str(), st.name.as_str()]);
-                for _ in 0..opened(batches) {
-                    latency.observe(seconds);
-                }
+    let publishing_wait = Instant::now();
+    let mut delivered_at = None;
+    for mut task in publishing.tasks {
+        let waiting = format!("sink {}: records not yet delivered", task.sink);
+        let delivered = retry
+            .awaiting(
+                problem::KAFKA_DELIVERY,
+                &waiting,
+                PATIENCE,
+                task.delivered(),
+            )
+            .await?;
+        metrics
+            .rows_out
+            .with_label_values(&[pipeline.name.as_str(), task.sink.as_str()])
+            .inc_by(delivered.rows as u64);
+        if let Some(st) = stages.iter().find(|st| st.alerts && st.name == task.from)
+            && let Some(oldest) = sources.iter().filter_map(|s| s.oldest_append_ms).min()
+        {
+            let seconds = (delivered.at_ms - oldest).max(0) as f64 / 1e3;
+            let latency = metrics
+                .detection_latency_seconds
+                .with_label_values(&[pipeline.name.as_str(), st.name.as_str()]);
+            for _ in 0..outputs.get(&task.from).map_or(0, |b| opened(b)) {
+                latency.observe(seconds);
             }
         }
+        delivered_at = delivered_at.max(Some((delivered.at, delivered.at_ms)));
     }
-    summary.spent(metrics, &pipeline.name, "kafka sinks", publishing);
-    let published = fired_at.elapsed().as_secs_f64();
+    summary.spent(metrics, &pipeline.name, "kafka sinks", publishing_wait);
     let recording = summary.window_latencies.len() < LATENCIES_KEPT;
     if recording {
+        // When the last record was acknowledged (when the stages were done, with no topic).
+        let (at, at_ms) = delivered_at.unwrap_or_else(|| (Instant::now(), now_us() / 1_000));
+        let published = at.saturating_duration_since(fired_at).as_secs_f64();
         summary
             .window_topic_latencies
             .extend(fired.iter().map(|_| published));
-        let seconds = since_close();
+        let seconds = closed_by.map(|t| (at_ms - t).max(0) as f64 / 1e3);
         summary
             .window_event_topic_latencies
             .extend(fired.iter().map(|_| seconds));
@@ -1318,6 +1329,77 @@ async fn flush(
             .set_time_bounds(TimeBounds::plausible(now_us(), s.max_future));
     }
     Ok(changed)
+}
+
+/// A cycle's records on their way to Kafka: each Kafka sink starts publishing (encoding and
+/// handing its records to the producer, on a task of its own) as soon as the rows it takes are
+/// out — a source's events once read, a stage's results once computed — beside the stages
+/// after it. The cycle waits for every acknowledgement before it commits to Delta.
+struct Publishing {
+    /// False for a replayed cycle, which published its records the first time.
+    on: bool,
+    tasks: Vec<PublishingTask>,
+}
+
+struct PublishingTask {
+    sink: String,
+    /// The source or stage output the rows came from.
+    from: String,
+    handle: tokio::task::JoinHandle<Result<Delivered, KafkaSinkError>>,
+}
+
+/// A sink's records of one cycle, every one acknowledged.
+struct Delivered {
+    rows: usize,
+    /// When the last was acknowledged, and the same as Unix milliseconds.
+    at: Instant,
+    at_ms: i64,
+}
+
+impl Publishing {
+    fn new(on: bool) -> Self {
+        Publishing {
+            on,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts publishing `batches`, the rows of `from`, to every Kafka sink that takes them.
+    fn start(&mut self, from: &str, batches: &[RecordBatch], sinks: &[SinkSlot]) {
+        if !self.on || batches.iter().all(|b| b.num_rows() == 0) {
+            return;
+        }
+        for slot in sinks.iter().filter(|s| s.from == from) {
+            let SinkRuntime::Kafka(sink) = &slot.runtime else {
+                continue;
+            };
+            let (sink, batches) = (sink.clone(), batches.to_vec());
+            let handle = tokio::spawn(async move {
+                let rows = sink.send(&batches).await?;
+                Ok(Delivered {
+                    rows,
+                    at: Instant::now(),
+                    at_ms: now_us() / 1_000,
+                })
+            });
+            self.tasks.push(PublishingTask {
+                sink: slot.name.clone(),
+                from: from.to_string(),
+                handle,
+            });
+        }
+    }
+}
+
+impl PublishingTask {
+    /// Waits for every record of the task to be acknowledged.
+    async fn delivered(&mut self) -> Result<Delivered, RunError> {
+        match (&mut self.handle).await {
+            Ok(delivered) => delivered.map_err(RunError::from),
+            // A panic while publishing is the run's, as it would be inline.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
 }
 
 /// How many of an alert stage's `batches` open an alert (`status` `firing`).
