@@ -34,8 +34,7 @@ fn json_rows(batch: &RecordBatch, schema: &str) -> Vec<serde_json::Value> {
     let v = validator(schema);
     let encoded = crate::sink::kafka::encode_rows(batch, &[]).unwrap();
     encoded
-        .values
-        .iter()
+        .values()
         .map(|bytes| {
             let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap();
             let errors: Vec<String> = v

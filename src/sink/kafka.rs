@@ -105,13 +105,7 @@ impl KafkaSink {
             .map(|c| join_columns(batch, std::slice::from_ref(c)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(encode_err)?;
-        for (i, ((value, key), id)) in encoded
-            .values
-            .iter()
-            .zip(&encoded.keys)
-            .zip(&ids)
-            .enumerate()
-        {
+        for (i, ((value, key), id)) in encoded.values().zip(&encoded.keys).zip(&ids).enumerate() {
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: HEADER_RECORD_ID,
                 value: Some(id.as_bytes()),
@@ -123,7 +117,7 @@ impl KafkaSink {
                 });
             }
             let mut record = FutureRecord::to(&self.topic)
-                .payload(value.as_slice())
+                .payload(value)
                 .key(key.as_bytes())
                 .headers(headers);
             loop {
@@ -170,8 +164,23 @@ impl KafkaSink {
 
 /// Rows of a batch as JSON objects, with their keys.
 pub struct EncodedRows {
-    pub values: Vec<Vec<u8>>,
+    /// Every row's object, one after another: row `i` ends at `ends[i]`.
+    json: Vec<u8>,
+    ends: Vec<usize>,
     pub keys: Vec<String>,
+}
+
+impl EncodedRows {
+    /// Row `i`'s JSON object.
+    pub fn value(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
+        &self.json[start..self.ends[i]]
+    }
+
+    /// Every row's JSON object, in order.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.ends.len()).map(|i| self.value(i))
+    }
 }
 
 /// Encodes each row as a JSON object and forms its key from `key_columns`.
@@ -184,18 +193,18 @@ pub fn encode_rows(batch: &RecordBatch, key_columns: &[String]) -> Result<Encode
     ));
     let options = EncoderOptions::default();
     let mut encoder = make_encoder(&field, &array, &options)?;
-    let mut values = Vec::with_capacity(batch.num_rows());
-    let mut out = Vec::with_capacity(1024);
+    let mut json = Vec::with_capacity(256 * batch.num_rows());
+    let mut ends = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
-        out.clear();
-        encoder.encode(i, &mut out);
-        values.push(out.clone());
+        encoder.encode(i, &mut json);
+        ends.push(json.len());
     }
     let keys = join_columns(batch, key_columns)?;
-    Ok(EncodedRows { values, keys })
+    Ok(EncodedRows { json, ends, keys })
 }
 
-/// For each row, the display values of `columns` joined by `|` (empty without columns).
+/// For each row, the display values of `columns` joined by `|` (nulls empty; an empty string
+/// without columns).
 fn join_columns(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, ArrowError> {
     let options = FormatOptions::default().with_null("");
     let arrays = columns
@@ -210,17 +219,22 @@ fn join_columns(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, 
         .iter()
         .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((0..batch.num_rows())
+    (0..batch.num_rows())
         .map(|i| {
-            formatters
-                .iter()
-                .map(|f| f.value(i).to_string())
-                .collect::<Vec<_>>()
-                .join("|")
+            let mut row = String::with_capacity(24 * formatters.len());
+            for (n, f) in formatters.iter().enumerate() {
+                if n > 0 {
+                    row.push('|');
+                }
+                f.value(i).write(&mut row)?;
+            }
+            Ok(row)
         })
-        .collect())
+        .collect()
 }
 
+/// Each row's `stratus.record_id`: `<sink>|<key>|` then its `alert_id`, `rec_id`,
+/// `window_start` and `revision`, of those the rows have, joined by `|`.
 fn record_ids(batch: &RecordBatch, sink: &str, keys: &[String]) -> Result<Vec<String>, ArrowError> {
     let extra: Vec<String> = ["alert_id", "rec_id", "window_start", "revision"]
         .into_iter()
@@ -231,7 +245,13 @@ fn record_ids(batch: &RecordBatch, sink: &str, keys: &[String]) -> Result<Vec<St
     Ok(keys
         .iter()
         .zip(tails)
-        .map(|(k, t)| format!("{sink}|{k}|{t}"))
+        .map(|(k, t)| {
+            let mut id = String::with_capacity(sink.len() + k.len() + t.len() + 2);
+            for part in [sink, "|", k, "|", &t] {
+                id.push_str(part);
+            }
+            id
+        })
         .collect())
 }
 
@@ -270,7 +290,7 @@ mod tests {
         .unwrap();
         let rows = encode_rows(&batch, &["resource_id".into(), "metric".into()]).unwrap();
         assert_eq!(
-            String::from_utf8(rows.values[0].clone()).unwrap(),
+            String::from_utf8(rows.value(0).to_vec()).unwrap(),
             r#"{"resource_id":"i-1","metric":"CPU","window_start":"2025-06-15T15:07:00Z","mean":1.5,"revision":0}"#
         );
         assert_eq!(rows.keys, ["i-1|CPU", "i-2|CPU"]);
