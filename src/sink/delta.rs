@@ -216,7 +216,7 @@ pub fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
 /// dictionary-encoded except for floating-point columns. A measurement or a derived feature is
 /// seldom the same value twice, so a dictionary of them only fills until the writer gives it up;
 /// interning each value on the way was half the cost of writing a file of 100,000 feature rows
-/// (BENCHMARKS.md, "Parquet without dictionaries for floating-point columns"). Keys, labels,
+/// (BENCHMARKS.md, "100,000 keys closing at once"). Keys, labels,
 /// counts and timestamps repeat, and keep theirs.
 pub fn writer_properties(schema: &Schema) -> WriterProperties {
     let floats = schema.fields().iter().filter(|f| {

@@ -245,13 +245,7 @@ fn record_ids(batch: &RecordBatch, sink: &str, keys: &[String]) -> Result<Vec<St
     Ok(keys
         .iter()
         .zip(tails)
-        .map(|(k, t)| {
-            let mut id = String::with_capacity(sink.len() + k.len() + t.len() + 2);
-            for part in [sink, "|", k, "|", &t] {
-                id.push_str(part);
-            }
-            id
-        })
+        .map(|(k, t)| format!("{sink}|{k}|{t}"))
         .collect())
 }
 
