@@ -331,3 +331,90 @@ commit: {{max_rows: {CHUNK}, max_interval: 1h}}
         );
     }
 }
+
+/// A Kafka sink whose records the broker refuses (each batch larger than its topic takes)
+/// fails the run with the sink and the topic named, and the windows it could not publish are
+/// committed to no table: a cycle's Delta commits wait for every acknowledgement, although the
+/// sink publishes beside the stages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_the_broker_refuses_fails_the_run_before_its_rows_reach_a_table() {
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-refused");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    crate::create_topic_with(
+        &format!("{topic}.features"),
+        1,
+        &[("max.message.bytes", "64")],
+    )
+    .await;
+    let now = chrono::Utc::now().timestamp_micros();
+    let events = arrivals(now - 60 * MINUTE - now.rem_euclid(MINUTE));
+    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+    for e in &events {
+        let payload = e.json();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&e.resource).payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let name = unique("it-refused");
+    let yaml = format!(
+        r#"name: {name}
+sources:
+  metrics:
+    kafka: {{topic: {topic}, group: {name}}}
+    schema: {root}/schemas/cloud.metrics.json
+    event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 2m, idle_timeout: 1h}}
+stages:
+  features_1m: {{sql: {root}/sql/cloud_metrics_1m.sql}}
+sinks:
+  features: {{from: features_1m, delta: {{table: features_1m, partition_by: [date]}}}}
+  features_topic: {{from: features_1m, kafka: {{topic: {topic}.features, key: [resource_id, metric]}}}}
+commit: {{max_rows: {CHUNK}, max_interval: 1h}}
+"#
+    );
+    let pipeline = Pipeline::from_yaml(std::path::Path::new("it-refused.yaml"), &yaml)
+        .await
+        .unwrap();
+    let tables = format!(
+        "s3://{}/{}",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-refused")
+    );
+    let config = RunConfig::backfill(&brokers, &tables, storage_options_from_env());
+    let failed = run_pipeline(
+        &pipeline,
+        &config,
+        PipelineMetrics::new(),
+        Health::new(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("the broker refuses every record of the sink");
+    let message = failed.to_string();
+    assert!(
+        message.contains(&format!("Kafka sink features_topic → {topic}.features")),
+        "{message}"
+    );
+
+    let location = format!("{tables}/features_1m");
+    let url = url::Url::parse(&location).unwrap();
+    let rows: usize =
+        match deltalake::open_table_with_storage_options(url, storage_options_from_env()).await {
+            Err(deltalake::DeltaTableError::NotATable(_)) => 0,
+            Err(e) => panic!("{location}: {e}"),
+            Ok(_) => read_delta(&location)
+                .await
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum(),
+        };
+    assert_eq!(rows, 0, "window results committed that Kafka never took");
+}
