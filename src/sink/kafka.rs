@@ -206,6 +206,16 @@ pub fn encode_rows(batch: &RecordBatch, key_columns: &[String]) -> Result<Encode
 /// For each row, the display values of `columns` joined by `|` (nulls empty; an empty string
 /// without columns).
 fn join_columns(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, ArrowError> {
+    join_columns_after(batch, columns, |_| [""; 3])
+}
+
+/// As [`join_columns`], each row's string starting with the pieces `prefix` gives for it:
+/// one allocation per row, sized for what it will hold.
+fn join_columns_after<'p>(
+    batch: &RecordBatch,
+    columns: &[String],
+    prefix: impl Fn(usize) -> [&'p str; 3],
+) -> Result<Vec<String>, ArrowError> {
     let options = FormatOptions::default().with_null("");
     let arrays = columns
         .iter()
@@ -221,7 +231,11 @@ fn join_columns(batch: &RecordBatch, columns: &[String]) -> Result<Vec<String>, 
         .collect::<Result<Vec<_>, _>>()?;
     (0..batch.num_rows())
         .map(|i| {
-            let mut row = String::with_capacity(24 * formatters.len());
+            let pieces = prefix(i);
+            let mut row = String::with_capacity(
+                pieces.iter().map(|p| p.len()).sum::<usize>() + 32 * formatters.len(),
+            );
+            pieces.iter().for_each(|p| row.push_str(p));
             for (n, f) in formatters.iter().enumerate() {
                 if n > 0 {
                     row.push('|');
@@ -241,12 +255,8 @@ fn record_ids(batch: &RecordBatch, sink: &str, keys: &[String]) -> Result<Vec<St
         .filter(|c| batch.schema().field_with_name(c).is_ok())
         .map(str::to_string)
         .collect();
-    let tails = join_columns(batch, &extra)?;
-    Ok(keys
-        .iter()
-        .zip(tails)
-        .map(|(k, t)| format!("{sink}|{k}|{t}"))
-        .collect())
+    let sink = format!("{sink}|");
+    join_columns_after(batch, &extra, |i| [sink.as_str(), keys[i].as_str(), "|"])
 }
 
 #[cfg(test)]
