@@ -248,7 +248,6 @@ impl KeyHistory {
         let Some(newest) = self.newest().map(|s| s.div_euclid(span)) else {
             return;
         };
-        self.sealed.resize_with(width, Sealed::default);
         while self.len() > EXACT {
             let number = self.starts[0].div_euclid(span);
             if number >= newest - 1 {
@@ -262,6 +261,8 @@ impl KeyHistory {
                 first: self.starts[0],
                 counts: vec![(0, 0); width].into_boxed_slice(),
             };
+            // Only a key that seals a slice holds sealed runs (an allocation less for the rest).
+            self.sealed.resize_with(width, Sealed::default);
             let mut values = Vec::with_capacity(end);
             for j in 0..width {
                 values.clear();
@@ -476,7 +477,6 @@ impl KeyHistory {
             .iter()
             .flat_map(|&i| self.data[i * stride..(i + 1) * stride].iter().copied())
             .collect();
-        self.sealed.resize_with(width, Sealed::default);
         self.resort(width);
         if let Some(newest) = self.newest() {
             self.expire(newest, baseline, width);

@@ -24,7 +24,6 @@
 //! stands, without delta or rate, and leaves the baseline as it is. Results of later windows
 //! already emitted are not re-emitted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -32,13 +31,17 @@ use arrow::array::{
     Int32Array, Int64Array, ListBuilder, RecordBatch, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 
 mod history;
 
 use self::history::{KeyHistory, SLICES, Scratch, SealedPart};
 use super::WindowError;
 use crate::operator::{self, Collector, Context, Operator, OperatorState, Snapshot};
+
+/// Each key's history, by its row-format bytes. foldhash rather than std's SipHash, and
+/// `entry_ref` to find or add a key in one lookup: this map is hit once per row.
+type Histories = hashbrown::HashMap<Vec<u8>, KeyHistory>;
 
 /// What to carry, checked by the pipeline planner.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,11 +85,13 @@ pub struct CarryOperator {
     columns: Vec<usize>,
     start: usize,
     converter: RowConverter,
+    /// The key rows of the batch being applied, kept for the next (its buffers reused).
+    key_rows: Rows,
     output: SchemaRef,
     /// The span of a baseline's slice (see [`history`]), µs.
     slice: i64,
     /// Key (row-format bytes) → its windows.
-    history: HashMap<Box<[u8]>, KeyHistory>,
+    history: Histories,
     scratch: Scratch,
     /// Exact windows per chunk of a checkpoint ([`CHUNK_ROWS`]; fewer in tests).
     chunk_rows: usize,
@@ -122,10 +127,11 @@ impl CarryOperator {
             by,
             columns,
             start,
+            key_rows: converter.empty_rows(0, 0),
             converter,
             slice: (spec.baseline / SLICES).max(1),
             spec,
-            history: HashMap::new(),
+            history: Histories::default(),
             scratch: Scratch::default(),
             chunk_rows: CHUNK_ROWS,
         })
@@ -139,13 +145,16 @@ impl CarryOperator {
     /// `batch` with the carried columns appended; rows are taken in window order per key.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<RecordBatch, WindowError> {
         let n = batch.num_rows();
-        let keys = self.converter.convert_columns(
+        self.key_rows.clear();
+        self.converter.append(
+            &mut self.key_rows,
             &self
                 .by
                 .iter()
                 .map(|&i| batch.column(i).clone())
                 .collect::<Vec<_>>(),
         )?;
+        let keys = &self.key_rows;
         let starts = batch
             .column(self.start)
             .as_any()
@@ -167,21 +176,16 @@ impl CarryOperator {
             })
             .collect::<Result<_, WindowError>>()?;
         let width = self.columns.len();
-        let mut out: Vec<Vec<Option<f64>>> = vec![vec![None; n]; width * CARRY_SUFFIXES.len()];
+        let mut out: Vec<OutColumn> = (0..width * CARRY_SUFFIXES.len())
+            .map(|_| OutColumn::new(n))
+            .collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| starts.value(i));
         let (baseline, span) = (self.spec.baseline, self.slice);
         let scratch = &mut self.scratch;
         for i in order {
             let start = starts.value(i);
-            let key = keys.row(i);
-            if !self.history.contains_key(key.as_ref()) {
-                self.history
-                    .insert(Box::from(key.as_ref()), KeyHistory::default());
-            }
-            let Some(history) = self.history.get_mut(key.as_ref()) else {
-                continue;
-            };
+            let history = self.history.entry_ref(keys.row(i).as_ref()).or_default();
             // In order (the usual case): first drop what falls out of this window's baseline,
             // so that the exact values and sealed slices are exactly its baseline.
             let in_order = history.newest().is_none_or(|newest| newest < start);
@@ -215,11 +219,11 @@ impl CarryOperator {
                 };
                 let slot = j * CARRY_SUFFIXES.len();
                 if !x.is_nan() {
-                    out[slot][i] = Some(ewma);
+                    out[slot].set(i, ewma);
                     if let Some(p) = prev.filter(|_| !prev_value.is_nan()) {
                         let delta = x - prev_value;
-                        out[slot + 1][i] = Some(delta);
-                        out[slot + 2][i] = Some(delta / ((start - p.start) as f64 / 1e6));
+                        out[slot + 1].set(i, delta);
+                        out[slot + 2].set(i, delta / ((start - p.start) as f64 / 1e6));
                     }
                     let mut earlier = std::mem::take(&mut scratch.baseline);
                     let sorted = if in_order {
@@ -240,8 +244,10 @@ impl CarryOperator {
                     let judged = history.judge(x, j, sorted, self.spec.min_baseline, scratch);
                     scratch.baseline = earlier;
                     if let Some((median, z)) = judged {
-                        out[slot + 3][i] = z;
-                        out[slot + 4][i] = Some(x - median);
+                        if let Some(z) = z {
+                            out[slot + 3].set(i, z);
+                        }
+                        out[slot + 4].set(i, x - median);
                     }
                 }
                 data[j] = x;
@@ -255,10 +261,7 @@ impl CarryOperator {
             scratch.data = data;
         }
         let mut columns = batch.columns().to_vec();
-        columns.extend(
-            out.into_iter()
-                .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
-        );
+        columns.extend(out.into_iter().map(OutColumn::finish));
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
@@ -354,7 +357,7 @@ impl CarryOperator {
     ) -> Result<(), WindowError> {
         let width = self.columns.len();
         let expected = snapshot_schema(width);
-        let mut restored: HashMap<Box<[u8]>, KeyHistory> = HashMap::new();
+        let mut restored = Histories::default();
         let mut data = Vec::with_capacity(2 * width);
         for state in points {
             if state.schema().fields().get(1..) != expected.fields().get(1..) {
@@ -374,13 +377,10 @@ impl CarryOperator {
                 data.clear();
                 data.extend((0..width).map(|j| floats[2 * j].value(i)));
                 data.extend((0..width).map(|j| floats[2 * j + 1].value(i)));
-                let key = keys(i);
-                if !restored.contains_key(key) {
-                    restored.insert(Box::from(key), KeyHistory::default());
-                }
-                if let Some(history) = restored.get_mut(key) {
-                    history.restore_point(starts.value(i), &data);
-                }
+                restored
+                    .entry_ref(keys(i))
+                    .or_default()
+                    .restore_point(starts.value(i), &data);
             }
         }
         for batch in slices.iter().filter(|b| b.num_rows() > 0) {
@@ -401,6 +401,34 @@ impl CarryOperator {
             .map(KeyHistory::values_held)
             .max()
             .unwrap_or(0)
+    }
+}
+
+/// One carried column as [`CarryOperator::apply`] fills it, a row at a time in window order:
+/// its values and which of them are set (the rest are null).
+struct OutColumn {
+    values: Vec<f64>,
+    set: Vec<bool>,
+}
+
+impl OutColumn {
+    fn new(rows: usize) -> Self {
+        OutColumn {
+            values: vec![0.0; rows],
+            set: vec![false; rows],
+        }
+    }
+
+    fn set(&mut self, row: usize, value: f64) {
+        self.values[row] = value;
+        self.set[row] = true;
+    }
+
+    fn finish(self) -> ArrayRef {
+        Arc::new(Float64Array::new(
+            self.values.into(),
+            Some(arrow::buffer::NullBuffer::from(self.set)),
+        ))
     }
 }
 
@@ -547,7 +575,7 @@ fn key_column<'a>(state: &'a RecordBatch) -> Result<impl Fn(usize) -> &'a [u8] +
 fn restore_slices(
     batch: &RecordBatch,
     width: usize,
-    restored: &mut HashMap<Box<[u8]>, KeyHistory>,
+    restored: &mut Histories,
 ) -> Result<(), WindowError> {
     if batch.schema().fields().get(1..) != slices_schema().fields().get(1..) {
         return Err(wrong_state("has slices of other columns"));
@@ -566,7 +594,7 @@ fn restore_slices(
             count: u32::try_from(count.value(i)).unwrap_or(0),
             values: kept.as_primitive::<Float64Type>().values(),
         };
-        let history = restored.entry(Box::from(keys(i))).or_default();
+        let history = restored.entry_ref(keys(i)).or_default();
         if !history.restore_sealed(part, width) {
             return Err(wrong_state("has a slice that is no summary of its column"));
         }
@@ -669,6 +697,7 @@ mod tests {
     use arrow::datatypes::{Float64Type, TimeUnit};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
 
     const MINUTE: i64 = 60_000_000;
 
