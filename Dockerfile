@@ -40,13 +40,6 @@ COPY schemas /opt/stratus/schemas
 COPY sql /opt/stratus/sql
 COPY pipelines /opt/stratus/pipelines
 COPY catalogue /opt/stratus/catalogue
-# glibc's malloc, which librdkafka (C) allocates from (Rust's own allocations go to mimalloc):
-# fixed mmap and trim thresholds and two arenas, so its fetch buffers and queued records are
-# given back instead of staying in per-thread arenas (BENCHMARKS.md: peak RSS 115-152 MiB
-# lower on the 10 M-event backlog).
-ENV MALLOC_ARENA_MAX=2 \
-    MALLOC_MMAP_THRESHOLD_=131072 \
-    MALLOC_TRIM_THRESHOLD_=131072
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so.1.31.1 \
     STRATUS_METRICS_ADDR=0.0.0.0:9464 \
     STRATUS_WORKDIR=/var/lib/stratus/pipelines
