@@ -828,6 +828,9 @@ pub(crate) fn poll_source(
                         // Read to the partition's end: from now its silence is idleness.
                         Some(Err(KafkaError::PartitionEOF(p))) => {
                             s.at_end.insert(p);
+                            if let Some(f) = &mut s.forwarder {
+                                f.reached_end();
+                            }
                             continue;
                         }
                         Some(Err(source)) => {

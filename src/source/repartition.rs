@@ -18,6 +18,7 @@
 //! partitions interleave in a repartition partition: the reader keeps its watermark per upstream
 //! partition (from the header), so one lagging forwarder makes nothing late.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -84,10 +85,17 @@ pub(crate) struct Forwarder {
     watch: BaseConsumer,
     topic: String,
     /// Per source partition, the group offset seen at the last look.
-    seen: std::collections::HashMap<i32, i64>,
+    seen: HashMap<i32, i64>,
+    /// Per source partition forwarded to its end, the repartition partition's end when that
+    /// was first seen: the shard has read all of it once it has read to there.
+    caught_up: HashMap<i32, i64>,
     looked: Option<Instant>,
-    /// Where the shard's reader of the repartition topic was at the last look.
-    read: Option<i64>,
+    /// How far the shard's reader of the repartition partition has read, as of the last look.
+    read: i64,
+    /// The repartition partition's end at the last look.
+    end: Option<i64>,
+    /// The reader reached the partition's end since the last look.
+    reached_end: bool,
 }
 
 /// The shard's reader of the repartition topic: its consumer, and the partition it reads.
@@ -176,25 +184,30 @@ impl Forwarder {
             thread: Some(thread),
             watch: kafka.consumer(&group).create().map_err(err)?,
             topic: route.topic.to_string(),
-            seen: Default::default(),
+            seen: HashMap::new(),
+            caught_up: HashMap::new(),
             looked: None,
-            read: None,
+            read: 0,
+            end: None,
+            reached_end: false,
         })
     }
 
     /// Of the source's `partitions`, those whose events the shard must wait for, looked at
     /// every [`LOOK_EVERY`] (none between). A shard's watermark holds them back (see
     /// [`WatermarkTracker::hold`](crate::window::WatermarkTracker::hold)) rather than count
-    /// them idle, and their records late when they come:
-    /// - a partition whose records wait to be forwarded while its forwarder made no progress
-    ///   since the last look (its worker died or lost it; its next owner will forward them);
+    /// them idle, and their records late when they come. A partition's silence is idleness
+    /// only once its shard has read all it ever forwarded: its forwarder has forwarded (and
+    /// committed) everything the source partition holds, and the `reader` has read the
+    /// repartition partition past where it ended when that was first seen. So each is held:
+    /// - while records wait in it to be forwarded (its worker died or lost it, and its next
+    ///   owner will forward them; or its forwarder is on its way through them);
+    /// - while the reader has not yet reached what its forwarder last forwarded (a shard that
+    ///   took the partition over reads a backlog of the others' records first; a transaction
+    ///   left open by a forwarder that died hides what follows it from a `read_committed`
+    ///   reader until the partition's next owner aborts it);
     /// - every partition, while the forwarders' committed offsets cannot be read in time (a
-    ///   dead forwarder's open transaction keeps them pending; their group is rebalancing);
-    /// - every partition, while the shard's `reader` cannot read on in the repartition topic
-    ///   (records there that it has not reached, and no progress since the last look): a
-    ///   transaction left open by a forwarder that died hides what follows it from a
-    ///   `read_committed` reader, whichever partition it came from, until the partition's
-    ///   next owner aborts it.
+    ///   dead forwarder's open transaction keeps them pending; their group is rebalancing).
     ///
     /// Brokers that refuse the look (an error other than a timeout) stall nothing.
     pub(crate) fn waiting(&mut self, partitions: &[i32], reader: &Reading<'_>) -> Vec<i32> {
@@ -202,7 +215,10 @@ impl Forwarder {
             return Vec::new();
         }
         self.looked = Some(Instant::now());
-        let read = reader.consumer.position().ok().and_then(|list| {
+        // How far the reader has read: its position, or, once it has reached the partition's
+        // end since the last look, at least where the end was then (its position may stop
+        // short of a transaction's closing marker).
+        let position = reader.consumer.position().ok().and_then(|list| {
             match list
                 .find_partition(reader.topic, reader.partition)?
                 .offset()
@@ -211,18 +227,11 @@ impl Forwarder {
                 _ => None,
             }
         });
-        let end = reader
-            .consumer
-            .fetch_watermarks(reader.topic, reader.partition, LOOK_TIMEOUT)
-            .ok()
-            .map(|(_, high)| high);
-        let read_before = std::mem::replace(&mut self.read, read);
-        if let (Some(at), Some(end)) = (read, end)
-            && at < end
-            && read_before == Some(at)
-        {
-            return partitions.to_vec();
+        let reached_end = std::mem::take(&mut self.reached_end);
+        if let Some(end) = self.end.filter(|_| reached_end) {
+            self.read = self.read.max(end);
         }
+        self.read = self.read.max(position.unwrap_or(0));
         let mut list = TopicPartitionList::new();
         for &p in partitions {
             list.add_partition(&self.topic, p);
@@ -245,7 +254,14 @@ impl Forwarder {
             }
             Err(_) => return Vec::new(),
         };
-        let mut stalled = Vec::new();
+        // Read after the offsets: what they say was forwarded lies before it.
+        let end = reader
+            .consumer
+            .fetch_watermarks(reader.topic, reader.partition, LOOK_TIMEOUT)
+            .ok()
+            .map(|(_, high)| high);
+        self.end = end;
+        let mut waiting = Vec::new();
         for &p in partitions {
             let at = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
@@ -254,13 +270,31 @@ impl Forwarder {
             let Ok((low, high)) = self.watch.fetch_watermarks(&self.topic, p, LOOK_TIMEOUT) else {
                 continue;
             };
-            let waiting = high > at.max(low);
-            if waiting && self.seen.get(&p) == Some(&at) {
-                stalled.push(p);
+            let forwarded_since = self.seen.insert(p, at) != Some(at);
+            if high > at.max(low) {
+                self.caught_up.remove(&p);
+                waiting.push(p);
+                continue;
             }
-            self.seen.insert(p, at);
+            // Everything it holds is forwarded: it lies before the end read above, or before
+            // the end seen when it was first caught up, if nothing was forwarded since.
+            let Some(end) = end else {
+                waiting.push(p);
+                continue;
+            };
+            if forwarded_since {
+                self.caught_up.insert(p, end);
+            }
+            if self.caught_up.get(&p).is_none_or(|&upto| self.read < upto) {
+                waiting.push(p);
+            }
         }
-        stalled
+        waiting
+    }
+
+    /// Tells it that the shard's reader reached the end of its repartition partition.
+    pub(crate) fn reached_end(&mut self) {
+        self.reached_end = true;
     }
 
     /// Whether it is still forwarding: the error it stopped on, if it did.
