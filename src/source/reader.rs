@@ -906,7 +906,7 @@ pub(crate) fn poll_source(
                     Some(&end) => max_rows.min(end.saturating_sub(*next).max(0) as usize),
                     None => max_rows,
                 };
-                for _ in 0..limit {
+                for i in 0..limit {
                     if s.pending_bytes >= max_bytes {
                         break;
                     }
@@ -915,6 +915,11 @@ pub(crate) fn poll_source(
                         .map_err(|e| SourceError::Read(s.plan.name.clone(), e.to_string()))?;
                     if read == 0 {
                         *eof = true;
+                        if i == 0 {
+                            // Nothing more yet: wait for lines to be appended as a Kafka poll
+                            // waits for records, rather than come straight back and spin.
+                            std::thread::sleep(POLL);
+                        }
                         break;
                     }
                     let line = buf.strip_suffix(b"\n").unwrap_or(&buf);

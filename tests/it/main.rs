@@ -34,6 +34,7 @@ mod secured;
 mod shipped;
 mod sigterm;
 mod sql_models;
+mod tail;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
