@@ -19,6 +19,7 @@ mod exported;
 mod forecast;
 mod forecast_stage;
 mod functions;
+mod idle;
 mod ingest;
 mod kafka;
 mod latency;
@@ -34,7 +35,6 @@ mod secured;
 mod shipped;
 mod sigterm;
 mod sql_models;
-mod tail;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
