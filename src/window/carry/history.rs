@@ -18,7 +18,8 @@
 //! one ascending run per column: a row's baseline is the merge of that run and the exact
 //! values, walked to its middle). A day of 1-minute
 //! windows with two columns: 64 to 120 exact windows and 23 slices of 16 values per column,
-//! 12 to 15 KB per key instead of about 130 KB for 1,440 exact windows.
+//! 12 to 15 KB per key instead of about 130 KB for 1,440 exact windows. The buffers grow by an
+//! eighth at a time, not by doubling, so they hold at most about an eighth more than that.
 
 use std::collections::VecDeque;
 
@@ -215,7 +216,9 @@ impl KeyHistory {
                 insert_sorted(sorted, x);
             }
         }
+        grow(&mut self.starts, 1);
         self.starts.push(start);
+        grow(&mut self.data, data.len());
         self.data.extend_from_slice(data);
         self.unsaved_from = self.unsaved_from.min(start);
         self.seal(width, span);
@@ -230,7 +233,9 @@ impl KeyHistory {
         if self.starts.get(pos) == Some(&start) {
             self.data[pos * stride..(pos + 1) * stride].copy_from_slice(data);
         } else {
+            grow(&mut self.starts, 1);
             self.starts.insert(pos, start);
+            grow(&mut self.data, stride);
             self.data
                 .splice(pos * stride..pos * stride, data.iter().copied());
         }
@@ -565,11 +570,46 @@ fn judged(x: f64, median: f64, mad: f64) -> Judged {
 
 fn insert_sorted(sorted: &mut Vec<f64>, x: f64) {
     let at = sorted.partition_point(|v| v.total_cmp(&x).is_lt());
+    grow(sorted, 1);
     sorted.insert(at, x);
+}
+
+/// Makes room for `additional` more in `v`, by an eighth of its length at a time rather than
+/// by doubling: a key's buffers are many and long-lived (100,000 keys of 100 windows each held
+/// 28 % more than their windows while growing by doubling). Copying an eighth more at a time
+/// costs about eight moves per element added.
+fn grow<T>(v: &mut Vec<T>, additional: usize) {
+    if v.capacity() - v.len() < additional {
+        v.reserve_exact(additional.max(v.len() / 8).max(4));
+    }
 }
 
 fn remove_sorted(sorted: &mut Vec<f64>, x: f64) {
     if let Ok(at) = sorted.binary_search_by(|v| v.total_cmp(&x)) {
         sorted.remove(at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_growing_history_holds_at_most_an_eighth_more_than_its_windows() {
+        const MINUTE: i64 = 60_000_000;
+        let mut history = KeyHistory::default();
+        // Within one slice of a day's baseline: nothing is sealed, every window stays exact.
+        for m in 0..100 {
+            let x = ((m * 37) % 11) as f64;
+            history.push(m * MINUTE, &[x, 2.0 * x, x, 2.0 * x], 2, 60 * MINUTE);
+        }
+        assert_eq!(history.len(), 100);
+        let room = |len: usize| len + (len / 8).max(4);
+        assert!(history.starts.capacity() <= room(100));
+        assert!(history.data.capacity() <= room(400));
+        for sorted in &history.sorted {
+            assert_eq!(sorted.len(), 100);
+            assert!(sorted.capacity() <= room(100), "{}", sorted.capacity());
+        }
     }
 }
