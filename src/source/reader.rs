@@ -790,10 +790,13 @@ pub(crate) fn poll_source(
             } => {
                 if let Some(f) = &mut s.forwarder {
                     f.check()?;
+                    let partition = s.position.keys().min().copied().unwrap_or(0);
+                    let next = s.pending.get(&partition).or(s.position.get(&partition));
                     let reading = Reading {
                         consumer,
                         topic,
-                        partition: s.position.keys().min().copied().unwrap_or(0),
+                        partition,
+                        next: next.copied().unwrap_or(0),
                     };
                     for p in f.waiting(&s.watermark.partitions(), &reading) {
                         s.watermark.hold(p, now_us());
@@ -805,7 +808,8 @@ pub(crate) fn poll_source(
                 // A repartition partition carries every source partition's records: its end
                 // tells nothing of one source partition's, and holding them all while it is
                 // read would keep a silent source partition from ever going idle. The
-                // forwarders' progress tells that instead (`Forwarder::waiting`).
+                // forwarders' progress, and how far this reader has read since, tell that
+                // instead (`Forwarder::waiting`).
                 if !*upstream {
                     for p in s.held_back() {
                         s.watermark.hold(p, now);
@@ -828,9 +832,6 @@ pub(crate) fn poll_source(
                         // Read to the partition's end: from now its silence is idleness.
                         Some(Err(KafkaError::PartitionEOF(p))) => {
                             s.at_end.insert(p);
-                            if let Some(f) = &mut s.forwarder {
-                                f.reached_end();
-                            }
                             continue;
                         }
                         Some(Err(source)) => {

@@ -46,11 +46,11 @@ const BATCH_TIME: Duration = Duration::from_millis(100);
 /// At most this many records per transaction.
 const BATCH_RECORDS: usize = 50_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a shard looks for stalled forwarders.
+/// How often a shard looks at the forwarders' progress (see [`Forwarder::waiting`]).
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// How long a look waits for the brokers: it blocks the shard's read meanwhile, and a look
-/// that gets no answer holds every partition (see [`Forwarder::waiting`]), so it must end well
-/// within an idle timeout.
+/// that gets no answer in time holds the partitions it could not tell of (see
+/// [`Forwarder::waiting`]), so it must end well within an idle timeout.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a transaction that failed and was aborted waits before it is tried again.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -84,25 +84,20 @@ pub(crate) struct Forwarder {
     /// Reads the forwarders' group offsets: where each source partition's forwarder is.
     watch: BaseConsumer,
     topic: String,
-    /// Per source partition, the group offset seen at the last look.
-    seen: HashMap<i32, i64>,
-    /// Per source partition forwarded to its end, the repartition partition's end when that
-    /// was first seen: the shard has read all of it once it has read to there.
-    caught_up: HashMap<i32, i64>,
+    /// Per source partition forwarded to its end: the forwarders' group offset then, and the
+    /// repartition partition's end when that was first seen (the shard has read all of it once
+    /// it has read to there).
+    caught_up: HashMap<i32, (i64, i64)>,
     looked: Option<Instant>,
-    /// How far the shard's reader of the repartition partition has read, as of the last look.
-    read: i64,
-    /// The repartition partition's end at the last look.
-    end: Option<i64>,
-    /// The reader reached the partition's end since the last look.
-    reached_end: bool,
 }
 
-/// The shard's reader of the repartition topic: its consumer, and the partition it reads.
+/// The shard's reader of the repartition topic: its consumer, the partition it reads, and the
+/// next offset it has taken a record from (or was assigned to read from).
 pub(crate) struct Reading<'a> {
     pub consumer: &'a SourceConsumer,
     pub topic: &'a str,
     pub partition: i32,
+    pub next: i64,
 }
 
 impl Forwarder {
@@ -184,12 +179,8 @@ impl Forwarder {
             thread: Some(thread),
             watch: kafka.consumer(&group).create().map_err(err)?,
             topic: route.topic.to_string(),
-            seen: HashMap::new(),
             caught_up: HashMap::new(),
             looked: None,
-            read: 0,
-            end: None,
-            reached_end: false,
         })
     }
 
@@ -206,18 +197,19 @@ impl Forwarder {
     ///   took the partition over reads a backlog of the others' records first; a transaction
     ///   left open by a forwarder that died hides what follows it from a `read_committed`
     ///   reader until the partition's next owner aborts it);
+    /// - while its end, or the repartition partition's, cannot be read in time;
     /// - every partition, while the forwarders' committed offsets cannot be read in time (a
     ///   dead forwarder's open transaction keeps them pending; their group is rebalancing).
     ///
-    /// Brokers that refuse the look (an error other than a timeout) stall nothing.
+    /// Brokers that refuse to tell the forwarders' offsets (an error other than a timeout)
+    /// hold nothing: the watermark goes on as for a source read directly.
     pub(crate) fn waiting(&mut self, partitions: &[i32], reader: &Reading<'_>) -> Vec<i32> {
         if self.looked.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
             return Vec::new();
         }
         self.looked = Some(Instant::now());
-        // How far the reader has read: its position, or, once it has reached the partition's
-        // end since the last look, at least where the end was then (its position may stop
-        // short of a transaction's closing marker).
+        // How far the reader has read: its position (past the markers that close
+        // transactions), or where it was assigned to read from if it has read nothing since.
         let position = reader.consumer.position().ok().and_then(|list| {
             match list
                 .find_partition(reader.topic, reader.partition)?
@@ -227,11 +219,7 @@ impl Forwarder {
                 _ => None,
             }
         });
-        let reached_end = std::mem::take(&mut self.reached_end);
-        if let Some(end) = self.end.filter(|_| reached_end) {
-            self.read = self.read.max(end);
-        }
-        self.read = self.read.max(position.unwrap_or(0));
+        let read = position.unwrap_or(0).max(reader.next);
         let mut list = TopicPartitionList::new();
         for &p in partitions {
             list.add_partition(&self.topic, p);
@@ -260,41 +248,35 @@ impl Forwarder {
             .fetch_watermarks(reader.topic, reader.partition, LOOK_TIMEOUT)
             .ok()
             .map(|(_, high)| high);
-        self.end = end;
         let mut waiting = Vec::new();
         for &p in partitions {
             let at = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
                 _ => 0,
             };
-            let Ok((low, high)) = self.watch.fetch_watermarks(&self.topic, p, LOOK_TIMEOUT) else {
-                continue;
+            let forwarded = match self.watch.fetch_watermarks(&self.topic, p, LOOK_TIMEOUT) {
+                Ok((low, high)) => high <= at.max(low),
+                Err(_) => false,
             };
-            let forwarded_since = self.seen.insert(p, at) != Some(at);
-            if high > at.max(low) {
+            let Some(end) = end.filter(|_| forwarded) else {
                 self.caught_up.remove(&p);
                 waiting.push(p);
                 continue;
-            }
+            };
             // Everything it holds is forwarded: it lies before the end read above, or before
             // the end seen when it was first caught up, if nothing was forwarded since.
-            let Some(end) = end else {
-                waiting.push(p);
-                continue;
+            let upto = match self.caught_up.get(&p) {
+                Some(&(seen_at, upto)) if seen_at == at => upto,
+                _ => {
+                    self.caught_up.insert(p, (at, end));
+                    end
+                }
             };
-            if forwarded_since {
-                self.caught_up.insert(p, end);
-            }
-            if self.caught_up.get(&p).is_none_or(|&upto| self.read < upto) {
+            if read < upto {
                 waiting.push(p);
             }
         }
         waiting
-    }
-
-    /// Tells it that the shard's reader reached the end of its repartition partition.
-    pub(crate) fn reached_end(&mut self) {
-        self.reached_end = true;
     }
 
     /// Whether it is still forwarding: the error it stopped on, if it did.

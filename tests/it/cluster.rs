@@ -715,3 +715,95 @@ async fn a_source_keyed_otherwise_than_its_stages_is_re_keyed_through_a_repartit
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A re-keyed source partition that falls silent while the others go on stops holding the
+/// watermark back once its shard has read all it forwarded: the windows after its last event
+/// close on the others' events alone, each with every point it was sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_source_partition_of_a_re_keyed_source_goes_idle_once_its_records_are_read() {
+    const PARTS: i32 = 4;
+    const RESOURCES: usize = 8;
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let topic = unique("it-rekey-idle");
+    create_topic(&topic, PARTS).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let group = unique("rekey-idle-group");
+    let base = (chrono::Utc::now().timestamp_micros() - 3 * 3600 * S) / MINUTE * MINUTE;
+    let events = events(base, RESOURCES, 150);
+
+    let dir = std::env::temp_dir().join(unique("it-rekey-idle"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("rekey.yaml");
+    let yaml = pipeline_yaml(&topic, &group)
+        .replace("name: cluster", "name: rekeyidle")
+        .replace(", key: [resource_id]", "")
+        .replace("idle_timeout: 10m", "idle_timeout: 5s");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let tables = format!(
+        "s3://{}/{}",
+        setting("STRATUS_S3_BUCKET"),
+        unique("it-rekey-idle")
+    );
+    let worker = worker(&pipeline, &tables);
+
+    // Round robin over the four partitions for the first 20 steps, then over the first three:
+    // partition 3 falls silent 80 s of event time in, for the last 8 minutes.
+    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+    for (step, chunk) in events.chunks(RESOURCES).enumerate() {
+        let parts = if step < 20 { PARTS } else { PARTS - 1 } as usize;
+        let sends = chunk.iter().enumerate().map(|(i, e)| {
+            let payload = e.json();
+            let producer = &producer;
+            let topic = &topic;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::<(), _>::to(topic)
+                            .partition(((step + i) % parts) as i32)
+                            .payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        });
+        futures::future::join_all(sends).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    // Every window that ended 20 s before the newest event closes (the watermark trails the
+    // newest by the 10 s of out-of-orderness), whole.
+    let newest = events
+        .iter()
+        .filter(|e| e.valid)
+        .map(|e| e.ts)
+        .max()
+        .unwrap();
+    let closed = reference(&events, MINUTE, newest - 20 * S);
+    let all = reference(&events, MINUTE, i64::MAX);
+    assert!(closed.len() >= RESOURCES * 8, "{} windows", closed.len());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = feature_rows(&read_delta(&format!("{tables}/f1")).await);
+        if closed.keys().all(|k| got.contains_key(k)) {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} windows closed; log:\n{}",
+            closed.keys().filter(|k| got.contains_key(*k)).count(),
+            closed.len(),
+            tail(&worker.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (status, log) = worker.terminate();
+    assert!(status.success(), "SIGTERM: {status}\n{}", tail(&log, 40));
+    for (id, (_, samples, sum)) in &got {
+        let (want_samples, want_sum) = all[id];
+        assert_eq!(*samples, want_samples, "{id:?}: samples");
+        assert!((sum - want_sum).abs() < 1e-6 * want_sum.abs().max(1.0));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
