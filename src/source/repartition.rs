@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -119,21 +119,20 @@ impl Forwarder {
             .set("partitioner", "murmur2_random")
             .create()
             .map_err(err)?;
+        let mut forward = Forward {
+            consumer,
+            producer,
+            topic: route.topic.to_string(),
+            partition: route.partition,
+            to: route.to.to_string(),
+            by: route.by.to_vec(),
+            header: route.partition.to_string(),
+            open: false,
+            committed: None,
+        };
         tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            producer.init_transactions(TIMEOUT)?;
-            let mut list = TopicPartitionList::new();
-            list.add_partition(route.topic, route.partition);
-            let committed = consumer.committed_offsets(list, TIMEOUT)?;
-            let from = match committed
-                .find_partition(route.topic, route.partition)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => Offset::Offset(o),
-                _ => Offset::Beginning,
-            };
-            let mut list = TopicPartitionList::new();
-            list.add_partition_offset(route.topic, route.partition, from)?;
-            consumer.assign(&list)
+            forward.producer.init_transactions(TIMEOUT)?;
+            forward.rewind()
         })
         .map_err(err)?;
         tracing::info!(
@@ -145,16 +144,6 @@ impl Forwarder {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(Mutex::new(None));
-        let mut forward = Forward {
-            consumer,
-            producer,
-            topic: route.topic.to_string(),
-            partition: route.partition,
-            to: route.to.to_string(),
-            by: route.by.to_vec(),
-            header: route.partition.to_string(),
-            open: false,
-        };
         let thread = std::thread::Builder::new()
             .name(format!("repartition-{}-{}", route.source, route.partition))
             .spawn({
@@ -210,15 +199,7 @@ impl Forwarder {
         self.looked = Some(Instant::now());
         // How far the reader has read: its position (past the markers that close
         // transactions), or where it was assigned to read from if it has read nothing since.
-        let position = reader.consumer.position().ok().and_then(|list| {
-            match list
-                .find_partition(reader.topic, reader.partition)?
-                .offset()
-            {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            }
-        });
+        let position = position_of(reader.consumer, reader.topic, reader.partition);
         let read = position.unwrap_or(0).max(reader.next);
         let mut list = TopicPartitionList::new();
         for &p in partitions {
@@ -312,6 +293,20 @@ impl Drop for Forwarder {
     }
 }
 
+/// The next offset `consumer` will read of `topic`'s `partition` (past the markers that close
+/// transactions); none before it has read anything there.
+fn position_of<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let list = consumer.position().ok()?;
+    match list.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
 /// Whether a producer was fenced out by a newer one of its transactional id.
 fn is_fenced(e: &KafkaError) -> bool {
     matches!(
@@ -340,6 +335,8 @@ struct Forward {
     header: String,
     /// A transaction is open.
     open: bool,
+    /// The source offset the last committed transaction recorded, if one did.
+    committed: Option<i64>,
 }
 
 impl Forward {
@@ -420,11 +417,21 @@ impl Forward {
             next = Some(m.offset() + 1);
             forwarded += 1;
         }
-        let Some(next) = next else {
-            return Ok(());
+        // Where the consumer stands: past the records forwarded, and past the markers that
+        // close a transactional source's transactions. Committed there, a source partition
+        // read to its end is seen forwarded to its end (`Forwarder::waiting`), markers and all.
+        let standing = position_of(&self.consumer, &self.topic, self.partition);
+        let upto = match (next, standing) {
+            (Some(next), standing) => standing.map_or(next, |s| s.max(next)),
+            (None, Some(standing)) if self.committed.is_none_or(|c| standing > c) => standing,
+            (None, _) => return Ok(()),
         };
+        if !self.open {
+            self.producer.begin_transaction()?;
+            self.open = true;
+        }
         let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(&self.topic, self.partition, Offset::Offset(next))?;
+        offsets.add_partition_offset(&self.topic, self.partition, Offset::Offset(upto))?;
         let group = self.consumer.group_metadata().ok_or_else(|| {
             KafkaError::ClientCreation("the forwarder's consumer has no group".into())
         })?;
@@ -434,21 +441,24 @@ impl Forward {
         })?;
         retrying(|| self.producer.commit_transaction(TIMEOUT))?;
         self.open = false;
+        self.committed = Some(upto);
         Ok(())
     }
 
-    /// Reads again from the offset the last committed transaction recorded.
-    fn rewind(&self) -> Result<(), KafkaError> {
+    /// Reads (again) from the offset the last committed transaction recorded, or from the
+    /// partition's beginning if none did.
+    fn rewind(&mut self) -> Result<(), KafkaError> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, self.partition);
         let committed = self.consumer.committed_offsets(list, TIMEOUT)?;
-        let from = match committed
+        self.committed = match committed
             .find_partition(&self.topic, self.partition)
             .map(|e| e.offset())
         {
-            Some(Offset::Offset(o)) => Offset::Offset(o),
-            _ => Offset::Beginning,
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
         };
+        let from = self.committed.map_or(Offset::Beginning, Offset::Offset);
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.topic, self.partition, from)?;
         self.consumer.assign(&list)

@@ -20,7 +20,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use stratus::kafka::{consumer_config, producer_config};
@@ -718,7 +718,9 @@ async fn a_source_keyed_otherwise_than_its_stages_is_re_keyed_through_a_repartit
 
 /// A re-keyed source partition that falls silent while the others go on stops holding the
 /// watermark back once its shard has read all it forwarded: the windows after its last event
-/// close on the others' events alone, each with every point it was sent.
+/// close on the others' events alone, each with every point it was sent. The source is written
+/// in transactions, as an exactly-once producer writes: the marker that closes the silent
+/// partition's last one is no record to forward, yet the partition is forwarded to its end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_source_partition_of_a_re_keyed_source_goes_idle_once_its_records_are_read() {
     const PARTS: i32 = 4;
@@ -747,9 +749,16 @@ async fn a_silent_source_partition_of_a_re_keyed_source_goes_idle_once_its_recor
     let worker = worker(&pipeline, &tables);
 
     // Round robin over the four partitions for the first 20 steps, then over the first three:
-    // partition 3 falls silent 80 s of event time in, for the last 8 minutes.
-    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+    // partition 3 falls silent 80 s of event time in, for the last 8 minutes. A transaction a
+    // step.
+    let producer: FutureProducer = producer_config(&brokers)
+        .set("transactional.id", unique("rekey-idle-producer"))
+        .create()
+        .unwrap();
+    let transactions = Duration::from_secs(30);
+    tokio::task::block_in_place(|| producer.init_transactions(transactions)).unwrap();
     for (step, chunk) in events.chunks(RESOURCES).enumerate() {
+        producer.begin_transaction().unwrap();
         let parts = if step < 20 { PARTS } else { PARTS - 1 } as usize;
         let sends = chunk.iter().enumerate().map(|(i, e)| {
             let payload = e.json();
@@ -769,6 +778,7 @@ async fn a_silent_source_partition_of_a_re_keyed_source_goes_idle_once_its_recor
             }
         });
         futures::future::join_all(sends).await;
+        tokio::task::block_in_place(|| producer.commit_transaction(transactions)).unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 
