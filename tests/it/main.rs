@@ -132,25 +132,36 @@ pub async fn produce(topic: &str, events: &[stratus::demo::events::GeneratedEven
 
 /// Every row of the Delta table at `location` (an `s3://` URL or a local directory).
 pub async fn read_delta(location: &str) -> Vec<arrow::array::RecordBatch> {
+    read_delta_if_any(location)
+        .await
+        .unwrap_or_else(|| panic!("no Delta table at {location}"))
+}
+
+/// Every row of the Delta table at `location`; none while nothing has created it yet.
+pub async fn read_delta_if_any(location: &str) -> Option<Vec<arrow::array::RecordBatch>> {
     let url = if location.contains("://") {
         url::Url::parse(location).unwrap()
     } else {
         url::Url::from_directory_path(location).unwrap()
     };
     let options = stratus::sink::storage_options_from_env();
-    let table = deltalake::open_table_with_storage_options(url, options)
-        .await
-        .unwrap();
+    let table = match deltalake::open_table_with_storage_options(url, options).await {
+        Ok(table) => table,
+        Err(deltalake::DeltaTableError::NotATable(_)) => return None,
+        Err(e) => panic!("{location}: {e}"),
+    };
     let ctx = datafusion::prelude::SessionContext::new();
     table.update_datafusion_session(&ctx.state()).unwrap();
     ctx.register_table("t", table.table_provider().await.unwrap())
         .unwrap();
-    ctx.sql("SELECT * FROM t")
+    let rows = ctx
+        .sql("SELECT * FROM t")
         .await
         .unwrap()
         .collect()
         .await
-        .unwrap()
+        .unwrap();
+    Some(rows)
 }
 
 /// The number of rows of the Delta table at `location`.
