@@ -173,6 +173,9 @@ pub(crate) enum Reader {
         /// The next line number, which is the next offset.
         next: i64,
         eof: bool,
+        /// The start of a line whose end a live read has not reached yet (it is still being
+        /// written).
+        partial: Vec<u8>,
     },
     /// Only while the reader is borrowed out during a poll.
     Empty,
@@ -378,6 +381,7 @@ pub(crate) async fn open_source(
                 lines,
                 next,
                 eof,
+                partial: Vec::new(),
             }
         }
     };
@@ -901,6 +905,7 @@ pub(crate) fn poll_source(
                 lines,
                 next,
                 eof,
+                partial,
             } => {
                 let mut buf = Vec::with_capacity(512);
                 let limit = match s.replay_to.as_ref().and_then(|to| to.get(&0)) {
@@ -912,9 +917,13 @@ pub(crate) fn poll_source(
                         break;
                     }
                     buf.clear();
-                    let read = std::io::BufRead::read_until(lines, b'\n', &mut buf)
+                    buf.append(partial);
+                    std::io::BufRead::read_until(lines, b'\n', &mut buf)
                         .map_err(|e| SourceError::Read(s.plan.name.clone(), e.to_string()))?;
-                    if read == 0 {
+                    // At the end of what is there: a live read waits for the rest of a line
+                    // still being written; a backfill takes a last line without its newline.
+                    if buf.last() != Some(&b'\n') && (until.is_some() || buf.is_empty()) {
+                        std::mem::swap(partial, &mut buf);
                         *eof = true;
                         if i == 0 {
                             // Nothing more yet: wait for lines to be appended as a Kafka poll

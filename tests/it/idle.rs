@@ -1,6 +1,6 @@
 //! A live pipeline with nothing to read, as `stratus run` runs one, waits for input without
-//! spinning: on a file read to its end (and reads the lines appended to it later), and on a
-//! topic with nothing new.
+//! spinning: on a file read to its end (and reads the lines appended to it later, a line
+//! written in two parts as one), and on a topic with nothing new.
 
 use std::io::Write;
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use stratus::demo::events::{GeneratedEvent, metric_events};
 
-use crate::process::Running;
+use crate::process::{Running, metric};
 use crate::{create_topic, delta_rows, produce, setting, unique};
 
 /// The CPU time the process `pid` has used so far (user and system, from `/proc/PID/stat`).
@@ -90,14 +90,32 @@ async fn a_file_read_to_its_end_is_waited_on_without_spinning_and_read_on_when_i
     let child = run(&pipeline, &tables);
     let read = "stratus_events_in_total{pipeline=\"tail\",source=\"metrics\"}";
     child.wait_for_metric(read, first.len() as u64, Duration::from_secs(60));
+    // A writer that appends a line in two writes: the first half waits for the second (it is
+    // neither an event nor an invalid one), meanwhile nothing spins.
+    let line = &more[0].payload;
+    let (head, rest) = line.split_at(line.len() / 2);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all(head)
+        .unwrap();
     assert_idle(&child);
 
-    append(&input, &more);
-    child.wait_for_metric(
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all(&[rest, b"\n"].concat())
+        .unwrap();
+    append(&input, &more[1..]);
+    let metrics = child.wait_for_metric(
         read,
         (first.len() + more.len()) as u64,
         Duration::from_secs(60),
     );
+    let invalid = "stratus_events_invalid_total{pipeline=\"tail\",source=\"metrics\"}";
+    assert_eq!(metric(&metrics, invalid), Some(0));
     let (exit, log) = child.terminate();
     assert!(exit.success(), "exit {exit:?}; stderr:\n{log}");
     let rows = delta_rows(&tables.join("raw").display().to_string()).await;
