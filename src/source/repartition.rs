@@ -518,7 +518,43 @@ pub async fn create_topics(pipeline: &Pipeline, kafka: &KafkaConnection) -> Resu
             Err((topic, code)) => return Err(format!("cannot create topic {topic}: {code}")),
         }
     }
+    for (name, partitions) in &topics {
+        until_led(&admin, name, *partitions).await?;
+    }
     Ok(())
+}
+
+/// Waits until the brokers' metadata shows `topic` with its `partitions`, each with a leader:
+/// a topic just created reaches the other brokers (and the metadata other clients fetch) a
+/// little after the controller confirms it.
+async fn until_led(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), String> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let metadata =
+            tokio::task::block_in_place(|| admin.inner().fetch_metadata(Some(topic), TIMEOUT))
+                .map_err(|e| format!("topic {topic}: {e}"))?;
+        let led = metadata.topics().first().is_some_and(|t| {
+            t.error().is_none()
+                && t.partitions().len() == partitions as usize
+                && t.partitions()
+                    .iter()
+                    .all(|p| p.error().is_none() && p.leader() >= 0)
+        });
+        if led {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "topic {topic} was created but its {partitions} partitions have no leader after \
+                 {TIMEOUT:?}: check the brokers"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Deletes the records of repartition topics before `positions` (per topic and partition, the
