@@ -114,13 +114,31 @@ pub struct OperatorState {
 }
 
 /// What a checkpoint asks of an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Snapshot {
     /// All of its state.
     Whole,
     /// What changed since its last checkpoint, in the parts it can give so (named in
-    /// [`OperatorState::appended`]); the other parts whole.
-    Changes,
+    /// [`OperatorState::appended`]); the other parts whole, and so the parts named here: the
+    /// files added to them since their last whole one have grown long or large, and the
+    /// checkpoint store asks for a few such parts at a time, so that no checkpoint holds the
+    /// whole of a large state in memory at once.
+    Changes(BTreeSet<String>),
+}
+
+impl Snapshot {
+    /// What changed, every part that can be given so.
+    pub fn changes() -> Snapshot {
+        Snapshot::Changes(BTreeSet::new())
+    }
+
+    /// Whether `part` is asked whole.
+    pub fn wants_whole(&self, part: &str) -> bool {
+        match self {
+            Snapshot::Whole => true,
+            Snapshot::Changes(whole) => whole.contains(part),
+        }
+    }
 }
 
 impl OperatorState {
@@ -241,7 +259,7 @@ pub trait Operator: Send {
     /// the whole [`snapshot`](Self::snapshot) either way; an operator whose state grows by
     /// additions (a window's rows, a carried history) gives only those in
     /// [`Snapshot::Changes`], and counts what it gave as checkpointed.
-    fn checkpoint(&mut self, _kind: Snapshot) -> Result<OperatorState> {
+    fn checkpoint(&mut self, _kind: &Snapshot) -> Result<OperatorState> {
         self.snapshot()
     }
 
@@ -327,7 +345,7 @@ impl<A: Operator, B: Operator> Operator for Chain<A, B> {
         merged(self.first.snapshot()?, self.then.snapshot()?)
     }
 
-    fn checkpoint(&mut self, kind: Snapshot) -> Result<OperatorState> {
+    fn checkpoint(&mut self, kind: &Snapshot) -> Result<OperatorState> {
         merged(self.first.checkpoint(kind)?, self.then.checkpoint(kind)?)
     }
 

@@ -16,9 +16,9 @@
 //! Checkpoints are incremental: a part its operator gives as what was added since its last
 //! checkpoint (window rows, carried windows) is written as one more file of that part, and the
 //! manifest lists the part's files since its last whole one, oldest first. Every so often
-//! ([`CheckpointStore::next_snapshot`], per stage) an operator is asked for its whole state
-//! instead, which starts its parts' files afresh. The two newest checkpoints are kept, with every file
-//! they list; the rest go.
+//! ([`CheckpointStore::next_snapshot`], per part, a few parts at a time) an operator is asked
+//! for a part whole instead, which starts that part's files afresh. The two newest checkpoints
+//! are kept, with every file they list; the rest go.
 //!
 //! How restart uses it is in [`run`](super::run).
 
@@ -240,8 +240,13 @@ const KEEP: usize = 2;
 /// Bytes of a state file held before it goes up in parts (S3's parts are at least 5 MiB).
 const UPLOAD_PART: usize = 16 * 1024 * 1024;
 
-/// Most files a part is made of: an incremental checkpoint past it is taken whole.
+/// Most files a part is made of: an incremental checkpoint past it asks for it whole (it may
+/// wait a few cycles for its turn, see [`CheckpointStore::next_snapshot`]).
 const LONGEST_CHAIN: usize = 64;
+
+/// Parts due a whole file are asked whole together up to this fraction of the stage's state
+/// (and one at least).
+const WHOLE_SHARE: u64 = 16;
 
 impl CheckpointStore {
     /// The checkpoints of `pipeline` under `table_root` (a directory or an `s3://` URL).
@@ -304,27 +309,48 @@ impl CheckpointStore {
         &self.location
     }
 
-    /// What the next checkpoint should ask of `stage`'s operator: its changes, while the files
-    /// added to its parts since their last whole ones are fewer than [`LONGEST_CHAIN`] per part
-    /// and smaller than those whole ones together (so a restore reads at most about twice the
-    /// stage's state); otherwise, and when there is no checkpoint of it to add to, its whole
-    /// state.
+    /// What the next checkpoint should ask of `stage`'s operator: its changes, with some of
+    /// its parts whole, or, when there is no checkpoint of it to add to, its whole state.
+    ///
+    /// A part is due a whole file once the files added to it since its last whole one are
+    /// [`LONGEST_CHAIN`] or outweigh that whole one (so a restore reads about twice the state
+    /// at most). Of the parts due, those outweighed most are asked whole first, as many as
+    /// fit in a [`WHOLE_SHARE`]th of the stage's state, and always one: an operator that keeps
+    /// a large state in many parts (a carried history, in groups of keys) never holds all of
+    /// it in memory for one checkpoint, and the parts due wait a cycle or a few.
     pub fn next_snapshot(&self, stage: &str) -> Snapshot {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(parts) = last.as_ref().and_then(|files| files.get(stage)) else {
+        let Some(parts) = last
+            .as_ref()
+            .and_then(|files| files.get(stage))
+            .filter(|parts| !parts.is_empty())
+        else {
             return Snapshot::Whole;
         };
-        let (mut whole, mut added, mut longest) = (0, 0, 0);
-        for chain in parts.values() {
-            whole += chain.first().map_or(0, |f| f.bytes);
-            added += chain.iter().skip(1).map(|f| f.bytes).sum::<u64>();
-            longest = longest.max(chain.len());
+        let state: u64 = parts.values().flatten().map(|f| f.bytes).sum();
+        let mut due: Vec<(u64, usize, &String, u64)> = parts
+            .iter()
+            .filter_map(|(name, chain)| {
+                let whole = chain.first().map_or(0, |f| f.bytes);
+                let added: u64 = chain.iter().skip(1).map(|f| f.bytes).sum();
+                (chain.len() >= LONGEST_CHAIN || added >= whole).then_some((
+                    added.saturating_sub(whole),
+                    chain.len(),
+                    name,
+                    whole + added,
+                ))
+            })
+            .collect();
+        due.sort_by_key(|d| std::cmp::Reverse((d.0, d.1)));
+        let mut asked = BTreeSet::new();
+        let mut taking = 0;
+        for (_, _, name, size) in due {
+            if asked.is_empty() || taking + size <= state / WHOLE_SHARE {
+                taking += size;
+                asked.insert(name.clone());
+            }
         }
-        if parts.is_empty() || longest >= LONGEST_CHAIN || added >= whole {
-            Snapshot::Whole
-        } else {
-            Snapshot::Changes
-        }
+        Snapshot::Changes(asked)
     }
 
     fn store_err(&self, source: object_store::Error) -> CheckpointError {
@@ -937,7 +963,7 @@ mod tests {
             "nothing to add to"
         );
         let first = store.save(&checkpoint(1)).await.unwrap();
-        assert_eq!(store.next_snapshot("w"), Snapshot::Changes);
+        assert_eq!(store.next_snapshot("w"), Snapshot::changes());
         assert_eq!(
             store.next_snapshot("p"),
             Snapshot::Whole,
@@ -969,13 +995,16 @@ mod tests {
             !file(1, "w.carry.arrow").exists(),
             "replaced by a later whole one"
         );
-        // Once the additions outweigh the whole state, the next checkpoint is whole; the files
-        // of the chain before go once no kept checkpoint lists them.
+        // Once the additions outweigh a part's whole file, the next checkpoint asks for that
+        // part whole; the files of the chain before go once no kept checkpoint lists them.
         store
             .save(&incremental(4, (0..5_000).collect()))
             .await
             .unwrap();
-        assert_eq!(store.next_snapshot("w"), Snapshot::Whole);
+        assert_eq!(
+            store.next_snapshot("w"),
+            Snapshot::Changes(["window".to_string()].into())
+        );
         store.save(&checkpoint(5)).await.unwrap();
         assert!(file(1, "w.window.arrow").exists(), "cycle 4 lists it still");
         store.save(&incremental(6, vec![60])).await.unwrap();
@@ -986,6 +1015,70 @@ mod tests {
             got.stages["w"].state.parts["window"],
             vec![rows(vec![5, 2, 3]), rows(vec![60])]
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Stage `g`'s parts `group.0` to `group.3`, each of `n(part)` rows, as added (`appended`)
+    /// or whole.
+    fn groups(cycle: i64, n: impl Fn(usize) -> i64, appended: &[usize]) -> Checkpoint {
+        let mut state = OperatorState::default();
+        for g in 0..4 {
+            let name = format!("group.{g}");
+            // Values no compression shrinks much: a file's size follows its rows.
+            let values = (0..n(g))
+                .map(|i| (i * 7_919 + g as i64) % 1_000_003)
+                .collect();
+            state.parts.insert(name.clone(), vec![rows(values)]);
+            if appended.contains(&g) {
+                state.appended.insert(name);
+            }
+        }
+        let mut c = checkpoint(cycle);
+        c.stages.insert(
+            "g".into(),
+            StageState {
+                watermark: 1,
+                state,
+            },
+        );
+        c
+    }
+
+    #[tokio::test]
+    async fn parts_due_a_whole_file_are_asked_whole_a_few_at_a_time_the_most_outweighed_first() {
+        let dir = std::env::temp_dir().join(format!("stratus-cp-groups-{}", std::process::id()));
+        let store =
+            CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
+        let all = [0, 1, 2, 3];
+        store.save(&groups(1, |_| 1_000, &[])).await.unwrap();
+        assert_eq!(store.next_snapshot("g"), Snapshot::changes());
+        // Every part's additions outweigh its whole file, group.2's most: it alone is asked
+        // whole, as each part is a quarter of the stage's state.
+        let added = |g| if g == 2 { 3_000 } else { 1_500 };
+        store.save(&groups(2, added, &all)).await.unwrap();
+        let ask = |parts: &[&str]| Snapshot::Changes(parts.iter().map(|p| p.to_string()).collect());
+        assert_eq!(store.next_snapshot("g"), ask(&["group.2"]));
+        // Given so, the others are asked in the cycles after, one each.
+        let given = |whole: usize| move |g| if g == whole { 2_500 } else { 10 };
+        store.save(&groups(3, given(2), &[0, 1, 3])).await.unwrap();
+        let mut asked = Vec::new();
+        for cycle in 4..7 {
+            let Snapshot::Changes(whole) = store.next_snapshot("g") else {
+                panic!("a stage with files is asked its changes");
+            };
+            assert_eq!(whole.len(), 1, "{whole:?}");
+            let part = whole.first().unwrap().clone();
+            let g: usize = part["group.".len()..].parse().unwrap();
+            let appended: Vec<usize> = all.iter().copied().filter(|&o| o != g).collect();
+            store
+                .save(&groups(cycle, given(g), &appended))
+                .await
+                .unwrap();
+            asked.push(part);
+        }
+        asked.sort();
+        assert_eq!(asked, ["group.0", "group.1", "group.3"]);
+        assert_eq!(store.next_snapshot("g"), Snapshot::changes());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -674,7 +674,18 @@ pub async fn run_pipeline(
                 s.end_replay()?;
             }
             config.memory.cycle_done(pending_bytes);
+            let took = last_flush.elapsed().as_millis();
             cycle_bytes = cycle_budget(pipeline, config, &metrics);
+            tracing::debug!(
+                "pipeline {}: cycle {cycle}: {pending} events, {pending_bytes} bytes, in {took} \
+                 ms; resident {} MiB, the next may read {cycle_bytes} bytes",
+                pipeline.name,
+                metrics
+                    .resident_memory_bytes
+                    .with_label_values(&[] as &[&str])
+                    .get()
+                    >> 20
+            );
             last_flush = Instant::now();
         }
         if stopping || (drained && replay.is_none()) {
@@ -897,6 +908,7 @@ impl Saving {
         let store = store.clone();
         let retry = retry.clone();
         self.0 = Some(tokio::spawn(async move {
+            let started = Instant::now();
             let saved = retry
                 .until_ok(
                     problem::CHECKPOINT,
@@ -908,6 +920,14 @@ impl Saving {
             for (gauge, bytes) in sizes.iter().zip([saved.written, saved.state]) {
                 gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
+            tracing::debug!(
+                "pipeline {}: checkpoint of cycle {}: {} bytes written of a state of {}, in {} ms",
+                retry.pipeline,
+                checkpoint.cycle,
+                saved.written,
+                saved.state,
+                started.elapsed().as_millis()
+            );
             Ok(())
         }));
     }
@@ -951,7 +971,7 @@ fn checkpoint_of(
     }
     for st in stages {
         let kind = store.next_snapshot(&st.name);
-        let state = st.op.checkpoint(kind).map_err(|source| RunError::Stage {
+        let state = st.op.checkpoint(&kind).map_err(|source| RunError::Stage {
             stage: st.name.clone(),
             source,
         })?;

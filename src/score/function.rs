@@ -391,7 +391,7 @@ impl Operator for Following {
         self.op.snapshot()
     }
 
-    fn checkpoint(&mut self, kind: operator::Snapshot) -> operator::Result<OperatorState> {
+    fn checkpoint(&mut self, kind: &operator::Snapshot) -> operator::Result<OperatorState> {
         self.op.checkpoint(kind)
     }
 

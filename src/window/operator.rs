@@ -1368,8 +1368,9 @@ impl Operator for WindowOperator {
     /// Incremental for tumbling and hopping windows: the rows buffered since the last
     /// checkpoint, and in `meta` every open window with its revision (rows of windows closed
     /// since are not restored).
-    fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
-        if kind == Snapshot::Whole
+    fn checkpoint(&mut self, kind: &Snapshot) -> operator::Result<OperatorState> {
+        if kind.wants_whole(STATE_PART)
+            || kind.wants_whole(STATES_PART)
             || matches!(self.spec, WindowSpec::Session { .. })
             || self.rewritten
         {

@@ -105,7 +105,7 @@ struct Checkpoints {
 
 impl Checkpoints {
     fn take(&mut self, op: &mut dyn Operator, kind: Snapshot) {
-        let state = op.checkpoint(kind).unwrap();
+        let state = op.checkpoint(&kind).unwrap();
         for (part, batches) in state.parts {
             let files = self.parts.entry(part.clone()).or_default();
             if !state.appended.contains(&part) {
@@ -180,7 +180,7 @@ async fn run_restarting(
         let kind = if n % 10 == 0 {
             Snapshot::Whole
         } else {
-            Snapshot::Changes
+            Snapshot::changes()
         };
         checkpoints.take(&mut op, kind);
     }
@@ -824,7 +824,7 @@ async fn dense_windows_keep_per_key_partial_aggregates_not_their_rows() {
         // Checkpointed every third batch: merging the batches gained since the last one
         // keeps them incremental; merging all of them, every 16 batches, makes one whole.
         if step >= 120 && step % 3 == 2 {
-            let c = Operator::checkpoint(&mut op, Snapshot::Changes).unwrap();
+            let c = Operator::checkpoint(&mut op, &Snapshot::changes()).unwrap();
             incremental += usize::from(c.appended.contains("window-states"));
             checkpoints += 1;
         }
@@ -942,7 +942,7 @@ async fn partial_aggregates_restore_and_those_of_another_query_are_refused() {
         straight.advance(events[0].ts).await.unwrap();
     }
     assert!(op.dense());
-    let state = Operator::checkpoint(&mut op, Snapshot::Whole).unwrap();
+    let state = Operator::checkpoint(&mut op, &Snapshot::Whole).unwrap();
     assert!(
         state.parts["window-states"]
             .iter()
@@ -1006,7 +1006,7 @@ async fn windows_of_rows_and_of_states_that_fire_together_come_out_together() {
         op.process(&batch(events)).await.unwrap();
         op.advance(events[0].ts).await.unwrap();
     }
-    let state = Operator::checkpoint(&mut op, Snapshot::Whole).unwrap();
+    let state = Operator::checkpoint(&mut op, &Snapshot::Whole).unwrap();
     let mut restored = open();
     Operator::restore(&mut restored, state).unwrap();
     assert!(!restored.dense());

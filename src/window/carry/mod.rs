@@ -95,6 +95,10 @@ pub struct CarryOperator {
     scratch: Scratch,
     /// Exact windows per chunk of a checkpoint ([`CHUNK_ROWS`]; fewer in tests).
     chunk_rows: usize,
+    /// Restored from parts other than its groups' (a checkpoint written before keys were
+    /// grouped): the next checkpoint is whole, as changes would start the groups' files
+    /// without the history they add to.
+    rebase: bool,
 }
 
 impl CarryOperator {
@@ -134,6 +138,7 @@ impl CarryOperator {
             history: Histories::default(),
             scratch: Scratch::default(),
             chunk_rows: CHUNK_ROWS,
+            rebase: false,
         })
     }
 
@@ -272,7 +277,7 @@ impl CarryOperator {
     /// `count` (values it stands for) and `values` (those it kept, ascending). Each kind comes
     /// in chunks of about [`CHUNK_ROWS`] exact windows, a key's rows in one chunk.
     pub fn snapshot(&self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
-        self.state_batches(false)
+        Ok(flattened(self.state_batches(&[true; GROUPS])?))
     }
 
     /// For an incremental checkpoint: as [`snapshot`](Self::snapshot), of what changed since
@@ -280,7 +285,7 @@ impl CarryOperator {
     /// and the slices sealed since. What expired since is not said: a restore drops it again.
     /// From now on the checkpoint holds everything.
     pub fn changes(&mut self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
-        let batches = self.state_batches(true)?;
+        let batches = flattened(self.state_batches(&[false; GROUPS])?);
         self.saved();
         Ok(batches)
     }
@@ -292,35 +297,40 @@ impl CarryOperator {
         }
     }
 
-    /// The history in chunks: a whole snapshot of 100,000 keys of a day's windows is tens of
-    /// millions of rows, and one batch of them would grow each column by doubling to twice
-    /// its size, held until the checkpoint is written.
-    fn state_batches(
-        &self,
-        only_new: bool,
-    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
+    /// The history per group of keys (see [`GROUPS`]): of a group `whole`, every key's; of
+    /// the others, what changed since the last checkpoint. In chunks: a whole snapshot of
+    /// 100,000 keys of a day's windows is tens of millions of rows, and one batch of them
+    /// would grow each column by doubling to twice its size, held until the checkpoint is
+    /// written. Each group has a batch of each kind at least (empty if need be).
+    fn state_batches(&self, whole: &[bool; GROUPS]) -> Result<Vec<GroupBatches>, WindowError> {
         let width = self.columns.len();
         let to_save = || {
-            self.history
-                .iter()
-                .filter(move |(_, h)| !only_new || h.is_unsaved())
+            self.history.iter().filter_map(move |(key, h)| {
+                let group = group_of(key);
+                let only_new = !whole[group];
+                (!only_new || h.is_unsaved()).then_some((key, h, group, only_new))
+            })
         };
         // Each chunk's columns are sized once, to what it will hold.
-        let mut remaining: usize = to_save()
-            .map(|(_, h)| h.points_to_save(only_new).len())
-            .sum();
+        let mut remaining = [0usize; GROUPS];
+        for (_, h, group, only_new) in to_save() {
+            remaining[group] += h.points_to_save(only_new).len();
+        }
         let capacity = |remaining: usize| remaining.min(self.chunk_rows);
-        let (mut points, mut slices) = (Vec::new(), Vec::new());
-        let mut chunk = Chunk::new(width, capacity(remaining));
-        for (key, history) in to_save() {
+        let mut groups: Vec<(Chunk, GroupBatches)> = remaining
+            .iter()
+            .map(|&r| (Chunk::new(width, capacity(r)), Default::default()))
+            .collect();
+        for (key, history, group, only_new) in to_save() {
+            let (chunk, done) = &mut groups[group];
             let saved = history.points_to_save(only_new);
             if chunk.held + saved.len() > self.chunk_rows && chunk.held > 0 {
-                let full = std::mem::replace(&mut chunk, Chunk::new(width, capacity(remaining)));
-                let (p, s) = full.finish(width)?;
-                points.push(p);
-                slices.push(s);
+                let next = Chunk::new(width, capacity(remaining[group]));
+                let (p, s) = std::mem::replace(chunk, next).finish(width)?;
+                done.0.push(p);
+                done.1.push(s);
             }
-            remaining -= saved.len();
+            remaining[group] -= saved.len();
             chunk.held += saved.len();
             chunk.keys.next(key)?;
             for p in saved {
@@ -337,12 +347,17 @@ impl CarryOperator {
             chunk.sealed.next(key)?;
             history.for_each_sealed(only_new, |part| chunk.add_sealed(part));
         }
-        if points.is_empty() || chunk.held > 0 || !chunk.slice.is_empty() {
-            let (p, s) = chunk.finish(width)?;
-            points.push(p);
-            slices.push(s);
-        }
-        Ok((points, slices))
+        groups
+            .into_iter()
+            .map(|(chunk, mut done)| {
+                if done.0.is_empty() || chunk.held > 0 || !chunk.slice.is_empty() {
+                    let (p, s) = chunk.finish(width)?;
+                    done.0.push(p);
+                    done.1.push(s);
+                }
+                Ok(done)
+            })
+            .collect()
     }
 
     /// Restores what [`snapshot`](Self::snapshot) took — or a whole snapshot and the
@@ -435,6 +450,42 @@ impl OutColumn {
 /// Exact windows and sealed values a checkpoint's chunk holds, about: a key's stay in one
 /// chunk.
 pub const CHUNK_ROWS: usize = 1 << 16;
+
+/// Groups of keys the history is checkpointed in, each in parts of its own (`carry.<group>`,
+/// `carry_slices.<group>`) that the checkpoint store asks whole at times of their own (see
+/// `CheckpointStore::next_snapshot`): a checkpoint holds a group's whole history in memory,
+/// never all of it. A key's group is a hash of its bytes, the same in every run and build.
+pub const GROUPS: usize = 16;
+
+/// The group of a key (row-format bytes).
+fn group_of(key: &[u8]) -> usize {
+    // The high half: FNV's low bits depend on its input's low bits alone.
+    ((crate::decide::stable_hash_bytes(key) >> 32) % GROUPS as u64) as usize
+}
+
+/// A group's exact windows and its slices, in chunks.
+type GroupBatches = (Vec<RecordBatch>, Vec<RecordBatch>);
+
+/// The groups' batches as one of each kind: the empty batches dropped, one kept if all are.
+fn flattened(groups: Vec<GroupBatches>) -> GroupBatches {
+    let keep = |batches: Vec<RecordBatch>| {
+        let mut kept: Vec<RecordBatch> = Vec::new();
+        for b in batches {
+            if b.num_rows() > 0 || kept.is_empty() {
+                if kept.first().is_some_and(|k| k.num_rows() == 0) {
+                    kept.clear();
+                }
+                kept.push(b);
+            }
+        }
+        kept
+    };
+    let (points, slices): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+    (
+        keep(points.into_iter().flatten().collect()),
+        keep(slices.into_iter().flatten().collect()),
+    )
+}
 
 /// One chunk of a checkpoint of the history, as it is built.
 struct Chunk<'a> {
@@ -637,9 +688,15 @@ fn slices_schema() -> SchemaRef {
     ]))
 }
 
-/// The checkpoint parts of a stage's carried-feature history: its exact windows, its slices.
+/// The checkpoint parts of a stage's carried-feature history: its exact windows, its slices;
+/// each group of keys has one of each, named `<part>.<group>`.
 const STATE_PART: &str = "carry";
 const SLICES_PART: &str = "carry_slices";
+
+/// The name of `part` of `group`.
+fn part_of(part: &str, group: usize) -> String {
+    format!("{part}.{group}")
+}
 
 /// Carry follows the window stage it belongs to (see [`Chain`](crate::operator::Chain)): it
 /// takes the windows' results and emits them with the carried columns.
@@ -656,35 +713,66 @@ impl Operator for CarryOperator {
     }
 
     fn snapshot(&self) -> operator::Result<OperatorState> {
-        let (points, slices) = CarryOperator::snapshot(self)?;
-        Ok(state_of(points, slices))
+        Ok(state_of(
+            self.state_batches(&[true; GROUPS])?,
+            &[true; GROUPS],
+        ))
     }
 
-    /// Incremental: the windows and slices added since the last checkpoint.
-    fn checkpoint(&mut self, kind: Snapshot) -> operator::Result<OperatorState> {
-        if kind == Snapshot::Whole {
-            self.saved();
-            return Operator::snapshot(self);
-        }
-        let (points, slices) = self.changes()?;
-        let mut state = state_of(points, slices);
-        state.appended = [STATE_PART, SLICES_PART].map(String::from).into();
-        Ok(state)
+    /// Incremental: per group, the windows and slices added since the last checkpoint, or all
+    /// of them where a part of the group is asked whole.
+    fn checkpoint(&mut self, kind: &Snapshot) -> operator::Result<OperatorState> {
+        let whole: [bool; GROUPS] = std::array::from_fn(|g| {
+            self.rebase
+                || kind.wants_whole(&part_of(STATE_PART, g))
+                || kind.wants_whole(&part_of(SLICES_PART, g))
+        });
+        let groups = self.state_batches(&whole)?;
+        self.saved();
+        self.rebase = false;
+        Ok(state_of(groups, &whole))
     }
 
+    /// Takes the parts of every group (or, from checkpoints written before keys were grouped,
+    /// the two parts of all keys; the next checkpoint is then whole).
     fn restore(&mut self, state: OperatorState) -> operator::Result<()> {
-        if let Some(points) = state.parts.get(STATE_PART) {
-            let slices = state.parts.get(SLICES_PART).map_or(&[][..], Vec::as_slice);
-            CarryOperator::restore(self, points, slices)?;
+        let of = |kind: &str| -> Vec<RecordBatch> {
+            state
+                .parts
+                .iter()
+                .filter(|(name, _)| {
+                    name.strip_prefix(kind)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
+                .flat_map(|(_, batches)| batches.iter().cloned())
+                .collect()
+        };
+        let points = of(STATE_PART);
+        if points.is_empty() {
+            return Ok(());
         }
+        CarryOperator::restore(self, &points, &of(SLICES_PART))?;
+        self.rebase = !(0..GROUPS).all(|g| {
+            [STATE_PART, SLICES_PART]
+                .iter()
+                .all(|p| state.parts.contains_key(&part_of(p, g)))
+        });
         Ok(())
     }
 }
 
-/// The two parts of a checkpoint of the history.
-fn state_of(points: Vec<RecordBatch>, slices: Vec<RecordBatch>) -> OperatorState {
-    let mut state = OperatorState::part(STATE_PART, points);
-    state.parts.insert(SLICES_PART.into(), slices);
+/// A checkpoint of the history's groups: a group not `whole` as what was added.
+fn state_of(groups: Vec<GroupBatches>, whole: &[bool; GROUPS]) -> OperatorState {
+    let mut state = OperatorState::default();
+    for (g, (points, slices)) in groups.into_iter().enumerate() {
+        for (part, batches) in [(STATE_PART, points), (SLICES_PART, slices)] {
+            let name = part_of(part, g);
+            if !whole[g] {
+                state.appended.insert(name.clone());
+            }
+            state.parts.insert(name, batches);
+        }
+    }
     state
 }
 
@@ -837,33 +925,52 @@ mod tests {
         out
     }
 
-    /// A carry stage's checkpoints as the run loop takes them: whole, or the changes since the
-    /// one before, each added to what a restore reads.
+    /// A carry stage's checkpoints as the run loop takes them (through [`Operator`]): per part,
+    /// whole, or the changes since the one before added to what a restore reads.
     #[derive(Default)]
     struct Checkpoints {
-        points: Vec<RecordBatch>,
-        slices: Vec<RecordBatch>,
+        parts: std::collections::BTreeMap<String, Vec<RecordBatch>>,
     }
 
     impl Checkpoints {
         fn take(&mut self, op: &mut CarryOperator, whole: bool) {
+            let kind = if whole {
+                Snapshot::Whole
+            } else {
+                Snapshot::changes()
+            };
+            self.take_as(op, &kind);
+        }
+
+        fn take_as(&mut self, op: &mut CarryOperator, kind: &Snapshot) {
             // In chunks of a few windows, as a large state is written.
             op.chunk_rows = 5;
-            let (points, slices) = if whole {
-                self.points.clear();
-                self.slices.clear();
-                op.saved();
-                op.snapshot().unwrap()
-            } else {
-                op.changes().unwrap()
-            };
-            self.points.extend(points);
-            self.slices.extend(slices);
+            let state = Operator::checkpoint(op, kind).unwrap();
+            for (part, batches) in state.parts {
+                let files = self.parts.entry(part.clone()).or_default();
+                if !state.appended.contains(&part) {
+                    files.clear();
+                }
+                files.extend(batches);
+            }
+        }
+
+        /// The files of the parts of `kind` that hold rows (of one key: its group's).
+        fn files(&self, kind: &str) -> Vec<&RecordBatch> {
+            (0..GROUPS)
+                .filter_map(|g| self.parts.get(&part_of(kind, g)))
+                .filter(|files| files.iter().any(|f| f.num_rows() > 0))
+                .flatten()
+                .collect()
         }
 
         fn restore(&self, spec: &CarrySpec) -> CarryOperator {
             let mut op = CarryOperator::new(spec.clone(), &schema()).unwrap();
-            op.restore(&self.points, &self.slices).unwrap();
+            let state = OperatorState {
+                parts: self.parts.clone(),
+                ..OperatorState::default()
+            };
+            Operator::restore(&mut op, state).unwrap();
             op
         }
     }
@@ -894,7 +1001,14 @@ mod tests {
                 op = checkpoints.restore(&spec);
             }
             let out = op.apply(&batch(chunk)).unwrap();
-            checkpoints.take(&mut op, n % 9 == 0);
+            // Whole, or changes with one group's part whole in turn (as the store asks).
+            let kind = match n % 9 {
+                0 => Snapshot::Whole,
+                1 | 4 => Snapshot::Changes([part_of(STATE_PART, n % GROUPS)].into()),
+                7 => Snapshot::Changes([part_of(SLICES_PART, n % GROUPS)].into()),
+                _ => Snapshot::changes(),
+            };
+            checkpoints.take_as(&mut op, &kind);
             let cols: Vec<Vec<Option<f64>>> = CARRY_SUFFIXES
                 .iter()
                 .map(|s| column(&out, &format!("mean_{s}")))
@@ -924,11 +1038,27 @@ mod tests {
 
     #[test]
     fn a_snapshot_holds_each_key_once_and_old_snapshots_with_a_key_per_window_restore() {
+        // Two keys of one group, so in one chunk.
+        let converter = RowConverter::new(vec![SortField::new(DataType::Utf8)]).unwrap();
+        let group = |key: &str| {
+            let rows = converter
+                .convert_columns(&[Arc::new(StringArray::from(vec![key])) as ArrayRef])
+                .unwrap();
+            group_of(rows.row(0).as_ref())
+        };
+        let names = [
+            "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q",
+        ];
+        let (a, b) = names
+            .iter()
+            .flat_map(|a| names.iter().map(move |b| (*a, *b)))
+            .find(|(a, b)| a < b && group(a) == group(b))
+            .expect("two of 17 keys share one of 16 groups");
         let rows: Vec<(&str, i64, Option<f64>)> = (0..6)
             .flat_map(|m| {
                 [
-                    ("a", m * MINUTE, Some(m as f64)),
-                    ("b", m * MINUTE, Some(10.0 - m as f64)),
+                    (a, m * MINUTE, Some(m as f64)),
+                    (b, m * MINUTE, Some(10.0 - m as f64)),
                 ]
             })
             .collect();
@@ -950,7 +1080,7 @@ mod tests {
         let mut fields: Vec<Arc<Field>> = state.schema().fields().iter().cloned().collect();
         fields[0] = Arc::new(Field::new("key", DataType::Binary, false));
         let legacy = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        let next = batch(&[("a", 6 * MINUTE, Some(9.0)), ("b", 6 * MINUTE, Some(1.0))]);
+        let next = batch(&[(a, 6 * MINUTE, Some(9.0)), (b, 6 * MINUTE, Some(1.0))]);
         let want = op.apply(&next).unwrap();
         for state in [state, &legacy] {
             let mut restored = CarryOperator::new(spec(2), &schema()).unwrap();
@@ -1009,7 +1139,11 @@ mod tests {
         ]))
         .unwrap();
         checkpoints.take(&mut op, false);
-        assert_eq!(checkpoints.points[1].num_rows(), 5, "minutes 5 to 9");
+        assert_eq!(
+            checkpoints.files(STATE_PART)[1].num_rows(),
+            5,
+            "minutes 5 to 9"
+        );
         let restored = checkpoints.restore(&spec);
         assert_eq!(restored.most_values_held(), op.most_values_held());
         for mut op in [op, restored] {
@@ -1059,10 +1193,10 @@ mod tests {
             // A whole checkpoint, then an incremental one per half hour for a day and a half
             // (slices sealed and expired meanwhile), restored from all of them.
             if n == 100 {
-                assert!(checkpoints.points.len() > 70);
+                assert!(checkpoints.files(STATE_PART).len() > 70);
                 assert!(
                     checkpoints
-                        .slices
+                        .files(SLICES_PART)
                         .iter()
                         .filter(|s| s.num_rows() > 0)
                         .count()
@@ -1070,7 +1204,9 @@ mod tests {
                     "slices sealed since the whole checkpoint are added"
                 );
                 assert!(
-                    checkpoints.points[1..].iter().all(|p| p.num_rows() <= 31),
+                    checkpoints.files(STATE_PART)[1..]
+                        .iter()
+                        .all(|p| p.num_rows() <= 31),
                     "an incremental checkpoint holds the new windows only"
                 );
                 let held = op.most_values_held();
