@@ -240,12 +240,12 @@ const KEEP: usize = 2;
 /// Bytes of a state file held before it goes up in parts (S3's parts are at least 5 MiB).
 const UPLOAD_PART: usize = 16 * 1024 * 1024;
 
-/// Most files a part is made of: an incremental checkpoint past it asks for it whole (it may
-/// wait a few cycles for its turn, see [`CheckpointStore::next_snapshot`]).
+/// Most files a part is made of: a checkpoint past it asks for it whole (it may wait a few
+/// cycles for its turn, see [`CheckpointStore::next_snapshot`]).
 const LONGEST_CHAIN: usize = 64;
 
-/// Parts due a whole file are asked whole together up to this fraction of the stage's state
-/// (and one at least).
+/// Parts are asked whole together up to this fraction of the stage's state (and one at
+/// least).
 const WHOLE_SHARE: u64 = 16;
 
 impl CheckpointStore {
@@ -312,12 +312,13 @@ impl CheckpointStore {
     /// What the next checkpoint should ask of `stage`'s operator: its changes, with some of
     /// its parts whole, or, when there is no checkpoint of it to add to, its whole state.
     ///
-    /// A part is due a whole file once the files added to it since its last whole one are
-    /// [`LONGEST_CHAIN`] or outweigh that whole one (so a restore reads about twice the state
-    /// at most). Of the parts due, those outweighed most are asked whole first, as many as
-    /// fit in a [`WHOLE_SHARE`]th of the stage's state, and always one: an operator that keeps
-    /// a large state in many parts (a carried history, in groups of keys) never holds all of
-    /// it in memory for one checkpoint, and the parts due wait a cycle or a few.
+    /// Parts are asked whole once the files added to the stage's parts since their last whole
+    /// ones outweigh those whole ones together, or a part has [`LONGEST_CHAIN`] files (so a
+    /// restore reads about twice the state at most). Then the parts whose additions outweigh
+    /// their whole file most are asked first, as many as fit in a [`WHOLE_SHARE`]th of the
+    /// stage's state, and always one: an operator that keeps a large state in many parts (a
+    /// carried history, in groups of keys) never holds all of it in memory for one checkpoint,
+    /// and the rest wait a cycle or a few.
     pub fn next_snapshot(&self, stage: &str) -> Snapshot {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let Some(parts) = last
@@ -327,25 +328,29 @@ impl CheckpointStore {
         else {
             return Snapshot::Whole;
         };
-        let state: u64 = parts.values().flatten().map(|f| f.bytes).sum();
-        let mut due: Vec<(u64, usize, &String, u64)> = parts
+        let sizes: Vec<(&String, usize, u64, u64)> = parts
             .iter()
-            .filter_map(|(name, chain)| {
+            .map(|(name, chain)| {
                 let whole = chain.first().map_or(0, |f| f.bytes);
                 let added: u64 = chain.iter().skip(1).map(|f| f.bytes).sum();
-                (chain.len() >= LONGEST_CHAIN || added >= whole).then_some((
-                    added.saturating_sub(whole),
-                    chain.len(),
-                    name,
-                    whole + added,
-                ))
+                (name, chain.len(), whole, added)
             })
             .collect();
-        due.sort_by_key(|d| std::cmp::Reverse((d.0, d.1)));
+        let whole: u64 = sizes.iter().map(|s| s.2).sum();
+        let added: u64 = sizes.iter().map(|s| s.3).sum();
+        let longest = sizes.iter().map(|s| s.1).max().unwrap_or(0);
+        if added < whole && longest < LONGEST_CHAIN {
+            return Snapshot::changes();
+        }
+        let mut due: Vec<_> = sizes.into_iter().filter(|s| s.1 > 1).collect();
+        due.sort_by_key(|&(_, files, whole, added)| {
+            std::cmp::Reverse((files >= LONGEST_CHAIN, added.saturating_sub(whole), files))
+        });
         let mut asked = BTreeSet::new();
         let mut taking = 0;
-        for (_, _, name, size) in due {
-            if asked.is_empty() || taking + size <= state / WHOLE_SHARE {
+        for (name, _, part_whole, part_added) in due {
+            let size = part_whole + part_added;
+            if asked.is_empty() || taking + size <= (whole + added) / WHOLE_SHARE {
                 taking += size;
                 asked.insert(name.clone());
             }
@@ -1045,40 +1050,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn parts_due_a_whole_file_are_asked_whole_a_few_at_a_time_the_most_outweighed_first() {
+    async fn parts_are_asked_whole_a_few_at_a_time_the_most_outweighed_first() {
         let dir = std::env::temp_dir().join(format!("stratus-cp-groups-{}", std::process::id()));
         let store =
             CheckpointStore::open(&dir.display().to_string(), "pipe", &HashMap::new()).unwrap();
         let all = [0, 1, 2, 3];
         store.save(&groups(1, |_| 1_000, &[])).await.unwrap();
         assert_eq!(store.next_snapshot("g"), Snapshot::changes());
-        // Every part's additions outweigh its whole file, group.2's most: it alone is asked
-        // whole, as each part is a quarter of the stage's state.
+        // The additions outweigh the whole files, group.2's most: it alone is asked whole, as
+        // each part is about a quarter of the stage's state.
         let added = |g| if g == 2 { 3_000 } else { 1_500 };
         store.save(&groups(2, added, &all)).await.unwrap();
-        let ask = |parts: &[&str]| Snapshot::Changes(parts.iter().map(|p| p.to_string()).collect());
-        assert_eq!(store.next_snapshot("g"), ask(&["group.2"]));
-        // Given so, the others are asked in the cycles after, one each.
-        let given = |whole: usize| move |g| if g == whole { 2_500 } else { 10 };
+        let ask = |part: &str| Snapshot::Changes([part.to_string()].into());
+        assert_eq!(store.next_snapshot("g"), ask("group.2"));
+        // Given so, the additions no longer outweigh the whole files: nothing is asked.
+        let given = |whole: usize| move |g| if g == whole { 4_000 } else { 10 };
         store.save(&groups(3, given(2), &[0, 1, 3])).await.unwrap();
-        let mut asked = Vec::new();
-        for cycle in 4..7 {
-            let Snapshot::Changes(whole) = store.next_snapshot("g") else {
-                panic!("a stage with files is asked its changes");
-            };
-            assert_eq!(whole.len(), 1, "{whole:?}");
-            let part = whole.first().unwrap().clone();
-            let g: usize = part["group.".len()..].parse().unwrap();
-            let appended: Vec<usize> = all.iter().copied().filter(|&o| o != g).collect();
-            store
-                .save(&groups(cycle, given(g), &appended))
-                .await
-                .unwrap();
-            asked.push(part);
-        }
-        asked.sort();
-        assert_eq!(asked, ["group.0", "group.1", "group.3"]);
         assert_eq!(store.next_snapshot("g"), Snapshot::changes());
+        // More added to each, until they outweigh again: then one of the others, whose
+        // additions outweigh their whole files most, is asked.
+        let mut cycle = 4;
+        let asked = loop {
+            store.save(&groups(cycle, |_| 500, &all)).await.unwrap();
+            cycle += 1;
+            if let Snapshot::Changes(whole) = store.next_snapshot("g")
+                && !whole.is_empty()
+            {
+                break whole;
+            }
+        };
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert!(!asked.contains("group.2"), "{asked:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

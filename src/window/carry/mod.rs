@@ -304,24 +304,27 @@ impl CarryOperator {
     /// written. Each group has a batch of each kind at least (empty if need be).
     fn state_batches(&self, whole: &[bool; GROUPS]) -> Result<Vec<GroupBatches>, WindowError> {
         let width = self.columns.len();
-        let to_save = || {
-            self.history.iter().filter_map(move |(key, h)| {
+        // The keys to save, each hashed once. Each chunk's columns are sized once, to what it
+        // will hold.
+        let mut remaining = [0usize; GROUPS];
+        let to_save: Vec<_> = self
+            .history
+            .iter()
+            .filter_map(|(key, h)| {
                 let group = group_of(key);
                 let only_new = !whole[group];
-                (!only_new || h.is_unsaved()).then_some((key, h, group, only_new))
+                (!only_new || h.is_unsaved()).then(|| {
+                    remaining[group] += h.points_to_save(only_new).len();
+                    (key, h, group, only_new)
+                })
             })
-        };
-        // Each chunk's columns are sized once, to what it will hold.
-        let mut remaining = [0usize; GROUPS];
-        for (_, h, group, only_new) in to_save() {
-            remaining[group] += h.points_to_save(only_new).len();
-        }
+            .collect();
         let capacity = |remaining: usize| remaining.min(self.chunk_rows);
         let mut groups: Vec<(Chunk, GroupBatches)> = remaining
             .iter()
             .map(|&r| (Chunk::new(width, capacity(r)), Default::default()))
             .collect();
-        for (key, history, group, only_new) in to_save() {
+        for (key, history, group, only_new) in to_save {
             let (chunk, done) = &mut groups[group];
             let saved = history.points_to_save(only_new);
             if chunk.held + saved.len() > self.chunk_rows && chunk.held > 0 {
@@ -459,8 +462,7 @@ pub const GROUPS: usize = 16;
 
 /// The group of a key (row-format bytes).
 fn group_of(key: &[u8]) -> usize {
-    // The high half: FNV's low bits depend on its input's low bits alone.
-    ((crate::decide::stable_hash_bytes(key) >> 32) % GROUPS as u64) as usize
+    (crate::decide::stable_hash_bytes(key) % GROUPS as u64) as usize
 }
 
 /// A group's exact windows and its slices, in chunks.
@@ -1034,6 +1036,29 @@ mod tests {
         assert!(got["a"].iter().filter(|r| r[3].is_some()).count() > 100);
         // Each key's windows came in a chunk of their own.
         assert_eq!(op.snapshot().unwrap().0.len(), keys.len());
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_the_checkpoint_groups() {
+        // Keys as the shipped pipelines have them: a resource id and a metric.
+        let converter = RowConverter::new(vec![SortField::new(DataType::Utf8); 2]).unwrap();
+        let ids: Vec<String> = (0..1_600).map(|i| format!("i-{i:017x}")).collect();
+        let metrics: Vec<&str> = (0..1_600).map(|i| ["cpu", "mem"][i % 2]).collect();
+        let rows = converter
+            .convert_columns(&[
+                Arc::new(StringArray::from(ids)) as ArrayRef,
+                Arc::new(StringArray::from(metrics)) as ArrayRef,
+            ])
+            .unwrap();
+        let mut counts = [0; GROUPS];
+        for row in rows.iter() {
+            counts[group_of(row.as_ref())] += 1;
+        }
+        // 100 each on average.
+        assert!(
+            counts.iter().all(|&n| (60..=140).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]
