@@ -270,20 +270,16 @@ impl CarryOperator {
         Ok(RecordBatch::try_new(self.output.clone(), columns)?)
     }
 
-    /// The history as batches of two kinds, for a checkpoint. The exact windows: `key`
-    /// (row-format bytes, dictionary-encoded: each key's bytes once, not once per window),
-    /// `window_start`, then per column its value and EWMA. The sealed slices, a row per slice
-    /// and column: `key`, `slice` (its number), `first` (its oldest window's start), `column`,
-    /// `count` (values it stands for) and `values` (those it kept, ascending). Each kind comes
-    /// in chunks of about [`CHUNK_ROWS`] exact windows, a key's rows in one chunk.
+    /// The whole history, as a whole checkpoint holds it (see
+    /// [`state_batches`](Self::state_batches)), its groups' batches together.
+    #[cfg(test)]
     pub fn snapshot(&self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
         Ok(flattened(self.state_batches(&[true; GROUPS])?))
     }
 
-    /// For an incremental checkpoint: as [`snapshot`](Self::snapshot), of what changed since
-    /// the last checkpoint — per key its exact windows from the oldest added or revised since,
-    /// and the slices sealed since. What expired since is not said: a restore drops it again.
-    /// From now on the checkpoint holds everything.
+    /// What changed since the last checkpoint, its groups' batches together; from now on the
+    /// checkpoint holds everything.
+    #[cfg(test)]
     pub fn changes(&mut self) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), WindowError> {
         let batches = flattened(self.state_batches(&[false; GROUPS])?);
         self.saved();
@@ -297,8 +293,17 @@ impl CarryOperator {
         }
     }
 
-    /// The history per group of keys (see [`GROUPS`]): of a group `whole`, every key's; of
-    /// the others, what changed since the last checkpoint. In chunks: a whole snapshot of
+    /// The history per group of keys (see [`GROUPS`]), for a checkpoint: of a group `whole`,
+    /// every key's; of the others, what changed since the last checkpoint — per key its exact
+    /// windows from the oldest added or revised since, and the slices sealed since (what
+    /// expired since is not said: a restore drops it again).
+    ///
+    /// Batches of two kinds. The exact windows: `key` (row-format bytes, dictionary-encoded:
+    /// each key's bytes once, not once per window), `window_start`, then per column its value
+    /// and EWMA. The sealed slices, a row per slice and column: `key`, `slice` (its number),
+    /// `first` (its oldest window's start), `column`, `count` (values it stands for) and
+    /// `values` (those it kept, ascending). Each kind comes in chunks of about [`CHUNK_ROWS`]
+    /// exact windows, a key's rows in one chunk: a whole snapshot of
     /// 100,000 keys of a day's windows is tens of millions of rows, and one batch of them
     /// would grow each column by doubling to twice its size, held until the checkpoint is
     /// written. Each group has a batch of each kind at least (empty if need be).
@@ -363,8 +368,9 @@ impl CarryOperator {
             .collect()
     }
 
-    /// Restores what [`snapshot`](Self::snapshot) took — or a whole snapshot and the
-    /// [`changes`](Self::changes) after it, oldest first: its exact windows (or, from
+    /// Restores what checkpoints took (see [`state_batches`](Self::state_batches)): whole
+    /// batches and the changes after them, oldest first per group of keys, the groups in any
+    /// order: its exact windows (or, from
     /// checkpoints written before keys were dictionary-encoded, a plain binary key per window;
     /// from those written before slices were sealed, every window of the baseline, which are
     /// sealed now) and its slices, if any.
@@ -469,6 +475,7 @@ fn group_of(key: &[u8]) -> usize {
 type GroupBatches = (Vec<RecordBatch>, Vec<RecordBatch>);
 
 /// The groups' batches as one of each kind: the empty batches dropped, one kept if all are.
+#[cfg(test)]
 fn flattened(groups: Vec<GroupBatches>) -> GroupBatches {
     let keep = |batches: Vec<RecordBatch>| {
         let mut kept: Vec<RecordBatch> = Vec::new();
