@@ -240,6 +240,10 @@ const KEEP: usize = 2;
 /// Bytes of a state file held before it goes up in parts (S3's parts are at least 5 MiB).
 const UPLOAD_PART: usize = 16 * 1024 * 1024;
 
+/// State files a checkpoint writes at once (each holds up to [`UPLOAD_PART`] before it goes
+/// up in parts).
+const PUTS_AT_ONCE: usize = 4;
+
 /// Most files a part is made of: a checkpoint past it asks for it whole (it may wait a few
 /// cycles for its turn, see [`CheckpointStore::next_snapshot`]).
 const LONGEST_CHAIN: usize = 64;
@@ -522,7 +526,7 @@ impl CheckpointStore {
         };
         let before = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut files = Files::new();
-        let mut written = 0;
+        let mut puts = Vec::new();
         for (stage, state) in &checkpoint.stages {
             let parts = files.entry(stage.clone()).or_default();
             for (part, batches) in &state.state.parts {
@@ -530,19 +534,35 @@ impl CheckpointStore {
                     .as_ref()
                     .and_then(|b| b.get(stage)?.get(part))
                     .filter(|_| state.state.appended.contains(part));
-                let mut chain = earlier.cloned().unwrap_or_default();
                 let added = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
                 if earlier.is_none() || added > 0 {
-                    let file = Self::state_file(stage, part);
-                    let size = self.put_state(stamp, &file, batches).await?;
-                    written += size;
-                    chain.push(PartFile {
-                        cycle,
-                        epoch: self.epoch,
-                        bytes: size,
-                    });
+                    puts.push((stage, part, batches));
                 }
-                parts.insert(part.clone(), chain);
+                parts.insert(part.clone(), earlier.cloned().unwrap_or_default());
+            }
+        }
+        // A few files at a time: a stage of many parts (a carried history's groups) is as many
+        // requests to the store.
+        let mut sizes = Vec::with_capacity(puts.len());
+        for some in puts.chunks(PUTS_AT_ONCE) {
+            let mut writing = Vec::with_capacity(some.len());
+            for (stage, part, batches) in some {
+                writing.push(self.put_state(stamp, Self::state_file(stage, part), batches));
+            }
+            // Each to its end, so a failed one aborts its own upload and none is cut off.
+            for size in futures::future::join_all(writing).await {
+                sizes.push(size?);
+            }
+        }
+        let mut written = 0;
+        for ((stage, part, _), bytes) in puts.iter().zip(sizes) {
+            written += bytes;
+            if let Some(chain) = files.get_mut(*stage).and_then(|p| p.get_mut(*part)) {
+                chain.push(PartFile {
+                    cycle,
+                    epoch: self.epoch,
+                    bytes,
+                });
             }
         }
         let manifest = serde_json::to_vec_pretty(&StoredRef {
@@ -577,7 +597,7 @@ impl CheckpointStore {
     async fn put_state(
         &self,
         stamp: Stamp,
-        file: &str,
+        file: String,
         batches: &[RecordBatch],
     ) -> Result<u64, CheckpointError> {
         let corrupt = |e: ArrowError| CheckpointError::Corrupt {
@@ -586,7 +606,7 @@ impl CheckpointStore {
         };
         let mut upload = object_store::buffered::BufWriter::with_capacity(
             self.store.clone(),
-            self.state_path(stamp, file),
+            self.state_path(stamp, &file),
             UPLOAD_PART,
         );
         let mut ipc = IpcFile::new(batches).map_err(corrupt)?;
