@@ -9,9 +9,12 @@
 //! everything), it flushes cycle N: waits for the dead letters, feeds the new rows through the
 //! stages in file order — each stage an [`Operator`] (built by [`build`]) that takes its
 //! input's batches, then its input's watermark; window stages fire what the watermark closed,
-//! and rows too late for any window go to `<pipeline>.<stage>.late` — publishes Kafka sink
-//! rows, then commits every Delta sink that has rows, all at once. Each of those commits records, as `txn` marks, the cycle (`cycle` =
-//! N), every source partition's next offset and every source's watermark. Once all have
+//! and rows too late for any window go to `<pipeline>.<stage>.late` — publishes each Kafka
+//! sink's rows and writes each Delta sink's Parquet files on tasks of their own as soon as the
+//! source or stage they take has its rows out, waits for every record to be acknowledged, then
+//! commits every Delta sink that has rows, all at once (see [`Appending`]). Each of those
+//! commits records, as `txn` marks, the cycle (`cycle` = N), every source partition's next
+//! offset and every source's watermark. Once all have
 //! committed, a [`Checkpoint`] of the state after cycle N — source offsets and watermark
 //! clocks, each operator's state — is taken in memory and written beside the tables
 //! (see `checkpoint`) in the background, while cycle N+1 reads and runs; cycle N+1 commits to
@@ -59,7 +62,7 @@ use crate::metrics::PipelineMetrics;
 use crate::metrics::health::{Health, problem};
 use crate::operator::{Collector, Context, Operator, OperatorError};
 use crate::pipeline::{Pipeline, SinkTarget, StageKind, StagePlan};
-use crate::sink::delta::{CYCLE_MARK, with_event_date};
+use crate::sink::delta::{CYCLE_MARK, Staged, with_event_date};
 use crate::sink::kafka::{KafkaSink, KafkaSinkError};
 use crate::sink::side_files::{Side, SideFileError, SideFiles};
 use crate::sink::{
@@ -1015,6 +1018,7 @@ async fn flush(
     let mut changed = false;
     // A replayed cycle published its records the first time.
     let mut publishing = Publishing::new(replay.is_none());
+    let mut appending = Appending::default();
     for s in sources.iter_mut() {
         changed |= s.pending_events > 0;
         match &mut s.dead_letters {
@@ -1073,6 +1077,7 @@ async fn flush(
             });
         watermarks.insert(s.plan.name.clone(), w);
         publishing.start(&s.plan.name, std::slice::from_ref(&batch), sinks);
+        appending.start(&s.plan.name, std::slice::from_ref(&batch), sinks, replay)?;
         outputs.insert(s.plan.name.clone(), vec![batch]);
         for (p, next) in s.next_offsets() {
             marks.insert(offset_mark(&s.topic, p), next);
@@ -1165,6 +1170,7 @@ async fn flush(
             .inc_by(rows as u64);
         watermarks.insert(st.name.clone(), st.watermark);
         publishing.start(&st.name, &out.rows, sinks);
+        appending.start(&st.name, &out.rows, sinks, replay)?;
         outputs.insert(st.name.clone(), out.rows);
         for (output, name) in &st.side_outputs {
             let batches: Vec<RecordBatch> = out
@@ -1176,6 +1182,7 @@ async fn flush(
             changed |= !batches.is_empty();
             watermarks.insert(name.clone(), st.watermark);
             publishing.start(name, &batches, sinks);
+            appending.start(name, &batches, sinks, replay)?;
             outputs.insert(name.clone(), batches);
         }
         summary.spent(
@@ -1245,25 +1252,15 @@ async fn flush(
         if replay.is_some_and(|r| r.done.contains(&slot.name)) {
             continue;
         }
-        let mut batches = Vec::new();
-        for b in outputs.get(&slot.from).into_iter().flatten() {
-            if b.num_rows() == 0 {
-                continue;
-            }
-            batches.push(match &slot.date_from {
-                Some(ts) => with_event_date(b, ts)?,
-                None => b.clone(),
-            });
-        }
-        if batches.is_empty() {
+        let Some(Append { batches, staged }) = appending.tables.remove(&slot.name) else {
             // Others' files pile up meanwhile, if other processes write to it.
             sink.look_while_idle().await;
             continue;
-        }
+        };
         let name = slot.name.as_str();
         let marks = &marks;
         commits.push(async move {
-            commit(sink, name, batches, marks, retry)
+            commit(sink, name, batches, staged, marks, retry)
                 .await
                 .map(|s| (name, s))
         });
@@ -1411,6 +1408,61 @@ impl Publishing {
     }
 }
 
+/// Each Delta sink's rows of the cycle, their Parquet files written on tasks of their own as
+/// soon as the rows are out (see [`DeltaSink::stage`]): the commits at the end of the cycle
+/// have only the log to write.
+#[derive(Default)]
+struct Appending {
+    /// By sink.
+    tables: HashMap<String, Append>,
+}
+
+struct Append {
+    /// With their `date` partition, where the sink derives it.
+    batches: Vec<RecordBatch>,
+    staged: Option<Staged>,
+}
+
+impl Appending {
+    /// Starts writing `batches`, the rows of `from`, to every Delta sink that takes them,
+    /// except the tables a replayed cycle finds holding it already.
+    fn start(
+        &mut self,
+        from: &str,
+        batches: &[RecordBatch],
+        sinks: &[SinkSlot],
+        replay: Option<&Replay>,
+    ) -> Result<(), RunError> {
+        for slot in sinks.iter().filter(|s| s.from == from) {
+            let SinkRuntime::Delta(sink) = &slot.runtime else {
+                continue;
+            };
+            if replay.is_some_and(|r| r.done.contains(&slot.name)) {
+                continue;
+            }
+            let mut dated = Vec::new();
+            for b in batches.iter().filter(|b| b.num_rows() > 0) {
+                dated.push(match &slot.date_from {
+                    Some(ts) => with_event_date(b, ts)?,
+                    None => b.clone(),
+                });
+            }
+            if dated.is_empty() {
+                continue;
+            }
+            let staged = sink.stage(&dated);
+            self.tables.insert(
+                slot.name.clone(),
+                Append {
+                    batches: dated,
+                    staged,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
 impl PublishingTask {
     /// Waits for every record of the task to be acknowledged.
     async fn delivered(&mut self) -> Result<Delivered, RunError> {
@@ -1439,13 +1491,19 @@ async fn commit(
     sink: &mut DeltaSink,
     name: &str,
     batches: Vec<RecordBatch>,
+    mut staged: Option<Staged>,
     marks: &Marks,
     retry: &Retry,
 ) -> Result<CommitStats, RunError> {
     let mut attempts = retry.attempts(problem::sink(name), "delta_commit");
     let started = Instant::now();
     let stats = 'committed: loop {
-        match sink.commit(batches.clone(), marks).await {
+        // Files written beside the stages are committed once; a retry writes the rows again.
+        let outcome = match staged.take() {
+            Some(staged) => sink.commit_staged(staged, batches.clone(), marks).await,
+            None => sink.commit(batches.clone(), marks).await,
+        };
+        match outcome {
             Ok(stats) => break stats,
             Err(e) if e.is_transient() => attempts.failed(e).await?,
             Err(e) => return Err(e.into()),

@@ -147,7 +147,7 @@ async fn rewrite(
     let store = table.object_store();
     let writer = RecordBatchWriter::for_table(table)?.with_target_file_size(target);
     let schema = writer.arrow_schema();
-    let mut writer = writer.with_writer_properties(writer_properties(&schema));
+    let mut writer = writer.with_writer_properties(writer_properties(&schema, &[]));
     let mut actions = Vec::new();
     let mut compacted = 0;
     for (values, files) in partitions {
