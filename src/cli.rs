@@ -219,6 +219,11 @@ enum Command {
         /// Scratch directory for the event file and the Delta tables (replaced).
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
+        /// With --rate: write the pipeline's Delta tables and checkpoints under this root
+        /// instead of under --dir: an s3:// URL, with the AWS_* settings of the environment
+        /// (the store's latency then counts in the figures), or a directory.
+        #[arg(long = "tables", value_name = "ROOT")]
+        table_root: Option<String>,
         /// Each pipeline run's memory limit, as `stratus run --memory-limit` takes it; by
         /// default none, so the figures are those of cycles sized by `--max-rows` alone.
         #[arg(long, default_value = "none", value_name = "SIZE")]
@@ -1133,6 +1138,7 @@ fn dispatch(
             workers,
             live_pipeline,
             delta_commits,
+            table_root,
         } => {
             if let Some(root) = delta_commits {
                 return Ok(runtime.block_on(crate::bench::commit::delta_commits(&root))?);
@@ -1142,7 +1148,12 @@ fn dispatch(
                 if let Some(file) = file {
                     let memory = memory_limit_of(&memory_limit)?;
                     return Ok(runtime.block_on(crate::bench::run_pipeline_file(
-                        &brokers, &file, events, live, memory,
+                        &brokers,
+                        &file,
+                        events,
+                        live,
+                        memory,
+                        table_root.as_deref(),
                     ))?);
                 }
             }
@@ -1164,6 +1175,7 @@ fn dispatch(
                     max_rows,
                     root: std::env::current_dir()?,
                     work_dir: std::path::absolute(&dir)?,
+                    table_root,
                 };
                 if !workers.is_empty() {
                     return Ok(runtime.block_on(crate::bench::cluster::cluster(&config, &workers))?);

@@ -28,6 +28,7 @@ pub mod commit;
 pub mod rate;
 pub mod soak;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -219,18 +220,28 @@ pub struct RunReport {
 
 /// The child's side of a measurement: runs the pipeline file to the end (a backfill of
 /// `events`) — or, `live`, as `stratus run` runs it, until it has read `events` — into tables
-/// beside it (the file's path without `.yaml`), and prints a [`RunReport`] as one JSON line on
-/// stdout.
+/// beside it (the file's path without `.yaml`) or under `<table_root>/<its name>`, and prints
+/// a [`RunReport`] as one JSON line on stdout.
 pub async fn run_pipeline_file(
     brokers: &str,
     file: &Path,
     events: usize,
     live: bool,
     memory: std::sync::Arc<crate::job::memory::MemoryLimit>,
+    table_root: Option<&str>,
 ) -> Result<()> {
     let pipeline = Pipeline::load(file).await?;
-    let tables = file.with_extension("").display().to_string();
-    let mut run = RunConfig::backfill(brokers, &tables, Default::default());
+    let (tables, options) = match table_root {
+        Some(root) => (
+            format!("{}/{}", root.trim_end_matches('/'), pipeline.name),
+            crate::sink::storage_options_from_env(),
+        ),
+        None => (
+            file.with_extension("").display().to_string(),
+            HashMap::new(),
+        ),
+    };
+    let mut run = RunConfig::backfill(brokers, &tables, options);
     run.until_caught_up = !live;
     run.memory = memory;
     let started = Instant::now();

@@ -43,6 +43,8 @@ pub struct RateConfig {
     /// The repository root (for the schema and SQL files).
     pub root: PathBuf,
     pub work_dir: PathBuf,
+    /// Where the pipeline's tables go instead of `work_dir` (an s3:// URL or a directory).
+    pub table_root: Option<String>,
 }
 
 /// Produces at the rate while the pipeline reads live, and prints the latencies.
@@ -62,11 +64,16 @@ pub async fn rate(config: &RateConfig) -> Result<()> {
     );
     create_topic(&config.brokers, &topic, config.partitions).await?;
     let file = seconds_pipeline(config, &name, &topic)?;
-    let child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut child = tokio::process::Command::new(std::env::current_exe()?);
+    child
         .args(["bench", "--brokers", &config.brokers, "--events"])
         .arg(events.to_string())
         .arg("--live-pipeline")
-        .arg(&file)
+        .arg(&file);
+    if let Some(root) = &config.table_root {
+        child.args(["--tables", root]);
+    }
+    let child = child
         .stderr(std::process::Stdio::inherit())
         .stdout(std::process::Stdio::piped())
         .spawn()
