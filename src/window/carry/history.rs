@@ -594,6 +594,54 @@ fn remove_sorted(sorted: &mut Vec<f64>, x: f64) {
 mod tests {
     use super::*;
 
+    /// As windows come and are sealed (a 4-hour baseline: 240 windows, more than [`EXACT`]) or
+    /// expire while exact (a 40-minute one), each column's run holds exactly its exact windows'
+    /// non-null values, ascending: three columns, with nulls, NaNs of either sign and repeated
+    /// values among them.
+    #[test]
+    fn each_columns_sorted_run_is_its_exact_values_as_windows_come_and_go() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const MINUTE: i64 = 60_000_000;
+        let width = 3;
+        let mut rng = StdRng::seed_from_u64(3);
+        for (baseline, seals) in [(240 * MINUTE, true), (40 * MINUTE, false)] {
+            let span = baseline / SLICES;
+            let mut history = KeyHistory::default();
+            let (mut sealed, mut expired) = (false, false);
+            for m in 0..600 {
+                let start = m * MINUTE;
+                let mut data: Vec<f64> = (0..width)
+                    .map(|_| match rng.random_range(0..20) {
+                        0 => f64::NAN,
+                        1 => -f64::NAN,
+                        _ => f64::from(rng.random_range(0..30)),
+                    })
+                    .collect();
+                data.extend_from_slice(&data.clone());
+                let before = history.len();
+                history.expire(start, baseline, width);
+                expired |= history.len() < before;
+                history.push(start, &data, width, span);
+                sealed |= !history.slices.is_empty();
+                for j in 0..width {
+                    let mut want: Vec<f64> = history
+                        .points()
+                        .map(|p| p.value(j))
+                        .filter(|v| !v.is_nan())
+                        .collect();
+                    want.sort_by(f64::total_cmp);
+                    assert_eq!(
+                        history.sorted(j),
+                        want.as_slice(),
+                        "column {j} at minute {m}"
+                    );
+                }
+            }
+            assert_eq!((sealed, expired), (seals, !seals));
+        }
+    }
+
     #[test]
     fn a_growing_history_holds_at_most_an_eighth_more_than_its_windows() {
         const MINUTE: i64 = 60_000_000;
