@@ -216,6 +216,21 @@ pub struct RunReport {
     /// Window firings while the first tenth of the events was read (a live run's start).
     #[serde(default)]
     pub warmup_firings: usize,
+    /// The process's CPU time, user and system, all threads (librdkafka's too); `None` where
+    /// `/proc/self/stat` cannot be read.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+}
+
+/// This process's CPU time so far, user and system, in seconds (`/proc/self/stat`, in the
+/// kernel's fixed 100 ticks a second).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Past the command's name (in parentheses, which may hold spaces): state is field 3,
+    // utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
 }
 
 /// The child's side of a measurement: runs the pipeline file to the end (a backfill of
@@ -273,6 +288,7 @@ pub async fn run_pipeline_file(
         peak_rss_mib: run.memory.peak().map(|b| b as f64 / (1 << 20) as f64),
         tenths,
         warmup_firings,
+        cpu_seconds: cpu_seconds(),
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -534,6 +550,19 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
         1000.0 * percentile(&latencies, 50.0),
         1000.0 * percentile(&latencies, 99.0)
     );
+    let cpu = |r: &RunReport| {
+        r.cpu_seconds.map_or("n/a".to_string(), |c| {
+            format!(
+                "{c:.2} s ({:.0} events per CPU-second)",
+                config.events as f64 / c
+            )
+        })
+    };
+    say!(
+        "CPU time (user and system, every thread): from Kafka {}, from the file {}",
+        cpu(&kafka),
+        cpu(&from_file)
+    );
     let phases = |s: &RunSummary| {
         s.phase_seconds
             .iter()
@@ -647,6 +676,29 @@ mod tests {
     use std::path::Path;
 
     use super::BenchError;
+
+    /// The process's CPU time is read, and grows with work done on a thread of its own.
+    #[test]
+    fn cpu_time_counts_every_threads_work() {
+        let before = super::cpu_seconds().expect("/proc/self/stat");
+        let worked = std::thread::spawn(move || {
+            let mut x = 1u64;
+            // At most a few seconds: the count grows by a tick (10 ms) long before.
+            for _ in 0..2_000 {
+                for i in 0..1_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                }
+                if super::cpu_seconds().is_some_and(|now| now >= before + 0.05) {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(
+            worked.join().unwrap(),
+            "50 ms of work on another thread was not counted"
+        );
+    }
 
     #[test]
     fn errors_read_as_they_did() {

@@ -19,14 +19,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Once};
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, Scalar, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
+use indexmap::IndexMap;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -222,6 +224,30 @@ pub fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
 /// column whose values are [`mostly_distinct`] in the first of `rows` (an append's batches;
 /// none for a rewrite of whole files, where a key repeats): a resource id in a file of one row
 /// per resource. Labels, counts and timestamps repeat, and keep theirs.
+/// The partition values of `batch` when every row shares them (as delta-rs reads them), or
+/// `None` when the rows span several partitions, the table has none, or a partition column
+/// cannot be compared.
+fn one_partition<S: ScalarExt>(
+    batch: &RecordBatch,
+    partition_by: &[String],
+) -> Option<IndexMap<String, S>> {
+    if partition_by.is_empty() || batch.num_rows() == 0 {
+        return None;
+    }
+    partition_by
+        .iter()
+        .map(|name| {
+            let column = batch.column_by_name(name)?;
+            let first = Scalar::new(column.slice(0, 1));
+            let same = arrow::compute::kernels::cmp::not_distinct(column, &first).ok()?;
+            (same.true_count() == same.len())
+                .then(|| S::from_array(column.as_ref(), 0))
+                .flatten()
+                .map(|value| (name.clone(), value))
+        })
+        .collect()
+}
+
 pub fn writer_properties(schema: &Schema, rows: &[RecordBatch]) -> WriterProperties {
     let plain = schema
         .fields()
@@ -746,6 +772,13 @@ impl DeltaSink {
         if !fits || batches.iter().any(|b| b.schema() != schema) {
             return None;
         }
+        let partition_by = self
+            .table
+            .snapshot()
+            .ok()?
+            .metadata()
+            .partition_columns()
+            .to_vec();
         let mut writer = RecordBatchWriter::for_table(&self.table)
             .ok()?
             .with_writer_properties(writer_properties(&schema, batches));
@@ -757,7 +790,16 @@ impl DeltaSink {
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
         let files = tokio::spawn(uploaded(async move {
             for b in batches {
-                writer.write(b).await?;
+                // Rows of one partition (a cycle's rows are mostly of one date) go to it
+                // directly: delta-rs would group them by partition, copying every column.
+                match one_partition(&b, &partition_by) {
+                    Some(values) => {
+                        writer
+                            .write_partition(b, &values, WriteMode::Default)
+                            .await?;
+                    }
+                    None => writer.write(b).await?,
+                }
             }
             writer.flush().await
         }));
@@ -1153,16 +1195,36 @@ mod tests {
         assert_eq!((stats.rows, stats.files), (3, 2), "a file per day");
         assert_eq!(sink.mark(CYCLE_MARK).await.unwrap(), Some(1));
 
+        // Rows of one day, written to their partition directly.
+        let one_day = rows(&[1, 1], false);
+        let staged = sink.stage(&one_day).unwrap();
+        let stats = sink
+            .commit_staged(staged, one_day, &cycle(2))
+            .await
+            .unwrap();
+        assert_eq!((stats.rows, stats.files), (2, 1));
+        let mut dates: Vec<(String, usize)> = Vec::new();
+        for file in sink.table.snapshot().unwrap().log_data().iter() {
+            let values = file.partition_values_map();
+            let date = values.get("date").cloned().flatten().unwrap_or_default();
+            match dates.iter_mut().find(|(d, _)| *d == date) {
+                Some((_, n)) => *n += 1,
+                None => dates.push((date, 1)),
+            }
+        }
+        dates.sort();
+        assert_eq!(dates, [("1970-01-01".into(), 1), ("1970-01-02".into(), 2)]);
+
         let wider = rows(&[2], true);
         assert!(sink.stage(&wider).is_none(), "a column the table lacks");
-        sink.commit(wider, &cycle(2)).await.unwrap();
+        sink.commit(wider, &cycle(3)).await.unwrap();
         let staged = sink.stage(&rows(&[3], true)).unwrap();
 
         // Another process claims the partition meanwhile: the staged rows stay out.
         let mut other = open().await.unwrap();
         other.claim(&rows(&[0], true)[0].schema()).await.unwrap();
         match sink
-            .commit_staged(staged, rows(&[3], true), &cycle(3))
+            .commit_staged(staged, rows(&[3], true), &cycle(4))
             .await
         {
             Err(SinkError::Fenced { .. }) => {}
@@ -1171,10 +1233,10 @@ mod tests {
         let table = open_table(&dir.display().to_string(), &HashMap::new())
             .await
             .unwrap();
-        assert_eq!(count_rows(&table).await, 4);
+        assert_eq!(count_rows(&table).await, 6);
         let schema = table.snapshot().unwrap().snapshot().arrow_schema();
         assert!(schema.field_with_name("n").is_ok());
-        assert_eq!(sink.mark(CYCLE_MARK).await.unwrap(), Some(2));
+        assert_eq!(sink.mark(CYCLE_MARK).await.unwrap(), Some(3));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

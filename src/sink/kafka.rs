@@ -13,12 +13,14 @@ use std::time::Duration;
 use arrow::array::{RecordBatch, StructArray};
 use arrow::datatypes::{DataType, Field};
 use arrow::error::ArrowError;
-use arrow::json::writer::{EncoderOptions, make_encoder};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow::json::writer::make_encoder;
+use arrow::util::display::FormatOptions;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use super::utc_text::{ColumnText, UtcTimestamps};
 
 /// Why rows could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +108,11 @@ impl KafkaSink {
             .collect::<Result<Vec<_>, _>>()
             .map_err(encode_err)?;
         for (i, ((value, key), id)) in encoded.values().zip(&encoded.keys).zip(&ids).enumerate() {
-            let mut headers = OwnedHeaders::new().insert(Header {
-                key: HEADER_RECORD_ID,
-                value: Some(id.as_bytes()),
-            });
+            let mut headers =
+                OwnedHeaders::new_with_capacity(1 + self.headers.len()).insert(Header {
+                    key: HEADER_RECORD_ID,
+                    value: Some(id.as_bytes()),
+                });
             for (name, values) in self.headers.iter().zip(&header_values) {
                 headers = headers.insert(Header {
                     key: name.as_str(),
@@ -191,7 +194,7 @@ pub fn encode_rows(batch: &RecordBatch, key_columns: &[String]) -> Result<Encode
         DataType::Struct(batch.schema().fields().clone()),
         false,
     ));
-    let options = EncoderOptions::default();
+    let options = UtcTimestamps::options();
     let mut encoder = make_encoder(&field, &array, &options)?;
     let mut json = Vec::with_capacity(256 * batch.num_rows());
     let mut ends = Vec::with_capacity(batch.num_rows());
@@ -227,7 +230,7 @@ fn join_columns_after<'p>(
         .collect::<Result<Vec<_>, _>>()?;
     let formatters = arrays
         .iter()
-        .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+        .map(|a| ColumnText::try_new(a.as_ref(), &options))
         .collect::<Result<Vec<_>, _>>()?;
     (0..batch.num_rows())
         .map(|i| {
@@ -240,7 +243,7 @@ fn join_columns_after<'p>(
                 if n > 0 {
                     row.push('|');
                 }
-                f.value(i).write(&mut row)?;
+                f.write(i, &mut row)?;
             }
             Ok(row)
         })

@@ -4,6 +4,7 @@
 //! - [`compact`]: a table's small files rewritten into large ones, one compaction at a time;
 //! - [`kafka`]: keyed JSON records with deterministic ids, through the idempotent producer;
 //! - [`side_files`]: a backfill's dead letters and late rows, as JSON-lines files;
+//! - [`utc_text`]: UTC timestamps as RFC 3339 text, for the Kafka sink's values, keys and ids;
 //! - [`maintain`]: Delta tables kept healthy — compaction, log checkpoints and cleanup, vacuum.
 
 pub mod compact;
@@ -11,6 +12,7 @@ pub mod delta;
 pub mod kafka;
 pub mod maintain;
 pub mod side_files;
+pub mod utc_text;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -214,7 +214,10 @@ impl BatchDecoder {
     pub fn decode(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
         let fields = self.schema.fields();
         let mut slots: Vec<Slot<'_>> = (0..fields.len()).map(|_| Slot::Missing).collect();
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // Checked as UTF-8 once, whole: read from bytes, serde_json checks every string again.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| DecodeError::Json(format!("the event is not UTF-8 text: {e}")))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         EventSeed {
             schema: &self.schema,
             slots: &mut slots,
@@ -660,6 +663,11 @@ mod tests {
                 "trailing characters",
             ),
             (b"", "malformed event"),
+            (
+                b"{\"ts\":\"2025-06-01T12:00:00Z\",\"unit\":\"Co\xffnt\",\"value\":5}",
+                "malformed event: the event is not UTF-8 text: invalid utf-8 sequence of 1 bytes \
+                 from index 39",
+            ),
         ];
         let mut d = decoder();
         for (input, want) in cases {
