@@ -216,14 +216,6 @@ pub fn commit_properties(txns: Vec<Transaction>) -> CommitProperties {
         .with_cleanup_expired_logs(Some(false))
 }
 
-/// How the sink writes a table's Parquet files: compressed with Snappy, as delta-rs does, and
-/// dictionary-encoded except where a dictionary would only fill until the writer gives it up.
-/// A measurement or a derived feature is seldom the same value twice, so floating-point
-/// columns are written plain; interning each value on the way was half the cost of writing a
-/// file of 100,000 feature rows (BENCHMARKS.md, "100,000 keys closing at once"). So is a text
-/// column whose values are [`mostly_distinct`] in the first of `rows` (an append's batches;
-/// none for a rewrite of whole files, where a key repeats): a resource id in a file of one row
-/// per resource. Labels, counts and timestamps repeat, and keep theirs.
 /// The partition values of `batch` when every row shares them (as delta-rs reads them), or
 /// `None` when the rows span several partitions, the table has none, or a partition column
 /// cannot be compared.
@@ -248,6 +240,14 @@ fn one_partition<S: ScalarExt>(
         .collect()
 }
 
+/// How the sink writes a table's Parquet files: compressed with Snappy, as delta-rs does, and
+/// dictionary-encoded except where a dictionary would only fill until the writer gives it up.
+/// A measurement or a derived feature is seldom the same value twice, so floating-point
+/// columns are written plain; interning each value on the way was half the cost of writing a
+/// file of 100,000 feature rows (BENCHMARKS.md, "100,000 keys closing at once"). So is a text
+/// column whose values are [`mostly_distinct`] in the first of `rows` (an append's batches;
+/// none for a rewrite of whole files, where a key repeats): a resource id in a file of one row
+/// per resource. Labels, counts and timestamps repeat, and keep theirs.
 pub fn writer_properties(schema: &Schema, rows: &[RecordBatch]) -> WriterProperties {
     let plain = schema
         .fields()

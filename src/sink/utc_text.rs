@@ -32,52 +32,59 @@ fn utc_unit(data_type: &DataType) -> Option<TimeUnit> {
     }
 }
 
-/// Appends `value` (in `unit` since the epoch) as arrow displays a UTC timestamp; false, with
-/// nothing appended, for a year outside 0–9999.
-pub fn write_utc(value: i64, unit: TimeUnit, out: &mut Vec<u8>) -> bool {
-    let per_second: i64 = match unit {
-        TimeUnit::Second => 1,
-        TimeUnit::Millisecond => 1_000,
-        TimeUnit::Microsecond => 1_000_000,
-        TimeUnit::Nanosecond => 1_000_000_000,
-    };
-    let (seconds, part) = (value.div_euclid(per_second), value.rem_euclid(per_second));
-    let nanos = part * (1_000_000_000 / per_second);
-    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let Some(date) = i32::try_from(days + UNIX_EPOCH_FROM_CE)
-        .ok()
-        .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
-    else {
-        return false;
-    };
-    let Ok(year) = u16::try_from(date.year()) else {
-        return false;
-    };
-    if year > 9999 {
-        return false;
-    }
-    let mut text = *b"0000-00-00T00:00:00";
-    digits(&mut text[0..4], year.into());
-    digits(&mut text[5..7], date.month().into());
-    digits(&mut text[8..10], date.day().into());
-    digits(&mut text[11..13], of_day / 3600);
-    digits(&mut text[14..16], of_day / 60 % 60);
-    digits(&mut text[17..19], of_day % 60);
-    out.extend_from_slice(&text);
-    if nanos != 0 {
-        let mut fraction = *b".000000000";
-        digits(&mut fraction[1..], nanos);
-        let kept = if nanos % 1_000_000 == 0 {
-            4
-        } else if nanos % 1_000 == 0 {
-            7
-        } else {
-            10
+/// A UTC timestamp's text: at most `2025-06-15T15:07:00.123456789Z`.
+pub struct UtcText {
+    bytes: [u8; 30],
+    len: usize,
+}
+
+impl UtcText {
+    /// `value` (in `unit` since the epoch) as arrow displays a UTC timestamp; `None` for a
+    /// year outside 0–9999.
+    pub fn of(value: i64, unit: TimeUnit) -> Option<UtcText> {
+        let per_second: i64 = match unit {
+            TimeUnit::Second => 1,
+            TimeUnit::Millisecond => 1_000,
+            TimeUnit::Microsecond => 1_000_000,
+            TimeUnit::Nanosecond => 1_000_000_000,
         };
-        out.extend_from_slice(&fraction[..kept]);
+        let (seconds, part) = (value.div_euclid(per_second), value.rem_euclid(per_second));
+        let nanos = part * (1_000_000_000 / per_second);
+        let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let date = i32::try_from(days + UNIX_EPOCH_FROM_CE)
+            .ok()
+            .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)?;
+        let year = u16::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+        let mut bytes = *b"0000-00-00T00:00:00.000000000Z";
+        digits(&mut bytes[0..4], year.into());
+        digits(&mut bytes[5..7], date.month().into());
+        digits(&mut bytes[8..10], date.day().into());
+        digits(&mut bytes[11..13], of_day / 3600);
+        digits(&mut bytes[14..16], of_day / 60 % 60);
+        digits(&mut bytes[17..19], of_day % 60);
+        digits(&mut bytes[20..29], nanos);
+        // Fraction digits as chrono's `AutoSi`: none, 3, 6 or 9.
+        let len = match nanos {
+            0 => 19,
+            n if n % 1_000_000 == 0 => 23,
+            n if n % 1_000 == 0 => 26,
+            _ => 29,
+        };
+        bytes[len] = b'Z';
+        Some(UtcText {
+            bytes,
+            len: len + 1,
+        })
     }
-    out.push(b'Z');
-    true
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, `-`, `:`, `.`, `T` and `Z`.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 /// Writes `n`'s last `into.len()` decimal digits into `into`, zero-padded.
@@ -88,7 +95,7 @@ fn digits(into: &mut [u8], mut n: i64) {
     }
 }
 
-/// A column's values as text, by index: UTC timestamps through [`write_utc`], anything else
+/// A column's values as text, by index: UTC timestamps through [`UtcText`], anything else
 /// as arrow displays it.
 pub struct ColumnText<'a> {
     utc: Option<(TimeUnit, PrimitiveArray<TimestampMicrosecondType>)>,
@@ -106,13 +113,11 @@ impl<'a> ColumnText<'a> {
 
     /// Appends value `i` to `row` (a null as the options say).
     pub fn write(&self, i: usize, row: &mut String) -> Result<(), ArrowError> {
-        if let Some((unit, values)) = self.utc.as_ref().filter(|(_, v)| v.is_valid(i)) {
-            let mut text = Vec::with_capacity(32);
-            if write_utc(values.value(i), *unit, &mut text) {
-                // Only ASCII digits, `-`, `:`, `.`, `T` and `Z` were written.
-                row.push_str(std::str::from_utf8(&text).unwrap_or_default());
-                return Ok(());
-            }
+        if let Some((unit, values)) = self.utc.as_ref().filter(|(_, v)| v.is_valid(i))
+            && let Some(text) = UtcText::of(values.value(i), *unit)
+        {
+            row.push_str(text.as_str());
+            return Ok(());
         }
         self.formatter.value(i).write(row)
     }
@@ -134,7 +139,7 @@ fn raw_values(array: &dyn Array, unit: TimeUnit) -> PrimitiveArray<TimestampMicr
     }
 }
 
-/// An `arrow_json` encoder factory: UTC timestamp columns through [`write_utc`], every other
+/// An `arrow_json` encoder factory: UTC timestamp columns through [`UtcText`], every other
 /// column by `arrow_json` itself.
 #[derive(Debug)]
 pub struct UtcTimestamps;
@@ -185,9 +190,12 @@ struct UtcEncoder<'a> {
 impl Encoder for UtcEncoder<'_> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
         out.push(b'"');
-        if !write_utc(self.values.value(idx), self.unit, out) {
-            use std::io::Write;
-            let _ = write!(out, "{}", self.fallback.value(idx));
+        match UtcText::of(self.values.value(idx), self.unit) {
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            None => {
+                use std::io::Write;
+                let _ = write!(out, "{}", self.fallback.value(idx));
+            }
         }
         out.push(b'"');
     }
@@ -291,15 +299,10 @@ mod tests {
         for (i, (a, b)) in ours.iter().zip(&arrows).enumerate() {
             assert_eq!(a, b, "row {i}");
         }
-        // The values did take the fast path (not only arrow's).
-        let mut out = Vec::new();
-        assert!(write_utc(
-            1_750_000_020_123_000,
-            TimeUnit::Microsecond,
-            &mut out
-        ));
-        assert_eq!(out, b"2025-06-15T15:07:00.123Z");
-        assert!(!write_utc(i64::MAX, TimeUnit::Microsecond, &mut Vec::new()));
+        // The text of its own, and what it leaves to arrow.
+        let text = UtcText::of(1_750_000_020_123_000, TimeUnit::Microsecond).unwrap();
+        assert_eq!(text.as_str(), "2025-06-15T15:07:00.123Z");
+        assert!(UtcText::of(i64::MAX, TimeUnit::Microsecond).is_none());
     }
 
     #[test]

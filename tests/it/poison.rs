@@ -47,7 +47,7 @@ async fn poison_goes_to_its_side_output_with_its_reason_and_the_rest_lands() {
         (
             "utf8".into(),
             b"{\"ts\": \"\xff\xfe\"}".to_vec(),
-            "invalid unicode",
+            "the event is not UTF-8 text: invalid utf-8 sequence of 1 bytes from index 8",
         ),
         ("nested".into(), with("dimensions", &nested), "dimensions"),
         ("nan".into(), with("value", "NaN"), "expected value"),
