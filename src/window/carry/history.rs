@@ -89,20 +89,8 @@ pub(super) struct KeyHistory {
     /// (`i64::MAX`: none), and how many slices were sealed.
     unsaved_from: i64,
     unsaved_slices: usize,
-}
-
-impl Default for KeyHistory {
-    fn default() -> Self {
-        KeyHistory {
-            starts: Vec::new(),
-            data: Vec::new(),
-            sorted: Vec::new(),
-            slices: VecDeque::new(),
-            sealed: Vec::new(),
-            unsaved_from: i64::MAX,
-            unsaved_slices: 0,
-        }
-    }
+    /// The checkpoint group of its key, kept so that a checkpoint need not hash every key.
+    group: u8,
 }
 
 /// A window's median and z-score against a baseline: none below the baseline's fewest values,
@@ -120,6 +108,25 @@ pub(super) struct SealedPart<'a> {
 }
 
 impl KeyHistory {
+    /// No windows yet, for a key of checkpoint group `group`.
+    pub fn new(group: u8) -> Self {
+        KeyHistory {
+            starts: Vec::new(),
+            data: Vec::new(),
+            sorted: Vec::new(),
+            slices: VecDeque::new(),
+            sealed: Vec::new(),
+            unsaved_from: i64::MAX,
+            unsaved_slices: 0,
+            group,
+        }
+    }
+
+    /// The checkpoint group of its key.
+    pub fn group(&self) -> usize {
+        usize::from(self.group)
+    }
+
     /// Exact windows.
     pub fn len(&self) -> usize {
         self.starts.len()
@@ -607,7 +614,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for (baseline, seals) in [(240 * MINUTE, true), (40 * MINUTE, false)] {
             let span = baseline / SLICES;
-            let mut history = KeyHistory::default();
+            let mut history = KeyHistory::new(0);
             let (mut sealed, mut expired) = (false, false);
             for m in 0..600 {
                 let start = m * MINUTE;
@@ -645,7 +652,7 @@ mod tests {
     #[test]
     fn a_growing_history_holds_at_most_an_eighth_more_than_its_windows() {
         const MINUTE: i64 = 60_000_000;
-        let mut history = KeyHistory::default();
+        let mut history = KeyHistory::new(0);
         // Within one slice of a day's baseline: nothing is sealed, every window stays exact.
         for m in 0..100 {
             let x = ((m * 37) % 11) as f64;

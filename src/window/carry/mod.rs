@@ -190,7 +190,7 @@ impl CarryOperator {
         let scratch = &mut self.scratch;
         for i in order {
             let start = starts.value(i);
-            let history = self.history.entry_ref(keys.row(i).as_ref()).or_default();
+            let history = history_of(&mut self.history, keys.row(i).as_ref());
             // In order (the usual case): first drop what falls out of this window's baseline,
             // so that the exact values and sealed slices are exactly its baseline.
             let in_order = history.newest().is_none_or(|newest| newest < start);
@@ -288,7 +288,7 @@ impl CarryOperator {
 
     /// Counts the whole history as checkpointed.
     pub fn saved(&mut self) {
-        for history in self.history.values_mut() {
+        for history in self.history.values_mut().filter(|h| h.is_unsaved()) {
             history.saved();
         }
     }
@@ -316,7 +316,7 @@ impl CarryOperator {
             .history
             .iter()
             .filter_map(|(key, h)| {
-                let group = group_of(key);
+                let group = h.group();
                 let only_new = !whole[group];
                 (!only_new || h.is_unsaved()).then(|| {
                     remaining[group] += h.points_to_save(only_new).len();
@@ -401,10 +401,7 @@ impl CarryOperator {
                 data.clear();
                 data.extend((0..width).map(|j| floats[2 * j].value(i)));
                 data.extend((0..width).map(|j| floats[2 * j + 1].value(i)));
-                restored
-                    .entry_ref(keys(i))
-                    .or_default()
-                    .restore_point(starts.value(i), &data);
+                history_of(&mut restored, keys(i)).restore_point(starts.value(i), &data);
             }
         }
         for batch in slices.iter().filter(|b| b.num_rows() > 0) {
@@ -465,10 +462,18 @@ pub const CHUNK_ROWS: usize = 1 << 16;
 /// `CheckpointStore::next_snapshot`): a checkpoint holds a group's whole history in memory,
 /// never all of it. A key's group is a hash of its bytes, the same in every run and build.
 pub const GROUPS: usize = 16;
+const _: () = assert!(GROUPS <= 256, "a key's group is kept in a byte");
 
 /// The group of a key (row-format bytes).
 fn group_of(key: &[u8]) -> usize {
     (crate::decide::stable_hash_bytes(key) % GROUPS as u64) as usize
+}
+
+/// `key`'s history, added (in its key's group) if it has none.
+fn history_of<'a>(histories: &'a mut Histories, key: &[u8]) -> &'a mut KeyHistory {
+    histories
+        .entry_ref(key)
+        .or_insert_with(|| KeyHistory::new(group_of(key) as u8))
 }
 
 /// A group's exact windows and its slices, in chunks.
@@ -654,8 +659,7 @@ fn restore_slices(
             count: u32::try_from(count.value(i)).unwrap_or(0),
             values: kept.as_primitive::<Float64Type>().values(),
         };
-        let history = restored.entry_ref(keys(i)).or_default();
-        if !history.restore_sealed(part, width) {
+        if !history_of(restored, keys(i)).restore_sealed(part, width) {
             return Err(wrong_state("has a slice that is no summary of its column"));
         }
     }
@@ -1119,6 +1123,35 @@ mod tests {
             restored.restore(std::slice::from_ref(state), &[]).unwrap();
             assert_eq!(restored.apply(&next).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn each_key_is_checkpointed_in_its_group_also_after_a_restore() {
+        let names: Vec<String> = (0..200).map(|k| format!("k{k}")).collect();
+        let rows: Vec<(&str, i64, Option<f64>)> =
+            names.iter().map(|k| (k.as_str(), 0, Some(1.0))).collect();
+        let mut op = CarryOperator::new(spec(2), &schema()).unwrap();
+        op.apply(&batch(&rows)).unwrap();
+        let check = |op: &CarryOperator| {
+            let groups = op.state_batches(&[true; GROUPS]).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for (g, (points, _)) in groups.iter().enumerate() {
+                for state in points {
+                    let keys = key_column(state).unwrap();
+                    for i in 0..state.num_rows() {
+                        assert_eq!(group_of(keys(i)), g);
+                        assert!(seen.insert(keys(i).to_vec()), "a key saved twice");
+                    }
+                }
+            }
+            assert_eq!(seen.len(), 200);
+            groups
+        };
+        let groups = check(&op);
+        let (points, slices) = flattened(groups);
+        let mut restored = CarryOperator::new(spec(2), &schema()).unwrap();
+        restored.restore(&points, &slices).unwrap();
+        check(&restored);
     }
 
     #[test]
