@@ -779,30 +779,30 @@ impl DeltaSink {
             .metadata()
             .partition_columns()
             .to_vec();
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .ok()?
-            .with_writer_properties(writer_properties(&schema, batches));
-        let batches: Vec<RecordBatch> = batches
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .cloned()
-            .collect();
+        let properties = writer_properties(&schema, batches);
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        let files = tokio::spawn(uploaded(async move {
-            for b in batches {
-                // Rows of one partition (a cycle's rows are mostly of one date) go to it
-                // directly: delta-rs would group them by partition, copying every column.
-                match one_partition(&b, &partition_by) {
-                    Some(values) => {
-                        writer
-                            .write_partition(b, &values, WriteMode::Default)
-                            .await?;
+        let mut files = Vec::new();
+        for part in split_rows(batches, writers(rows)) {
+            let mut writer = RecordBatchWriter::for_table(&self.table)
+                .ok()?
+                .with_writer_properties(properties.clone());
+            let partition_by = partition_by.clone();
+            files.push(tokio::spawn(uploaded(async move {
+                for b in part {
+                    // Rows of one partition (a cycle's rows are mostly of one date) go to it
+                    // directly: delta-rs would group them by partition, copying every column.
+                    match one_partition(&b, &partition_by) {
+                        Some(values) => {
+                            writer
+                                .write_partition(b, &values, WriteMode::Default)
+                                .await?;
+                        }
+                        None => writer.write(b).await?,
                     }
-                    None => writer.write(b).await?,
                 }
-            }
-            writer.flush().await
-        }));
+                writer.flush().await
+            })));
+        }
         Some(Staged { files, rows })
     }
 
@@ -815,19 +815,22 @@ impl DeltaSink {
         marks: &Marks,
     ) -> Result<CommitStats, SinkError> {
         let started = Instant::now();
-        let adds = match staged.files.await {
-            Ok(Ok(adds)) => adds,
-            Ok(Err(e)) => {
-                tracing::debug!(
-                    "{}: writing the cycle's files beside the stages failed ({e}); writing them \
-                     again",
-                    self.config.location
-                );
-                return self.commit(batches, marks).await;
+        let mut adds = Vec::new();
+        for files in staged.files {
+            match files.await {
+                Ok(Ok(part)) => adds.extend(part),
+                Ok(Err(e)) => {
+                    tracing::debug!(
+                        "{}: writing the cycle's files beside the stages failed ({e}); writing \
+                         them again",
+                        self.config.location
+                    );
+                    return self.commit(batches, marks).await;
+                }
+                // A panic while writing is the run's, as it would be inline.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
-            // A panic while writing is the run's, as it would be inline.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        }
         let txns = self.txns(marks).await?;
         let files_before = self.file_count();
         let snapshot = self
@@ -893,10 +896,50 @@ impl DeltaSink {
     }
 }
 
-/// An append's files being written beside the stages (see [`DeltaSink::stage`]).
+/// An append's files being written beside the stages (see [`DeltaSink::stage`]), by one
+/// writer or, for many rows, by several at once (see [`writers`]).
 pub struct Staged {
-    files: tokio::task::JoinHandle<Result<Vec<Add>, DeltaTableError>>,
+    files: Vec<tokio::task::JoinHandle<Result<Vec<Add>, DeltaTableError>>>,
     rows: usize,
+}
+
+/// Rows a staged write gives each writer at least: fewer rows are written as one file, as
+/// splitting them gains less than the files it adds cost to list, read and compact.
+const ROWS_PER_WRITER: usize = 1 << 15;
+
+/// How many writers stage `rows` at once: one per [`ROWS_PER_WRITER`] rows, at most one per
+/// core. Parquet encoding is one thread's work per file, and 100,000 keys closing a window at
+/// once make a file that takes a core about 0.1 s (BENCHMARKS.md, "Staged files written by
+/// two writers").
+fn writers(rows: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (rows / ROWS_PER_WRITER).clamp(1, cores)
+}
+
+/// The non-empty rows of `batches` in `parts` runs of about equal rows, in order (slices, not
+/// copies).
+fn split_rows(batches: &[RecordBatch], parts: usize) -> Vec<Vec<RecordBatch>> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let per_part = rows.div_ceil(parts.max(1)).max(1);
+    let mut split: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut room = per_part;
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if room == 0 {
+                split.push(Vec::new());
+                room = per_part;
+            }
+            let take = room.min(batch.num_rows() - offset);
+            if let Some(part) = split.last_mut() {
+                part.push(batch.slice(offset, take));
+            }
+            offset += take;
+            room -= take;
+        }
+    }
+    split.retain(|p| !p.is_empty());
+    split
 }
 
 /// `write`, a write of Parquet files to the store. delta-rs 1.1.3 aborts an upload that failed
@@ -1215,16 +1258,26 @@ mod tests {
         dates.sort();
         assert_eq!(dates, [("1970-01-01".into(), 1), ("1970-01-02".into(), 2)]);
 
+        // Rows for two writers: written as two files at once, where there are two cores.
+        let many = rows(&vec![1; 2 * ROWS_PER_WRITER + 1], false);
+        let staged = sink.stage(&many).unwrap();
+        let stats = sink.commit_staged(staged, many, &cycle(3)).await.unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            (stats.rows, stats.files),
+            (2 * ROWS_PER_WRITER + 1, cores.min(2))
+        );
+
         let wider = rows(&[2], true);
         assert!(sink.stage(&wider).is_none(), "a column the table lacks");
-        sink.commit(wider, &cycle(3)).await.unwrap();
+        sink.commit(wider, &cycle(4)).await.unwrap();
         let staged = sink.stage(&rows(&[3], true)).unwrap();
 
         // Another process claims the partition meanwhile: the staged rows stay out.
         let mut other = open().await.unwrap();
         other.claim(&rows(&[0], true)[0].schema()).await.unwrap();
         match sink
-            .commit_staged(staged, rows(&[3], true), &cycle(4))
+            .commit_staged(staged, rows(&[3], true), &cycle(5))
             .await
         {
             Err(SinkError::Fenced { .. }) => {}
@@ -1233,11 +1286,43 @@ mod tests {
         let table = open_table(&dir.display().to_string(), &HashMap::new())
             .await
             .unwrap();
-        assert_eq!(count_rows(&table).await, 6);
+        assert_eq!(count_rows(&table).await, 6 + 2 * ROWS_PER_WRITER + 1);
         let schema = table.snapshot().unwrap().snapshot().arrow_schema();
         assert!(schema.field_with_name("n").is_ok());
-        assert_eq!(sink.mark(CYCLE_MARK).await.unwrap(), Some(3));
+        assert_eq!(sink.mark(CYCLE_MARK).await.unwrap(), Some(4));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rows_split_in_order_into_parts_of_about_equal_size() {
+        use arrow::array::{AsArray, Int64Array};
+        use arrow::datatypes::Int64Type;
+        let batch = |from: i64, n: i64| {
+            RecordBatch::try_from_iter([(
+                "v",
+                Arc::new(Int64Array::from_iter_values(from..from + n)) as ArrayRef,
+            )])
+            .unwrap()
+        };
+        let batches = [batch(0, 0), batch(0, 5), batch(5, 7), batch(12, 1)];
+        for (parts, sizes) in [(1, vec![13]), (2, vec![7, 6]), (3, vec![5, 5, 3])] {
+            let split = split_rows(&batches, parts);
+            let rows = |part: &Vec<RecordBatch>| -> Vec<i64> {
+                part.iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect()
+            };
+            assert_eq!(
+                split.iter().map(|p| rows(p).len()).collect::<Vec<_>>(),
+                sizes
+            );
+            assert_eq!(
+                split.iter().flat_map(rows).collect::<Vec<_>>(),
+                (0..13).collect::<Vec<_>>()
+            );
+            assert!(split.iter().flatten().all(|b| b.num_rows() > 0));
+        }
+        assert_eq!(writers(ROWS_PER_WRITER - 1), 1);
     }
 
     /// Partition 0 of pipeline `p` is claimed by A, then by B, then by C, while partition 1
