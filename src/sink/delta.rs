@@ -909,8 +909,8 @@ const ROWS_PER_WRITER: usize = 1 << 15;
 
 /// How many writers stage `rows` at once: one per [`ROWS_PER_WRITER`] rows, at most one per
 /// core. Parquet encoding is one thread's work per file, and 100,000 keys closing a window at
-/// once make a file that takes a core about 0.1 s (BENCHMARKS.md, "Staged files written by
-/// two writers").
+/// once make a file that takes a core about 0.1 s (BENCHMARKS.md, "100,000 keys closing at
+/// once, where the firing's time goes").
 fn writers(rows: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (rows / ROWS_PER_WRITER).clamp(1, cores)
