@@ -222,6 +222,15 @@ pub struct RunReport {
     pub cpu_seconds: Option<f64>,
 }
 
+impl RunReport {
+    /// Its CPU time and `events` per CPU-second, as the benches print them.
+    fn cpu_text(&self, events: u64) -> String {
+        self.cpu_seconds.map_or("n/a".to_string(), |c| {
+            format!("{c:.2} s ({:.0} events per CPU-second)", events as f64 / c)
+        })
+    }
+}
+
 /// This process's CPU time so far, user and system, in seconds (`/proc/self/stat`, in the
 /// kernel's fixed 100 ticks a second).
 fn cpu_seconds() -> Option<f64> {
@@ -550,18 +559,10 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
         1000.0 * percentile(&latencies, 50.0),
         1000.0 * percentile(&latencies, 99.0)
     );
-    let cpu = |r: &RunReport| {
-        r.cpu_seconds.map_or("n/a".to_string(), |c| {
-            format!(
-                "{c:.2} s ({:.0} events per CPU-second)",
-                config.events as f64 / c
-            )
-        })
-    };
     say!(
         "CPU time (user and system, every thread): from Kafka {}, from the file {}",
-        cpu(&kafka),
-        cpu(&from_file)
+        kafka.cpu_text(config.events as u64),
+        from_file.cpu_text(config.events as u64)
     );
     let phases = |s: &RunSummary| {
         s.phase_seconds

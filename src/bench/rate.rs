@@ -10,10 +10,10 @@
 //! minutes, so that a minute gives a hundred firings to take percentiles of. Out: for the
 //! firings after the first tenth of the events (the pipeline's start), seconds from the close
 //! to the results delivered to the output topic and committed to every Delta table: p50, p99
-//! and max; the rate produced and read; peak RSS. The close is taken two ways: the start of the
-//! flush the closing event starts (the work of the flush alone), and the closing event's
-//! append to Kafka (what a consumer of the results waits: the read, and the wait behind the
-//! cycle before, too).
+//! and max; the rate produced and read; the pipeline's peak RSS and CPU time. The close is
+//! taken two ways: the start of the flush the closing event starts (the work of the flush
+//! alone), and the closing event's append to Kafka (what a consumer of the results waits: the
+//! read, and the wait behind the cycle before, too).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -167,6 +167,10 @@ pub async fn rate(config: &RateConfig) -> Result<()> {
         report
             .peak_rss_mib
             .map_or("n/a".to_string(), |m| format!("{m:.0}"))
+    );
+    say!(
+        "CPU time of the pipeline (user and system, every thread): {}",
+        report.cpu_text(summary.events)
     );
     Ok(())
 }
