@@ -7,8 +7,11 @@
 //! 3. The pipeline over the topic: events/s, p50/p99 window latency (from the watermark
 //!    passing a window's end to its results being committed to Delta and the output topic),
 //!    and peak RSS.
-//! 4. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
-//! 5. Planning: a SQL stage's query planned once and run per batch, as stages run it, against
+//! 4. Baseline: rdkafka alone publishes the records the pipeline published to its topic again
+//!    (read back and sent to a fresh topic with the Kafka sinks' producer settings) — what the
+//!    broker and librdkafka cost them, without the pipeline.
+//! 5. Baseline: the pipeline over the file (no Kafka) — the engine's own rate.
+//! 6. Planning: a SQL stage's query planned once and run per batch, as stages run it, against
 //!    planning it again for every batch, as they did before (`sql::compiled`).
 //!
 //! Each pipeline run is a process of its own (this binary, `bench --run-pipeline FILE`), as
@@ -36,10 +39,13 @@ use std::time::{Duration, Instant};
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{
+    BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -75,6 +81,11 @@ pub enum BenchError {
     Load(KafkaError),
     #[error("the raw consumer stalled at {consumed} of {events} events")]
     Stalled { consumed: usize, events: usize },
+    #[error(
+        "publishing the pipeline's records again: {message}; the figure would not be the \
+         broker's: run the bench again once Kafka answers"
+    )]
+    Republish { message: String },
     /// The bench pipeline file does not validate.
     #[error(transparent)]
     Pipeline(#[from] Diagnostics),
@@ -408,6 +419,99 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
     })
 }
 
+/// Records sent again, and the seconds from the first read to the last acknowledgement.
+struct Republished {
+    records: u64,
+    seconds: f64,
+}
+
+/// Counts the deliveries that failed.
+#[derive(Default)]
+struct FailedDeliveries(std::sync::atomic::AtomicU64);
+
+impl ClientContext for FailedDeliveries {}
+
+impl ProducerContext for FailedDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// rdkafka alone, publishing what a pipeline published: reads the `records` records of topic
+/// `from` from its start and sends each (key, value and headers) to the fresh topic `to`, of
+/// as many partitions, with the Kafka sinks' producer settings, until every one is
+/// acknowledged. What the broker and librdkafka cost the records, without the pipeline.
+async fn produce_again(brokers: &str, from: &str, to: &str, records: u64) -> Result<Republished> {
+    let consumer: BaseConsumer = consumer_config(brokers, &format!("{to}-reader")).create()?;
+    let metadata = consumer.fetch_metadata(Some(from), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    create_topic(brokers, to, partitions.max(1)).await?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(from, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let producer: ThreadedProducer<FailedDeliveries> =
+        producer_config(brokers).create_with_context(FailedDeliveries::default())?;
+    tokio::task::block_in_place(|| {
+        let mut started = None;
+        let mut sent = 0;
+        while sent < records {
+            let Some(m) = consumer.poll(Duration::from_secs(10)) else {
+                return Err(BenchError::Republish {
+                    message: format!(
+                        "{from} gave {sent} of its {records} records, then none for 10 s"
+                    ),
+                });
+            };
+            let m = m?;
+            started.get_or_insert_with(Instant::now);
+            let mut record = BaseRecord::to(to);
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            if let Some(value) = m.payload() {
+                record = record.payload(value);
+            }
+            if let Some(headers) = m.headers() {
+                record = record.headers(headers.detach());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(BenchError::Kafka(e)),
+                }
+            }
+            sent += 1;
+        }
+        producer.flush(Duration::from_secs(60))?;
+        let failed = producer
+            .context()
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if failed > 0 {
+            return Err(BenchError::Republish {
+                message: format!("{failed} of {sent} records to {to} were not delivered"),
+            });
+        }
+        Ok(Republished {
+            records: sent,
+            seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        })
+    })
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run(config: &BenchConfig) -> Result<()> {
     std::fs::create_dir_all(&config.work_dir)?;
@@ -509,7 +613,21 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
         &format!("kafka: {{topic: {topic}, group: {topic}-pipeline}}"),
     )
     .await?;
-    // Baseline 2: the engine over the file.
+    // Baseline 2: rdkafka alone publishing what the pipeline published.
+    let published = kafka
+        .summary
+        .stage_rows
+        .get("features_1m")
+        .copied()
+        .unwrap_or(0);
+    let again = produce_again(
+        &config.brokers,
+        &format!("bench-kafka-{stamp}.features_1m"),
+        &format!("{topic}-again"),
+        published,
+    )
+    .await?;
+    // Baseline 3: the engine over the file.
     let from_file = run_once(
         config,
         &format!("bench-file-{stamp}"),
@@ -553,6 +671,15 @@ pub async fn run(config: &BenchConfig) -> Result<()> {
         summary.stage_rows.get("features_1m").copied().unwrap_or(0),
         summary.stage_rows.get("features_5m").copied().unwrap_or(0)
     );
+    if again.records > 0 {
+        say!(
+            "rdkafka publishing the {} records the pipeline published to its topic again (read back, \
+             sent with the sinks' producer settings, every one acknowledged): {:.2} s, {:.0} records/s",
+            again.records,
+            again.seconds,
+            again.records as f64 / again.seconds
+        );
+    }
     say!(
         "window latency after close (flush → committed to Delta and Kafka), {} firings: p50 {:.0} ms, p99 {:.0} ms",
         latencies.len(),
