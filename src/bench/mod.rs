@@ -420,9 +420,10 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
 }
 
 /// Records sent again, and the seconds from the first read to the last acknowledgement.
-struct Republished {
-    records: u64,
-    seconds: f64,
+#[derive(Debug)]
+pub struct Republished {
+    pub records: u64,
+    pub seconds: f64,
 }
 
 /// Counts the deliveries that failed.
@@ -445,7 +446,12 @@ impl ProducerContext for FailedDeliveries {
 /// `from` from its start and sends each (key, value and headers) to the fresh topic `to`, of
 /// as many partitions, with the Kafka sinks' producer settings, until every one is
 /// acknowledged. What the broker and librdkafka cost the records, without the pipeline.
-async fn produce_again(brokers: &str, from: &str, to: &str, records: u64) -> Result<Republished> {
+pub async fn produce_again(
+    brokers: &str,
+    from: &str,
+    to: &str,
+    records: u64,
+) -> Result<Republished> {
     let consumer: BaseConsumer = consumer_config(brokers, &format!("{to}-reader")).create()?;
     let metadata = consumer.fetch_metadata(Some(from), Duration::from_secs(10))?;
     let partitions = metadata

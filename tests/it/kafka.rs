@@ -1,5 +1,6 @@
 //! The broker itself, through rdkafka: keys, headers and per-partition order survive a
-//! round trip of 100,000 messages.
+//! round trip of 100,000 messages; and `stratus bench`'s baseline that publishes a topic's
+//! records again sends the same records.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -133,5 +134,107 @@ async fn hundred_thousand_messages_keep_keys_headers_and_partition_order() {
         last_seq_per_partition.len(),
         PARTITIONS as usize,
         "a partition got no keys"
+    );
+}
+
+/// Every record of `topic` (of `partitions`), per partition in order: key, value and headers.
+type Record = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn read_all(brokers: &str, topic: &str, partitions: i32, count: usize) -> Vec<Vec<Record>> {
+    let consumer: BaseConsumer = consumer_config(brokers, &unique("it-group"))
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = vec![Vec::new(); partitions as usize];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut received = 0;
+    while received < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {received} of {count} records of {topic} came back"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let headers = m.headers().map_or(Vec::new(), |h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        });
+        records[m.partition() as usize].push((
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
+            headers,
+        ));
+        received += 1;
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bench_publishes_a_topics_records_again_as_they_are() {
+    const RECORDS: usize = 2_000;
+    let brokers = setting("STRATUS_KAFKA_BROKERS");
+    let (from, to) = (unique("it-published"), unique("it-again"));
+    create_topic(&from, 3).await;
+    let producer: FutureProducer = producer_config(&brokers).create().unwrap();
+    let sends = (0..RECORDS).map(|seq| {
+        let (key, payload) = (format!("key-{}", seq % 50), format!("{{\"seq\":{seq}}}"));
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "stratus.record_id",
+            value: Some(format!("sink|{key}|{seq}").as_bytes()),
+        });
+        let producer = producer.clone();
+        let from = from.clone();
+        async move {
+            let record = FutureRecord::to(&from)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            producer.send(record, Duration::from_secs(30)).await
+        }
+    });
+    for d in futures::future::join_all(sends).await {
+        d.map_err(|(e, _)| e).unwrap();
+    }
+
+    let again = stratus::bench::produce_again(&brokers, &from, &to, RECORDS as u64)
+        .await
+        .unwrap();
+    assert_eq!(again.records, RECORDS as u64);
+    assert!(again.seconds > 0.0);
+    // The same records, each on the partition of its key, in the same order there.
+    let (published, republished) = tokio::task::block_in_place(|| {
+        (
+            read_all(&brokers, &from, 3, RECORDS),
+            read_all(&brokers, &to, 3, RECORDS),
+        )
+    });
+    assert!(published.iter().all(|p| !p.is_empty()));
+    assert_eq!(republished, published);
+
+    // Asked for more records than the topic holds, it says so instead of a figure.
+    let err =
+        stratus::bench::produce_again(&brokers, &from, &unique("it-again"), RECORDS as u64 + 1)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains(&format!(
+            "{from} gave {RECORDS} of its {} records",
+            RECORDS + 1
+        )),
+        "{err}"
     );
 }
