@@ -189,17 +189,43 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The bench pipeline's event-time settings, in the pipeline file's words.
+#[derive(Debug, Clone, Copy)]
+struct EventTime {
+    max_out_of_orderness: &'static str,
+    allowed_lateness: &'static str,
+}
+
+/// For the 1- and 5-minute windows: the watermark 10 s behind the newest event, a minute of
+/// lateness.
+const MINUTE_WINDOWS: EventTime = EventTime {
+    max_out_of_orderness: "10s",
+    allowed_lateness: "1m",
+};
+
 /// The bench pipeline over `source`: cycles of exactly `max_rows` events (its byte limit lies
-/// past them), its window stages' SQL from `sql` (the repository's `sql/`, or shorter windows).
-fn pipeline_yaml(root: &Path, sql: &Path, name: &str, source: &str, max_rows: usize) -> String {
+/// past them), its window stages' SQL from `sql` (the repository's `sql/`, or shorter windows
+/// with `time` scaled as they are).
+fn pipeline_yaml(
+    root: &Path,
+    sql: &Path,
+    name: &str,
+    source: &str,
+    max_rows: usize,
+    time: EventTime,
+) -> String {
     let (root, sql) = (root.display(), sql.display());
+    let EventTime {
+        max_out_of_orderness,
+        allowed_lateness,
+    } = time;
     format!(
         r#"name: {name}
 sources:
   metrics:
     {source}
     schema: {root}/schemas/cloud.metrics.json
-    event_time: {{field: ts, max_out_of_orderness: 10s, allowed_lateness: 1m, idle_timeout: 30s}}
+    event_time: {{field: ts, max_out_of_orderness: {max_out_of_orderness}, allowed_lateness: {allowed_lateness}, idle_timeout: 30s}}
 stages:
   features_1m: {{sql: {sql}/cloud_metrics_1m.sql, carry: {{columns: [mean, p95], baseline: 24h}}}}
   features_5m: {{sql: {sql}/cloud_metrics_5m.sql, carry: {{columns: [mean, max], baseline: 24h}}}}
@@ -389,6 +415,7 @@ async fn run_once(config: &BenchConfig, name: &str, source: &str) -> Result<RunR
             name,
             source,
             config.max_rows,
+            MINUTE_WINDOWS,
         ),
     )?;
     let out = tokio::process::Command::new(std::env::current_exe()?)

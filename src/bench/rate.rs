@@ -7,7 +7,8 @@
 //! process of its own run as `stratus run` runs it (not a backfill): its cycles end at
 //! `max_rows`, `max_bytes` or `max_interval`, and as soon as the watermark closes a window. Its
 //! window stages are the bench pipeline's with 1- and 5-second windows instead of 1 and 5
-//! minutes, so that a minute gives a hundred firings to take percentiles of. Out: for the
+//! minutes, so that a minute gives a hundred firings to take percentiles of, and its event
+//! time (the watermark's delay, the allowed lateness) scaled as they are. Out: for the
 //! firings after the first tenth of the events (the pipeline's start), seconds from the close
 //! to the results delivered to the output topic and committed to every Delta table: p50, p99
 //! and max; the rate produced and read; the pipeline's peak RSS and CPU time. The close is
@@ -23,7 +24,7 @@ use rand::rngs::StdRng;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::{BenchError, Result, RunReport, create_topic, percentile, pipeline_yaml};
+use super::{BenchError, EventTime, Result, RunReport, create_topic, percentile, pipeline_yaml};
 use crate::demo::events::metric_event;
 use crate::job::run::SlowCycle;
 use crate::kafka::producer_config;
@@ -175,8 +176,18 @@ pub async fn rate(config: &RateConfig) -> Result<()> {
     Ok(())
 }
 
+/// [`MINUTE_WINDOWS`](super::MINUTE_WINDOWS) sixty times faster, as the windows are: the
+/// watermark trails by a sixtieth of 10 s, and a closed window waits one window's length for
+/// late rows, as a 1-minute window waits a minute. A minute's lateness here would keep
+/// sixty-one closed 1-second windows in every stage.
+const SECOND_WINDOWS: EventTime = EventTime {
+    max_out_of_orderness: "167ms",
+    allowed_lateness: "1s",
+};
+
 /// Writes the bench pipeline `name` over `topic` (group `<topic>-pipeline`) with its window
-/// stages' SQL at 1- and 5-second windows; returns its file.
+/// stages' SQL at 1- and 5-second windows and its event time scaled as they are; returns its
+/// file.
 pub(super) fn seconds_pipeline(config: &RateConfig, name: &str, topic: &str) -> Result<PathBuf> {
     let sql = config.work_dir.join("sql");
     std::fs::create_dir_all(&sql)?;
@@ -191,7 +202,14 @@ pub(super) fn seconds_pipeline(config: &RateConfig, name: &str, topic: &str) -> 
     let source = format!("kafka: {{topic: {topic}, group: {topic}-pipeline, key: [resource_id]}}");
     std::fs::write(
         &file,
-        pipeline_yaml(&config.root, &sql, name, &source, config.max_rows),
+        pipeline_yaml(
+            &config.root,
+            &sql,
+            name,
+            &source,
+            config.max_rows,
+            SECOND_WINDOWS,
+        ),
     )?;
     Ok(file)
 }
@@ -229,4 +247,83 @@ pub(super) async fn produce(config: &RateConfig, topic: &str) -> Result<f64> {
     let rate = total as f64 / started.elapsed().as_secs_f64();
     tokio::task::block_in_place(|| rdkafka::producer::Producer::flush(&producer, None))?;
     Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{RateConfig, seconds_pipeline};
+    use crate::bench::{MINUTE_WINDOWS, pipeline_yaml};
+    use crate::pipeline::Pipeline;
+
+    /// The event-time durations of a bench pipeline file: per window stage its window's span,
+    /// then its source's watermark delay and allowed lateness (µs).
+    async fn durations(file: &Path) -> (Vec<i64>, i64, i64) {
+        let p = Pipeline::load(file)
+            .await
+            .expect("the bench pipeline loads");
+        let spans: Vec<i64> = p
+            .stages
+            .iter()
+            .filter_map(|s| s.window())
+            .map(|w| w.span())
+            .collect();
+        let source = &p.sources[0];
+        (spans, source.max_out_of_orderness, source.allowed_lateness)
+    }
+
+    /// The rate bench runs the bench pipeline sixty times faster: its windows, the watermark's
+    /// delay and the allowed lateness all scaled alike, so that it keeps the windows the
+    /// minute pipeline keeps (and not sixty closed ones for late rows).
+    #[tokio::test]
+    async fn the_rate_bench_scales_event_time_with_its_windows() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let work_dir =
+            std::env::temp_dir().join(format!("stratus-rate-yaml-{}", std::process::id()));
+        std::fs::create_dir_all(&work_dir).unwrap();
+        let config = RateConfig {
+            brokers: "127.0.0.1:9".into(),
+            rate: 1,
+            seconds: 1,
+            keys: 1,
+            partitions: 1,
+            max_rows: 1000,
+            root: root.clone(),
+            work_dir: work_dir.clone(),
+            table_root: None,
+        };
+        let seconds = seconds_pipeline(&config, "seconds", "t").unwrap();
+        let minutes = work_dir.join("minutes.yaml");
+        let source = "kafka: {topic: t, group: t-pipeline, key: [resource_id]}";
+        let yaml = pipeline_yaml(
+            &root,
+            &root.join("sql"),
+            "minutes",
+            source,
+            1000,
+            MINUTE_WINDOWS,
+        );
+        std::fs::write(&minutes, yaml).unwrap();
+
+        let (fast_spans, fast_delay, fast_lateness) = durations(&seconds).await;
+        let (spans, delay, lateness) = durations(&minutes).await;
+        std::fs::remove_dir_all(&work_dir).ok();
+        assert_eq!(
+            spans,
+            [60_000_000, 300_000_000],
+            "the minute pipeline's windows"
+        );
+        assert_eq!(
+            fast_spans,
+            [1_000_000, 5_000_000],
+            "the rate bench's windows"
+        );
+        assert_eq!(lateness, 60 * fast_lateness, "allowed lateness, scaled");
+        // 10 s over 60 is written to the millisecond.
+        assert!(
+            (delay - 60 * fast_delay).abs() <= 60_000,
+            "the watermark's delay, scaled: {delay} µs against 60 × {fast_delay}"
+        );
+    }
 }

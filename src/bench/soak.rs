@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncBufReadExt;
 
-use super::{BenchError, Result, pipeline_yaml, rss_mib, run_marking};
+use super::{BenchError, MINUTE_WINDOWS, Result, pipeline_yaml, rss_mib, run_marking};
 use crate::demo::events::metric_events;
 use crate::job::run::RunConfig;
 use crate::pipeline::Pipeline;
@@ -84,6 +84,7 @@ pub async fn soak(config: &SoakConfig) -> Result<()> {
             &name,
             &source,
             config.max_rows,
+            MINUTE_WINDOWS,
         ),
     )?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
